@@ -1,0 +1,54 @@
+# agoranet: `make demo` runs the embedded default, `make test` runs every check.
+# Both create .venv and install what they need; nothing is installed globally.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TOOLS  := .tools
+TINY   := models/tiny
+# The CPU build of torch that lies on this machine; GPU users install their own torch
+# first and `pip install -e '.[hf]'` keeps it (the package itself does not pin torch).
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+ANVIL  := $(TOOLS)/.anvil-installed
+PYTEST_WORKERS ?= auto
+
+.PHONY: install model anvil lint test test-fast demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e '.[hf,chain,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Foundry's anvil (local dev chain) from npm, into the project's tool folder.
+$(ANVIL):
+	mkdir -p $(TOOLS)
+	npm install --prefix $(TOOLS) --no-save --no-audit --no-fund @foundry-rs/anvil
+	touch $(ANVIL)
+
+anvil: $(ANVIL)
+
+$(TINY)/model.safetensors: | $(STAMP)
+	$(BIN)/agoranet model tiny $(TINY)
+
+model: $(TINY)/model.safetensors
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src
+
+test: $(STAMP) $(ANVIL) model lint
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
+
+demo: $(STAMP) model
+	$(BIN)/agoranet demo
+
+bench: $(STAMP) model
+	$(BIN)/python bench/node.py
+
+clean:
+	rm -rf $(VENV) $(TOOLS) models .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from agoranet.cli.main import main
+
+main()

@@ -1,0 +1,153 @@
+"""The engine interface: list models, count tokens, stream tokens with logprobs.
+
+An engine turns a :class:`GenerationRequest` into a stream of :class:`Delta`
+events ending in one :class:`Finish`. Closing the stream early (the client went
+away) stops generation. Engines are chosen by name through
+:mod:`agoranet.engines.registry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+__all__ = [
+    "Delta",
+    "Engine",
+    "Finish",
+    "FinishReason",
+    "GenerationRequest",
+    "Message",
+    "ModelInfo",
+    "Prepared",
+    "StreamEvent",
+    "TokenLogprob",
+    "collect",
+]
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a node publishes about one model it serves."""
+
+    name: str
+    context_length: int
+    weights_sha256: dict[str, str] = field(default_factory=dict)
+    model_sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One generation, for a chat (``messages``) or a raw ``prompt``."""
+
+    model: str
+    messages: Sequence[Message] | None = None
+    prompt: str | None = None
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("exactly one of messages and prompt must be given")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One sampled token with its log-probability and the top alternatives."""
+
+    token: str
+    logprob: float
+    token_bytes: bytes
+    top: tuple[tuple[str, float, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """New text, and the tokens that produced it when logprobs were asked for."""
+
+    text: str
+    tokens: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+StreamEvent = Delta | Finish
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A request checked against its model and tokenised once, ready to generate.
+
+    ``prompt_tokens`` is what the node meters and validates against the context;
+    ``payload`` is engine-private (token ids, a rendered prompt, ...).
+    """
+
+    request: GenerationRequest
+    prompt_tokens: int
+    context_length: int
+    payload: object = None
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every inference engine offers the node."""
+
+    name: str
+
+    def models(self) -> list[ModelInfo]:
+        """The models this engine serves."""
+        ...
+
+    async def prepare(self, request: GenerationRequest) -> Prepared:
+        """Check the model and count prompt tokens (after the chat template) once."""
+        ...
+
+    def stream(self, prepared: Prepared) -> AsyncIterator[StreamEvent]:
+        """Generate; close the iterator to cancel."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Counters for health checks: active, queued, generated tokens, cancelled."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release threads, connections and memory."""
+        ...
+
+
+async def collect(events: AsyncIterator[StreamEvent]) -> tuple[str, list[TokenLogprob], Finish]:
+    """Drain a stream into its full text, token logprobs and final event."""
+    text: list[str] = []
+    tokens: list[TokenLogprob] = []
+    finish: Finish | None = None
+    async for event in events:
+        if isinstance(event, Delta):
+            text.append(event.text)
+            tokens.extend(event.tokens)
+        else:
+            finish = event
+    if finish is None:
+        raise RuntimeError("engine stream ended without a finish event")
+    return "".join(text), tokens, finish

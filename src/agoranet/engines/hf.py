@@ -1,0 +1,170 @@
+"""The ``transformers`` engine: a local directory or a Hugging Face Hub model.
+
+Loads weights and tokenizer with ``AutoModelForCausalLM`` / ``AutoTokenizer``,
+renders chats with the model's own chat template, and generates token by token
+with a KV cache on the :class:`~agoranet.engines.scheduler.StepScheduler`, so
+every stream yields each token as soon as it is sampled, with its logprobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agoranet.engines.base import GenerationRequest, ModelInfo, Prepared, StreamEvent
+from agoranet.engines.hf_job import DecodeJob
+from agoranet.engines.prompt import encode_prompt
+from agoranet.engines.registry import register_engine
+from agoranet.engines.scheduler import StepScheduler
+from agoranet.engines.weights import hash_weights, weight_files, weights_id
+from agoranet.errors import ModelLoadError, ModelNotFoundError
+
+__all__ = ["LoadedModel", "TransformersEngine", "load_model", "resolve_model_dir"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "models/tiny"
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+def resolve_model_dir(model: str) -> tuple[Path, str]:
+    """A local directory for ``model`` and the name to serve it under.
+
+    ``model`` is a directory, or a Hugging Face Hub id (``org/name``) fetched
+    into (or found in) the local Hub cache.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path.resolve(), path.resolve().name
+    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ModelLoadError(f"model {model!r}: no such directory, and not a Hub id (org/name)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(repo_id=model, allow_patterns=_HUB_PATTERNS)
+    except Exception as exc:  # hub errors are many and untyped; convert at the boundary
+        raise ModelLoadError(f"cannot fetch {model!r} from the Hugging Face Hub: {exc}") from exc
+    return Path(local), model.split("/")[-1].lower()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """Weights, tokenizer and identity of one model, ready to generate."""
+
+    info: ModelInfo
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    eos_ids: frozenset[int]
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        value = getattr(torch, dtype)
+    except AttributeError as exc:
+        raise ModelLoadError(f"unknown dtype {dtype!r}") from exc
+    if not isinstance(value, torch.dtype):
+        raise ModelLoadError(f"unknown dtype {dtype!r}")
+    return value
+
+
+def load_model(
+    model: str, *, served_name: str | None = None, device: str = "auto", dtype: str = "auto"
+) -> LoadedModel:
+    """Load ``model`` (directory or Hub id) exactly as a node serves it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    directory, default_name = resolve_model_dir(model)
+    where = _pick_device(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        weights = AutoModelForCausalLM.from_pretrained(directory, dtype=_pick_dtype(dtype, where))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load model from {directory}: {exc}") from exc
+    weights.to(where).eval()
+    with torch.inference_mode():  # warm up kernels so the first request is not the slow one
+        weights(input_ids=torch.tensor([[0]], device=where))
+    if tokenizer.chat_template is None:
+        logger.warning("%s has no chat template; chat requests will be refused", directory)
+    hashes = hash_weights(weight_files(directory), root=directory)
+    config = weights.config
+    context = int(getattr(config, "max_position_embeddings", 0) or tokenizer.model_max_length)
+    eos = getattr(weights.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
+    eos_ids = frozenset(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    info = ModelInfo(
+        name=served_name or default_name,
+        context_length=context,
+        weights_sha256=hashes,
+        model_sha256=weights_id(hashes) if hashes else None,
+    )
+    return LoadedModel(info, weights, tokenizer, where, eos_ids)
+
+
+@register_engine("transformers")
+class TransformersEngine:
+    """Serves one causal LM through ``transformers``."""
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        loaded: LoadedModel | None = None,
+        served_model_name: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_active: int = 8,
+        max_queue: int = 64,
+        **_: Any,
+    ) -> None:
+        if loaded is None:
+            loaded = load_model(model or DEFAULT_MODEL, served_name=served_model_name, device=device, dtype=dtype)
+        self.loaded = loaded
+        self._scheduler = StepScheduler(
+            max_active=max_active, max_queue=max_queue, name=f"hf-{loaded.info.name}"
+        )
+
+    def models(self) -> list[ModelInfo]:
+        return [self.loaded.info]
+
+    def _check_model(self, request: GenerationRequest) -> None:
+        if request.model != self.loaded.info.name:
+            raise ModelNotFoundError(
+                f"The model '{request.model}' does not exist on this node; "
+                f"it serves '{self.loaded.info.name}'",
+                param="model",
+            )
+
+    async def prepare(self, request: GenerationRequest) -> Prepared:
+        self._check_model(request)
+        ids = await asyncio.to_thread(encode_prompt, self.loaded.tokenizer, request)
+        return Prepared(request, len(ids), self.loaded.info.context_length, ids)
+
+    def stream(self, prepared: Prepared) -> AsyncIterator[StreamEvent]:
+        ids = prepared.payload
+        if not isinstance(ids, list):
+            raise TypeError("prepared request does not come from this engine")
+        return self._scheduler.run(DecodeJob(self.loaded, prepared.request, ids))
+
+    def stats(self) -> dict[str, int]:
+        return self._scheduler.stats()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._scheduler.close)

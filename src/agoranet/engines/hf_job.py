@@ -1,0 +1,74 @@
+"""One generation with ``transformers``, advanced one token per step."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from agoranet.engines.base import Delta, Finish, GenerationRequest, StreamEvent, TokenLogprob
+from agoranet.engines.detok import IncrementalDetokenizer
+from agoranet.engines.sampling import Sampler
+from agoranet.engines.stops import StopMatcher
+
+if TYPE_CHECKING:
+    from agoranet.engines.hf import LoadedModel
+
+__all__ = ["DecodeJob"]
+
+
+class DecodeJob:
+    """Prefill on the first step, then one forward pass and one sampled token per step."""
+
+    def __init__(self, loaded: LoadedModel, request: GenerationRequest, prompt_ids: list[int]):
+        self._loaded = loaded
+        self._request = request
+        self._prompt_len = len(prompt_ids)
+        self._next_input = torch.tensor([prompt_ids], dtype=torch.long, device=loaded.device)
+        self._cache: Any = None
+        self._sampler = Sampler(request.temperature, request.top_p, request.seed)
+        self._detok = IncrementalDetokenizer(loaded.tokenizer, prompt_ids)
+        self._stops = StopMatcher(request.stop)
+        self._generated = 0
+        self._token_text: dict[int, str] = {}
+
+    def step(self) -> list[StreamEvent]:
+        with torch.inference_mode():
+            output = self._loaded.model(
+                input_ids=self._next_input, past_key_values=self._cache, use_cache=True
+            )
+        self._cache = output.past_key_values
+        logits = output.logits[0, -1]
+        token_id = self._sampler.choose(logits)
+        self._generated += 1
+        self._next_input = torch.tensor([[token_id]], dtype=torch.long, device=self._loaded.device)
+
+        tokens = (self._logprob(logits, token_id),) if self._request.logprobs else ()
+        if token_id in self._loaded.eos_ids and not self._request.ignore_eos:
+            return [Delta(self._stops.flush(), tokens), self._finish("stop")]
+        text, stopped = self._stops.feed(self._detok.push(token_id))
+        if stopped:
+            return [Delta(text, tokens), self._finish("stop")]
+        if self._generated >= self._request.max_tokens:
+            return [Delta(text + self._stops.flush(), tokens), self._finish("length")]
+        return [Delta(text, tokens)]
+
+    def _finish(self, reason: str) -> Finish:
+        assert reason in ("stop", "length")
+        return Finish("stop" if reason == "stop" else "length", self._prompt_len, self._generated)
+
+    def _text(self, token_id: int) -> str:
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = str(self._loaded.tokenizer.decode([token_id]))
+            self._token_text[token_id] = text
+        return text
+
+    def _logprob(self, logits: torch.Tensor, token_id: int) -> TokenLogprob:
+        found = Sampler.candidates(logits, token_id, self._request.top_logprobs)
+        top = tuple(
+            (self._text(i), lp, self._text(i).encode())
+            for i, lp in zip(found.top_ids, found.top_logprobs, strict=True)
+        )
+        text = self._text(token_id)
+        return TokenLogprob(text, found.logprob, text.encode(), top)

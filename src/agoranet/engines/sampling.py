@@ -1,0 +1,62 @@
+"""The sampler: greedy at temperature 0, else temperature and nucleus (top-p) sampling.
+
+The algorithm is fixed and stated so a verifier can recompute it: logits in
+float32, divided by the temperature, softmax, the smallest set of tokens whose
+probability reaches ``top_p`` kept (ties by token id), then one draw with
+``torch.multinomial`` from a ``torch.Generator`` seeded with the request's seed.
+Reported logprobs are the model's own ``log_softmax`` before any of that.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["SAMPLER_ID", "Sampler", "TopCandidates"]
+
+SAMPLER_ID = "agoranet-torch-multinomial-v1"
+
+
+@dataclass(frozen=True, slots=True)
+class TopCandidates:
+    logprob: float
+    top_ids: list[int]
+    top_logprobs: list[float]
+
+
+class Sampler:
+    """Chooses the next token for one sequence; owns that sequence's random state."""
+
+    def __init__(self, temperature: float, top_p: float, seed: int | None) -> None:
+        self.temperature = temperature
+        self.top_p = top_p
+        self.seed = seed if seed is not None else secrets.randbits(63)
+        self._generator = torch.Generator(device="cpu")
+        self._generator.manual_seed(self.seed % (2**63))
+
+    def choose(self, logits: torch.Tensor) -> int:
+        """Pick a token id from one row of logits (any device)."""
+        logits = logits.float()
+        if self.temperature == 0.0:
+            return int(torch.argmax(logits).item())
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True, stable=True)
+            cumulative = torch.cumsum(sorted_probs, dim=-1)
+            drop = cumulative - sorted_probs >= self.top_p
+            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        draw = torch.multinomial(probs.cpu(), 1, generator=self._generator)
+        return int(draw.item())
+
+    @staticmethod
+    def candidates(logits: torch.Tensor, token_id: int, k: int) -> TopCandidates:
+        """Log-probability of ``token_id`` and the ``k`` most likely tokens."""
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        chosen = float(logprobs[token_id].item())
+        if k <= 0:
+            return TopCandidates(chosen, [], [])
+        values, ids = torch.topk(logprobs, k)
+        return TopCandidates(chosen, [int(i) for i in ids.tolist()], values.tolist())

@@ -1,0 +1,245 @@
+"""The ``upstream`` engine: forward to any OpenAI-compatible server.
+
+This is how a provider with its own cluster (vLLM, SGLang, Ollama, llama.cpp
+server, or another agoranet node) joins the network: the node keeps payment,
+metering and the offer, the upstream does the generation. Prompt tokens are
+counted with the upstream's ``/tokenize`` endpoint (vLLM and agoranet nodes
+have it); without one, usage reported by the upstream is used after the fact
+and the pre-generation count is an estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from agoranet.engines.base import (
+    Delta,
+    Finish,
+    FinishReason,
+    GenerationRequest,
+    ModelInfo,
+    Prepared,
+    StreamEvent,
+    TokenLogprob,
+)
+from agoranet.engines.registry import register_engine
+from agoranet.errors import ModelLoadError, ModelNotFoundError, UpstreamError
+
+__all__ = ["UpstreamEngine"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT = 4096
+_CHARS_PER_TOKEN = 4
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        return str(body["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:500] or response.reason_phrase
+
+
+def _chat_tokens(logprobs: dict[str, Any] | None) -> tuple[TokenLogprob, ...]:
+    if not logprobs:
+        return ()
+    out = []
+    for entry in logprobs.get("content") or []:
+        top = tuple(
+            (t["token"], float(t["logprob"]), bytes(t.get("bytes") or t["token"].encode()))
+            for t in entry.get("top_logprobs") or []
+        )
+        raw = bytes(entry.get("bytes") or entry["token"].encode())
+        out.append(TokenLogprob(entry["token"], float(entry["logprob"]), raw, top))
+    return tuple(out)
+
+
+def _completion_tokens(logprobs: dict[str, Any] | None) -> tuple[TokenLogprob, ...]:
+    if not logprobs:
+        return ()
+    tops = logprobs.get("top_logprobs") or []
+    out = []
+    for i, (token, lp) in enumerate(
+        zip(logprobs.get("tokens") or [], logprobs.get("token_logprobs") or [], strict=False)
+    ):
+        alternatives = tops[i] if i < len(tops) and tops[i] else {}
+        top = tuple((t, float(v), t.encode()) for t, v in alternatives.items())
+        out.append(TokenLogprob(token, float(lp), token.encode(), top))
+    return tuple(out)
+
+
+@register_engine("upstream")
+class UpstreamEngine:
+    """Forwards generation to an OpenAI-compatible ``base_url`` (ending in ``/v1``)."""
+
+    name = "upstream"
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        model: str | None = None,
+        served_model_name: str | None = None,
+        timeout: float = 600.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        **_: Any,
+    ) -> None:
+        if not base_url:
+            raise ModelLoadError("the upstream engine needs --upstream-url (e.g. http://host:8000/v1)")
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._models = self._discover(headers, model, served_model_name)
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0),
+            transport=transport, limits=httpx.Limits(max_connections=256),
+        )
+        self._counters = {"active": 0, "completed": 0, "cancelled": 0, "failed": 0}
+
+    def _discover(
+        self, headers: dict[str, str], only: str | None, served: str | None
+    ) -> dict[str, tuple[str, ModelInfo]]:
+        """Ask the upstream which models it has: ``{served name: (upstream name, info)}``."""
+        try:
+            response = httpx.get(f"{self.base_url}/models", headers=headers, timeout=10.0)
+        except httpx.HTTPError as exc:
+            raise ModelLoadError(f"upstream {self.base_url} is unreachable: {exc}") from exc
+        if response.status_code != 200:
+            raise ModelLoadError(f"upstream {self.base_url}/models: {_error_message(response)}")
+        cards = [c for c in response.json().get("data", []) if only in (None, str(c["id"]))]
+        if not cards:
+            raise ModelLoadError(f"upstream {self.base_url} serves no model named {only!r}")
+        if served and len(cards) > 1:
+            raise ModelLoadError("--served-model-name needs --model to pick one upstream model")
+        found: dict[str, tuple[str, ModelInfo]] = {}
+        for card in cards:
+            upstream_name = str(card["id"])
+            context = int(card.get("max_model_len") or DEFAULT_CONTEXT)
+            name = served or upstream_name
+            found[name] = (upstream_name, ModelInfo(name=name, context_length=context))
+        return found
+
+    def models(self) -> list[ModelInfo]:
+        return [info for _, info in self._models.values()]
+
+    def _upstream(self, name: str) -> tuple[str, ModelInfo]:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise ModelNotFoundError(f"The model '{name}' does not exist", param="model") from None
+
+    async def prepare(self, request: GenerationRequest) -> Prepared:
+        upstream_name, info = self._upstream(request.model)
+        return Prepared(request, await self._count(upstream_name, request), info.context_length)
+
+    async def _count(self, upstream_name: str, request: GenerationRequest) -> int:
+        root = self.base_url.removesuffix("/v1")
+        body: dict[str, Any] = {"model": upstream_name}
+        if request.messages is not None:
+            body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+            body["add_generation_prompt"] = request.add_generation_prompt
+            body["continue_final_message"] = request.continue_final_message
+        else:
+            body["prompt"] = request.prompt
+        try:
+            response = await self._client.post(f"{root}/tokenize", json=body)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"upstream tokenize failed: {exc}") from exc
+        if response.status_code == 200 and "count" in response.json():
+            return int(response.json()["count"])
+        if 400 <= response.status_code < 500 and response.status_code != 404:
+            raise UpstreamError(_error_message(response), status_code=response.status_code)
+        text = request.prompt or "".join(m.content for m in request.messages or ())
+        return len(text) // _CHARS_PER_TOKEN + 4 * len(request.messages or ()) + 1
+
+    def _body(self, prepared: Prepared) -> tuple[str, dict[str, Any]]:
+        request = prepared.request
+        upstream_name, _ = self._upstream(request.model)
+        body: dict[str, Any] = {
+            "model": upstream_name,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.ignore_eos:
+            body["ignore_eos"] = True
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.messages is not None:
+            body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+            if request.continue_final_message:
+                body["continue_final_message"] = True
+                body["add_generation_prompt"] = False
+            if request.logprobs:
+                body["logprobs"] = True
+                body["top_logprobs"] = request.top_logprobs
+            return "/chat/completions", body
+        body["prompt"] = request.prompt
+        if request.logprobs:
+            body["logprobs"] = request.top_logprobs
+        return "/completions", body
+
+    async def stream(self, prepared: Prepared) -> AsyncIterator[StreamEvent]:
+        path, body = self._body(prepared)
+        chat = path == "/chat/completions"
+        finish_reason, usage, produced = "stop", None, 0
+        self._counters["active"] += 1
+        outcome = "cancelled"
+        try:
+            async with self._client.stream("POST", path, json=body) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise UpstreamError(_error_message(response), status_code=response.status_code)
+                async for data in _sse_data(response):
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise UpstreamError(str(chunk["error"].get("message", chunk["error"])))
+                    usage = chunk.get("usage") or usage
+                    for choice in chunk.get("choices") or []:
+                        text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                        tokens = (_chat_tokens if chat else _completion_tokens)(choice.get("logprobs"))
+                        if text or tokens:
+                            produced += max(len(tokens), 1)
+                            yield Delta(text or "", tokens)
+                        finish_reason = choice.get("finish_reason") or finish_reason
+            prompt_tokens = int(usage["prompt_tokens"]) if usage else prepared.prompt_tokens
+            completion_tokens = int(usage["completion_tokens"]) if usage else produced
+            reason: FinishReason = "length" if finish_reason == "length" else "stop"
+            outcome = "completed"
+            yield Finish(reason, prompt_tokens, completion_tokens)
+        except httpx.HTTPError as exc:
+            outcome = "failed"
+            raise UpstreamError(f"upstream {self.base_url} failed: {exc}") from exc
+        except UpstreamError:
+            outcome = "failed"
+            raise
+        finally:
+            self._counters["active"] -= 1
+            self._counters[outcome] += 1
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._counters)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
+    """The ``data:`` payloads of an SSE stream, up to ``[DONE]``."""
+    async for line in response.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        yield data

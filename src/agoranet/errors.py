@@ -1,0 +1,145 @@
+"""The one exception root of agoranet, and the tree under it.
+
+Every error the package raises on purpose derives from :class:`AgoranetError`.
+Third-party errors are converted at the boundary with ``raise ... from exc``.
+
+::
+
+    AgoranetError
+    ├── ConfigError                 bad settings or command-line values
+    ├── RequestError                a client's request is wrong (maps to HTTP 4xx)
+    │   ├── InvalidRequestError     400 invalid_request_error
+    │   ├── ContextLengthError      400 context_length_exceeded
+    │   ├── ModelNotFoundError      404 model_not_found
+    │   ├── PayloadTooLargeError    413
+    │   └── OverloadedError         429 (carries retry_after seconds)
+    ├── EngineError                 an engine failed to load or to generate (HTTP 5xx)
+    │   ├── EngineNotFoundError     no engine registered under that name
+    │   ├── ModelLoadError          weights or tokenizer could not be loaded
+    │   └── UpstreamError           an upstream OpenAI-compatible server failed
+    ├── ModelBuildError             the tiny model could not be built
+    ├── NodeStartError              a node child process failed to start (node.launcher)
+    └── ChainError                  JSON-RPC, contracts, dev chain
+        ├── ContractError           compile or call of one of our contracts failed
+        └── DevChainError           anvil missing or failed to start
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgoranetError",
+    "ChainError",
+    "ConfigError",
+    "ContextLengthError",
+    "ContractError",
+    "DevChainError",
+    "EngineError",
+    "EngineNotFoundError",
+    "InvalidRequestError",
+    "ModelBuildError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "NodeStartError",
+    "OverloadedError",
+    "PayloadTooLargeError",
+    "RequestError",
+    "UpstreamError",
+]
+
+
+class AgoranetError(Exception):
+    """Root of every error agoranet raises on purpose."""
+
+
+class ConfigError(AgoranetError):
+    """Settings or command-line values are wrong."""
+
+
+class RequestError(AgoranetError):
+    """A client's request cannot be served as sent; maps to an HTTP 4xx."""
+
+    status_code: int = 400
+    error_type: str = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequestError(RequestError):
+    """Malformed or out-of-range request."""
+
+
+class ContextLengthError(RequestError):
+    """Prompt plus requested completion exceed the model's context."""
+
+    code = "context_length_exceeded"
+
+
+class ModelNotFoundError(RequestError):
+    """The requested model is not served here."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+class PayloadTooLargeError(RequestError):
+    """The request body is over the size limit."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class OverloadedError(RequestError):
+    """Too many requests queued; retry later."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EngineError(AgoranetError):
+    """An inference engine failed."""
+
+
+class EngineNotFoundError(EngineError):
+    """No engine is registered under the given name."""
+
+
+class ModelLoadError(EngineError):
+    """Weights or tokenizer could not be loaded."""
+
+
+class UpstreamError(EngineError):
+    """An upstream OpenAI-compatible server failed or answered with an error."""
+
+    def __init__(self, message: str, *, status_code: int = 502, body: object = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.body = body
+
+
+class ModelBuildError(AgoranetError):
+    """The tiny model could not be built."""
+
+
+class NodeStartError(AgoranetError):
+    """A node child process exited or stayed unhealthy while starting."""
+
+
+class ChainError(AgoranetError):
+    """Talking to the chain failed."""
+
+
+class ContractError(ChainError):
+    """Compiling or calling one of our contracts failed."""
+
+
+class DevChainError(ChainError):
+    """The local dev chain (anvil) is missing or failed to start."""

@@ -1,0 +1,63 @@
+"""Start ``agoranet node`` as a child process and wait until it is healthy."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import httpx
+
+from agoranet.errors import NodeStartError
+
+__all__ = ["free_port", "running_node"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_node(
+    args: Sequence[str], *, port: int | None = None, timeout: float = 120.0
+) -> Iterator[str]:
+    """Run ``agoranet node ARGS``; yield its ``http://127.0.0.1:PORT/v1`` URL; stop it after."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "agoranet", "node", "--port", str(port), *args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    root = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(process, root, timeout)
+        yield f"{root}/v1"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout:
+            process.stdout.close()
+
+
+def _wait_healthy(process: subprocess.Popen[str], root: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise NodeStartError(f"node exited with code {process.returncode}:\n{output.strip()}")
+        try:
+            if httpx.get(f"{root}/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise NodeStartError(f"node at {root} did not become healthy in {timeout:.0f}s")
+        time.sleep(0.2)

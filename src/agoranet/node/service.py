@@ -1,0 +1,246 @@
+"""Serving logic behind the OpenAI routes: validate, prepare once, generate, shape."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from agoranet.api.errors import error_from_exception
+from agoranet.api.sse import DONE, sse_event, sse_json
+from agoranet.api.types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    DeltaMessage,
+    ModelCard,
+    ModelList,
+)
+from agoranet.engines.base import (
+    Delta,
+    Engine,
+    Finish,
+    GenerationRequest,
+    ModelInfo,
+    Prepared,
+    StreamEvent,
+    TokenLogprob,
+)
+from agoranet.errors import ContextLengthError, ModelNotFoundError
+from agoranet.node import convert
+
+__all__ = ["InferenceService", "Started"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Started:
+    """A generation whose first event has arrived: errors before it became HTTP errors."""
+
+    first: StreamEvent
+    rest: AsyncIterator[StreamEvent]
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        try:
+            yield self.first
+            async for event in self.rest:
+                yield event
+        finally:
+            await self.rest.aclose()  # type: ignore[attr-defined]
+
+
+class InferenceService:
+    """Chat and text completions over one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def model_info(self, name: str) -> ModelInfo:
+        for info in self.engine.models():
+            if info.name == name:
+                return info
+        served = ", ".join(repr(i.name) for i in self.engine.models())
+        raise ModelNotFoundError(
+            f"The model '{name}' does not exist on this node (it serves {served})", param="model"
+        )
+
+    def model_list(self) -> ModelList:
+        return ModelList(
+            data=[ModelCard(id=i.name, max_model_len=i.context_length) for i in self.engine.models()]
+        )
+
+    async def prepare(self, request: GenerationRequest, requested: int | None) -> Prepared:
+        """Tokenise once, check the context, and fix ``max_tokens``."""
+        self.model_info(request.model)
+        prepared = await self.engine.prepare(request)
+        room = prepared.context_length - prepared.prompt_tokens
+        wanted = requested if requested is not None else room
+        if room <= 0 or wanted > room:
+            raise ContextLengthError(
+                f"This model's maximum context length is {prepared.context_length} tokens. "
+                f"However, you requested {prepared.prompt_tokens + max(wanted, 0)} tokens "
+                f"({prepared.prompt_tokens} in the prompt, {max(wanted, 0)} in the completion). "
+                "Please reduce the length of the prompt or the completion.",
+                param="max_tokens" if requested is not None and room > 0 else "messages",
+            )
+        return dataclasses.replace(
+            prepared, request=dataclasses.replace(prepared.request, max_tokens=wanted)
+        )
+
+    async def start(self, prepared: Prepared) -> Started:
+        """Begin generating and wait for the first event, so early errors are plain HTTP ones."""
+        events = self.engine.stream(prepared)
+        try:
+            first = await anext(events)
+        except BaseException:
+            await events.aclose()  # type: ignore[attr-defined]
+            raise
+        return Started(first, events)
+
+    # ---------------------------------------------------------------- chat
+
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[bytes]:
+        limit = request.completion_limit()
+        prepared = await self.prepare(convert.from_chat(request, limit or 1), limit)
+        started = await self.start(prepared)
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return self._chat_stream(request, started, include_usage)
+        text, tokens, finish = await _drain(started)
+        return ChatCompletion(
+            id=convert.new_id("chatcmpl"),
+            created=convert.now(),
+            model=request.model,
+            choices=[
+                Choice(
+                    message={"role": "assistant", "content": text},
+                    logprobs=convert.chat_logprobs(tokens) if request.logprobs else None,
+                    finish_reason=finish.reason,
+                )
+            ],
+            usage=convert.usage_of(finish),
+        )
+
+    async def _chat_stream(
+        self, request: ChatCompletionRequest, started: Started, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        ident, created = convert.new_id("chatcmpl"), convert.now()
+
+        def chunk(choice: ChunkChoice | None, finish: Finish | None = None) -> bytes:
+            return sse_event(
+                ChatCompletionChunk(
+                    id=ident,
+                    created=created,
+                    model=request.model,
+                    choices=[choice] if choice else [],
+                    usage=convert.usage_of(finish) if finish else None,
+                )
+            )
+
+        yield chunk(ChunkChoice(delta=DeltaMessage(role="assistant", content="")))
+
+        def on_delta(delta: Delta) -> bytes:
+            logprobs = convert.chat_logprobs(delta.tokens) if request.logprobs else None
+            return chunk(ChunkChoice(delta=DeltaMessage(content=delta.text), logprobs=logprobs))
+
+        def on_finish(finish: Finish) -> list[bytes]:
+            out = [chunk(ChunkChoice(delta=DeltaMessage(), finish_reason=finish.reason))]
+            if include_usage:
+                out.append(chunk(None, finish))
+            return out
+
+        async for piece in _frames(started, on_delta, on_finish):
+            yield piece
+
+    # ---------------------------------------------------------- completions
+
+    async def completion(self, request: CompletionRequest) -> Completion | AsyncIterator[bytes]:
+        prepared = await self.prepare(
+            convert.from_completion(request, request.max_tokens or 1), request.max_tokens
+        )
+        started = await self.start(prepared)
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return self._completion_stream(request, started, include_usage)
+        text, tokens, finish = await _drain(started)
+        return Completion(
+            id=convert.new_id("cmpl"),
+            created=convert.now(),
+            model=request.model,
+            choices=[
+                CompletionChoice(
+                    text=text,
+                    logprobs=convert.completion_logprobs(tokens)
+                    if request.logprobs is not None
+                    else None,
+                    finish_reason=finish.reason,
+                )
+            ],
+            usage=convert.usage_of(finish),
+        )
+
+    async def _completion_stream(
+        self, request: CompletionRequest, started: Started, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        ident, created = convert.new_id("cmpl"), convert.now()
+        offset = 0
+
+        def chunk(choices: list[CompletionChoice], finish: Finish | None = None) -> bytes:
+            usage = convert.usage_of(finish) if finish else None
+            return sse_event(
+                Completion(id=ident, created=created, model=request.model, choices=choices,
+                           usage=usage)
+            )
+
+        def on_delta(delta: Delta) -> bytes:
+            nonlocal offset
+            logprobs = None
+            if request.logprobs is not None:
+                logprobs = convert.completion_logprobs(delta.tokens, offset)
+            offset += len(delta.text)
+            return chunk([CompletionChoice(text=delta.text, logprobs=logprobs)])
+
+        def on_finish(finish: Finish) -> list[bytes]:
+            out = [chunk([CompletionChoice(text="", finish_reason=finish.reason)])]
+            if include_usage:
+                out.append(chunk([], finish))
+            return out
+
+        async for piece in _frames(started, on_delta, on_finish):
+            yield piece
+
+
+async def _drain(started: Started) -> tuple[str, list[TokenLogprob], Finish]:
+    from agoranet.engines.base import collect
+
+    return await collect(started.events())
+
+
+async def _frames(
+    started: Started,
+    on_delta: Callable[[Delta], bytes],
+    on_finish: Callable[[Finish], list[bytes]],
+) -> AsyncIterator[bytes]:
+    """SSE frames for a started generation, ending in ``[DONE]`` or an error event."""
+    events = started.events()
+    try:
+        async for event in events:
+            if isinstance(event, Delta):
+                if event.text or event.tokens:
+                    yield on_delta(event)
+            else:
+                for frame in on_finish(event):
+                    yield frame
+        yield DONE
+    except Exception as exc:  # headers are gone: report the failure in the stream
+        logger.exception("generation failed mid-stream")
+        _, body, _ = error_from_exception(exc)
+        yield sse_json(body)
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]

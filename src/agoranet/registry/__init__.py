@@ -1,0 +1,1 @@
+"""Signed offers, the on-chain registry and the discovery cache."""

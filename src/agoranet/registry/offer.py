@@ -1,0 +1,51 @@
+"""A node's offer: what it serves, at what price, from which weights.
+
+Published at ``GET /.well-known/agoranet``. Prices are integers in the
+stablecoin's base units per million tokens; no float ever touches money.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from agoranet.engines.base import ModelInfo
+
+__all__ = ["ModelOffer", "Offer", "Price", "build_offer"]
+
+OFFER_VERSION = 1
+
+
+class Price(BaseModel):
+    input_per_million: int = Field(ge=0)
+    output_per_million: int = Field(ge=0)
+
+
+class ModelOffer(BaseModel):
+    id: str
+    context_length: int
+    price: Price
+    weights_sha256: dict[str, str] = Field(default_factory=dict)
+    model_sha256: str | None = None
+
+
+class Offer(BaseModel):
+    version: int = OFFER_VERSION
+    engine: str
+    models: list[ModelOffer]
+
+
+def build_offer(engine: str, models: list[ModelInfo], price_in: int, price_out: int) -> Offer:
+    price = Price(input_per_million=price_in, output_per_million=price_out)
+    return Offer(
+        engine=engine,
+        models=[
+            ModelOffer(
+                id=m.name,
+                context_length=m.context_length,
+                price=price,
+                weights_sha256=m.weights_sha256,
+                model_sha256=m.model_sha256,
+            )
+            for m in models
+        ],
+    )
