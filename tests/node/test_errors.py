@@ -111,3 +111,11 @@ async def test_completions_bad_input(client: httpx.AsyncClient) -> None:
     assert_openai_error(response, 400, "echo")
     response = await client.post("/v1/completions", json={"model": "tiny"})
     assert_openai_error(response, 400, "prompt")
+
+
+async def test_tokenize_counts_and_refuses_bad_input(client: httpx.AsyncClient) -> None:
+    ok = await client.post("/tokenize", json={"model": "tiny", "prompt": "the cat"})
+    assert ok.status_code == 200 and ok.json()["count"] >= 2
+    assert_openai_error(await client.post("/tokenize", json={"model": "tiny"}), 400, "exactly one")
+    response = await client.post("/tokenize", json={"model": "x", "prompt": "a"})
+    assert_openai_error(response, 404, "does not exist")

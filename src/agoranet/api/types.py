@@ -30,6 +30,7 @@ __all__ = [
     "ModelCard",
     "ModelList",
     "StreamOptions",
+    "TokenizeRequest",
     "TopLogprob",
     "Usage",
     "log_unknown_fields",
@@ -148,6 +149,22 @@ class CompletionRequest(_Sampling):
         if value:
             raise ValueError("echo is not supported")
         return value
+
+
+class TokenizeRequest(_Request):
+    """``POST /tokenize`` (vLLM's shape): a prompt, or messages to render with the template."""
+
+    model: str = Field(min_length=1)
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' and 'messages'")
+        return self
 
 
 def log_unknown_fields(request: BaseModel, route: str) -> None:

@@ -12,6 +12,7 @@ from agoranet.api.types import (
     CompletionRequest,
     LogprobContent,
     Logprobs,
+    TokenizeRequest,
     TopLogprob,
     Usage,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "completion_logprobs",
     "from_chat",
     "from_completion",
+    "from_tokenize",
     "new_id",
     "now",
     "usage_of",
@@ -66,6 +68,17 @@ def from_completion(request: CompletionRequest, max_tokens: int) -> GenerationRe
         logprobs=wants,
         top_logprobs=request.logprobs or 0,
         ignore_eos=request.ignore_eos,
+    )
+
+
+def from_tokenize(request: TokenizeRequest) -> GenerationRequest:
+    if request.messages is None:
+        return GenerationRequest(model=request.model, prompt=request.prompt or "")
+    return GenerationRequest(
+        model=request.model,
+        messages=tuple(Message(m.role, m.text()) for m in request.messages),
+        add_generation_prompt=request.add_generation_prompt,
+        continue_final_message=request.continue_final_message,
     )
 
 

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -15,8 +15,12 @@ from starlette.routing import Route
 
 from agoranet.api.errors import error_body, error_from_exception
 from agoranet.api.streaming import EventStreamResponse
-from agoranet.api.types import ChatCompletionRequest, CompletionRequest, log_unknown_fields
-from agoranet.engines.base import GenerationRequest, Message
+from agoranet.api.types import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    TokenizeRequest,
+    log_unknown_fields,
+)
 from agoranet.errors import InvalidRequestError
 from agoranet.node.service import InferenceService
 from agoranet.registry.offer import Offer
@@ -92,24 +96,8 @@ def routes(service: InferenceService, offer: Offer) -> list[Route]:
     @openai_errors
     async def tokenize(request: Request) -> Response:
         """vLLM-compatible token count, used by upstream engines in front of a node."""
-        body = await read_json(request)
-        try:
-            model = str(body["model"])
-            if "messages" in body:
-                messages = [ChatCompletionRequest.model_validate(
-                    {"model": model, "messages": body["messages"]}).messages]
-                generation = GenerationRequest(
-                    model=model,
-                    messages=tuple(Message(m.role, m.text()) for m in messages[0]),
-                    add_generation_prompt=bool(body.get("add_generation_prompt", True)),
-                    continue_final_message=bool(body.get("continue_final_message", False)),
-                )
-            else:
-                generation = GenerationRequest(model=model, prompt=str(body["prompt"]))
-        except (KeyError, ValidationError) as exc:
-            raise InvalidRequestError("tokenize needs 'model' and 'prompt' or 'messages'") from exc
-        service.model_info(model)
-        prepared = await service.engine.prepare(generation)
+        body = TokenizeRequest.model_validate(await read_json(request))
+        prepared = await service.tokenize(body)
         return JSONResponse(
             {"count": prepared.prompt_tokens, "max_model_len": prepared.context_length}
         )

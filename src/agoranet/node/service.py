@@ -20,6 +20,7 @@ from agoranet.api.types import (
     DeltaMessage,
     ModelCard,
     ModelList,
+    TokenizeRequest,
 )
 from agoranet.engines.base import (
     Delta,
@@ -30,6 +31,7 @@ from agoranet.engines.base import (
     Prepared,
     StreamEvent,
     TokenLogprob,
+    collect,
 )
 from agoranet.errors import ContextLengthError, ModelNotFoundError
 from agoranet.node import convert
@@ -92,6 +94,11 @@ class InferenceService:
         return dataclasses.replace(
             prepared, request=dataclasses.replace(prepared.request, max_tokens=wanted)
         )
+
+    async def tokenize(self, request: TokenizeRequest) -> Prepared:
+        """Count the prompt tokens of a prompt or a chat, as generation would."""
+        self.model_info(request.model)
+        return await self.engine.prepare(convert.from_tokenize(request))
 
     async def start(self, prepared: Prepared) -> Started:
         """Begin generating and wait for the first event, so early errors are plain HTTP ones."""
@@ -217,8 +224,6 @@ class InferenceService:
 
 
 async def _drain(started: Started) -> tuple[str, list[TokenLogprob], Finish]:
-    from agoranet.engines.base import collect
-
     return await collect(started.events())
 
 
