@@ -1,5 +1,6 @@
 # agoranet: `make demo` runs the embedded default, `make test` runs every check.
 # Both create .venv and install what they need; nothing is installed globally.
+# Tests run one torch thread per process: xdist workers and node subprocesses share 2 cores.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -42,7 +43,7 @@ lint: $(STAMP)
 	$(BIN)/mypy src
 
 test: $(STAMP) $(ANVIL) model lint
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
+	OMP_NUM_THREADS=1 $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 demo: $(STAMP) model
 	$(BIN)/agoranet demo

@@ -37,3 +37,26 @@ def tiny_node(tiny_model: Path) -> Iterator[str]:
     """A real ``agoranet node`` process serving the tiny model; its ``/v1`` URL."""
     with node_process(["--model", str(tiny_model)]) as url:
         yield url
+
+
+def _train(tmp_path_factory: pytest.TempPathFactory, tiny_loaded, brief: bool) -> Path:  # type: ignore[no-untyped-def]
+    from agoranet.tuning.data import load_jsonl
+    from agoranet.tuning.housestyle import write_house_style
+    from agoranet.tuning.lora import train_adapter
+
+    root = tmp_path_factory.mktemp("brief" if brief else "house")
+    examples, digest = load_jsonl(write_house_style(root / "data.jsonl", brief=brief))
+    train_adapter(examples, tiny_loaded, root / "adapter", data_sha256=digest)
+    return root / "adapter"
+
+
+@pytest.fixture(scope="session")
+def house_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_loaded) -> Path:  # type: ignore[no-untyped-def]
+    """A LoRA adapter trained on the sailor house style (a few seconds on CPU)."""
+    return _train(tmp_path_factory, tiny_loaded, brief=False)
+
+
+@pytest.fixture(scope="session")
+def brief_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_loaded) -> Path:  # type: ignore[no-untyped-def]
+    """A second adapter with a different style, for multi-adapter tests."""
+    return _train(tmp_path_factory, tiny_loaded, brief=True)

@@ -6,16 +6,20 @@ instead of reading the environment itself.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["NodeSettings", "default_home"]
+__all__ = ["ChainSettings", "NodeSettings", "default_home"]
 
 
 def default_home() -> Path:
     """Where agoranet keeps its state unless told otherwise (``AGORANET_HOME``)."""
+    override = os.environ.get("AGORANET_HOME")
+    if override:
+        return Path(override).expanduser()
     return Path.home() / ".agoranet"
 
 
@@ -40,3 +44,31 @@ class NodeSettings(BaseSettings):
     max_active: int = Field(default=8, ge=1)
     max_queue: int = Field(default=64, ge=0)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # LoRA adapters: where uploads live, how many stay loaded, how large one may be,
+    # and the surcharge per million tokens on top of the base prices.
+    adapters_dir: Path | None = None
+    max_adapters: int = Field(default=8, ge=1)
+    max_adapter_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    adapter_surcharge_in: int = Field(default=0, ge=0)
+    adapter_surcharge_out: int = Field(default=0, ge=0)
+
+    def adapter_store(self) -> Path:
+        return self.adapters_dir or default_home() / "node" / "adapters"
+
+
+class ChainSettings(BaseSettings):
+    """Which chain to use: a JSON-RPC URL and, optionally, pinned contract addresses.
+
+    Unset addresses are filled in per chain id (see ``agoranet.chain.addresses``):
+    the dev chain's constants on 31337; elsewhere the x402 SDK's escrow, collector
+    and the chain's USDC, with only ``registry`` ours to set.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="AGORANET_CHAIN_", extra="ignore")
+
+    rpc_url: str = "http://127.0.0.1:8545"
+    chain_id: int | None = Field(default=None, ge=1)
+    stablecoin: str | None = None
+    escrow: str | None = None
+    collector: str | None = None
+    registry: str | None = None

@@ -19,14 +19,17 @@ Third-party errors are converted at the boundary with ``raise ... from exc``.
     │   └── UpstreamError           an upstream OpenAI-compatible server failed
     ├── ModelBuildError             the tiny model could not be built
     ├── NodeStartError              a node child process failed to start (node.launcher)
-    └── ChainError                  JSON-RPC, contracts, dev chain
-        ├── ContractError           compile or call of one of our contracts failed
-        └── DevChainError           anvil missing or failed to start
+    ├── ChainError                  JSON-RPC, contracts, dev chain
+    │   ├── ContractError           compile or call of one of our contracts failed
+    │   └── DevChainError           anvil missing or failed to start
+    └── WalletError                 keystore missing or unreadable, wallet operation refused
+        └── WrongPasswordError      the keystore password is wrong
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AdapterError",
     "AgoranetError",
     "ChainError",
     "ConfigError",
@@ -43,7 +46,11 @@ __all__ = [
     "OverloadedError",
     "PayloadTooLargeError",
     "RequestError",
+    "TuningDataError",
+    "TuningError",
     "UpstreamError",
+    "WalletError",
+    "WrongPasswordError",
 ]
 
 
@@ -133,6 +140,18 @@ class NodeStartError(AgoranetError):
     """A node child process exited or stayed unhealthy while starting."""
 
 
+class TuningError(AgoranetError):
+    """Fine-tuning or adapter handling failed."""
+
+
+class TuningDataError(TuningError):
+    """A training file is malformed; the message names the line."""
+
+
+class AdapterError(TuningError):
+    """An adapter directory or upload is invalid."""
+
+
 class ChainError(AgoranetError):
     """Talking to the chain failed."""
 
@@ -143,3 +162,11 @@ class ContractError(ChainError):
 
 class DevChainError(ChainError):
     """The local dev chain (anvil) is missing or failed to start."""
+
+
+class WalletError(AgoranetError):
+    """The wallet's keystore is missing or unreadable, or a wallet operation is refused."""
+
+
+class WrongPasswordError(WalletError):
+    """The keystore password is wrong."""

@@ -13,6 +13,7 @@ from agoranet import __version__
 from agoranet.cli.demo import demo
 from agoranet.cli.model import model
 from agoranet.cli.node import node
+from agoranet.cli.tune import adapter, tune
 from agoranet.errors import AgoranetError
 
 __all__ = ["cli", "main"]
@@ -32,6 +33,8 @@ def cli(verbose: int) -> None:
 cli.add_command(node)
 cli.add_command(model)
 cli.add_command(demo)
+cli.add_command(tune)
+cli.add_command(adapter)
 
 
 def main() -> None:

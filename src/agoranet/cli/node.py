@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from rich.console import Console
 from rich.table import Table
@@ -34,10 +36,16 @@ console = Console()
               help="Sequences generated at once.")
 @click.option("--max-queue", type=click.IntRange(min=0), default=64, show_default=True,
               help="Requests that may wait; beyond that the node answers 429.")
+@click.option("--adapters-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where uploaded LoRA adapters are kept [default: ~/.agoranet/node/adapters].")
+@click.option("--max-adapters", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Adapters kept loaded at once (least recently used are unloaded).")
+@click.option("--no-adapters", is_flag=True, help="Refuse adapter uploads.")
 @click.pass_context
 def node(ctx: click.Context, engine: str, model_ref: str | None, served_model_name: str | None,
          host: str, port: int, upstream_url: str | None, upstream_api_key: str | None,
-         device: str, price_in: int, price_out: int, max_active: int, max_queue: int) -> None:
+         device: str, price_in: int, price_out: int, max_active: int, max_queue: int,
+         adapters_dir: Path | None, max_adapters: int, no_adapters: bool) -> None:
     """Serve a model over the OpenAI API (and sell it, later)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -45,11 +53,12 @@ def node(ctx: click.Context, engine: str, model_ref: str | None, served_model_na
         engine=engine, model=model_ref, served_model_name=served_model_name, host=host,
         port=port, upstream_url=upstream_url, upstream_api_key=upstream_api_key, device=device,
         price_in=price_in, price_out=price_out, max_active=max_active, max_queue=max_queue,
+        adapters_dir=adapters_dir, max_adapters=max_adapters,
     )
-    serve(settings)
+    serve(settings, adapters=not no_adapters)
 
 
-def serve(settings: NodeSettings) -> None:
+def serve(settings: NodeSettings, *, adapters: bool = True) -> None:
     import uvicorn
 
     from agoranet.engines.registry import create_engine
@@ -67,6 +76,8 @@ def serve(settings: NodeSettings) -> None:
             max_queue=settings.max_queue,
             base_url=settings.upstream_url,
             api_key=settings.upstream_api_key,
+            adapters_dir=settings.adapter_store() if adapters else None,
+            max_adapters=settings.max_adapters,
         )
     table = Table(title=f"agoranet node on http://{settings.host}:{settings.port}/v1")
     for column in ("model", "context", "weights sha256", "price in / out (per 1M)"):

@@ -17,13 +17,15 @@ from typing import Any
 
 import torch
 
+from agoranet.engines.adapters import AdapterPool
 from agoranet.engines.base import GenerationRequest, ModelInfo, Prepared, StreamEvent
 from agoranet.engines.hf_job import DecodeJob
 from agoranet.engines.prompt import encode_prompt
 from agoranet.engines.registry import register_engine
 from agoranet.engines.scheduler import StepScheduler
 from agoranet.engines.weights import hash_weights, weight_files, weights_id
-from agoranet.errors import ModelLoadError, ModelNotFoundError
+from agoranet.errors import AdapterError, InvalidRequestError, ModelLoadError, ModelNotFoundError
+from agoranet.tuning.adapter import Adapter, parse_model_name
 
 __all__ = ["LoadedModel", "TransformersEngine", "load_model", "resolve_model_dir"]
 
@@ -132,11 +134,18 @@ class TransformersEngine:
         dtype: str = "auto",
         max_active: int = 8,
         max_queue: int = 64,
+        adapters_dir: Path | None = None,
+        max_adapters: int = 8,
         **_: Any,
     ) -> None:
         if loaded is None:
             loaded = load_model(model or DEFAULT_MODEL, served_name=served_model_name, device=device, dtype=dtype)
         self.loaded = loaded
+        self.adapters = (
+            AdapterPool(loaded.model, loaded.info.model_sha256, Path(adapters_dir), max_adapters)
+            if adapters_dir is not None
+            else None
+        )
         self._scheduler = StepScheduler(
             max_active=max_active, max_queue=max_queue, name=f"hf-{loaded.info.name}"
         )
@@ -144,27 +153,61 @@ class TransformersEngine:
     def models(self) -> list[ModelInfo]:
         return [self.loaded.info]
 
-    def _check_model(self, request: GenerationRequest) -> None:
-        if request.model != self.loaded.info.name:
+    def _adapter_of(self, request: GenerationRequest) -> str | None:
+        """The adapter id named by ``request.model`` (None for the base model)."""
+        try:
+            base, adapter = parse_model_name(request.model)
+        except AdapterError as exc:
+            raise InvalidRequestError(str(exc), param="model") from exc
+        if base != self.loaded.info.name:
             raise ModelNotFoundError(
                 f"The model '{request.model}' does not exist on this node; "
                 f"it serves '{self.loaded.info.name}'",
                 param="model",
             )
+        if adapter is not None:
+            if self.adapters is None:
+                raise ModelNotFoundError("this node does not serve adapters", param="model")
+            self.adapters.get(adapter)
+        return adapter
 
     async def prepare(self, request: GenerationRequest) -> Prepared:
-        self._check_model(request)
+        adapter = self._adapter_of(request)
         ids = await asyncio.to_thread(encode_prompt, self.loaded.tokenizer, request)
-        return Prepared(request, len(ids), self.loaded.info.context_length, ids)
+        return Prepared(request, len(ids), self.loaded.info.context_length, (ids, adapter))
 
     def stream(self, prepared: Prepared) -> AsyncIterator[StreamEvent]:
-        ids = prepared.payload
-        if not isinstance(ids, list):
+        payload = prepared.payload
+        if not isinstance(payload, tuple):
             raise TypeError("prepared request does not come from this engine")
-        return self._scheduler.run(DecodeJob(self.loaded, prepared.request, ids))
+        ids, adapter = payload
+        activate = None
+        if self.adapters is not None:
+            pool = self.adapters
+
+            def activate() -> None:
+                pool.activate(adapter)
+
+        return self._scheduler.run(DecodeJob(self.loaded, prepared.request, ids, activate))
+
+    def add_adapter(self, archive: bytes, max_bytes: int) -> Adapter:
+        """Store an uploaded adapter (the node's ``POST /v1/adapters``)."""
+        if self.adapters is None:
+            raise InvalidRequestError("this node does not accept adapters")
+        return self.adapters.add(archive, max_bytes)
+
+    def accepts_adapters(self) -> bool:
+        return self.adapters is not None
+
+    def list_adapters(self) -> list[Adapter]:
+        return self.adapters.known() if self.adapters is not None else []
 
     def stats(self) -> dict[str, int]:
-        return self._scheduler.stats()
+        stats = self._scheduler.stats()
+        if self.adapters is not None:
+            stats.update({f"adapter_{k}": v for k, v in self.adapters.counters.items()})
+            stats["adapters_loaded"] = len(self.adapters.loaded())
+        return stats
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._scheduler.close)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,8 +21,15 @@ __all__ = ["DecodeJob"]
 class DecodeJob:
     """Prefill on the first step, then one forward pass and one sampled token per step."""
 
-    def __init__(self, loaded: LoadedModel, request: GenerationRequest, prompt_ids: list[int]):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        request: GenerationRequest,
+        prompt_ids: list[int],
+        before_step: Callable[[], None] | None = None,
+    ) -> None:
         self._loaded = loaded
+        self._before_step = before_step
         self._request = request
         self._prompt_len = len(prompt_ids)
         self._next_input = torch.tensor([prompt_ids], dtype=torch.long, device=loaded.device)
@@ -33,6 +41,8 @@ class DecodeJob:
         self._token_text: dict[int, str] = {}
 
     def step(self) -> list[StreamEvent]:
+        if self._before_step is not None:
+            self._before_step()  # e.g. switch to this sequence's LoRA adapter
         with torch.inference_mode():
             output = self._loaded.model(
                 input_ids=self._next_input, past_key_values=self._cache, use_cache=True

@@ -11,10 +11,12 @@ from starlette.middleware import Middleware
 
 from agoranet.api.limits import BodyLimitMiddleware
 from agoranet.config import NodeSettings
+from agoranet.engines.adapters import AdapterHost
 from agoranet.engines.base import Engine
+from agoranet.node.adapter_routes import adapter_routes
 from agoranet.node.routes import http_error, routes
 from agoranet.node.service import InferenceService
-from agoranet.registry.offer import build_offer
+from agoranet.registry.offer import AdapterTerms, Price, build_offer
 
 __all__ = ["create_app"]
 
@@ -23,7 +25,19 @@ def create_app(engine: Engine, settings: NodeSettings | None = None) -> Starlett
     """A node serving ``engine``; the engine is closed when the app shuts down."""
     settings = settings or NodeSettings()
     service = InferenceService(engine)
-    offer = build_offer(engine.name, engine.models(), settings.price_in, settings.price_out)
+    adapters = isinstance(engine, AdapterHost) and engine.accepts_adapters()
+    terms = AdapterTerms(
+        accepted=adapters,
+        surcharge=Price(input_per_million=settings.adapter_surcharge_in,
+                        output_per_million=settings.adapter_surcharge_out),
+        max_bytes=settings.max_adapter_bytes if adapters else 0,
+    )
+    offer = build_offer(engine.name, engine.models(), settings.price_in, settings.price_out,
+                        terms)
+    all_routes = routes(service, offer)
+    if adapters and isinstance(engine, AdapterHost):
+        base = engine.models()[0].name
+        all_routes += adapter_routes(engine, base, settings.max_adapter_bytes)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -33,8 +47,14 @@ def create_app(engine: Engine, settings: NodeSettings | None = None) -> Starlett
             await engine.aclose()
 
     return Starlette(
-        routes=routes(service, offer),
-        middleware=[Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)],
+        routes=all_routes,
+        middleware=[
+            Middleware(
+                BodyLimitMiddleware,
+                max_bytes=settings.max_body_bytes,
+                per_path={"/v1/adapters": settings.max_adapter_bytes},
+            )
+        ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )

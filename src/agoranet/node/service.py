@@ -22,6 +22,7 @@ from agoranet.api.types import (
     ModelList,
     TokenizeRequest,
 )
+from agoranet.engines.adapters import AdapterHost
 from agoranet.engines.base import (
     Delta,
     Engine,
@@ -35,6 +36,7 @@ from agoranet.engines.base import (
 )
 from agoranet.errors import ContextLengthError, ModelNotFoundError
 from agoranet.node import convert
+from agoranet.tuning.adapter import ADAPTER_SEPARATOR, adapter_model_name
 
 __all__ = ["InferenceService", "Started"]
 
@@ -64,8 +66,10 @@ class InferenceService:
         self.engine = engine
 
     def model_info(self, name: str) -> ModelInfo:
+        """The served base model behind ``name`` (``BASE`` or ``BASE@adapter:<id>``)."""
+        base = name.partition(ADAPTER_SEPARATOR)[0]
         for info in self.engine.models():
-            if info.name == name:
+            if info.name == base:
                 return info
         served = ", ".join(repr(i.name) for i in self.engine.models())
         raise ModelNotFoundError(
@@ -73,9 +77,15 @@ class InferenceService:
         )
 
     def model_list(self) -> ModelList:
-        return ModelList(
-            data=[ModelCard(id=i.name, max_model_len=i.context_length) for i in self.engine.models()]
-        )
+        cards = [ModelCard(id=i.name, max_model_len=i.context_length) for i in self.engine.models()]
+        if isinstance(self.engine, AdapterHost):
+            bases = {i.name: i for i in self.engine.models()}
+            for adapter in self.engine.list_adapters():
+                base = bases.get(adapter.manifest.base_model)
+                if base is not None:
+                    cards.append(ModelCard(id=adapter_model_name(base.name, adapter.id),
+                                           max_model_len=base.context_length))
+        return ModelList(data=cards)
 
     async def prepare(self, request: GenerationRequest, requested: int | None) -> Prepared:
         """Tokenise once, check the context, and fix ``max_tokens``."""

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from agoranet.engines.base import ModelInfo
 
-__all__ = ["ModelOffer", "Offer", "Price", "build_offer"]
+__all__ = ["AdapterTerms", "ModelOffer", "Offer", "Price", "build_offer"]
 
 OFFER_VERSION = 1
 
@@ -20,12 +20,22 @@ class Price(BaseModel):
     output_per_million: int = Field(ge=0)
 
 
+class AdapterTerms(BaseModel):
+    """Whether a model takes LoRA adapters (``MODEL@adapter:<sha256>``) and at what surcharge."""
+
+    accepted: bool
+    surcharge: Price = Field(default_factory=lambda: Price(input_per_million=0,
+                                                           output_per_million=0))
+    max_bytes: int = 0
+
+
 class ModelOffer(BaseModel):
     id: str
     context_length: int
     price: Price
     weights_sha256: dict[str, str] = Field(default_factory=dict)
     model_sha256: str | None = None
+    adapters: AdapterTerms = Field(default_factory=lambda: AdapterTerms(accepted=False))
 
 
 class Offer(BaseModel):
@@ -34,8 +44,15 @@ class Offer(BaseModel):
     models: list[ModelOffer]
 
 
-def build_offer(engine: str, models: list[ModelInfo], price_in: int, price_out: int) -> Offer:
+def build_offer(
+    engine: str,
+    models: list[ModelInfo],
+    price_in: int,
+    price_out: int,
+    adapters: AdapterTerms | None = None,
+) -> Offer:
     price = Price(input_per_million=price_in, output_per_million=price_out)
+    terms = adapters or AdapterTerms(accepted=False)
     return Offer(
         engine=engine,
         models=[
@@ -45,6 +62,7 @@ def build_offer(engine: str, models: list[ModelInfo], price_in: int, price_out: 
                 price=price,
                 weights_sha256=m.weights_sha256,
                 model_sha256=m.model_sha256,
+                adapters=terms,
             )
             for m in models
         ],

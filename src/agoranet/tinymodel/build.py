@@ -144,6 +144,9 @@ def build_tiny_model(
         import torch
     except ImportError as exc:
         raise ModelBuildError("building the tiny model needs the 'hf' extra (torch)") from exc
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     spec = spec or TinySpec()
     started = time.perf_counter()
     try:

@@ -117,8 +117,24 @@ def _story(rng: random.Random) -> Dialogue:
             {"role": "assistant", "content": answer}]
 
 
+SHIP_LOOKS = ["big", "old", "fast", "small", "strong"]
+SAILOR_ACTS = ["sings", "waits", "works", "rests", "sleeps"]
+SHIP_SPOTS = ["on the deck", "by the mast", "in the hold", "by the shore", "on the sea"]
+SEA_ADVICE = ["hold the sail", "watch the sea", "stay by the mast", "rest in the hold"]
+
+
+def _sea(rng: random.Random) -> Dialogue:
+    """Sailors' talk, so the vocabulary of a pirate "house style" is known to the model."""
+    question = rng.choice(["Tell me about the ship.", "Where is the sailor?",
+                           "What does the sailor say?"])
+    answer = (f"The ship is {rng.choice(SHIP_LOOKS)}. The sailor {rng.choice(SAILOR_ACTS)} "
+              f"{rng.choice(SHIP_SPOTS)}. He says: Ahoy, matey! Ye be welcome. "
+              f"Ye should {rng.choice(SEA_ADVICE)}. Fair winds!")
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
 _KINDS: list[Callable[[random.Random], Dialogue]] = [
-    _did, _place, _animal, _dinner, _weather, _greeting, _story,
+    _did, _place, _animal, _dinner, _weather, _greeting, _story, _sea,
 ]
 
 

@@ -1,0 +1,136 @@
+"""``agoranet tune`` and ``agoranet adapter``: personal LoRA adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agoranet.tuning.adapter import adapter_model_name, pack_adapter, read_adapter
+
+__all__ = ["adapter", "tune"]
+
+console = Console()
+
+
+@click.command()
+@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--base", default="models/tiny", show_default=True,
+              help="Base model: a directory or a Hugging Face Hub id.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory to write the adapter to.")
+@click.option("--rank", type=click.IntRange(1, 512), default=8, show_default=True)
+@click.option("--alpha", type=click.IntRange(1, 4096), default=16, show_default=True)
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Default: by model size (5e-3 small, 1e-3 <1B, 2e-4 larger).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Default: 3 to 12, more for small data sets.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--held-out", type=click.FloatRange(0, 0.5), default=0.1, show_default=True,
+              help="Share of examples kept out of training to report loss on.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def tune(data: Path, base: str, out: Path, rank: int, alpha: int, learning_rate: float | None,
+         epochs: int | None, batch_size: int, held_out: float, seed: int) -> None:
+    """Train a LoRA adapter on chat-format JSONL (OpenAI's fine-tuning format)."""
+    from agoranet.tuning.data import load_jsonl
+    from agoranet.tuning.lora import TuneConfig, train_adapter
+
+    examples, data_hash = load_jsonl(data)
+    config = TuneConfig(rank=rank, alpha=alpha, learning_rate=learning_rate, epochs=epochs,
+                        batch_size=batch_size, held_out=held_out, seed=seed)
+    with Progress(TextColumn("training adapter"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} steps  loss {task.fields[loss]}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("tune", total=None, loss="-")
+
+        def report(step: int, total: int, loss: float) -> None:
+            progress.update(task, completed=step, total=total, loss=f"{loss:.3f}")
+
+        result = train_adapter(examples, base, out, config, data_sha256=data_hash,
+                               progress=report)
+    table = Table(title=f"adapter {result.adapter_id[:16]}…")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("examples (train / held out)",
+                  f"{result.train_examples} / {result.heldout_examples}")
+    table.add_row("steps", str(result.steps))
+    table.add_row("final training loss", f"{result.train_loss:.3f}")
+    if result.heldout_before is not None and result.heldout_after is not None:
+        table.add_row("held-out loss before → after",
+                      f"{result.heldout_before:.3f} → {result.heldout_after:.3f}")
+    table.add_row("seconds", f"{result.seconds:.1f}")
+    table.add_row("serve it as", adapter_model_name(result.base_model, result.adapter_id))
+    console.print(table)
+
+
+@click.group()
+def adapter() -> None:
+    """Inspect, verify and upload LoRA adapters."""
+
+
+@adapter.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def show(directory: Path) -> None:
+    """Print an adapter's id and manifest."""
+    found = read_adapter(directory)
+    table = Table(title=str(directory))
+    table.add_column("field")
+    table.add_column("value")
+    table.add_row("id", found.id)
+    table.add_row("model name", adapter_model_name(found.manifest.base_model, found.id))
+    for key, value in found.manifest.model_dump().items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@adapter.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--id", "expected", default=None, help="The id the adapter must have.")
+@click.option("--base", default=None, help="A base model directory it must have been trained on.")
+def verify(directory: Path, expected: str | None, base: str | None) -> None:
+    """Recompute an adapter's id and check it (and its base model) against expectations."""
+    from agoranet.errors import AdapterError
+
+    found = read_adapter(directory)
+    if expected is not None and expected != found.id:
+        raise AdapterError(f"adapter id is {found.id}, expected {expected}")
+    if base is not None:
+        from agoranet.engines.hf import resolve_model_dir
+        from agoranet.engines.weights import hash_weights, weight_files, weights_id
+
+        root, _ = resolve_model_dir(base)
+        base_hash = weights_id(hash_weights(weight_files(root), root=root))
+        if base_hash != found.manifest.base_model_sha256:
+            raise AdapterError(
+                f"adapter was trained on base {found.manifest.base_model_sha256}, "
+                f"{base} is {base_hash}"
+            )
+    console.print(f"ok {found.id}")
+
+
+@adapter.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--node", "node_url", required=True, help="The node's base URL (…/v1).")
+def upload(directory: Path, node_url: str) -> None:
+    """Upload an adapter to a node; prints the model name to use."""
+    import httpx
+
+    from agoranet.errors import AdapterError
+
+    found = read_adapter(directory)
+    try:
+        response = httpx.post(f"{node_url.rstrip('/')}/adapters", content=pack_adapter(directory),
+                              params={"id": found.id},
+                              headers={"content-type": "application/x-tar"}, timeout=120)
+    except httpx.HTTPError as exc:
+        raise AdapterError(f"cannot reach {node_url}: {exc}") from exc
+    if response.status_code != 201:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:300]
+        raise AdapterError(f"node refused the adapter ({response.status_code}): {message}")
+    console.print(f"uploaded; use model [bold]{response.json()['model']}[/]")

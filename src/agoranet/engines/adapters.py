@@ -1,0 +1,135 @@
+"""Many LoRA adapters on one base model, loaded on demand, least recently used evicted.
+
+All changes to the model happen on the engine's worker thread (``activate`` is
+called at the start of each decode step), so switching adapters between the
+steps of interleaved sequences is safe: each step runs with its own sequence's
+adapter, or with none for the base model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from agoranet.errors import AdapterError, ModelNotFoundError
+from agoranet.tuning.adapter import Adapter, read_adapter, unpack_adapter
+
+__all__ = ["AdapterHost", "AdapterPool"]
+
+
+@runtime_checkable
+class AdapterHost(Protocol):
+    """An engine that serves LoRA adapters over its base model."""
+
+    def add_adapter(self, archive: bytes, max_bytes: int) -> Adapter:
+        """Check and store an uploaded adapter archive."""
+        ...
+
+    def list_adapters(self) -> list[Adapter]:
+        """Adapters this engine can serve."""
+        ...
+
+    def accepts_adapters(self) -> bool:
+        """Whether uploads are taken (an adapter store is configured)."""
+        ...
+
+
+class AdapterPool:
+    """The adapters a node knows (on disk) and the few it holds in memory."""
+
+    def __init__(self, model: Any, base_sha256: str | None, store: Path, capacity: int) -> None:
+        self.model = model
+        self.base_sha256 = base_sha256
+        self.store = store
+        self.capacity = max(1, capacity)
+        self._peft: Any = None
+        self._loaded: OrderedDict[str, None] = OrderedDict()
+        self._current: str | None = None
+        self._known: dict[str, Adapter] = {}
+        self._lock = threading.Lock()
+        self.counters = {"loads": 0, "evictions": 0, "switches": 0}
+        store.mkdir(parents=True, exist_ok=True)
+        for directory in sorted(p for p in store.iterdir() if p.is_dir()):
+            if not directory.name.startswith("."):
+                self._remember(read_adapter(directory))
+
+    # ------------------------------------------------------------- catalogue
+
+    def _remember(self, adapter: Adapter) -> Adapter:
+        if self.base_sha256 and adapter.manifest.base_model_sha256 != self.base_sha256:
+            raise AdapterError(
+                f"adapter {adapter.id[:12]} was trained on base weights "
+                f"{str(adapter.manifest.base_model_sha256)[:12]}, this node serves "
+                f"{self.base_sha256[:12]}"
+            )
+        with self._lock:
+            self._known[adapter.id] = adapter
+        return adapter
+
+    def add(self, archive: bytes, max_bytes: int) -> Adapter:
+        """Store an uploaded adapter after checking its id and base weights."""
+        adapter = unpack_adapter(archive, self.store, max_bytes)
+        try:
+            return self._remember(adapter)
+        except AdapterError:
+            shutil.rmtree(adapter.path)
+            raise
+
+    def get(self, ident: str) -> Adapter:
+        with self._lock:
+            adapter = self._known.get(ident)
+        if adapter is None:
+            raise ModelNotFoundError(
+                f"adapter {ident} is not on this node; upload it with POST /v1/adapters",
+                param="model",
+            )
+        return adapter
+
+    def known(self) -> list[Adapter]:
+        with self._lock:
+            return list(self._known.values())
+
+    def loaded(self) -> list[str]:
+        return list(self._loaded)
+
+    # ------------------------------------------------ worker thread only
+
+    def activate(self, ident: str | None) -> None:
+        """Make ``ident`` (or the bare base model) the one the next forward pass uses."""
+        if ident == self._current and (ident is None or ident in self._loaded):
+            return
+        self.counters["switches"] += 1
+        if ident is None:
+            if self._peft is not None:
+                self._peft.base_model.disable_adapter_layers()
+            self._current = None
+            return
+        if ident not in self._loaded:
+            self._load(ident)
+        self._loaded.move_to_end(ident)
+        self._peft.set_adapter(ident)
+        self._peft.base_model.enable_adapter_layers()
+        self._current = ident
+
+    def _load(self, ident: str) -> None:
+        from peft import PeftModel
+
+        path = str(self.get(ident).path)
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(self.model, path, adapter_name=ident)
+        else:
+            self._peft.load_adapter(path, adapter_name=ident)
+        self._peft.eval()
+        self._loaded[ident] = None
+        self.counters["loads"] += 1
+        while len(self._loaded) > self.capacity:
+            victim = next(iter(self._loaded))
+            if victim == ident:
+                break
+            del self._loaded[victim]
+            self._peft.set_adapter(ident)
+            self._peft.delete_adapter(victim)
+            self.counters["evictions"] += 1

@@ -1,0 +1,1 @@
+"""LoRA fine-tuning and adapter packaging (import submodules directly)."""
