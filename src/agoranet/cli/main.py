@@ -10,10 +10,12 @@ from rich.console import Console
 from rich.text import Text
 
 from agoranet import __version__
+from agoranet.cli.chain import chain
 from agoranet.cli.demo import demo
 from agoranet.cli.model import model
 from agoranet.cli.node import node
 from agoranet.cli.tune import adapter, tune
+from agoranet.cli.wallet import wallet
 from agoranet.errors import AgoranetError
 
 __all__ = ["cli", "main"]
@@ -35,6 +37,8 @@ cli.add_command(model)
 cli.add_command(demo)
 cli.add_command(tune)
 cli.add_command(adapter)
+cli.add_command(chain)
+cli.add_command(wallet)
 
 
 def main() -> None:

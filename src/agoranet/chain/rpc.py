@@ -1,0 +1,150 @@
+"""JSON-RPC access with web3.py: connect, send locally signed transactions, dev-chain calls.
+
+Everything outside the dev-chain launcher reaches a chain only through its RPC
+URL. web3 and transport errors are converted here into :class:`ChainError` and
+:class:`ContractError` with one readable line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from eth_account.signers.local import LocalAccount
+from web3 import HTTPProvider, Web3
+from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception
+
+from agoranet.errors import ChainError, ContractError
+
+__all__ = [
+    "DEV_CHAIN_ID",
+    "TxResult",
+    "connect",
+    "dev_rpc",
+    "increase_time",
+    "send",
+    "transfer_native",
+]
+
+DEV_CHAIN_ID: Final = 31337
+_TIMEOUT: Final = 10.0
+
+
+@dataclass(frozen=True)
+class TxResult:
+    """A mined, successful transaction."""
+
+    tx_hash: str
+    gas_used: int
+    block_number: int
+
+
+def connect(rpc_url: str, *, timeout: float = _TIMEOUT) -> Web3:
+    """A connected :class:`Web3`, or :class:`ChainError` if nothing answers at ``rpc_url``."""
+    if not rpc_url.startswith(("http://", "https://")):
+        raise ChainError(f"RPC URL {rpc_url!r} must start with http:// or https://")
+    w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+    try:
+        w3.eth.chain_id  # noqa: B018 - a cheap call that proves the endpoint answers
+    except (OSError, ValueError, Web3Exception) as exc:
+        raise ChainError(f"RPC URL {rpc_url} is unreachable: {_short(exc)}") from exc
+    return w3
+
+
+def send(w3: Web3, account: LocalAccount, call: Any, what: str, *, value: int = 0) -> TxResult:
+    """Sign ``call`` (a bound contract function) with ``account`` locally and wait for it.
+
+    A revert (at gas estimation or in the mined block) becomes :class:`ContractError`
+    naming ``what`` and the contract's reason.
+    """
+    try:
+        tx = call.build_transaction(
+            {
+                "from": account.address,
+                "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+                "chainId": w3.eth.chain_id,
+                "value": value,
+            }
+        )
+    except ContractLogicError as exc:
+        raise ContractError(f"{what} reverted: {_reason(exc)}") from exc
+    except (OSError, ValueError, Web3Exception) as exc:
+        raise ChainError(f"{what} failed: {_short(exc)}") from exc
+    return _sign_and_wait(w3, account, tx, what)
+
+
+def transfer_native(w3: Web3, account: LocalAccount, to: str, amount: int) -> TxResult:
+    """Send ``amount`` wei from ``account`` to ``to``."""
+    tx: dict[str, Any] = {
+        "from": account.address,
+        "to": to,
+        "value": amount,
+        "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+        "chainId": w3.eth.chain_id,
+        "gas": 21_000,
+    }
+    try:
+        fees = _fees(w3)
+    except (OSError, ValueError, Web3Exception) as exc:
+        raise ChainError(f"native transfer failed: {_short(exc)}") from exc
+    tx.update(fees)
+    return _sign_and_wait(w3, account, tx, "native transfer")
+
+
+def dev_rpc(w3: Web3, method: str, params: list[Any]) -> Any:
+    """Call a dev-node method (``evm_mine``, ``anvil_*``); refuses off the dev chain."""
+    chain_id = w3.eth.chain_id
+    if chain_id != DEV_CHAIN_ID:
+        raise ChainError(f"{method} is only used on the dev chain (31337), not chain {chain_id}")
+    try:
+        response = w3.provider.make_request(method, params)  # type: ignore[arg-type]
+    except (OSError, ValueError, Web3Exception) as exc:
+        raise ChainError(f"{method} failed: {_short(exc)}") from exc
+    if "error" in response:
+        raise ChainError(f"{method} failed: {response['error']}")
+    return response.get("result")
+
+
+def increase_time(w3: Web3, seconds: int) -> None:
+    """Advance the dev chain's clock by ``seconds`` and mine a block (31337 only)."""
+    dev_rpc(w3, "evm_increaseTime", [seconds])
+    dev_rpc(w3, "evm_mine", [])
+
+
+def _sign_and_wait(w3: Web3, account: LocalAccount, tx: dict[str, Any], what: str) -> TxResult:
+    try:
+        signed = account.sign_transaction(tx)
+        tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
+    except ContractLogicError as exc:
+        raise ContractError(f"{what} reverted: {_reason(exc)}") from exc
+    except TimeExhausted as exc:
+        raise ChainError(f"{what}: no receipt within 120 s") from exc
+    except (OSError, ValueError, Web3Exception) as exc:
+        raise ChainError(f"{what} failed: {_short(exc)}") from exc
+    if receipt["status"] != 1:
+        raise ContractError(f"{what} reverted in block {receipt['blockNumber']}")
+    return TxResult(
+        tx_hash="0x" + bytes(receipt["transactionHash"]).hex(),
+        gas_used=int(receipt["gasUsed"]),
+        block_number=int(receipt["blockNumber"]),
+    )
+
+
+def _fees(w3: Web3) -> dict[str, int]:
+    base = int(w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0)
+    tip = int(w3.eth.max_priority_fee)
+    return {"maxFeePerGas": 2 * base + tip, "maxPriorityFeePerGas": tip}
+
+
+def _reason(exc: ContractLogicError) -> str:
+    message = str(exc.message or exc)
+    return (
+        message.removeprefix("execution reverted: ").removeprefix("execution reverted")
+        or "no reason"
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
