@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# Nodes, wallets and adapters started by tests keep their state out of the user's home.
+os.environ.setdefault("AGORANET_HOME", tempfile.mkdtemp(prefix="agoranet-test-home-"))
 
 from helpers import ensure_tiny_model, node_process
 

@@ -52,8 +52,17 @@ class NodeSettings(BaseSettings):
     adapter_surcharge_in: int = Field(default=0, ge=0)
     adapter_surcharge_out: int = Field(default=0, ge=0)
 
+    # Fine-tuning jobs sold by the node (OpenAI's files + fine_tuning.jobs API).
+    fine_tuning: bool = True
+    fine_tuning_dir: Path | None = None
+    price_training: int = Field(default=0, ge=0, description="per million training tokens")
+    max_training_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
     def adapter_store(self) -> Path:
         return self.adapters_dir or default_home() / "node" / "adapters"
+
+    def fine_tuning_store(self) -> Path:
+        return self.fine_tuning_dir or default_home() / "node" / "fine_tuning"
 
 
 class ChainSettings(BaseSettings):

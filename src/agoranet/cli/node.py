@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -10,6 +11,10 @@ from rich.table import Table
 
 from agoranet.config import NodeSettings
 from agoranet.engines.registry import available_engines
+
+if TYPE_CHECKING:
+    from agoranet.tuning.jobs import JobManager
+from agoranet.tuning.jobs import JobManager
 
 __all__ = ["node"]
 
@@ -41,11 +46,15 @@ console = Console()
 @click.option("--max-adapters", type=click.IntRange(min=1), default=8, show_default=True,
               help="Adapters kept loaded at once (least recently used are unloaded).")
 @click.option("--no-adapters", is_flag=True, help="Refuse adapter uploads.")
+@click.option("--price-training", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Fine-tuning price per million training tokens, in base units.")
+@click.option("--no-fine-tuning", is_flag=True, help="Do not sell fine-tuning jobs.")
 @click.pass_context
 def node(ctx: click.Context, engine: str, model_ref: str | None, served_model_name: str | None,
          host: str, port: int, upstream_url: str | None, upstream_api_key: str | None,
          device: str, price_in: int, price_out: int, max_active: int, max_queue: int,
-         adapters_dir: Path | None, max_adapters: int, no_adapters: bool) -> None:
+         adapters_dir: Path | None, max_adapters: int, no_adapters: bool, price_training: int,
+         no_fine_tuning: bool) -> None:
     """Serve a model over the OpenAI API (and sell it, later)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -53,7 +62,8 @@ def node(ctx: click.Context, engine: str, model_ref: str | None, served_model_na
         engine=engine, model=model_ref, served_model_name=served_model_name, host=host,
         port=port, upstream_url=upstream_url, upstream_api_key=upstream_api_key, device=device,
         price_in=price_in, price_out=price_out, max_active=max_active, max_queue=max_queue,
-        adapters_dir=adapters_dir, max_adapters=max_adapters,
+        adapters_dir=adapters_dir, max_adapters=max_adapters, price_training=price_training,
+        fine_tuning=not no_fine_tuning,
     )
     serve(settings, adapters=not no_adapters)
 
@@ -86,6 +96,22 @@ def serve(settings: NodeSettings, *, adapters: bool = True) -> None:
         table.add_row(info.name, str(info.context_length), (info.model_sha256 or "-")[:16],
                       f"{settings.price_in} / {settings.price_out}")
     console.print(table)
-    app = create_app(engine, settings)
+    app = create_app(engine, settings, _job_manager(engine, settings))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
                 timeout_graceful_shutdown=5)
+
+
+def _job_manager(engine: object, settings: NodeSettings) -> JobManager | None:
+    """Fine-tuning is sold by nodes whose engine holds a local transformers model."""
+    from agoranet.engines.hf import TransformersEngine
+
+    if not settings.fine_tuning or not isinstance(engine, TransformersEngine):
+        return None
+    from agoranet.tuning.jobs import JobManager, local_trainer
+
+    loaded = engine.loaded
+    return JobManager(
+        loaded.info.name, settings.fine_tuning_store(), local_trainer(loaded.directory),
+        price_per_million=settings.price_training,
+        base_parameters=sum(p.numel() for p in loaded.model.parameters()),
+    )

@@ -64,6 +64,7 @@ class LoadedModel:
     tokenizer: Any
     device: torch.device
     eos_ids: frozenset[int]
+    directory: Path
 
 
 def _pick_device(device: str) -> torch.device:
@@ -115,7 +116,7 @@ def load_model(
         weights_sha256=hashes,
         model_sha256=weights_id(hashes) if hashes else None,
     )
-    return LoadedModel(info, weights, tokenizer, where, eos_ids)
+    return LoadedModel(info, weights, tokenizer, where, eos_ids, directory)
 
 
 @register_engine("transformers")

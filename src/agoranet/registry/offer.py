@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from agoranet.engines.base import ModelInfo
 
-__all__ = ["AdapterTerms", "ModelOffer", "Offer", "Price", "build_offer"]
+__all__ = ["AdapterTerms", "FineTuningTerms", "ModelOffer", "Offer", "Price", "build_offer"]
 
 OFFER_VERSION = 1
 
@@ -38,10 +38,18 @@ class ModelOffer(BaseModel):
     adapters: AdapterTerms = Field(default_factory=lambda: AdapterTerms(accepted=False))
 
 
+class FineTuningTerms(BaseModel):
+    """Whether the node sells LoRA training, and its price per million training tokens."""
+
+    accepted: bool = False
+    price_per_million_training_tokens: int = Field(default=0, ge=0)
+
+
 class Offer(BaseModel):
     version: int = OFFER_VERSION
     engine: str
     models: list[ModelOffer]
+    fine_tuning: FineTuningTerms = Field(default_factory=FineTuningTerms)
 
 
 def build_offer(
@@ -50,11 +58,13 @@ def build_offer(
     price_in: int,
     price_out: int,
     adapters: AdapterTerms | None = None,
+    fine_tuning: FineTuningTerms | None = None,
 ) -> Offer:
     price = Price(input_per_million=price_in, output_per_million=price_out)
     terms = adapters or AdapterTerms(accepted=False)
     return Offer(
         engine=engine,
+        fine_tuning=fine_tuning or FineTuningTerms(),
         models=[
             ModelOffer(
                 id=m.name,
