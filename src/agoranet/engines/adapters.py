@@ -46,6 +46,7 @@ class AdapterPool:
         self.store = store
         self.capacity = max(1, capacity)
         self._peft: Any = None
+        self._layers: list[Any] = []  # peft's LoRA layers, for the fast switch
         self._loaded: OrderedDict[str, None] = OrderedDict()
         self._current: str | None = None
         self._known: dict[str, Adapter] = {}
@@ -98,20 +99,26 @@ class AdapterPool:
     # ------------------------------------------------ worker thread only
 
     def activate(self, ident: str | None) -> None:
-        """Make ``ident`` (or the bare base model) the one the next forward pass uses."""
+        """Make ``ident`` (or the bare base model) the one the next forward pass uses.
+
+        peft's own ``set_adapter`` also re-flags ``requires_grad`` on every adapter
+        of every layer, which costs more the more adapters are loaded; for
+        inference only the active name and the disabled flag matter, so they are
+        set directly on the LoRA layers collected after each load.
+        """
         if ident == self._current and (ident is None or ident in self._loaded):
             return
         self.counters["switches"] += 1
-        if ident is None:
-            if self._peft is not None:
-                self._peft.base_model.disable_adapter_layers()
-            self._current = None
-            return
-        if ident not in self._loaded:
+        if ident is not None and ident not in self._loaded:
             self._load(ident)
-        self._loaded.move_to_end(ident)
-        self._peft.set_adapter(ident)
-        self._peft.base_model.enable_adapter_layers()
+        if ident is not None:
+            self._loaded.move_to_end(ident)
+        for layer in self._layers:
+            if ident is None:
+                layer._disable_adapters = True
+            else:
+                layer._active_adapter = ident
+                layer._disable_adapters = False
         self._current = ident
 
     def _load(self, ident: str) -> None:
@@ -123,6 +130,7 @@ class AdapterPool:
         else:
             self._peft.load_adapter(path, adapter_name=ident)
         self._peft.eval()
+        self._collect_layers()
         self._loaded[ident] = None
         self.counters["loads"] += 1
         while len(self._loaded) > self.capacity:
@@ -133,3 +141,13 @@ class AdapterPool:
             self._peft.set_adapter(ident)
             self._peft.delete_adapter(victim)
             self.counters["evictions"] += 1
+        self._current = None  # force the next activate() to set every layer
+
+    def _collect_layers(self) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+        for layer in layers:
+            if not hasattr(layer, "_active_adapter") or not hasattr(layer, "_disable_adapters"):
+                raise AdapterError("this peft version lays out LoRA layers differently")
+        self._layers = layers

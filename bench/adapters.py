@@ -1,0 +1,114 @@
+"""Multi-adapter serving on the tiny model: tokens/s with 0, 1, 8 and 32 LoRA adapters.
+
+One engine, one base model. A house-style adapter is trained here (seconds on
+CPU), then 31 variants are made from it by scaling its LoRA weights (distinct
+files, so distinct content ids). Each scenario runs the same 32 requests of
+TOKENS tokens, 8 at a time, round-robin over its adapters, after a warm-up pass
+that loads them; the table prints total tokens/s and the ratio to the base alone.
+
+Usage: python bench/adapters.py [--model models/tiny] [--tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from agoranet.engines.base import GenerationRequest, Message, collect
+from agoranet.engines.hf import TransformersEngine, load_model
+from agoranet.tuning.adapter import MANIFEST, adapter_model_name, pack_adapter
+from agoranet.tuning.data import load_jsonl
+from agoranet.tuning.housestyle import write_house_style
+from agoranet.tuning.lora import train_adapter
+
+REQUESTS = 32
+CONCURRENCY = 8
+
+
+def make_variants(source: Path, root: Path, count: int) -> list[Path]:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(source / "adapter_model.safetensors"))
+    variants = [source]
+    for i in range(1, count):
+        target = root / f"variant-{i}"
+        shutil.copytree(source, target)
+        scaled = {k: v * (1 + 0.01 * i) if "lora_B" in k else v for k, v in weights.items()}
+        save_file(scaled, str(target / "adapter_model.safetensors"))
+        manifest = json.loads((target / MANIFEST).read_text())
+        manifest["created"] = f"variant {i}"
+        (target / MANIFEST).write_text(json.dumps(manifest))
+        variants.append(target)
+    return variants
+
+
+async def run(engine: TransformersEngine, models: list[str], tokens: int) -> float:
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(i: int) -> int:
+        request = GenerationRequest(model=models[i % len(models)],
+                                    messages=(Message("user", "Tell me a story."),),
+                                    max_tokens=tokens, temperature=0.0, ignore_eos=True)
+        async with gate:
+            return (await collect(engine.stream(await engine.prepare(request))))[2].completion_tokens
+
+    started = time.perf_counter()
+    produced = sum(await asyncio.gather(*(one(i) for i in range(REQUESTS))))
+    return produced / (time.perf_counter() - started)
+
+
+async def bench(model_dir: str, tokens: int, console: Console) -> None:
+    root = Path(tempfile.mkdtemp(prefix="agoranet-bench-adapters-"))
+    try:
+        with console.status("training a house-style adapter"):
+            examples, digest = load_jsonl(write_house_style(root / "data.jsonl"))
+            train_adapter(examples, load_model(model_dir), root / "adapter", data_sha256=digest)
+        variants = make_variants(root / "adapter", root, 32)
+        engine = TransformersEngine(model_dir, served_model_name="tiny", max_active=CONCURRENCY,
+                                    adapters_dir=root / "store", max_adapters=32)
+        names = [adapter_model_name("tiny", engine.add_adapter(pack_adapter(v), 10**9).id)
+                 for v in variants]
+        scenarios = {"base model alone": ["tiny"], "1 adapter": names[:1],
+                     "8 adapters": names[:8], "32 adapters": names}
+        rates: dict[str, float] = {}
+        try:
+            for label, models in scenarios.items():
+                with console.status(label):
+                    await run(engine, models, 8)  # warm up: loads the adapters
+                    rates[label] = max([await run(engine, models, tokens) for _ in range(2)])
+            stats = engine.stats()
+        finally:
+            await engine.aclose()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    base = rates["base model alone"]
+    table = Table(title=f"{REQUESTS} requests x {tokens} tokens, {CONCURRENCY} concurrent, "
+                        "requests spread round-robin over the adapters")
+    table.add_column("scenario")
+    table.add_column("tokens/s", justify="right")
+    table.add_column("vs base alone", justify="right")
+    for label, rate in rates.items():
+        table.add_row(label, f"{rate:.0f}", f"{rate / base:.2f}")
+    console.print(table)
+    console.print(f"adapter loads {stats['adapter_loads']}, switches {stats['adapter_switches']}, "
+                  f"evictions {stats['adapter_evictions']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models/tiny")
+    parser.add_argument("--tokens", type=int, default=64)
+    args = parser.parse_args()
+    asyncio.run(bench(args.model, args.tokens, Console()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The demo's steps: a node on the tiny model, streamed chats, then a personal adapter."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+
+from rich.console import Console
+
+from agoranet.demo.adapter_step import adapter_step
+from agoranet.demo.chat_step import chat_step
+from agoranet.errors import ConfigError
+from agoranet.node.launcher import running_node
+
+__all__ = ["run_demo"]
+
+
+def _ensure_model(path: Path, console: Console) -> None:
+    if (path / "model.safetensors").exists():
+        return
+    from agoranet.cli.model import build_with_progress
+
+    console.print(f"building the tiny model into {path} (about a minute, once)")
+    build_with_progress(path, None, 0, console)
+
+
+def run_demo(model_dir: Path, console: Console, work_dir: Path | None = None) -> None:
+    """Start a node, stream answers, train and serve a house-style adapter, stop the node."""
+    try:
+        import openai  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError("the demo needs the openai client: pip install openai") from exc
+    _ensure_model(model_dir, console)
+    work = work_dir or model_dir.parent / "demo"
+    with ExitStack() as stack:
+        with console.status("starting a node"):
+            base_url = stack.enter_context(running_node([
+                "--model", str(model_dir), "--served-model-name", "tiny",
+                "--adapters-dir", str(work / "node-adapters"), "--no-fine-tuning",
+            ]))
+        stack.callback(console.print, "node stopped")
+        console.rule("1. a node serves the tiny model; the openai client streams from it")
+        console.print(f"node at {base_url}\n")
+        chat_step(base_url, console)
+        console.rule("2. a personal fine-tune: train a LoRA adapter, upload it, use it")
+        adapter_step(base_url, model_dir, work, console)
