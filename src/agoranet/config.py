@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ChainSettings", "NodeSettings", "default_home"]
+__all__ = ["ChainSettings", "GatewaySettings", "NodeSettings", "default_home"]
 
 
 def default_home() -> Path:
@@ -58,6 +58,34 @@ class NodeSettings(BaseSettings):
     price_training: int = Field(default=0, ge=0, description="per million training tokens")
     max_training_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
+    # Payments (x402). A node with a price and without ``free`` takes payment before
+    # inference, through its own chain connection at ``rpc_url``.
+    free: bool = False
+    rpc_url: str = "http://127.0.0.1:8545"
+    keystore: Path | None = None
+    ledger_path: Path | None = Field(default=None, description="SQLite ledger file")
+    paid_paths: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions")
+    withdraw_delay: int = Field(default=900, ge=900)
+    min_deposit: int = Field(default=0, ge=0)
+    chain_state_ttl: float = Field(default=30.0, ge=0, description="seconds channel state is cached")
+    settle_exact_before: bool = True
+    # Claims: when unclaimed earnings reach an amount, a count of requests, or an age
+    # (seconds); the loop checks every ``settle_interval`` seconds.
+    claim_min_amount: int = Field(default=1_000_000, ge=0)
+    claim_max_requests: int = Field(default=1_000, ge=1)
+    claim_max_age: float = Field(default=3600.0, ge=0)
+    settle_interval: float = Field(default=5.0, gt=0)
+
+    @property
+    def paid(self) -> bool:
+        """Payment is required unless ``free`` or nothing has a price."""
+        return not self.free and (self.price_in > 0 or self.price_out > 0)
+
+    # Failure injection for demos and failover tests (node.chaos); off by default.
+    chaos_delay_ms: int = Field(default=0, ge=0)
+    chaos_fail_after: int | None = Field(default=None, ge=1)
+    chaos_fail_every: int = Field(default=1, ge=1)
+
     def adapter_store(self) -> Path:
         return self.adapters_dir or default_home() / "node" / "adapters"
 
@@ -81,3 +109,21 @@ class ChainSettings(BaseSettings):
     escrow: str | None = None
     collector: str | None = None
     registry: str | None = None
+
+
+class GatewaySettings(BaseSettings):
+    """Settings of the local gateway: where it listens, which nodes, policy and budget."""
+
+    model_config = SettingsConfigDict(env_prefix="AGORANET_GATEWAY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8402, ge=0, le=65535)
+    nodes: list[str] = Field(default_factory=list)
+    policy_file: Path | None = None
+    budget: int | None = Field(default=None, ge=0, description="base units, all requests")
+    default_max_tokens: int = Field(default=512, ge=1)
+    refresh_s: float = Field(default=30.0, gt=0)
+    spend_log: Path | None = None
+
+    def spend_log_path(self) -> Path:
+        return self.spend_log or default_home() / "gateway" / "spend.sqlite"

@@ -12,6 +12,7 @@ Third-party errors are converted at the boundary with ``raise ... from exc``.
     │   ├── ContextLengthError      400 context_length_exceeded
     │   ├── ModelNotFoundError      404 model_not_found
     │   ├── PayloadTooLargeError    413
+    │   ├── PaymentRequiredError    402 with the x402 payment requirements
     │   └── OverloadedError         429 (carries retry_after seconds)
     ├── EngineError                 an engine failed to load or to generate (HTTP 5xx)
     │   ├── EngineNotFoundError     no engine registered under that name
@@ -22,8 +23,11 @@ Third-party errors are converted at the boundary with ``raise ... from exc``.
     ├── ChainError                  JSON-RPC, contracts, dev chain
     │   ├── ContractError           compile or call of one of our contracts failed
     │   └── DevChainError           anvil missing or failed to start
-    └── WalletError                 keystore missing or unreadable, wallet operation refused
-        └── WrongPasswordError      the keystore password is wrong
+    ├── WalletError                 keystore missing or unreadable, wallet operation refused
+    │   └── WrongPasswordError      the keystore password is wrong
+    └── PaymentError                x402 payments: ledger, receipts, payer, settlement
+        ├── LedgerError             the node's ledger refused or failed an operation
+        └── ReceiptError            a node's signed receipt does not match what was received
 """
 
 from __future__ import annotations
@@ -39,12 +43,16 @@ __all__ = [
     "EngineError",
     "EngineNotFoundError",
     "InvalidRequestError",
+    "LedgerError",
     "ModelBuildError",
     "ModelLoadError",
     "ModelNotFoundError",
     "NodeStartError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "PaymentError",
+    "PaymentRequiredError",
+    "ReceiptError",
     "RequestError",
     "TuningDataError",
     "TuningError",
@@ -170,3 +178,40 @@ class WalletError(AgoranetError):
 
 class WrongPasswordError(WalletError):
     """The keystore password is wrong."""
+
+
+class PaymentRequiredError(RequestError):
+    """No payment, or not enough, or a refused one: HTTP 402 with x402 requirements.
+
+    ``reason`` is the x402 error code (e.g. ``invalid_batch_settlement_evm_...``);
+    ``corrective`` holds the channel snapshot a corrective 402 carries, if any.
+    """
+
+    status_code = 402
+    error_type = "payment_required"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "payment_required",
+        corrective: dict[str, object] | None = None,
+        status_code: int = 402,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.code = reason
+        self.corrective = corrective
+        self.status_code = status_code
+
+
+class PaymentError(AgoranetError):
+    """A payment operation failed (payer side, ledger, settlement)."""
+
+
+class LedgerError(PaymentError):
+    """The node's ledger refused or failed an operation."""
+
+
+class ReceiptError(PaymentError):
+    """A node's signed receipt does not match what the payer received or signed."""

@@ -20,7 +20,7 @@ QUESTION = [{"role": "user", "content": "Tell me about the market."}]
 @pytest.fixture(scope="module")
 def front(tiny_node: str) -> Iterator[str]:
     with node_process(["--engine", "upstream", "--upstream-url", tiny_node,
-                       "--price-in", "100", "--price-out", "300"]) as url:
+                       "--price-in", "100", "--price-out", "300", "--free"]) as url:
         yield url
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 from pydantic import BaseModel
 
-__all__ = ["DONE", "sse_event", "sse_json"]
+__all__ = ["DONE", "iter_sse_data", "sse_event", "sse_json"]
 
 DONE = b"data: [DONE]\n\n"
 
@@ -20,3 +22,14 @@ def sse_json(payload: dict[str, Any]) -> bytes:
 def sse_event(model: BaseModel) -> bytes:
     """One ``data:`` event carrying a wire model, without null fields."""
     return b"data: " + model.model_dump_json(exclude_none=True).encode() + b"\n\n"
+
+
+async def iter_sse_data(response: httpx.Response) -> AsyncIterator[str]:
+    """The ``data:`` payloads of an SSE response, up to ``[DONE]``."""
+    async for line in response.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        yield data

@@ -12,6 +12,7 @@ from rich.text import Text
 from agoranet import __version__
 from agoranet.cli.chain import chain
 from agoranet.cli.demo import demo
+from agoranet.cli.gateway import gateway, nodes, spend
 from agoranet.cli.model import model
 from agoranet.cli.node import node
 from agoranet.cli.tune import adapter, tune
@@ -37,6 +38,9 @@ cli.add_command(model)
 cli.add_command(demo)
 cli.add_command(tune)
 cli.add_command(adapter)
+cli.add_command(gateway)
+cli.add_command(nodes)
+cli.add_command(spend)
 cli.add_command(chain)
 cli.add_command(wallet)
 

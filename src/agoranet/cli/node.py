@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from agoranet.cli.wallet_common import keystore_option, rpc_option, unlock_wallet
 from agoranet.config import NodeSettings
 from agoranet.engines.registry import available_engines
 
@@ -49,23 +50,73 @@ console = Console()
 @click.option("--price-training", type=click.IntRange(min=0), default=0, show_default=True,
               help="Fine-tuning price per million training tokens, in base units.")
 @click.option("--no-fine-tuning", is_flag=True, help="Do not sell fine-tuning jobs.")
+@click.option("--free", is_flag=True, help="Serve without payment, whatever the prices.")
+@rpc_option
+@keystore_option
+@click.option("--ledger", "ledger", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="The node's SQLite ledger [default: ~/.agoranet/node/ledger.sqlite].")
+@click.option("--settle-interval", type=click.FloatRange(min=0.05), default=5.0,
+              show_default=True, help="Seconds between checks whether a claim is due.")
+@click.option("--claim-min-amount", type=click.IntRange(min=0), default=1_000_000,
+              show_default=True, help="Claim once this much (base units) is unclaimed.")
+@click.option("--claim-max-requests", type=click.IntRange(min=1), default=1_000,
+              show_default=True, help="Claim once this many paid requests are unclaimed.")
+@click.option("--claim-max-age", type=click.FloatRange(min=0), default=3600.0,
+              show_default=True, help="Claim once the oldest unclaimed charge is this old (s).")
+@click.option("--chain-state-ttl", type=click.FloatRange(min=0), default=30.0,
+              show_default=True, help="Seconds a channel's on-chain state is cached.")
+@click.option("--chaos-delay-ms", type=click.IntRange(min=0), default=0, hidden=True,
+              help="Demos/tests: sleep before each streamed frame.")
+@click.option("--chaos-fail-after", type=click.IntRange(min=1), default=None, hidden=True,
+              help="Demos/tests: cut streams after this many frames.")
+@click.option("--chaos-fail-every", type=click.IntRange(min=1), default=1, hidden=True,
+              help="Demos/tests: cut only every N-th stream.")
 @click.pass_context
-def node(ctx: click.Context, engine: str, model_ref: str | None, served_model_name: str | None,
-         host: str, port: int, upstream_url: str | None, upstream_api_key: str | None,
-         device: str, price_in: int, price_out: int, max_active: int, max_queue: int,
-         adapters_dir: Path | None, max_adapters: int, no_adapters: bool, price_training: int,
-         no_fine_tuning: bool) -> None:
-    """Serve a model over the OpenAI API (and sell it, later)."""
+def node(ctx: click.Context, /, **options: Any) -> None:
+    """Serve a model over the OpenAI API, paid with x402 unless --free (or unpriced)."""
     if ctx.invoked_subcommand is not None:
+        ctx.obj = {"ledger": options["ledger"]}
         return
-    settings = NodeSettings(
-        engine=engine, model=model_ref, served_model_name=served_model_name, host=host,
-        port=port, upstream_url=upstream_url, upstream_api_key=upstream_api_key, device=device,
-        price_in=price_in, price_out=price_out, max_active=max_active, max_queue=max_queue,
-        adapters_dir=adapters_dir, max_adapters=max_adapters, price_training=price_training,
-        fine_tuning=not no_fine_tuning,
-    )
+    no_adapters = options.pop("no_adapters")
+    renamed = {"model_ref": "model", "ledger": "ledger_path"}
+    values = {renamed.get(k, k): v for k, v in options.items()}
+    values["fine_tuning"] = not values.pop("no_fine_tuning")
+    settings = NodeSettings(**values)
     serve(settings, adapters=not no_adapters)
+
+
+@node.command("earnings")
+@click.option("--ledger", "ledger", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="The node's ledger [default: ~/.agoranet/node/ledger.sqlite].")
+@click.pass_context
+def earnings(ctx: click.Context, ledger: Path | None) -> None:
+    """Claimed, unclaimed and settled earnings per channel, from the node's ledger."""
+    from agoranet.errors import ConfigError
+    from agoranet.node.payment_setup import ledger_path
+    from agoranet.payments.amounts import format_amount
+    from agoranet.payments.sqlite_ledger import SqliteLedger
+
+    path = ledger or (ctx.obj or {}).get("ledger") or ledger_path(NodeSettings())
+    if not Path(path).is_file():
+        raise ConfigError(f"no ledger at {path}: has this node been paid yet?")
+    book = SqliteLedger(path)
+    try:
+        rows = book.earnings()
+        txs, gas = book.gas_used()
+    finally:
+        book.close()
+    table = Table(title=f"earnings in {path}")
+    for column in ("channel", "payer", "requests", "charged", "claimed", "unclaimed", "settled"):
+        table.add_column(column, justify="right" if column not in ("channel", "payer") else "left")
+    totals = [0, 0, 0, 0, 0]
+    for r in rows:
+        values = [r.requests, r.charged, r.claimed, r.unclaimed, r.settled]
+        totals = [a + b for a, b in zip(totals, values, strict=True)]
+        table.add_row(r.channel_id[:18] + "…", r.payer, str(r.requests),
+                      *(format_amount(v) for v in values[1:]))
+    table.add_row("total", "", str(totals[0]), *(format_amount(v) for v in totals[1:]))
+    console.print(table)
+    console.print(f"{txs} claim/settle transactions, {gas} gas")
 
 
 def serve(settings: NodeSettings, *, adapters: bool = True) -> None:
@@ -96,7 +147,14 @@ def serve(settings: NodeSettings, *, adapters: bool = True) -> None:
         table.add_row(info.name, str(info.context_length), (info.model_sha256 or "-")[:16],
                       f"{settings.price_in} / {settings.price_out}")
     console.print(table)
-    app = create_app(engine, settings, _job_manager(engine, settings))
+    payments = None
+    if settings.paid:
+        from agoranet.node.payment_setup import build_payments
+
+        payments = build_payments(settings, unlock_wallet(settings.keystore))
+        console.print(f"paid with x402 to {payments.account.address} on "
+                      f"{payments.acceptor.terms.network} via {settings.rpc_url}")
+    app = create_app(engine, settings, _job_manager(engine, settings), payments)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
                 timeout_graceful_shutdown=5)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from agoranet.api.sse import iter_sse_data
 from agoranet.engines.base import (
     Delta,
     Finish,
@@ -200,7 +201,7 @@ class UpstreamEngine:
                 if response.status_code != 200:
                     await response.aread()
                     raise UpstreamError(_error_message(response), status_code=response.status_code)
-                async for data in _sse_data(response):
+                async for data in iter_sse_data(response):
                     chunk = json.loads(data)
                     if "error" in chunk:
                         raise UpstreamError(str(chunk["error"].get("message", chunk["error"])))
@@ -233,13 +234,3 @@ class UpstreamEngine:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-
-async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
-    """The ``data:`` payloads of an SSE stream, up to ``[DONE]``."""
-    async for line in response.aiter_lines():
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            return
-        yield data

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -14,21 +15,39 @@ from agoranet.config import NodeSettings
 from agoranet.engines.adapters import AdapterHost
 from agoranet.engines.base import Engine
 from agoranet.node.adapter_routes import adapter_routes
+from agoranet.node.chaos import ChaosMiddleware
 from agoranet.node.finetune_routes import finetune_routes
 from agoranet.node.routes import http_error, routes
 from agoranet.node.service import InferenceService
-from agoranet.registry.offer import AdapterTerms, FineTuningTerms, Price, build_offer
+from agoranet.payments.pricing import TokenPrices
+from agoranet.registry.offer import (
+    AdapterTerms,
+    FineTuningTerms,
+    Offer,
+    PaymentOffer,
+    Price,
+    build_offer,
+)
+from agoranet.tuning.adapter import ADAPTER_SEPARATOR
 from agoranet.tuning.jobs import JobManager
+
+if TYPE_CHECKING:
+    from agoranet.node.payment_setup import NodePayments
 
 __all__ = ["create_app"]
 
 
 def create_app(
-    engine: Engine, settings: NodeSettings | None = None, jobs: JobManager | None = None
+    engine: Engine,
+    settings: NodeSettings | None = None,
+    jobs: JobManager | None = None,
+    payments: NodePayments | None = None,
 ) -> Starlette:
     """A node serving ``engine`` (and selling fine-tuning through ``jobs``, if given).
 
-    The engine and the job manager are closed when the app shuts down.
+    With ``payments`` the paid routes take x402 payment before inference, the
+    offer is signed with the node's key, and the settlement loop runs. The
+    engine, the job manager and the ledger are closed when the app shuts down.
     """
     settings = settings or NodeSettings()
     service = InferenceService(engine)
@@ -43,6 +62,8 @@ def create_app(
                                price_per_million_training_tokens=settings.price_training)
     offer = build_offer(engine.name, engine.models(), settings.price_in, settings.price_out,
                         terms, training)
+    if payments is not None:
+        offer = _paid_offer(offer, payments)
     all_routes = routes(service, offer)
     if adapters and isinstance(engine, AdapterHost):
         base = engine.models()[0].name
@@ -50,25 +71,75 @@ def create_app(
     if jobs is not None:
         all_routes += finetune_routes(jobs)
 
+    middleware = [
+        Middleware(
+            BodyLimitMiddleware,
+            max_bytes=settings.max_body_bytes,
+            per_path={"/v1/adapters": settings.max_adapter_bytes,
+                      "/v1/files": settings.max_training_file_bytes},
+        )
+    ]
+    if settings.chaos_delay_ms or settings.chaos_fail_after:
+        middleware.append(Middleware(ChaosMiddleware, delay_ms=settings.chaos_delay_ms,
+                                     fail_after=settings.chaos_fail_after,
+                                     fail_every=settings.chaos_fail_every))
+    loop = None
+    if payments is not None:
+        from agoranet.node.payment_middleware import PaymentMiddleware
+        from agoranet.node.settlement_loop import SettlementLoop
+
+        middleware.append(Middleware(
+            PaymentMiddleware, acceptor=payments.acceptor, service=service,
+            prices=_price_book(settings), paid_paths=settings.paid_paths,
+            settle_exact_before=payments.settle_exact_before,
+        ))
+        loop = SettlementLoop(payments.settler, payments.settle_interval)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if loop is not None:
+            loop.start()
         try:
             yield
         finally:
+            if loop is not None:
+                await loop.stop()
+            if payments is not None:
+                payments.close()
             if jobs is not None:
                 jobs.close()
             await engine.aclose()
 
-    return Starlette(
+    app = Starlette(
         routes=all_routes,
-        middleware=[
-            Middleware(
-                BodyLimitMiddleware,
-                max_bytes=settings.max_body_bytes,
-                per_path={"/v1/adapters": settings.max_adapter_bytes,
-                          "/v1/files": settings.max_training_file_bytes},
-            )
-        ],
+        middleware=middleware,
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
+    app.state.payments = payments
+    app.state.settlement = loop
+    return app
+
+
+def _price_book(settings: NodeSettings) -> Callable[[str], TokenPrices]:
+    base = TokenPrices(settings.price_in, settings.price_out)
+    with_adapter = TokenPrices(settings.price_in + settings.adapter_surcharge_in,
+                               settings.price_out + settings.adapter_surcharge_out)
+
+    def prices(model: str) -> TokenPrices:
+        return with_adapter if ADAPTER_SEPARATOR in model else base
+
+    return prices
+
+
+def _paid_offer(offer: Offer, payments: NodePayments) -> Offer:
+    from agoranet.registry.signing import sign_offer
+
+    terms = payments.acceptor.terms
+    payment = PaymentOffer(
+        schemes=list(terms.schemes), network=terms.network, asset=terms.asset,
+        pay_to=terms.pay_to, receiver_authorizer=terms.receiver_authorizer,
+        withdraw_delay=terms.withdraw_delay, min_deposit=terms.min_deposit,
+        token_name=terms.token_name, token_version=terms.token_version,
+    )
+    return sign_offer(offer.model_copy(update={"payment": payment}), payments.account)

@@ -7,13 +7,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import httpx
 
 from agoranet.errors import NodeStartError
 
-__all__ = ["free_port", "running_node"]
+__all__ = ["free_port", "running_command", "running_node"]
 
 
 def free_port() -> int:
@@ -23,13 +23,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextmanager
 def running_node(
     args: Sequence[str], *, port: int | None = None, timeout: float = 120.0
-) -> Iterator[str]:
+) -> AbstractContextManager[str]:
     """Run ``agoranet node ARGS``; yield its ``http://127.0.0.1:PORT/v1`` URL; stop it after."""
+    return running_command(["node", *args], port=port, timeout=timeout)
+
+
+@contextmanager
+def running_command(
+    args: Sequence[str], *, port: int | None = None, timeout: float = 120.0
+) -> Iterator[str]:
+    """Run ``agoranet ARGS --port PORT`` (a node or a gateway) until healthy; yield its /v1 URL."""
     port = port or free_port()
-    command = [sys.executable, "-m", "agoranet", "node", "--port", str(port), *args]
+    command = [sys.executable, "-m", "agoranet", *args, "--port", str(port)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     root = f"http://127.0.0.1:{port}"
@@ -52,12 +59,12 @@ def _wait_healthy(process: subprocess.Popen[str], root: str, timeout: float) -> 
     while True:
         if process.poll() is not None:
             output = process.stdout.read() if process.stdout else ""
-            raise NodeStartError(f"node exited with code {process.returncode}:\n{output.strip()}")
+            raise NodeStartError(f"process exited with code {process.returncode}:\n{output.strip()}")
         try:
             if httpx.get(f"{root}/health", timeout=1.0).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            raise NodeStartError(f"node at {root} did not become healthy in {timeout:.0f}s")
+            raise NodeStartError(f"{root} did not become healthy in {timeout:.0f}s")
         time.sleep(0.2)

@@ -36,6 +36,7 @@ from agoranet.engines.base import (
 )
 from agoranet.errors import ContextLengthError, ModelNotFoundError
 from agoranet.node import convert
+from agoranet.node.metering import current_meter
 from agoranet.tuning.adapter import ADAPTER_SEPARATOR, adapter_model_name
 
 __all__ = ["InferenceService", "Started"]
@@ -88,7 +89,16 @@ class InferenceService:
         return ModelList(data=cards)
 
     async def prepare(self, request: GenerationRequest, requested: int | None) -> Prepared:
-        """Tokenise once, check the context, and fix ``max_tokens``."""
+        """Tokenise once, check the context, and fix ``max_tokens``.
+
+        When the payment middleware already prepared this request (to price it),
+        that result is used instead of tokenising again.
+        """
+        meter = current_meter()
+        if meter is not None:
+            shared = meter.take_prepared()
+            if shared is not None:
+                return shared
         self.model_info(request.model)
         prepared = await self.engine.prepare(request)
         room = prepared.context_length - prepared.prompt_tokens
@@ -122,9 +132,17 @@ class InferenceService:
 
     # ---------------------------------------------------------------- chat
 
-    async def chat(self, request: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[bytes]:
+    async def prepare_chat(self, request: ChatCompletionRequest) -> Prepared:
         limit = request.completion_limit()
-        prepared = await self.prepare(convert.from_chat(request, limit or 1), limit)
+        return await self.prepare(convert.from_chat(request, limit or 1), limit)
+
+    async def prepare_completion(self, request: CompletionRequest) -> Prepared:
+        return await self.prepare(
+            convert.from_completion(request, request.max_tokens or 1), request.max_tokens
+        )
+
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[bytes]:
+        prepared = await self.prepare_chat(request)
         started = await self.start(prepared)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -178,9 +196,7 @@ class InferenceService:
     # ---------------------------------------------------------- completions
 
     async def completion(self, request: CompletionRequest) -> Completion | AsyncIterator[bytes]:
-        prepared = await self.prepare(
-            convert.from_completion(request, request.max_tokens or 1), request.max_tokens
-        )
+        prepared = await self.prepare_completion(request)
         started = await self.start(prepared)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -234,7 +250,11 @@ class InferenceService:
 
 
 async def _drain(started: Started) -> tuple[str, list[TokenLogprob], Finish]:
-    return await collect(started.events())
+    text, tokens, finish = await collect(started.events())
+    meter = current_meter()
+    if meter is not None:
+        meter.usage = finish
+    return text, tokens, finish
 
 
 async def _frames(
@@ -244,13 +264,21 @@ async def _frames(
 ) -> AsyncIterator[bytes]:
     """SSE frames for a started generation, ending in ``[DONE]`` or an error event."""
     events = started.events()
+    meter = current_meter()
     try:
+        finished: Finish | None = None
         async for event in events:
             if isinstance(event, Delta):
                 if event.text or event.tokens:
                     yield on_delta(event)
             else:
+                finished = event
                 for frame in on_finish(event):
+                    yield frame
+        if meter is not None and finished is not None:
+            meter.usage = finished
+            if meter.stream_finish is not None:  # the payment receipt, before [DONE]
+                for frame in await meter.stream_finish(finished):
                     yield frame
         yield DONE
     except Exception as exc:  # headers are gone: report the failure in the stream

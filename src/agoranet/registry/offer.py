@@ -10,7 +10,15 @@ from pydantic import BaseModel, Field
 
 from agoranet.engines.base import ModelInfo
 
-__all__ = ["AdapterTerms", "FineTuningTerms", "ModelOffer", "Offer", "Price", "build_offer"]
+__all__ = [
+    "AdapterTerms",
+    "FineTuningTerms",
+    "ModelOffer",
+    "Offer",
+    "PaymentOffer",
+    "Price",
+    "build_offer",
+]
 
 OFFER_VERSION = 1
 
@@ -45,11 +53,30 @@ class FineTuningTerms(BaseModel):
     price_per_million_training_tokens: int = Field(default=0, ge=0)
 
 
+class PaymentOffer(BaseModel):
+    """How a paid node is paid (x402): schemes, chain, token, receiver, channel terms."""
+
+    schemes: list[str]
+    network: str
+    asset: str
+    pay_to: str
+    receiver_authorizer: str
+    withdraw_delay: int
+    min_deposit: int = Field(ge=0)
+    token_name: str
+    token_version: str
+
+
 class Offer(BaseModel):
     version: int = OFFER_VERSION
     engine: str
     models: list[ModelOffer]
     fine_tuning: FineTuningTerms = Field(default_factory=FineTuningTerms)
+    payment: PaymentOffer | None = None
+    # EIP-191 signature by ``signer`` over the offer without these two fields
+    # (see ``agoranet.registry.signing``).
+    signer: str | None = None
+    signature: str | None = None
 
 
 def build_offer(

@@ -1,0 +1,70 @@
+"""Discovery: the nodes the gateway may use and their offers, refreshed in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import httpx
+from pydantic import ValidationError
+
+from agoranet.gateway.nodes import NodeState
+from agoranet.registry.offer import Offer
+
+__all__ = ["NodeDirectory", "normalise_url"]
+
+logger = logging.getLogger(__name__)
+
+
+def normalise_url(url: str) -> str:
+    """A node's OpenAI base URL, ending in ``/v1``."""
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") else f"{url}/v1"
+
+
+class NodeDirectory:
+    """Static node URLs (``--node``); on-chain registry discovery adds to the same map."""
+
+    def __init__(self, urls: list[str], client: httpx.AsyncClient,
+                 refresh_s: float = 30.0) -> None:
+        self.nodes: dict[str, NodeState] = {}
+        for url in urls:
+            self.add(url)
+        self._client = client
+        self._refresh_s = refresh_s
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, url: str) -> NodeState:
+        url = normalise_url(url)
+        return self.nodes.setdefault(url, NodeState(url))
+
+    async def refresh(self) -> None:
+        await asyncio.gather(*(self._fetch(n) for n in list(self.nodes.values())))
+
+    async def _fetch(self, node: NodeState) -> None:
+        root = node.url.removesuffix("/v1")
+        try:
+            response = await self._client.get(f"{root}/.well-known/agoranet", timeout=5.0)
+            response.raise_for_status()
+            node.offer = Offer.model_validate_json(response.content)
+            node.offer_error = None
+        except (httpx.HTTPError, ValidationError) as exc:
+            node.offer_error = f"offer unavailable: {exc}"
+            logger.info("%s: %s", node.url, node.offer_error)
+
+    def start(self) -> None:
+        """Refresh now and then every ``refresh_s`` seconds, until :meth:`stop`."""
+
+        async def loop() -> None:
+            while True:
+                await self.refresh()
+                await asyncio.sleep(self._refresh_s)
+
+        self._task = asyncio.create_task(loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

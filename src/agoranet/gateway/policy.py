@@ -1,0 +1,71 @@
+"""The owner's routing policy: price caps, allowed and banned nodes, what to prefer.
+
+Set in a config file (JSON or TOML) for the gateway, and per request through the
+``agoranet`` extension field of a chat request, which narrows the file's policy.
+Prices are integers in base units per million tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agoranet.errors import ConfigError, InvalidRequestError
+
+__all__ = ["Policy", "load_policy"]
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_price_in: int | None = Field(default=None, ge=0)
+    max_price_out: int | None = Field(default=None, ge=0)
+    allow: list[str] | None = None  # node URLs; None allows all
+    deny: list[str] = Field(default_factory=list)
+    prefer: Literal["cheapest", "fastest", "balanced"] = "balanced"
+    max_attempts: int = Field(default=4, ge=1, le=16)
+    first_token_timeout_s: float = Field(default=30.0, gt=0)
+    ban_base_s: float = Field(default=5.0, gt=0)
+    ban_cap_s: float = Field(default=600.0, gt=0)
+
+    def narrowed(self, extension: dict[str, Any] | None) -> Policy:
+        """This policy with a request's ``agoranet`` field applied; it may only narrow."""
+        if not extension:
+            return self
+        try:
+            asked = Policy.model_validate({**self.model_dump(), **extension})
+        except ValidationError as exc:
+            raise InvalidRequestError(f"invalid 'agoranet' policy: {exc.errors()[0]['msg']}",
+                                      param="agoranet") from exc
+        return asked.model_copy(update={
+            "max_price_in": _min(self.max_price_in, asked.max_price_in),
+            "max_price_out": _min(self.max_price_out, asked.max_price_out),
+            "deny": sorted({*self.deny, *asked.deny}),
+            "allow": _intersect(self.allow, asked.allow),
+        })
+
+
+def _min(a: int | None, b: int | None) -> int | None:
+    values = [v for v in (a, b) if v is not None]
+    return min(values) if values else None
+
+
+def _intersect(a: list[str] | None, b: list[str] | None) -> list[str] | None:
+    if a is None or b is None:
+        return b if a is None else a
+    return [u for u in a if u in b]
+
+
+def load_policy(path: Path | None) -> Policy:
+    if path is None:
+        return Policy()
+    try:
+        raw = path.read_text()
+        data = tomllib.loads(raw) if path.suffix == ".toml" else json.loads(raw)
+        return Policy.model_validate(data)
+    except (OSError, ValueError, ValidationError) as exc:
+        raise ConfigError(f"cannot read the policy file {path}: {exc}") from exc

@@ -1,0 +1,64 @@
+"""Ranking nodes for one request: expected cost, observed speed, success rate, policy."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+
+from agoranet.gateway.nodes import NodeState
+from agoranet.gateway.policy import Policy
+from agoranet.registry.offer import ModelOffer
+
+__all__ = ["Candidate", "cost_micro", "expected_cost", "rank"]
+
+Candidate = tuple[NodeState, ModelOffer]
+
+_UNKNOWN_TTFT_MS = 200.0  # an unmeasured node is assumed fair, so it gets tried
+
+
+def cost_micro(model: ModelOffer, prompt_tokens: int, completion_tokens: int) -> int:
+    """Price of a request in millionths of a base unit (exact, for comparing nodes)."""
+    surcharge = model.adapters.surcharge
+    return (prompt_tokens * (model.price.input_per_million + surcharge.input_per_million)
+            + completion_tokens * (model.price.output_per_million + surcharge.output_per_million))
+
+
+def expected_cost(model: ModelOffer, prompt_tokens: int, completion_tokens: int) -> int:
+    """Price of a request in base units, rounded up (integers only)."""
+    return -(-cost_micro(model, prompt_tokens, completion_tokens) // 1_000_000)
+
+
+def _eligible(node: NodeState, model: ModelOffer, policy: Policy, now: float) -> bool:
+    if node.banned(now) or node.url in policy.deny:
+        return False
+    if policy.allow is not None and node.url not in policy.allow:
+        return False
+    if policy.max_price_in is not None and model.price.input_per_million > policy.max_price_in:
+        return False
+    return policy.max_price_out is None or model.price.output_per_million <= policy.max_price_out
+
+
+def rank(nodes: Iterable[NodeState], model_name: str, prompt_tokens: int, max_tokens: int,
+         policy: Policy) -> list[Candidate]:
+    """Eligible nodes serving ``model_name``, best first."""
+    now = time.monotonic()
+    found: list[Candidate] = []
+    for node in nodes:
+        model = node.model(model_name)
+        if model is not None and _eligible(node, model, policy, now):
+            found.append((node, model))
+
+    def key(candidate: Candidate) -> tuple[float, float, str]:
+        node, model = candidate
+        cost = float(cost_micro(model, prompt_tokens, max_tokens))
+        ttft = node.ttft_ms if node.ttft_ms is not None else _UNKNOWN_TTFT_MS
+        seconds = ttft / 1000 + max_tokens / (node.tokens_per_s or 100.0)
+        reliability = node.success_rate
+        if policy.prefer == "cheapest":
+            return (cost / reliability, seconds, node.url)
+        if policy.prefer == "fastest":
+            return (seconds / reliability, cost, node.url)
+        return ((cost + 1) * math.sqrt(seconds) / reliability, cost, node.url)
+
+    return sorted(found, key=key)

@@ -1,0 +1,92 @@
+"""The gateway's spend log (SQLite): one row per node segment of each request.
+
+A request served by one node is one row; a failover adds a row per node that
+streamed part of the answer. Amounts are integers in base units.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["SpendLog", "SpendRow"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spend (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    node TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    amount INTEGER NOT NULL,
+    ttft_ms REAL,
+    duration_ms REAL NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spend_request ON spend (request_id);
+"""
+
+
+@dataclass(frozen=True)
+class SpendRow:
+    request_id: str
+    model: str
+    node: str
+    prompt_tokens: int
+    completion_tokens: int
+    amount: int
+    ttft_ms: float | None
+    duration_ms: float
+    outcome: str  # "ok", "partial" (failed over mid-answer), "failed"
+
+
+class SpendLog:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def add(self, row: SpendRow) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO spend (ts, request_id, model, node, prompt_tokens, completion_tokens,"
+                " amount, ttft_ms, duration_ms, outcome) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (time.time(), row.request_id, row.model, row.node, row.prompt_tokens,
+                 row.completion_tokens, row.amount, row.ttft_ms, row.duration_ms, row.outcome),
+            )
+
+    def total(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COALESCE(SUM(amount), 0) FROM spend").fetchone()[0])
+
+    def rows(self, request_id: str | None = None) -> list[SpendRow]:
+        query = ("SELECT request_id, model, node, prompt_tokens, completion_tokens, amount,"
+                 " ttft_ms, duration_ms, outcome FROM spend")
+        args: tuple[str, ...] = ()
+        if request_id is not None:
+            query += " WHERE request_id = ?"
+            args = (request_id,)
+        with self._lock:
+            return [SpendRow(*r) for r in self._db.execute(query + " ORDER BY id", args)]
+
+    def totals(self, by: str) -> list[tuple[str, int, int, int]]:
+        """``(key, requests, tokens, amount)`` grouped by ``model``, ``node`` or ``day``."""
+        column = {"model": "model", "node": "node",
+                  "day": "date(ts, 'unixepoch')"}.get(by)
+        if column is None:
+            raise ValueError(f"cannot group by {by!r}")
+        with self._lock:
+            return [(str(k), int(n), int(t), int(a)) for k, n, t, a in self._db.execute(
+                f"SELECT {column}, COUNT(DISTINCT request_id), SUM(prompt_tokens +"
+                f" completion_tokens), SUM(amount) FROM spend GROUP BY 1 ORDER BY 4 DESC")]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

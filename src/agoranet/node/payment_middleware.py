@@ -1,0 +1,207 @@
+"""Pure-ASGI x402 enforcement in front of the OpenAI routes, before any inference.
+
+For a paid route the middleware reads the body, tokenises it once (shared with
+the service through :mod:`agoranet.node.metering`) to price its worst case,
+and checks the ``PAYMENT-SIGNATURE`` header with the
+:class:`~agoranet.payments.acceptor.PaymentAcceptor`. Without an acceptable
+payment the request ends in a 402 with the x402 requirements (or a 400 for a
+malformed body) and the engine never runs. With one, the voucher is persisted
+in the ledger, the request runs, and the actual usage is charged: a plain
+response carries the signed receipt in ``PAYMENT-RESPONSE``; a stream carries
+it in a final SSE event before ``data: [DONE]``. A request that fails or is
+abandoned is charged nothing. Responses are never buffered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agoranet.api.errors import error_body, error_from_exception
+from agoranet.api.sse import sse_json
+from agoranet.api.types import ChatCompletionRequest, CompletionRequest
+from agoranet.engines.base import Finish, Prepared
+from agoranet.errors import InvalidRequestError, PaymentRequiredError
+from agoranet.node.metering import Meter, metered
+from agoranet.node.service import InferenceService
+from agoranet.payments import x402wire
+from agoranet.payments.acceptor import SCHEME_EXACT, Authorization, PaymentAcceptor
+from agoranet.payments.pricing import TokenPrices, cost, worst_case
+
+__all__ = ["DEFAULT_PAID_PATHS", "PaymentMiddleware", "PriceBook"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PAID_PATHS = ("/v1/chat/completions", "/v1/completions")
+REQUEST_ID_HEADER = "x-request-id"
+PriceBook = Callable[[str], TokenPrices]
+
+
+class PaymentMiddleware:
+    """x402 payment before inference for ``paid_paths``; other paths pass through."""
+
+    def __init__(self, app: ASGIApp, *, acceptor: PaymentAcceptor, service: InferenceService,
+                 prices: PriceBook, paid_paths: Iterable[str] = DEFAULT_PAID_PATHS,
+                 settle_exact_before: bool = True) -> None:
+        self.app = app
+        self.acceptor = acceptor
+        self.service = service
+        self.prices = prices
+        self.paid_paths = frozenset(paid_paths)
+        self.settle_exact_before = settle_exact_before
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or \
+                scope["path"] not in self.paid_paths:
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        try:
+            prepared, model, stream = await self._prepare(scope["path"], body)
+        except Exception as exc:  # bad body, unknown model, context too long: no inference
+            await _send_error(send, exc)
+            return
+        prices = self.prices(model)
+        if prices.is_free:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        worst = worst_case(prices, prepared.prompt_tokens, prepared.request.max_tokens)
+        headers = _headers(scope)
+        request_id = headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        try:
+            auth = await self.acceptor.authorize(
+                headers.get(x402wire.PAYMENT_SIGNATURE.lower()), worst, request_id)
+            if auth.scheme == SCHEME_EXACT and self.settle_exact_before:
+                await self.acceptor.settle_exact(auth)
+        except PaymentRequiredError as exc:
+            await self._send_402(send, exc, worst, prices, scope)
+            return
+        await self._serve(scope, body, receive, send, auth, prepared, prices, model, stream)
+
+    async def _serve(self, scope: Scope, body: bytes, receive: Receive, send: Send,
+                     auth: Authorization, prepared: Prepared, prices: TokenPrices, model: str,
+                     stream: bool) -> None:
+        meter = Meter(prepared=prepared)
+
+        def charge(finish: Finish) -> dict[str, Any]:
+            amount = cost(prices, finish.prompt_tokens, finish.completion_tokens)
+            _, response = self.acceptor.charge(auth, finish.prompt_tokens,
+                                               finish.completion_tokens, amount)
+            return response.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+        async def stream_finish(finish: Finish) -> list[bytes]:
+            response = charge(finish)
+            event = {"id": f"receipt-{auth.request_id}", "object": "agoranet.receipt",
+                     "created": int(time.time()), "model": model, "choices": [],
+                     "x402_payment_response": response,
+                     "agoranet_receipt": response["extra"]["receipt"]}
+            return [sse_json(event)]
+
+        meter.stream_finish = stream_finish
+
+        async def paid_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                if message["status"] != 200:
+                    self.acceptor.release(auth)
+                elif meter.usage is not None and not stream:
+                    encoded = x402wire.encode_json(charge(meter.usage))
+                    message = {**message, "headers": [
+                        *message.get("headers", []),
+                        (x402wire.PAYMENT_RESPONSE.lower().encode(), encoded.encode())]}
+            await send(message)
+
+        try:
+            with metered(meter):
+                await self.app(scope, _replay(body, receive), paid_send)
+        finally:
+            if not auth.done:
+                self.acceptor.release(auth)
+        if auth.scheme == SCHEME_EXACT and not self.settle_exact_before:
+            try:
+                await self.acceptor.settle_exact(auth)
+            except PaymentRequiredError:
+                logger.warning("exact payment for %s failed after the answer", auth.request_id)
+
+    async def _prepare(self, path: str, body: bytes) -> tuple[Prepared, str, bool]:
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidRequestError(f"the body is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise InvalidRequestError("the body must be a JSON object")
+        request: BaseModel
+        if path.endswith("/chat/completions"):
+            chat = ChatCompletionRequest.model_validate(data)
+            request, prepared = chat, await self.service.prepare_chat(chat)
+        else:
+            completion = CompletionRequest.model_validate(data)
+            request, prepared = completion, await self.service.prepare_completion(completion)
+        return prepared, str(getattr(request, "model", "")), bool(getattr(request, "stream",
+                                                                          False))
+
+    async def _send_402(self, send: Send, exc: PaymentRequiredError, worst: int,
+                        prices: TokenPrices, scope: Scope) -> None:
+        required = self.acceptor.payment_required(
+            worst, prices, error=exc.reason, corrective=exc.corrective,
+            resource=f"{scope.get('scheme', 'http')}://{_host(scope)}{scope['path']}")
+        body = error_body(exc.message, error_type=exc.error_type, code=exc.reason)
+        body["x402"] = required.model_dump(by_alias=True, exclude_none=True, mode="json")
+        payload = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": exc.status_code, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            (x402wire.PAYMENT_REQUIRED.lower().encode(),
+             x402wire.encode_model(required).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def _host(scope: Scope) -> str:
+    return _headers(scope).get("host", "localhost")
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Callable[[], Awaitable[Message]]:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _send_error(send: Send, exc: Exception) -> None:
+    status, body, headers = error_from_exception(exc)
+    if status >= 500:
+        logger.error("pricing a request failed", exc_info=exc)
+    payload = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"),
+           (b"content-length", str(len(payload)).encode()),
+           *((k.lower().encode(), v.encode()) for k, v in headers.items())]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,101 @@
+"""Assemble a paid node's payment parts from its settings and key.
+
+Connects to the chain, opens the ledger (releasing holds a killed process left),
+and builds the :class:`~agoranet.payments.acceptor.PaymentAcceptor`, the
+:class:`~agoranet.payments.settlement.Settler` and the signed offer terms, with
+the x402 SDK's facilitators doing the on-chain work under the node's own key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from web3.logs import DISCARD
+from x402.mechanisms.evm.batch_settlement.authorizer_signer import LocalAuthorizerSigner
+from x402.mechanisms.evm.batch_settlement.constants import SCHEME_BATCH_SETTLEMENT
+from x402.mechanisms.evm.batch_settlement.facilitator.scheme import BatchSettlementEvmFacilitator
+from x402.mechanisms.evm.exact.facilitator import ExactEvmScheme
+from x402.mechanisms.evm.signers import FacilitatorWeb3Signer
+
+from agoranet.chain.addresses import resolve_addresses
+from agoranet.chain.rpc import connect
+from agoranet.config import ChainSettings, NodeSettings, default_home
+from agoranet.payments.acceptor import PaymentAcceptor, PaymentTerms
+from agoranet.payments.receipts import ReceiptSigner
+from agoranet.payments.settlement import ClaimPolicy, Settler
+from agoranet.payments.sqlite_ledger import SqliteLedger
+from agoranet.payments.verifier import StateCache, Web3StateReader
+
+__all__ = ["NodePayments", "build_payments", "ledger_path"]
+
+
+def ledger_path(settings: NodeSettings) -> Path:
+    return settings.ledger_path or default_home() / "node" / "ledger.sqlite"
+
+
+@dataclass
+class NodePayments:
+    acceptor: PaymentAcceptor
+    settler: Settler
+    ledger: SqliteLedger
+    account: LocalAccount
+    settle_interval: float
+    settle_exact_before: bool
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def build_payments(settings: NodeSettings, account: LocalAccount) -> NodePayments:
+    w3 = connect(settings.rpc_url)
+    chain_id = int(w3.eth.chain_id)
+    addresses = resolve_addresses(chain_id, ChainSettings(rpc_url=settings.rpc_url))
+    key = "0x" + bytes(account.key).hex()
+    terms = PaymentTerms(
+        chain_id=chain_id,
+        asset=addresses.require_stablecoin(),
+        pay_to=account.address,
+        receiver_authorizer=account.address,
+        token_name=addresses.token_name or "USD Coin",
+        token_version=addresses.token_version or "2",
+        withdraw_delay=settings.withdraw_delay,
+        min_deposit=settings.min_deposit,
+    )
+    ledger = SqliteLedger(ledger_path(settings))
+    ledger.recover()
+    reader = Web3StateReader(w3, addresses)
+    cache = StateCache(reader, settings.chain_state_ttl)
+    tx_signer = FacilitatorWeb3Signer(key, settings.rpc_url)
+    batch = BatchSettlementEvmFacilitator(tx_signer, authorizer_signer=LocalAuthorizerSigner(key))
+    exact = ExactEvmScheme(tx_signer)
+    acceptor = PaymentAcceptor(
+        terms, ledger, cache, ReceiptSigner(key),
+        deposits=batch.settle, deposit_verify=batch.verify,
+        exact=exact.settle, exact_verify=exact.verify,
+    )
+
+    def gas_of(tx_hash: str) -> int:
+        if not tx_hash:
+            return 0
+        receipt: Any = w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        return int(receipt["gasUsed"])
+
+    escrow = reader.escrow
+
+    def settled_of(tx_hash: str) -> int:
+        """The amount in the escrow's ``Settled`` event of ``tx_hash``."""
+        receipt: Any = w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        events = escrow.events.Settled().process_receipt(receipt, errors=DISCARD)
+        return sum(int(e["args"]["amount"]) for e in events)
+
+    settler = Settler(
+        ledger, batch.settle, terms.requirement(SCHEME_BATCH_SETTLEMENT, 0), reader,
+        ClaimPolicy(settings.claim_min_amount, settings.claim_max_requests,
+                    settings.claim_max_age),
+        on_state=cache.put, gas_of=gas_of, settled_of=settled_of,
+    )
+    return NodePayments(acceptor, settler, ledger, account, settings.settle_interval,
+                        settings.settle_exact_before)

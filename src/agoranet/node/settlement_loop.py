@@ -1,0 +1,49 @@
+"""The node's settlement loop: an asyncio task that claims and settles in batches.
+
+Every ``interval`` seconds it asks the :class:`~agoranet.payments.settlement.Settler`
+(in a worker thread, since chain I/O blocks) whether a claim is due -- a
+threshold reached or a withdrawal pending on a channel -- and claims and
+settles if so. A failure is logged and retried at the next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from agoranet.errors import AgoranetError
+from agoranet.payments.settlement import Settler
+
+__all__ = ["SettlementLoop"]
+
+logger = logging.getLogger(__name__)
+
+
+class SettlementLoop:
+    def __init__(self, settler: Settler, interval: float) -> None:
+        self.settler = settler
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="agoranet-settlement")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def tick(self, *, force: bool = False) -> None:
+        try:
+            await asyncio.to_thread(self.settler.tick, force=force)
+        except AgoranetError as exc:
+            logger.warning("settlement failed, retrying later: %s", exc)
+
+    async def _run(self) -> None:
+        while True:
+            await self.tick()
+            await asyncio.sleep(self.interval)

@@ -1,0 +1,200 @@
+"""An ``httpx.Auth`` that pays a node with a :class:`~agoranet.payments.payer.Payer`.
+
+Any httpx-based client (the ``openai`` client included, through its
+``http_client``) then pays transparently: each request goes out with the next
+voucher; a 402 is answered once (a larger maximum, or a resync from the node's
+corrective 402); the receipt is checked from ``PAYMENT-RESPONSE`` or, for a
+stream, from its final receipt event, read as the stream passes through.
+Requests on one channel go one at a time (the lock is held until the receipt).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from typing import Any
+
+import httpx
+
+from agoranet.errors import PaymentError
+from agoranet.payments import x402wire
+from agoranet.payments.payer import Payer, PendingPayment
+
+__all__ = ["PayerAuth"]
+
+
+class PayerAuth(httpx.Auth):
+    """Pays each request through ``payer``; requests need a JSON body with ``model``."""
+
+    requires_request_body = True
+
+    def __init__(self, payer: Payer, *, max_per_request: int | None = None) -> None:
+        self.payer = payer
+        self.max_per_request = max_per_request or payer.max_per_request or 0
+        self._lock = threading.Lock()
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        self._lock.acquire()
+        released = False
+        try:
+            flow = self._flow(request)
+            response = yield next(flow)
+            while True:
+                try:
+                    response = yield flow.send(response)
+                except StopIteration:
+                    break
+            released = self._finish(request, response)
+        finally:
+            if not released:
+                self._lock.release()
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        # The payer's state is guarded by a thread lock taken without blocking the loop.
+        while not self._lock.acquire(blocking=False):
+            import anyio
+
+            await anyio.sleep(0.001)
+        released = False
+        try:
+            flow = self._flow(request)
+            response = yield next(flow)
+            while True:
+                try:
+                    response = yield flow.send(response)
+                except StopIteration:
+                    break
+            released = self._finish(request, response)
+        finally:
+            if not released:
+                self._lock.release()
+
+    # ------------------------------------------------------------ shared logic
+
+    def _flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        body = _json(request)
+        amount = self.max_per_request
+        retried = False
+        while True:
+            pending = None
+            if amount > 0:
+                pending = self.payer.pay(amount, request.headers.get("x-request-id"))
+                request.headers[x402wire.PAYMENT_SIGNATURE] = pending.header
+                request.headers["x-request-id"] = pending.request_id
+            request.extensions["agoranet_pending"] = pending
+            request.extensions["agoranet_body"] = body
+            response = yield request
+            if response.status_code != 402 or retried:
+                return
+            retried = True
+            header = response.headers.get(x402wire.PAYMENT_REQUIRED)
+            if not header:
+                return
+            required = x402wire.decode_payment_required(header)
+            accept = next((a for a in required.accepts if a.scheme == "batch-settlement"), None)
+            if accept is None:
+                return
+            if required.error and "mismatch" in required.error and \
+                    not self.payer.resync(accept.extra or {}):
+                return
+            needed = int(accept.amount)
+            amount = max(amount, needed)
+            request.headers.pop("x-request-id", None)
+
+    def _finish(self, request: httpx.Request, response: httpx.Response) -> bool:
+        """Check the receipt; True if the lock will be released by the stream instead."""
+        pending: PendingPayment | None = request.extensions.get("agoranet_pending")
+        body: dict[str, Any] = request.extensions.get("agoranet_body") or {}
+        if pending is None or response.status_code != 200:
+            return False
+        model = str(body.get("model", ""))
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        header = response.headers.get(x402wire.PAYMENT_RESPONSE)
+        if header:
+            settle = x402wire.decode_json(header, x402wire.PAYMENT_RESPONSE)
+            response.extensions["agoranet_receipt"] = self.payer.settle(
+                pending, settle, model, max_tokens=max_tokens)
+            return False
+        if "text/event-stream" not in response.headers.get("content-type", ""):
+            raise PaymentError("the node answered a paid request without a receipt")
+        response.stream = _ReceiptTap(response.stream, self, pending, model, max_tokens, response)
+        return True
+
+
+class _ReceiptTap(httpx.AsyncByteStream, httpx.SyncByteStream):
+    """Passes a stream through, finds the receipt event, checks it, then frees the lock."""
+
+    def __init__(self, inner: Any, auth: PayerAuth, pending: PendingPayment, model: str,
+                 max_tokens: int | None, response: httpx.Response) -> None:
+        self.inner, self.auth, self.pending = inner, auth, pending
+        self.model, self.max_tokens, self.response = model, max_tokens, response
+        self.buffer = b""
+        self.chunks = 0
+        self.done = False
+
+    def _scan(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\n\n" in self.buffer:
+            event, self.buffer = self.buffer.split(b"\n\n", 1)
+            text = event.decode("utf-8", "replace").removeprefix("data: ")
+            if not text.startswith("{"):
+                continue
+            try:
+                obj = json.loads(text)
+            except ValueError:
+                continue
+            if obj.get("object") == "agoranet.receipt":
+                self.response.extensions["agoranet_receipt"] = self.auth.payer.settle(
+                    self.pending, obj["x402_payment_response"], self.model,
+                    max_tokens=self.max_tokens, min_tokens_out=self.chunks)
+            elif any(_has_text(c) for c in obj.get("choices", [])):
+                self.chunks += 1
+
+    def _release(self) -> None:
+        if not self.done:
+            self.done = True
+            self.auth._lock.release()
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for data in self.inner:
+                self._scan(data)
+                yield data
+        finally:
+            self._release()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for data in self.inner:
+                self._scan(data)
+                yield data
+        finally:
+            self._release()
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            self._release()
+
+    async def aclose(self) -> None:
+        try:
+            await self.inner.aclose()
+        finally:
+            self._release()
+
+
+def _has_text(choice: dict[str, Any]) -> bool:
+    delta = choice.get("delta") or {}
+    return bool(delta.get("content") or choice.get("text"))
+
+
+def _json(request: httpx.Request) -> dict[str, Any]:
+    try:
+        data = json.loads(request.content or b"{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,162 @@
+"""The node's money ledger: the interface, its records, and the refusals it gives.
+
+Per channel the ledger keeps what the node has charged (``charged``, the x402
+``chargedCumulativeAmount``), the highest voucher it accepted and that
+voucher's signature, what it has claimed on chain, and the request holding the
+channel right now, if any. A request first *accepts* a voucher (persisted,
+before any inference), then either *commits* its actual charge (which writes
+the signed receipt) or is *released* (nothing charged, the previous voucher
+restored). Every money value is an ``int`` in base units; every operation on
+one channel is atomic, so two requests can never spend the same headroom.
+
+Implementations: :class:`~agoranet.payments.sqlite_ledger.SqliteLedger`
+(one file per node). A PostgreSQL ledger for replicated nodes implements the
+same protocol with ``SELECT ... FOR UPDATE`` in place of SQLite's write lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Literal, Protocol
+
+from agoranet.errors import LedgerError
+from agoranet.payments.receipts import Receipt
+
+__all__ = [
+    "MAX_AMOUNT",
+    "ChannelRecord",
+    "ClaimCandidate",
+    "Earnings",
+    "Hold",
+    "Ledger",
+    "RefusalReason",
+    "VoucherRefused",
+    "check_amount",
+]
+
+MAX_AMOUNT: Final = 2**63 - 1  # SQLite INTEGER; far above any real deposit
+
+RefusalReason = Literal["busy", "replay", "mismatch", "charged", "unknown-channel"]
+
+
+class VoucherRefused(LedgerError):
+    """The ledger refused a voucher; ``channel`` is its state for a corrective 402."""
+
+    def __init__(self, reason: RefusalReason, message: str,
+                 channel: ChannelRecord | None = None, receipt: Receipt | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.channel = channel
+        self.receipt = receipt
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRecord:
+    channel_id: str
+    config: str  # the x402 ChannelConfig as JSON
+    payer: str
+    charged: int
+    voucher_amount: int
+    voucher_signature: str
+    claimed: int
+    pending_request: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """An accepted voucher holding its channel for one request."""
+
+    request_id: str
+    channel_id: str
+    voucher_amount: int
+    max_amount: int
+    charged_before: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimCandidate:
+    """A channel whose charged total is above what has been claimed on chain."""
+
+    channel_id: str
+    config: str
+    charged: int
+    claimed: int
+    voucher_amount: int
+    voucher_signature: str
+    oldest_unclaimed_at: float
+    unclaimed_requests: int
+
+    @property
+    def unclaimed(self) -> int:
+        return self.charged - self.claimed
+
+
+@dataclass(frozen=True, slots=True)
+class Earnings:
+    channel_id: str
+    payer: str
+    charged: int
+    claimed: int
+    settled: int
+    requests: int
+
+    @property
+    def unclaimed(self) -> int:
+        return self.charged - self.claimed
+
+
+class Ledger(Protocol):
+    """What the payment middleware and the settlement loop need from storage."""
+
+    def ensure_channel(self, channel_id: str, config: str, payer: str,
+                       baseline: int) -> ChannelRecord:
+        """The channel's record, created with ``charged = claimed = baseline`` if new."""
+        ...
+
+    def channel(self, channel_id: str) -> ChannelRecord | None: ...
+
+    def accept_voucher(self, request_id: str, channel_id: str, voucher_amount: int,
+                       signature: str, max_amount: int) -> Hold:
+        """Persist the voucher and hold the channel, or raise :class:`VoucherRefused`.
+
+        Accepted iff the channel is not held, ``voucher_amount`` exceeds every
+        voucher accepted before, and equals ``charged + max_amount``.
+        """
+        ...
+
+    def commit(self, hold: Hold, tokens_in: int, tokens_out: int, amount: int,
+               sign: Callable[[Receipt], Receipt], chain_id: int) -> Receipt:
+        """Charge ``amount`` (at most the hold's maximum), release the hold, store the receipt.
+
+        Idempotent on the request id: a second commit returns the first receipt.
+        """
+        ...
+
+    def release(self, hold: Hold) -> None:
+        """Give the hold up with nothing charged; the previous voucher becomes current."""
+        ...
+
+    def recover(self) -> int:
+        """After a restart: release every hold left by the previous process; how many."""
+        ...
+
+    def claim_candidates(self) -> list[ClaimCandidate]: ...
+
+    def record_claim(self, totals: dict[str, int], tx_hash: str, gas_used: int) -> None:
+        """Channels' new on-chain claimed totals after one claim transaction."""
+        ...
+
+    def record_settle(self, tx_hash: str, amount: int, gas_used: int) -> None: ...
+
+    def earnings(self) -> list[Earnings]: ...
+
+    def receipts(self, channel_id: str | None = None) -> list[Receipt]: ...
+
+    def close(self) -> None: ...
+
+
+def check_amount(value: int, what: str) -> int:
+    if value < 0 or value > MAX_AMOUNT:
+        raise LedgerError(f"{what} {value} is out of range")
+    return value

@@ -1,0 +1,332 @@
+"""The ledger in one SQLite file per node, in WAL mode with ``synchronous=FULL``.
+
+Every write is one ``BEGIN IMMEDIATE`` transaction (SQLite's write lock makes
+each channel operation a compare-and-set), and a commit returns only once the
+WAL is fsync'd, so an accepted voucher survives a SIGKILL or power loss.
+Calls are short and synchronous; a process-wide lock serialises them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+from agoranet.errors import LedgerError
+from agoranet.payments.ledger import (
+    ChannelRecord,
+    ClaimCandidate,
+    Earnings,
+    Hold,
+    VoucherRefused,
+    check_amount,
+)
+from agoranet.payments.receipts import Receipt
+
+__all__ = ["SqliteLedger"]
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS channels (
+    channel_id        TEXT PRIMARY KEY,
+    config            TEXT NOT NULL,
+    payer             TEXT NOT NULL,
+    charged           INTEGER NOT NULL CHECK (charged >= 0),
+    voucher_amount    INTEGER NOT NULL CHECK (voucher_amount >= charged),
+    voucher_signature TEXT NOT NULL,
+    claimed           INTEGER NOT NULL CHECK (claimed >= 0 AND claimed <= charged),
+    pending_request   TEXT,
+    updated_at        REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vouchers (
+    request_id         TEXT PRIMARY KEY,
+    channel_id         TEXT NOT NULL REFERENCES channels(channel_id),
+    voucher_amount     INTEGER NOT NULL,
+    signature          TEXT NOT NULL,
+    max_amount         INTEGER NOT NULL,
+    charged_before     INTEGER NOT NULL,
+    previous_amount    INTEGER NOT NULL,
+    previous_signature TEXT NOT NULL,
+    status             TEXT NOT NULL CHECK (status IN ('held', 'charged', 'released')),
+    accepted_at        REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS receipts (
+    request_id  TEXT PRIMARY KEY,
+    channel_id  TEXT NOT NULL,
+    tokens_in   INTEGER NOT NULL,
+    tokens_out  INTEGER NOT NULL,
+    amount      INTEGER NOT NULL CHECK (amount >= 0),
+    cumulative  INTEGER NOT NULL,
+    chain_id    INTEGER NOT NULL,
+    signer      TEXT NOT NULL,
+    signature   TEXT NOT NULL,
+    claimed     INTEGER NOT NULL DEFAULT 0,
+    created_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS receipts_unclaimed ON receipts(channel_id, claimed);
+CREATE TABLE IF NOT EXISTS claims (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel_id  TEXT NOT NULL,
+    amount      INTEGER NOT NULL CHECK (amount >= 0),
+    total       INTEGER NOT NULL,
+    tx_hash     TEXT NOT NULL,
+    gas_used    INTEGER NOT NULL,
+    settle_id   INTEGER REFERENCES settlements(id),
+    created_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settlements (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    amount      INTEGER NOT NULL,
+    tx_hash     TEXT NOT NULL,
+    gas_used    INTEGER NOT NULL,
+    created_at  REAL NOT NULL
+);
+"""
+
+
+class SqliteLedger:
+    """:class:`~agoranet.payments.ledger.Ledger` in a SQLite file (or ``:memory:``)."""
+
+    def __init__(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        try:
+            self._db = sqlite3.connect(str(path), isolation_level=None,
+                                       check_same_thread=False, timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open the ledger {path}: {exc}") from exc
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise LedgerError(f"ledger is unavailable: {exc}") from exc
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise LedgerError(f"ledger commit failed: {exc}") from exc
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return list(self._db.execute(sql, args).fetchall())
+            except sqlite3.Error as exc:
+                raise LedgerError(f"ledger read failed: {exc}") from exc
+
+    @staticmethod
+    def _channel_row(db: sqlite3.Connection, channel_id: str) -> ChannelRecord | None:
+        row = db.execute(
+            "SELECT channel_id, config, payer, charged, voucher_amount, voucher_signature, "
+            "claimed, pending_request FROM channels WHERE channel_id = ?", (channel_id,)
+        ).fetchone()
+        return ChannelRecord(*row) if row else None
+
+    # ------------------------------------------------------------ channels
+
+    def ensure_channel(self, channel_id: str, config: str, payer: str,
+                       baseline: int) -> ChannelRecord:
+        check_amount(baseline, "baseline")
+        channel_id = channel_id.lower()
+        with self._write() as db:
+            found = self._channel_row(db, channel_id)
+            if found is not None:
+                return found
+            db.execute(
+                "INSERT INTO channels VALUES (?, ?, ?, ?, ?, '0x', ?, NULL, ?)",
+                (channel_id, config, payer, baseline, baseline, baseline, time.time()),
+            )
+            created = self._channel_row(db, channel_id)
+        assert created is not None
+        return created
+
+    def channel(self, channel_id: str) -> ChannelRecord | None:
+        with self._lock:
+            return self._channel_row(self._db, channel_id.lower())
+
+    # ------------------------------------------------------------ vouchers
+
+    def accept_voucher(self, request_id: str, channel_id: str, voucher_amount: int,
+                       signature: str, max_amount: int) -> Hold:
+        check_amount(voucher_amount, "voucher amount")
+        check_amount(max_amount, "request maximum")
+        channel_id = channel_id.lower()
+        with self._write() as db:
+            ch = self._channel_row(db, channel_id)
+            if ch is None:
+                raise VoucherRefused("unknown-channel", f"channel {channel_id} is not known")
+            prior = db.execute("SELECT status FROM vouchers WHERE request_id = ?",
+                               (request_id,)).fetchone()
+            if prior is not None and prior[0] == "charged":
+                receipt = self._receipt(db, request_id)
+                raise VoucherRefused("charged", f"request {request_id} was already served "
+                                     "and charged", ch, receipt)
+            if ch.pending_request is not None:
+                raise VoucherRefused("busy", "the channel is serving another request; retry "
+                                     "when it has finished", ch)
+            if voucher_amount <= ch.voucher_amount:
+                raise VoucherRefused(
+                    "replay", f"voucher for {voucher_amount} is not above the highest accepted "
+                    f"voucher ({ch.voucher_amount}) on this channel: replayed or stale", ch)
+            expected = ch.charged + max_amount
+            if voucher_amount != expected:
+                raise VoucherRefused(
+                    "mismatch", f"voucher for {voucher_amount} does not equal charged "
+                    f"({ch.charged}) plus this request's maximum ({max_amount}) = {expected}", ch)
+            db.execute(
+                "INSERT OR REPLACE INTO vouchers VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'held', ?)",
+                (request_id, channel_id, voucher_amount, signature, max_amount, ch.charged,
+                 ch.voucher_amount, ch.voucher_signature, time.time()),
+            )
+            db.execute(
+                "UPDATE channels SET voucher_amount = ?, voucher_signature = ?, "
+                "pending_request = ?, updated_at = ? WHERE channel_id = ?",
+                (voucher_amount, signature, request_id, time.time(), channel_id),
+            )
+        return Hold(request_id, channel_id, voucher_amount, max_amount, ch.charged)
+
+    def commit(self, hold: Hold, tokens_in: int, tokens_out: int, amount: int,
+               sign: Callable[[Receipt], Receipt], chain_id: int) -> Receipt:
+        check_amount(amount, "charge")
+        with self._write() as db:
+            done = self._receipt(db, hold.request_id)
+            if done is not None:
+                return done
+            row = db.execute("SELECT status FROM vouchers WHERE request_id = ?",
+                             (hold.request_id,)).fetchone()
+            ch = self._channel_row(db, hold.channel_id)
+            if row is None or row[0] != "held" or ch is None or \
+                    ch.pending_request != hold.request_id:
+                raise LedgerError(f"request {hold.request_id} holds no voucher to charge")
+            charge = min(amount, hold.max_amount)
+            cumulative = ch.charged + charge
+            receipt = sign(Receipt(hold.request_id, hold.channel_id, tokens_in, tokens_out,
+                                   charge, cumulative, chain_id))
+            db.execute("UPDATE channels SET charged = ?, pending_request = NULL, updated_at = ? "
+                       "WHERE channel_id = ?", (cumulative, time.time(), hold.channel_id))
+            db.execute("UPDATE vouchers SET status = 'charged' WHERE request_id = ?",
+                       (hold.request_id,))
+            db.execute(
+                "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                (receipt.request_id, receipt.channel_id, tokens_in, tokens_out, charge,
+                 cumulative, chain_id, receipt.signer, receipt.signature, time.time()),
+            )
+        return receipt
+
+    def release(self, hold: Hold) -> None:
+        with self._write() as db:
+            self._release(db, hold.request_id)
+
+    @staticmethod
+    def _release(db: sqlite3.Connection, request_id: str) -> None:
+        row = db.execute(
+            "SELECT channel_id, voucher_amount, previous_amount, previous_signature, status "
+            "FROM vouchers WHERE request_id = ?", (request_id,)).fetchone()
+        if row is None or row[4] != "held":
+            return
+        channel_id, amount, prev_amount, prev_sig, _ = row
+        db.execute("UPDATE vouchers SET status = 'released' WHERE request_id = ?", (request_id,))
+        db.execute(
+            "UPDATE channels SET voucher_amount = CASE WHEN voucher_amount = ? THEN ? "
+            "ELSE voucher_amount END, voucher_signature = CASE WHEN voucher_amount = ? THEN ? "
+            "ELSE voucher_signature END, pending_request = NULL, updated_at = ? "
+            "WHERE channel_id = ? AND pending_request = ?",
+            (amount, prev_amount, amount, prev_sig, time.time(), channel_id, request_id),
+        )
+
+    def recover(self) -> int:
+        with self._write() as db:
+            held = [r[0] for r in db.execute(
+                "SELECT request_id FROM vouchers WHERE status = 'held'").fetchall()]
+            for request_id in held:
+                self._release(db, request_id)
+        return len(held)
+
+    # ------------------------------------------------------------ receipts
+
+    @staticmethod
+    def _receipt(db: sqlite3.Connection, request_id: str) -> Receipt | None:
+        row = db.execute(
+            "SELECT request_id, channel_id, tokens_in, tokens_out, amount, cumulative, chain_id, "
+            "signer, signature FROM receipts WHERE request_id = ?", (request_id,)).fetchone()
+        return Receipt(*row) if row else None
+
+    def receipts(self, channel_id: str | None = None) -> list[Receipt]:
+        sql = ("SELECT request_id, channel_id, tokens_in, tokens_out, amount, cumulative, "
+               "chain_id, signer, signature FROM receipts")
+        args: tuple[Any, ...] = ()
+        if channel_id is not None:
+            sql += " WHERE channel_id = ?"
+            args = (channel_id.lower(),)
+        return [Receipt(*r) for r in self._read(sql + " ORDER BY cumulative", args)]
+
+    # ------------------------------------------------------------ claims
+
+    def claim_candidates(self) -> list[ClaimCandidate]:
+        rows = self._read(
+            "SELECT c.channel_id, c.config, c.charged, c.claimed, c.voucher_amount, "
+            "c.voucher_signature, MIN(r.created_at), COUNT(r.request_id) "
+            "FROM channels c JOIN receipts r ON r.channel_id = c.channel_id AND r.claimed = 0 "
+            "WHERE c.charged > c.claimed GROUP BY c.channel_id")
+        return [ClaimCandidate(*r) for r in rows]
+
+    def record_claim(self, totals: dict[str, int], tx_hash: str, gas_used: int) -> None:
+        now = time.time()
+        with self._write() as db:
+            for channel_id, total in totals.items():
+                ch = self._channel_row(db, channel_id.lower())
+                if ch is None or total < ch.claimed or total > ch.charged:
+                    raise LedgerError(f"claim total {total} does not fit channel {channel_id}")
+                db.execute("INSERT INTO claims (channel_id, amount, total, tx_hash, gas_used, "
+                           "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                           (ch.channel_id, total - ch.claimed, total, tx_hash, gas_used, now))
+                db.execute("UPDATE channels SET claimed = ? WHERE channel_id = ?",
+                           (total, ch.channel_id))
+                db.execute("UPDATE receipts SET claimed = 1 WHERE channel_id = ? AND "
+                           "cumulative <= ?", (ch.channel_id, total))
+
+    def record_settle(self, tx_hash: str, amount: int, gas_used: int) -> None:
+        with self._write() as db:
+            cur = db.execute("INSERT INTO settlements (amount, tx_hash, gas_used, created_at) "
+                             "VALUES (?, ?, ?, ?)", (amount, tx_hash, gas_used, time.time()))
+            db.execute("UPDATE claims SET settle_id = ? WHERE settle_id IS NULL",
+                       (cur.lastrowid,))
+
+    def earnings(self) -> list[Earnings]:
+        rows = self._read(
+            "SELECT c.channel_id, c.payer, c.charged, c.claimed, "
+            "COALESCE((SELECT SUM(amount) FROM claims k WHERE k.channel_id = c.channel_id "
+            "AND k.settle_id IS NOT NULL), 0), "
+            "(SELECT COUNT(*) FROM receipts r WHERE r.channel_id = c.channel_id) "
+            "FROM channels c ORDER BY c.channel_id")
+        return [Earnings(*r) for r in rows]
+
+    def gas_used(self) -> tuple[int, int]:
+        """(transactions, gas) spent on claims and settlements so far."""
+        rows = self._read(
+            "SELECT (SELECT COUNT(DISTINCT tx_hash) FROM claims) + (SELECT COUNT(*) FROM "
+            "settlements), COALESCE((SELECT SUM(g) FROM (SELECT MAX(gas_used) AS g FROM claims "
+            "GROUP BY tx_hash)), 0) + COALESCE((SELECT SUM(gas_used) FROM settlements), 0)")
+        return int(rows[0][0]), int(rows[0][1])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,203 @@
+"""Checks on a ``batch-settlement`` voucher before a node accepts it.
+
+Structure, channel config (receiver, receiver authorizer, token, withdraw
+delay, network), the payer's EIP-712 signature (the x402 SDK's own checks),
+and the channel's on-chain state: funded, not withdrawing, and holding at
+least the voucher's amount. On-chain state is cached per channel for
+``ttl`` seconds and re-read on a miss (a voucher above the cached balance, or
+a channel not seen yet), so the usual request costs no RPC call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from web3 import Web3
+from web3.exceptions import Web3Exception
+from x402.mechanisms.evm.batch_settlement import errors as bs_errors
+from x402.mechanisms.evm.batch_settlement.facilitator.utils import (
+    validate_channel_config,
+    verify_batch_settlement_voucher_typed_data,
+)
+from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
+from x402.mechanisms.evm.batch_settlement.utils import channel_id_binding_error
+from x402.schemas import PaymentRequirements
+
+from agoranet.chain.addresses import ChainAddresses
+from agoranet.errors import ChainError, PaymentRequiredError
+from agoranet.payments.ledger import MAX_AMOUNT
+
+__all__ = [
+    "ZERO_ADDRESS",
+    "OnchainState",
+    "StateCache",
+    "Voucher",
+    "Web3StateReader",
+    "check_state",
+    "check_voucher",
+    "parse_voucher",
+]
+
+ZERO_ADDRESS: Final = "0x0000000000000000000000000000000000000000"
+
+
+@dataclass(frozen=True, slots=True)
+class OnchainState:
+    balance: int
+    total_claimed: int
+    withdraw_requested_at: int
+    refund_nonce: int
+    fetched_at: float
+
+    def snapshot(self, channel_id: str) -> dict[str, Any]:
+        """The x402 ``channelState`` fields mirrored from chain."""
+        return {
+            "channelId": channel_id,
+            "balance": str(self.balance),
+            "totalClaimed": str(self.total_claimed),
+            "withdrawRequestedAt": self.withdraw_requested_at,
+            "refundNonce": str(self.refund_nonce),
+        }
+
+
+class Web3StateReader:
+    """Reads ``channels``, ``pendingWithdrawals`` and ``refundNonce`` from the escrow."""
+
+    def __init__(self, w3: Web3, addresses: ChainAddresses) -> None:
+        from agoranet.payments.channels import escrow_contract
+
+        self.escrow: Any = escrow_contract(w3, addresses)
+
+    def __call__(self, channel_id: str) -> OnchainState:
+        cid = bytes.fromhex(channel_id.removeprefix("0x"))
+        try:
+            balance, claimed = self.escrow.functions.channels(cid).call()
+            _, requested_at = self.escrow.functions.pendingWithdrawals(cid).call()
+            nonce = self.escrow.functions.refundNonce(cid).call()
+        except (OSError, ValueError, Web3Exception) as exc:
+            raise ChainError(f"cannot read channel {channel_id}: {exc}") from exc
+        return OnchainState(int(balance), int(claimed), int(requested_at), int(nonce),
+                            time.monotonic())
+
+
+class StateCache:
+    """On-chain channel state, cached for ``ttl`` seconds; misses read in a thread."""
+
+    def __init__(self, reader: Callable[[str], OnchainState], ttl: float) -> None:
+        self._reader = reader
+        self.ttl = ttl
+        self._states: dict[str, OnchainState] = {}
+
+    async def get(self, channel_id: str, *, need: int = 0) -> OnchainState:
+        cached = self._states.get(channel_id)
+        fresh = cached is not None and time.monotonic() - cached.fetched_at <= self.ttl
+        if cached is not None and fresh and cached.balance >= need:
+            return cached
+        return await self.refresh(channel_id)
+
+    async def refresh(self, channel_id: str) -> OnchainState:
+        try:
+            state = await asyncio.to_thread(self._reader, channel_id)
+        except ChainError as exc:
+            raise PaymentRequiredError(
+                f"cannot read the channel's on-chain state: {exc}",
+                reason=bs_errors.ERR_CHANNEL_STATE_READ_FAILED,
+            ) from exc
+        self._states[channel_id] = state
+        return state
+
+    def put(self, channel_id: str, state: OnchainState) -> None:
+        self._states[channel_id] = state
+
+    def cached(self, channel_id: str) -> OnchainState | None:
+        return self._states.get(channel_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Voucher:
+    """A parsed voucher payload (amounts as ints)."""
+
+    kind: str
+    channel_id: str
+    config: ChannelConfig
+    amount: int
+    signature: str
+    raw: dict[str, Any]
+
+
+def _refuse(message: str, reason: str) -> PaymentRequiredError:
+    return PaymentRequiredError(message, reason=reason)
+
+
+def parse_voucher(payload: dict[str, Any]) -> Voucher:
+    """The voucher in a ``voucher`` or ``deposit`` payload; 402 if malformed."""
+    kind = payload.get("type")
+    if kind not in ("voucher", "deposit"):
+        raise _refuse(f"batch-settlement payload type {kind!r} is not accepted here "
+                      "(send a voucher or a deposit)", bs_errors.ERR_INVALID_PAYLOAD_TYPE)
+    try:
+        voucher = payload["voucher"]
+        config = ChannelConfig.from_dict(payload["channelConfig"])
+        amount = int(str(voucher["maxClaimableAmount"]))
+        channel_id = str(voucher["channelId"]).lower()
+        signature = str(voucher["signature"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _refuse(f"malformed voucher payload: {exc}", bs_errors.ERR_VOUCHER_PAYLOAD) from None
+    if amount <= 0 or amount > MAX_AMOUNT:
+        raise _refuse(f"voucher amount {amount} is out of range", bs_errors.ERR_VOUCHER_PAYLOAD)
+    return Voucher(kind, channel_id, config, amount, signature, payload)
+
+
+def check_voucher(voucher: Voucher, requirements: PaymentRequirements, chain_id: int) -> None:
+    """Config and signature checks (no chain access); 402 with the x402 reason if wrong."""
+    binding = channel_id_binding_error(voucher.config, voucher.channel_id, chain_id)
+    if binding:
+        raise _refuse("the voucher's channel id is not the hash of its channel config on this "
+                      "chain", binding)
+    problem = validate_channel_config(voucher.config, voucher.channel_id, requirements)
+    if problem:
+        what = {
+            bs_errors.ERR_RECEIVER_MISMATCH: f"the channel pays {voucher.config.receiver}, "
+            f"not this node ({requirements.pay_to})",
+            bs_errors.ERR_TOKEN_MISMATCH: f"the channel's token {voucher.config.token} is not "
+            f"{requirements.asset}",
+            bs_errors.ERR_RECEIVER_AUTHORIZER_MISMATCH: "the channel's receiver authorizer is "
+            "not this node's",
+        }.get(problem, f"the channel config does not fit this node ({problem})")
+        raise _refuse(what, problem)
+    if int(voucher.config.payer_authorizer, 16) == 0:
+        raise _refuse("vouchers must be signed by an EOA payerAuthorizer (EIP-1271 payers are "
+                      "not accepted by this node)", bs_errors.ERR_INVALID_VOUCHER_SIGNATURE)
+    ok = verify_batch_settlement_voucher_typed_data(
+        None,  # type: ignore[arg-type]  # ECDSA path only: payerAuthorizer is non-zero
+        channel_id=voucher.channel_id,
+        max_claimable_amount=str(voucher.amount),
+        payer_authorizer=voucher.config.payer_authorizer,
+        payer=voucher.config.payer,
+        signature=voucher.signature,
+        chain_id=chain_id,
+    )
+    if not ok:
+        raise _refuse("the voucher is not signed by the channel's payer authorizer "
+                      f"{voucher.config.payer_authorizer}", bs_errors.ERR_INVALID_VOUCHER_SIGNATURE)
+
+
+def check_state(voucher: Voucher, state: OnchainState) -> None:
+    """On-chain checks: funded, not withdrawing, voucher within the deposit."""
+    if state.balance == 0:
+        raise _refuse("the channel holds no deposit (never funded, or closed)",
+                      bs_errors.ERR_CHANNEL_NOT_FOUND)
+    if state.withdraw_requested_at != 0:
+        raise _refuse("the channel has a pending withdrawal: it takes no new vouchers",
+                      "invalid_batch_settlement_evm_channel_withdrawing")
+    if voucher.amount > state.balance:
+        raise _refuse(f"voucher for {voucher.amount} exceeds the channel's deposit "
+                      f"({state.balance}): top the channel up",
+                      bs_errors.ERR_CUMULATIVE_EXCEEDS_BALANCE)
+    if voucher.amount <= state.total_claimed:
+        raise _refuse(f"voucher for {voucher.amount} is not above what was already claimed "
+                      f"({state.total_claimed})", bs_errors.ERR_CUMULATIVE_AMOUNT_BELOW_CLAIMED)

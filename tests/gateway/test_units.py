@@ -1,0 +1,98 @@
+"""Gateway pieces without processes: policy, ranking, budget, spend log."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from agoranet.errors import InvalidRequestError
+from agoranet.gateway.budget import Budget, BudgetExceededError
+from agoranet.gateway.nodes import NodeState
+from agoranet.gateway.policy import Policy
+from agoranet.gateway.ranking import cost_micro, expected_cost, rank
+from agoranet.gateway.spendlog import SpendLog, SpendRow
+from agoranet.registry.offer import ModelOffer, Offer, Price
+
+
+def node(url: str, price_in: int, price_out: int, ttft: float | None = None) -> NodeState:
+    offer = Offer(engine="fake", models=[ModelOffer(
+        id="m", context_length=512, price=Price(input_per_million=price_in,
+                                                output_per_million=price_out))])
+    return NodeState(url, offer=offer, ttft_ms=ttft)
+
+
+def test_costs_are_exact_integers() -> None:
+    model = node("a", 100, 300).offer.models[0]  # type: ignore[union-attr]
+    assert cost_micro(model, 10, 20) == 10 * 100 + 20 * 300
+    assert expected_cost(model, 10, 20) == 1  # rounded up, never down
+    assert expected_cost(model, 0, 0) == 0
+    assert expected_cost(model, 10_000, 0) == 1
+    assert expected_cost(model, 10_001, 0) == 2
+
+
+def test_cheapest_and_fastest_preferences() -> None:
+    cheap_slow, dear_fast = node("cheap", 10, 10, ttft=900), node("dear", 1000, 1000, ttft=5)
+    nodes = [dear_fast, cheap_slow]
+    assert [n.url for n, _ in rank(nodes, "m", 10, 10, Policy(prefer="cheapest"))] == [
+        "cheap", "dear"]
+    assert [n.url for n, _ in rank(nodes, "m", 10, 10, Policy(prefer="fastest"))] == [
+        "dear", "cheap"]
+
+
+def test_caps_bans_and_lists_filter_nodes() -> None:
+    a, b, c = node("a", 10, 10), node("b", 10, 500), node("c", 10, 10)
+    c.record_failure("boom", base_s=60, cap_s=600)
+    ranked = rank([a, b, c], "m", 1, 1, Policy(max_price_out=100))
+    assert [n.url for n, _ in ranked] == ["a"]
+    assert rank([a, b], "m", 1, 1, Policy(deny=["a"], max_price_out=1000))[0][0].url == "b"
+    assert rank([a, b], "other", 1, 1, Policy()) == []
+
+
+def test_bans_grow_and_are_capped() -> None:
+    n = node("a", 1, 1)
+    assert [n.record_failure("x", 5, 30) for _ in range(5)] == [5, 10, 20, 30, 30]
+    n.record_success(10, 5, 0.1)
+    assert n.ban_level == 0
+
+
+def test_request_policy_only_narrows() -> None:
+    owner = Policy(max_price_out=100, deny=["x"], allow=["a", "b"])
+    narrowed = owner.narrowed({"max_price_out": 1000, "deny": ["y"], "allow": ["b", "c"]})
+    assert narrowed.max_price_out == 100
+    assert narrowed.deny == ["x", "y"] and narrowed.allow == ["b"]
+    with pytest.raises(InvalidRequestError, match="agoranet"):
+        owner.narrowed({"prefer": "random"})
+
+
+async def test_budget_reservations_never_overcommit() -> None:
+    budget = Budget(limit=10)
+    outcomes = await asyncio.gather(*(_try(budget, 3) for _ in range(20)), return_exceptions=True)
+    granted = [o for o in outcomes if o is True]
+    assert len(granted) == 3  # 3 x 3 <= 10 < 4 x 3
+    assert all(isinstance(o, BudgetExceededError) for o in outcomes if o is not True)
+    await asyncio.gather(*(budget.settle(3, 2) for _ in granted))
+    assert (budget.spent, budget.reserved) == (6, 0)
+    await budget.reserve(4)
+    with pytest.raises(BudgetExceededError):
+        await budget.reserve(1)
+
+
+async def _try(budget: Budget, amount: int) -> bool:
+    await budget.reserve(amount)
+    await asyncio.sleep(0)
+    return True
+
+
+def test_spend_log_totals(tmp_path: Path) -> None:
+    log = SpendLog(tmp_path / "spend.sqlite")
+    log.add(SpendRow("r1", "m", "a", 10, 5, 3, 12.0, 50.0, "partial"))
+    log.add(SpendRow("r1", "m", "b", 14, 7, 4, 9.0, 40.0, "ok"))
+    log.add(SpendRow("r2", "m", "b", 10, 5, 2, 9.0, 40.0, "ok"))
+    assert log.total() == 9
+    assert log.totals("model") == [("m", 2, 51, 9)]
+    assert {k: a for k, _, _, a in log.totals("node")} == {"a": 3, "b": 6}
+    assert [r.node for r in log.rows("r1")] == ["a", "b"]
+    log.close()
+    assert SpendLog(tmp_path / "spend.sqlite").total() == 9  # survives a restart

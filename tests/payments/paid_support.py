@@ -1,0 +1,84 @@
+"""An in-process paid node on the dev chain, and hand-made x402 payments for attacks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from x402.mechanisms.evm.batch_settlement.client.voucher import sign_voucher
+from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
+from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
+from x402.mechanisms.evm.signers import EthAccountSigner
+from x402.schemas import PaymentPayload, PaymentRequirements
+
+from agoranet.config import NodeSettings
+from agoranet.engines.base import Prepared, StreamEvent
+from agoranet.node.payment_setup import NodePayments, build_payments
+from agoranet.payments import x402wire
+from agoranet.payments.channels import new_config, open_channel
+from fakes import FakeEngine
+
+PRICE_IN = 1_000_000_000  # 1000 base units per prompt token
+PRICE_OUT = 2_000_000_000  # 2000 per completion token
+BODY = {"model": "fake", "messages": [{"role": "user", "content": "one two three"}],
+        "max_tokens": 5}
+WORST = 3 * 1000 + 5 * 2000  # 13000
+
+
+class CountingEngine(FakeEngine):
+    """The fake engine, counting how many generations it started."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.calls = 0
+
+    def stream(self, prepared: Prepared) -> AsyncIterator[StreamEvent]:
+        self.calls += 1
+        return super().stream(prepared)
+
+
+def paid_settings(rpc_url: str, ledger: Path, **kw: Any) -> NodeSettings:
+    return NodeSettings(price_in=PRICE_IN, price_out=PRICE_OUT, rpc_url=rpc_url,
+                        ledger_path=ledger, chain_state_ttl=kw.pop("chain_state_ttl", 0.2),
+                        **kw)
+
+
+def node_payments(rpc_url: str, ledger: Path, account: LocalAccount, **kw: Any) -> NodePayments:
+    return build_payments(paid_settings(rpc_url, ledger, **kw), account)
+
+
+@dataclass
+class Channel:
+    config: ChannelConfig
+    channel_id: str
+    key: LocalAccount
+    network: str
+
+
+def open_test_channel(env: Any, payer: LocalAccount, node: str, deposit: int,
+                      **overrides: Any) -> Channel:
+    config = new_config(env.addresses, payer=payer.address, receiver=node,
+                        payer_authorizer=payer.address)
+    if overrides:
+        config = ChannelConfig.from_dict({**config.to_dict(), **overrides})
+    if deposit:
+        open_channel(env.w3, env.addresses, payer, config, deposit)
+    return Channel(config, compute_channel_id(config, env.dev.chain_id), payer, env.dev.network)
+
+
+def header(channel: Channel, voucher: int, max_amount: int, node: str, asset: str, *,
+           key: LocalAccount | None = None, network: str | None = None,
+           channel_id: str | None = None) -> str:
+    network = network or channel.network
+    cid = channel_id or channel.channel_id
+    fields = sign_voucher(EthAccountSigner(key or channel.key), cid, voucher, network)
+    accepted = PaymentRequirements(
+        scheme="batch-settlement", network=network, asset=asset, amount=str(max_amount),
+        pay_to=node, max_timeout_seconds=3600,
+        extra={"receiverAuthorizer": node, "withdrawDelay": 900})
+    payload = PaymentPayload(payload={"type": "voucher", "channelConfig": channel.config.to_dict(),
+                                      "voucher": fields.to_dict()}, accepted=accepted)
+    return x402wire.encode_model(payload)

@@ -1,0 +1,127 @@
+"""The SQLite ledger: the voucher rules, idempotency, crash recovery, races."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+
+from agoranet.errors import LedgerError
+from agoranet.payments.ledger import VoucherRefused
+from agoranet.payments.receipts import ReceiptSigner
+from agoranet.payments.sqlite_ledger import SqliteLedger
+
+CID = "0x" + "11" * 32
+SIGNER = ReceiptSigner(bytes(Account.create().key))
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> SqliteLedger:
+    book = SqliteLedger(tmp_path / "ledger.sqlite")
+    book.ensure_channel(CID, "{}", "0xpayer", 0)
+    return book
+
+
+def test_wal_and_full_sync(ledger: SqliteLedger) -> None:
+    assert ledger._read("PRAGMA journal_mode")[0][0] == "wal"
+    assert ledger._read("PRAGMA synchronous")[0][0] == 2  # FULL
+
+
+def test_accept_commit_and_carry(ledger: SqliteLedger) -> None:
+    hold = ledger.accept_voucher("r1", CID, 100, "0xs1", 100)
+    receipt = ledger.commit(hold, 3, 4, 30, SIGNER.sign, 31337)
+    assert (receipt.amount, receipt.cumulative) == (30, 30)
+    ch = ledger.channel(CID)
+    assert ch is not None and (ch.charged, ch.voucher_amount, ch.pending_request) == (30, 100, None)
+    # the next voucher is charged + this request's maximum (x402 batch-settlement)
+    hold2 = ledger.accept_voucher("r2", CID, 130, "0xs2", 100)
+    assert ledger.commit(hold2, 1, 1, 500, SIGNER.sign, 31337).amount == 100  # capped
+
+
+def test_refusals(ledger: SqliteLedger) -> None:
+    hold = ledger.accept_voucher("r1", CID, 100, "0xs1", 100)
+    with pytest.raises(VoucherRefused) as busy:
+        ledger.accept_voucher("r2", CID, 200, "0xs2", 100)
+    assert busy.value.reason == "busy"
+    ledger.commit(hold, 1, 1, 10, SIGNER.sign, 31337)
+    with pytest.raises(VoucherRefused) as replay:
+        ledger.accept_voucher("r3", CID, 100, "0xs1", 90)  # = charged + max, but not above
+    assert replay.value.reason == "replay"
+    with pytest.raises(VoucherRefused) as mismatch:
+        ledger.accept_voucher("r3", CID, 150, "0xs3", 100)
+    assert mismatch.value.reason == "mismatch" and mismatch.value.channel is not None
+    with pytest.raises(VoucherRefused) as unknown:
+        ledger.accept_voucher("r4", "0x" + "22" * 32, 10, "0x", 10)
+    assert unknown.value.reason == "unknown-channel"
+    with pytest.raises(LedgerError):
+        ledger.accept_voucher("r5", CID, 2**64, "0x", 1)
+
+
+def test_idempotent_on_request_id(ledger: SqliteLedger) -> None:
+    hold = ledger.accept_voucher("r1", CID, 100, "0xs1", 100)
+    first = ledger.commit(hold, 1, 2, 40, SIGNER.sign, 31337)
+    assert ledger.commit(hold, 1, 2, 40, SIGNER.sign, 31337) == first
+    with pytest.raises(VoucherRefused) as again:
+        ledger.accept_voucher("r1", CID, 140, "0xs2", 100)
+    assert again.value.reason == "charged" and again.value.receipt == first
+    assert ledger.channel(CID).charged == 40  # type: ignore[union-attr]
+
+
+def test_release_restores_previous_voucher(ledger: SqliteLedger) -> None:
+    ledger.commit(ledger.accept_voucher("r1", CID, 100, "0xs1", 100), 1, 1, 10, SIGNER.sign, 1)
+    hold = ledger.accept_voucher("r2", CID, 110, "0xs2", 100)
+    ledger.release(hold)
+    ch = ledger.channel(CID)
+    assert ch is not None and (ch.voucher_amount, ch.voucher_signature, ch.charged) == (
+        100, "0xs1", 10)
+    # the same voucher may be retried after a failure
+    ledger.commit(ledger.accept_voucher("r2", CID, 110, "0xs2", 100), 1, 1, 5, SIGNER.sign, 1)
+
+
+def test_recover_after_crash(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    book = SqliteLedger(path)
+    book.ensure_channel(CID, "{}", "0xp", 0)
+    book.commit(book.accept_voucher("a", CID, 100, "0xa", 100), 1, 1, 7, SIGNER.sign, 1)
+    book.accept_voucher("b", CID, 107, "0xb", 100)  # in flight when the process dies
+    # no close(): a second connection sees what was committed, as after SIGKILL
+    again = SqliteLedger(path)
+    assert again.recover() == 1
+    ch = again.channel(CID)
+    assert ch is not None and (ch.charged, ch.voucher_amount, ch.pending_request) == (7, 100, None)
+    [candidate] = again.claim_candidates()
+    assert (candidate.unclaimed, candidate.voucher_amount) == (7, 100)
+    again.record_claim({CID: 7}, "0xtx", 50_000)
+    again.record_settle("0xtx2", 7, 30_000)
+    [earned] = again.earnings()
+    assert (earned.charged, earned.claimed, earned.settled, earned.unclaimed) == (7, 7, 7, 0)
+    assert again.claim_candidates() == []
+    book.close()
+    again.close()
+
+
+def test_threads_race_on_one_channel(ledger: SqliteLedger) -> None:
+    """50 threads offer the same next voucher at once: exactly one holds the channel."""
+    wins: list[str] = []
+    refusals: list[str] = []
+    barrier = threading.Barrier(50)
+
+    def attempt(i: int) -> None:
+        barrier.wait()
+        try:
+            ledger.accept_voucher(f"r{i}", CID, 100, "0xs", 100)
+            wins.append(f"r{i}")
+        except VoucherRefused as exc:
+            refusals.append(exc.reason)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and len(refusals) == 49
+    assert set(refusals) <= {"busy", "replay"}
+    ch = ledger.channel(CID)
+    assert ch is not None and ch.pending_request == wins[0]

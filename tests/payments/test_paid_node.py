@@ -1,0 +1,217 @@
+"""A paid node in process (fake engine, real dev chain): payments, receipts, attacks.
+
+Every refused payment must leave the engine idle and the ledger unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from starlette.applications import Starlette
+
+from agoranet.node.app import create_app
+from agoranet.node.payment_setup import NodePayments
+from agoranet.payments import x402wire
+from agoranet.payments.channels import initiate_withdraw
+from agoranet.payments.receipts import Receipt, verify_receipt
+from agoranet.registry.offer import Offer
+from agoranet.registry.signing import offer_signer
+
+from .conftest import Env
+from .paid_support import (
+    BODY,
+    WORST,
+    CountingEngine,
+    header,
+    node_payments,
+    open_test_channel,
+    paid_settings,
+)
+from .support import channel_state, needs_anvil
+
+pytestmark = needs_anvil
+
+ALLOWANCE = 20_000  # the payer's per-request maximum (above the worst case 13000)
+
+
+@dataclass
+class Node:
+    app: Starlette
+    engine: CountingEngine
+    payments: NodePayments
+    address: str
+    asset: str
+
+
+@pytest.fixture(scope="module")
+def node(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    account: LocalAccount = Account.from_key(env.dev.private_keys[2])
+    ledger = tmp_path_factory.mktemp("ledger") / "ledger.sqlite"
+    payments = node_payments(env.dev.rpc_url, ledger, account)
+    engine = CountingEngine(delay=0.0, max_active=8, max_queue=64)
+    app = create_app(engine, paid_settings(env.dev.rpc_url, ledger), None, payments)
+    yield Node(app, engine, payments, account.address, env.addresses.require_stablecoin())
+    payments.close()
+
+
+@pytest.fixture
+async def client(node: Node) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=node.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://node") as c:
+        yield c
+
+
+async def post(client: httpx.AsyncClient, pay: str | None = None, **body: object) -> httpx.Response:
+    headers = {x402wire.PAYMENT_SIGNATURE: pay} if pay else {}
+    return await client.post("/v1/chat/completions", json={**BODY, **body}, headers=headers)
+
+
+def receipt_of(response: httpx.Response) -> tuple[Receipt, dict[str, object]]:
+    settle = x402wire.decode_json(response.headers[x402wire.PAYMENT_RESPONSE], "x")
+    return Receipt.from_json(settle["extra"]["receipt"]), settle
+
+
+async def test_offer_is_signed_and_free_routes_stay_free(client: httpx.AsyncClient,
+                                                         node: Node) -> None:
+    offer = Offer.model_validate_json((await client.get("/.well-known/agoranet")).content)
+    assert offer.payment is not None and offer.payment.pay_to == node.address
+    assert offer_signer(offer) == node.address
+    assert (await client.get("/health")).status_code == 200
+    assert (await client.get("/v1/models")).status_code == 200
+
+
+async def test_unpaid_request_gets_402_with_requirements(client: httpx.AsyncClient,
+                                                         node: Node, env: Env) -> None:
+    calls = node.engine.calls
+    response = await post(client)
+    assert response.status_code == 402
+    assert response.json()["error"]["type"] == "payment_required"
+    required = x402wire.decode_payment_required(response.headers[x402wire.PAYMENT_REQUIRED])
+    batch = next(a for a in required.accepts if a.scheme == "batch-settlement")
+    assert (batch.amount, batch.network, batch.pay_to) == (str(WORST), env.dev.network,
+                                                          node.address)
+    assert batch.asset == node.asset and batch.extra["receiverAuthorizer"] == node.address
+    assert batch.extra["prices"] == {"inputPerMillion": "1000000000",
+                                     "outputPerMillion": "2000000000"}
+    assert {a.scheme for a in required.accepts} == {"batch-settlement", "exact"}
+    assert node.engine.calls == calls
+
+
+async def test_paid_plain_and_streamed(client: httpx.AsyncClient, node: Node, env: Env,
+                                       payer: LocalAccount) -> None:
+    channel = open_test_channel(env, payer, node.address, 1_000_000)
+    first = await post(client, header(channel, ALLOWANCE, ALLOWANCE, node.address, node.asset))
+    assert first.status_code == 200, first.text
+    receipt, settle = receipt_of(first)
+    verify_receipt(receipt, node.address)
+    assert (receipt.tokens_in, receipt.tokens_out, receipt.amount) == (3, 5, WORST)
+    assert settle["extra"]["chargedAmount"] == str(WORST)
+    assert settle["extra"]["channelState"]["chargedCumulativeAmount"] == str(WORST)
+    # headroom (20000 - 13000) carries: the next voucher is charged + max
+    nxt = WORST + ALLOWANCE
+    async with client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True},
+                             headers={x402wire.PAYMENT_SIGNATURE: header(
+                                 channel, nxt, ALLOWANCE, node.address, node.asset)}) as r:
+        assert r.status_code == 200
+        events = [line async for line in r.aiter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    last = json.loads(events[-2].removeprefix("data: "))
+    assert last["object"] == "agoranet.receipt" and last["choices"] == []
+    streamed = Receipt.from_json(last["agoranet_receipt"])
+    verify_receipt(streamed, node.address)
+    assert (streamed.amount, streamed.cumulative) == (WORST, 2 * WORST)
+    record = node.payments.ledger.channel(channel.channel_id)
+    assert record is not None and record.charged == 2 * WORST
+
+
+async def test_attacks_are_refused_before_inference(client: httpx.AsyncClient, node: Node,
+                                                    env: Env, payer: LocalAccount) -> None:
+    deposit = 100_000
+    channel = open_test_channel(env, payer, node.address, deposit)
+    ok = await post(client, header(channel, ALLOWANCE, ALLOWANCE, node.address, node.asset))
+    assert ok.status_code == 200
+    ledger = node.payments.ledger
+    charged = ledger.channel(channel.channel_id).charged  # type: ignore[union-attr]
+    nxt = charged + ALLOWANCE
+    other = Account.create()
+    withdrawing = open_test_channel(env, payer, node.address, deposit)
+    initiate_withdraw(env.w3, env.addresses, payer, withdrawing.config, deposit)
+    unfunded = open_test_channel(env, payer, node.address, 0)
+    wrong_receiver = open_test_channel(env, payer, other.address, 0)
+    wrong_token = open_test_channel(env, payer, node.address, 0, token=other.address)
+    attacks = {
+        "garbage base64": "%%%not-base64%%%",
+        "base64 of junk": "aGVsbG8=",
+        "wrong key": header(channel, nxt, ALLOWANCE, node.address, node.asset, key=other),
+        "other receiver": header(wrong_receiver, nxt, ALLOWANCE, node.address, node.asset),
+        "other token": header(wrong_token, nxt, ALLOWANCE, node.address, node.asset),
+        "other chain": header(channel, nxt, ALLOWANCE, node.address, node.asset,
+                              network="eip155:8453"),
+        "replay": header(channel, ALLOWANCE, ALLOWANCE, node.address, node.asset),
+        "equal to accepted": header(channel, ALLOWANCE, ALLOWANCE - charged, node.address,
+                                    node.asset),
+        "above deposit": header(channel, deposit + 1, deposit + 1 - charged, node.address,
+                                node.asset),
+        "below worst case": header(channel, charged + WORST - 1, WORST - 1, node.address,
+                                   node.asset),
+        "unfunded": header(unfunded, ALLOWANCE, ALLOWANCE, node.address, node.asset),
+    }
+    time.sleep(0.3)  # past the node's state cache for the withdrawing channel
+    attacks["withdrawing"] = header(withdrawing, ALLOWANCE, ALLOWANCE, node.address, node.asset)
+    calls = node.engine.calls
+    for name, pay in attacks.items():
+        response = await post(client, pay)
+        assert response.status_code in (400, 402), (name, response.status_code, response.text)
+        message = response.json()["error"]["message"]
+        assert message, name
+        assert node.engine.calls == calls, name
+        assert ledger.channel(channel.channel_id).charged == charged, name  # type: ignore[union-attr]
+    for refused in (withdrawing, unfunded, wrong_receiver, wrong_token):
+        record = ledger.channel(refused.channel_id)
+        assert record is None or record.voucher_signature == "0x"
+    # the honest next voucher still works after all that
+    assert (await post(client, header(channel, nxt, ALLOWANCE, node.address,
+                                      node.asset))).status_code == 200
+
+
+async def test_fifty_concurrent_requests_on_one_channel(client: httpx.AsyncClient, node: Node,
+                                                        env: Env, payer: LocalAccount) -> None:
+    """All carry the one voucher the channel's state allows: exactly one is served."""
+    channel = open_test_channel(env, payer, node.address, 1_000_000)
+    node.engine.delay = 0.01
+    try:
+        pay = header(channel, ALLOWANCE, ALLOWANCE, node.address, node.asset)
+        calls = node.engine.calls
+        responses = await asyncio.gather(*(post(client, pay) for _ in range(50)))
+    finally:
+        node.engine.delay = 0.0
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(200) == 1 and codes.count(402) == 49, codes
+    assert node.engine.calls == calls + 1
+    record = node.payments.ledger.channel(channel.channel_id)
+    assert record is not None and record.charged == WORST
+    assert len(node.payments.ledger.receipts(channel.channel_id)) == 1
+
+
+async def test_settlement_claims_what_receipts_cover(node: Node, env: Env) -> None:
+    outcome = await asyncio.to_thread(node.payments.settler.tick, force=True)
+    assert outcome is not None and outcome.claim_tx and outcome.settle_tx
+    receipts = node.payments.ledger.receipts()
+    for cid, total in outcome.claimed.items():
+        assert total == sum(r.amount for r in receipts if r.channel_id == cid)
+        assert channel_state(env.w3, env.addresses, cid)[1] == total
+    assert outcome.settled == sum(outcome.claimed.values())
+    assert all(e.unclaimed == 0 for e in node.payments.ledger.earnings())
+
+
+def test_ledger_file(node: Node) -> None:
+    assert Path(str(node.payments.ledger.path)).is_file()
