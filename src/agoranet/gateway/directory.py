@@ -39,8 +39,9 @@ class NodeDirectory:
         url = normalise_url(url)
         return self.nodes.setdefault(url, NodeState(url))
 
-    async def refresh(self) -> None:
-        await asyncio.gather(*(self._fetch(n) for n in list(self.nodes.values())))
+    async def refresh(self, *, missing_only: bool = False) -> None:
+        nodes = [n for n in self.nodes.values() if not missing_only or n.offer is None]
+        await asyncio.gather(*(self._fetch(n) for n in nodes))
 
     async def _fetch(self, node: NodeState) -> None:
         root = node.url.removesuffix("/v1")
@@ -53,13 +54,21 @@ class NodeDirectory:
             node.offer_error = f"offer unavailable: {exc}"
             logger.info("%s: %s", node.url, node.offer_error)
 
-    def start(self) -> None:
-        """Refresh now and then every ``refresh_s`` seconds, until :meth:`stop`."""
+    def start(self, retry_s: float = 2.0) -> None:
+        """Refresh now, then every ``refresh_s`` seconds (nodes without an offer yet
+        every ``retry_s``), until :meth:`stop`."""
 
         async def loop() -> None:
+            await self.refresh()
+            last = asyncio.get_running_loop().time()
             while True:
-                await self.refresh()
-                await asyncio.sleep(self._refresh_s)
+                await asyncio.sleep(min(retry_s, self._refresh_s))
+                now = asyncio.get_running_loop().time()
+                if now - last >= self._refresh_s:
+                    await self.refresh()
+                    last = now
+                else:
+                    await self.refresh(missing_only=True)
 
         self._task = asyncio.create_task(loop())
 
