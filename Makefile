@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 ANVIL  := $(TOOLS)/.anvil-installed
 PYTEST_WORKERS ?= auto
 
-.PHONY: install model anvil lint test test-fast demo bench clean
+.PHONY: install model anvil lint test demo bench bench-gateway clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,15 @@ demo: $(STAMP) model
 
 bench: $(STAMP) model
 	$(BIN)/python bench/node.py
+	$(BIN)/python bench/adapters.py
+
+# LiteLLM's proxy, for comparison only: its own venv, never a dependency of agoranet.
+.bench/litellm/bin/litellm:
+	$(PYTHON) -m venv .bench/litellm
+	.bench/litellm/bin/pip install --quiet "litellm[proxy]"
+
+bench-gateway: $(STAMP) model .bench/litellm/bin/litellm
+	$(BIN)/python bench/gateway.py
 
 clean:
-	rm -rf $(VENV) $(TOOLS) models .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) models .bench .pytest_cache .mypy_cache .ruff_cache

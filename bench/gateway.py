@@ -1,0 +1,177 @@
+"""The gateway's overhead against a direct request, and against LiteLLM's proxy.
+
+One node serves the tiny model. In one run, the same requests go (1) straight to
+the node, (2) through `agoranet gateway`, and (3) through LiteLLM's proxy in
+front of the same node, interleaved round by round so drift hits all three:
+
+- added latency, p50 and p99, of a 1-token non-streamed request;
+- added time to first token of a streamed request;
+- requests per second with 32 concurrent streams of 16 tokens.
+
+LiteLLM is installed by the bench's own setup (`make bench-gateway` makes
+`.bench/litellm`), never by the package; pass `--litellm PATH` to its `litellm`
+command, or `--no-litellm` to skip it.
+
+Usage: python bench/gateway.py [--model models/tiny] [--rounds 200] [--litellm PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from agoranet.node.launcher import free_port, running_command, running_node
+
+MASTER_KEY = "sk-agoranet-bench-0123456789abcdef"  # LiteLLM refuses to start without one
+BODY = {"model": "tiny", "messages": [{"role": "user", "content": "Hello!"}], "temperature": 0}
+
+
+@contextmanager
+def litellm_proxy(command: str, node_url: str) -> Iterator[str]:
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="agoranet-litellm-"))
+    config = workdir / "config.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: tiny\n    litellm_params:\n"
+        f"      model: openai/tiny\n      api_base: {node_url}\n      api_key: unused\n"
+        "litellm_settings:\n  drop_params: true\n"
+        f"general_settings:\n  master_key: {MASTER_KEY}\n"
+    )
+    process = subprocess.Popen([command, "--config", str(config), "--port", str(port),
+                                "--num_workers", "1"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.STDOUT, cwd=workdir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"litellm exited with {process.returncode}")
+            try:
+                if httpx.get(f"{url}/health/liveliness", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("litellm did not start")
+            time.sleep(0.5)
+        yield f"{url}/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def latency(client: httpx.AsyncClient, base: str) -> float:
+    started = time.perf_counter()
+    response = await client.post(f"{base}/chat/completions", json={**BODY, "max_tokens": 1})
+    response.raise_for_status()
+    return (time.perf_counter() - started) * 1000
+
+
+async def first_token(client: httpx.AsyncClient, base: str, tokens: int = 16) -> tuple[float, int]:
+    started = time.perf_counter()
+    ttft = 0.0
+    chunks = 0
+    body = {**BODY, "max_tokens": tokens, "stream": True}
+    async with client.stream("POST", f"{base}/chat/completions", json=body) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("data:") and '"content":"' in line and '"content":""' not in line:
+                chunks += 1
+                if not ttft:
+                    ttft = (time.perf_counter() - started) * 1000
+    return ttft, chunks
+
+
+async def throughput(client: httpx.AsyncClient, base: str, requests: int = 96) -> float:
+    gate = asyncio.Semaphore(32)
+
+    async def one() -> None:
+        async with gate:
+            await first_token(client, base)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(requests)))
+    return requests / (time.perf_counter() - started)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def measure(targets: dict[str, str], rounds: int) -> dict[str, dict[str, float]]:
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    headers = {"Authorization": f"Bearer {MASTER_KEY}"}
+    async with httpx.AsyncClient(timeout=120, limits=limits, headers=headers) as client:
+        for base in targets.values():  # warm up connections and caches
+            for _ in range(5):
+                await latency(client, base)
+        lat: dict[str, list[float]] = {k: [] for k in targets}
+        ttft: dict[str, list[float]] = {k: [] for k in targets}
+        for _ in range(rounds):
+            for name, base in targets.items():
+                lat[name].append(await latency(client, base))
+        for _ in range(max(10, rounds // 5)):
+            for name, base in targets.items():
+                ttft[name].append((await first_token(client, base))[0])
+        rps = {name: await throughput(client, base) for name, base in targets.items()}
+    return {name: {"p50": statistics.median(lat[name]), "p99": pct(lat[name], 0.99),
+                   "ttft": statistics.median(ttft[name]), "rps": rps[name]} for name in targets}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models/tiny")
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--litellm", default=".bench/litellm/bin/litellm")
+    parser.add_argument("--no-litellm", action="store_true")
+    args = parser.parse_args()
+    console = Console()
+    use_litellm = not args.no_litellm and Path(args.litellm).exists()
+    if not args.no_litellm and not use_litellm:
+        console.print(f"[yellow]no LiteLLM at {args.litellm}: run `make bench-gateway`[/]")
+    with ExitStack() as stack:
+        node = stack.enter_context(running_node(
+            ["--model", args.model, "--served-model-name", "tiny", "--free", "--max-active", "32",
+             "--max-queue", "256", "--no-fine-tuning", "--no-adapters"]))
+        spend = Path(tempfile.mkdtemp(prefix="agoranet-bench-gw-")) / "spend.sqlite"
+        gateway = stack.enter_context(running_command(
+            ["gateway", "--node", node, "--spend-log", str(spend)]))
+        targets = {"direct": node, "agoranet gateway": gateway}
+        if use_litellm:
+            targets["LiteLLM proxy"] = stack.enter_context(litellm_proxy(args.litellm, node))
+        with console.status("measuring"):
+            results = asyncio.run(measure(targets, args.rounds))
+    direct = results["direct"]
+    table = Table(title=f"tiny model, {args.rounds} rounds interleaved, one node")
+    for column in ("path", "p50 ms", "p99 ms", "added p50", "added p99", "ttft ms",
+                   "added ttft", "req/s @32"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    for name, r in results.items():
+        table.add_row(name, f"{r['p50']:.2f}", f"{r['p99']:.2f}",
+                      f"{r['p50'] - direct['p50']:.2f}", f"{r['p99'] - direct['p99']:.2f}",
+                      f"{r['ttft']:.2f}", f"{r['ttft'] - direct['ttft']:.2f}", f"{r['rps']:.1f}")
+    console.print(table)
+    gw = results["agoranet gateway"]
+    console.print(f"gateway req/s vs direct: {gw['rps'] / direct['rps']:.2f}")
+    if "LiteLLM proxy" in results:
+        lite = results["LiteLLM proxy"]
+        added_gw, added_lite = gw["p50"] - direct["p50"], lite["p50"] - direct["p50"]
+        console.print(f"added p50 latency, agoranet / LiteLLM: {added_gw / added_lite:.2f}; "
+                      f"req/s at 32 streams, agoranet / LiteLLM: {gw['rps'] / lite['rps']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
