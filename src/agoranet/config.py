@@ -119,6 +119,7 @@ class GatewaySettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8402, ge=0, le=65535)
     nodes: list[str] = Field(default_factory=list)
+    registry_rpc_url: str | None = None  # discover nodes from the on-chain registry too
     policy_file: Path | None = None
     budget: int | None = Field(default=None, ge=0, description="base units, all requests")
     default_max_tokens: int = Field(default=512, ge=1)

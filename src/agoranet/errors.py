@@ -19,7 +19,11 @@ Third-party errors are converted at the boundary with ``raise ... from exc``.
     │   ├── ModelLoadError          weights or tokenizer could not be loaded
     │   └── UpstreamError           an upstream OpenAI-compatible server failed
     ├── ModelBuildError             the tiny model could not be built
-    ├── NodeStartError              a node child process failed to start (node.launcher)
+    ├── NodeStartError              a node or gateway child process failed to start
+    ├── TuningError                 fine-tuning and adapters
+    │   ├── TuningDataError         a training file is malformed (names the line)
+    │   └── AdapterError            an adapter directory or upload is invalid
+    ├── OfferMismatchError          a node's offer does not match its registry entry
     ├── ChainError                  JSON-RPC, contracts, dev chain
     │   ├── ContractError           compile or call of one of our contracts failed
     │   └── DevChainError           anvil missing or failed to start
@@ -48,6 +52,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "NodeStartError",
+    "OfferMismatchError",
     "OverloadedError",
     "PayloadTooLargeError",
     "PaymentError",
@@ -158,6 +163,10 @@ class TuningDataError(TuningError):
 
 class AdapterError(TuningError):
     """An adapter directory or upload is invalid."""
+
+
+class OfferMismatchError(AgoranetError):
+    """A node's offer is unsigned, or its hash or signer differs from the registry entry."""
 
 
 class ChainError(AgoranetError):

@@ -26,19 +26,23 @@ console = Console()
 @click.option("--budget", type=click.IntRange(min=0), default=None,
               help="Total spend allowed, in stablecoin base units.")
 @click.option("--spend-log", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--registry-rpc-url", default=None,
+              help="Also discover nodes from the provider registry on this chain.")
 def gateway(node_urls: tuple[str, ...], host: str, port: int, policy_file: Path | None,
-            budget: int | None, spend_log: Path | None) -> None:
+            budget: int | None, spend_log: Path | None, registry_rpc_url: str | None) -> None:
     """Run the local OpenAI-compatible gateway over the network's nodes."""
     import uvicorn
 
     from agoranet.gateway.app import build_service, create_gateway_app
 
-    if not node_urls:
-        raise ConfigError("give at least one --node URL (registry discovery comes with payments)")
+    if not node_urls and not registry_rpc_url:
+        raise ConfigError("give --node URL (repeatable) or --registry-rpc-url to discover nodes")
     settings = GatewaySettings(host=host, port=port, nodes=list(node_urls),
-                               policy_file=policy_file, budget=budget, spend_log=spend_log)
+                               policy_file=policy_file, budget=budget, spend_log=spend_log,
+                               registry_rpc_url=registry_rpc_url)
     app = create_gateway_app(build_service(settings))
-    console.print(f"agoranet gateway on http://{host}:{port}/v1 over {len(node_urls)} node(s)")
+    where = f"{len(node_urls)} node(s)" + (" and the registry" if registry_rpc_url else "")
+    console.print(f"agoranet gateway on http://{host}:{port}/v1 over {where}")
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
 
 

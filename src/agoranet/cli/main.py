@@ -15,6 +15,7 @@ from agoranet.cli.demo import demo
 from agoranet.cli.gateway import gateway, nodes, spend
 from agoranet.cli.model import model
 from agoranet.cli.node import node
+from agoranet.cli.registry import registry
 from agoranet.cli.tune import adapter, tune
 from agoranet.cli.wallet import wallet
 from agoranet.errors import AgoranetError
@@ -41,6 +42,7 @@ cli.add_command(adapter)
 cli.add_command(gateway)
 cli.add_command(nodes)
 cli.add_command(spend)
+cli.add_command(registry)
 cli.add_command(chain)
 cli.add_command(wallet)
 

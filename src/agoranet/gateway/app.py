@@ -29,8 +29,13 @@ def build_service(settings: GatewaySettings, policy: Policy | None = None) -> Ga
                                limits=httpx.Limits(max_connections=512,
                                                    max_keepalive_connections=128))
     spend = SpendLog(settings.spend_log_path())
+    registry = None
+    if settings.registry_rpc_url:
+        from agoranet.registry.onchain import registry_at
+
+        registry = registry_at(settings.registry_rpc_url).entries
     return GatewayService(
-        NodeDirectory(settings.nodes, client, settings.refresh_s),
+        NodeDirectory(settings.nodes, client, settings.refresh_s, registry),
         policy or load_policy(settings.policy_file),
         Budget(settings.budget, spent=spend.total()),
         spend, client, settings.default_max_tokens,

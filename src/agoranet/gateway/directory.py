@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import httpx
 from pydantic import ValidationError
 
+from agoranet.errors import AgoranetError, OfferMismatchError
 from agoranet.gateway.nodes import NodeState
 from agoranet.registry.offer import Offer
+
+if TYPE_CHECKING:
+    from agoranet.registry.onchain import RegistryEntry
 
 __all__ = ["NodeDirectory", "normalise_url"]
 
@@ -26,13 +32,14 @@ def normalise_url(url: str) -> str:
 class NodeDirectory:
     """Static node URLs (``--node``); on-chain registry discovery adds to the same map."""
 
-    def __init__(self, urls: list[str], client: httpx.AsyncClient,
-                 refresh_s: float = 30.0) -> None:
+    def __init__(self, urls: list[str], client: httpx.AsyncClient, refresh_s: float = 30.0,
+                 registry: Callable[[], list[RegistryEntry]] | None = None) -> None:
         self.nodes: dict[str, NodeState] = {}
         for url in urls:
             self.add(url)
         self._client = client
         self._refresh_s = refresh_s
+        self._registry = registry
         self._task: asyncio.Task[None] | None = None
 
     def add(self, url: str) -> NodeState:
@@ -40,16 +47,37 @@ class NodeDirectory:
         return self.nodes.setdefault(url, NodeState(url))
 
     async def refresh(self, *, missing_only: bool = False) -> None:
+        if self._registry is not None and not missing_only:
+            await self._discover(self._registry)
         nodes = [n for n in self.nodes.values() if not missing_only or n.offer is None]
         await asyncio.gather(*(self._fetch(n) for n in nodes))
+
+    async def _discover(self, registry: Callable[[], list[RegistryEntry]]) -> None:
+        """Add every registered node; a node whose entry changed is checked afresh."""
+        try:
+            entries = await asyncio.to_thread(registry)
+        except AgoranetError as exc:
+            logger.warning("registry unavailable: %s", exc)
+            return
+        for entry in entries:
+            node = self.add(entry.url)
+            if node.registered != entry:
+                node.registered, node.offer = entry, None
 
     async def _fetch(self, node: NodeState) -> None:
         root = node.url.removesuffix("/v1")
         try:
             response = await self._client.get(f"{root}/.well-known/agoranet", timeout=5.0)
             response.raise_for_status()
-            node.offer = Offer.model_validate_json(response.content)
-            node.offer_error = None
+            offer = Offer.model_validate_json(response.content)
+            if node.registered is not None:
+                from agoranet.registry.onchain import check_offer
+
+                check_offer(offer, node.registered)
+            node.offer, node.offer_error = offer, None
+        except OfferMismatchError as exc:
+            node.offer, node.offer_error = None, f"refused: {exc}"
+            logger.warning("%s: %s", node.url, node.offer_error)
         except (httpx.HTTPError, ValidationError) as exc:
             node.offer_error = f"offer unavailable: {exc}"
             logger.info("%s: %s", node.url, node.offer_error)

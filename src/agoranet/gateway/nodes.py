@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agoranet.registry.offer import ModelOffer, Offer
+
+if TYPE_CHECKING:
+    from agoranet.registry.onchain import RegistryEntry
 
 __all__ = ["NodeState"]
 
@@ -18,6 +22,7 @@ class NodeState:
 
     url: str
     offer: Offer | None = None
+    registered: RegistryEntry | None = None  # set when discovered through the registry
     offer_error: str | None = None
     ttft_ms: float | None = None
     tokens_per_s: float | None = None
