@@ -32,7 +32,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from agoranet.node.launcher import free_port, running_command, running_node
+from agoranet.node.launcher import free_port, running_command, running_node, wait_healthy
 
 MASTER_KEY = "sk-agoranet-bench-0123456789abcdef"  # LiteLLM refuses to start without one
 BODY = {"model": "tiny", "messages": [{"role": "user", "content": "Hello!"}], "temperature": 0}
@@ -54,18 +54,7 @@ def litellm_proxy(command: str, node_url: str) -> Iterator[str]:
                                stderr=subprocess.STDOUT, cwd=workdir)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"litellm exited with {process.returncode}")
-            try:
-                if httpx.get(f"{url}/health/liveliness", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("litellm did not start")
-            time.sleep(0.5)
+        wait_healthy(process, f"{url}/health/liveliness", timeout=180)
         yield f"{url}/v1"
     finally:
         process.terminate()

@@ -8,12 +8,13 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
 import httpx
 
 from agoranet.errors import NodeStartError
 
-__all__ = ["free_port", "running_command", "running_node"]
+__all__ = ["free_port", "running_command", "running_node", "wait_healthy"]
 
 
 def free_port() -> int:
@@ -41,7 +42,7 @@ def running_command(
                                text=True)
     root = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(process, root, timeout)
+        wait_healthy(process, f"{root}/health", timeout)
         yield f"{root}/v1"
     finally:
         process.terminate()
@@ -54,17 +55,20 @@ def running_command(
             process.stdout.close()
 
 
-def _wait_healthy(process: subprocess.Popen[str], root: str, timeout: float) -> None:
+def wait_healthy(process: subprocess.Popen[Any], health_url: str, timeout: float) -> None:
+    """Poll ``health_url`` until it answers 200; fail if ``process`` exits or time runs out."""
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
             output = process.stdout.read() if process.stdout else ""
+            if isinstance(output, bytes):
+                output = output.decode(errors="replace")
             raise NodeStartError(f"process exited with code {process.returncode}:\n{output.strip()}")
         try:
-            if httpx.get(f"{root}/health", timeout=1.0).status_code == 200:
+            if httpx.get(health_url, timeout=1.0).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            raise NodeStartError(f"{root} did not become healthy in {timeout:.0f}s")
+            raise NodeStartError(f"{health_url} did not answer in {timeout:.0f}s")
         time.sleep(0.2)
