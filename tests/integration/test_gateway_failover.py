@@ -115,3 +115,34 @@ def test_langchain_chat_openai_through_the_gateway(backup: str, tmp_path: Path) 
         streamed = "".join(str(c.content) for c in llm.stream("Hello!"))
     assert isinstance(reply.content, str) and len(reply.content.split()) >= 3
     assert streamed == reply.content
+
+
+def test_hedging_sends_to_a_second_node_when_the_first_is_slow(
+    tiny_model: Path, backup: str, tmp_path: Path
+) -> None:
+    with node_process(["--model", str(tiny_model), "--free", "--no-fine-tuning",
+                       "--no-adapters", "--chaos-delay-ms", "1500"]) as slow:
+        args = ["gateway", "--node", slow, "--node", backup,
+                "--spend-log", str(tmp_path / "spend.sqlite")]
+        with running_command(args) as gateway:
+            _wait_for_offer(gateway, slow)
+            _wait_for_offer(gateway, backup)
+            client = OpenAI(base_url=gateway, api_key="x", max_retries=0)
+            started = time.perf_counter()
+            hedged = client.chat.completions.create(
+                model="tiny", messages=QUESTION, temperature=0,
+                extra_body={"agoranet": {"prefer": "cheapest", "hedge_after_ms": 200}})
+            hedged_s = time.perf_counter() - started
+            started = time.perf_counter()
+            patient = client.chat.completions.create(
+                model="tiny", messages=QUESTION, temperature=0, max_tokens=3,
+                extra_body={"agoranet": {"prefer": "cheapest"}})
+            patient_s = time.perf_counter() - started
+            import httpx
+
+            rows = httpx.get(f"{gateway.removesuffix('/v1')}/agoranet/nodes").json()["nodes"]
+    assert hedged.model_extra["agoranet"]["nodes"] == [backup]  # type: ignore[index]
+    assert hedged_s < 1.5 < patient_s
+    assert patient.model_extra["agoranet"]["nodes"] == [slow]  # type: ignore[index]
+    slow_row = next(r for r in rows if r["url"] == slow)
+    assert slow_row["failures"] == 0  # losing a hedge is not a failure

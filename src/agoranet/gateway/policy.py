@@ -29,6 +29,8 @@ class Policy(BaseModel):
     prefer: Literal["cheapest", "fastest", "balanced"] = "balanced"
     max_attempts: int = Field(default=4, ge=1, le=16)
     first_token_timeout_s: float = Field(default=30.0, gt=0)
+    # Hedging: also ask the next node if the first has produced no token by then.
+    hedge_after_ms: int | None = Field(default=None, ge=1)
     ban_base_s: float = Field(default=5.0, gt=0)
     ban_cap_s: float = Field(default=600.0, gt=0)
 

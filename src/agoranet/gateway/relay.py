@@ -10,10 +10,12 @@ banned for a growing time.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,7 +94,7 @@ def _continuation(body: dict[str, Any], produced: str, tokens_done: int) -> dict
 
 
 async def _segment_events(client: httpx.AsyncClient, segment: _Segment, body: dict[str, Any],
-                          policy: Policy) -> AsyncIterator[Piece]:
+                          policy: Policy) -> AsyncGenerator[Piece, None]:
     url = f"{segment.node.url}/chat/completions"
     async with client.stream("POST", url, json=body) as response:
         if response.status_code != 200:
@@ -135,6 +137,19 @@ def _error_message(response: httpx.Response) -> str:
         return response.text[:300]
 
 
+@dataclass
+class _Attempt:
+    """One node asked for (the rest of) the answer, with its budget reservation."""
+
+    node: NodeState
+    model: Any
+    worst: int
+    segment: _Segment
+    events: AsyncGenerator[Piece, None]
+    failed: str | None = None
+    closed: bool = False
+
+
 async def relay(
     client: httpx.AsyncClient,
     candidates: list[Candidate],
@@ -146,50 +161,139 @@ async def relay(
     spend: SpendLog,
     result: RelayResult,
 ) -> AsyncGenerator[Piece, None]:
-    """Yield the answer's pieces from the best node, failing over; fill ``result``."""
+    """Yield the answer's pieces from the best node, failing over; fill ``result``.
+
+    With ``policy.hedge_after_ms``, a request whose first node has produced no
+    token by then is also sent to the next node; the first to answer wins and
+    the other is cancelled.
+    """
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     body.pop("agoranet", None)
     produced = ""
     errors: list[str] = []
-    for node, model in candidates[: policy.max_attempts]:
+    queue = list(candidates[: policy.max_attempts])
+
+    async def start(candidate: Candidate) -> _Attempt:
+        node, model = candidate
         request = _continuation(body, produced, result.completion_tokens)
         worst = expected_cost(model, prompt_ceiling + len(produced.encode()) + 8,
                               limit - result.completion_tokens)
         await budget.reserve(worst)
         segment = _Segment(node, time.perf_counter())
-        failed: str | None = None
+        return _Attempt(node, model, worst, segment,
+                        _segment_events(client, segment, request, policy))
+
+    async def finish(attempt: _Attempt) -> None:
+        """Close the node's stream and account for it, exactly once per attempt."""
+        if attempt.closed:
+            return
+        attempt.closed = True
+        await attempt.events.aclose()
+        await _account(attempt, body, prompt_ceiling, budget, spend, result)
+        if attempt.failed is not None:
+            attempt.node.record_failure(attempt.failed, policy.ban_base_s, policy.ban_cap_s)
+            errors.append(f"{attempt.node.url}: {attempt.failed}")
+            result.failovers += 1
+
+    while queue:
+        attempt = await start(queue.pop(0))
+        first: Piece | None = None
         try:
-            async for piece in _segment_events(client, segment, request, policy):
+            hedge = policy.hedge_after_ms if not produced and queue else None
+            attempt, first = await _first_piece(attempt, hedge, queue, start, finish)
+            if attempt.failed is not None:
+                continue  # the finally below accounts for it
+            if first is not None:
+                produced += first.text
+                yield first
+            async for piece in attempt.events:
                 produced += piece.text
                 yield piece
-        except (_NodeFailed, httpx.HTTPError, json.JSONDecodeError) as exc:
-            failed = f"{type(exc).__name__}: {exc}"
+        except _FAILURES as exc:
+            attempt.failed = f"{type(exc).__name__}: {exc}"
         finally:
-            usage = segment.usage or {}
-            prompt = int(usage.get("prompt_tokens", prompt_ceiling if segment.tokens else 0))
-            completion = int(usage.get("completion_tokens", segment.tokens))
-            amount = min(worst, expected_cost(model, prompt, completion)) if (
-                segment.tokens or usage) else 0
-            await budget.settle(worst, amount)
-            if segment.tokens or usage:
-                outcome = "ok" if failed is None else "partial"
-                spend.add(SpendRow(result.request_id, str(body["model"]), node.url, prompt,
-                                   completion, amount, _ms(segment.first_token, segment.started),
-                                   (time.perf_counter() - segment.started) * 1000, outcome))
-                result.nodes.append(node.url)
-                result.amount += amount
-                result.completion_tokens += completion
-                result.prompt_tokens = result.prompt_tokens or prompt
-        if failed is None:
-            node.record_success(_ms(segment.first_token, segment.started) or 0.0, segment.tokens,
-                                time.perf_counter() - (segment.first_token or segment.started))
+            await finish(attempt)
+        if attempt.failed is None:
+            segment = attempt.segment
+            attempt.node.record_success(
+                _ms(segment.first_token, segment.started) or 0.0, segment.tokens,
+                time.perf_counter() - (segment.first_token or segment.started))
             result.finish_reason = segment.finish or "stop"
             return
-        node.record_failure(failed, policy.ban_base_s, policy.ban_cap_s)
-        errors.append(f"{node.url}: {failed}")
-        result.failovers += 1
     raise UpstreamError("no node could answer: " + ("; ".join(errors) or "none available"),
                         status_code=503)
+
+
+_FAILURES = (_NodeFailed, httpx.HTTPError, json.JSONDecodeError)
+
+
+async def _first_piece(
+    attempt: _Attempt,
+    hedge_ms: int | None,
+    queue: list[Candidate],
+    start: Any,
+    finish: Any,
+) -> tuple[_Attempt, Piece | None]:
+    """The first piece of ``attempt``, or, when hedging, of whichever node answers first."""
+    first_task = asyncio.ensure_future(_next(attempt))
+    if hedge_ms is None:
+        return attempt, await first_task
+    done, _ = await asyncio.wait({first_task}, timeout=hedge_ms / 1000)
+    if done:
+        return attempt, first_task.result()
+    rival = await start(queue.pop(0))
+    racing = {first_task: attempt, asyncio.ensure_future(_next(rival)): rival}
+    while racing:
+        done, _ = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            runner = racing.pop(task)
+            error = task.exception()
+            if error is None or isinstance(error, _ClientFault):
+                for loser_task, loser in racing.items():
+                    loser_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, *_FAILURES, _ClientFault):
+                        await loser_task
+                    loser.failed = None  # cancelled, not at fault: accounted, not banned
+                    await finish(loser)
+                racing.clear()
+                if error is not None:
+                    await finish(runner)
+                    raise error  # the request itself is refused: the caller tells the client
+                return runner, task.result()
+            runner.failed = f"{type(error).__name__}: {error}"
+            if not racing:
+                return runner, None  # both failed; the caller accounts for this one
+            await finish(runner)
+    raise AssertionError("unreachable")
+
+
+async def _next(attempt: _Attempt) -> Piece | None:
+    try:
+        return await anext(attempt.events)
+    except StopAsyncIteration:
+        return None
+
+
+async def _account(attempt: _Attempt, body: dict[str, Any], prompt_ceiling: int,
+                   budget: Budget, spend: SpendLog, result: RelayResult) -> None:
+    """Release the reservation, charge what the node produced, log it."""
+    segment, model = attempt.segment, attempt.model
+    usage = segment.usage or {}
+    produced = bool(segment.tokens or usage)
+    prompt = int(usage.get("prompt_tokens", prompt_ceiling if segment.tokens else 0))
+    completion = int(usage.get("completion_tokens", segment.tokens))
+    amount = min(attempt.worst, expected_cost(model, prompt, completion)) if produced else 0
+    await budget.settle(attempt.worst, amount)
+    if not produced:
+        return
+    outcome = "ok" if attempt.failed is None else "partial"
+    spend.add(SpendRow(result.request_id, str(body["model"]), attempt.node.url, prompt,
+                       completion, amount, _ms(segment.first_token, segment.started),
+                       (time.perf_counter() - segment.started) * 1000, outcome))
+    result.nodes.append(attempt.node.url)
+    result.amount += amount
+    result.completion_tokens += completion
+    result.prompt_tokens = result.prompt_tokens or prompt
 
 
 def _ms(moment: float | None, start: float) -> float | None:
