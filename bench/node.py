@@ -40,6 +40,8 @@ def hf_generate_rate(model_dir: str, tokens: int, repeats: int) -> float:
         [{"role": "user", "content": QUESTION}], add_generation_prompt=True, return_tensors="pt",
         return_dict=True,
     )["input_ids"]
+    with torch.inference_mode():  # warm up before timing
+        loaded.model.generate(ids, max_new_tokens=8, do_sample=False)
     rates = []
     for _ in range(repeats):
         started = time.perf_counter()

@@ -120,6 +120,10 @@ class GatewaySettings(BaseSettings):
     port: int = Field(default=8402, ge=0, le=65535)
     nodes: list[str] = Field(default_factory=list)
     registry_rpc_url: str | None = None  # discover nodes from the on-chain registry too
+    # Paying: the chain, the wallet, and the deposit each node's channel opens with.
+    rpc_url: str | None = None
+    keystore: Path | None = None
+    deposit: int = Field(default=1_000_000, ge=1, description="base units per node channel")
     policy_file: Path | None = None
     budget: int | None = Field(default=None, ge=0, description="base units, all requests")
     default_max_tokens: int = Field(default=512, ge=1)
@@ -128,3 +132,6 @@ class GatewaySettings(BaseSettings):
 
     def spend_log_path(self) -> Path:
         return self.spend_log or default_home() / "gateway" / "spend.sqlite"
+
+    def channels_dir(self) -> Path:
+        return self.spend_log_path().parent / "channels"

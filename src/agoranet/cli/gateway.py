@@ -28,8 +28,14 @@ console = Console()
 @click.option("--spend-log", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--registry-rpc-url", default=None,
               help="Also discover nodes from the provider registry on this chain.")
+@click.option("--rpc-url", default=None, help="Pay paid nodes on this chain (needs a wallet).")
+@click.option("--keystore", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The wallet that pays [default: ~/.agoranet/wallet/keystore.json].")
+@click.option("--deposit", type=click.IntRange(min=1), default=1_000_000, show_default=True,
+              help="Deposit of each node's channel, in base units.")
 def gateway(node_urls: tuple[str, ...], host: str, port: int, policy_file: Path | None,
-            budget: int | None, spend_log: Path | None, registry_rpc_url: str | None) -> None:
+            budget: int | None, spend_log: Path | None, registry_rpc_url: str | None,
+            rpc_url: str | None, keystore: Path | None, deposit: int) -> None:
     """Run the local OpenAI-compatible gateway over the network's nodes."""
     import uvicorn
 
@@ -39,8 +45,14 @@ def gateway(node_urls: tuple[str, ...], host: str, port: int, policy_file: Path 
         raise ConfigError("give --node URL (repeatable) or --registry-rpc-url to discover nodes")
     settings = GatewaySettings(host=host, port=port, nodes=list(node_urls),
                                policy_file=policy_file, budget=budget, spend_log=spend_log,
-                               registry_rpc_url=registry_rpc_url)
-    app = create_gateway_app(build_service(settings))
+                               registry_rpc_url=registry_rpc_url, rpc_url=rpc_url,
+                               keystore=keystore, deposit=deposit)
+    account = None
+    if rpc_url:
+        from agoranet.cli.wallet_common import unlock_wallet
+
+        account = unlock_wallet(keystore)
+    app = create_gateway_app(build_service(settings, account=account))
     where = f"{len(node_urls)} node(s)" + (" and the registry" if registry_rpc_url else "")
     console.print(f"agoranet gateway on http://{host}:{port}/v1 over {where}")
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from starlette.applications import Starlette
@@ -18,13 +18,19 @@ from agoranet.api.streaming import EventStreamResponse
 from agoranet.config import GatewaySettings
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.directory import NodeDirectory
+from agoranet.gateway.paying import NodePayers
 from agoranet.gateway.policy import Policy, load_policy
 from agoranet.gateway.service import GatewayService
 from agoranet.gateway.spendlog import SpendLog
 
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
 __all__ = ["build_service", "create_gateway_app"]
 
-def build_service(settings: GatewaySettings, policy: Policy | None = None) -> GatewayService:
+def build_service(settings: GatewaySettings, policy: Policy | None = None,
+                  account: LocalAccount | None = None) -> GatewayService:
+    """The gateway's parts; with ``account`` (and ``settings.rpc_url``) it pays paid nodes."""
     client = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=5.0),
                                limits=httpx.Limits(max_connections=512,
                                                    max_keepalive_connections=128))
@@ -34,11 +40,14 @@ def build_service(settings: GatewaySettings, policy: Policy | None = None) -> Ga
         from agoranet.registry.onchain import registry_at
 
         registry = registry_at(settings.registry_rpc_url).entries
+    payers = None
+    if account is not None and settings.rpc_url:
+        payers = NodePayers(settings.rpc_url, account, settings.channels_dir(), settings.deposit)
     return GatewayService(
         NodeDirectory(settings.nodes, client, settings.refresh_s, registry),
         policy or load_policy(settings.policy_file),
         Budget(settings.budget, spent=spend.total()),
-        spend, client, settings.default_max_tokens,
+        spend, client, settings.default_max_tokens, payers,
     )
 
 def _node_rows(service: GatewayService) -> list[dict[str, Any]]:
@@ -86,6 +95,8 @@ def create_gateway_app(service: GatewayService) -> Starlette:
             await service.directory.stop()
             await service.client.aclose()
             service.spend.close()
+            if service.payers is not None:
+                service.payers.close()
 
     return Starlette(
         routes=[

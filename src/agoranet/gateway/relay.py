@@ -23,9 +23,10 @@ import anyio
 import httpx
 
 from agoranet.api.sse import iter_sse_data
-from agoranet.errors import RequestError, UpstreamError
+from agoranet.errors import AgoranetError, PaymentError, RequestError, UpstreamError
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.nodes import NodeState
+from agoranet.gateway.paying import NodePayers
 from agoranet.gateway.policy import Policy
 from agoranet.gateway.ranking import Candidate, expected_cost
 from agoranet.gateway.spendlog import SpendLog, SpendRow
@@ -73,6 +74,7 @@ class _Segment:
     tokens: int = 0
     usage: dict[str, int] | None = None
     finish: str | None = None
+    charged: int | None = None  # from the node's signed receipt, when paid
 
 
 def _continuation(body: dict[str, Any], produced: str, tokens_done: int) -> dict[str, Any]:
@@ -94,9 +96,11 @@ def _continuation(body: dict[str, Any], produced: str, tokens_done: int) -> dict
 
 
 async def _segment_events(client: httpx.AsyncClient, segment: _Segment, body: dict[str, Any],
-                          policy: Policy) -> AsyncGenerator[Piece, None]:
+                          policy: Policy, auth: httpx.Auth | None,
+                          max_amount: int) -> AsyncGenerator[Piece, None]:
     url = f"{segment.node.url}/chat/completions"
-    async with client.stream("POST", url, json=body) as response:
+    async with client.stream("POST", url, json=body, auth=auth or httpx.USE_CLIENT_DEFAULT,
+                             extensions={"agoranet_max_amount": max_amount}) as response:
         if response.status_code != 200:
             await response.aread()
             message = _error_message(response)
@@ -126,6 +130,11 @@ async def _segment_events(client: httpx.AsyncClient, segment: _Segment, body: di
                     segment.tokens += 1
                     yield Piece(text, segment.node.url, choice.get("logprobs"))
                 segment.finish = choice.get("finish_reason") or segment.finish
+        receipt = response.extensions.get("agoranet_receipt")
+        if receipt is not None:
+            segment.charged = int(receipt.amount)
+        elif auth is not None:
+            raise _NodeFailed("a paid answer came without a receipt")
     if segment.finish is None:
         raise _NodeFailed("stream ended before the answer did")
 
@@ -160,6 +169,7 @@ async def relay(
     budget: Budget,
     spend: SpendLog,
     result: RelayResult,
+    payers: NodePayers | None = None,
 ) -> AsyncGenerator[Piece, None]:
     """Yield the answer's pieces from the best node, failing over; fill ``result``.
 
@@ -179,9 +189,14 @@ async def relay(
         worst = expected_cost(model, prompt_ceiling + len(produced.encode()) + 8,
                               limit - result.completion_tokens)
         await budget.reserve(worst)
+        try:
+            auth = await payers.auth(node) if payers is not None else None
+        except AgoranetError:
+            await budget.settle(worst, 0)
+            raise
         segment = _Segment(node, time.perf_counter())
         return _Attempt(node, model, worst, segment,
-                        _segment_events(client, segment, request, policy))
+                        _segment_events(client, segment, request, policy, auth, worst))
 
     async def finish(attempt: _Attempt) -> None:
         """Close the node's stream and account for it, exactly once per attempt."""
@@ -193,7 +208,8 @@ async def relay(
         if attempt.failed is not None:
             attempt.node.record_failure(attempt.failed, policy.ban_base_s, policy.ban_cap_s)
             errors.append(f"{attempt.node.url}: {attempt.failed}")
-            result.failovers += 1
+            if attempt.segment.finish is None:
+                result.failovers += 1
 
     while queue:
         attempt = await start(queue.pop(0))
@@ -213,6 +229,11 @@ async def relay(
             attempt.failed = f"{type(exc).__name__}: {exc}"
         finally:
             await finish(attempt)
+        if attempt.failed is not None and attempt.segment.finish is not None:
+            # The answer was whole (e.g. a bad receipt came after it): the node is
+            # banned, the client keeps its answer.
+            result.finish_reason = attempt.segment.finish
+            return
         if attempt.failed is None:
             segment = attempt.segment
             attempt.node.record_success(
@@ -224,7 +245,7 @@ async def relay(
                         status_code=503)
 
 
-_FAILURES = (_NodeFailed, httpx.HTTPError, json.JSONDecodeError)
+_FAILURES = (_NodeFailed, httpx.HTTPError, json.JSONDecodeError, PaymentError)
 
 
 async def _first_piece(
@@ -282,7 +303,8 @@ async def _account(attempt: _Attempt, body: dict[str, Any], prompt_ceiling: int,
     produced = bool(segment.tokens or usage)
     prompt = int(usage.get("prompt_tokens", prompt_ceiling if segment.tokens else 0))
     completion = int(usage.get("completion_tokens", segment.tokens))
-    amount = min(attempt.worst, expected_cost(model, prompt, completion)) if produced else 0
+    listed = min(attempt.worst, expected_cost(model, prompt, completion)) if produced else 0
+    amount = segment.charged if segment.charged is not None else listed
     await budget.settle(attempt.worst, amount)
     if not produced:
         return

@@ -13,6 +13,7 @@ from agoranet.api.types import ChatCompletionRequest
 from agoranet.errors import ModelNotFoundError, UpstreamError
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.directory import NodeDirectory
+from agoranet.gateway.paying import NodePayers
 from agoranet.gateway.policy import Policy
 from agoranet.gateway.ranking import Candidate, rank
 from agoranet.gateway.relay import Piece, RelayResult, new_request_id, relay
@@ -25,13 +26,15 @@ _CHARS_PER_TOKEN = 4
 
 class GatewayService:
     def __init__(self, directory: NodeDirectory, policy: Policy, budget: Budget,
-                 spend: SpendLog, client: httpx.AsyncClient, default_max_tokens: int) -> None:
+                 spend: SpendLog, client: httpx.AsyncClient, default_max_tokens: int,
+                 payers: NodePayers | None = None) -> None:
         self.directory = directory
         self.policy = policy
         self.budget = budget
         self.spend = spend
         self.client = client
         self.default_max_tokens = default_max_tokens
+        self.payers = payers
 
     def model_list(self) -> dict[str, Any]:
         """Every model on the network, with its cheapest price and how many nodes serve it."""
@@ -78,7 +81,7 @@ class GatewayService:
                                 "or healthy right now", status_code=503)
         result = RelayResult(new_request_id())
         pieces = relay(self.client, candidates, body, ceiling, limit, policy, self.budget,
-                       self.spend, result)
+                       self.spend, result, self.payers)
         try:
             first = await anext(pieces)
         except StopAsyncIteration:

@@ -76,7 +76,9 @@ class PayerAuth(httpx.Auth):
 
     def _flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         body = _json(request)
-        amount = self.max_per_request
+        # A caller may set the request's own maximum (and hard cap) per request.
+        cap = request.extensions.get("agoranet_max_amount")
+        amount = int(cap) if cap else self.max_per_request
         retried = False
         while True:
             pending = None
@@ -101,6 +103,8 @@ class PayerAuth(httpx.Auth):
                     not self.payer.resync(accept.extra or {}):
                 return
             needed = int(accept.amount)
+            if cap and needed > int(cap):
+                return  # the node wants more than the caller allows: its 402 stands
             amount = max(amount, needed)
             request.headers.pop("x-request-id", None)
 
