@@ -75,6 +75,7 @@ class _Segment:
     usage: dict[str, int] | None = None
     finish: str | None = None
     charged: int | None = None  # from the node's signed receipt, when paid
+    paid: bool = False  # paid through a channel: only a receipt says what was spent
 
 
 def _continuation(body: dict[str, Any], produced: str, tokens_done: int) -> dict[str, Any]:
@@ -194,7 +195,7 @@ async def relay(
         except AgoranetError:
             await budget.settle(worst, 0)
             raise
-        segment = _Segment(node, time.perf_counter())
+        segment = _Segment(node, time.perf_counter(), paid=auth is not None)
         return _Attempt(node, model, worst, segment,
                         _segment_events(client, segment, request, policy, auth, worst))
 
@@ -304,7 +305,10 @@ async def _account(attempt: _Attempt, body: dict[str, Any], prompt_ceiling: int,
     prompt = int(usage.get("prompt_tokens", prompt_ceiling if segment.tokens else 0))
     completion = int(usage.get("completion_tokens", segment.tokens))
     listed = min(attempt.worst, expected_cost(model, prompt, completion)) if produced else 0
-    amount = segment.charged if segment.charged is not None else listed
+    if segment.charged is not None:
+        amount = segment.charged
+    else:  # a paid node charges nothing without a receipt (a dropped answer is free)
+        amount = 0 if segment.paid else listed
     await budget.settle(attempt.worst, amount)
     if not produced:
         return
