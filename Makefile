@@ -45,7 +45,7 @@ lint: $(STAMP)
 test: $(STAMP) $(ANVIL) model lint
 	OMP_NUM_THREADS=1 $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
-demo: $(STAMP) model
+demo: $(STAMP) $(ANVIL) model
 	$(BIN)/agoranet demo
 
 bench: $(STAMP) model

@@ -1,14 +1,15 @@
-"""The demo's steps: a node on the tiny model, streamed chats, then a personal adapter."""
+"""The demo's steps: a paid network with a gateway, then a personal adapter."""
 
 from __future__ import annotations
 
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
 
 from agoranet.demo.adapter_step import adapter_step
-from agoranet.demo.chat_step import chat_step
+from agoranet.demo.network_step import network_step
 from agoranet.errors import ConfigError
 from agoranet.node.launcher import running_node
 
@@ -25,22 +26,22 @@ def _ensure_model(path: Path, console: Console) -> None:
 
 
 def run_demo(model_dir: Path, console: Console, work_dir: Path | None = None) -> None:
-    """Start a node, stream answers, train and serve a house-style adapter, stop the node."""
+    """The network end to end, then a personal fine-tune; every process is stopped after."""
     try:
         import openai  # noqa: F401
     except ImportError as exc:
         raise ConfigError("the demo needs the openai client: pip install openai") from exc
     _ensure_model(model_dir, console)
     work = work_dir or model_dir.parent / "demo"
+    started = time.perf_counter()
+    console.rule("1. the network: a dev chain, three paid nodes, a gateway that pays")
+    network_step(model_dir, work, console)
+    console.rule("2. a personal fine-tune: train a LoRA adapter, upload it, use it")
     with ExitStack() as stack:
-        with console.status("starting a node"):
+        with console.status("starting a node that takes adapters"):
             base_url = stack.enter_context(running_node([
                 "--model", str(model_dir), "--served-model-name", "tiny",
                 "--adapters-dir", str(work / "node-adapters"), "--no-fine-tuning",
             ]))
-        stack.callback(console.print, "node stopped")
-        console.rule("1. a node serves the tiny model; the openai client streams from it")
-        console.print(f"node at {base_url}\n")
-        chat_step(base_url, console)
-        console.rule("2. a personal fine-tune: train a LoRA adapter, upload it, use it")
         adapter_step(base_url, model_dir, work, console)
+    console.print(f"demo finished in {time.perf_counter() - started:.0f} s; every process stopped")

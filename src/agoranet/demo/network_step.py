@@ -1,0 +1,193 @@
+"""Demo step: a dev chain, three paid nodes in the registry, a paying gateway, failover.
+
+One node (the cheapest) is set to cut every second answer part-way, so the
+gateway's mid-answer failover shows; the table says which node served each
+request and what it cost, and the nodes' on-chain balances show what they
+settled from the gateway's vouchers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from agoranet.node.launcher import running_command, running_node
+from agoranet.payments.amounts import format_amount
+
+__all__ = ["NODES", "network_step"]
+
+PASSWORD = "agoranet-demo"  # dev-chain keys only
+QUESTIONS = ["Tell me a short story.", "What did Maya do yesterday?", "Tell me about the beach.",
+             "What should I cook for dinner?", "Tell me a story about Omar."]
+
+
+@dataclass(frozen=True)
+class DemoNode:
+    name: str
+    account: int  # index of the dev chain's account that runs it
+    price_in: int
+    price_out: int
+    chaos: tuple[str, ...] = field(default=())
+
+
+# Prices per million tokens in base units of a 6-decimal stablecoin: 2_000_000 is 2 USDC.
+NODES = (
+    DemoNode("budget", 3, 2_000_000, 6_000_000,
+             ("--chaos-fail-after", "12", "--chaos-fail-every", "2")),
+    DemoNode("steady", 4, 4_000_000, 12_000_000),
+    DemoNode("premium", 5, 10_000_000, 30_000_000),
+)
+BUYER = 6
+
+
+@dataclass
+class Served:
+    question: str
+    nodes: list[str]
+    ttft_ms: float
+    tokens: int
+    amount: int
+    failovers: int
+
+
+def _keystore(chain: object, index: int, path: Path) -> Path:
+    from agoranet.payments.wallet import create_keystore
+
+    key = chain.private_keys[index]  # type: ignore[attr-defined]
+    create_keystore(path, os.environ["AGORANET_WALLET_PASSWORD"],
+                    private_key=bytes.fromhex(key.removeprefix("0x")), scrypt_n=2**12)
+    return path
+
+
+def _register(rpc_url: str, private_key: str, url: str) -> None:
+    from eth_account import Account
+
+    from agoranet.registry.offer import Offer
+    from agoranet.registry.onchain import offer_hash, registry_at
+
+    offer = Offer.model_validate_json(
+        httpx.get(url.removesuffix("/v1") + "/.well-known/agoranet", timeout=10).content)
+    registry_at(rpc_url).register(Account.from_key(private_key), url, offer_hash(offer))
+
+
+def _wait_for_nodes(gateway: str, count: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        rows = httpx.get(gateway.removesuffix("/v1") + "/agoranet/nodes", timeout=5).json()
+        if sum(1 for r in rows["nodes"] if r["models"]) >= count:
+            return
+        time.sleep(0.3)
+    raise TimeoutError("the gateway did not discover the nodes")
+
+
+def _ask(client: object, question: str, console: Console) -> Served:
+    console.print(f"[bold cyan]user:[/] {question}")
+    console.print("[bold green]network:[/] ", end="")
+    started = time.perf_counter()
+    first = 0.0
+    summary: dict[str, object] = {}
+    tokens = 0
+    stream = client.chat.completions.create(  # type: ignore[attr-defined]
+        model="tiny", messages=[{"role": "user", "content": question}], max_tokens=60,
+        temperature=0, stream=True, stream_options={"include_usage": True},
+        extra_body={"agoranet": {"prefer": "cheapest"}})
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter()
+            console.print(chunk.choices[0].delta.content, end="", highlight=False)
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+            summary = (chunk.model_extra or {}).get("agoranet") or summary
+    console.print("\n")
+    return Served(question, [str(n) for n in summary.get("nodes", [])],  # type: ignore[attr-defined]
+                  (first - started) * 1000, tokens, int(summary.get("amount", 0)),  # type: ignore[call-overload]
+                  int(summary.get("failovers", 0)))  # type: ignore[call-overload]
+
+
+def network_step(model_dir: Path, work: Path, console: Console) -> None:
+    from openai import OpenAI
+
+    from agoranet.chain.addresses import resolve_addresses
+    from agoranet.chain.devchain import start_devchain
+    from agoranet.payments.wallet import balances
+
+    shutil.rmtree(work / "network", ignore_errors=True)
+    root = work / "network"
+    root.mkdir(parents=True)
+    os.environ.setdefault("AGORANET_WALLET_PASSWORD", PASSWORD)
+    with ExitStack() as stack:
+        with console.status("starting the dev chain (anvil) with the x402 contracts"):
+            chain = start_devchain()
+            stack.callback(chain.stop)
+        rpc = chain.rpc_url
+        coin = resolve_addresses(chain.chain_id)
+        urls: dict[str, str] = {}
+        for spec in NODES:
+            with console.status(f"starting node '{spec.name}' and registering it on chain"):
+                keystore = _keystore(chain, spec.account, root / f"{spec.name}.json")
+                urls[spec.name] = stack.enter_context(running_node([
+                    "--model", str(model_dir), "--served-model-name", "tiny",
+                    "--price-in", str(spec.price_in), "--price-out", str(spec.price_out),
+                    "--rpc-url", rpc, "--keystore", str(keystore),
+                    "--ledger", str(root / f"{spec.name}.ledger.sqlite"),
+                    "--settle-interval", "0.5", "--claim-max-age", "1",
+                    "--no-fine-tuning", "--no-adapters", *spec.chaos]))
+                _register(rpc, chain.private_keys[spec.account], urls[spec.name])
+        names = {url: name for name, url in urls.items()}
+        parties = {**{s.name: chain.accounts[s.account] for s in NODES},
+                   "buyer (gateway)": chain.accounts[BUYER]}
+        before = {p: balances(chain.web3(), coin, a).stablecoin or 0 for p, a in parties.items()}
+        with console.status("starting the gateway (discovers nodes from the registry)"):
+            buyer = _keystore(chain, BUYER, root / "buyer.json")
+            gateway = stack.enter_context(running_command([
+                "gateway", "--registry-rpc-url", rpc, "--rpc-url", rpc, "--keystore", str(buyer),
+                "--deposit", "200000", "--budget", "100000",
+                "--spend-log", str(root / "gateway" / "spend.sqlite")]))
+            _wait_for_nodes(gateway, len(NODES))
+        console.print(f"gateway at {gateway}: any OpenAI client works against it\n")
+        client = OpenAI(base_url=gateway, api_key="no-account-needed", max_retries=0)
+        served = [_ask(client, q, console) for q in QUESTIONS]
+        _served_table(served, names, console)
+        with console.status("nodes claim and settle their vouchers on chain"):
+            paid = sum(s.amount for s in served)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                after = {p: balances(chain.web3(), coin, a).stablecoin or 0
+                         for p, a in parties.items()}
+                if sum(after[s.name] - before[s.name] for s in NODES) >= paid:
+                    break
+                time.sleep(0.5)
+        _balances_table(before, after, paid, console)
+
+
+def _served_table(served: list[Served], names: dict[str, str], console: Console) -> None:
+    table = Table(title="who served what (prefer cheapest; 'budget' cuts every 2nd answer)")
+    for column in ("#", "question", "served by", "first token ms", "tokens", "paid (USDC)",
+                   "failovers"):
+        table.add_column(column, justify="left" if column in ("question", "served by") else "right")
+    for i, s in enumerate(served, 1):
+        table.add_row(str(i), s.question, " → ".join(names.get(n, n) for n in s.nodes),
+                      f"{s.ttft_ms:.0f}", str(s.tokens), format_amount(s.amount), str(s.failovers))
+    console.print(table)
+
+
+def _balances_table(before: dict[str, int], after: dict[str, int], paid: int,
+                    console: Console) -> None:
+    table = Table(title="stablecoin balances on chain, before and after settlement")
+    for column in ("party", "before", "after", "change"):
+        table.add_column(column, justify="left" if column == "party" else "right")
+    for party in before:
+        change = after[party] - before[party]
+        table.add_row(party, format_amount(before[party]), format_amount(after[party]),
+                      ("+" if change > 0 else "") + format_amount(change))
+    console.print(table)
+    console.print(f"the gateway's receipts total {format_amount(paid)} USDC; the buyer's deposits "
+                  "stay in its channels, refundable with a timed withdrawal")
