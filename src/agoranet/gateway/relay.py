@@ -305,10 +305,10 @@ async def _account(attempt: _Attempt, body: dict[str, Any], prompt_ceiling: int,
     prompt = int(usage.get("prompt_tokens", prompt_ceiling if segment.tokens else 0))
     completion = int(usage.get("completion_tokens", segment.tokens))
     listed = min(attempt.worst, expected_cost(model, prompt, completion)) if produced else 0
-    if segment.charged is not None:
-        amount = segment.charged
-    else:  # a paid node charges nothing without a receipt (a dropped answer is free)
-        amount = 0 if segment.paid else listed
+    # A paid node is owed what its receipt says, nothing without one (a dropped answer
+    # is free); a free node's price list only estimates the value of what it gave.
+    unreceipted = 0 if segment.paid else listed
+    amount = segment.charged if segment.charged is not None else unreceipted
     await budget.settle(attempt.worst, amount)
     if not produced:
         return
