@@ -100,24 +100,72 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(targets: dict[str, str], rounds: int) -> dict[str, dict[str, float]]:
+Target = tuple[str, httpx.Auth | None]  # base URL, and how to pay it (None: free)
+
+
+async def measure(targets: dict[str, Target], rounds: int) -> dict[str, dict[str, float]]:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     headers = {"Authorization": f"Bearer {MASTER_KEY}"}
-    async with httpx.AsyncClient(timeout=120, limits=limits, headers=headers) as client:
-        for base in targets.values():  # warm up connections and caches
+    clients = {name: httpx.AsyncClient(timeout=120, limits=limits, headers=headers,
+                                       auth=auth)
+               for name, (_, auth) in targets.items()}
+    bases = {name: base for name, (base, _) in targets.items()}
+    try:
+        for name, base in bases.items():  # warm up connections, caches and channels
             for _ in range(5):
-                await latency(client, base)
+                await latency(clients[name], base)
         lat: dict[str, list[float]] = {k: [] for k in targets}
         ttft: dict[str, list[float]] = {k: [] for k in targets}
         for _ in range(rounds):
-            for name, base in targets.items():
-                lat[name].append(await latency(client, base))
+            for name, base in bases.items():
+                lat[name].append(await latency(clients[name], base))
         for _ in range(max(10, rounds // 5)):
-            for name, base in targets.items():
-                ttft[name].append((await first_token(client, base))[0])
-        rps = {name: await throughput(client, base) for name, base in targets.items()}
+            for name, base in bases.items():
+                ttft[name].append((await first_token(clients[name], base))[0])
+        rps = {name: await throughput(clients[name], base) for name, base in bases.items()}
+    finally:
+        for client in clients.values():
+            await client.aclose()
     return {name: {"p50": statistics.median(lat[name]), "p99": pct(lat[name], 0.99),
                    "ttft": statistics.median(ttft[name]), "rps": rps[name]} for name in targets}
+
+
+def paid_targets(stack: ExitStack, model: str) -> dict[str, Target]:
+    """A paid node on a fresh dev chain; a payer for direct requests; a gateway that pays."""
+    import os
+
+    from eth_account import Account
+
+    from agoranet.chain.addresses import resolve_addresses
+    from agoranet.chain.devchain import start_devchain
+    from agoranet.payments.httpx_auth import PayerAuth
+    from agoranet.payments.payer import Payer
+    from agoranet.payments.wallet import create_keystore
+
+    os.environ.setdefault("AGORANET_WALLET_PASSWORD", "bench")
+    work = Path(tempfile.mkdtemp(prefix="agoranet-bench-paid-"))
+    stack.callback(shutil.rmtree, work, True)
+    chain = start_devchain()
+    stack.callback(chain.stop)
+    keys = {}
+    for name, index in (("node", 3), ("gateway", 6)):
+        keys[name] = work / f"{name}.json"
+        create_keystore(keys[name], os.environ["AGORANET_WALLET_PASSWORD"], scrypt_n=2**10,
+                        private_key=bytes.fromhex(chain.private_keys[index].removeprefix("0x")))
+    node = stack.enter_context(running_node(
+        ["--model", model, "--served-model-name", "tiny", "--max-active", "32",
+         "--max-queue", "256", "--no-fine-tuning", "--no-adapters", "--price-in", "1000000",
+         "--price-out", "3000000", "--rpc-url", chain.rpc_url, "--keystore", str(keys["node"]),
+         "--ledger", str(work / "ledger.sqlite")]))
+    gateway = stack.enter_context(running_command(
+        ["gateway", "--node", node, "--rpc-url", chain.rpc_url, "--keystore",
+         str(keys["gateway"]), "--deposit", "50000000", "--spend-log", str(work / "spend.sqlite")]))
+    payer = Payer(node, chain.web3(), resolve_addresses(chain.chain_id),
+                  account=Account.from_key(chain.private_keys[7]), state_dir=work / "payer")
+    payer.open(50_000_000)
+    stack.callback(payer.close)
+    return {"direct, paid": (node, PayerAuth(payer, max_per_request=200)),
+            "agoranet gateway, paid": (gateway, None)}
 
 
 def main() -> None:
@@ -126,8 +174,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--litellm", default=".bench/litellm/bin/litellm")
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--paid", action="store_true",
+                        help="Also a paid node on a dev chain: direct with a payer vs the gateway.")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=max(Console().width, 120))
     use_litellm = not args.no_litellm and Path(args.litellm).exists()
     if not args.no_litellm and not use_litellm:
         console.print(f"[yellow]no LiteLLM at {args.litellm}: run `make bench-gateway`[/]")
@@ -138,9 +188,13 @@ def main() -> None:
         spend = Path(tempfile.mkdtemp(prefix="agoranet-bench-gw-")) / "spend.sqlite"
         gateway = stack.enter_context(running_command(
             ["gateway", "--node", node, "--spend-log", str(spend)]))
-        targets = {"direct": node, "agoranet gateway": gateway}
+        targets: dict[str, Target] = {"direct": (node, None), "agoranet gateway": (gateway, None)}
         if use_litellm:
-            targets["LiteLLM proxy"] = stack.enter_context(litellm_proxy(args.litellm, node))
+            targets["LiteLLM proxy"] = (stack.enter_context(litellm_proxy(args.litellm, node)),
+                                        None)
+        if args.paid:
+            with console.status("dev chain, paid node, paying gateway"):
+                targets.update(paid_targets(stack, args.model))
         with console.status("measuring"):
             results = asyncio.run(measure(targets, args.rounds))
     direct = results["direct"]
@@ -153,6 +207,11 @@ def main() -> None:
                       f"{r['p50'] - direct['p50']:.2f}", f"{r['p99'] - direct['p99']:.2f}",
                       f"{r['ttft']:.2f}", f"{r['ttft'] - direct['ttft']:.2f}", f"{r['rps']:.1f}")
     console.print(table)
+    if "direct, paid" in results:
+        paid, gw_paid = results["direct, paid"], results["agoranet gateway, paid"]
+        console.print(f"paid: gateway adds {gw_paid['p50'] - paid['p50']:.2f} ms at p50 over a "
+                      f"direct paid request; payment itself adds {paid['p50'] - direct['p50']:.2f}"
+                      " ms to a direct request")
     gw = results["agoranet gateway"]
     console.print(f"gateway req/s vs direct: {gw['rps'] / direct['rps']:.2f}")
     if "LiteLLM proxy" in results:
