@@ -15,7 +15,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from agoranet.gateway.paying import NodePayers
 from agoranet.gateway.policy import Policy
 from agoranet.gateway.ranking import Candidate, expected_cost
 from agoranet.gateway.spendlog import SpendLog, SpendRow
+from agoranet.registry.offer import ModelOffer
 
 __all__ = ["Piece", "RelayResult", "new_request_id", "relay"]
 
@@ -152,7 +153,7 @@ class _Attempt:
     """One node asked for (the rest of) the answer, with its budget reservation."""
 
     node: NodeState
-    model: Any
+    model: ModelOffer
     worst: int
     segment: _Segment
     events: AsyncGenerator[Piece, None]
@@ -190,12 +191,12 @@ async def relay(
         worst = expected_cost(model, prompt_ceiling + len(produced.encode()) + 8,
                               limit - result.completion_tokens)
         await budget.reserve(worst)
+        segment = _Segment(node, time.perf_counter())
         try:
             auth = await payers.auth(node) if payers is not None else None
-        except AgoranetError:
-            await budget.settle(worst, 0)
-            raise
-        segment = _Segment(node, time.perf_counter(), paid=auth is not None)
+        except AgoranetError as exc:  # no channel to this node: it fails like any node would
+            return _Attempt(node, model, worst, segment, _refused(f"cannot pay it: {exc}"))
+        segment.paid = auth is not None
         return _Attempt(node, model, worst, segment,
                         _segment_events(client, segment, request, policy, auth, worst))
 
@@ -253,8 +254,8 @@ async def _first_piece(
     attempt: _Attempt,
     hedge_ms: int | None,
     queue: list[Candidate],
-    start: Any,
-    finish: Any,
+    start: Callable[[Candidate], Awaitable[_Attempt]],
+    finish: Callable[[_Attempt], Awaitable[None]],
 ) -> tuple[_Attempt, Piece | None]:
     """The first piece of ``attempt``, or, when hedging, of whichever node answers first."""
     first_task = asyncio.ensure_future(_next(attempt))
@@ -287,6 +288,11 @@ async def _first_piece(
                 return runner, None  # both failed; the caller accounts for this one
             await finish(runner)
     raise AssertionError("unreachable")
+
+
+async def _refused(reason: str) -> AsyncGenerator[Piece, None]:
+    raise _NodeFailed(reason)
+    yield  # pragma: no cover - makes this an async generator
 
 
 async def _next(attempt: _Attempt) -> Piece | None:
