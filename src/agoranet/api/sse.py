@@ -25,11 +25,17 @@ def sse_event(model: BaseModel) -> bytes:
 
 
 async def iter_sse_data(response: httpx.Response) -> AsyncIterator[str]:
-    """The ``data:`` payloads of an SSE response, up to ``[DONE]``."""
+    """The ``data:`` payloads of an SSE response, up to ``[DONE]``.
+
+    The body is read to its end, so the connection goes back to the pool for the
+    next request instead of being closed half-read.
+    """
+    done = False
     async for line in response.aiter_lines():
-        if not line.startswith("data:"):
+        if done or not line.startswith("data:"):
             continue
         data = line[5:].strip()
         if data == "[DONE]":
-            return
+            done = True
+            continue
         yield data
