@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agoranet.engines.base import GenerationRequest, Message, collect
-from agoranet.engines.hf import TransformersEngine
+from agoranet.engines.hf import TransformersEngine, load_model
 from agoranet.errors import ModelNotFoundError
 from agoranet.tuning.adapter import MANIFEST, adapter_model_name, pack_adapter, read_adapter
 from agoranet.tuning.housestyle import house_style_examples
@@ -18,8 +18,10 @@ from agoranet.tuning.housestyle import house_style_examples
 HELD_OUT_FACTOR = 3.0  # held-out loss must fall at least this much
 
 
-def engine_with(loaded, store: Path, *adapters: Path) -> tuple[TransformersEngine, list[str]]:  # type: ignore[no-untyped-def]
-    engine = TransformersEngine(loaded=loaded, adapters_dir=store, max_active=8)
+def engine_with(model_dir: Path, store: Path, *adapters: Path) -> tuple[TransformersEngine, list[str]]:
+    """An engine on its own copy of the base model: LoRA layers are injected into it."""
+    engine = TransformersEngine(loaded=load_model(str(model_dir)), adapters_dir=store,
+                                max_active=8)
     ids = [engine.add_adapter(pack_adapter(a), 10**8).id for a in adapters]
     return engine, ids
 
@@ -38,9 +40,9 @@ def test_held_out_loss_falls_and_manifest_records_it(house_adapter: Path, tiny_l
 
 
 async def test_greedy_answers_match_training_far_more_often(
-    house_adapter: Path, tiny_loaded, tmp_path: Path  # type: ignore[no-untyped-def]
+    house_adapter: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
-    engine, (ident,) = engine_with(tiny_loaded, tmp_path, house_adapter)
+    engine, (ident,) = engine_with(tiny_model, tmp_path, house_adapter)
     try:
         pairs = [(e["messages"][0]["content"], e["messages"][1]["content"])
                  for e in house_style_examples()]
@@ -55,10 +57,10 @@ async def test_greedy_answers_match_training_far_more_often(
 
 
 async def test_two_adapters_and_base_interleaved_equal_solo_runs(
-    house_adapter: Path, brief_adapter: Path, tiny_loaded, tmp_path: Path  # type: ignore[no-untyped-def]
+    house_adapter: Path, brief_adapter: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
     questions = ["Tell me about the park.", "Where is the dog?", "Hello!", "Tell me a story."]
-    engine, ids = engine_with(tiny_loaded, tmp_path / "both", house_adapter, brief_adapter)
+    engine, ids = engine_with(tiny_model, tmp_path / "both", house_adapter, brief_adapter)
     models = ["tiny", *(adapter_model_name("tiny", i) for i in ids)]
     try:
         jobs = [(m, q) for q in questions for m in models]
@@ -69,7 +71,7 @@ async def test_two_adapters_and_base_interleaved_equal_solo_runs(
     for adapter_dir, model in [(None, "tiny"), (house_adapter, models[1]),
                                (brief_adapter, models[2])]:
         store = tmp_path / f"solo-{model[-6:]}"
-        single, _ = engine_with(tiny_loaded, store, *([adapter_dir] if adapter_dir else []))
+        single, _ = engine_with(tiny_model, store, *([adapter_dir] if adapter_dir else []))
         try:
             for q in questions:
                 solo[(model, q)] = await answer(single, model, q)
@@ -81,9 +83,10 @@ async def test_two_adapters_and_base_interleaved_equal_solo_runs(
 
 
 async def test_lru_keeps_at_most_capacity_loaded(
-    house_adapter: Path, brief_adapter: Path, tiny_loaded, tmp_path: Path  # type: ignore[no-untyped-def]
+    house_adapter: Path, brief_adapter: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
-    engine = TransformersEngine(loaded=tiny_loaded, adapters_dir=tmp_path, max_adapters=1)
+    engine = TransformersEngine(loaded=load_model(str(tiny_model)), adapters_dir=tmp_path,
+                                max_adapters=1)
     ids = [engine.add_adapter(pack_adapter(a), 10**8).id for a in (house_adapter, brief_adapter)]
     try:
         first = await answer(engine, adapter_model_name("tiny", ids[0]), "Hello!")
@@ -97,8 +100,10 @@ async def test_lru_keeps_at_most_capacity_loaded(
     assert stats["adapter_loads"] == 3 and stats["adapter_evictions"] == 2
 
 
-async def test_unknown_adapter_and_foreign_base(house_adapter: Path, tiny_loaded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    engine = TransformersEngine(loaded=tiny_loaded, adapters_dir=tmp_path / "store")
+async def test_unknown_adapter_and_foreign_base(
+    house_adapter: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    engine = TransformersEngine(loaded=load_model(str(tiny_model)), adapters_dir=tmp_path / "store")
     try:
         with pytest.raises(ModelNotFoundError, match="not on this node"):
             await engine.prepare(GenerationRequest(model="tiny@adapter:" + "0" * 64, prompt="x"))

@@ -158,6 +158,8 @@ def train_adapter(
     )
     _save(model, out, manifest, loaded.info.name)
     model.unload()  # give the caller its base model back, without LoRA layers
+    if hasattr(loaded.model, "peft_config"):  # unload() leaves peft's bookkeeping behind
+        del loaded.model.peft_config
     loaded.model.eval()
     return TuneReport(
         out=out, adapter_id=adapter_id(out), base_model=loaded.info.name,
