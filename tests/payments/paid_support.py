@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from eth_account.signers.local import LocalAccount
+from starlette.applications import Starlette
 from x402.mechanisms.evm.batch_settlement.client.voucher import sign_voucher
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
@@ -15,7 +19,8 @@ from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentPayload, PaymentRequirements
 
 from agoranet.config import NodeSettings
-from agoranet.engines.base import Prepared, StreamEvent
+from agoranet.engines.base import Delta, Finish, Prepared, StreamEvent
+from agoranet.node.launcher import free_port
 from agoranet.node.payment_setup import NodePayments, build_payments
 from agoranet.payments import x402wire
 from agoranet.payments.channels import new_config, open_channel
@@ -82,3 +87,47 @@ def header(channel: Channel, voucher: int, max_amount: int, node: str, asset: st
     payload = PaymentPayload(payload={"type": "voucher", "channelConfig": channel.config.to_dict(),
                                       "voucher": fields.to_dict()}, accepted=accepted)
     return x402wire.encode_model(payload)
+
+
+class ShortEngine(CountingEngine):
+    """Stops after ``words`` tokens (``stop``), so a request costs less than its worst case."""
+
+    def __init__(self, words: int = 3, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.words = words
+
+    def stream(self, prepared: Prepared) -> AsyncIterator[StreamEvent]:
+        self.calls += 1
+        return self.scheduler.run(_ShortJob(prepared, self.words))
+
+
+class _ShortJob:
+    def __init__(self, prepared: Prepared, words: int) -> None:
+        self.prepared, self.words, self.sent = prepared, words, 0
+
+    def step(self) -> list[StreamEvent]:
+        self.sent += 1
+        events: list[StreamEvent] = [Delta(f"w{self.sent} ")]
+        limit = min(self.words, self.prepared.request.max_tokens)
+        if self.sent >= limit:
+            reason = "stop" if limit < self.prepared.request.max_tokens else "length"
+            events.append(Finish(reason, self.prepared.prompt_tokens, self.sent))
+        return events
+
+
+@asynccontextmanager
+async def served(app: Starlette) -> AsyncIterator[str]:
+    """``app`` behind a real uvicorn server on a free port; its root URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

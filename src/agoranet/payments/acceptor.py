@@ -8,8 +8,8 @@ and signs the receipt that goes back in ``PAYMENT-RESPONSE``.
 
 ``batch-settlement`` follows the x402 scheme for variable prices: the voucher's
 cumulative amount must equal the channel's charged total plus this request's
-maximum (``accepted.amount``, at least the worst case), and must exceed every
-voucher accepted before (so an old voucher cannot be replayed). ``deposit``
+maximum (``accepted.amount``, at least the worst case) -- the spec's only
+rule, so a retried voucher is fine and a stale one gets a corrective 402. ``deposit``
 payloads (the SDK client's first request) are settled on chain through the
 SDK's facilitator, then treated as vouchers. ``exact`` (EIP-3009) payments are
 verified and settled through the SDK's exact facilitator.
@@ -33,11 +33,12 @@ from agoranet.payments.ledger import Hold, Ledger, VoucherRefused
 from agoranet.payments.pricing import TokenPrices
 from agoranet.payments.receipts import Receipt, ReceiptSigner
 from agoranet.payments.verifier import (
+    ConfigCache,
     OnchainState,
     StateCache,
     Voucher,
+    check_signature,
     check_state,
-    check_voucher,
     parse_voucher,
 )
 
@@ -74,9 +75,9 @@ class PaymentTerms:
         more: dict[str, Any] = {"name": self.token_name, "version": self.token_version}
         if scheme == SCHEME_BATCH_SETTLEMENT:
             more.update(receiverAuthorizer=self.receiver_authorizer,
-                        withdrawDelay=self.withdraw_delay,
-                        minDeposit=str(max(self.min_deposit, amount)),
-                        assetTransferMethod="eip3009")
+                        withdrawDelay=self.withdraw_delay, assetTransferMethod="eip3009")
+            if self.min_deposit:  # else the SDK client deposits a multiple of ``amount``
+                more["minDeposit"] = str(max(self.min_deposit, amount))
         if prices is not None:
             more["prices"] = {"inputPerMillion": str(prices.input_per_million),
                               "outputPerMillion": str(prices.output_per_million)}
@@ -120,6 +121,7 @@ class PaymentAcceptor:
         self._exact = exact
         self._exact_verify = exact_verify
         self._chain_lock = asyncio.Lock()
+        self._configs = ConfigCache()
 
     # ------------------------------------------------------------ 402
 
@@ -178,7 +180,8 @@ class PaymentAcceptor:
                                  request_id: str) -> Authorization:
         voucher = parse_voucher(payment.payload)
         requirements = self.terms.requirement(SCHEME_BATCH_SETTLEMENT, max_amount)
-        check_voucher(voucher, requirements, self.terms.chain_id)
+        self._configs.check(voucher, requirements, self.terms.chain_id)
+        check_signature(voucher, self.terms.chain_id)
         settle: SettleResponse | None = None
         if voucher.kind == "deposit":
             settle = await self._deposit(payment, requirements)

@@ -37,7 +37,7 @@ __all__ = [
 
 MAX_AMOUNT: Final = 2**63 - 1  # SQLite INTEGER; far above any real deposit
 
-RefusalReason = Literal["busy", "replay", "mismatch", "charged", "unknown-channel"]
+RefusalReason = Literal["busy", "mismatch", "charged", "unknown-channel"]
 
 
 class VoucherRefused(LedgerError):
@@ -120,8 +120,9 @@ class Ledger(Protocol):
                        signature: str, max_amount: int) -> Hold:
         """Persist the voucher and hold the channel, or raise :class:`VoucherRefused`.
 
-        Accepted iff the channel is not held, ``voucher_amount`` exceeds every
-        voucher accepted before, and equals ``charged + max_amount``.
+        Accepted iff the channel is not held and ``voucher_amount`` equals
+        ``charged + max_amount`` (the x402 ``batch-settlement`` EVM rule; a voucher
+        below an earlier one is fine, since only ``charged`` is ever claimed).
         """
         ...
 

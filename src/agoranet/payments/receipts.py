@@ -11,14 +11,14 @@ The digest is computed here with keccak directly (fast) and matches
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import functools
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
-from eth_keys.datatypes import PrivateKey, Signature
-from eth_keys.exceptions import BadSignature
 from web3 import Web3
 
 from agoranet.errors import ReceiptError
+from agoranet.payments.ecdsa import DigestSigner, keccak, recover_address
 
 __all__ = [
     "RECEIPT_DOMAIN_NAME",
@@ -45,7 +45,7 @@ RECEIPT_TYPES: Final = {
 
 
 def _keccak(data: bytes = b"", *, text: str | None = None) -> bytes:
-    return bytes(Web3.keccak(text=text) if text is not None else Web3.keccak(data))
+    return keccak(text.encode()) if text is not None else keccak(data)
 
 
 _DOMAIN_TYPE_HASH: Final = _keccak(text="EIP712Domain(string name,string version,uint256 chainId)")
@@ -114,14 +114,15 @@ def _bytes32(hex_value: str) -> bytes:
     return raw
 
 
+@functools.lru_cache(maxsize=16)
+def _domain(chain_id: int) -> bytes:
+    return _keccak(_DOMAIN_TYPE_HASH + _keccak(text=RECEIPT_DOMAIN_NAME)
+                   + _keccak(text=RECEIPT_DOMAIN_VERSION) + _u256(chain_id))
+
+
 def receipt_digest(receipt: Receipt) -> bytes:
     """The EIP-712 digest signed for ``receipt``."""
-    domain = _keccak(
-        _DOMAIN_TYPE_HASH
-        + _keccak(text=RECEIPT_DOMAIN_NAME)
-        + _keccak(text=RECEIPT_DOMAIN_VERSION)
-        + _u256(receipt.chain_id)
-    )
+    domain = _domain(receipt.chain_id)
     struct = _keccak(
         _RECEIPT_TYPE_HASH
         + _keccak(text=receipt.request_id)
@@ -138,30 +139,25 @@ class ReceiptSigner:
     """Signs receipts with the node's key."""
 
     def __init__(self, private_key: bytes | str) -> None:
-        raw = bytes.fromhex(private_key.removeprefix("0x")) if isinstance(private_key, str) else private_key
-        self._key = PrivateKey(raw)
-        self.address = Web3.to_checksum_address(self._key.public_key.to_checksum_address())
+        raw = bytes.fromhex(private_key.removeprefix("0x")) if isinstance(private_key, str) \
+            else private_key
+        self._signer = DigestSigner(raw)
+        self.address = self._signer.address
 
     def sign(self, receipt: Receipt) -> Receipt:
-        signature = self._key.sign_msg_hash(receipt_digest(receipt))
-        v, r, s = signature.vrs
-        packed = r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([v + 27])
-        return Receipt(**{**asdict(receipt), "signer": self.address,
-                          "signature": "0x" + packed.hex()})
+        packed = self._signer.sign(receipt_digest(receipt))
+        return replace(receipt, signer=self.address, signature="0x" + packed.hex())
 
 
 def recover_receipt_signer(receipt: Receipt) -> str:
     try:
         raw = bytes.fromhex(receipt.signature.removeprefix("0x"))
-        if len(raw) != 65:
-            raise ValueError("a signature is 65 bytes")
-        v = raw[64] - 27 if raw[64] >= 27 else raw[64]
-        sig = Signature(vrs=(v, int.from_bytes(raw[:32], "big"),
-                                  int.from_bytes(raw[32:64], "big")))
-        return Web3.to_checksum_address(sig.recover_public_key_from_msg_hash(
-            receipt_digest(receipt)).to_checksum_address())
-    except (ValueError, BadSignature) as exc:
+        signer = recover_address(receipt_digest(receipt), raw)
+    except ValueError as exc:
         raise ReceiptError(f"receipt signature is invalid: {exc}") from None
+    if signer is None:
+        raise ReceiptError("receipt signature is invalid")
+    return signer
 
 
 def verify_receipt(receipt: Receipt, node: str) -> None:

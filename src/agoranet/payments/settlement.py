@@ -2,11 +2,13 @@
 
 :class:`Settler` reads the ledger's unclaimed channels and, when a threshold is
 met (amount, number of requests, age of the oldest unclaimed charge) or a
-channel has a pending withdrawal, claims every unclaimed channel in one
-``claimWithSignature`` transaction and then sweeps the claimed money to the
-node with ``settle`` -- both through the x402 SDK's facilitator, signed with
-the node's own key. Everything it needs is in the ledger, so it resumes after
-a restart.
+channel has a pending withdrawal, claims every unclaimed channel with
+``claimWithSignature`` (at most ``max_claims_per_tx`` channels, the SDK's batch
+size, per transaction; a batch that reverts is retried channel by channel, so
+one bad channel does not hold up the others) and then sweeps the claimed money
+to the node with ``settle`` -- both through the x402 SDK's facilitator, signed
+with the node's own key. Everything it needs is in the ledger, so it resumes
+after a restart.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from x402.mechanisms.evm.batch_settlement.constants import DEFAULT_MAX_CLAIMS_PER_BATCH
 from x402.mechanisms.evm.batch_settlement.types import (
     ChannelConfig,
     ClaimPayload,
@@ -45,6 +48,7 @@ class ClaimPolicy:
     min_amount: int = 1_000_000
     max_requests: int = 1_000
     max_age: float = 3600.0
+    max_claims_per_tx: int = DEFAULT_MAX_CLAIMS_PER_BATCH  # channels in one claim transaction
 
 
 @dataclass(frozen=True)
@@ -103,19 +107,46 @@ class Settler:
             return self._claim_and_settle(candidates, reason)
 
     def _claim_and_settle(self, candidates: list[ClaimCandidate], reason: str) -> SettleOutcome:
-        claims = [VoucherClaim(channel=ChannelConfig.from_dict(json.loads(c.config)),
-                               max_claimable_amount=str(c.voucher_amount),
-                               signature=c.voucher_signature, total_claimed=str(c.charged))
-                  for c in candidates]
-        claimed = self._run(ClaimPayload(claims=claims).to_dict(), "claim")
-        totals = {c.channel_id: c.charged for c in candidates}
-        self.ledger.record_claim(totals, claimed.transaction, self._gas_of(claimed.transaction))
+        totals: dict[str, int] = {}
+        claim_txs: list[str] = []
+        failures: list[str] = []
+        size = max(1, self.policy.max_claims_per_tx)
+        for start in range(0, len(candidates), size):
+            self._claim_batch(candidates[start:start + size], totals, claim_txs, failures)
+        if not totals:
+            raise PaymentError("claim failed: " + "; ".join(failures))
         settle = SettlePayload(receiver=self._requirements.pay_to, token=self._requirements.asset)
         settled = self._run(settle.to_dict(), "settle")
         amount = int(settled.amount) if settled.amount else self._settled_of(settled.transaction)
         self.ledger.record_settle(settled.transaction, amount, self._gas_of(settled.transaction))
         logger.info("claimed %d channel(s) (%s) and settled %d", len(totals), reason, amount)
-        return SettleOutcome(totals, claimed.transaction, amount, settled.transaction, reason)
+        return SettleOutcome(totals, claim_txs[0], amount, settled.transaction, reason)
+
+    def _claim_batch(self, batch: list[ClaimCandidate], totals: dict[str, int],
+                     claim_txs: list[str], failures: list[str]) -> None:
+        """Claim ``batch`` in one transaction; if it fails, each channel on its own.
+
+        One channel whose claim reverts (say, withdrawn under the node) must not
+        hold up the earnings of every other channel in its batch.
+        """
+        claims = [VoucherClaim(channel=ChannelConfig.from_dict(json.loads(c.config)),
+                               max_claimable_amount=str(c.voucher_amount),
+                               signature=c.voucher_signature, total_claimed=str(c.charged))
+                  for c in batch]
+        try:
+            claimed = self._run(ClaimPayload(claims=claims).to_dict(), "claim")
+        except PaymentError as exc:
+            if len(batch) > 1:
+                for one in batch:
+                    self._claim_batch([one], totals, claim_txs, failures)
+                return
+            logger.warning("claim for channel %s failed: %s", batch[0].channel_id, exc)
+            failures.append(f"{batch[0].channel_id}: {exc}")
+            return
+        done = {c.channel_id: c.charged for c in batch}
+        self.ledger.record_claim(done, claimed.transaction, self._gas_of(claimed.transaction))
+        totals.update(done)
+        claim_txs.append(claimed.transaction)
 
     def _run(self, payload: dict[str, Any], what: str) -> SettleResponse:
         payment = PaymentPayload(payload=payload, accepted=self._requirements)

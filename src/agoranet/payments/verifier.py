@@ -1,7 +1,9 @@
 """Checks on a ``batch-settlement`` voucher before a node accepts it.
 
 Structure, channel config (receiver, receiver authorizer, token, withdraw
-delay, network), the payer's EIP-712 signature (the x402 SDK's own checks),
+delay, network; the x402 SDK's own checks, remembered per channel by
+:class:`ConfigCache`), the payer's EIP-712 signature (the SDK's typed data,
+hashed here with a cached domain separator and recovered with ``eth_keys``),
 and the channel's on-chain state: funded, not withdrawing, and holding at
 least the voucher's amount. On-chain state is cached per channel for
 ``ttl`` seconds and re-read on a miss (a voucher above the cached balance, or
@@ -11,35 +13,45 @@ a channel not seen yet), so the usual request costs no RPC call.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from eth_account.messages import encode_typed_data
 from web3 import Web3
 from web3.exceptions import Web3Exception
 from x402.mechanisms.evm.batch_settlement import errors as bs_errors
-from x402.mechanisms.evm.batch_settlement.facilitator.utils import (
-    validate_channel_config,
-    verify_batch_settlement_voucher_typed_data,
-)
+from x402.mechanisms.evm.batch_settlement.constants import VOUCHER_TYPES
+from x402.mechanisms.evm.batch_settlement.facilitator.utils import validate_channel_config
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
-from x402.mechanisms.evm.batch_settlement.utils import channel_id_binding_error
+from x402.mechanisms.evm.batch_settlement.utils import (
+    channel_id_binding_error,
+    get_batch_settlement_eip712_domain,
+)
 from x402.schemas import PaymentRequirements
 
 from agoranet.chain.addresses import ChainAddresses
 from agoranet.errors import ChainError, PaymentRequiredError
+from agoranet.payments.ecdsa import keccak, recover_address
 from agoranet.payments.ledger import MAX_AMOUNT
 
 __all__ = [
     "ZERO_ADDRESS",
+    "ConfigCache",
     "OnchainState",
     "StateCache",
     "Voucher",
     "Web3StateReader",
+    "check_config",
+    "check_signature",
     "check_state",
     "check_voucher",
     "parse_voucher",
+    "voucher_digest",
+    "voucher_signer",
 ]
 
 ZERO_ADDRESS: Final = "0x0000000000000000000000000000000000000000"
@@ -152,8 +164,12 @@ def parse_voucher(payload: dict[str, Any]) -> Voucher:
     return Voucher(kind, channel_id, config, amount, signature, payload)
 
 
-def check_voucher(voucher: Voucher, requirements: PaymentRequirements, chain_id: int) -> None:
-    """Config and signature checks (no chain access); 402 with the x402 reason if wrong."""
+def check_config(voucher: Voucher, requirements: PaymentRequirements, chain_id: int) -> None:
+    """The channel config fits this node and hashes to the voucher's channel id; else 402.
+
+    Depends only on the voucher's channel id and config and the node's terms, so
+    a node may remember a pair that passed (see :class:`ConfigCache`).
+    """
     binding = channel_id_binding_error(voucher.config, voucher.channel_id, chain_id)
     if binding:
         raise _refuse("the voucher's channel id is not the hash of its channel config on this "
@@ -172,18 +188,68 @@ def check_voucher(voucher: Voucher, requirements: PaymentRequirements, chain_id:
     if int(voucher.config.payer_authorizer, 16) == 0:
         raise _refuse("vouchers must be signed by an EOA payerAuthorizer (EIP-1271 payers are "
                       "not accepted by this node)", bs_errors.ERR_INVALID_VOUCHER_SIGNATURE)
-    ok = verify_batch_settlement_voucher_typed_data(
-        None,  # type: ignore[arg-type]  # ECDSA path only: payerAuthorizer is non-zero
-        channel_id=voucher.channel_id,
-        max_claimable_amount=str(voucher.amount),
-        payer_authorizer=voucher.config.payer_authorizer,
-        payer=voucher.config.payer,
-        signature=voucher.signature,
-        chain_id=chain_id,
-    )
-    if not ok:
+
+
+def check_signature(voucher: Voucher, chain_id: int) -> None:
+    """The voucher is signed by the channel's payer authorizer (EIP-712, ECDSA); else 402."""
+    if voucher_signer(voucher.channel_id, voucher.amount, voucher.signature, chain_id) != \
+            Web3.to_checksum_address(voucher.config.payer_authorizer):
         raise _refuse("the voucher is not signed by the channel's payer authorizer "
                       f"{voucher.config.payer_authorizer}", bs_errors.ERR_INVALID_VOUCHER_SIGNATURE)
+
+
+def check_voucher(voucher: Voucher, requirements: PaymentRequirements, chain_id: int) -> None:
+    """Config and signature checks (no chain access); 402 with the x402 reason if wrong."""
+    check_config(voucher, requirements, chain_id)
+    check_signature(voucher, chain_id)
+
+
+class ConfigCache:
+    """Channel (id, config) pairs that passed :func:`check_config` for one node's terms."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self._ok: dict[str, str] = {}
+
+    def check(self, voucher: Voucher, requirements: PaymentRequirements, chain_id: int) -> None:
+        key = json.dumps(voucher.config.to_dict(), sort_keys=True)
+        if self._ok.get(voucher.channel_id) == key:
+            return
+        check_config(voucher, requirements, chain_id)
+        if len(self._ok) >= self.limit:
+            self._ok.clear()
+        self._ok[voucher.channel_id] = key
+
+
+_VOUCHER_TYPEHASH: Final = keccak(b"Voucher(bytes32 channelId,uint128 maxClaimableAmount)")
+
+
+@functools.lru_cache(maxsize=16)
+def _domain_separator(chain_id: int) -> bytes:
+    """The x402 batch-settlement EIP-712 domain separator (from the SDK's domain)."""
+    signable = encode_typed_data(
+        domain_data=get_batch_settlement_eip712_domain(chain_id), message_types=VOUCHER_TYPES,
+        message_data={"channelId": b"\0" * 32, "maxClaimableAmount": 0})
+    return bytes(signable.header)
+
+
+def voucher_digest(channel_id: str, amount: int, chain_id: int) -> bytes:
+    """The EIP-712 digest a payer signs for a voucher (same as the SDK's typed data)."""
+    cid = bytes.fromhex(channel_id.removeprefix("0x"))
+    if len(cid) != 32 or not 0 <= amount < 2**128:
+        raise ValueError("channel id must be 32 bytes and the amount a uint128")
+    struct = keccak(_VOUCHER_TYPEHASH + cid + amount.to_bytes(32, "big"))
+    return keccak(b"\x19\x01" + _domain_separator(chain_id) + struct)
+
+
+def voucher_signer(channel_id: str, amount: int, signature: str, chain_id: int) -> str | None:
+    """The checksummed address that signed a voucher, or None if the signature is invalid."""
+    try:
+        raw = bytes.fromhex(signature.removeprefix("0x"))
+        digest = voucher_digest(channel_id, amount, chain_id)
+    except ValueError:
+        return None
+    return recover_address(digest, raw)
 
 
 def check_state(voucher: Voucher, state: OnchainState) -> None:

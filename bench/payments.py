@@ -1,0 +1,226 @@
+"""What x402 payment costs a node: voucher crypto, paid vs unpaid latency, chain traffic.
+
+Prints, in one run:
+- voucher sign and verify operations per second (the x402 SDK's EIP-712 code) and
+  receipt sign / verify per second (ours);
+- the node's median and p99 latency for the same request (tiny model, one output
+  token) unpaid (``--free``) and paid (a ``batch-settlement`` voucher per request,
+  persisted in the ledger, a signed receipt back), interleaved, and the ratio; the
+  goal is payment adding under 1 ms at the median;
+- on-chain transactions per 1,000 paid requests (claims + settles) with the node's
+  default settlement thresholds, and the gas of one claim and one settle.
+
+Latency is measured by the client from the moment the (already signed) request is
+handed to the connection until the response headers arrive, so the payer's own
+signing is not counted as the node's time.
+
+Usage: python bench/payments.py [--model models/tiny] [--rounds 300] [--paid 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from rich.console import Console
+from rich.table import Table
+from x402.mechanisms.evm.batch_settlement.client.voucher import sign_voucher
+from x402.mechanisms.evm.batch_settlement.facilitator.utils import (
+    verify_batch_settlement_voucher_typed_data,
+)
+from x402.mechanisms.evm.signers import EthAccountSigner
+
+from agoranet.chain.addresses import resolve_addresses
+from agoranet.chain.devchain import start_devchain
+from agoranet.chain.rpc import connect
+from agoranet.config import ChainSettings
+from agoranet.node.launcher import running_node
+from agoranet.payments.httpx_auth import PayerAuth
+from agoranet.payments.payer import Payer
+from agoranet.payments.receipts import Receipt, ReceiptSigner, verify_receipt
+from agoranet.payments.sqlite_ledger import SqliteLedger
+from agoranet.payments.verifier import voucher_signer
+from agoranet.payments.wallet import PASSWORD_ENV_VAR, create_keystore, fund_dev
+
+PRICE_IN, PRICE_OUT = 100_000, 400_000  # 0.10 / 0.40 stablecoin per million tokens
+BODY = {"model": "tiny", "messages": [{"role": "user", "content": "Hello!"}],
+        "max_tokens": 1, "temperature": 0}
+PASSWORD = "bench-only-password"
+
+
+def rate(fn: Callable[[int], object], n: int) -> float:
+    started = time.perf_counter()
+    for i in range(n):
+        fn(i)
+    return n / (time.perf_counter() - started)
+
+
+def crypto_rates(n: int) -> dict[str, float]:
+    account: LocalAccount = Account.create()
+    signer = EthAccountSigner(account)
+    cid, network = "0x" + "ab" * 32, "eip155:31337"
+    vouchers = [sign_voucher(signer, cid, 1000 + i, network) for i in range(n)]
+
+    def verify(i: int) -> None:
+        ok = verify_batch_settlement_voucher_typed_data(
+            None,  # type: ignore[arg-type]  # ECDSA path: an EOA payer authorizer
+            channel_id=cid, max_claimable_amount=str(1000 + i),
+            payer_authorizer=account.address, payer=account.address,
+            signature=vouchers[i].signature, chain_id=31337)
+        assert ok
+
+    def node_verify(i: int) -> None:
+        assert voucher_signer(cid, 1000 + i, vouchers[i].signature, 31337) == account.address
+
+    node = ReceiptSigner(bytes(Account.create().key))
+    receipts = [node.sign(Receipt(f"r{i}", cid, 10, 5, 7, 7 * i, 31337)) for i in range(n)]
+    scratch = tempfile.TemporaryDirectory(prefix="agoranet-bench-ledger-")
+    ledger = SqliteLedger(Path(scratch.name) / "l.sqlite")
+    ledger.ensure_channel(cid, "{}", account.address, 0)
+    state = {"charged": 0}
+
+    def accept_and_commit(i: int) -> None:
+        hold = ledger.accept_voucher(f"r{i}", cid, state["charged"] + 100, "0x", 100)
+        state["charged"] = ledger.commit(hold, 1, 1, 10, node.sign, 31337).cumulative
+
+    ledger_rate = rate(accept_and_commit, min(n, 500))
+    ledger.close()
+    scratch.cleanup()
+    return {
+        "ledger: accept (fsync'd) + charge, one request": ledger_rate,
+        "voucher sign (x402 SDK)": rate(lambda i: sign_voucher(signer, cid, 1000 + i, network),
+                                        n),
+        "voucher verify (x402 SDK)": rate(verify, n),
+        "voucher verify (node's check, same digest)": rate(node_verify, n),
+        "receipt sign": rate(lambda i: node.sign(receipts[i]), n),
+        "receipt verify": rate(lambda i: verify_receipt(receipts[i], node.address), n),
+    }
+
+
+class Timer:
+    """httpx event hooks: request handed over (after auth signed it) -> headers back."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.samples: list[float] = []
+
+    def hooks(self) -> dict[str, list[Callable[[Any], None]]]:
+        return {"request": [self._start], "response": [self._stop]}
+
+    def _start(self, request: httpx.Request) -> None:
+        self.started = time.perf_counter()
+
+    def _stop(self, response: httpx.Response) -> None:
+        if response.status_code == 200:
+            self.samples.append(time.perf_counter() - self.started)
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models/tiny")
+    parser.add_argument("--rounds", type=int, default=300, help="interleaved latency rounds")
+    parser.add_argument("--paid", type=int, default=1000, help="paid requests in all")
+    parser.add_argument("--crypto", type=int, default=2000, help="sign/verify operations")
+    args = parser.parse_args()
+    console = Console()
+    if not (Path(args.model) / "config.json").exists():
+        raise SystemExit(f"no model at {args.model}: run `agoranet model tiny {args.model}`")
+    with console.status("voucher and receipt crypto"):
+        crypto = crypto_rates(args.crypto)
+    table = Table(title="payment operations per second (one core)")
+    table.add_column("operation")
+    table.add_column("ops/s", justify="right")
+    for name, value in crypto.items():
+        table.add_row(name, f"{value:,.0f}")
+    console.print(table)
+
+    scratch = tempfile.TemporaryDirectory(prefix="agoranet-bench-payments-")
+    tmp = Path(scratch.name)
+    os.environ[PASSWORD_ENV_VAR] = PASSWORD
+    with scratch, start_devchain() as dev:
+        w3 = connect(dev.rpc_url)
+        addresses = resolve_addresses(dev.chain_id, ChainSettings(rpc_url=dev.rpc_url))
+        node_key: LocalAccount = Account.from_key(dev.private_keys[3])
+        create_keystore(tmp / "node.json", PASSWORD, private_key=bytes(node_key.key),
+                        scrypt_n=2**10)
+        common = ["--model", args.model, "--served-model-name", "tiny", "--no-fine-tuning",
+                  "--no-adapters", "--price-in", str(PRICE_IN), "--price-out", str(PRICE_OUT)]
+        paid_args = [*common, "--rpc-url", dev.rpc_url, "--keystore", str(tmp / "node.json"),
+                     "--ledger", str(tmp / "ledger.sqlite")]
+        with console.status("starting a free and a paid node"), \
+                running_node([*common, "--free"]) as free_url, running_node(paid_args) as paid_url:
+            payer_key: LocalAccount = Account.create()
+            fund_dev(w3, addresses, payer_key.address, stablecoin=100_000_000, native=10**18)
+            payer = Payer(paid_url, w3, addresses, account=payer_key, state_dir=tmp / "payer",
+                          max_per_request=10_000)
+            payer.open(50_000_000)
+            free_t, paid_t = Timer(), Timer()
+            root = lambda url: url.removesuffix("/v1")  # noqa: E731
+            with httpx.Client(base_url=root(free_url), event_hooks=free_t.hooks()) as free, \
+                    httpx.Client(base_url=root(paid_url), auth=PayerAuth(payer),
+                                 event_hooks=paid_t.hooks()) as paid, \
+                    console.status("latency: unpaid and paid, interleaved"):
+                for _ in range(20):  # warm up both
+                    free.post("/v1/chat/completions", json=BODY).raise_for_status()
+                    paid.post("/v1/chat/completions", json=BODY).raise_for_status()
+                free_t.samples.clear()
+                paid_t.samples.clear()
+                for _ in range(args.rounds):
+                    free.post("/v1/chat/completions", json=BODY).raise_for_status()
+                    paid.post("/v1/chat/completions", json=BODY).raise_for_status()
+                latency = (list(free_t.samples), list(paid_t.samples))
+                for _ in range(args.paid - args.rounds - 20):
+                    paid.post("/v1/chat/completions", json=BODY).raise_for_status()
+            with console.status("waiting for the node's settlement loop"):
+                txs, claim_gas, settle_gas = wait_for_claim(tmp / "ledger.sqlite", 30.0)
+            spent = payer.state.charged if payer.state else 0
+    unpaid_ms, paid_ms = latency
+    table = Table(title=f"node latency, tiny model, 1 output token, {args.rounds} interleaved "
+                        "rounds (ms)")
+    for column in ("", "median", "p99"):
+        table.add_column(column, justify="right" if column else "left")
+    med_free, med_paid = pct(unpaid_ms, 0.5), pct(paid_ms, 0.5)
+    table.add_row("unpaid (--free)", f"{med_free:.2f}", f"{pct(unpaid_ms, 0.99):.2f}")
+    table.add_row("paid (batch-settlement)", f"{med_paid:.2f}", f"{pct(paid_ms, 0.99):.2f}")
+    table.add_row("paid / unpaid", f"{med_paid / med_free:.3f}",
+                  f"{pct(paid_ms, 0.99) / pct(unpaid_ms, 0.99):.3f}")
+    table.add_row("payment adds (goal < 1 ms)", f"{med_paid - med_free:.2f}", "")
+    console.print(table)
+    console.print(f"{args.paid} paid requests, {spent} base units charged, default settlement "
+                  f"thresholds: {txs} on-chain transactions (claims + settles) = "
+                  f"{txs * 1000 / args.paid:.1f} per 1,000 paid requests; "
+                  f"gas: claim {claim_gas:,}, settle {settle_gas:,}")
+
+
+def wait_for_claim(path: Path, timeout: float) -> tuple[int, int, int]:
+    """(transactions, gas of the first claim, gas of the first settle) once one settled."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ledger = SqliteLedger(path)
+        try:
+            rows = ledger._read("SELECT (SELECT gas_used FROM claims ORDER BY id LIMIT 1), "
+                                "(SELECT gas_used FROM settlements ORDER BY id LIMIT 1)")
+            txs, _ = ledger.gas_used()
+        finally:
+            ledger.close()
+        claim, settle = rows[0]
+        if settle is not None or time.monotonic() > deadline:
+            return txs, int(claim or 0), int(settle or 0)
+        time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    main()
