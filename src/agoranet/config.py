@@ -85,6 +85,7 @@ class NodeSettings(BaseSettings):
     chaos_delay_ms: int = Field(default=0, ge=0)
     chaos_fail_after: int | None = Field(default=None, ge=1)
     chaos_fail_every: int = Field(default=1, ge=1)
+    cheat: str | None = None  # auditor tests only: serve int8/int4-rounded weights
 
     def adapter_store(self) -> Path:
         return self.adapters_dir or default_home() / "node" / "adapters"

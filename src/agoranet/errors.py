@@ -24,6 +24,7 @@ Third-party errors are converted at the boundary with ``raise ... from exc``.
     │   ├── TuningDataError         a training file is malformed (names the line)
     │   └── AdapterError            an adapter directory or upload is invalid
     ├── OfferMismatchError          a node's offer does not match its registry entry
+    ├── AuditError                  a node could not be audited (no answer, no token ids)
     ├── ChainError                  JSON-RPC, contracts, dev chain
     │   ├── ContractError           compile or call of one of our contracts failed
     │   └── DevChainError           anvil missing or failed to start
@@ -39,6 +40,7 @@ from __future__ import annotations
 __all__ = [
     "AdapterError",
     "AgoranetError",
+    "AuditError",
     "ChainError",
     "ConfigError",
     "ContextLengthError",
@@ -163,6 +165,10 @@ class TuningDataError(TuningError):
 
 class AdapterError(TuningError):
     """An adapter directory or upload is invalid."""
+
+
+class AuditError(AgoranetError):
+    """A node could not be audited: unreachable, or it returned no token ids."""
 
 
 class OfferMismatchError(AgoranetError):

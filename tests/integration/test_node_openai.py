@@ -64,6 +64,7 @@ def test_logprobs(client: OpenAI) -> None:
     assert content and len(content) == 8
     for entry in content:
         assert entry.logprob <= 0 and len(entry.top_logprobs) == 2
+        assert isinstance((entry.model_extra or {}).get("token_id"), int)
         assert entry.top_logprobs[0].token == entry.token
 
 
@@ -111,6 +112,7 @@ def test_offer_and_health(tiny_node: str) -> None:
     assert model["id"] == "tiny" and offer["engine"] == "transformers"
     assert re.fullmatch(r"[0-9a-f]{64}", model["model_sha256"])
     assert set(model["weights_sha256"]) == {"model.safetensors"}
+    assert model["sampler"] == "agoranet-torch-multinomial-v1"  # stated, so audits can replay it
     assert isinstance(model["price"]["input_per_million"], int)
 
 

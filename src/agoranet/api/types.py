@@ -191,6 +191,7 @@ class TopLogprob(BaseModel):
 
 class LogprobContent(TopLogprob):
     top_logprobs: list[TopLogprob] = Field(default_factory=list)
+    token_id: int | None = None  # agoranet extension (as vLLM's token ids): for audits
 
 
 class Logprobs(BaseModel):

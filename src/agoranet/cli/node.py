@@ -71,6 +71,8 @@ console = Console()
               help="Demos/tests: cut streams after this many frames.")
 @click.option("--chaos-fail-every", type=click.IntRange(min=1), default=1, hidden=True,
               help="Demos/tests: cut only every N-th stream.")
+@click.option("--cheat", type=click.Choice(["int8", "int4"]), default=None, hidden=True,
+              help="Auditor tests only: serve rounded weights under the honest hash.")
 @click.pass_context
 def node(ctx: click.Context, /, **options: Any) -> None:
     """Serve a model over the OpenAI API, paid with x402 unless --free (or unpriced)."""
@@ -139,6 +141,7 @@ def serve(settings: NodeSettings, *, adapters: bool = True) -> None:
             api_key=settings.upstream_api_key,
             adapters_dir=settings.adapter_store() if adapters else None,
             max_adapters=settings.max_adapters,
+            cheat=settings.cheat,
         )
     table = Table(title=f"agoranet node on http://{settings.host}:{settings.port}/v1")
     for column in ("model", "context", "weights sha256", "price in / out (per 1M)"):

@@ -43,6 +43,7 @@ class ModelInfo:
     context_length: int
     weights_sha256: dict[str, str] = field(default_factory=dict)
     model_sha256: str | None = None
+    sampler: str | None = None  # the stated sampling algorithm, for seeded audits
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,7 @@ class TokenLogprob:
     logprob: float
     token_bytes: bytes
     top: tuple[tuple[str, float, bytes], ...] = ()
+    token_id: int | None = None  # lets an auditor recompute the step exactly
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from agoranet.engines.base import GenerationRequest, ModelInfo, Prepared, Stream
 from agoranet.engines.hf_job import DecodeJob
 from agoranet.engines.prompt import encode_prompt
 from agoranet.engines.registry import register_engine
+from agoranet.engines.sampling import SAMPLER_ID
 from agoranet.engines.scheduler import StepScheduler
 from agoranet.engines.weights import hash_weights, weight_files, weights_id
 from agoranet.errors import AdapterError, InvalidRequestError, ModelLoadError, ModelNotFoundError
@@ -115,6 +116,7 @@ def load_model(
         context_length=context,
         weights_sha256=hashes,
         model_sha256=weights_id(hashes) if hashes else None,
+        sampler=SAMPLER_ID,
     )
     return LoadedModel(info, weights, tokenizer, where, eos_ids, directory)
 
@@ -137,11 +139,16 @@ class TransformersEngine:
         max_queue: int = 64,
         adapters_dir: Path | None = None,
         max_adapters: int = 8,
+        cheat: str | None = None,
         **_: Any,
     ) -> None:
         if loaded is None:
             loaded = load_model(model or DEFAULT_MODEL, served_name=served_model_name, device=device, dtype=dtype)
         self.loaded = loaded
+        if cheat:  # tests of the auditor only: serve degraded weights under the honest hash
+            from agoranet.engines.cheats import degrade
+
+            degrade(loaded.model, cheat)
         self.adapters = (
             AdapterPool(loaded.model, loaded.info.model_sha256, Path(adapters_dir), max_adapters)
             if adapters_dir is not None

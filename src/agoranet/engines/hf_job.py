@@ -81,4 +81,4 @@ class DecodeJob:
             for i, lp in zip(found.top_ids, found.top_logprobs, strict=True)
         )
         text = self._text(token_id)
-        return TokenLogprob(text, found.logprob, text.encode(), top)
+        return TokenLogprob(text, found.logprob, text.encode(), top, token_id)

@@ -57,7 +57,9 @@ def _chat_tokens(logprobs: dict[str, Any] | None) -> tuple[TokenLogprob, ...]:
             for t in entry.get("top_logprobs") or []
         )
         raw = bytes(entry.get("bytes") or entry["token"].encode())
-        out.append(TokenLogprob(entry["token"], float(entry["logprob"]), raw, top))
+        ident = entry.get("token_id")
+        out.append(TokenLogprob(entry["token"], float(entry["logprob"]), raw, top,
+                                int(ident) if ident is not None else None))
     return tuple(out)
 
 

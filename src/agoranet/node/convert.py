@@ -98,7 +98,8 @@ def chat_logprobs(tokens: Sequence[TokenLogprob]) -> Logprobs:
     return Logprobs(
         content=[
             LogprobContent(
-                token=t.token, logprob=t.logprob, bytes=list(t.token_bytes), top_logprobs=_top(t)
+                token=t.token, logprob=t.logprob, bytes=list(t.token_bytes), top_logprobs=_top(t),
+                token_id=t.token_id,
             )
             for t in tokens
         ]

@@ -43,6 +43,7 @@ class ModelOffer(BaseModel):
     price: Price
     weights_sha256: dict[str, str] = Field(default_factory=dict)
     model_sha256: str | None = None
+    sampler: str | None = None  # seeded sampling algorithm, so buyers can audit answers
     adapters: AdapterTerms = Field(default_factory=lambda: AdapterTerms(accepted=False))
 
 
@@ -99,6 +100,7 @@ def build_offer(
                 price=price,
                 weights_sha256=m.weights_sha256,
                 model_sha256=m.model_sha256,
+                sampler=m.sampler,
                 adapters=terms,
             )
             for m in models

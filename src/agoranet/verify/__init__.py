@@ -1,0 +1,1 @@
+"""Audits of served answers against a reference copy of the weights."""

@@ -1,0 +1,76 @@
+"""Auditing an answer: recompute each step with reference weights and the stated sampler.
+
+A node returns, for each generated token, its id (``token_id`` in the logprobs,
+an agoranet extension) and its log-probability. The auditor runs one forward
+pass of the reference model over prompt + answer and, at every step:
+
+- replays the node's stated sampler (``agoranet-torch-multinomial-v1``: greedy at
+  temperature 0, else a ``torch.Generator`` seeded with the request's seed) on
+  the reference logits, and checks that it picks the node's token. Steps where
+  the reference is nearly indifferent (the chosen token's probability within
+  ``margin`` of another's, under greedy) are not counted, since honest numerics
+  may differ there;
+- compares the node's reported log-probability with the reference one.
+
+An answer is flagged when any confident step picks another token, or when the
+reported log-probabilities drift from the reference beyond ``logprob_tolerance``
+on average. Both thresholds are stated, so the false-positive rate can be
+measured (see tests/verify).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from agoranet.engines.base import GenerationRequest
+from agoranet.engines.prompt import encode_prompt
+from agoranet.engines.sampling import Sampler
+
+__all__ = ["AuditResult", "audit_answer"]
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    tokens: int
+    counted: int  # steps confident enough to judge
+    mismatches: int  # confident steps where the reference sampler picks another token
+    mean_logprob_error: float  # |reported - reference| averaged over steps
+    flagged: bool
+
+
+def audit_answer(
+    reference: Any,
+    request: GenerationRequest,
+    token_ids: list[int],
+    reported_logprobs: list[float] | None = None,
+    *,
+    margin: float = 0.05,
+    logprob_tolerance: float = 0.05,
+) -> AuditResult:
+    """Audit one answer (its token ids) to ``request`` against ``reference`` (a LoadedModel)."""
+    prompt = encode_prompt(reference.tokenizer, request)
+    ids = torch.tensor([prompt + token_ids], device=reference.device)
+    with torch.inference_mode():
+        logits = reference.model(input_ids=ids).logits[0].float()
+    steps = logits[len(prompt) - 1 : len(prompt) - 1 + len(token_ids)]
+    sampler = Sampler(request.temperature, request.top_p, request.seed)
+    counted = mismatches = 0
+    errors: list[float] = []
+    for position, token in enumerate(token_ids):
+        row = steps[position]
+        picked = sampler.choose(row)
+        logprobs = torch.log_softmax(row, dim=-1)
+        if reported_logprobs is not None:
+            errors.append(abs(reported_logprobs[position] - float(logprobs[token])))
+        if request.temperature == 0.0:
+            top2 = torch.topk(logprobs.exp(), 2).values
+            if float(top2[0] - top2[1]) < margin:
+                continue
+        counted += 1
+        mismatches += int(picked != token)
+    drift = sum(errors) / len(errors) if errors else 0.0
+    flagged = mismatches > 0 or drift > logprob_tolerance
+    return AuditResult(len(token_ids), counted, mismatches, drift, flagged)
