@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 from openai import OpenAI
 
-from agoranet.chain.devchain import DevChain, find_anvil, start_devchain
-from agoranet.errors import DevChainError
+from agoranet.chain.devchain import DevChain
 from agoranet.node.launcher import running_command
 from agoranet.payments.wallet import create_keystore
 from helpers import node_process
@@ -22,16 +20,6 @@ pytestmark = pytest.mark.slow
 PASSWORD = "gateway-paid-test"
 QUESTION = [{"role": "user", "content": "Tell me about the river."}]
 
-
-@pytest.fixture(scope="module")
-def chain() -> Iterator[DevChain]:
-    try:
-        find_anvil()
-    except DevChainError as exc:
-        pytest.skip(str(exc))
-    dev = start_devchain()
-    yield dev
-    dev.stop()
 
 
 def keystore(chain: DevChain, index: int, path: Path) -> Path:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from agoranet.chain.devchain import DevChain, find_anvil, start_devchain
-from agoranet.errors import DevChainError
+from agoranet.chain.devchain import DevChain
 from agoranet.node.launcher import running_command
 from agoranet.payments.wallet import create_keystore
 from helpers import node_process
@@ -21,16 +19,6 @@ pytestmark = pytest.mark.slow
 
 PASSWORD = "registry-test-password"
 
-
-@pytest.fixture(scope="module")
-def chain() -> Iterator[DevChain]:
-    try:
-        find_anvil()
-    except DevChainError as exc:
-        pytest.skip(str(exc))
-    dev = start_devchain()
-    yield dev
-    dev.stop()
 
 
 def agoranet(*args: str) -> subprocess.CompletedProcess[str]:

@@ -36,19 +36,7 @@ class PayerAuth(httpx.Auth):
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         self._lock.acquire()
-        released = False
-        try:
-            flow = self._flow(request)
-            response = yield next(flow)
-            while True:
-                try:
-                    response = yield flow.send(response)
-                except StopIteration:
-                    break
-            released = self._finish(request, response)
-        finally:
-            if not released:
-                self._lock.release()
+        yield from self._locked_flow(request)
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -58,15 +46,26 @@ class PayerAuth(httpx.Auth):
             import anyio
 
             await anyio.sleep(0.001)
+        flow = self._locked_flow(request)
+        try:
+            outgoing = next(flow)
+            while True:
+                response = yield outgoing
+                try:
+                    outgoing = flow.send(response)
+                except StopIteration:
+                    return
+        finally:
+            flow.close()  # runs the flow's own finally: the lock is released on any exit
+
+    def _locked_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        """Pay, retry once on a 402, check the receipt; the lock (already held) is released
+        here, or by the response stream once its receipt has been read."""
         released = False
         try:
-            flow = self._flow(request)
-            response = yield next(flow)
-            while True:
-                try:
-                    response = yield flow.send(response)
-                except StopIteration:
-                    break
+            response = yield from self._flow(request)
             released = self._finish(request, response)
         finally:
             if not released:
@@ -74,7 +73,9 @@ class PayerAuth(httpx.Auth):
 
     # ------------------------------------------------------------ shared logic
 
-    def _flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+    def _flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, httpx.Response]:
         body = _json(request)
         # A caller may set the request's own maximum (and hard cap) per request.
         cap = request.extensions.get("agoranet_max_amount")
@@ -90,21 +91,21 @@ class PayerAuth(httpx.Auth):
             request.extensions["agoranet_body"] = body
             response = yield request
             if response.status_code != 402 or retried:
-                return
+                return response
             retried = True
             header = response.headers.get(x402wire.PAYMENT_REQUIRED)
             if not header:
-                return
+                return response
             required = x402wire.decode_payment_required(header)
             accept = next((a for a in required.accepts if a.scheme == "batch-settlement"), None)
             if accept is None:
-                return
+                return response
             if required.error and "mismatch" in required.error and \
                     not self.payer.resync(accept.extra or {}):
-                return
+                return response
             needed = int(accept.amount)
             if cap and needed > int(cap):
-                return  # the node wants more than the caller allows: its 402 stands
+                return response  # the node wants more than the caller allows: its 402 stands
             amount = max(amount, needed)
             request.headers.pop("x-request-id", None)
 
