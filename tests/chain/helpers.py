@@ -289,3 +289,20 @@ def sign_refund_sdk(
         network(chain_id),
     )
     return bytes.fromhex(sig.removeprefix("0x"))
+
+
+PAYER, RECEIVER, AUTH, OTHER = (
+    account("payer"),
+    account("receiver"),
+    account("auth"),
+    account("other"),
+)
+
+
+def open_test_channel(system: System, amount: int = 1_000, **kw: object) -> Channel:
+    """A channel from PAYER to RECEIVER (AUTH authorises claims), funded with ``amount``."""
+    ch = Channel.make(
+        PAYER.address, RECEIVER.address, AUTH.address, str(system.token.address), **kw
+    )  # type: ignore[arg-type]
+    fund_and_deposit(system, PAYER, ch, amount)
+    return ch

@@ -6,11 +6,15 @@ import boa
 import pytest
 
 from .helpers import (
+    AUTH,
+    OTHER,
+    PAYER,
+    RECEIVER,
     Channel,
     Claim,
     System,
-    account,
     fund_and_deposit,
+    open_test_channel,
     reverts,
     sign_batch_sdk,
     sign_refund_sdk,
@@ -18,28 +22,13 @@ from .helpers import (
 )
 from .mocks import wallet
 
-PAYER, RECEIVER, AUTH, OTHER = (
-    account("payer"),
-    account("receiver"),
-    account("auth"),
-    account("other"),
-)
-
-
-def _open(system: System, amount: int = 1_000, **kw: object) -> Channel:
-    ch = Channel.make(
-        PAYER.address, RECEIVER.address, AUTH.address, str(system.token.address), **kw
-    )  # type: ignore[arg-type]
-    fund_and_deposit(system, PAYER, ch, amount)
-    return ch
-
 
 def _names(system: System) -> list[str]:
     return [type(e).__name__ for e in system.escrow.get_logs()]
 
 
 def test_claim_by_receiver_then_settle(system: System) -> None:
-    ch = _open(system)
+    ch = open_test_channel(system)
     cid = ch.channel_id(system.chain_id)
     system.escrow.claim(
         [voucher_claim(PAYER, ch, 300, 250, system.chain_id).tuple], sender=RECEIVER.address
@@ -60,7 +49,7 @@ def test_claim_by_receiver_then_settle(system: System) -> None:
 
 
 def test_claim_by_authorizer_and_stale_rows_are_noops(system: System) -> None:
-    ch = _open(system)
+    ch = open_test_channel(system)
     cid = ch.channel_id(system.chain_id)
     system.escrow.claim(
         [voucher_claim(PAYER, ch, 500, 500, system.chain_id).tuple], sender=AUTH.address
@@ -72,7 +61,7 @@ def test_claim_by_authorizer_and_stale_rows_are_noops(system: System) -> None:
 
 
 def test_claim_reverts(system: System) -> None:
-    ch = _open(system)
+    ch = open_test_channel(system)
     cid_total = system.chain_id
     with reverts("EmptyBatch"):
         system.escrow.claim([], sender=RECEIVER.address)
@@ -101,7 +90,7 @@ def test_claim_reverts(system: System) -> None:
 
 
 def test_payer_authorizer_signs_vouchers(system: System) -> None:
-    ch = _open(system, payer_authorizer=OTHER.address)
+    ch = open_test_channel(system, payer_authorizer=OTHER.address)
     with reverts("InvalidSignature"):  # the payer's own key is not enough now
         system.escrow.claim(
             [voucher_claim(PAYER, ch, 10, 10, system.chain_id).tuple], sender=RECEIVER.address
@@ -138,7 +127,7 @@ def _balance_slot(cid: bytes) -> int:
 
 
 def test_claim_with_signature(system: System) -> None:
-    a, b = _open(system), _open(system, 500)
+    a, b = open_test_channel(system), open_test_channel(system, 500)
     rows = [
         voucher_claim(PAYER, a, 100, 100, system.chain_id),
         voucher_claim(PAYER, b, 50, 40, system.chain_id),
@@ -157,7 +146,7 @@ def test_claim_with_signature(system: System) -> None:
 
 
 def test_claim_with_signature_needs_one_authorizer(system: System) -> None:
-    a = _open(system)
+    a = open_test_channel(system)
     c = Channel.make(PAYER.address, RECEIVER.address, OTHER.address, str(system.token.address))
     fund_and_deposit(system, PAYER, c, 100)
     rows = [
@@ -171,7 +160,7 @@ def test_claim_with_signature_needs_one_authorizer(system: System) -> None:
 
 
 def test_batch_of_100_vouchers(system: System) -> None:
-    chans = [_open(system, 25) for _ in range(4)]
+    chans = [open_test_channel(system, 25) for _ in range(4)]
     rows = [voucher_claim(PAYER, chans[i % 4], 25, 1 + i // 4, system.chain_id) for i in range(100)]
     system.escrow.claimWithSignature(
         [r.tuple for r in rows], sign_batch_sdk(AUTH, rows, system.chain_id)
@@ -180,7 +169,7 @@ def test_batch_of_100_vouchers(system: System) -> None:
 
 
 def test_multicall_claim_then_refund(system: System) -> None:
-    ch = _open(system)
+    ch = open_test_channel(system)
     cid = ch.channel_id(system.chain_id)
     rows = [voucher_claim(PAYER, ch, 300, 300, system.chain_id)]
     claim_data = system.escrow.claimWithSignature.prepare_calldata(
@@ -197,7 +186,7 @@ def test_multicall_claim_then_refund(system: System) -> None:
 
 
 def test_multicall_returns_and_bubbles_reverts(system: System) -> None:
-    ch = _open(system)
+    ch = open_test_channel(system)
     cid = ch.channel_id(system.chain_id)
     got = system.escrow.multicall([system.escrow.channels.prepare_calldata(cid)])
     assert got[0] == (1_000).to_bytes(32, "big") + (0).to_bytes(32, "big")
@@ -208,7 +197,7 @@ def test_multicall_returns_and_bubbles_reverts(system: System) -> None:
 
 @pytest.mark.parametrize("total", [1, 2])
 def test_settle_accumulates_over_channels(system: System, total: int) -> None:
-    chans = [_open(system, 100) for _ in range(total)]
+    chans = [open_test_channel(system, 100) for _ in range(total)]
     for ch in chans:
         system.escrow.claim(
             [voucher_claim(PAYER, ch, 60, 60, system.chain_id).tuple], sender=RECEIVER.address

@@ -5,30 +5,18 @@ from __future__ import annotations
 import boa
 
 from .helpers import (
+    AUTH,
     DELAY,
+    OTHER,
+    PAYER,
+    RECEIVER,
     Channel,
     System,
-    account,
-    fund_and_deposit,
+    open_test_channel,
     reverts,
     sign_refund_sdk,
     voucher_claim,
 )
-
-PAYER, RECEIVER, AUTH, OTHER = (
-    account("payer"),
-    account("receiver"),
-    account("auth"),
-    account("other"),
-)
-
-
-def _open(system: System, amount: int = 1_000, **kw: object) -> Channel:
-    ch = Channel.make(
-        PAYER.address, RECEIVER.address, AUTH.address, str(system.token.address), **kw
-    )  # type: ignore[arg-type]
-    fund_and_deposit(system, PAYER, ch, amount)
-    return ch
 
 
 def _claim(system: System, ch: Channel, total: int) -> None:
@@ -42,7 +30,7 @@ def _names(system: System) -> list[str]:
 
 
 def test_refund_caps_at_unclaimed(system: System) -> None:
-    ch = _open(system)
+    ch = open_test_channel(system)
     cid = ch.channel_id(system.chain_id)
     _claim(system, ch, 400)
     system.escrow.refund(ch.tuple, 100, sender=RECEIVER.address)
@@ -60,14 +48,14 @@ def test_refund_caps_at_unclaimed(system: System) -> None:
 
 
 def test_full_refund_closes_channel(system: System) -> None:
-    ch = _open(system)
+    ch = open_test_channel(system)
     system.escrow.refund(ch.tuple, 1_000, sender=RECEIVER.address)
     assert "ChannelClosed" in _names(system)
     assert system.token.balanceOf(PAYER.address) == 1_000
 
 
 def test_refund_reverts(system: System) -> None:
-    ch = _open(system)
+    ch = open_test_channel(system)
     with reverts("NotAuthorizedToRefund"):
         system.escrow.refund(ch.tuple, 1, sender=PAYER.address)
     with reverts("ZeroRefund"):
@@ -76,7 +64,7 @@ def test_refund_reverts(system: System) -> None:
 
 
 def test_refund_with_signature(system: System) -> None:
-    ch = _open(system)
+    ch = open_test_channel(system)
     cid = ch.channel_id(system.chain_id)
     sig = sign_refund_sdk(AUTH, ch, 300, 0, system.chain_id)
     with reverts("InvalidRefundNonce"):
@@ -99,7 +87,7 @@ def test_refund_with_signature(system: System) -> None:
 
 
 def test_withdraw_flow(system: System) -> None:
-    ch = _open(system)
+    ch = open_test_channel(system)
     cid = ch.channel_id(system.chain_id)
     system.escrow.initiateWithdraw(ch.tuple, 700, sender=PAYER.address)
     assert "WithdrawInitiated" in _names(system)
@@ -123,7 +111,7 @@ def test_withdraw_flow(system: System) -> None:
 
 
 def test_withdraw_by_payer_authorizer_pays_payer_and_closes(system: System) -> None:
-    ch = _open(system, payer_authorizer=OTHER.address)
+    ch = open_test_channel(system, payer_authorizer=OTHER.address)
     system.escrow.initiateWithdraw(ch.tuple, 1_000, sender=OTHER.address)
     boa.env.time_travel(seconds=DELAY)
     system.escrow.finalizeWithdraw(ch.tuple, sender=OTHER.address)
@@ -133,7 +121,7 @@ def test_withdraw_by_payer_authorizer_pays_payer_and_closes(system: System) -> N
 
 
 def test_initiate_withdraw_reverts(system: System) -> None:
-    ch = _open(system)
+    ch = open_test_channel(system)
     with reverts("InvalidChannel"):
         system.escrow.initiateWithdraw(ch.tuple, 1, sender=RECEIVER.address)
     with reverts("NothingToWithdraw"):
@@ -144,7 +132,7 @@ def test_initiate_withdraw_reverts(system: System) -> None:
 
 
 def test_refund_shrinks_or_clears_pending_withdrawal(system: System) -> None:
-    ch = _open(system)
+    ch = open_test_channel(system)
     cid = ch.channel_id(system.chain_id)
     system.escrow.initiateWithdraw(ch.tuple, 600, sender=PAYER.address)
     system.escrow.refund(ch.tuple, 200, sender=RECEIVER.address)

@@ -16,7 +16,7 @@ from agoranet.api.errors import error_body, error_from_exception
 from agoranet.api.streaming import EventStreamResponse
 from agoranet.errors import InvalidRequestError
 
-__all__ = ["Handler", "http_error", "openai_errors", "read_json", "respond"]
+__all__ = ["Handler", "http_error", "openai_errors", "parse_json_object", "read_json", "respond"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ async def http_error(request: Request, exc: Exception) -> Response:
                         status_code=status)
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or a 400 that says what is wrong with it."""
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -55,6 +55,10 @@ async def read_json(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequestError("the body must be a JSON object")
     return body
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    return parse_json_object(await request.body())
 
 
 def respond(result: BaseModel | AsyncIterator[bytes], headers: dict[str, str] | None = None

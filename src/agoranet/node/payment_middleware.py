@@ -25,10 +25,11 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agoranet.api.errors import error_body, error_from_exception
+from agoranet.api.handlers import parse_json_object
 from agoranet.api.sse import sse_json
 from agoranet.api.types import ChatCompletionRequest, CompletionRequest
 from agoranet.engines.base import Finish, Prepared
-from agoranet.errors import InvalidRequestError, PaymentRequiredError
+from agoranet.errors import PaymentRequiredError
 from agoranet.node.metering import Meter, metered
 from agoranet.node.service import InferenceService
 from agoranet.payments import x402wire
@@ -130,12 +131,7 @@ class PaymentMiddleware:
                 logger.warning("exact payment for %s failed after the answer", auth.request_id)
 
     async def _prepare(self, path: str, body: bytes) -> tuple[Prepared, str, bool]:
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidRequestError(f"the body is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise InvalidRequestError("the body must be a JSON object")
+        data = parse_json_object(body)
         request: BaseModel
         if path.endswith("/chat/completions"):
             chat = ChatCompletionRequest.model_validate(data)
