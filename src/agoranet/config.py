@@ -125,6 +125,9 @@ class GatewaySettings(BaseSettings):
     rpc_url: str | None = None
     keystore: Path | None = None
     deposit: int = Field(default=1_000_000, ge=1, description="base units per node channel")
+    # Background audits against reference weights (a directory or Hub id you trust).
+    audit_reference: str | None = None
+    audit_share: float = Field(default=0.02, ge=0.0, le=1.0)
     policy_file: Path | None = None
     budget: int | None = Field(default=None, ge=0, description="base units, all requests")
     default_max_tokens: int = Field(default=512, ge=1)

@@ -33,9 +33,14 @@ console = Console()
               help="The wallet that pays [default: ~/.agoranet/wallet/keystore.json].")
 @click.option("--deposit", type=click.IntRange(min=1), default=1_000_000, show_default=True,
               help="Deposit of each node's channel, in base units.")
+@click.option("--audit-reference", default=None,
+              help="Audit nodes against these weights (a directory or Hub id you trust).")
+@click.option("--audit-share", type=click.FloatRange(0, 1), default=0.02, show_default=True,
+              help="Share of requests after which the serving node is audited.")
 def gateway(node_urls: tuple[str, ...], host: str, port: int, policy_file: Path | None,
             budget: int | None, spend_log: Path | None, registry_rpc_url: str | None,
-            rpc_url: str | None, keystore: Path | None, deposit: int) -> None:
+            rpc_url: str | None, keystore: Path | None, deposit: int,
+            audit_reference: str | None, audit_share: float) -> None:
     """Run the local OpenAI-compatible gateway over the network's nodes."""
     import uvicorn
 
@@ -46,7 +51,8 @@ def gateway(node_urls: tuple[str, ...], host: str, port: int, policy_file: Path 
     settings = GatewaySettings(host=host, port=port, nodes=list(node_urls),
                                policy_file=policy_file, budget=budget, spend_log=spend_log,
                                registry_rpc_url=registry_rpc_url, rpc_url=rpc_url,
-                               keystore=keystore, deposit=deposit)
+                               keystore=keystore, deposit=deposit,
+                               audit_reference=audit_reference, audit_share=audit_share)
     account = None
     if rpc_url:
         from agoranet.cli.wallet_common import unlock_wallet
@@ -68,7 +74,7 @@ def nodes(gateway_url: str) -> None:
         raise ConfigError(f"cannot reach the gateway at {gateway_url}: {exc}") from exc
     table = Table(title="nodes")
     for column in ("node", "models", "price in/out per 1M", "ttft ms", "tok/s", "ok", "failed",
-                   "state"):
+                   "last audit", "state"):
         table.add_column(column)
     for row in data["nodes"]:
         prices = ", ".join(f"{p['input_per_million']}/{p['output_per_million']}"
@@ -77,7 +83,8 @@ def nodes(gateway_url: str) -> None:
         table.add_row(row["url"], ", ".join(row["models"]), prices,
                       f"{row['ttft_ms']:.0f}" if row["ttft_ms"] is not None else "-",
                       f"{row['tokens_per_s']:.0f}" if row["tokens_per_s"] is not None else "-",
-                      str(row["successes"]), str(row["failures"]), state)
+                      str(row["successes"]), str(row["failures"]),
+                      (row.get("audits") or ["-"])[-1].split(":")[0], state)
     console.print(table)
 
 

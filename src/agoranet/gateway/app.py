@@ -16,6 +16,7 @@ from starlette.routing import Route
 from agoranet.api.handlers import http_error, openai_errors, read_json
 from agoranet.api.streaming import EventStreamResponse
 from agoranet.config import GatewaySettings
+from agoranet.gateway.auditing import Auditor
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.directory import NodeDirectory
 from agoranet.gateway.paying import NodePayers
@@ -43,11 +44,17 @@ def build_service(settings: GatewaySettings, policy: Policy | None = None,
     payers = None
     if account is not None and settings.rpc_url:
         payers = NodePayers(settings.rpc_url, account, settings.channels_dir(), settings.deposit)
+    auditor = None
+    if settings.audit_reference:
+        from agoranet.engines.hf import load_model
+
+        reference = load_model(settings.audit_reference)
+        auditor = Auditor(reference, reference.info.name, share=settings.audit_share)
     return GatewayService(
         NodeDirectory(settings.nodes, client, settings.refresh_s, registry),
         policy or load_policy(settings.policy_file),
         Budget(settings.budget, spent=spend.total()),
-        spend, client, settings.default_max_tokens, payers,
+        spend, client, settings.default_max_tokens, payers, auditor,
     )
 
 def _node_rows(service: GatewayService) -> list[dict[str, Any]]:
@@ -62,6 +69,7 @@ def _node_rows(service: GatewayService) -> list[dict[str, Any]]:
             "successes": node.successes, "failures": node.failures,
             "banned": node.banned(), "offer_error": node.offer_error,
             "events": node.events[-5:],
+            "audits": node.audits[-5:],
         })
     return rows
 
@@ -93,6 +101,8 @@ def create_gateway_app(service: GatewayService) -> Starlette:
             yield
         finally:
             await service.directory.stop()
+            if service.auditor is not None:
+                await service.auditor.stop()
             await service.client.aclose()
             service.spend.close()
             if service.payers is not None:

@@ -31,6 +31,7 @@ class NodeState:
     banned_until: float = 0.0
     ban_level: int = 0
     events: list[str] = field(default_factory=list)
+    audits: list[str] = field(default_factory=list)  # verdicts of background audits
 
     def model(self, name: str) -> ModelOffer | None:
         base = name.partition("@adapter:")[0]

@@ -11,6 +11,7 @@ import httpx
 from agoranet.api.sse import DONE, sse_json
 from agoranet.api.types import ChatCompletionRequest
 from agoranet.errors import ModelNotFoundError, UpstreamError
+from agoranet.gateway.auditing import Auditor
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.directory import NodeDirectory
 from agoranet.gateway.paying import NodePayers
@@ -27,7 +28,7 @@ _CHARS_PER_TOKEN = 4
 class GatewayService:
     def __init__(self, directory: NodeDirectory, policy: Policy, budget: Budget,
                  spend: SpendLog, client: httpx.AsyncClient, default_max_tokens: int,
-                 payers: NodePayers | None = None) -> None:
+                 payers: NodePayers | None = None, auditor: Auditor | None = None) -> None:
         self.directory = directory
         self.policy = policy
         self.budget = budget
@@ -35,6 +36,7 @@ class GatewayService:
         self.client = client
         self.default_max_tokens = default_max_tokens
         self.payers = payers
+        self.auditor = auditor
 
     def model_list(self) -> dict[str, Any]:
         """Every model on the network, with its cheapest price and how many nodes serve it."""
@@ -94,7 +96,17 @@ class GatewayService:
             return self._frames(request.model, first, pieces, result, include_usage), result
         text = [first.text] if first else []
         text += [p.text async for p in pieces]
+        self._served(request.model, result)
         return self._completion(request.model, "".join(text), result), result
+
+    def _served(self, model: str, result: RelayResult) -> None:
+        """After an answer: perhaps audit the nodes that produced it."""
+        if self.auditor is None:
+            return
+        for url in result.nodes:
+            node = self.directory.nodes.get(url)
+            if node is not None:
+                self.auditor.after_request(node, model)
 
     def _completion(self, model: str, text: str, result: RelayResult) -> dict[str, Any]:
         return {
@@ -121,6 +133,7 @@ class GatewayService:
             async for piece in pieces:
                 yield chunk({"content": piece.text})
             yield chunk({}, result.finish_reason)
+            self._served(model, result)
             if include_usage:
                 yield sse_json({"id": result.request_id, "object": "chat.completion.chunk",
                                 "created": created, "model": model, "choices": [],
