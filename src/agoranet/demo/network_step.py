@@ -1,8 +1,10 @@
-"""Demo step: a dev chain, three paid nodes in the registry, a paying gateway, failover.
+"""Demo step: a dev chain, four paid nodes in the registry, a paying gateway, failover, audits.
 
-One node (the cheapest) is set to cut every second answer part-way, so the
-gateway's mid-answer failover shows; the table says which node served each
-request and what it cost, and the nodes' on-chain balances show what they
+The cheapest node ("shady") serves int4-rounded weights under the honest hash:
+the gateway audits the nodes that serve it and drops shady once caught. The
+next cheapest ("budget") cuts every second answer part-way, so mid-answer
+failover shows. The tables say which node served each request and what it
+cost, what the audits found, and the nodes' on-chain balances show what they
 settled from the gateway's vouchers.
 """
 
@@ -40,6 +42,7 @@ class DemoNode:
 
 # Prices per million tokens in base units of a 6-decimal stablecoin: 2_000_000 is 2 USDC.
 NODES = (
+    DemoNode("shady", 7, 1_000_000, 3_000_000, ("--cheat", "int4")),  # rounded weights
     DemoNode("budget", 3, 2_000_000, 6_000_000,
              ("--chaos-fail-after", "12", "--chaos-fail-every", "2")),
     DemoNode("steady", 4, 4_000_000, 12_000_000),
@@ -150,12 +153,17 @@ def network_step(model_dir: Path, work: Path, console: Console) -> None:
             gateway = stack.enter_context(running_command([
                 "gateway", "--registry-rpc-url", rpc, "--rpc-url", rpc, "--keystore", str(buyer),
                 "--deposit", "200000", "--budget", "100000",
+                "--audit-reference", str(model_dir), "--audit-share", "1",
                 "--spend-log", str(root / "gateway" / "spend.sqlite")]))
             _wait_for_nodes(gateway, len(NODES))
         console.print(f"gateway at {gateway}: any OpenAI client works against it\n")
         client = OpenAI(base_url=gateway, api_key="no-account-needed", max_retries=0)
-        served = [_ask(client, q, console) for q in QUESTIONS]
+        served = []
+        for question in QUESTIONS:
+            served.append(_ask(client, question, console))
+            time.sleep(2.0)  # let the background audit of the node that served finish
         _served_table(served, names, console)
+        _audit_table(gateway, names, console)
         with console.status("nodes claim and settle their vouchers on chain"):
             paid = sum(s.amount for s in served)
             deadline = time.monotonic() + 20
@@ -169,13 +177,25 @@ def network_step(model_dir: Path, work: Path, console: Console) -> None:
 
 
 def _served_table(served: list[Served], names: dict[str, str], console: Console) -> None:
-    table = Table(title="who served what (prefer cheapest; 'budget' cuts every 2nd answer)")
+    table = Table(title="who served what (cheapest first; 'shady' cheats, 'budget' cuts answers)")
     for column in ("#", "question", "served by", "first token ms", "tokens", "paid (USDC)",
                    "failovers"):
         table.add_column(column, justify="left" if column in ("question", "served by") else "right")
     for i, s in enumerate(served, 1):
         table.add_row(str(i), s.question, " → ".join(names.get(n, n) for n in s.nodes),
                       f"{s.ttft_ms:.0f}", str(s.tokens), format_amount(s.amount), str(s.failovers))
+    console.print(table)
+
+
+def _audit_table(gateway: str, names: dict[str, str], console: Console) -> None:
+    rows = httpx.get(gateway.removesuffix("/v1") + "/agoranet/nodes", timeout=10).json()["nodes"]
+    table = Table(title="background audits against the reference weights")
+    for column in ("node", "audits", "last verdict", "banned"):
+        table.add_column(column)
+    for row in rows:
+        audits = row.get("audits") or []
+        table.add_row(names.get(row["url"], row["url"]), str(len(audits)),
+                      audits[-1] if audits else "-", "yes" if row["banned"] else "no")
     console.print(table)
 
 
@@ -189,5 +209,7 @@ def _balances_table(before: dict[str, int], after: dict[str, int], paid: int,
         table.add_row(party, format_amount(before[party]), format_amount(after[party]),
                       ("+" if change > 0 else "") + format_amount(change))
     console.print(table)
-    console.print(f"the gateway's receipts total {format_amount(paid)} USDC; the buyer's deposits "
-                  "stay in its channels, refundable with a timed withdrawal")
+    nodes_gained = sum(after[p] - before[p] for p in before if p != "buyer (gateway)")
+    console.print(f"the chats cost {format_amount(paid)} USDC; the audits' challenges, paid like "
+                  f"any request, {format_amount(nodes_gained - paid)}; the buyer's deposits stay "
+                  "in its channels, refundable with a timed withdrawal")

@@ -49,7 +49,8 @@ def build_service(settings: GatewaySettings, policy: Policy | None = None,
         from agoranet.engines.hf import load_model
 
         reference = load_model(settings.audit_reference)
-        auditor = Auditor(reference, reference.info.name, share=settings.audit_share)
+        auditor = Auditor(reference, reference.info.name, share=settings.audit_share,
+                          payers=payers)
     return GatewayService(
         NodeDirectory(settings.nodes, client, settings.refresh_s, registry),
         policy or load_policy(settings.policy_file),

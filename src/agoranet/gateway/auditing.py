@@ -16,6 +16,7 @@ from typing import Any
 
 from agoranet.errors import AgoranetError
 from agoranet.gateway.nodes import NodeState
+from agoranet.gateway.paying import NodePayers
 
 __all__ = ["Auditor"]
 
@@ -28,11 +29,12 @@ class Auditor:
     """Audits nodes in the background; at most one audit per node at a time."""
 
     def __init__(self, reference: Any, model: str, *, share: float = 0.02, seed: int | None = None,
-                 rounds: int = 1) -> None:
+                 rounds: int = 1, payers: NodePayers | None = None) -> None:
         self.reference = reference
         self.model = model
         self.share = share
         self.rounds = rounds
+        self.payers = payers
         self._random = random.Random(seed)
         self._running: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -53,8 +55,9 @@ class Auditor:
         from agoranet.verify.node_audit import audit_node
 
         try:
+            auth = await self.payers.auth(node) if self.payers is not None else None
             audit = await asyncio.to_thread(audit_node, node.url, self.model, self.reference,
-                                            rounds=self.rounds)
+                                            rounds=self.rounds, auth=auth)
         except AgoranetError as exc:
             node.audits.append(f"could not audit: {exc}")
             return False

@@ -53,9 +53,13 @@ def _challenge(i: int, prompt: str, model: str, max_tokens: int) -> GenerationRe
 
 
 def audit_node(node_url: str, model: str, reference: Any, *, rounds: int = 1,
-               max_tokens: int = 48, client: httpx.Client | None = None) -> NodeAudit:
-    """Audit ``model`` at ``node_url`` against ``reference`` (a LoadedModel of the same weights)."""
-    http = client or httpx.Client(timeout=120)
+               max_tokens: int = 48, client: httpx.Client | None = None,
+               auth: httpx.Auth | None = None) -> NodeAudit:
+    """Audit ``model`` at ``node_url`` against ``reference`` (a LoadedModel of the same weights).
+
+    ``auth`` pays a paid node for the challenges (e.g. the gateway's payer for it).
+    """
+    http = client or httpx.Client(timeout=120, auth=auth)
     audit = NodeAudit(node_url, model)
     try:
         for i in range(rounds * len(CHALLENGES)):
