@@ -19,10 +19,11 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from agoranet.engines.base import GenerationRequest, Message, collect
+from agoranet.engines.base import collect
 from agoranet.engines.hf import TransformersEngine, load_model
 from agoranet.tinymodel.grammar import dialogues
 from agoranet.verify.audit import audit_answer
+from agoranet.verify.node_audit import challenge
 
 
 async def run(model: str, reference: object, cheat: str | None, answers: int) -> dict[str, float]:
@@ -32,9 +33,7 @@ async def run(model: str, reference: object, cheat: str | None, answers: int) ->
     generate_s = audit_s = 0.0
     try:
         for i, question in enumerate(questions):
-            request = GenerationRequest(
-                model=engine.models()[0].name, messages=(Message("user", question),),
-                max_tokens=40, temperature=0.0 if i % 2 == 0 else 1.0, seed=i, logprobs=True)
+            request = challenge(i, question, engine.models()[0].name, 40, seed_base=0)
             started = time.perf_counter()
             _, found, _ = await collect(engine.stream(await engine.prepare(request)))
             generate_s += time.perf_counter() - started

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from agoranet.engines.base import GenerationRequest, Message, collect
+from agoranet.engines.base import collect
 from agoranet.engines.hf import TransformersEngine, load_model
 from agoranet.tinymodel.grammar import dialogues
 from agoranet.verify.audit import audit_answer
+from agoranet.verify.node_audit import challenge
 
 QUESTIONS = [d[-2]["content"] for d in dialogues(40, seed=99)]
 
@@ -21,9 +22,7 @@ async def audited(tiny_model: Path, reference: object, cheat: str | None) -> tup
     first = 0
     try:
         for i, question in enumerate(QUESTIONS):
-            request = GenerationRequest(
-                model="tiny", messages=(Message("user", question),), max_tokens=40,
-                temperature=0.0 if i % 2 == 0 else 1.0, seed=i, logprobs=True)
+            request = challenge(i, question, "tiny", 40, seed_base=0)
             _, found, _ = await collect(engine.stream(await engine.prepare(request)))
             result = audit_answer(reference, request, [t.token_id or 0 for t in found],
                                   [t.logprob for t in found])

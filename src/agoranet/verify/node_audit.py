@@ -17,7 +17,7 @@ from agoranet.engines.base import GenerationRequest, Message
 from agoranet.errors import AuditError
 from agoranet.verify.audit import AuditResult, audit_answer
 
-__all__ = ["CHALLENGES", "NodeAudit", "audit_node"]
+__all__ = ["CHALLENGES", "NodeAudit", "audit_node", "challenge"]
 
 CHALLENGES = [
     "Tell me a short story.", "What did Anna do today?", "Tell me about the park.",
@@ -45,11 +45,13 @@ class NodeAudit:
         return bool(self.results) and self.flagged == 0
 
 
-def _challenge(i: int, prompt: str, model: str, max_tokens: int) -> GenerationRequest:
+def challenge(i: int, prompt: str, model: str, max_tokens: int = 48,
+              seed_base: int = 1000) -> GenerationRequest:
+    """The ``i``-th audit request: greedy when ``i`` is even, else sampled with a set seed."""
     sampled = i % 2 == 1
     return GenerationRequest(model=model, messages=(Message("user", prompt),),
                              max_tokens=max_tokens, temperature=1.0 if sampled else 0.0,
-                             seed=1000 + i if sampled else None, logprobs=True)
+                             seed=seed_base + i if sampled else None, logprobs=True)
 
 
 def audit_node(node_url: str, model: str, reference: Any, *, rounds: int = 1,
@@ -63,7 +65,7 @@ def audit_node(node_url: str, model: str, reference: Any, *, rounds: int = 1,
     audit = NodeAudit(node_url, model)
     try:
         for i in range(rounds * len(CHALLENGES)):
-            request = _challenge(i, CHALLENGES[i % len(CHALLENGES)], model, max_tokens)
+            request = challenge(i, CHALLENGES[i % len(CHALLENGES)], model, max_tokens)
             ids, logprobs = _ask(http, node_url, request)
             audit.results.append(audit_answer(reference, request, ids, logprobs))
     finally:
