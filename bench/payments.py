@@ -1,8 +1,9 @@
 """What x402 payment costs a node: voucher crypto, paid vs unpaid latency, chain traffic.
 
 Prints, in one run:
-- voucher sign and verify operations per second (the x402 SDK's EIP-712 code) and
-  receipt sign / verify per second (ours);
+- voucher sign and verify operations per second (the x402 SDK's EIP-712 code),
+  receipt sign / verify per second (ours), and running receipts (persisted and
+  signed mid-stream, one every ``--receipt-every`` tokens by default 16) per second;
 - the node's median and p99 latency for the same request (tiny model, one output
   token) unpaid (``--free``) and paid (a ``batch-settlement`` voucher per request,
   persisted in the ledger, a signed receipt back), interleaved, and the ratio; the
@@ -92,10 +93,14 @@ def crypto_rates(n: int) -> dict[str, float]:
         state["charged"] = ledger.commit(hold, 1, 1, 10, node.sign, 31337).cumulative
 
     ledger_rate = rate(accept_and_commit, min(n, 500))
+    hold = ledger.accept_voucher("stream", cid, state["charged"] + 10**9, "0x", 10**9)
+    running_rate = rate(lambda i: ledger.progress(hold, 10, 16 * (i + 1), 7 * (i + 1),
+                                                  node.sign, 31337), n)
     ledger.close()
     scratch.cleanup()
     return {
         "ledger: accept (fsync'd) + charge, one request": ledger_rate,
+        "ledger: running receipt mid-stream (persist + sign)": running_rate,
         "voucher sign (x402 SDK)": rate(lambda i: sign_voucher(signer, cid, 1000 + i, network),
                                         n),
         "voucher verify (x402 SDK)": rate(verify, n),

@@ -1,77 +1,83 @@
-"""Audit cost and detection on the tiny model, in one run.
+"""Audit detection and cost on the tiny model, in one run.
 
-For an honest engine and engines serving int8- and int4-rounded weights (under
-the honest hash), generate the same answers (half greedy, half seeded), audit
-each against the reference weights, and print: answers flagged, audited tokens
-before the first flag, and the verifier's compute per audited token against the
+For an honest engine and each cheat of ``agoranet.engines.cheats`` (int8, int4,
+a smaller model, another chat template, system messages dropped, replayed
+answers; all under the honest name and hash), generate answers to the same
+fresh challenges (half greedy, half seeded; prompts drawn from the dialogue
+grammar, so some repeat, which is what a replaying node feeds on), audit each
+against the reference weights, and print: answers flagged, audited tokens up to
+the first flag, and the verifier's compute per audited token against the
 generation's compute per token (the ratio bounds what auditing a share of
 traffic costs).
 
-Usage: python bench/verify.py [--model models/tiny] [--answers 60]
+Usage: python bench/verify.py [--model models/tiny] [--small models/tiny-small] [--answers 60]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import time
+import random
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from agoranet.engines.base import collect
 from agoranet.engines.hf import TransformersEngine, load_model
-from agoranet.tinymodel.grammar import dialogues
-from agoranet.verify.audit import audit_answer
-from agoranet.verify.node_audit import challenge
+from agoranet.tinymodel import SIZES, build_tiny_model
+from agoranet.verify.calibration import Tally, audit_engine
+from agoranet.verify.node_audit import challenges
+
+MODES = [None, "int8", "int4", "smaller", "template", "nosystem", "replay"]
 
 
-async def run(model: str, reference: object, cheat: str | None, answers: int) -> dict[str, float]:
+async def run(model: str, reference: Any, cheat: str | None, answers: int, tokens: int,
+              seed: int) -> Tally:
     engine = TransformersEngine(loaded=load_model(model), cheat=cheat)
-    questions = [d[-2]["content"] for d in dialogues(answers, seed=99)]
-    flagged = tokens = first = 0
-    generate_s = audit_s = 0.0
     try:
-        for i, question in enumerate(questions):
-            request = challenge(i, question, engine.models()[0].name, 40, seed_base=0)
-            started = time.perf_counter()
-            _, found, _ = await collect(engine.stream(await engine.prepare(request)))
-            generate_s += time.perf_counter() - started
-            started = time.perf_counter()
-            result = audit_answer(reference, request, [t.token_id or 0 for t in found],
-                                  [t.logprob for t in found])
-            audit_s += time.perf_counter() - started
-            tokens += result.tokens
-            if result.flagged:
-                flagged += 1
-                first = first or tokens
+        requests = challenges(answers, engine.models()[0].name, tokens, random.Random(seed))
+        return await audit_engine(engine, reference, requests)
     finally:
         await engine.aclose()
-    return {"flagged": flagged, "answers": len(questions), "tokens": tokens, "first": first,
-            "generate_ms": generate_s * 1000 / tokens, "audit_ms": audit_s * 1000 / tokens}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/tiny")
-    parser.add_argument("--answers", type=int, default=60)
+    parser.add_argument("--small", default="models/tiny-small",
+                        help="the smaller model (built here with --size small if missing)")
+    parser.add_argument("--answers", type=int, default=60, help="answers audited per mode")
+    parser.add_argument("--tokens", type=int, default=40, help="max tokens per answer")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the challenges")
     args = parser.parse_args()
-    console = Console(width=max(Console().width, 110))
+    console = Console(width=max(Console().width, 120))
+    if not (Path(args.small) / "model.safetensors").exists():
+        with console.status(f"building the smaller model into {args.small}"):
+            build_tiny_model(Path(args.small), SIZES["small"])
     reference = load_model(args.model)
-    table = Table(title=f"audits of {args.answers} answers per mode (tiny model, CPU)")
-    for column in ("node serves", "flagged answers", "tokens audited", "first flag at token",
-                   "generate ms/token", "audit ms/token", "audit / generate"):
+    table = Table(title=f"audits of {args.answers} fresh challenges per mode (tiny model, CPU)")
+    for column in ("node serves", "flagged answers", "rate", "tokens audited",
+                   "first flag at token", "generate ms/token", "audit ms/token",
+                   "audit / generate"):
         table.add_column(column, justify="left" if column == "node serves" else "right")
-    for cheat in (None, "int8", "int4"):
-        with console.status(f"{cheat or 'honest'} weights"):
-            r = asyncio.run(run(args.model, reference, cheat, args.answers))
-        table.add_row(cheat or "honest weights", f"{r['flagged']:.0f}/{r['answers']:.0f}",
-                      f"{r['tokens']:.0f}", f"{r['first']:.0f}" if r["first"] else "-",
-                      f"{r['generate_ms']:.2f}", f"{r['audit_ms']:.2f}",
-                      f"{r['audit_ms'] / r['generate_ms']:.3f}")
+    honest: Tally | None = None
+    for mode in MODES:
+        cheat = f"smaller:{args.small}" if mode == "smaller" else mode
+        with console.status(f"{mode or 'honest'}"):
+            r = asyncio.run(run(args.model, reference, cheat, args.answers, args.tokens, args.seed))
+        honest = honest or r
+        generate_ms, audit_ms = r.generate_s * 1000 / r.tokens, r.audit_s * 1000 / r.tokens
+        table.add_row(mode or "honest", f"{r.flagged}/{r.answers}", f"{r.rate:.0%}",
+                      str(r.tokens), str(r.first_flag_at or "-"), f"{generate_ms:.2f}",
+                      f"{audit_ms:.2f}", f"{audit_ms / generate_ms:.3f}")
     console.print(table)
-    console.print("auditing 2% of traffic costs about 0.02 x the ratio in the last column "
-                  "of the node's generation compute")
+    assert honest is not None
+    ratio = honest.audit_s / honest.generate_s
+    console.print(f"honest false positives: {honest.flagged} of {honest.answers} answers. "
+                  f"Verifier compute per audited token / generation compute per token: "
+                  f"{ratio:.3f}; auditing 2% of the tokens costs the verifier about "
+                  f"{0.02 * ratio:.2%} of their generation compute.")
 
 
 if __name__ == "__main__":

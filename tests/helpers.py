@@ -9,19 +9,32 @@ from filelock import FileLock
 
 from agoranet.node.launcher import free_port, running_node
 
-__all__ = ["ROOT", "TINY_DIR", "ensure_tiny_model", "free_port", "node_process"]
+__all__ = ["ROOT", "SMALL_DIR", "TINY_DIR", "ensure_small_model", "ensure_tiny_model",
+           "free_port", "node_process"]
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DIR = Path(os.environ.get("AGORANET_TINY_MODEL", ROOT / "models" / "tiny"))
+SMALL_DIR = Path(os.environ.get("AGORANET_SMALL_MODEL", ROOT / "models" / "tiny-small"))
 node_process = running_node
 
 
-def ensure_tiny_model() -> Path:
-    """The embedded tiny model, built once (under a lock: xdist workers share it)."""
-    TINY_DIR.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(TINY_DIR) + ".lock"):
-        if not (TINY_DIR / "model.safetensors").exists():
-            from agoranet.tinymodel import build_tiny_model
+def _ensure(directory: Path, size: str) -> Path:
+    """The tiny model of preset ``size`` in ``directory``, built once (under a lock: xdist
+    workers share it)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(directory) + ".lock"):
+        if not (directory / "model.safetensors").exists():
+            from agoranet.tinymodel import SIZES, build_tiny_model
 
-            build_tiny_model(TINY_DIR)
-    return TINY_DIR
+            build_tiny_model(directory, SIZES[size])
+    return directory
+
+
+def ensure_tiny_model() -> Path:
+    """The embedded tiny model."""
+    return _ensure(TINY_DIR, "default")
+
+
+def ensure_small_model() -> Path:
+    """A smaller model trained the same way (same tokenizer and corpus): the "smaller" cheat."""
+    return _ensure(SMALL_DIR, "small")

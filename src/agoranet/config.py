@@ -40,6 +40,9 @@ class NodeSettings(BaseSettings):
     # Prices in the stablecoin's base units per million tokens.
     price_in: int = Field(default=0, ge=0)
     price_out: int = Field(default=0, ge=0)
+    # Surcharge per million tokens (prompt and completion) of a request that asks for
+    # TOPLOC-style commitments (``"agoranet": {"commitments": true}``).
+    price_commitments: int = Field(default=0, ge=0)
     # Concurrency: sequences generated at once, and how many more may wait.
     max_active: int = Field(default=8, ge=1)
     max_queue: int = Field(default=64, ge=0)
@@ -69,6 +72,9 @@ class NodeSettings(BaseSettings):
     min_deposit: int = Field(default=0, ge=0)
     chain_state_ttl: float = Field(default=30.0, ge=0, description="seconds channel state is cached")
     settle_exact_before: bool = True
+    # A stream carries a signed running receipt every this many tokens (0: none); a
+    # stream that breaks is charged its last one, so the node is paid for what it sent.
+    receipt_every: int = Field(default=16, ge=0)
     # Claims: when unclaimed earnings reach an amount, a count of requests, or an age
     # (seconds); the loop checks every ``settle_interval`` seconds.
     claim_min_amount: int = Field(default=1_000_000, ge=0)
@@ -85,7 +91,7 @@ class NodeSettings(BaseSettings):
     chaos_delay_ms: int = Field(default=0, ge=0)
     chaos_fail_after: int | None = Field(default=None, ge=1)
     chaos_fail_every: int = Field(default=1, ge=1)
-    cheat: str | None = None  # auditor tests only: serve int8/int4-rounded weights
+    cheat: str | None = None  # auditor tests only: a spec of agoranet.engines.cheats
 
     def adapter_store(self) -> Path:
         return self.adapters_dir or default_home() / "node" / "adapters"
@@ -128,6 +134,15 @@ class GatewaySettings(BaseSettings):
     # Background audits against reference weights (a directory or Hub id you trust).
     audit_reference: str | None = None
     audit_share: float = Field(default=0.02, ge=0.0, le=1.0)
+    # Audits paid through the node payers may spend at most this share of what requests spend.
+    audit_budget_share: float = Field(default=0.02, ge=0.0, le=1.0)
+    # ... plus this much in all (base units) regardless, to check the first nodes early.
+    audit_budget_floor: int = Field(default=0, ge=0)
+    # Reputation: the event store (next to the spend log unless set), and others' signed
+    # score lists, read only if their signer is listed in ``reputation_trust`` (opt-in).
+    reputation_log: Path | None = None
+    reputation_trust: list[str] = Field(default_factory=list)
+    reputation_lists: list[Path] = Field(default_factory=list)
     policy_file: Path | None = None
     budget: int | None = Field(default=None, ge=0, description="base units, all requests")
     default_max_tokens: int = Field(default=512, ge=1)
@@ -139,3 +154,6 @@ class GatewaySettings(BaseSettings):
 
     def channels_dir(self) -> Path:
         return self.spend_log_path().parent / "channels"
+
+    def reputation_path(self) -> Path:
+        return self.reputation_log or self.spend_log_path().parent / "reputation.sqlite"

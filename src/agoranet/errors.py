@@ -25,6 +25,7 @@ Third-party errors are converted at the boundary with ``raise ... from exc``.
     │   └── AdapterError            an adapter directory or upload is invalid
     ├── OfferMismatchError          a node's offer does not match its registry entry
     ├── AuditError                  a node could not be audited (no answer, no token ids)
+    ├── ReputationListError         a signed score list is malformed, tampered with or untrusted
     ├── ChainError                  JSON-RPC, contracts, dev chain
     │   ├── ContractError           compile or call of one of our contracts failed
     │   └── DevChainError           anvil missing or failed to start
@@ -60,6 +61,7 @@ __all__ = [
     "PaymentError",
     "PaymentRequiredError",
     "ReceiptError",
+    "ReputationListError",
     "RequestError",
     "TuningDataError",
     "TuningError",
@@ -169,6 +171,10 @@ class AdapterError(TuningError):
 
 class AuditError(AgoranetError):
     """A node could not be audited: unreachable, or it returned no token ids."""
+
+
+class ReputationListError(AgoranetError):
+    """A signed score list is malformed, its signature is bad, or its signer is not trusted."""
 
 
 class OfferMismatchError(AgoranetError):

@@ -24,6 +24,8 @@ def agoranet(*args: str) -> subprocess.CompletedProcess[str]:
         (["node", "--engine", "upstream", "--upstream-url", "http://127.0.0.1:9/v1"], 1,
          "unreachable"),
         (["node", "--price-in", "-1"], 2, "Invalid value for '--price-in'"),
+        (["node", "--cheat", "int3"], 2, "unknown cheat 'int3'"),
+        (["node", "--cheat", "smaller"], 2, "smaller:PATH"),
         (["model", "tiny", "/proc/forbidden/tiny", "--steps", "1"], 1, "error:"),
     ],
 )

@@ -92,7 +92,128 @@ def test_gateway_pays_nodes_and_nodes_settle_what_the_receipts_say(
 
 
 def _receipts(root: Path) -> list[dict[str, object]]:
-    found = []
-    for path in root.rglob("receipts.jsonl"):
-        found += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from agoranet.payments.payer_store import PayerStore
+
+    found: list[dict[str, object]] = []
+    for path in root.rglob("payer.sqlite"):
+        store = PayerStore(path.parent)
+        found += [r.to_json() for r in store.receipts()]
+        store.close()
     return found
+
+
+def test_a_paid_node_killed_mid_stream_is_paid_what_it_receipted(
+    chain: DevChain, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL mid-answer: the answer completes on the next node, the spend log holds both
+    nodes' charges, each backed by a signed receipt, and the killed node, restarted,
+    claims on chain exactly what its last running receipt said."""
+    import itertools
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from agoranet.gateway.spendlog import SpendLog
+    from agoranet.node.launcher import free_port
+    from agoranet.payments.pricing import TokenPrices, cost
+    from agoranet.payments.receipts import Receipt, verify_receipt
+
+    monkeypatch.setenv("AGORANET_WALLET_PASSWORD", PASSWORD)
+    port = free_port()
+    victim_url = f"http://127.0.0.1:{port}/v1"
+    victim_ledger = tmp_path / "victim.sqlite"
+    victim_args = [
+        "node", "--model", str(tiny_model),
+        "--price-in", "100000", "--price-out", "300000", "--rpc-url", chain.rpc_url,
+        "--keystore", str(keystore(chain, 6, tmp_path / "victim.json")),
+        "--ledger", str(victim_ledger), "--receipt-every", "4", "--settle-interval", "0.5",
+        "--claim-max-age", "0", "--no-fine-tuning", "--no-adapters"]
+    spend_path = tmp_path / "gw" / "spend.sqlite"
+    with ExitStack() as stack:
+        backup = stack.enter_context(node_process([
+            "--model", str(tiny_model), "--price-in", "200000", "--price-out", "600000",
+            "--rpc-url", chain.rpc_url, "--keystore", str(keystore(chain, 7, tmp_path / "b.json")),
+            "--ledger", str(tmp_path / "backup.sqlite"), "--no-fine-tuning", "--no-adapters"]))
+        # Slow (40 ms a token) and cheapest, so the kill lands mid-answer on it.
+        victim = subprocess.Popen([sys.executable, "-m", "agoranet", *victim_args,
+                                   "--port", str(port), "--chaos-delay-ms", "40"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stack.callback(victim.wait)
+        stack.callback(victim.kill)
+        _wait_healthy(victim_url)
+        gateway = stack.enter_context(running_command([
+            "gateway", "--rpc-url", chain.rpc_url,
+            "--keystore", str(keystore(chain, 8, tmp_path / "gw.json")),
+            "--deposit", "500000", "--budget", "400000", "--spend-log", str(spend_path),
+            "--node", victim_url, "--node", backup]))
+        client = OpenAI(base_url=gateway, api_key="x", max_retries=0)
+        healthy = client.chat.completions.create(
+            model="tiny", messages=QUESTION, temperature=0, max_tokens=48,
+            extra_body={"agoranet": {"deny": [victim_url]}}).choices[0].message.content
+        pieces: list[str] = []
+        stamps: list[float] = []
+        summary = None
+        for chunk in client.chat.completions.create(
+                model="tiny", messages=QUESTION, temperature=0, max_tokens=48, stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"agoranet": {"prefer": "cheapest"}}):
+            stamps.append(time.perf_counter())
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+                if len(pieces) == 14:
+                    os.kill(victim.pid, signal.SIGKILL)
+            if chunk.usage is not None:
+                summary = (chunk.model_extra or {}).get("agoranet")
+        pause_ms = max(b - a for a, b in itertools.pairwise(stamps)) * 1000
+        print(f"\nlongest pause the client saw at the paid failover: {pause_ms:.0f} ms")
+        assert "".join(pieces) == healthy
+        assert summary is not None and summary["nodes"] == [victim_url, backup]
+        rows = SpendLog(spend_path).rows(summary["request_id"])
+        assert [(r.node, r.outcome) for r in rows] == [(victim_url, "partial"), (backup, "ok")]
+        receipts = []
+        for row, index, prices in ((rows[0], 6, TokenPrices(100_000, 300_000)),
+                                   (rows[1], 7, TokenPrices(200_000, 600_000))):
+            assert row.receipt is not None
+            receipt = Receipt.from_json(json.loads(row.receipt))
+            verify_receipt(receipt, chain.accounts[index])
+            assert row.amount == receipt.amount == cost(prices, receipt.tokens_in,
+                                                        receipt.tokens_out) > 0
+            receipts.append(receipt)
+        cut = receipts[0]
+        print(f"killed node: streamed {rows[0].completion_tokens} tokens, receipted "
+              f"{cut.tokens_out} for {cut.amount}; next node: {receipts[1].tokens_out} tokens "
+              f"for {receipts[1].amount}")
+        assert cut.tokens_out % 4 == 0 and 4 <= cut.tokens_out <= rows[0].completion_tokens
+        assert summary["amount"] == sum(r.amount for r in receipts)
+        # The killed node restarts on its ledger and claims exactly what it had receipted.
+        victim.wait()
+        again = stack.enter_context(running_command(victim_args, port=port, timeout=120))
+        assert again == victim_url
+        deadline = time.monotonic() + 30
+        claimed = 0
+        while time.monotonic() < deadline and claimed != cut.cumulative:
+            claimed = _claimed(chain, cut.channel_id)
+            time.sleep(0.5)
+        assert claimed == cut.cumulative
+
+
+def _claimed(chain: DevChain, channel_id: str) -> int:
+    from agoranet.chain.addresses import resolve_addresses
+    from agoranet.payments.channels import escrow_contract
+
+    escrow = escrow_contract(chain.web3(), resolve_addresses(chain.chain_id))
+    return int(escrow.functions.channels(bytes.fromhex(channel_id[2:])).call()[1])
+
+
+def _wait_healthy(url: str) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url.removesuffix("/v1") + "/health").status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} never became healthy")

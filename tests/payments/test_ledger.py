@@ -131,3 +131,50 @@ def test_threads_race_on_one_channel(ledger: SqliteLedger) -> None:
     assert set(refusals) == {"busy"}
     ch = ledger.channel(CID)
     assert ch is not None and ch.pending_request == wins[0]
+
+
+def test_running_receipts_charge_a_broken_stream(ledger: SqliteLedger) -> None:
+    ledger.commit(ledger.accept_voucher("r1", CID, 100, "0xs1", 100), 1, 1, 10, SIGNER.sign, 1)
+    hold = ledger.accept_voucher("r2", CID, 110, "0xs2", 100)
+    first = ledger.progress(hold, 5, 16, 21, SIGNER.sign, 1)
+    second = ledger.progress(hold, 5, 32, 37, SIGNER.sign, 1)
+    assert (first.cumulative, second.cumulative) == (31, 47)
+    assert SIGNER.address == second.signer
+    with pytest.raises(LedgerError, match="fall"):
+        ledger.progress(hold, 5, 8, 13, SIGNER.sign, 1)
+    # the stream breaks: the request costs its last running receipt, which is kept
+    assert ledger.release(hold) == second
+    ch = ledger.channel(CID)
+    assert ch is not None and (ch.charged, ch.voucher_amount, ch.pending_request) == (
+        47, 110, None)
+    assert ledger.receipts(CID)[-1] == second
+    assert ledger.release(hold) is None  # once
+    with pytest.raises(LedgerError):
+        ledger.progress(hold, 5, 48, 53, SIGNER.sign, 1)  # no longer held
+
+
+def test_final_receipt_supersedes_running_ones(ledger: SqliteLedger) -> None:
+    hold = ledger.accept_voucher("r1", CID, 100, "0xs1", 100)
+    ledger.progress(hold, 2, 16, 18, SIGNER.sign, 1)
+    final = ledger.commit(hold, 2, 20, 500, SIGNER.sign, 1)
+    assert (final.amount, final.tokens_out) == (100, 20)  # capped at the hold's maximum
+    assert ledger.receipts(CID) == [final]
+    assert ledger._read("SELECT COUNT(*) FROM running_receipts")[0][0] == 0
+    assert ledger.release(hold) is None  # already charged: nothing changes
+    assert ledger.channel(CID).charged == 100  # type: ignore[union-attr]
+
+
+def test_recover_charges_the_last_running_receipt(tmp_path: Path) -> None:
+    """A node killed mid-stream is paid, after its restart, what it had receipted."""
+    path = tmp_path / "l.sqlite"
+    book = SqliteLedger(path)
+    book.ensure_channel(CID, "{}", "0xp", 0)
+    hold = book.accept_voucher("a", CID, 100, "0xa", 100)
+    sent = book.progress(hold, 3, 16, 19, SIGNER.sign, 1)
+    again = SqliteLedger(path)  # as after SIGKILL: no close()
+    assert again.recover() == 1
+    assert again.receipts(CID) == [sent]
+    [candidate] = again.claim_candidates()
+    assert (candidate.unclaimed, candidate.voucher_amount) == (19, 100)
+    book.close()
+    again.close()

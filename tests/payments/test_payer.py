@@ -147,3 +147,127 @@ async def test_a_dishonest_receipt_is_refused(env: Env, node: Served, payer: Loc
         p.close()
 
     await asyncio.to_thread(run)
+
+
+async def test_a_broken_stream_costs_its_last_running_receipt(
+        env: Env, payer: LocalAccount, tmp_path: Path) -> None:
+    """Node and payer agree on what a stream cut short cost, both by a signed receipt."""
+    from .paid_support import CountingEngine
+
+    account: LocalAccount = Account.from_key(env.dev.private_keys[8])
+    ledger = tmp_path / "ledger.sqlite"
+    payments = node_payments(env.dev.rpc_url, ledger, account, receipt_every=4)
+    app = create_app(CountingEngine(delay=0.01, max_active=4, max_queue=16),
+                     paid_settings(env.dev.rpc_url, ledger, receipt_every=4), None, payments)
+    body = {**BODY, "max_tokens": 40, "stream": True}
+
+    async with served(app) as url:
+        def run() -> tuple[Payer, Receipt, Receipt]:
+            p = Payer(url, env.w3, env.addresses, account=payer, state_dir=tmp_path / "payer",
+                      max_per_request=200_000)
+            p.open(1_000_000)
+            with httpx.Client(base_url=url, auth=PayerAuth(p), timeout=30) as http:
+                with http.stream("POST", "/v1/chat/completions", json=body) as whole:
+                    frames = [line for line in whole.iter_lines() if line]
+                running = sum('"agoranet.receipt.running"' in f for f in frames)
+                assert running == 10  # every 4 of 40 tokens, then the final receipt
+                final: Receipt = whole.extensions["agoranet_receipt"]
+                assert final.tokens_out == 40
+                with http.stream("POST", "/v1/chat/completions", json=body) as cut:
+                    words = 0
+                    for line in cut.iter_lines():
+                        words += '"content":"w' in line
+                        if words == 10:
+                            break  # the buyer hangs up after 10 tokens
+                broken: Receipt = cut.extensions["agoranet_receipt"]
+            return p, final, broken
+
+        p, final, broken = await asyncio.to_thread(run)
+        assert broken.tokens_out == 8  # the last running receipt before the 10th token
+        assert p.state is not None and p.state.charged == final.amount + broken.amount
+        assert p.receipts() == [final, broken]
+        for _ in range(100):  # the node notices the hang-up when it next writes
+            record = payments.ledger.channel(broken.channel_id)
+            if record is not None and record.pending_request is None:
+                break
+            await asyncio.sleep(0.05)
+        assert record is not None and record.charged == p.state.charged
+        assert payments.ledger.receipts(broken.channel_id) == [final, broken]
+        p.close()
+
+
+def test_the_store_keeps_state_and_receipts_together_and_imports_old_files(
+        tmp_path: Path) -> None:
+    import json
+
+    from agoranet.payments.payer import ChannelState
+    from agoranet.payments.payer_store import PayerStore
+    from agoranet.payments.receipts import ReceiptSigner
+
+    signer = ReceiptSigner(bytes(Account.create().key))
+    cid = "0x" + "ab" * 32
+    old = tmp_path / "old"
+    old.mkdir()
+    first = signer.sign(Receipt("r1", cid, 3, 4, 10, 10, 31337))
+    (old / "channel.json").write_text(json.dumps(
+        {"channel_id": cid, "config": {}, "deposited": 500, "charged": 10, "voucher": 30,
+         "receipts": 1, "spent": 10}))
+    (old / "receipts.jsonl").write_text(json.dumps(first.to_json()) + "\n")
+    store = PayerStore(old)
+    assert store.load() == {"channel_id": cid, "config": {}, "deposited": 500, "charged": 10,
+                            "voucher": 30, "receipts": 1, "spent": 10}
+    assert store.receipts() == [first]
+    second = signer.sign(Receipt("r2", cid, 3, 4, 10, 20, 31337))
+    store.save(ChannelState(cid, {}, 500, 20, 40, 2, 20), second)
+    again = PayerStore(old)  # a second connection, as after the gateway is killed
+    assert again.receipts() == [first, second]
+    assert again.load()["charged"] == 20  # type: ignore[index]
+    store.close()
+    again.close()
+
+
+async def test_commitments_are_priced_by_the_offer_and_receipted(
+        env: Env, payer: LocalAccount, tmp_path: Path, tiny_engine: object) -> None:
+    """A request that asks for commitments pays the offer's surcharge on every token, in its
+    running receipts and its final one; the payer checks that price."""
+    from agoranet.payments.pricing import TokenPrices, cost
+
+    surcharge = 500_000_000
+    account: LocalAccount = Account.from_key(env.dev.private_keys[9])
+    ledger = tmp_path / "ledger.sqlite"
+    settings = paid_settings(env.dev.rpc_url, ledger, receipt_every=4,
+                             price_commitments=surcharge, served_model_name="tiny")
+    app = create_app(tiny_engine, settings, None,  # type: ignore[arg-type]
+                     node_payments(env.dev.rpc_url, ledger, account, receipt_every=4))
+    ask = {"model": "tiny", "messages": [{"role": "user", "content": "Hello!"}],
+           "max_tokens": 12, "temperature": 0, "ignore_eos": True}
+
+    async with served(app) as url:
+        def run() -> tuple[Payer, list[Receipt]]:
+            p = Payer(url, env.w3, env.addresses, account=payer, state_dir=tmp_path / "p",
+                      max_per_request=200_000)
+            p.open(1_000_000)
+            found = []
+            with httpx.Client(base_url=url, auth=PayerAuth(p), timeout=60) as http:
+                plain = http.post("/v1/chat/completions", json=ask)
+                found.append(plain.extensions["agoranet_receipt"])
+                proved = http.post("/v1/chat/completions",
+                                   json={**ask, "agoranet": {"commitments": True}})
+                assert proved.json()["agoranet"]["commitments"]["proofs"]
+                found.append(proved.extensions["agoranet_receipt"])
+                with http.stream("POST", "/v1/chat/completions",
+                                 json={**ask, "stream": True,
+                                       "agoranet": {"commitments": True}}) as streamed:
+                    streamed.read()
+                found.append(streamed.extensions["agoranet_receipt"])
+            return p, found
+
+        p, (plain, proved, streamed) = await asyncio.to_thread(run)
+    base = p.prices("tiny")
+    assert p.offer.models[0].commitments.price_per_million == surcharge
+    assert plain.amount == cost(base, plain.tokens_in, plain.tokens_out)
+    dearer = TokenPrices(base.input_per_million + surcharge, base.output_per_million + surcharge)
+    for receipt in (proved, streamed):
+        assert receipt.tokens_out == 12
+        assert receipt.amount == cost(dearer, receipt.tokens_in, receipt.tokens_out) > plain.amount
+    p.close()

@@ -67,3 +67,19 @@ def test_digest_signer_matches_eth_account() -> None:
         assert recover_address(rng.randbytes(32), ours) != key.address
     assert recover_address(b"\0" * 32, b"\0" * 65) is None
     assert recover_address(b"\0" * 31, ours) is None
+
+
+def test_payer_vouchers_are_the_sdks_bytes() -> None:
+    """The payer signs vouchers through libsecp256k1; the SDK would sign the same bytes."""
+    from agoranet.payments.verifier import voucher_digest
+
+    rng = random.Random(13)
+    key = Account.create()
+    signer = DigestSigner(bytes(key.key))
+    for chain_id in (31337, 84532):
+        for _ in range(10):
+            cid = "0x" + rng.randbytes(32).hex()
+            amount = rng.randrange(0, 2**128)
+            ours = "0x" + signer.sign(voucher_digest(cid, amount, chain_id)).hex()
+            assert ours == sign_voucher(EthAccountSigner(key), cid, amount,
+                                        f"eip155:{chain_id}").signature

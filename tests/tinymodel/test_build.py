@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from agoranet.engines.hf import load_model
-from agoranet.tinymodel import TinySpec, build_tiny_model
+from agoranet.tinymodel import SIZES, TinySpec, build_tiny_model
 from agoranet.tinymodel.grammar import dialogues
 
 
@@ -47,3 +47,12 @@ def test_the_default_tiny_model_is_a_few_million_parameters(tiny_loaded: object)
     model = tiny_loaded.model  # type: ignore[attr-defined]
     parameters = sum(p.numel() for p in model.parameters())
     assert 1_000_000 < parameters < 10_000_000
+
+
+def test_the_small_preset_shares_the_tokenizer_and_corpus(tiny_loaded: object,
+                                                          small_model: Path) -> None:
+    small, default = SIZES["small"], SIZES["default"]
+    assert small.num_layers < default.num_layers and small.steps < default.steps
+    loaded = load_model(str(small_model))
+    assert loaded.tokenizer.get_vocab() == tiny_loaded.tokenizer.get_vocab()  # type: ignore[attr-defined]
+    assert sum(p.numel() for p in loaded.model.parameters()) < 300_000

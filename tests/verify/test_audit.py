@@ -22,7 +22,7 @@ async def audited(tiny_model: Path, reference: object, cheat: str | None) -> tup
     first = 0
     try:
         for i, question in enumerate(QUESTIONS):
-            request = challenge(i, question, "tiny", 40, seed_base=0)
+            request = challenge(i, question, "tiny", 40, seed=i)
             _, found, _ = await collect(engine.stream(await engine.prepare(request)))
             result = audit_answer(reference, request, [t.token_id or 0 for t in found],
                                   [t.logprob for t in found])

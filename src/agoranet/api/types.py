@@ -10,15 +10,18 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 __all__ = [
+    "AgoranetOptions",
+    "AgoranetResult",
     "ChatCompletion",
     "ChatCompletionChunk",
     "ChatCompletionRequest",
     "ChatMessage",
     "Choice",
     "ChunkChoice",
+    "CommitmentsOut",
     "Completion",
     "CompletionChoice",
     "CompletionChunk",
@@ -74,6 +77,15 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class AgoranetOptions(BaseModel):
+    """The ``agoranet`` extension field of a request to a node: what it asks beyond OpenAI."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # TOPLOC-style commitments to the hidden states, at the offer's commitment price.
+    commitments: StrictBool = False
+
+
 class _Sampling(_Request):
     model: str = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -86,6 +98,10 @@ class _Sampling(_Request):
     user: str | None = None
     # vLLM extension: keep generating past end-of-sequence (benchmarks, tests).
     ignore_eos: bool = False
+    agoranet: AgoranetOptions | None = None
+
+    def wants_commitments(self) -> bool:
+        return self.agoranet is not None and self.agoranet.commitments
 
     @field_validator("stop")
     @classmethod
@@ -177,6 +193,21 @@ def log_unknown_fields(request: BaseModel, route: str) -> None:
 # ---------------------------------------------------------------- responses
 
 
+class CommitmentsOut(BaseModel):
+    """Commitments as sent (see :mod:`agoranet.verify.commitments`); proofs in base64."""
+
+    algorithm: str
+    chunk: int
+    k: int
+    proofs: list[str]
+
+
+class AgoranetResult(BaseModel):
+    """The ``agoranet`` extension object of a response (or of one stream chunk)."""
+
+    commitments: CommitmentsOut | None = None
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
@@ -213,6 +244,7 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+    agoranet: AgoranetResult | None = None
 
 
 class DeltaMessage(BaseModel):
@@ -234,6 +266,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
+    agoranet: AgoranetResult | None = None
 
 
 class CompletionLogprobs(BaseModel):
@@ -257,6 +290,7 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+    agoranet: AgoranetResult | None = None
 
 
 CompletionChunk = Completion

@@ -37,10 +37,25 @@ console = Console()
               help="Audit nodes against these weights (a directory or Hub id you trust).")
 @click.option("--audit-share", type=click.FloatRange(0, 1), default=0.02, show_default=True,
               help="Share of requests after which the serving node is audited.")
+@click.option("--audit-budget-share", type=click.FloatRange(0, 1), default=0.02,
+              show_default=True,
+              help="Audits may spend at most this share of what requests spend.")
+@click.option("--audit-budget-floor", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Base units audits may spend in all regardless of the share.")
+@click.option("--reputation-log", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Reputation store [default: reputation.sqlite beside the spend log].")
+@click.option("--trust", "trust", multiple=True, metavar="ADDRESS",
+              help="Read score lists signed by this address (repeatable; opt-in).")
+@click.option("--trust-list", "trust_lists", multiple=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="A signed score list to import at start; its signer must be trusted.")
 def gateway(node_urls: tuple[str, ...], host: str, port: int, policy_file: Path | None,
             budget: int | None, spend_log: Path | None, registry_rpc_url: str | None,
             rpc_url: str | None, keystore: Path | None, deposit: int,
-            audit_reference: str | None, audit_share: float) -> None:
+            audit_reference: str | None, audit_share: float, audit_budget_share: float,
+            audit_budget_floor: int,
+            reputation_log: Path | None, trust: tuple[str, ...],
+            trust_lists: tuple[Path, ...]) -> None:
     """Run the local OpenAI-compatible gateway over the network's nodes."""
     import uvicorn
 
@@ -52,7 +67,14 @@ def gateway(node_urls: tuple[str, ...], host: str, port: int, policy_file: Path 
                                policy_file=policy_file, budget=budget, spend_log=spend_log,
                                registry_rpc_url=registry_rpc_url, rpc_url=rpc_url,
                                keystore=keystore, deposit=deposit,
-                               audit_reference=audit_reference, audit_share=audit_share)
+                               audit_reference=audit_reference, audit_share=audit_share,
+                               audit_budget_share=audit_budget_share,
+                               audit_budget_floor=audit_budget_floor,
+                               reputation_log=reputation_log)
+    if trust:
+        settings.reputation_trust = [*settings.reputation_trust, *trust]
+    if trust_lists:
+        settings.reputation_lists = [*settings.reputation_lists, *trust_lists]
     account = None
     if rpc_url:
         from agoranet.cli.wallet_common import unlock_wallet
@@ -74,18 +96,36 @@ def nodes(gateway_url: str) -> None:
         raise ConfigError(f"cannot reach the gateway at {gateway_url}: {exc}") from exc
     table = Table(title="nodes")
     for column in ("node", "models", "price in/out per 1M", "ttft ms", "tok/s", "ok", "failed",
-                   "last audit", "state"):
+                   "audits ok/failed", "tokens audited", "last verdict", "score", "state"):
         table.add_column(column)
     for row in data["nodes"]:
         prices = ", ".join(f"{p['input_per_million']}/{p['output_per_million']}"
                            for p in row["price"].values())
-        state = "banned" if row["banned"] else ("no offer" if row["offer_error"] else "ok")
         table.add_row(row["url"], ", ".join(row["models"]), prices,
                       f"{row['ttft_ms']:.0f}" if row["ttft_ms"] is not None else "-",
                       f"{row['tokens_per_s']:.0f}" if row["tokens_per_s"] is not None else "-",
                       str(row["successes"]), str(row["failures"]),
-                      (row.get("audits") or ["-"])[-1].split(":")[0], state)
+                      f"{_count(row.get('audits_passed'))}/{_count(row.get('audits_failed'))}",
+                      _count(row.get("tokens_audited")), row.get("last_verdict") or "-",
+                      f"{row['score']:.3f}" if row.get("score") is not None else "-",
+                      _state(row))
     console.print(table)
+    audits = data.get("audits")
+    if audits and audits.get("allowance") is not None:
+        console.print(f"audits of {audits['model']}: spent {audits['spent']} of "
+                      f"{audits['allowance']} allowed ({audits['budget_share']:.0%} of request "
+                      f"spend + {audits['floor']}), {audits['skipped']} skipped over budget")
+
+
+def _count(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _state(row: dict[str, object]) -> str:
+    if row["banned"]:
+        reason = row.get("ban_reason")
+        return f"[bold red]banned[/]: {reason}" if reason else "[bold red]banned[/]"
+    return "no offer" if row["offer_error"] else "ok"
 
 
 @click.command()
@@ -100,10 +140,22 @@ def spend(by: str, spend_log: Path | None) -> None:
     if not path.exists():
         raise ConfigError(f"no spend log at {path} yet")
     log = SpendLog(path)
-    table = Table(title=f"spend by {by}")
-    for column in (by, "requests", "tokens", "amount (base units)"):
-        table.add_column(column, justify="left" if column == by else "right")
-    for key, count, tokens, amount in log.totals(by):
-        table.add_row(key, str(count), str(tokens), str(amount))
-    log.close()
-    console.print(table)
+    try:
+        for title, audits in ((f"spend by {by}", False), (f"audits by {by}", True)):
+            rows = log.totals(by, audits=audits)
+            if audits and not rows:
+                continue
+            table = Table(title=title)
+            for column in (by, "audits" if audits else "requests", "tokens",
+                           "amount (base units)"):
+                table.add_column(column, justify="left" if column == by else "right")
+            for key, count, tokens, amount in rows:
+                table.add_row(key, str(count), str(tokens), str(amount))
+            console.print(table)
+        audits_total, total = log.audit_total(), log.total()
+        if audits_total:
+            share = audits_total / max(1, total - audits_total)
+            console.print(f"audits cost {audits_total} base units, {share:.2%} of what "
+                          f"requests cost ({total - audits_total})")
+    finally:
+        log.close()

@@ -16,6 +16,7 @@ from agoranet.cli.gateway import gateway, nodes, spend
 from agoranet.cli.model import model
 from agoranet.cli.node import node
 from agoranet.cli.registry import registry
+from agoranet.cli.reputation import reputation
 from agoranet.cli.tune import adapter, tune
 from agoranet.cli.verify import verify
 from agoranet.cli.wallet import wallet
@@ -44,6 +45,7 @@ cli.add_command(gateway)
 cli.add_command(nodes)
 cli.add_command(spend)
 cli.add_command(registry)
+cli.add_command(reputation)
 cli.add_command(verify)
 cli.add_command(chain)
 cli.add_command(wallet)

@@ -24,21 +24,25 @@ def model() -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even if PATH already holds a model.")
-def tiny(path: Path, steps: int | None, seed: int, force: bool) -> None:
+@click.option("--size", type=click.Choice(["default", "small"]), default="default",
+              show_default=True,
+              help="small: fewer layers and steps, the same tokenizer and corpus (audit tests).")
+def tiny(path: Path, steps: int | None, seed: int, force: bool, size: str) -> None:
     """Build the tiny default model (a small Llama) into PATH."""
     if (path / "config.json").exists() and not force:
         console.print(f"{path} already holds a model (use --force to rebuild)")
         return
-    build_with_progress(path, steps, seed, console)
+    build_with_progress(path, steps, seed, console, size)
 
 
-def build_with_progress(path: Path, steps: int | None, seed: int, out: Console) -> None:
-    """Build the tiny model with a progress bar, then print what was built."""
+def build_with_progress(path: Path, steps: int | None, seed: int, out: Console,
+                        size: str = "default") -> None:
+    """Build the tiny model (of a preset ``size``) with a progress bar, then print what was built."""
     import dataclasses
 
-    from agoranet.tinymodel import TinySpec, build_tiny_model
+    from agoranet.tinymodel import SIZES, build_tiny_model
 
-    spec = TinySpec(seed=seed)
+    spec = dataclasses.replace(SIZES[size], seed=seed)
     if steps is not None:
         spec = dataclasses.replace(spec, steps=steps)
     with Progress(

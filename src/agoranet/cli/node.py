@@ -38,6 +38,9 @@ console = Console()
               help="Input price per million tokens, in stablecoin base units.")
 @click.option("--price-out", type=click.IntRange(min=0), default=0, show_default=True,
               help="Output price per million tokens, in stablecoin base units.")
+@click.option("--price-commitments", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Surcharge per million tokens of a request that asks for commitments "
+              "(TOPLOC-style proofs), in base units.")
 @click.option("--max-active", type=click.IntRange(min=1), default=8, show_default=True,
               help="Sequences generated at once.")
 @click.option("--max-queue", type=click.IntRange(min=0), default=64, show_default=True,
@@ -65,14 +68,18 @@ console = Console()
               show_default=True, help="Claim once the oldest unclaimed charge is this old (s).")
 @click.option("--chain-state-ttl", type=click.FloatRange(min=0), default=30.0,
               show_default=True, help="Seconds a channel's on-chain state is cached.")
+@click.option("--receipt-every", type=click.IntRange(min=0), default=16, show_default=True,
+              help="Send a running receipt every N streamed tokens (0: only at the end); "
+              "a stream that breaks is charged its last one.")
 @click.option("--chaos-delay-ms", type=click.IntRange(min=0), default=0, hidden=True,
               help="Demos/tests: sleep before each streamed frame.")
 @click.option("--chaos-fail-after", type=click.IntRange(min=1), default=None, hidden=True,
               help="Demos/tests: cut streams after this many frames.")
 @click.option("--chaos-fail-every", type=click.IntRange(min=1), default=1, hidden=True,
               help="Demos/tests: cut only every N-th stream.")
-@click.option("--cheat", type=click.Choice(["int8", "int4"]), default=None, hidden=True,
-              help="Auditor tests only: serve rounded weights under the honest hash.")
+@click.option("--cheat", default=None, hidden=True, callback=lambda _c, _p, v: _check_cheat(v),
+              help="Auditor tests only: serve something cheaper under the honest hash "
+                   "(int8, int4, smaller:PATH, template, nosystem, replay).")
 @click.pass_context
 def node(ctx: click.Context, /, **options: Any) -> None:
     """Serve a model over the OpenAI API, paid with x402 unless --free (or unpriced)."""
@@ -85,6 +92,19 @@ def node(ctx: click.Context, /, **options: Any) -> None:
     values["fine_tuning"] = not values.pop("no_fine_tuning")
     settings = NodeSettings(**values)
     serve(settings, adapters=not no_adapters)
+
+
+def _check_cheat(spec: str | None) -> str | None:
+    if spec is None:
+        return None
+    from agoranet.engines.cheats import make_cheat
+    from agoranet.errors import ConfigError
+
+    try:
+        make_cheat(spec)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cheat") from exc
+    return spec
 
 
 @node.command("earnings")

@@ -154,6 +154,9 @@ def network_step(model_dir: Path, work: Path, console: Console) -> None:
                 "gateway", "--registry-rpc-url", rpc, "--rpc-url", rpc, "--keystore", str(buyer),
                 "--deposit", "200000", "--budget", "100000",
                 "--audit-reference", str(model_dir), "--audit-share", "1",
+                # A new gateway has spent too little for 2% of it to pay one audit: let
+                # audits spend up to 0.05 USDC up front, so the first nodes get checked.
+                "--audit-budget-floor", "50000",
                 "--spend-log", str(root / "gateway" / "spend.sqlite")]))
             _wait_for_nodes(gateway, len(NODES))
         console.print(f"gateway at {gateway}: any OpenAI client works against it\n")

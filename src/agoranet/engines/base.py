@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from agoranet.verify.commitments import Commitments
 
 __all__ = [
     "Delta",
@@ -44,6 +47,7 @@ class ModelInfo:
     weights_sha256: dict[str, str] = field(default_factory=dict)
     model_sha256: str | None = None
     sampler: str | None = None  # the stated sampling algorithm, for seeded audits
+    commitments: str | None = None  # the commitment algorithm it can return, None if none
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,7 @@ class GenerationRequest:
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     ignore_eos: bool = False
+    commitments: bool = False  # return TOPLOC-style commitments with the finish event
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
@@ -93,6 +98,7 @@ class Finish:
     reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    commitments: Commitments | None = None  # when the request asked for them
 
 
 StreamEvent = Delta | Finish

@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,10 @@ from agoranet.engines.scheduler import StepScheduler
 from agoranet.engines.weights import hash_weights, weight_files, weights_id
 from agoranet.errors import AdapterError, InvalidRequestError, ModelLoadError, ModelNotFoundError
 from agoranet.tuning.adapter import Adapter, parse_model_name
+from agoranet.verify.commitments import ALGORITHM as COMMITMENT_ALGORITHM
+
+if TYPE_CHECKING:
+    from agoranet.engines.cheats import Cheat
 
 __all__ = ["LoadedModel", "TransformersEngine", "load_model", "resolve_model_dir"]
 
@@ -117,6 +121,7 @@ def load_model(
         weights_sha256=hashes,
         model_sha256=weights_id(hashes) if hashes else None,
         sampler=SAMPLER_ID,
+        commitments=COMMITMENT_ALGORITHM,
     )
     return LoadedModel(info, weights, tokenizer, where, eos_ids, directory)
 
@@ -144,11 +149,13 @@ class TransformersEngine:
     ) -> None:
         if loaded is None:
             loaded = load_model(model or DEFAULT_MODEL, served_name=served_model_name, device=device, dtype=dtype)
-        self.loaded = loaded
-        if cheat:  # tests of the auditor only: serve degraded weights under the honest hash
-            from agoranet.engines.cheats import degrade
+        self._cheat: Cheat | None = None
+        if cheat:  # tests of the auditor only: serve something cheaper under the honest hash
+            from agoranet.engines.cheats import make_cheat
 
-            degrade(loaded.model, cheat)
+            self._cheat = make_cheat(cheat)
+            loaded = self._cheat.serve(loaded)
+        self.loaded = loaded
         self.adapters = (
             AdapterPool(loaded.model, loaded.info.model_sha256, Path(adapters_dir), max_adapters)
             if adapters_dir is not None
@@ -181,7 +188,8 @@ class TransformersEngine:
 
     async def prepare(self, request: GenerationRequest) -> Prepared:
         adapter = self._adapter_of(request)
-        ids = await asyncio.to_thread(encode_prompt, self.loaded.tokenizer, request)
+        encode = self._cheat.encode if self._cheat is not None else encode_prompt
+        ids = await asyncio.to_thread(encode, self.loaded.tokenizer, request)
         return Prepared(request, len(ids), self.loaded.info.context_length, (ids, adapter))
 
     def stream(self, prepared: Prepared) -> AsyncIterator[StreamEvent]:
@@ -196,7 +204,12 @@ class TransformersEngine:
             def activate() -> None:
                 pool.activate(adapter)
 
-        return self._scheduler.run(DecodeJob(self.loaded, prepared.request, ids, activate))
+        def generate(request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+            return self._scheduler.run(DecodeJob(self.loaded, request, ids, activate))
+
+        if self._cheat is not None:
+            return self._cheat.stream(prepared.request, generate)
+        return generate(prepared.request)
 
     def add_adapter(self, archive: bytes, max_bytes: int) -> Adapter:
         """Store an uploaded adapter (the node's ``POST /v1/adapters``)."""

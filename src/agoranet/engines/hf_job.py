@@ -11,6 +11,7 @@ from agoranet.engines.base import Delta, Finish, GenerationRequest, StreamEvent,
 from agoranet.engines.detok import IncrementalDetokenizer
 from agoranet.engines.sampling import Sampler
 from agoranet.engines.stops import StopMatcher
+from agoranet.verify.commitments import CommitmentBuilder
 
 if TYPE_CHECKING:
     from agoranet.engines.hf import LoadedModel
@@ -39,14 +40,18 @@ class DecodeJob:
         self._stops = StopMatcher(request.stop)
         self._generated = 0
         self._token_text: dict[int, str] = {}
+        self._commit = CommitmentBuilder() if request.commitments else None
 
     def step(self) -> list[StreamEvent]:
         if self._before_step is not None:
             self._before_step()  # e.g. switch to this sequence's LoRA adapter
         with torch.inference_mode():
             output = self._loaded.model(
-                input_ids=self._next_input, past_key_values=self._cache, use_cache=True
+                input_ids=self._next_input, past_key_values=self._cache, use_cache=True,
+                output_hidden_states=self._commit is not None,
             )
+            if self._commit is not None:  # the final norm's output, what the LM head reads
+                self._commit.add(output.hidden_states[-1][0])
         self._cache = output.past_key_values
         logits = output.logits[0, -1]
         token_id = self._sampler.choose(logits)
@@ -65,7 +70,9 @@ class DecodeJob:
 
     def _finish(self, reason: str) -> Finish:
         assert reason in ("stop", "length")
-        return Finish("stop" if reason == "stop" else "length", self._prompt_len, self._generated)
+        commitments = self._commit.finish() if self._commit is not None else None
+        return Finish("stop" if reason == "stop" else "length", self._prompt_len, self._generated,
+                      commitments)
 
     def _text(self, token_id: int) -> str:
         text = self._token_text.get(token_id)

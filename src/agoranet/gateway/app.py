@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -16,18 +17,22 @@ from starlette.routing import Route
 from agoranet.api.handlers import http_error, openai_errors, read_json
 from agoranet.api.streaming import EventStreamResponse
 from agoranet.config import GatewaySettings
+from agoranet.errors import ConfigError, ReputationListError
+from agoranet.gateway.audit_budget import AuditBudget
 from agoranet.gateway.auditing import Auditor
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.directory import NodeDirectory
 from agoranet.gateway.paying import NodePayers
 from agoranet.gateway.policy import Policy, load_policy
+from agoranet.gateway.reputation import Reputation
+from agoranet.gateway.scorelist import check_list, read_list, verdicts
 from agoranet.gateway.service import GatewayService
 from agoranet.gateway.spendlog import SpendLog
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
-__all__ = ["build_service", "create_gateway_app"]
+__all__ = ["build_service", "create_gateway_app", "open_reputation"]
 
 def build_service(settings: GatewaySettings, policy: Policy | None = None,
                   account: LocalAccount | None = None) -> GatewayService:
@@ -36,6 +41,7 @@ def build_service(settings: GatewaySettings, policy: Policy | None = None,
                                limits=httpx.Limits(max_connections=512,
                                                    max_keepalive_connections=128))
     spend = SpendLog(settings.spend_log_path())
+    reputation = open_reputation(settings)
     registry = None
     if settings.registry_rpc_url:
         from agoranet.registry.onchain import registry_at
@@ -44,23 +50,43 @@ def build_service(settings: GatewaySettings, policy: Policy | None = None,
     payers = None
     if account is not None and settings.rpc_url:
         payers = NodePayers(settings.rpc_url, account, settings.channels_dir(), settings.deposit)
+    budget = Budget(settings.budget, spent=spend.total())
     auditor = None
     if settings.audit_reference:
         from agoranet.engines.hf import load_model
 
         reference = load_model(settings.audit_reference)
+        limit = AuditBudget(settings.audit_budget_share, budget, spend.audit_total(),
+                            floor=settings.audit_budget_floor)
         auditor = Auditor(reference, reference.info.name, share=settings.audit_share,
-                          payers=payers)
+                          payers=payers, limit=limit, spend=spend)
     return GatewayService(
-        NodeDirectory(settings.nodes, client, settings.refresh_s, registry),
+        NodeDirectory(settings.nodes, client, settings.refresh_s, registry, reputation),
         policy or load_policy(settings.policy_file),
-        Budget(settings.budget, spent=spend.total()),
-        spend, client, settings.default_max_tokens, payers, auditor,
+        budget, spend, client, settings.default_max_tokens, payers, auditor,
     )
+
+
+def open_reputation(settings: GatewaySettings) -> Reputation:
+    """The gateway's reputation store, with the trusted signed lists of the settings imported
+    (a list that is bad or whose signer is not trusted stops the gateway: ConfigError)."""
+    reputation = Reputation(settings.reputation_path())
+    try:
+        for path in settings.reputation_lists:
+            scores = read_list(path)
+            signer = check_list(scores, settings.reputation_trust)
+            with contextlib.suppress(ReputationListError):  # an older copy than one held
+                reputation.import_verdicts(signer, scores.issued_at, verdicts(scores, signer))
+    except ReputationListError as exc:
+        reputation.close()
+        raise ConfigError(f"{path}: {exc}") from exc
+    return reputation
 
 def _node_rows(service: GatewayService) -> list[dict[str, Any]]:
     rows = []
     for node in service.directory.nodes.values():
+        record = reputation.record(node.identity) if (reputation := node.reputation) else None
+        ban = node.lasting_ban()
         rows.append({
             "url": node.url,
             "models": [m.id for m in node.offer.models] if node.offer else [],
@@ -71,6 +97,16 @@ def _node_rows(service: GatewayService) -> list[dict[str, Any]]:
             "banned": node.banned(), "offer_error": node.offer_error,
             "events": node.events[-5:],
             "audits": node.audits[-5:],
+            "identity": node.identity,
+            "score": round(node.reliability, 4),
+            "audits_passed": record.audits_passed if record else None,
+            "audits_failed": record.audits_failed if record else None,
+            "tokens_audited": record.tokens_audited if record else None,
+            "receipt_disagreements": record.receipts if record else None,
+            "last_verdict": (record.last_verdict if record
+                             else (node.audits[-1] if node.audits else None)),
+            "ban_reason": ban.reason if ban else (node.events[-1] if node.banned() else None),
+            "banned_until": ban.until if ban else None,
         })
     return rows
 
@@ -90,7 +126,9 @@ def create_gateway_app(service: GatewayService) -> Starlette:
         return JSONResponse({"nodes": _node_rows(service),
                              "budget": {"limit": service.budget.limit,
                                         "spent": service.budget.spent,
-                                        "reserved": service.budget.reserved}})
+                                        "reserved": service.budget.reserved},
+                             "audits": (service.auditor.status()
+                                        if service.auditor is not None else None)})
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "nodes": len(service.directory.nodes)})
@@ -106,6 +144,8 @@ def create_gateway_app(service: GatewayService) -> Starlette:
                 await service.auditor.stop()
             await service.client.aclose()
             service.spend.close()
+            if service.directory.reputation is not None:
+                service.directory.reputation.close()
             if service.payers is not None:
                 service.payers.close()
 

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from agoranet.errors import AgoranetError, OfferMismatchError
 from agoranet.gateway.nodes import NodeState
+from agoranet.gateway.reputation import Reputation
 from agoranet.registry.offer import Offer
 
 if TYPE_CHECKING:
@@ -33,8 +34,10 @@ class NodeDirectory:
     """Static node URLs (``--node``); on-chain registry discovery adds to the same map."""
 
     def __init__(self, urls: list[str], client: httpx.AsyncClient, refresh_s: float = 30.0,
-                 registry: Callable[[], list[RegistryEntry]] | None = None) -> None:
+                 registry: Callable[[], list[RegistryEntry]] | None = None,
+                 reputation: Reputation | None = None) -> None:
         self.nodes: dict[str, NodeState] = {}
+        self.reputation = reputation  # every node records its events there
         for url in urls:
             self.add(url)
         self._client = client
@@ -44,7 +47,7 @@ class NodeDirectory:
 
     def add(self, url: str) -> NodeState:
         url = normalise_url(url)
-        return self.nodes.setdefault(url, NodeState(url))
+        return self.nodes.setdefault(url, NodeState(url, reputation=self.reputation))
 
     async def refresh(self, *, missing_only: bool = False) -> None:
         if self._registry is not None and not missing_only:

@@ -1,4 +1,10 @@
-"""Ranking nodes for one request: expected cost, observed speed, success rate, policy."""
+"""Ranking nodes for one request: expected cost, observed speed, reputation, policy.
+
+Each preference divides its measure by the node's reliability
+(``NodeState.reliability``: the reputation score, 1/2 for a node with no history),
+so a node with a worse record must be that much cheaper or faster to come first;
+banned nodes (failed audits included) are not ranked at all.
+"""
 
 from __future__ import annotations
 
@@ -54,7 +60,7 @@ def rank(nodes: Iterable[NodeState], model_name: str, prompt_tokens: int, max_to
         cost = float(cost_micro(model, prompt_tokens, max_tokens))
         ttft = node.ttft_ms if node.ttft_ms is not None else _UNKNOWN_TTFT_MS
         seconds = ttft / 1000 + max_tokens / (node.tokens_per_s or 100.0)
-        reliability = node.success_rate
+        reliability = node.reliability
         if policy.prefer == "cheapest":
             return (cost / reliability, seconds, node.url)
         if policy.prefer == "fastest":

@@ -4,8 +4,9 @@ A node that refuses, times out or errors before its first token is skipped with
 nothing charged. A node that dies mid-stream is replaced: the next node gets
 the original messages plus the text already streamed as a partial assistant
 message (``continue_final_message``), so the client sees one uninterrupted
-answer. Every node that produced tokens gets a spend-log row; failing nodes are
-banned for a growing time.
+answer. Every node that produced tokens gets a spend-log row, with the signed
+receipt behind its charge when it is paid (for a node that died mid-answer, the
+last running receipt it sent); failing nodes are banned for a growing time.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from agoranet.gateway.paying import NodePayers
 from agoranet.gateway.policy import Policy
 from agoranet.gateway.ranking import Candidate, expected_cost
 from agoranet.gateway.spendlog import SpendLog, SpendRow
+from agoranet.payments.receipts import Receipt
 from agoranet.registry.offer import ModelOffer
 
 __all__ = ["Piece", "RelayResult", "new_request_id", "relay"]
@@ -76,6 +78,7 @@ class _Segment:
     usage: dict[str, int] | None = None
     finish: str | None = None
     charged: int | None = None  # from the node's signed receipt, when paid
+    receipt: Receipt | None = None
     paid: bool = False  # paid through a channel: only a receipt says what was spent
 
 
@@ -101,44 +104,55 @@ async def _segment_events(client: httpx.AsyncClient, segment: _Segment, body: di
                           policy: Policy, auth: httpx.Auth | None,
                           max_amount: int) -> AsyncGenerator[Piece, None]:
     url = f"{segment.node.url}/chat/completions"
-    async with client.stream("POST", url, json=body, auth=auth or httpx.USE_CLIENT_DEFAULT,
-                             extensions={"agoranet_max_amount": max_amount}) as response:
-        if response.status_code != 200:
-            await response.aread()
-            message = _error_message(response)
-            if response.status_code in (400, 413, 422):
-                raise _ClientFault(response.status_code, message)
-            raise _NodeFailed(f"HTTP {response.status_code}: {message}")
-        lines = iter_sse_data(response)
-        while True:
-            try:
-                if segment.first_token is None:
-                    with anyio.fail_after(policy.first_token_timeout_s):
-                        data = await anext(lines)
-                else:
-                    data = await anext(lines)
-            except StopAsyncIteration:
-                break
-            except TimeoutError as exc:
-                raise _NodeFailed("no first token in time") from exc
-            chunk = json.loads(data)
-            if "error" in chunk:
-                raise _NodeFailed(f"error mid-stream: {chunk['error'].get('message')}")
-            segment.usage = chunk.get("usage") or segment.usage
-            for choice in chunk.get("choices") or []:
-                text = (choice.get("delta") or {}).get("content")
-                if text:
-                    segment.first_token = segment.first_token or time.perf_counter()
-                    segment.tokens += 1
-                    yield Piece(text, segment.node.url, choice.get("logprobs"))
-                segment.finish = choice.get("finish_reason") or segment.finish
-        receipt = response.extensions.get("agoranet_receipt")
-        if receipt is not None:
-            segment.charged = int(receipt.amount)
-        elif auth is not None:
-            raise _NodeFailed("a paid answer came without a receipt")
+    response: httpx.Response | None = None
+    try:
+        async with client.stream("POST", url, json=body, auth=auth or httpx.USE_CLIENT_DEFAULT,
+                                 extensions={"agoranet_max_amount": max_amount}) as response:
+            if response.status_code != 200:
+                await response.aread()
+                message = _error_message(response)
+                if response.status_code in (400, 413, 422):
+                    raise _ClientFault(response.status_code, message)
+                raise _NodeFailed(f"HTTP {response.status_code}: {message}")
+            async for piece in _pieces(segment, iter_sse_data(response), policy):
+                yield piece
+    finally:
+        # Set by the payer once the stream is over: the final receipt, or the last
+        # running one if the stream broke off (the node is owed what it receipted).
+        if response is not None:
+            segment.receipt = response.extensions.get("agoranet_receipt")
+            if segment.receipt is not None:
+                segment.charged = int(segment.receipt.amount)
+    if auth is not None and segment.receipt is None:
+        raise _NodeFailed("a paid answer came without a receipt")
     if segment.finish is None:
         raise _NodeFailed("stream ended before the answer did")
+
+
+async def _pieces(segment: _Segment, lines: AsyncIterator[str],
+                  policy: Policy) -> AsyncGenerator[Piece, None]:
+    while True:
+        try:
+            if segment.first_token is None:
+                with anyio.fail_after(policy.first_token_timeout_s):
+                    data = await anext(lines)
+            else:
+                data = await anext(lines)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise _NodeFailed("no first token in time") from exc
+        chunk = json.loads(data)
+        if "error" in chunk:
+            raise _NodeFailed(f"error mid-stream: {chunk['error'].get('message')}")
+        segment.usage = chunk.get("usage") or segment.usage
+        for choice in chunk.get("choices") or []:
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                segment.first_token = segment.first_token or time.perf_counter()
+                segment.tokens += 1
+                yield Piece(text, segment.node.url, choice.get("logprobs"))
+            segment.finish = choice.get("finish_reason") or segment.finish
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -311,17 +325,19 @@ async def _account(attempt: _Attempt, body: dict[str, Any], prompt_ceiling: int,
     prompt = int(usage.get("prompt_tokens", prompt_ceiling if segment.tokens else 0))
     completion = int(usage.get("completion_tokens", segment.tokens))
     listed = min(attempt.worst, expected_cost(model, prompt, completion)) if produced else 0
-    # A paid node is owed what its receipt says, nothing without one (a dropped answer
-    # is free); a free node's price list only estimates the value of what it gave.
+    # A paid node is owed what its receipt says (for a broken answer: its last running
+    # receipt), nothing without one; a free node's price list only estimates the value
+    # of what it gave.
     unreceipted = 0 if segment.paid else listed
     amount = segment.charged if segment.charged is not None else unreceipted
     await budget.settle(attempt.worst, amount)
     if not produced:
         return
     outcome = "ok" if attempt.failed is None else "partial"
+    receipt = json.dumps(segment.receipt.to_json()) if segment.receipt is not None else None
     spend.add(SpendRow(result.request_id, str(body["model"]), attempt.node.url, prompt,
                        completion, amount, _ms(segment.first_token, segment.started),
-                       (time.perf_counter() - segment.started) * 1000, outcome))
+                       (time.perf_counter() - segment.started) * 1000, outcome, receipt))
     result.nodes.append(attempt.node.url)
     result.amount += amount
     result.completion_tokens += completion

@@ -63,7 +63,9 @@ class GatewayService:
 
     async def chat(self, body: dict[str, Any]) -> tuple[dict[str, Any] | AsyncIterator[bytes],
                                                       RelayResult]:
-        request = ChatCompletionRequest.model_validate(body)
+        # ``agoranet`` carries the gateway's policy fields, not a node's options.
+        request = ChatCompletionRequest.model_validate(
+            {k: v for k, v in body.items() if k != "agoranet"})
         policy = self.policy.narrowed(body.get("agoranet"))
         # A token is at least one byte, so bytes bound the prompt's tokens from above:
         # the budget reserves with that; ranking uses a typical 4 characters per token.
@@ -152,4 +154,5 @@ def _usage(result: RelayResult) -> dict[str, int]:
 
 
 def _summary(result: RelayResult) -> dict[str, Any]:
-    return {"nodes": result.nodes, "amount": result.amount, "failovers": result.failovers}
+    return {"request_id": result.request_id, "nodes": result.nodes, "amount": result.amount,
+            "failovers": result.failovers}

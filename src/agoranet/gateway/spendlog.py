@@ -1,7 +1,8 @@
 """The gateway's spend log (SQLite): one row per node segment of each request.
 
 A request served by one node is one row; a failover adds a row per node that
-streamed part of the answer. Amounts are integers in base units.
+streamed part of the answer; a background audit adds a row per challenge the
+audited node answered, with outcome ``audit``. Amounts are integers in base units.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ CREATE TABLE IF NOT EXISTS spend (
     amount INTEGER NOT NULL,
     ttft_ms REAL,
     duration_ms REAL NOT NULL,
-    outcome TEXT NOT NULL
+    outcome TEXT NOT NULL,
+    receipt TEXT
 );
 CREATE INDEX IF NOT EXISTS spend_request ON spend (request_id);
 """
@@ -42,7 +44,8 @@ class SpendRow:
     amount: int
     ttft_ms: float | None
     duration_ms: float
-    outcome: str  # "ok", "partial" (failed over mid-answer), "failed"
+    outcome: str  # "ok", "partial" (failed over mid-answer), "failed", "audit"
+    receipt: str | None = None  # the node's signed receipt (JSON) behind ``amount``, if paid
 
 
 class SpendLog:
@@ -54,15 +57,19 @@ class SpendLog:
         # WAL with NORMAL sync survives a crash of the gateway without an fsync per request.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(spend)")}
+        if "receipt" not in columns:  # a log written before receipts were kept
+            self._db.execute("ALTER TABLE spend ADD COLUMN receipt TEXT")
         self._lock = threading.Lock()
 
     def add(self, row: SpendRow) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT INTO spend (ts, request_id, model, node, prompt_tokens, completion_tokens,"
-                " amount, ttft_ms, duration_ms, outcome) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " amount, ttft_ms, duration_ms, outcome, receipt) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (time.time(), row.request_id, row.model, row.node, row.prompt_tokens,
-                 row.completion_tokens, row.amount, row.ttft_ms, row.duration_ms, row.outcome),
+                 row.completion_tokens, row.amount, row.ttft_ms, row.duration_ms, row.outcome,
+                 row.receipt),
             )
 
     def total(self) -> int:
@@ -71,7 +78,7 @@ class SpendLog:
 
     def rows(self, request_id: str | None = None) -> list[SpendRow]:
         query = ("SELECT request_id, model, node, prompt_tokens, completion_tokens, amount,"
-                 " ttft_ms, duration_ms, outcome FROM spend")
+                 " ttft_ms, duration_ms, outcome, receipt FROM spend")
         args: tuple[str, ...] = ()
         if request_id is not None:
             query += " WHERE request_id = ?"
@@ -79,16 +86,25 @@ class SpendLog:
         with self._lock:
             return [SpendRow(*r) for r in self._db.execute(query + " ORDER BY id", args)]
 
-    def totals(self, by: str) -> list[tuple[str, int, int, int]]:
-        """``(key, requests, tokens, amount)`` grouped by ``model``, ``node`` or ``day``."""
+    def audit_total(self) -> int:
+        """What background audits cost (rows with outcome ``audit``)."""
+        with self._lock:
+            return int(self._db.execute("SELECT COALESCE(SUM(amount), 0) FROM spend"
+                                        " WHERE outcome = 'audit'").fetchone()[0])
+
+    def totals(self, by: str, *, audits: bool | None = None) -> list[tuple[str, int, int, int]]:
+        """``(key, requests, tokens, amount)`` grouped by ``model``, ``node`` or ``day``;
+        ``audits`` True counts only audits, False only requests, None both."""
         column = {"model": "model", "node": "node",
                   "day": "date(ts, 'unixepoch')"}.get(by)
         if column is None:
             raise ValueError(f"cannot group by {by!r}")
+        where = {None: "", True: " WHERE outcome = 'audit'",
+                 False: " WHERE outcome != 'audit'"}[audits]
         with self._lock:
             return [(str(k), int(n), int(t), int(a)) for k, n, t, a in self._db.execute(
                 f"SELECT {column}, COUNT(DISTINCT request_id), SUM(prompt_tokens +"
-                f" completion_tokens), SUM(amount) FROM spend GROUP BY 1 ORDER BY 4 DESC")]
+                f" completion_tokens), SUM(amount) FROM spend{where} GROUP BY 1 ORDER BY 4 DESC")]
 
     def close(self) -> None:
         with self._lock:

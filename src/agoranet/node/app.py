@@ -61,7 +61,7 @@ def create_app(
     training = FineTuningTerms(accepted=jobs is not None,
                                price_per_million_training_tokens=settings.price_training)
     offer = build_offer(engine.name, engine.models(), settings.price_in, settings.price_out,
-                        terms, training)
+                        terms, training, commitment_price=settings.price_commitments)
     if payments is not None:
         offer = _paid_offer(offer, payments)
     all_routes = routes(service, offer)
@@ -92,6 +92,7 @@ def create_app(
             PaymentMiddleware, acceptor=payments.acceptor, service=service,
             prices=_price_book(settings), paid_paths=settings.paid_paths,
             settle_exact_before=payments.settle_exact_before,
+            receipt_every=settings.receipt_every, commitment_price=settings.price_commitments,
         ))
         loop = SettlementLoop(payments.settler, payments.settle_interval)
 

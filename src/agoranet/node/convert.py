@@ -7,7 +7,9 @@ import uuid
 from collections.abc import Sequence
 
 from agoranet.api.types import (
+    AgoranetResult,
     ChatCompletionRequest,
+    CommitmentsOut,
     CompletionLogprobs,
     CompletionRequest,
     LogprobContent,
@@ -19,6 +21,7 @@ from agoranet.api.types import (
 from agoranet.engines.base import Finish, GenerationRequest, Message, TokenLogprob
 
 __all__ = [
+    "agoranet_result",
     "chat_logprobs",
     "completion_logprobs",
     "from_chat",
@@ -52,6 +55,7 @@ def from_chat(request: ChatCompletionRequest, max_tokens: int) -> GenerationRequ
         add_generation_prompt=request.add_generation_prompt,
         continue_final_message=request.continue_final_message,
         ignore_eos=request.ignore_eos,
+        commitments=request.wants_commitments(),
     )
 
 
@@ -68,6 +72,7 @@ def from_completion(request: CompletionRequest, max_tokens: int) -> GenerationRe
         logprobs=wants,
         top_logprobs=request.logprobs or 0,
         ignore_eos=request.ignore_eos,
+        commitments=request.wants_commitments(),
     )
 
 
@@ -88,6 +93,13 @@ def usage_of(finish: Finish) -> Usage:
         completion_tokens=finish.completion_tokens,
         total_tokens=finish.prompt_tokens + finish.completion_tokens,
     )
+
+
+def agoranet_result(finish: Finish) -> AgoranetResult | None:
+    """The response's ``agoranet`` object: the commitments, when they were asked for."""
+    if finish.commitments is None:
+        return None
+    return AgoranetResult(commitments=CommitmentsOut(**finish.commitments.to_wire()))
 
 
 def _top(entry: TokenLogprob) -> list[TopLogprob]:

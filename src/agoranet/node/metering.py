@@ -3,8 +3,9 @@
 The middleware tokenises the request once to price it and puts the result in a
 :class:`Meter` in a context variable; the service takes the prepared request
 from there instead of tokenising again, records the usage when generation
-finishes, and asks for the final SSE frames (the signed receipt) before
-``data: [DONE]``.
+finishes, asks for running-receipt frames as content frames go out
+(``stream_progress``, given how many were sent), and for the final SSE frames
+(the signed receipt) before ``data: [DONE]``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from agoranet.engines.base import Finish, Prepared
 __all__ = ["Meter", "current_meter", "metered"]
 
 FinishFrames = Callable[[Finish], Awaitable[list[bytes]]]
+ProgressFrames = Callable[[int], Awaitable[list[bytes]]]
 
 
 @dataclass
@@ -25,6 +27,7 @@ class Meter:
     prepared: Prepared | None = None
     usage: Finish | None = None
     stream_finish: FinishFrames | None = None
+    stream_progress: ProgressFrames | None = None
     taken: bool = field(default=False)
 
     def take_prepared(self) -> Prepared | None:

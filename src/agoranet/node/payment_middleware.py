@@ -8,8 +8,12 @@ payment the request ends in a 402 with the x402 requirements (or a 400 for a
 malformed body) and the engine never runs. With one, the voucher is persisted
 in the ledger, the request runs, and the actual usage is charged: a plain
 response carries the signed receipt in ``PAYMENT-RESPONSE``; a stream carries
-it in a final SSE event before ``data: [DONE]``. A request that fails or is
-abandoned is charged nothing. Responses are never buffered.
+it in a final SSE event before ``data: [DONE]``, and every ``receipt_every``
+content frames a running receipt (object ``agoranet.receipt.running``) for
+the tokens sent so far, persisted before it goes out. A request that fails or
+is abandoned is charged its last running receipt, or nothing if it got none:
+the buyer holds a signed receipt for every charge, and a node that dies
+mid-stream is paid for what it had receipted. Responses are never buffered.
 """
 
 from __future__ import annotations
@@ -34,14 +38,17 @@ from agoranet.node.metering import Meter, metered
 from agoranet.node.service import InferenceService
 from agoranet.payments import x402wire
 from agoranet.payments.acceptor import SCHEME_EXACT, Authorization, PaymentAcceptor
-from agoranet.payments.pricing import TokenPrices, cost, worst_case
+from agoranet.payments.pricing import TokenPrices, cost, with_commitments, worst_case
 
-__all__ = ["DEFAULT_PAID_PATHS", "PaymentMiddleware", "PriceBook"]
+__all__ = ["DEFAULT_PAID_PATHS", "RECEIPT_OBJECT", "RUNNING_RECEIPT_OBJECT", "PaymentMiddleware",
+           "PriceBook"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PAID_PATHS = ("/v1/chat/completions", "/v1/completions")
 REQUEST_ID_HEADER = "x-request-id"
+RECEIPT_OBJECT = "agoranet.receipt"  # the final receipt of a stream
+RUNNING_RECEIPT_OBJECT = "agoranet.receipt.running"  # for the part already sent
 PriceBook = Callable[[str], TokenPrices]
 
 
@@ -50,8 +57,11 @@ class PaymentMiddleware:
 
     def __init__(self, app: ASGIApp, *, acceptor: PaymentAcceptor, service: InferenceService,
                  prices: PriceBook, paid_paths: Iterable[str] = DEFAULT_PAID_PATHS,
-                 settle_exact_before: bool = True) -> None:
+                 settle_exact_before: bool = True, receipt_every: int = 16,
+                 commitment_price: int = 0) -> None:
         self.app = app
+        self.receipt_every = receipt_every
+        self.commitment_price = commitment_price
         self.acceptor = acceptor
         self.service = service
         self.prices = prices
@@ -70,6 +80,8 @@ class PaymentMiddleware:
             await _send_error(send, exc)
             return
         prices = self.prices(model)
+        if prepared.request.commitments:  # the offer's surcharge on every token
+            prices = with_commitments(prices, self.commitment_price)
         if prices.is_free:
             await self.app(scope, _replay(body, receive), send)
             return
@@ -97,15 +109,29 @@ class PaymentMiddleware:
                                                finish.completion_tokens, amount)
             return response.model_dump(by_alias=True, exclude_none=True, mode="json")
 
+        def receipt_event(kind: str, response: dict[str, Any]) -> bytes:
+            return sse_json({"id": f"receipt-{auth.request_id}", "object": kind,
+                             "created": int(time.time()), "model": model, "choices": [],
+                             "x402_payment_response": response,
+                             "agoranet_receipt": response["extra"]["receipt"]})
+
         async def stream_finish(finish: Finish) -> list[bytes]:
-            response = charge(finish)
-            event = {"id": f"receipt-{auth.request_id}", "object": "agoranet.receipt",
-                     "created": int(time.time()), "model": model, "choices": [],
-                     "x402_payment_response": response,
-                     "agoranet_receipt": response["extra"]["receipt"]}
-            return [sse_json(event)]
+            return [receipt_event(RECEIPT_OBJECT, charge(finish))]
+
+        receipted = 0
+
+        async def stream_progress(sent: int) -> list[bytes]:
+            nonlocal receipted
+            if sent - receipted < self.receipt_every:
+                return []
+            receipted = sent
+            prompt = prepared.prompt_tokens
+            response = self.acceptor.progress(auth, prompt, sent, cost(prices, prompt, sent))
+            return [] if response is None else [receipt_event(RUNNING_RECEIPT_OBJECT, response)]
 
         meter.stream_finish = stream_finish
+        if self.receipt_every > 0:
+            meter.stream_progress = stream_progress
 
         async def paid_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -123,7 +149,10 @@ class PaymentMiddleware:
                 await self.app(scope, _replay(body, receive), paid_send)
         finally:
             if not auth.done:
-                self.acceptor.release(auth)
+                kept = self.acceptor.release(auth)
+                if kept is not None:
+                    logger.info("%s ended early: charged %d for %d tokens by its running "
+                                "receipt", auth.request_id, kept.amount, kept.tokens_out)
         if auth.scheme == SCHEME_EXACT and not self.settle_exact_before:
             try:
                 await self.acceptor.settle_exact(auth)

@@ -34,7 +34,7 @@ from agoranet.engines.base import (
     TokenLogprob,
     collect,
 )
-from agoranet.errors import ContextLengthError, ModelNotFoundError
+from agoranet.errors import ContextLengthError, InvalidRequestError, ModelNotFoundError
 from agoranet.node import convert
 from agoranet.node.metering import current_meter
 from agoranet.tuning.adapter import ADAPTER_SEPARATOR, adapter_model_name
@@ -99,7 +99,13 @@ class InferenceService:
             shared = meter.take_prepared()
             if shared is not None:
                 return shared
-        self.model_info(request.model)
+        info = self.model_info(request.model)
+        if request.commitments and info.commitments is None:
+            raise InvalidRequestError(
+                f"this node cannot return commitments for '{request.model}': its "
+                f"{self.engine.name} engine does not expose hidden states",
+                param="agoranet.commitments",
+            )
         prepared = await self.engine.prepare(request)
         room = prepared.context_length - prepared.prompt_tokens
         wanted = requested if requested is not None else room
@@ -160,6 +166,7 @@ class InferenceService:
                 )
             ],
             usage=convert.usage_of(finish),
+            agoranet=convert.agoranet_result(finish),
         )
 
     async def _chat_stream(
@@ -186,6 +193,11 @@ class InferenceService:
 
         def on_finish(finish: Finish) -> list[bytes]:
             out = [chunk(ChunkChoice(delta=DeltaMessage(), finish_reason=finish.reason))]
+            extension = convert.agoranet_result(finish)
+            if extension is not None:  # the commitments, in a chunk of their own
+                out.append(sse_event(ChatCompletionChunk(id=ident, created=created,
+                                                         model=request.model, choices=[],
+                                                         agoranet=extension)))
             if include_usage:
                 out.append(chunk(None, finish))
             return out
@@ -216,6 +228,7 @@ class InferenceService:
                 )
             ],
             usage=convert.usage_of(finish),
+            agoranet=convert.agoranet_result(finish),
         )
 
     async def _completion_stream(
@@ -241,6 +254,10 @@ class InferenceService:
 
         def on_finish(finish: Finish) -> list[bytes]:
             out = [chunk([CompletionChoice(text="", finish_reason=finish.reason)])]
+            extension = convert.agoranet_result(finish)
+            if extension is not None:  # the commitments, in a chunk of their own
+                out.append(sse_event(Completion(id=ident, created=created, model=request.model,
+                                                choices=[], agoranet=extension)))
             if include_usage:
                 out.append(chunk([], finish))
             return out
@@ -267,10 +284,16 @@ async def _frames(
     meter = current_meter()
     try:
         finished: Finish | None = None
+        progress = meter.stream_progress if meter is not None else None
+        sent = 0
         async for event in events:
             if isinstance(event, Delta):
                 if event.text or event.tokens:
                     yield on_delta(event)
+                    sent += 1
+                    if progress is not None:  # running payment receipts, as frames go out
+                        for frame in await progress(sent):
+                            yield frame
             else:
                 finished = event
                 for frame in on_finish(event):

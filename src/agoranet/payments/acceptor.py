@@ -4,7 +4,9 @@
 is ``worst`` base units it builds the 402 requirements, checks a
 ``PAYMENT-SIGNATURE`` payload, holds the channel (the voucher is persisted in
 the ledger before this returns), and after generation charges the actual usage
-and signs the receipt that goes back in ``PAYMENT-RESPONSE``.
+and signs the receipt that goes back in ``PAYMENT-RESPONSE``. A long stream also
+gets running receipts (:meth:`PaymentAcceptor.progress`) for what it has sent so
+far; a stream that breaks is charged its last one, never more.
 
 ``batch-settlement`` follows the x402 scheme for variable prices: the voucher's
 cumulative amount must equal the channel's charged total plus this request's
@@ -292,10 +294,25 @@ class PaymentAcceptor:
         return receipt, SettleResponse(success=True, payer=auth.payer, transaction="",
                                        network=self.terms.network, amount="", extra=extra)
 
-    def release(self, auth: Authorization) -> None:
-        """Nothing is charged: the request failed or was abandoned before it finished."""
+    def progress(self, auth: Authorization, tokens_in: int, tokens_out: int,
+                 amount: int) -> dict[str, Any] | None:
+        """A running receipt for the part of a stream already sent (``batch-settlement``
+        only; None for ``exact``, which moves a fixed amount): persisted, then signed
+        and returned as a payment response for the stream."""
+        if auth.hold is None or auth.done:
+            return None
+        receipt = self.ledger.progress(auth.hold, tokens_in, tokens_out, amount,
+                                       self.signer.sign, self.terms.chain_id)
+        return {"success": True, "payer": auth.payer, "network": self.terms.network,
+                "extra": {"chargedAmount": str(receipt.amount), "running": True,
+                          "receipt": receipt.to_json()}}
+
+    def release(self, auth: Authorization) -> Receipt | None:
+        """The request failed or was abandoned before it finished: charged what its last
+        running receipt says (returned), or nothing if none was sent."""
         if auth.done:
-            return
+            return None
         auth.done = True
         if auth.hold is not None:
-            self.ledger.release(auth.hold)
+            return self.ledger.release(auth.hold)
+        return None

@@ -4,7 +4,11 @@ Any httpx-based client (the ``openai`` client included, through its
 ``http_client``) then pays transparently: each request goes out with the next
 voucher; a 402 is answered once (a larger maximum, or a resync from the node's
 corrective 402); the receipt is checked from ``PAYMENT-RESPONSE`` or, for a
-stream, from its final receipt event, read as the stream passes through.
+stream, from its final receipt event, read as the stream passes through. A
+stream's running receipts are checked as they come (never more tokens than have
+arrived); if the stream breaks before its final receipt, the last running one is
+what the request cost. The verified receipt is left in
+``response.extensions["agoranet_receipt"]``.
 Requests on one channel go one at a time (the lock is held until the receipt).
 """
 
@@ -13,13 +17,15 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from agoranet.errors import PaymentError
+from agoranet.errors import PaymentError, ReceiptError
 from agoranet.payments import x402wire
 from agoranet.payments.payer import Payer, PendingPayment
+from agoranet.payments.receipts import Receipt
 
 __all__ = ["PayerAuth"]
 
@@ -115,30 +121,43 @@ class PayerAuth(httpx.Auth):
         body: dict[str, Any] = request.extensions.get("agoranet_body") or {}
         if pending is None or response.status_code != 200:
             return False
-        model = str(body.get("model", ""))
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        terms = _Terms(str(body.get("model", "")),
+                       body.get("max_completion_tokens") or body.get("max_tokens"),
+                       bool((body.get("agoranet") or {}).get("commitments")))
         header = response.headers.get(x402wire.PAYMENT_RESPONSE)
         if header:
             settle = x402wire.decode_json(header, x402wire.PAYMENT_RESPONSE)
             response.extensions["agoranet_receipt"] = self.payer.settle(
-                pending, settle, model, max_tokens=max_tokens)
+                pending, settle, terms.model, max_tokens=terms.max_tokens,
+                commitments=terms.commitments)
             return False
         if "text/event-stream" not in response.headers.get("content-type", ""):
             raise PaymentError("the node answered a paid request without a receipt")
-        response.stream = _ReceiptTap(response.stream, self, pending, model, max_tokens, response)
+        response.stream = _ReceiptTap(response.stream, self, pending, terms, response)
         return True
+
+
+@dataclass(frozen=True)
+class _Terms:
+    """What a receipt is checked against, from the request's body."""
+
+    model: str
+    max_tokens: int | None
+    commitments: bool
 
 
 class _ReceiptTap(httpx.AsyncByteStream, httpx.SyncByteStream):
     """Passes a stream through, finds the receipt event, checks it, then frees the lock."""
 
-    def __init__(self, inner: Any, auth: PayerAuth, pending: PendingPayment, model: str,
-                 max_tokens: int | None, response: httpx.Response) -> None:
+    def __init__(self, inner: Any, auth: PayerAuth, pending: PendingPayment, terms: _Terms,
+                 response: httpx.Response) -> None:
         self.inner, self.auth, self.pending = inner, auth, pending
-        self.model, self.max_tokens, self.response = model, max_tokens, response
+        self.terms, self.response = terms, response
         self.buffer = b""
         self.chunks = 0
         self.done = False
+        self.final = False
+        self.running: Receipt | None = None  # the last running receipt, until the final one
 
     def _scan(self, data: bytes) -> None:
         self.buffer += data
@@ -151,16 +170,33 @@ class _ReceiptTap(httpx.AsyncByteStream, httpx.SyncByteStream):
                 obj = json.loads(text)
             except ValueError:
                 continue
-            if obj.get("object") == "agoranet.receipt":
+            kind = obj.get("object")
+            if kind == "agoranet.receipt":
+                self.final = True
                 self.response.extensions["agoranet_receipt"] = self.auth.payer.settle(
-                    self.pending, obj["x402_payment_response"], self.model,
-                    max_tokens=self.max_tokens, min_tokens_out=self.chunks)
+                    self.pending, obj["x402_payment_response"], self.terms.model,
+                    max_tokens=self.terms.max_tokens, min_tokens_out=self.chunks,
+                    commitments=self.terms.commitments)
+            elif kind == "agoranet.receipt.running":
+                receipt = self.auth.payer.check(
+                    self.pending, obj["x402_payment_response"], self.terms.model,
+                    max_tokens=self.terms.max_tokens, max_tokens_out=self.chunks,
+                    commitments=self.terms.commitments)
+                if self.running is not None and receipt.amount < self.running.amount:
+                    raise ReceiptError(f"running receipt {receipt.request_id} went down")
+                self.running = receipt
             elif any(_has_text(c) for c in obj.get("choices", [])):
                 self.chunks += 1
 
     def _release(self) -> None:
-        if not self.done:
-            self.done = True
+        if self.done:
+            return
+        self.done = True
+        try:
+            if not self.final and self.running is not None:  # broken off: what was receipted
+                self.auth.payer.adopt(self.pending, self.running)
+                self.response.extensions["agoranet_receipt"] = self.running
+        finally:
             self.auth._lock.release()
 
     def __iter__(self) -> Iterator[bytes]:

@@ -4,9 +4,15 @@ Per channel the ledger keeps what the node has charged (``charged``, the x402
 ``chargedCumulativeAmount``), the highest voucher it accepted and that
 voucher's signature, what it has claimed on chain, and the request holding the
 channel right now, if any. A request first *accepts* a voucher (persisted,
-before any inference), then either *commits* its actual charge (which writes
-the signed receipt) or is *released* (nothing charged, the previous voucher
-restored). Every money value is an ``int`` in base units; every operation on
+before any inference). While it streams, the node may record *running
+receipts* (:meth:`Ledger.progress`): signed receipts for the part of the answer
+already sent, each persisted before it goes out. The request then either
+*commits* its actual charge (which writes the final signed receipt) or is
+*released*: charged what its last running receipt says, or nothing (the
+previous voucher restored) if it sent none. A node killed mid-stream is
+released the same way by :meth:`Ledger.recover` after its restart, so the
+buyer and the node agree on every charge: each is backed by a receipt the
+buyer holds. Every money value is an ``int`` in base units; every operation on
 one channel is atomic, so two requests can never spend the same headroom.
 
 Implementations: :class:`~agoranet.payments.sqlite_ledger.SqliteLedger`
@@ -134,8 +140,18 @@ class Ledger(Protocol):
         """
         ...
 
-    def release(self, hold: Hold) -> None:
-        """Give the hold up with nothing charged; the previous voucher becomes current."""
+    def progress(self, hold: Hold, tokens_in: int, tokens_out: int, amount: int,
+                 sign: Callable[[Receipt], Receipt], chain_id: int) -> Receipt:
+        """Persist a running receipt for the answer streamed so far (before it is sent).
+
+        Its amount (at most the hold's maximum) never falls below an earlier running
+        receipt's; it is what the request is charged if it ends without a commit.
+        """
+        ...
+
+    def release(self, hold: Hold) -> Receipt | None:
+        """Give the hold up: charge the last running receipt (returned) if there is one,
+        else nothing, and the previous voucher becomes current."""
         ...
 
     def recover(self) -> int:

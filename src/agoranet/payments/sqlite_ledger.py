@@ -74,6 +74,17 @@ CREATE TABLE IF NOT EXISTS receipts (
     created_at  REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS receipts_unclaimed ON receipts(channel_id, claimed);
+CREATE TABLE IF NOT EXISTS running_receipts (
+    request_id  TEXT PRIMARY KEY REFERENCES vouchers(request_id),
+    tokens_in   INTEGER NOT NULL,
+    tokens_out  INTEGER NOT NULL,
+    amount      INTEGER NOT NULL CHECK (amount >= 0),
+    cumulative  INTEGER NOT NULL,
+    chain_id    INTEGER NOT NULL,
+    signer      TEXT NOT NULL,
+    signature   TEXT NOT NULL,
+    updated_at  REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS claims (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     channel_id  TEXT NOT NULL,
@@ -221,39 +232,77 @@ class SqliteLedger:
             done = self._receipt(db, hold.request_id)
             if done is not None:
                 return done
-            row = db.execute("SELECT status FROM vouchers WHERE request_id = ?",
-                             (hold.request_id,)).fetchone()
-            ch = self._channel_row(db, hold.channel_id)
-            if row is None or row[0] != "held" or ch is None or \
-                    ch.pending_request != hold.request_id:
-                raise LedgerError(f"request {hold.request_id} holds no voucher to charge")
+            ch = self._held(db, hold)
             charge = min(amount, hold.max_amount)
-            cumulative = ch.charged + charge
             receipt = sign(Receipt(hold.request_id, hold.channel_id, tokens_in, tokens_out,
-                                   charge, cumulative, chain_id))
-            db.execute("UPDATE channels SET charged = ?, pending_request = NULL, updated_at = ? "
-                       "WHERE channel_id = ?", (cumulative, time.time(), hold.channel_id))
-            db.execute("UPDATE vouchers SET status = 'charged' WHERE request_id = ?",
-                       (hold.request_id,))
+                                   charge, ch.charged + charge, chain_id))
+            self._charge(db, receipt)
+        return receipt
+
+    @staticmethod
+    def _charge(db: sqlite3.Connection, receipt: Receipt) -> None:
+        """Charge ``receipt`` (signed, for the held request): the hold ends, the receipt stays."""
+        db.execute("UPDATE channels SET charged = ?, pending_request = NULL, updated_at = ? "
+                   "WHERE channel_id = ?", (receipt.cumulative, time.time(), receipt.channel_id))
+        db.execute("UPDATE vouchers SET status = 'charged' WHERE request_id = ?",
+                   (receipt.request_id,))
+        db.execute("DELETE FROM running_receipts WHERE request_id = ?", (receipt.request_id,))
+        db.execute(
+            "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            (receipt.request_id, receipt.channel_id, receipt.tokens_in, receipt.tokens_out,
+             receipt.amount, receipt.cumulative, receipt.chain_id, receipt.signer,
+             receipt.signature, time.time()),
+        )
+
+    def progress(self, hold: Hold, tokens_in: int, tokens_out: int, amount: int,
+                 sign: Callable[[Receipt], Receipt], chain_id: int) -> Receipt:
+        check_amount(amount, "charge")
+        with self._write(fsync=False) as db:
+            ch = self._held(db, hold)
+            charge = min(amount, hold.max_amount)
+            before = db.execute("SELECT amount FROM running_receipts WHERE request_id = ?",
+                                (hold.request_id,)).fetchone()
+            if before is not None and charge < before[0]:
+                raise LedgerError(f"running receipt for {hold.request_id} would fall from "
+                                  f"{before[0]} to {charge}")
+            receipt = sign(Receipt(hold.request_id, hold.channel_id, tokens_in, tokens_out,
+                                   charge, ch.charged + charge, chain_id))
             db.execute(
-                "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
-                (receipt.request_id, receipt.channel_id, tokens_in, tokens_out, charge,
-                 cumulative, chain_id, receipt.signer, receipt.signature, time.time()),
+                "INSERT OR REPLACE INTO running_receipts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (receipt.request_id, tokens_in, tokens_out, charge, receipt.cumulative,
+                 chain_id, receipt.signer, receipt.signature, time.time()),
             )
         return receipt
 
-    def release(self, hold: Hold) -> None:
-        with self._write(fsync=False) as db:
-            self._release(db, hold.request_id)
+    def _held(self, db: sqlite3.Connection, hold: Hold) -> ChannelRecord:
+        row = db.execute("SELECT status FROM vouchers WHERE request_id = ?",
+                         (hold.request_id,)).fetchone()
+        ch = self._channel_row(db, hold.channel_id)
+        if row is None or row[0] != "held" or ch is None or \
+                ch.pending_request != hold.request_id:
+            raise LedgerError(f"request {hold.request_id} holds no voucher to charge")
+        return ch
 
-    @staticmethod
-    def _release(db: sqlite3.Connection, request_id: str) -> None:
+    def release(self, hold: Hold) -> Receipt | None:
+        with self._write(fsync=False) as db:
+            return self._release(db, hold.request_id)
+
+    @classmethod
+    def _release(cls, db: sqlite3.Connection, request_id: str) -> Receipt | None:
         row = db.execute(
             "SELECT channel_id, voucher_amount, previous_amount, previous_signature, status "
             "FROM vouchers WHERE request_id = ?", (request_id,)).fetchone()
         if row is None or row[4] != "held":
-            return
+            return None
         channel_id, amount, prev_amount, prev_sig, _ = row
+        running = db.execute(
+            "SELECT request_id, ?, tokens_in, tokens_out, amount, cumulative, chain_id, signer,"
+            " signature FROM running_receipts WHERE request_id = ?",
+            (channel_id, request_id)).fetchone()
+        if running is not None:  # the buyer holds this receipt: it is what the answer cost
+            receipt = Receipt(*running)
+            cls._charge(db, receipt)
+            return receipt
         db.execute("UPDATE vouchers SET status = 'released' WHERE request_id = ?", (request_id,))
         db.execute(
             "UPDATE channels SET voucher_amount = CASE WHEN voucher_amount = ? THEN ? "
@@ -262,6 +311,7 @@ class SqliteLedger:
             "WHERE channel_id = ? AND pending_request = ?",
             (amount, prev_amount, amount, prev_sig, time.time(), channel_id, request_id),
         )
+        return None
 
     def recover(self) -> int:
         with self._write() as db:

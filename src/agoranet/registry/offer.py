@@ -12,12 +12,14 @@ from agoranet.engines.base import ModelInfo
 
 __all__ = [
     "AdapterTerms",
+    "CommitmentTerms",
     "FineTuningTerms",
     "ModelOffer",
     "Offer",
     "PaymentOffer",
     "Price",
     "build_offer",
+    "commitment_terms",
 ]
 
 OFFER_VERSION = 1
@@ -37,6 +39,21 @@ class AdapterTerms(BaseModel):
     max_bytes: int = 0
 
 
+class CommitmentTerms(BaseModel):
+    """Whether a model's answers can carry TOPLOC-style commitments, and at what price.
+
+    A request asks with ``"agoranet": {"commitments": true}``; its charge then adds
+    ``price_per_million`` per million of its tokens, prompt and completion alike
+    (:func:`agoranet.payments.pricing.with_commitments`).
+    """
+
+    offered: bool
+    algorithm: str | None = None
+    chunk: int = 0  # decode steps per proof
+    k: int = 0  # entries committed to per proof (each proof is 2 k + 2 bytes)
+    price_per_million: int = Field(default=0, ge=0)
+
+
 class ModelOffer(BaseModel):
     id: str
     context_length: int
@@ -45,6 +62,7 @@ class ModelOffer(BaseModel):
     model_sha256: str | None = None
     sampler: str | None = None  # seeded sampling algorithm, so buyers can audit answers
     adapters: AdapterTerms = Field(default_factory=lambda: AdapterTerms(accepted=False))
+    commitments: CommitmentTerms = Field(default_factory=lambda: CommitmentTerms(offered=False))
 
 
 class FineTuningTerms(BaseModel):
@@ -87,6 +105,7 @@ def build_offer(
     price_out: int,
     adapters: AdapterTerms | None = None,
     fine_tuning: FineTuningTerms | None = None,
+    commitment_price: int = 0,
 ) -> Offer:
     price = Price(input_per_million=price_in, output_per_million=price_out)
     terms = adapters or AdapterTerms(accepted=False)
@@ -102,7 +121,21 @@ def build_offer(
                 model_sha256=m.model_sha256,
                 sampler=m.sampler,
                 adapters=terms,
+                commitments=commitment_terms(m.commitments, commitment_price),
             )
             for m in models
         ],
     )
+
+
+def commitment_terms(algorithm: str | None, price_per_million: int) -> CommitmentTerms:
+    """The terms for a model whose engine produces ``algorithm`` commitments (None: none)."""
+    if algorithm is None:
+        return CommitmentTerms(offered=False)
+    from agoranet.verify.commitments import ALGORITHM, CHUNK, TOP_K
+
+    if algorithm != ALGORITHM:
+        return CommitmentTerms(offered=True, algorithm=algorithm,
+                               price_per_million=price_per_million)
+    return CommitmentTerms(offered=True, algorithm=algorithm, chunk=CHUNK, k=TOP_K,
+                           price_per_million=price_per_million)

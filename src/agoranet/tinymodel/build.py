@@ -18,7 +18,9 @@ from typing import Any
 from agoranet.errors import ModelBuildError
 from agoranet.tinymodel.grammar import dialogues
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "BuildReport", "TinySpec", "build_tiny_model"]
+__all__ = [
+    "CHAT_TEMPLATE", "SIZES", "SPECIAL_TOKENS", "BuildReport", "TinySpec", "build_tiny_model",
+]
 
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -48,6 +50,15 @@ class TinySpec:
     seq_len: int = 128
     learning_rate: float = 3e-3
     seed: int = 0
+
+
+SIZES = {
+    "default": TinySpec(),
+    # Fewer layers, narrower, fewer steps; the same tokenizer and corpus (a cheaper model
+    # "trained the same way", for audit tests; builds in seconds).
+    "small": TinySpec(hidden_size=96, intermediate_size=256, num_layers=2, num_heads=3,
+                      num_kv_heads=1, steps=150),
+}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,9 @@
-"""Auditing a node over HTTP: ask fixed challenge prompts, recompute the answers locally.
+"""Auditing a node over HTTP: ask fresh challenges, recompute the answers locally.
 
-Half the challenges are greedy, half sampled with a seed the auditor picks; the
+Each audit draws new challenges: prompts from the tiny model's grammar of
+everyday dialogues (some with a system message), and, for the sampled half, a
+fresh random seed each, so a node that caches earlier answers (audits' or
+anyone's) cannot replay them. Half the challenges are greedy, half sampled; the
 node must return each token's id and log-probability (``logprobs`` with the
 ``token_id`` extension). Each answer goes through :func:`audit_answer` against
 the reference weights; the node fails the audit if any answer is flagged.
@@ -8,6 +11,10 @@ the reference weights; the node fails the audit if any answer is flagged.
 
 from __future__ import annotations
 
+import dataclasses
+import random
+import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,15 +22,22 @@ import httpx
 
 from agoranet.engines.base import GenerationRequest, Message
 from agoranet.errors import AuditError
+from agoranet.tinymodel.grammar import dialogues
 from agoranet.verify.audit import AuditResult, audit_answer
+from agoranet.verify.commitment_audit import (
+    CommitmentResult,
+    commitments_in,
+    offers_commitments,
+    verify_commitments,
+)
+from agoranet.verify.commitments import Commitments
 
-__all__ = ["CHALLENGES", "NodeAudit", "audit_node", "challenge"]
+__all__ = ["PER_ROUND", "NodeAudit", "audit_node", "challenge", "challenges"]
 
-CHALLENGES = [
-    "Tell me a short story.", "What did Anna do today?", "Tell me about the park.",
-    "Where is the cat?", "What should I cook for dinner?", "How is the weather today?",
-    "Tell me about the ship.", "Hello!", "What did Omar do yesterday?", "Tell me a story.",
-]
+# Challenges per audit round. With fresh prompts, the tiny model's int4 copy is flagged on
+# about one answer in five (bench/verify.py), so 10 challenges would miss it about one audit
+# in ten; 30 miss it about one in a thousand.
+PER_ROUND = 30
 
 
 @dataclass
@@ -31,6 +45,7 @@ class NodeAudit:
     node: str
     model: str
     results: list[AuditResult] = field(default_factory=list)
+    commitment_results: list[CommitmentResult] = field(default_factory=list)
 
     @property
     def tokens(self) -> int:
@@ -42,32 +57,64 @@ class NodeAudit:
 
     @property
     def passed(self) -> bool:
-        return bool(self.results) and self.flagged == 0
+        return (bool(self.results) and self.flagged == 0
+                and all(r.passed for r in self.commitment_results))
 
 
-def challenge(i: int, prompt: str, model: str, max_tokens: int = 48,
-              seed_base: int = 1000) -> GenerationRequest:
-    """The ``i``-th audit request: greedy when ``i`` is even, else sampled with a set seed."""
+def challenge(i: int, prompt: str | Sequence[Message], model: str, max_tokens: int = 48,
+              seed: int | None = None) -> GenerationRequest:
+    """The ``i``-th audit request: greedy when ``i`` is even, else sampled with ``seed``.
+
+    ``prompt`` is a user message or whole messages; a sampled challenge without a
+    ``seed`` gets a fresh random one.
+    """
     sampled = i % 2 == 1
-    return GenerationRequest(model=model, messages=(Message("user", prompt),),
-                             max_tokens=max_tokens, temperature=1.0 if sampled else 0.0,
-                             seed=seed_base + i if sampled else None, logprobs=True)
+    messages = (Message("user", prompt),) if isinstance(prompt, str) else tuple(prompt)
+    if sampled and seed is None:
+        seed = secrets.randbelow(2**31)
+    return GenerationRequest(model=model, messages=messages, max_tokens=max_tokens,
+                             temperature=1.0 if sampled else 0.0,
+                             seed=seed if sampled else None, logprobs=True)
+
+
+def challenges(count: int, model: str, max_tokens: int = 48,
+               rng: random.Random | None = None) -> list[GenerationRequest]:
+    """``count`` fresh challenges: random prompts from the dialogue grammar, random seeds.
+
+    ``rng`` makes them reproducible (tests); by default they come from the OS's randomness.
+    """
+    rng = rng or random.SystemRandom()
+    drawn = dialogues(count, seed=rng.randrange(2**63))
+    return [challenge(i, tuple(Message(m["role"], m["content"]) for m in dialogue[:-1]), model,
+                      max_tokens, seed=rng.randrange(2**31))
+            for i, dialogue in enumerate(drawn)]
 
 
 def audit_node(node_url: str, model: str, reference: Any, *, rounds: int = 1,
                max_tokens: int = 48, client: httpx.Client | None = None,
-               auth: httpx.Auth | None = None) -> NodeAudit:
+               auth: httpx.Auth | None = None, rng: random.Random | None = None,
+               commitments: bool | None = None) -> NodeAudit:
     """Audit ``model`` at ``node_url`` against ``reference`` (a LoadedModel of the same weights).
 
+    Asks ``rounds`` x :data:`PER_ROUND` fresh :func:`challenges` (drawn from ``rng``).
     ``auth`` pays a paid node for the challenges (e.g. the gateway's payer for it).
+    With ``commitments`` (by default: when the node's offer has them) every answer
+    is asked with its commitments too, and they are checked
+    (:func:`~agoranet.verify.commitment_audit.verify_commitments`).
     """
     http = client or httpx.Client(timeout=120, auth=auth)
     audit = NodeAudit(node_url, model)
     try:
-        for i in range(rounds * len(CHALLENGES)):
-            request = challenge(i, CHALLENGES[i % len(CHALLENGES)], model, max_tokens)
-            ids, logprobs = _ask(http, node_url, request)
+        if commitments is None:
+            commitments = offers_commitments(http, node_url, model)
+        for request in challenges(rounds * PER_ROUND, model, max_tokens, rng):
+            request = dataclasses.replace(request, commitments=commitments)
+            ids, logprobs, proofs = _ask(http, node_url, request)
             audit.results.append(audit_answer(reference, request, ids, logprobs))
+            if commitments:
+                audit.commitment_results.append(
+                    verify_commitments(reference, request, ids, proofs) if proofs is not None
+                    else CommitmentResult(len(ids), (), "no commitments returned"))
     finally:
         if client is None:
             http.close()
@@ -75,7 +122,7 @@ def audit_node(node_url: str, model: str, reference: Any, *, rounds: int = 1,
 
 
 def _ask(http: httpx.Client, node_url: str,
-         request: GenerationRequest) -> tuple[list[int], list[float]]:
+         request: GenerationRequest) -> tuple[list[int], list[float], Commitments | None]:
     body: dict[str, Any] = {
         "model": request.model, "max_tokens": request.max_tokens,
         "messages": [{"role": m.role, "content": m.content} for m in request.messages or ()],
@@ -83,12 +130,16 @@ def _ask(http: httpx.Client, node_url: str,
     }
     if request.seed is not None:
         body["seed"] = request.seed
+    if request.commitments:
+        body["agoranet"] = {"commitments": True}
     try:
         response = http.post(f"{node_url.rstrip('/')}/chat/completions", json=body)
         response.raise_for_status()
-        content = response.json()["choices"][0]["logprobs"]["content"]
+        answer = response.json()
+        content = answer["choices"][0]["logprobs"]["content"]
     except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
         raise AuditError(f"{node_url} did not answer an audit challenge: {exc}") from exc
     if any(entry.get("token_id") is None for entry in content):
         raise AuditError(f"{node_url} returns no token ids: it cannot be audited")
-    return [int(e["token_id"]) for e in content], [float(e["logprob"]) for e in content]
+    return ([int(e["token_id"]) for e in content], [float(e["logprob"]) for e in content],
+            commitments_in(answer))

@@ -1,0 +1,106 @@
+"""Where a payer keeps its channel state and every receipt: one SQLite file per channel.
+
+A receipt and the channel state it moves are written in one transaction, in
+WAL mode with ``synchronous=NORMAL``: a commit survives the gateway being
+killed (the data is in the WAL, handed to the OS) without an fsync per request,
+which would cost more than the rest of the payment. After a power loss the last
+commits may be gone; the node's corrective 402 then brings the charged total
+back, and the payer only adopts it when its own voucher signature backs it
+(:meth:`~agoranet.payments.payer.Payer.resync`).
+
+Folders written by earlier versions (``channel.json`` and ``receipts.jsonl``)
+are imported once, on first open.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from agoranet.errors import PaymentError
+from agoranet.payments.receipts import Receipt
+
+if TYPE_CHECKING:
+    from agoranet.payments.payer import ChannelState
+
+__all__ = ["PayerStore"]
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS channel (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS receipts (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    receipt TEXT NOT NULL
+);
+"""
+
+
+class PayerStore:
+    """The channel state (one row, JSON) and the receipts (in order) of one payer."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "payer.sqlite"
+        fresh = not self.path.exists()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                       timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise PaymentError(f"cannot open the payer's store {self.path}: {exc}") from exc
+        self._lock = threading.Lock()
+        if fresh:
+            self._import_files(folder)
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved channel state's fields, or None before the channel is opened."""
+        with self._lock:
+            row = self._db.execute("SELECT state FROM channel WHERE id = 1").fetchone()
+        return dict(json.loads(row[0])) if row else None
+
+    def save(self, state: ChannelState, receipt: Receipt | None = None) -> None:
+        """Save ``state``, with ``receipt`` (the one that moved it) in the same commit."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                if receipt is not None:
+                    self._db.execute("INSERT INTO receipts (receipt) VALUES (?)",
+                                     (json.dumps(receipt.to_json()),))
+                self._db.execute("INSERT OR REPLACE INTO channel VALUES (1, ?)",
+                                 (json.dumps(asdict(state)),))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise PaymentError(f"cannot save the payer's state: {exc}") from exc
+
+    def receipts(self) -> list[Receipt]:
+        with self._lock:
+            rows = self._db.execute("SELECT receipt FROM receipts ORDER BY seq").fetchall()
+        return [Receipt.from_json(json.loads(r[0])) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _import_files(self, folder: Path) -> None:
+        from agoranet.payments.payer import ChannelState
+
+        state_file, receipts_file = folder / "channel.json", folder / "receipts.jsonl"
+        if not state_file.is_file():
+            return
+        known = {f.name for f in fields(ChannelState)}
+        data = json.loads(state_file.read_text(encoding="utf-8"))
+        state = ChannelState(**{k: v for k, v in data.items() if k in known})
+        if receipts_file.is_file():
+            for line in receipts_file.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    self._db.execute("INSERT INTO receipts (receipt) VALUES (?)", (line,))
+        self.save(state)

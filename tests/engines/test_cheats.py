@@ -1,0 +1,94 @@
+"""The cheats do what they claim, and never touch a model they were handed."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agoranet.engines.base import GenerationRequest, Message, collect
+from agoranet.engines.cheats import CHEATS, make_cheat
+from agoranet.engines.hf import TransformersEngine
+from agoranet.engines.prompt import encode_prompt
+from agoranet.errors import ConfigError
+from agoranet.tinymodel import TinySpec, build_tiny_model
+
+SYSTEM = Message("system", "You are a helpful assistant.")
+ASK = Message("user", "Where is the cat?")
+
+
+def digest(model: Any) -> str:
+    sha = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        sha.update(tensor.float().numpy().tobytes())
+    return sha.hexdigest()
+
+
+def test_cheats_are_known_by_name() -> None:
+    assert set(CHEATS) == {"int4", "int8", "nosystem", "replay", "smaller", "template"}
+    with pytest.raises(ConfigError, match="unknown cheat 'int3'"):
+        make_cheat("int3")
+    with pytest.raises(ConfigError, match="smaller:PATH"):
+        make_cheat("smaller")
+
+
+async def test_rounded_weights_are_a_copy(tiny_loaded: Any) -> None:
+    before = digest(tiny_loaded.model)
+    engine = TransformersEngine(loaded=tiny_loaded, cheat="int4")
+    try:
+        assert engine.loaded.model is not tiny_loaded.model
+        assert digest(engine.loaded.model) != before
+        assert engine.models() == [tiny_loaded.info]  # still claims the honest hash
+    finally:
+        await engine.aclose()
+    assert digest(tiny_loaded.model) == before
+
+
+async def test_prompt_cheats_change_the_prompt(tiny_loaded: Any) -> None:
+    request = GenerationRequest(model="tiny", messages=(SYSTEM, ASK))
+    tokenizer = tiny_loaded.tokenizer
+    honest = encode_prompt(tokenizer, request)
+    without_system = encode_prompt(tokenizer, GenerationRequest(model="tiny", messages=(ASK,)))
+    for cheat, expected in (("nosystem", without_system), (None, honest)):
+        engine = TransformersEngine(loaded=tiny_loaded, cheat=cheat)
+        try:
+            assert (await engine.prepare(request)).payload == (expected, None)
+        finally:
+            await engine.aclose()
+    plain = make_cheat("template").encode(tokenizer, request)
+    assert tokenizer.decode(plain) == ("System: You are a helpful assistant.\n"
+                                       "User: Where is the cat?\nAssistant:")
+
+
+async def test_replay_ignores_the_seed(tiny_loaded: Any) -> None:
+    def ask(seed: int, content: str = "Tell me a story.", logprobs: bool = True) -> GenerationRequest:
+        return GenerationRequest(model="tiny", messages=(Message("user", content),),
+                                 max_tokens=24, temperature=1.0, seed=seed, logprobs=logprobs)
+
+    async def ids(engine: TransformersEngine, request: GenerationRequest) -> list[int | None]:
+        _, tokens, _ = await collect(engine.stream(await engine.prepare(request)))
+        return [t.token_id for t in tokens]
+
+    honest = TransformersEngine(loaded=tiny_loaded)
+    replay = TransformersEngine(loaded=tiny_loaded, cheat="replay")
+    try:
+        seeds = [s for s in range(1, 40) if await ids(honest, ask(s)) != await ids(honest, ask(0))]
+        assert seeds  # some seed gives another honest answer
+        first = await ids(replay, ask(0, logprobs=False))  # cached with token ids all the same
+        assert first == await ids(honest, ask(0)) and None not in first
+        assert await ids(replay, ask(seeds[0])) == first  # replayed, whatever the seed
+        other = ask(0, "Hello!")
+        assert await ids(replay, other) == await ids(honest, other)
+    finally:
+        await honest.aclose()
+        await replay.aclose()
+
+
+def test_smaller_refuses_another_tokenizer(tmp_path: Path, tiny_loaded: Any) -> None:
+    spec = TinySpec(steps=1, dialogues=200, hidden_size=32, intermediate_size=64,
+                    num_heads=2, num_kv_heads=1, num_layers=1, vocab_size=400)
+    build_tiny_model(tmp_path / "other", spec)
+    with pytest.raises(ConfigError, match="another tokenizer"):
+        make_cheat(f"smaller:{tmp_path / 'other'}").serve(tiny_loaded)

@@ -1,0 +1,129 @@
+"""Calibrated audits on the tiny model (issue #8).
+
+Honest engines in several configurations (concurrent streams on the step
+scheduler, torch threads, greedy and seeded sampling) must never be flagged:
+504 answers in two halves (by torch threads, so xdist workers share them), each
+reporting its measured false-positive rate with the 95% upper bound (rule of
+three: 3/n). Every cheat of ``agoranet.engines.cheats`` is
+audited with fresh challenges: int4, the smaller model and replay must be
+caught within 2,000 audited tokens; int8, template and nosystem are measured
+and printed, not asserted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from agoranet.engines.base import GenerationRequest
+from agoranet.engines.hf import TransformersEngine, load_model
+from agoranet.verify.calibration import Tally, audit_engine, generate_answers
+from agoranet.verify.node_audit import challenge, challenges
+
+ANSWER_TOKENS = 24
+PER_CONFIG = 42  # 12 honest configurations: 504 answers
+CHEAT_ANSWERS = 40
+CAUGHT_WITHIN = 2_000  # audited output tokens
+
+
+@dataclass(frozen=True)
+class Honest:
+    """One honest serving configuration."""
+
+    concurrency: int  # streams generated at once on the engine's step scheduler
+    threads: int  # torch intra-op threads
+    sampled: bool  # seeded sampling at temperature 1, else greedy
+    options: Mapping[str, Any] = field(default_factory=dict)  # extra request fields
+
+    @property
+    def name(self) -> str:
+        extra = "".join(f", {k}={v}" for k, v in self.options.items())
+        mode = "sampled" if self.sampled else "greedy"
+        return f"{self.concurrency} streams, {self.threads} thread(s), {mode}{extra}"
+
+
+HONEST = [Honest(c, t, s) for c in (1, 4, 8) for t in (1, 2) for s in (False, True)]
+
+
+def honest_requests(config: Honest, rng: random.Random) -> list[GenerationRequest]:
+    drawn = challenges(PER_CONFIG, "tiny", ANSWER_TOKENS, rng)
+    return [dataclasses.replace(
+        challenge(int(config.sampled), r.messages or (), "tiny", ANSWER_TOKENS,
+                  seed=rng.randrange(2**31)), **config.options) for r in drawn]
+
+
+def line(name: str, tally: Tally) -> str:
+    first = tally.first_flag_at if tally.first_flag_at is not None else "-"
+    return (f"{name:<34} flagged {tally.flagged:>3}/{tally.answers:<3} ({tally.rate:6.1%})  "
+            f"tokens {tally.tokens:>5}  first flag at token {first}")
+
+
+@pytest.mark.parametrize("cheat", ["int4", "smaller", "int8", "template", "nosystem"])
+async def test_cheat(cheat: str, tiny_loaded: Any, small_model: Path) -> None:
+    spec = f"smaller:{small_model}" if cheat == "smaller" else cheat
+    engine = TransformersEngine(loaded=tiny_loaded, cheat=spec)  # cheats never touch tiny_loaded
+    try:
+        tally = await audit_engine(engine, tiny_loaded, challenges(
+            CHEAT_ANSWERS, "tiny", ANSWER_TOKENS, random.Random(100)))
+    finally:
+        await engine.aclose()
+    print("\n" + line(cheat, tally))
+    if cheat in ("int4", "smaller"):
+        assert tally.first_flag_at is not None and tally.first_flag_at <= CAUGHT_WITHIN
+
+
+async def test_replay_passes_repeated_audits_and_fails_fresh_ones(tiny_loaded: Any) -> None:
+    engine = TransformersEngine(loaded=tiny_loaded, cheat="replay")
+    drawn = challenges(20, "tiny", ANSWER_TOKENS, random.Random(5))
+    fixed = list({tuple(r.messages or ()): r for r in drawn}.values())  # an audit of distinct prompts
+    try:
+        await generate_answers(engine, fixed)  # earlier traffic: answered honestly, and cached
+        repeated = await audit_engine(engine, tiny_loaded, fixed)  # same prompts and seeds
+        fresh = await audit_engine(engine, tiny_loaded, challenges(
+            CHEAT_ANSWERS, "tiny", ANSWER_TOKENS, random.Random(6)))
+    finally:
+        await engine.aclose()
+    print("\n" + line("replay, repeated challenges", repeated) + "\n"
+          + line("replay, fresh challenges", fresh))
+    assert repeated.flagged == 0  # why an audit must never repeat its seeds
+    assert fresh.first_flag_at is not None and fresh.first_flag_at <= CAUGHT_WITHIN
+
+
+@pytest.mark.parametrize("threads", sorted({c.threads for c in HONEST}),
+                         ids=lambda n: f"{n} torch threads")  # halves, last: xdist shares them out
+async def test_honest_engines_are_never_flagged(threads: int, tiny_model: Path,
+                                                tiny_loaded: Any) -> None:
+    served = load_model(str(tiny_model))  # the node's own copy; tiny_loaded is the reference
+    rows: list[tuple[str, Tally]] = []
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)  # before each engine's worker thread starts
+        for index, config in enumerate(HONEST):
+            if config.threads != threads:
+                continue
+            engine = TransformersEngine(loaded=served, max_active=8, max_queue=64)
+            try:
+                tally = await audit_engine(engine, tiny_loaded,
+                                           honest_requests(config, random.Random(index)),
+                                           concurrency=config.concurrency)
+            finally:
+                await engine.aclose()
+            rows.append((config.name, tally))
+    finally:
+        torch.set_num_threads(before)
+    answers = sum(t.answers for _, t in rows)
+    flagged = sum(t.flagged for _, t in rows)
+    print("\n" + "\n".join(line(name, tally) for name, tally in rows))
+    print(f"honest, {threads} torch threads: {flagged} of {answers} answers flagged "
+          f"({sum(t.tokens for _, t in rows)} tokens); false-positive rate {flagged / answers:.2%}, "
+          f"95% upper bound {3 / answers:.2%} (rule of three; {len(HONEST) * PER_CONFIG} answers "
+          f"over both halves)")
+    assert answers == PER_CONFIG * sum(1 for c in HONEST if c.threads == threads)
+    assert flagged == 0, [line(name, t) for name, t in rows if t.flagged]
