@@ -4,10 +4,10 @@ Honest engines in several configurations (concurrent streams on the step
 scheduler, torch threads, greedy and seeded sampling) must never be flagged:
 504 answers in two halves (by torch threads, so xdist workers share them), each
 reporting its measured false-positive rate with the 95% upper bound (rule of
-three: 3/n). Every cheat of ``agoranet.engines.cheats`` is
-audited with fresh challenges: int4, the smaller model and replay must be
-caught within 2,000 audited tokens; int8, template and nosystem are measured
-and printed, not asserted.
+three: 3/n). Every cheat of ``agoranet.engines.cheats`` is audited with fresh
+challenges: int4, the smaller model and replay must be caught within 2,000
+audited tokens; int8, template and nosystem are measured and printed, not
+asserted.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class Honest:
         return f"{self.concurrency} streams, {self.threads} thread(s), {mode}{extra}"
 
 
+# More go here, e.g. Honest(4, 1, True, {"commitments": True}) (PER_CONFIG answers each).
 HONEST = [Honest(c, t, s) for c in (1, 4, 8) for t in (1, 2) for s in (False, True)]
 
 
