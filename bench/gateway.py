@@ -1,8 +1,9 @@
 """The gateway's overhead against a direct request, and against LiteLLM's proxy.
 
 One node serves the tiny model. In one run, the same requests go (1) straight to
-the node, (2) through `agoranet gateway`, and (3) through LiteLLM's proxy in
-front of the same node, interleaved round by round so drift hits all three:
+the node, (2) through a bare Starlette+httpx proxy (`bench/bare_proxy.py`, the
+floor of this stack), (3) through `agoranet gateway`, and (4) through LiteLLM's
+proxy in front of the same node, interleaved round by round so drift hits all:
 
 - added latency, p50 and p99, of a 1-token non-streamed request;
 - added time to first token of a streamed request;
@@ -22,6 +23,7 @@ import asyncio
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -49,7 +51,7 @@ def litellm_proxy(command: str, node_url: str) -> Iterator[str]:
         "litellm_settings:\n  drop_params: true\n"
         f"general_settings:\n  master_key: {MASTER_KEY}\n"
     )
-    process = subprocess.Popen([command, "--config", str(config), "--port", str(port),
+    process = subprocess.Popen([str(Path(command).resolve()), "--config", str(config), "--port", str(port),
                                 "--num_workers", "1"], stdout=subprocess.DEVNULL,
                                stderr=subprocess.STDOUT, cwd=workdir)
     url = f"http://127.0.0.1:{port}"
@@ -60,6 +62,21 @@ def litellm_proxy(command: str, node_url: str) -> Iterator[str]:
         process.terminate()
         process.wait(timeout=20)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def bare_proxy(node_url: str) -> Iterator[str]:
+    """``bench/bare_proxy.py`` in front of the node: the stack's floor, no gateway logic."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("bare_proxy.py")),
+                                node_url, "--port", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(process, f"http://127.0.0.1:{port}/health", 60)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
 
 
 async def latency(client: httpx.AsyncClient, base: str) -> float:
@@ -188,7 +205,10 @@ def main() -> None:
         spend = Path(tempfile.mkdtemp(prefix="agoranet-bench-gw-")) / "spend.sqlite"
         gateway = stack.enter_context(running_command(
             ["gateway", "--node", node, "--spend-log", str(spend)]))
-        targets: dict[str, Target] = {"direct": (node, None), "agoranet gateway": (gateway, None)}
+        targets: dict[str, Target] = {"direct": (node, None),
+                                      "bare proxy (floor)": (stack.enter_context(bare_proxy(node)),
+                                                             None),
+                                      "agoranet gateway": (gateway, None)}
         if use_litellm:
             targets["LiteLLM proxy"] = (stack.enter_context(litellm_proxy(args.litellm, node)),
                                         None)
@@ -212,8 +232,10 @@ def main() -> None:
         console.print(f"paid: gateway adds {gw_paid['p50'] - paid['p50']:.2f} ms at p50 over a "
                       f"direct paid request; payment itself adds {paid['p50'] - direct['p50']:.2f}"
                       " ms to a direct request")
-    gw = results["agoranet gateway"]
-    console.print(f"gateway req/s vs direct: {gw['rps'] / direct['rps']:.2f}")
+    gw, bare = results["agoranet gateway"], results["bare proxy (floor)"]
+    console.print(f"gateway req/s vs direct: {gw['rps'] / direct['rps']:.2f}; the gateway's own "
+                  f"logic adds {gw['p50'] - bare['p50']:.2f} ms at p50 over a bare "
+                  f"Starlette+httpx proxy, which adds {bare['p50'] - direct['p50']:.2f} ms")
     if "LiteLLM proxy" in results:
         lite = results["LiteLLM proxy"]
         added_gw, added_lite = gw["p50"] - direct["p50"], lite["p50"] - direct["p50"]

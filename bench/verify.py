@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import random
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,18 @@ from agoranet.tinymodel import SIZES, build_tiny_model
 from agoranet.verify.calibration import Tally, audit_engine
 from agoranet.verify.node_audit import challenges
 
-MODES = [None, "int8", "int4", "smaller", "template", "nosystem", "replay"]
+# "+commitments": the challenges also ask for TOPLOC-style commitments, checked too.
+MODES = [None, "int8", "int4", "smaller", "template", "nosystem", "replay", "+commitments",
+         "int8+commitments", "int4+commitments"]
 
 
 async def run(model: str, reference: Any, cheat: str | None, answers: int, tokens: int,
-              seed: int) -> Tally:
+              seed: int, commitments: bool) -> Tally:
     engine = TransformersEngine(loaded=load_model(model), cheat=cheat)
     try:
         requests = challenges(answers, engine.models()[0].name, tokens, random.Random(seed))
+        if commitments:
+            requests = [dataclasses.replace(r, commitments=True) for r in requests]
         return await audit_engine(engine, reference, requests)
     finally:
         await engine.aclose()
@@ -63,12 +68,15 @@ def main() -> None:
         table.add_column(column, justify="left" if column == "node serves" else "right")
     honest: Tally | None = None
     for mode in MODES:
-        cheat = f"smaller:{args.small}" if mode == "smaller" else mode
-        with console.status(f"{mode or 'honest'}"):
-            r = asyncio.run(run(args.model, reference, cheat, args.answers, args.tokens, args.seed))
+        name, plus, _ = (mode or "").partition("+")
+        cheat = f"smaller:{args.small}" if name == "smaller" else (name or None)
+        label = f"{name or 'honest'}{' + commitments' if plus else ''}"
+        with console.status(label):
+            r = asyncio.run(run(args.model, reference, cheat, args.answers, args.tokens,
+                                args.seed, bool(plus)))
         honest = honest or r
         generate_ms, audit_ms = r.generate_s * 1000 / r.tokens, r.audit_s * 1000 / r.tokens
-        table.add_row(mode or "honest", f"{r.flagged}/{r.answers}", f"{r.rate:.0%}",
+        table.add_row(label, f"{r.flagged}/{r.answers}", f"{r.rate:.0%}",
                       str(r.tokens), str(r.first_flag_at or "-"), f"{generate_ms:.2f}",
                       f"{audit_ms:.2f}", f"{audit_ms / generate_ms:.3f}")
     console.print(table)

@@ -2,7 +2,8 @@
 
 Honest engines in several configurations (concurrent streams on the step
 scheduler, torch threads, greedy and seeded sampling) must never be flagged:
-504 answers in two halves (by torch threads, so xdist workers share them), each
+with and without commitments (an answer with them must pass both checks), 672
+answers in two halves (by torch threads, so xdist workers share them), each
 reporting its measured false-positive rate with the 95% upper bound (rule of
 three: 3/n). Every cheat of ``agoranet.engines.cheats`` is audited with fresh
 challenges: int4, the smaller model and replay must be caught within 2,000
@@ -28,7 +29,7 @@ from agoranet.verify.calibration import Tally, audit_engine, generate_answers
 from agoranet.verify.node_audit import challenge, challenges
 
 ANSWER_TOKENS = 24
-PER_CONFIG = 42  # 12 honest configurations: 504 answers
+PER_CONFIG = 42  # 16 honest configurations: 672 answers
 CHEAT_ANSWERS = 40
 CAUGHT_WITHIN = 2_000  # audited output tokens
 
@@ -49,8 +50,11 @@ class Honest:
         return f"{self.concurrency} streams, {self.threads} thread(s), {mode}{extra}"
 
 
-# More go here, e.g. Honest(4, 1, True, {"commitments": True}) (PER_CONFIG answers each).
-HONEST = [Honest(c, t, s) for c in (1, 4, 8) for t in (1, 2) for s in (False, True)]
+# With commitments (TOPLOC-style), the answer must also pass the commitment check.
+PROVED = {"commitments": True}
+HONEST = [Honest(c, t, s) for c in (1, 4, 8) for t in (1, 2) for s in (False, True)] + [
+    Honest(1, 1, True, PROVED), Honest(8, 1, False, PROVED),
+    Honest(4, 2, True, PROVED), Honest(1, 2, False, PROVED)]
 
 
 def honest_requests(config: Honest, rng: random.Random) -> list[GenerationRequest]:
@@ -66,18 +70,24 @@ def line(name: str, tally: Tally) -> str:
             f"tokens {tally.tokens:>5}  first flag at token {first}")
 
 
-@pytest.mark.parametrize("cheat", ["int4", "smaller", "int8", "template", "nosystem"])
+@pytest.mark.parametrize("cheat", ["int4", "smaller", "int8", "template", "nosystem",
+                                   "int4+commitments", "int8+commitments"])
 async def test_cheat(cheat: str, tiny_loaded: Any, small_model: Path) -> None:
-    spec = f"smaller:{small_model}" if cheat == "smaller" else cheat
+    name, _, proved = cheat.partition("+")
+    spec = f"smaller:{small_model}" if name == "smaller" else name
     engine = TransformersEngine(loaded=tiny_loaded, cheat=spec)  # cheats never touch tiny_loaded
+    drawn = challenges(CHEAT_ANSWERS, "tiny", ANSWER_TOKENS, random.Random(100))
+    if proved:
+        drawn = [dataclasses.replace(r, commitments=True) for r in drawn]
     try:
-        tally = await audit_engine(engine, tiny_loaded, challenges(
-            CHEAT_ANSWERS, "tiny", ANSWER_TOKENS, random.Random(100)))
+        tally = await audit_engine(engine, tiny_loaded, drawn)
     finally:
         await engine.aclose()
     print("\n" + line(cheat, tally))
-    if cheat in ("int4", "smaller"):
+    if name in ("int4", "smaller"):
         assert tally.first_flag_at is not None and tally.first_flag_at <= CAUGHT_WITHIN
+    if cheat == "int4+commitments":  # the hidden states give int4 away in every answer
+        assert tally.first_flag_at is not None and tally.first_flag_at <= ANSWER_TOKENS
 
 
 async def test_replay_passes_repeated_audits_and_fails_fresh_ones(tiny_loaded: Any) -> None:
