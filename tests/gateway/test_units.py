@@ -89,10 +89,10 @@ def test_spend_log_totals(tmp_path: Path) -> None:
     log = SpendLog(tmp_path / "spend.sqlite")
     log.add(SpendRow("r1", "m", "a", 10, 5, 3, 12.0, 50.0, "partial"))
     log.add(SpendRow("r1", "m", "b", 14, 7, 4, 9.0, 40.0, "ok"))
-    log.add(SpendRow("r2", "m", "b", 10, 5, 2, 9.0, 40.0, "ok"))
+    log.add(SpendRow("r2", "m", "b", 10, 5, 2, 9.0, 40.0, "ok", receipt='{"amount": "2"}'))
     assert log.total() == 9
-    assert log.totals("model") == [("m", 2, 51, 9)]
-    assert {k: a for k, _, _, a in log.totals("node")} == {"a": 3, "b": 6}
+    assert log.totals("model") == [("m", 2, 51, 9, 2)]  # 2 of the 9 backed by a receipt
+    assert {k: a for k, _, _, a, _ in log.totals("node")} == {"a": 3, "b": 6}
     assert [r.node for r in log.rows("r1")] == ["a", "b"]
     log.close()
     assert SpendLog(tmp_path / "spend.sqlite").total() == 9  # survives a restart

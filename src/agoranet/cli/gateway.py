@@ -147,10 +147,10 @@ def spend(by: str, spend_log: Path | None) -> None:
                 continue
             table = Table(title=title)
             for column in (by, "audits" if audits else "requests", "tokens",
-                           "amount (base units)"):
+                           "amount (base units)", "of it by signed receipts"):
                 table.add_column(column, justify="left" if column == by else "right")
-            for key, count, tokens, amount in rows:
-                table.add_row(key, str(count), str(tokens), str(amount))
+            for key, count, tokens, amount, receipted in rows:
+                table.add_row(key, str(count), str(tokens), str(amount), str(receipted))
             console.print(table)
         audits_total, total = log.audit_total(), log.total()
         if audits_total:

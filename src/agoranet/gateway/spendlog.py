@@ -92,9 +92,11 @@ class SpendLog:
             return int(self._db.execute("SELECT COALESCE(SUM(amount), 0) FROM spend"
                                         " WHERE outcome = 'audit'").fetchone()[0])
 
-    def totals(self, by: str, *, audits: bool | None = None) -> list[tuple[str, int, int, int]]:
-        """``(key, requests, tokens, amount)`` grouped by ``model``, ``node`` or ``day``;
-        ``audits`` True counts only audits, False only requests, None both."""
+    def totals(self, by: str, *,
+               audits: bool | None = None) -> list[tuple[str, int, int, int, int]]:
+        """``(key, requests, tokens, amount, receipted)`` grouped by ``model``, ``node`` or
+        ``day``, where ``receipted`` is the part of ``amount`` backed by a node's signed
+        receipt; ``audits`` True counts only audits, False only requests, None both."""
         column = {"model": "model", "node": "node",
                   "day": "date(ts, 'unixepoch')"}.get(by)
         if column is None:
@@ -102,9 +104,10 @@ class SpendLog:
         where = {None: "", True: " WHERE outcome = 'audit'",
                  False: " WHERE outcome != 'audit'"}[audits]
         with self._lock:
-            return [(str(k), int(n), int(t), int(a)) for k, n, t, a in self._db.execute(
+            return [(str(k), int(n), int(t), int(a), int(r)) for k, n, t, a, r in self._db.execute(
                 f"SELECT {column}, COUNT(DISTINCT request_id), SUM(prompt_tokens +"
-                f" completion_tokens), SUM(amount) FROM spend{where} GROUP BY 1 ORDER BY 4 DESC")]
+                f" completion_tokens), SUM(amount), SUM(CASE WHEN receipt IS NULL THEN 0"
+                f" ELSE amount END) FROM spend{where} GROUP BY 1 ORDER BY 4 DESC")]
 
     def close(self) -> None:
         with self._lock:
