@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-from agoranet.node.launcher import free_port, running_command
+from agoranet.node.launcher import free_port, running_command, wait_healthy
 from helpers import node_process
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def test_node_killed_mid_stream_is_replaced_seamlessly(
     victim = start_node(tiny_model, port, "--chaos-delay-ms", "40")
     victim_url = f"http://127.0.0.1:{port}/v1"
     try:
-        _wait_healthy(victim_url)
+        wait_healthy(victim, f"http://127.0.0.1:{port}/health", 60)
         args = ["gateway", "--node", victim_url, "--node", backup,
                 "--spend-log", str(tmp_path / "spend.sqlite")]
         with running_command(args, timeout=120) as gateway:
@@ -76,19 +76,6 @@ def test_node_killed_mid_stream_is_replaced_seamlessly(
     assert joined == healthy
     assert summary is not None and summary["nodes"] == [victim_url, backup]
     assert summary["failovers"] == 1
-
-
-def _wait_healthy(url: str) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url.removesuffix("/v1") + "/health").status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise TimeoutError(f"{url} never became healthy")
 
 
 def _wait_for_offer(gateway: str, node_url: str) -> None:

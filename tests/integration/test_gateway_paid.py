@@ -11,7 +11,7 @@ import pytest
 from openai import OpenAI
 
 from agoranet.chain.devchain import DevChain
-from agoranet.node.launcher import running_command
+from agoranet.node.launcher import running_command, wait_healthy
 from agoranet.payments.wallet import create_keystore
 from helpers import node_process
 
@@ -141,7 +141,7 @@ def test_a_paid_node_killed_mid_stream_is_paid_what_it_receipted(
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         stack.callback(victim.wait)
         stack.callback(victim.kill)
-        _wait_healthy(victim_url)
+        wait_healthy(victim, f"http://127.0.0.1:{port}/health", 60)
         gateway = stack.enter_context(running_command([
             "gateway", "--rpc-url", chain.rpc_url,
             "--keystore", str(keystore(chain, 8, tmp_path / "gw.json")),
@@ -204,16 +204,3 @@ def _claimed(chain: DevChain, channel_id: str) -> int:
 
     escrow = escrow_contract(chain.web3(), resolve_addresses(chain.chain_id))
     return int(escrow.functions.channels(bytes.fromhex(channel_id[2:])).call()[1])
-
-
-def _wait_healthy(url: str) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url.removesuffix("/v1") + "/health").status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise TimeoutError(f"{url} never became healthy")

@@ -271,3 +271,63 @@ async def test_commitments_are_priced_by_the_offer_and_receipted(
         assert receipt.tokens_out == 12
         assert receipt.amount == cost(dearer, receipt.tokens_in, receipt.tokens_out) > plain.amount
     p.close()
+
+
+async def test_concurrent_streams_cut_short_on_one_channel_stay_in_step(
+        env: Env, payer: LocalAccount, tmp_path: Path) -> None:
+    """Eight threads stream on one channel and half of them hang up mid-answer: each request
+    ends charged by one receipt, and the node and the payer agree on every one."""
+    from .paid_support import CountingEngine
+
+    account: LocalAccount = Account.from_key(env.dev.private_keys[6])
+    ledger = tmp_path / "ledger.sqlite"
+    payments = node_payments(env.dev.rpc_url, ledger, account, receipt_every=4)
+    app = create_app(CountingEngine(delay=0.005, max_active=8, max_queue=64),
+                     paid_settings(env.dev.rpc_url, ledger, receipt_every=4), None, payments)
+    body = {**BODY, "max_tokens": 20, "stream": True}
+
+    async with served(app) as url:
+        def run() -> Payer:
+            p = Payer(url, env.w3, env.addresses, account=payer, state_dir=tmp_path / "p",
+                      max_per_request=200_000)
+            p.open(5_000_000)
+            auth = PayerAuth(p)
+            errors: list[BaseException] = []
+
+            def worker(i: int) -> None:
+                try:
+                    with httpx.Client(base_url=url, auth=auth, timeout=30) as http:
+                        for _ in range(3):
+                            with http.stream("POST", "/v1/chat/completions", json=body) as r:
+                                assert r.status_code == 200  # a busy channel is waited out
+                                words = 0
+                                for line in r.iter_lines():
+                                    words += '"content":"w' in line
+                                    if i % 2 and words == 10:
+                                        break  # hang up: charged the 8-token running receipt
+                except BaseException as exc:  # reported below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors, errors
+            return p
+
+        p = await asyncio.to_thread(run)
+        assert p.state is not None
+        for _ in range(100):  # the node notices the last hang-up when it next writes
+            record = payments.ledger.channel(p.state.channel_id)
+            if record is not None and record.pending_request is None:
+                break
+            await asyncio.sleep(0.05)
+        on_node = payments.ledger.receipts(p.state.channel_id)  # before the node stops
+    receipts = p.receipts()
+    assert sorted(r.tokens_out for r in receipts) == [8] * 12 + [20] * 12
+    assert sum(r.amount for r in receipts) == p.state.charged
+    assert record is not None and record.charged == p.state.charged
+    assert sorted(on_node, key=lambda r: r.cumulative) == \
+        sorted(receipts, key=lambda r: r.cumulative)
+    p.close()

@@ -9,25 +9,33 @@ stream's running receipts are checked as they come (never more tokens than have
 arrived); if the stream breaks before its final receipt, the last running one is
 what the request cost. The verified receipt is left in
 ``response.extensions["agoranet_receipt"]``.
-Requests on one channel go one at a time (the lock is held until the receipt).
+Requests on one channel go one at a time (the lock is held until the receipt); a
+request that follows one the client hung up on may find the node still holding
+the channel, and is resent after short pauses (``BUSY_RETRIES_S``).
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
+from x402.mechanisms.evm.batch_settlement.errors import ERR_CHANNEL_BUSY
 
 from agoranet.errors import PaymentError, ReceiptError
 from agoranet.payments import x402wire
 from agoranet.payments.payer import Payer, PendingPayment
 from agoranet.payments.receipts import Receipt
 
-__all__ = ["PayerAuth"]
+__all__ = ["BUSY_RETRIES_S", "PayerAuth"]
+
+# Pauses before resending a payment the node refused as "channel busy" (0.6 s in all).
+BUSY_RETRIES_S = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32)
 
 
 class PayerAuth(httpx.Auth):
@@ -42,21 +50,39 @@ class PayerAuth(httpx.Auth):
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         self._lock.acquire()
-        yield from self._locked_flow(request)
+        flow = self._locked_flow(request)
+        try:
+            outgoing = next(flow)
+            while True:
+                response = yield outgoing
+                for delay in BUSY_RETRIES_S:
+                    if not _busy(response):
+                        break
+                    time.sleep(delay)
+                    response = yield outgoing
+                try:
+                    outgoing = flow.send(response)
+                except StopIteration:
+                    return
+        finally:
+            flow.close()
 
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         # The payer's state is guarded by a thread lock taken without blocking the loop.
         while not self._lock.acquire(blocking=False):
-            import anyio
-
             await anyio.sleep(0.001)
         flow = self._locked_flow(request)
         try:
             outgoing = next(flow)
             while True:
                 response = yield outgoing
+                for delay in BUSY_RETRIES_S:
+                    if not _busy(response):
+                        break
+                    await anyio.sleep(delay)
+                    response = yield outgoing
                 try:
                     outgoing = flow.send(response)
                 except StopIteration:
@@ -226,6 +252,18 @@ class _ReceiptTap(httpx.AsyncByteStream, httpx.SyncByteStream):
             await self.inner.aclose()
         finally:
             self._release()
+
+
+def _busy(response: httpx.Response) -> bool:
+    """A 402 because the node still holds the channel for our previous request (it has
+    not yet seen that we hung up): the same payment goes again after a pause."""
+    if response.status_code != 402:
+        return False
+    header = response.headers.get(x402wire.PAYMENT_REQUIRED)
+    try:
+        return bool(header) and x402wire.decode_payment_required(header).error == ERR_CHANNEL_BUSY
+    except PaymentError:
+        return False
 
 
 def _has_text(choice: dict[str, Any]) -> bool:
