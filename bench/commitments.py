@@ -27,15 +27,15 @@ from rich.table import Table
 
 from agoranet.engines.base import GenerationRequest, Message, collect
 from agoranet.engines.hf import TransformersEngine, load_model
-from agoranet.tinymodel.grammar import dialogues
-from agoranet.verify.commitment_audit import verify_commitments
-from agoranet.verify.commitments import (
+from agoranet.proofs.commitments import (
     CHUNK,
     DEFAULT_THRESHOLDS,
     TOP_K,
     Commitments,
     prove_chunk,
 )
+from agoranet.tinymodel.grammar import dialogues
+from agoranet.verify.commitment_audit import verify_commitments
 
 
 @dataclasses.dataclass

@@ -12,8 +12,8 @@ import pytest
 from openai import OpenAI
 
 from agoranet.engines.base import GenerationRequest, Message
+from agoranet.proofs.commitments import ALGORITHM, CHUNK, TOP_K, expected_proofs
 from agoranet.verify.commitment_audit import commitments_in, verify_commitments
-from agoranet.verify.commitments import ALGORITHM, CHUNK, TOP_K, expected_proofs
 from agoranet.verify.node_audit import audit_node
 from helpers import node_process
 

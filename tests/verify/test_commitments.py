@@ -20,10 +20,7 @@ from agoranet.engines.base import GenerationRequest, Message, collect
 from agoranet.engines.hf import TransformersEngine, load_model
 from agoranet.errors import AuditError
 from agoranet.payments.pricing import TokenPrices, cost, with_commitments, worst_case
-from agoranet.registry.offer import build_offer
-from agoranet.tinymodel.grammar import dialogues
-from agoranet.verify.commitment_audit import CommitmentResult, verify_commitments
-from agoranet.verify.commitments import (
+from agoranet.proofs.commitments import (
     ALGORITHM,
     CHUNK,
     TOP_K,
@@ -31,7 +28,10 @@ from agoranet.verify.commitments import (
     expected_proofs,
     prove_chunk,
 )
-from agoranet.verify.polynomial import FIELD_PRIME, evaluate, injective_modulus, interpolate
+from agoranet.proofs.polynomial import FIELD_PRIME, evaluate, injective_modulus, interpolate
+from agoranet.registry.offer import build_offer
+from agoranet.tinymodel.grammar import dialogues
+from agoranet.verify.commitment_audit import CommitmentResult, verify_commitments
 
 QUESTIONS = [d[-2]["content"] for d in dialogues(12, seed=5)]
 

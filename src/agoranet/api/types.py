@@ -194,7 +194,7 @@ def log_unknown_fields(request: BaseModel, route: str) -> None:
 
 
 class CommitmentsOut(BaseModel):
-    """Commitments as sent (see :mod:`agoranet.verify.commitments`); proofs in base64."""
+    """Commitments as sent (see :mod:`agoranet.proofs.commitments`); proofs in base64."""
 
     algorithm: str
     chunk: int

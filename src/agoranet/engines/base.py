@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from agoranet.verify.commitments import Commitments
+    from agoranet.proofs.commitments import Commitments
 
 __all__ = [
     "Delta",

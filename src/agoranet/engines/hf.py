@@ -26,8 +26,8 @@ from agoranet.engines.sampling import SAMPLER_ID
 from agoranet.engines.scheduler import StepScheduler
 from agoranet.engines.weights import hash_weights, weight_files, weights_id
 from agoranet.errors import AdapterError, InvalidRequestError, ModelLoadError, ModelNotFoundError
+from agoranet.proofs.commitments import ALGORITHM as COMMITMENT_ALGORITHM
 from agoranet.tuning.adapter import Adapter, parse_model_name
-from agoranet.verify.commitments import ALGORITHM as COMMITMENT_ALGORITHM
 
 if TYPE_CHECKING:
     from agoranet.engines.cheats import Cheat

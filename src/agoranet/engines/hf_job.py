@@ -11,7 +11,7 @@ from agoranet.engines.base import Delta, Finish, GenerationRequest, StreamEvent,
 from agoranet.engines.detok import IncrementalDetokenizer
 from agoranet.engines.sampling import Sampler
 from agoranet.engines.stops import StopMatcher
-from agoranet.verify.commitments import CommitmentBuilder
+from agoranet.proofs.commitments import CommitmentBuilder
 
 if TYPE_CHECKING:
     from agoranet.engines.hf import LoadedModel

@@ -132,7 +132,7 @@ def commitment_terms(algorithm: str | None, price_per_million: int) -> Commitmen
     """The terms for a model whose engine produces ``algorithm`` commitments (None: none)."""
     if algorithm is None:
         return CommitmentTerms(offered=False)
-    from agoranet.verify.commitments import ALGORITHM, CHUNK, TOP_K
+    from agoranet.proofs.commitments import ALGORITHM, CHUNK, TOP_K
 
     if algorithm != ALGORITHM:
         return CommitmentTerms(offered=True, algorithm=algorithm,

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agoranet.engines.base import Engine, GenerationRequest, collect
+from agoranet.proofs.commitments import Commitments
 from agoranet.verify.audit import AuditResult, audit_answer
 from agoranet.verify.commitment_audit import verify_commitments
-from agoranet.verify.commitments import Commitments
 
 __all__ = ["Answer", "Tally", "audit", "audit_engine", "generate_answers"]
 

@@ -3,7 +3,7 @@
 The verifier runs the reference model once over prompt + answer (all but the
 answer's last token, which the node never fed), cuts the last hidden state into
 the chunks the node committed to, and checks each proof
-(:func:`~agoranet.verify.commitments.check_chunk`). Decision rule: the answer
+(:func:`~agoranet.proofs.commitments.check_chunk`). Decision rule: the answer
 passes when the commitments use our algorithm with its chunk (32) and k (128),
 there is exactly one proof per chunk, and every chunk passes the
 :class:`Thresholds`; one failing chunk fails it. Commitments bind the hidden states (weights and inputs), not the sampling:
@@ -20,8 +20,7 @@ import torch
 
 from agoranet.engines.base import GenerationRequest
 from agoranet.engines.prompt import encode_prompt
-from agoranet.tuning.adapter import ADAPTER_SEPARATOR
-from agoranet.verify.commitments import (
+from agoranet.proofs.commitments import (
     ALGORITHM,
     CHUNK,
     DEFAULT_THRESHOLDS,
@@ -33,6 +32,7 @@ from agoranet.verify.commitments import (
     chunks,
     expected_proofs,
 )
+from agoranet.tuning.adapter import ADAPTER_SEPARATOR
 
 __all__ = [
     "CommitmentResult",

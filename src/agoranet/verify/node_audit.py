@@ -22,6 +22,7 @@ import httpx
 
 from agoranet.engines.base import GenerationRequest, Message
 from agoranet.errors import AuditError
+from agoranet.proofs.commitments import Commitments
 from agoranet.tinymodel.grammar import dialogues
 from agoranet.verify.audit import AuditResult, audit_answer
 from agoranet.verify.commitment_audit import (
@@ -30,7 +31,6 @@ from agoranet.verify.commitment_audit import (
     offers_commitments,
     verify_commitments,
 )
-from agoranet.verify.commitments import Commitments
 
 __all__ = ["PER_ROUND", "NodeAudit", "audit_node", "challenge", "challenges"]
 

@@ -33,7 +33,7 @@ from typing import Any, Final
 import torch
 
 from agoranet.errors import AuditError
-from agoranet.verify.polynomial import FIELD_PRIME, evaluate, injective_modulus, interpolate
+from agoranet.proofs.polynomial import FIELD_PRIME, evaluate, injective_modulus, interpolate
 
 __all__ = [
     "ALGORITHM",
