@@ -96,3 +96,20 @@ def test_spend_log_totals(tmp_path: Path) -> None:
     assert [r.node for r in log.rows("r1")] == ["a", "b"]
     log.close()
     assert SpendLog(tmp_path / "spend.sqlite").total() == 9  # survives a restart
+
+
+def test_adapter_surcharge_counts_only_for_adapter_requests() -> None:
+    """A node's adapter surcharge must not make its base model look dearer than it is."""
+    from agoranet.registry.offer import AdapterTerms
+
+    plain, tuned = node("plain", 100, 100), node("tuned", 90, 90)
+    tuned.offer.models[0].adapters = AdapterTerms(  # type: ignore[union-attr]
+        accepted=True, surcharge=Price(input_per_million=50, output_per_million=50))
+    model = tuned.offer.models[0]  # type: ignore[union-attr]
+    assert cost_micro(model, 10, 10) == 1_800
+    assert cost_micro(model, 10, 10, adapter=True) == 2_800
+    cheapest = Policy(prefer="cheapest")
+    assert [n.url for n, _ in rank([plain, tuned], "m", 10, 10, cheapest)] == ["tuned", "plain"]
+    # only ``tuned`` takes adapters; for one, it charges its surcharge
+    assert [n.url for n, _ in rank([plain, tuned], "m@adapter:" + "ab" * 32, 10, 10,
+                                   cheapest)] == ["tuned"]

@@ -15,24 +15,35 @@ from collections.abc import Iterable
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.policy import Policy
 from agoranet.registry.offer import ModelOffer
+from agoranet.tuning.adapter import ADAPTER_SEPARATOR
 
-__all__ = ["Candidate", "cost_micro", "expected_cost", "rank"]
+__all__ = ["Candidate", "cost_micro", "expected_cost", "is_adapter", "rank"]
 
 Candidate = tuple[NodeState, ModelOffer]
 
 _UNKNOWN_TTFT_MS = 200.0  # an unmeasured node is assumed fair, so it gets tried
 
 
-def cost_micro(model: ModelOffer, prompt_tokens: int, completion_tokens: int) -> int:
-    """Price of a request in millionths of a base unit (exact, for comparing nodes)."""
-    surcharge = model.adapters.surcharge
-    return (prompt_tokens * (model.price.input_per_million + surcharge.input_per_million)
-            + completion_tokens * (model.price.output_per_million + surcharge.output_per_million))
+def cost_micro(model: ModelOffer, prompt_tokens: int, completion_tokens: int, *,
+               adapter: bool = False) -> int:
+    """Price of a request in millionths of a base unit (exact, for comparing nodes); the
+    adapter surcharge counts only for a request to an adapter (``MODEL@adapter:...``)."""
+    price_in, price_out = model.price.input_per_million, model.price.output_per_million
+    if adapter:
+        price_in += model.adapters.surcharge.input_per_million
+        price_out += model.adapters.surcharge.output_per_million
+    return prompt_tokens * price_in + completion_tokens * price_out
 
 
-def expected_cost(model: ModelOffer, prompt_tokens: int, completion_tokens: int) -> int:
+def expected_cost(model: ModelOffer, prompt_tokens: int, completion_tokens: int, *,
+                  adapter: bool = False) -> int:
     """Price of a request in base units, rounded up (integers only)."""
-    return -(-cost_micro(model, prompt_tokens, completion_tokens) // 1_000_000)
+    return -(-cost_micro(model, prompt_tokens, completion_tokens, adapter=adapter) // 1_000_000)
+
+
+def is_adapter(model_name: str) -> bool:
+    """Whether ``model_name`` asks for a LoRA adapter on its base model."""
+    return ADAPTER_SEPARATOR in model_name
 
 
 def _eligible(node: NodeState, model: ModelOffer, policy: Policy, now: float) -> bool:
@@ -49,6 +60,7 @@ def rank(nodes: Iterable[NodeState], model_name: str, prompt_tokens: int, max_to
          policy: Policy) -> list[Candidate]:
     """Eligible nodes serving ``model_name``, best first."""
     now = time.monotonic()
+    adapter = is_adapter(model_name)
     found: list[Candidate] = []
     for node in nodes:
         model = node.model(model_name)
@@ -57,7 +69,7 @@ def rank(nodes: Iterable[NodeState], model_name: str, prompt_tokens: int, max_to
 
     def key(candidate: Candidate) -> tuple[float, float, str]:
         node, model = candidate
-        cost = float(cost_micro(model, prompt_tokens, max_tokens))
+        cost = float(cost_micro(model, prompt_tokens, max_tokens, adapter=adapter))
         ttft = node.ttft_ms if node.ttft_ms is not None else _UNKNOWN_TTFT_MS
         seconds = ttft / 1000 + max_tokens / (node.tokens_per_s or 100.0)
         reliability = node.reliability

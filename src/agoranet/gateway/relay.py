@@ -29,7 +29,7 @@ from agoranet.gateway.budget import Budget
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.paying import NodePayers
 from agoranet.gateway.policy import Policy
-from agoranet.gateway.ranking import Candidate, expected_cost
+from agoranet.gateway.ranking import Candidate, expected_cost, is_adapter
 from agoranet.gateway.spendlog import SpendLog, SpendRow
 from agoranet.payments.receipts import Receipt
 from agoranet.registry.offer import ModelOffer
@@ -195,6 +195,7 @@ async def relay(
     """
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     body.pop("agoranet", None)
+    adapter = is_adapter(str(body["model"]))
     produced = ""
     errors: list[str] = []
     queue = list(candidates[: policy.max_attempts])
@@ -203,7 +204,7 @@ async def relay(
         node, model = candidate
         request = _continuation(body, produced, result.completion_tokens)
         worst = expected_cost(model, prompt_ceiling + len(produced.encode()) + 8,
-                              limit - result.completion_tokens)
+                              limit - result.completion_tokens, adapter=adapter)
         await budget.reserve(worst)
         segment = _Segment(node, time.perf_counter())
         try:
@@ -324,7 +325,9 @@ async def _account(attempt: _Attempt, body: dict[str, Any], prompt_ceiling: int,
     produced = bool(segment.tokens or usage)
     prompt = int(usage.get("prompt_tokens", prompt_ceiling if segment.tokens else 0))
     completion = int(usage.get("completion_tokens", segment.tokens))
-    listed = min(attempt.worst, expected_cost(model, prompt, completion)) if produced else 0
+    listed = min(attempt.worst, expected_cost(model, prompt, completion,
+                                              adapter=is_adapter(str(body["model"])))
+                 ) if produced else 0
     # A paid node is owed what its receipt says (for a broken answer: its last running
     # receipt), nothing without one; a free node's price list only estimates the value
     # of what it gave.
