@@ -113,3 +113,18 @@ def test_adapter_surcharge_counts_only_for_adapter_requests() -> None:
     # only ``tuned`` takes adapters; for one, it charges its surcharge
     assert [n.url for n, _ in rank([plain, tuned], "m@adapter:" + "ab" * 32, 10, 10,
                                    cheapest)] == ["tuned"]
+
+
+def test_commitments_policy_uses_only_nodes_that_offer_them_at_their_price() -> None:
+    from agoranet.registry.offer import CommitmentTerms
+
+    plain, proving = node("plain", 10, 10), node("proving", 20, 20)
+    proving.offer.models[0].commitments = CommitmentTerms(  # type: ignore[union-attr]
+        offered=True, algorithm="agoranet-toploc-v1", chunk=32, k=128, price_per_million=5)
+    model = proving.offer.models[0]  # type: ignore[union-attr]
+    assert cost_micro(model, 10, 10, commitments=True) == 10 * 25 + 10 * 25
+    assert [n.url for n, _ in rank([plain, proving], "m", 10, 10, Policy())] == [
+        "plain", "proving"]
+    asked = Policy().narrowed({"commitments": True})
+    assert [n.url for n, _ in rank([plain, proving], "m", 10, 10, asked)] == ["proving"]
+    assert asked.narrowed({"commitments": False}).commitments  # a request cannot relax it

@@ -144,3 +144,39 @@ def test_budget_is_never_exceeded_with_20_concurrent_clients(
     assert sum(amounts) == state["spent"] <= budget
     assert 0 < sum(1 for a in amounts if a) < 20  # some served, the rest refused
     assert state["reserved"] == 0
+
+
+def test_commitments_through_the_gateway_verify(
+        network: dict[str, str], tiny_loaded: object) -> None:
+    """A buyer asks the gateway for commitments: the node's proofs come back in the summary,
+    streamed and not, and they verify against the reference weights."""
+    from agoranet.engines.base import GenerationRequest, Message
+    from agoranet.proofs.commitments import Commitments
+    from agoranet.verify.commitment_audit import verify_commitments
+
+    client = OpenAI(base_url=network["gateway"], api_key="x", max_retries=0)
+    ask = {"agoranet": {"commitments": True, "prefer": "cheapest"}}
+    plain = client.chat.completions.create(model="tiny", messages=QUESTION, temperature=0,
+                                           max_tokens=40, logprobs=True, extra_body=ask)
+    summary = plain.model_extra["agoranet"]  # type: ignore[index]
+    [proved] = summary["commitments"]
+    assert proved["node"] == network["cheap"] and proved["proofs"]
+    streamed = [c.model_extra.get("agoranet") for c in client.chat.completions.create(
+        model="tiny", messages=QUESTION, temperature=0, max_tokens=40, stream=True,
+        extra_body=ask) if c.model_extra and c.model_extra.get("agoranet")]
+    assert streamed and streamed[-1]["commitments"][0]["proofs"] == proved["proofs"]
+    # The gateway asks for no token ids; the verifier re-tokenises the greedy answer here.
+    text = plain.choices[0].message.content or ""
+    ids = tiny_loaded.tokenizer.encode(text, add_special_tokens=False)  # type: ignore[attr-defined]
+    if plain.choices[0].finish_reason == "stop":  # the end-of-sequence token was generated too
+        ids.append(min(tiny_loaded.eos_ids))  # type: ignore[attr-defined]
+    request = GenerationRequest(model="tiny", messages=(Message("user", QUESTION[0]["content"]),),
+                                max_tokens=40, temperature=0.0, commitments=True)
+    found = Commitments.from_wire({k: v for k, v in proved.items() if k != "node"})
+    assert plain.usage is not None and len(ids) == plain.usage.completion_tokens
+    result = verify_commitments(tiny_loaded, request, ids, found)
+    assert result.passed, result.reason
+    plain_cost = client.chat.completions.create(
+        model="tiny", messages=QUESTION, temperature=0, max_tokens=40,
+        extra_body={"agoranet": {"prefer": "cheapest"}}).model_extra["agoranet"]  # type: ignore[index]
+    assert "commitments" not in plain_cost

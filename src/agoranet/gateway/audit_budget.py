@@ -19,7 +19,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from agoranet.gateway.budget import Budget, BudgetExceededError
-from agoranet.gateway.ranking import cost_micro
+from agoranet.gateway.ranking import expected_cost
 from agoranet.registry.offer import ModelOffer
 
 __all__ = ["TEMPLATE_TOKENS", "AuditBudget", "audit_cost", "listed_cost"]
@@ -44,10 +44,8 @@ def audit_cost(model: ModelOffer, prompts: list[list[str]], max_tokens: int) -> 
 def listed_cost(model: ModelOffer, prompt_tokens: int, completion_tokens: int) -> int:
     """One audit challenge's price at ``model``'s listed prices, commitments included when
     offered; base units, rounded up."""
-    micro = cost_micro(model, prompt_tokens, completion_tokens)
-    if model.commitments.offered:
-        micro += (prompt_tokens + completion_tokens) * model.commitments.price_per_million
-    return -(-micro // 1_000_000)
+    return expected_cost(model, prompt_tokens, completion_tokens,
+                         commitments=model.commitments.offered)
 
 
 class AuditBudget:

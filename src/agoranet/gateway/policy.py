@@ -33,6 +33,9 @@ class Policy(BaseModel):
     hedge_after_ms: int | None = Field(default=None, ge=1)
     ban_base_s: float = Field(default=5.0, gt=0)
     ban_cap_s: float = Field(default=600.0, gt=0)
+    # Ask nodes for TOPLOC-style commitments (at their offer's price); only nodes that
+    # offer them are used, and each node's proofs come back in the answer's summary.
+    commitments: bool = False
 
     def narrowed(self, extension: dict[str, Any] | None) -> Policy:
         """This policy with a request's ``agoranet`` field applied; it may only narrow."""
@@ -48,6 +51,7 @@ class Policy(BaseModel):
             "max_price_out": _min(self.max_price_out, asked.max_price_out),
             "deny": sorted({*self.deny, *asked.deny}),
             "allow": _intersect(self.allow, asked.allow),
+            "commitments": self.commitments or asked.commitments,
         })
 
 

@@ -25,20 +25,26 @@ _UNKNOWN_TTFT_MS = 200.0  # an unmeasured node is assumed fair, so it gets tried
 
 
 def cost_micro(model: ModelOffer, prompt_tokens: int, completion_tokens: int, *,
-               adapter: bool = False) -> int:
+               adapter: bool = False, commitments: bool = False) -> int:
     """Price of a request in millionths of a base unit (exact, for comparing nodes); the
-    adapter surcharge counts only for a request to an adapter (``MODEL@adapter:...``)."""
+    adapter surcharge counts only for a request to an adapter (``MODEL@adapter:...``), the
+    commitments price only for a request that asks for them."""
     price_in, price_out = model.price.input_per_million, model.price.output_per_million
     if adapter:
         price_in += model.adapters.surcharge.input_per_million
         price_out += model.adapters.surcharge.output_per_million
+    if commitments:
+        price_in += model.commitments.price_per_million
+        price_out += model.commitments.price_per_million
     return prompt_tokens * price_in + completion_tokens * price_out
 
 
 def expected_cost(model: ModelOffer, prompt_tokens: int, completion_tokens: int, *,
-                  adapter: bool = False) -> int:
+                  adapter: bool = False, commitments: bool = False) -> int:
     """Price of a request in base units, rounded up (integers only)."""
-    return -(-cost_micro(model, prompt_tokens, completion_tokens, adapter=adapter) // 1_000_000)
+    micro = cost_micro(model, prompt_tokens, completion_tokens, adapter=adapter,
+                       commitments=commitments)
+    return -(-micro // 1_000_000)
 
 
 def is_adapter(model_name: str) -> bool:
@@ -50,6 +56,8 @@ def _eligible(node: NodeState, model: ModelOffer, policy: Policy, now: float) ->
     if node.banned(now) or node.url in policy.deny:
         return False
     if policy.allow is not None and node.url not in policy.allow:
+        return False
+    if policy.commitments and not model.commitments.offered:
         return False
     if policy.max_price_in is not None and model.price.input_per_million > policy.max_price_in:
         return False
@@ -69,7 +77,8 @@ def rank(nodes: Iterable[NodeState], model_name: str, prompt_tokens: int, max_to
 
     def key(candidate: Candidate) -> tuple[float, float, str]:
         node, model = candidate
-        cost = float(cost_micro(model, prompt_tokens, max_tokens, adapter=adapter))
+        cost = float(cost_micro(model, prompt_tokens, max_tokens, adapter=adapter,
+                                commitments=policy.commitments))
         ttft = node.ttft_ms if node.ttft_ms is not None else _UNKNOWN_TTFT_MS
         seconds = ttft / 1000 + max_tokens / (node.tokens_per_s or 100.0)
         reliability = node.reliability

@@ -7,6 +7,9 @@ message (``continue_final_message``), so the client sees one uninterrupted
 answer. Every node that produced tokens gets a spend-log row, with the signed
 receipt behind its charge when it is paid (for a node that died mid-answer, the
 last running receipt it sent); failing nodes are banned for a growing time.
+With ``policy.commitments`` every node is asked for TOPLOC-style commitments to
+its part of the answer (for a continuation, its prompt includes the text already
+streamed), and they are collected per node.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class RelayResult:
     amount: int = 0
     nodes: list[str] = field(default_factory=list)
     failovers: int = 0
+    # With ``policy.commitments``: each node's commitments for its part of the answer.
+    commitments: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -79,6 +84,7 @@ class _Segment:
     finish: str | None = None
     charged: int | None = None  # from the node's signed receipt, when paid
     receipt: Receipt | None = None
+    commitments: dict[str, Any] | None = None  # when asked for
     paid: bool = False  # paid through a channel: only a receipt says what was spent
 
 
@@ -146,6 +152,8 @@ async def _pieces(segment: _Segment, lines: AsyncIterator[str],
         if "error" in chunk:
             raise _NodeFailed(f"error mid-stream: {chunk['error'].get('message')}")
         segment.usage = chunk.get("usage") or segment.usage
+        segment.commitments = (chunk.get("agoranet") or {}).get("commitments") or \
+            segment.commitments
         for choice in chunk.get("choices") or []:
             text = (choice.get("delta") or {}).get("content")
             if text:
@@ -195,6 +203,8 @@ async def relay(
     """
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     body.pop("agoranet", None)
+    if policy.commitments:  # the node's own option of the same name
+        body["agoranet"] = {"commitments": True}
     adapter = is_adapter(str(body["model"]))
     produced = ""
     errors: list[str] = []
@@ -204,7 +214,8 @@ async def relay(
         node, model = candidate
         request = _continuation(body, produced, result.completion_tokens)
         worst = expected_cost(model, prompt_ceiling + len(produced.encode()) + 8,
-                              limit - result.completion_tokens, adapter=adapter)
+                              limit - result.completion_tokens, adapter=adapter,
+                              commitments=policy.commitments)
         await budget.reserve(worst)
         segment = _Segment(node, time.perf_counter())
         try:
@@ -325,9 +336,9 @@ async def _account(attempt: _Attempt, body: dict[str, Any], prompt_ceiling: int,
     produced = bool(segment.tokens or usage)
     prompt = int(usage.get("prompt_tokens", prompt_ceiling if segment.tokens else 0))
     completion = int(usage.get("completion_tokens", segment.tokens))
-    listed = min(attempt.worst, expected_cost(model, prompt, completion,
-                                              adapter=is_adapter(str(body["model"])))
-                 ) if produced else 0
+    listed = min(attempt.worst, expected_cost(
+        model, prompt, completion, adapter=is_adapter(str(body["model"])),
+        commitments=bool(body.get("agoranet")))) if produced else 0
     # A paid node is owed what its receipt says (for a broken answer: its last running
     # receipt), nothing without one; a free node's price list only estimates the value
     # of what it gave.
@@ -342,6 +353,8 @@ async def _account(attempt: _Attempt, body: dict[str, Any], prompt_ceiling: int,
                        completion, amount, _ms(segment.first_token, segment.started),
                        (time.perf_counter() - segment.started) * 1000, outcome, receipt))
     result.nodes.append(attempt.node.url)
+    if segment.commitments is not None:
+        result.commitments.append({"node": attempt.node.url, **segment.commitments})
     result.amount += amount
     result.completion_tokens += completion
     result.prompt_tokens = result.prompt_tokens or prompt

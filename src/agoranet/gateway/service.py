@@ -136,10 +136,11 @@ class GatewayService:
                 yield chunk({"content": piece.text})
             yield chunk({}, result.finish_reason)
             self._served(model, result)
-            if include_usage:
+            if include_usage or result.commitments:  # commitments come even unasked-for usage
+                usage = {"usage": _usage(result)} if include_usage else {}
                 yield sse_json({"id": result.request_id, "object": "chat.completion.chunk",
-                                "created": created, "model": model, "choices": [],
-                                "usage": _usage(result), "agoranet": _summary(result)})
+                                "created": created, "model": model, "choices": [], **usage,
+                                "agoranet": _summary(result)})
             yield DONE
         except UpstreamError as exc:  # every node failed mid-answer: say so in the stream
             yield sse_json({"error": {"message": str(exc), "type": "upstream_error",
@@ -154,5 +155,8 @@ def _usage(result: RelayResult) -> dict[str, int]:
 
 
 def _summary(result: RelayResult) -> dict[str, Any]:
-    return {"request_id": result.request_id, "nodes": result.nodes, "amount": result.amount,
-            "failovers": result.failovers}
+    summary = {"request_id": result.request_id, "nodes": result.nodes, "amount": result.amount,
+               "failovers": result.failovers}
+    if result.commitments:
+        summary["commitments"] = result.commitments
+    return summary
