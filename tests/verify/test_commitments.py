@@ -228,3 +228,26 @@ def test_commitments_add_their_price_to_every_token() -> None:
     assert with_commitments(base, 0) == base
     with pytest.raises(ValueError):
         with_commitments(base, -1)
+
+
+async def test_one_reference_pass_gives_both_verdicts(honest: TransformersEngine,
+                                                      tiny_loaded: Any) -> None:
+    """``audit_with_commitments`` agrees with the two separate checks, for an honest answer
+    and for a tampered proof, and reports missing commitments."""
+    from agoranet.verify.audit import audit_answer
+    from agoranet.verify.commitment_audit import audit_with_commitments
+
+    request = _request(3, ignore_eos=True)
+    _, tokens, finish = await collect(honest.stream(await honest.prepare(request)))
+    ids, logprobs = [t.token_id or 0 for t in tokens], [t.logprob for t in tokens]
+    assert finish.commitments is not None
+    audited, proved = audit_with_commitments(tiny_loaded, request, ids, logprobs,
+                                             finish.commitments)
+    assert audited == audit_answer(tiny_loaded, request, ids, logprobs)
+    separate = verify_commitments(tiny_loaded, request, ids, finish.commitments)
+    assert proved.passed and separate.passed and len(proved.checks) == len(separate.checks)
+    other = (await _answer(honest, _request(5, ignore_eos=True)))[1]  # another answer's proofs
+    _, wrong = audit_with_commitments(tiny_loaded, request, ids, logprobs, other)
+    assert not wrong.passed
+    _, missing = audit_with_commitments(tiny_loaded, request, ids, logprobs, None)
+    assert missing.reason == "no commitments returned"

@@ -29,7 +29,7 @@ from agoranet.engines.base import GenerationRequest
 from agoranet.engines.prompt import encode_prompt
 from agoranet.engines.sampling import Sampler
 
-__all__ = ["AuditResult", "audit_answer"]
+__all__ = ["AuditResult", "audit_answer", "reference_pass", "score_answer"]
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,33 @@ def audit_answer(
 ) -> AuditResult:
     """Audit one answer (its token ids) to ``request`` against ``reference`` (a LoadedModel)."""
     prompt = encode_prompt(reference.tokenizer, request)
-    ids = torch.tensor([prompt + token_ids], device=reference.device)
+    logits, _ = reference_pass(reference, prompt + token_ids)
+    return score_answer(logits[len(prompt) - 1 : len(prompt) - 1 + len(token_ids)], request,
+                        token_ids, reported_logprobs, margin=margin,
+                        logprob_tolerance=logprob_tolerance)
+
+
+def reference_pass(reference: Any, ids: list[int], *,
+                   hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One forward pass of ``reference`` over ``ids``: the logits ``[tokens, vocab]`` (float)
+    and, with ``hidden``, the last hidden state ``[tokens, hidden]`` (what the LM head reads)."""
+    tokens = torch.tensor([ids], device=reference.device)
     with torch.inference_mode():
-        logits = reference.model(input_ids=ids).logits[0].float()
-    steps = logits[len(prompt) - 1 : len(prompt) - 1 + len(token_ids)]
+        output = reference.model(input_ids=tokens, output_hidden_states=hidden)
+    states: torch.Tensor | None = output.hidden_states[-1][0] if hidden else None
+    return output.logits[0].float(), states
+
+
+def score_answer(
+    steps: torch.Tensor,
+    request: GenerationRequest,
+    token_ids: list[int],
+    reported_logprobs: list[float] | None = None,
+    *,
+    margin: float = 0.05,
+    logprob_tolerance: float = 0.05,
+) -> AuditResult:
+    """The verdict on ``token_ids`` given the reference logits ``steps`` that chose each one."""
     sampler = Sampler(request.temperature, request.top_p, request.seed)
     counted = mismatches = 0
     errors: list[float] = []

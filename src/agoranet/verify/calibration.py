@@ -19,7 +19,7 @@ from typing import Any
 from agoranet.engines.base import Engine, GenerationRequest, collect
 from agoranet.proofs.commitments import Commitments
 from agoranet.verify.audit import AuditResult, audit_answer
-from agoranet.verify.commitment_audit import verify_commitments
+from agoranet.verify.commitment_audit import audit_with_commitments
 
 __all__ = ["Answer", "Tally", "audit", "audit_engine", "generate_answers"]
 
@@ -78,12 +78,11 @@ async def generate_answers(engine: Engine, requests: list[GenerationRequest], *,
 def audit(reference: Any, request: GenerationRequest, answer: Answer) -> AuditResult:
     """The seeded-sampling audit of ``answer``, also failed when its commitments (asked for
     with ``request.commitments``) are missing or do not verify."""
-    result = audit_answer(reference, request, answer.token_ids, answer.logprobs)
     if not request.commitments:
-        return result
-    proved = answer.commitments is not None and verify_commitments(
-        reference, request, answer.token_ids, answer.commitments).passed
-    return result if proved else dataclasses.replace(result, flagged=True)
+        return audit_answer(reference, request, answer.token_ids, answer.logprobs)
+    result, proved = audit_with_commitments(reference, request, answer.token_ids,
+                                            answer.logprobs, answer.commitments)
+    return result if proved.passed else dataclasses.replace(result, flagged=True)
 
 
 async def audit_engine(engine: Engine, reference: Any, requests: list[GenerationRequest], *,

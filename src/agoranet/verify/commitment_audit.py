@@ -33,9 +33,11 @@ from agoranet.proofs.commitments import (
     expected_proofs,
 )
 from agoranet.tuning.adapter import ADAPTER_SEPARATOR
+from agoranet.verify.audit import AuditResult, reference_pass, score_answer
 
 __all__ = [
     "CommitmentResult",
+    "audit_with_commitments",
     "check_hidden",
     "commitments_in",
     "last_hidden",
@@ -61,11 +63,27 @@ class CommitmentResult:
 
 def last_hidden(reference: Any, ids: list[int]) -> torch.Tensor:
     """The last hidden state ``[tokens, hidden]`` of ``reference`` (a LoadedModel) over ``ids``."""
-    tokens = torch.tensor([ids], device=reference.device)
-    with torch.inference_mode():
-        output = reference.model(input_ids=tokens, output_hidden_states=True)
-    hidden: torch.Tensor = output.hidden_states[-1][0]
+    _, hidden = reference_pass(reference, ids, hidden=True)
+    assert hidden is not None
     return hidden
+
+
+def audit_with_commitments(reference: Any, request: GenerationRequest, token_ids: list[int],
+                           reported_logprobs: list[float] | None,
+                           commitments: Commitments | None) -> tuple[AuditResult,
+                                                                     CommitmentResult]:
+    """The seeded-sampling audit and the commitment check of one answer, from a single
+    reference pass (its logits score the tokens, its hidden states check the proofs)."""
+    prompt = encode_prompt(reference.tokenizer, request)
+    logits, hidden = reference_pass(reference, prompt + token_ids, hidden=True)
+    audited = score_answer(logits[len(prompt) - 1 : len(prompt) - 1 + len(token_ids)], request,
+                           token_ids, reported_logprobs)
+    if commitments is None:
+        return audited, CommitmentResult(len(token_ids), (), "no commitments returned")
+    if not token_ids:
+        return audited, CommitmentResult(0, (), "no answer tokens")
+    assert hidden is not None  # rows of prompt + answer; the answer's last token was never fed
+    return audited, check_hidden(hidden[:-1], len(prompt), len(token_ids), commitments)
 
 
 def check_hidden(hidden: torch.Tensor, prompt_tokens: int, completion_tokens: int,

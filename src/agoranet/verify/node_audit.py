@@ -27,9 +27,9 @@ from agoranet.tinymodel.grammar import dialogues
 from agoranet.verify.audit import AuditResult, audit_answer
 from agoranet.verify.commitment_audit import (
     CommitmentResult,
+    audit_with_commitments,
     commitments_in,
     offers_commitments,
-    verify_commitments,
 )
 
 __all__ = ["PER_ROUND", "NodeAudit", "audit_node", "challenge", "challenges"]
@@ -100,7 +100,8 @@ def audit_node(node_url: str, model: str, reference: Any, *, rounds: int = 1,
     ``auth`` pays a paid node for the challenges (e.g. the gateway's payer for it).
     With ``commitments`` (by default: when the node's offer has them) every answer
     is asked with its commitments too, and they are checked
-    (:func:`~agoranet.verify.commitment_audit.verify_commitments`).
+    (:func:`~agoranet.verify.commitment_audit.audit_with_commitments`, one reference
+    pass for both checks).
     """
     http = client or httpx.Client(timeout=120, auth=auth)
     audit = NodeAudit(node_url, model)
@@ -110,11 +111,13 @@ def audit_node(node_url: str, model: str, reference: Any, *, rounds: int = 1,
         for request in challenges(rounds * PER_ROUND, model, max_tokens, rng):
             request = dataclasses.replace(request, commitments=commitments)
             ids, logprobs, proofs = _ask(http, node_url, request)
-            audit.results.append(audit_answer(reference, request, ids, logprobs))
             if commitments:
-                audit.commitment_results.append(
-                    verify_commitments(reference, request, ids, proofs) if proofs is not None
-                    else CommitmentResult(len(ids), (), "no commitments returned"))
+                audited, proved = audit_with_commitments(reference, request, ids, logprobs,
+                                                         proofs)
+                audit.results.append(audited)
+                audit.commitment_results.append(proved)
+            else:
+                audit.results.append(audit_answer(reference, request, ids, logprobs))
     finally:
         if client is None:
             http.close()
