@@ -161,3 +161,30 @@ def test_revoke_refuses_someone_elses_channel(
     sk, _ = create_subkey(env.w3, env.addresses, payer, receiver=receiver.address, deposit=1)
     with pytest.raises(WalletError, match="payer is"):
         revoke(env.w3, env.addresses, receiver, sk.config)
+
+
+def test_revoke_survives_a_claim_landing_between_its_read_and_its_transaction(
+    env: Env, payer: LocalAccount, receiver: LocalAccount, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's settlement loop may claim while the payer withdraws: the payer's first
+    ``initiateWithdraw`` then asks for more than is left and reverts; it reads again."""
+    from agoranet.payments import subkeys
+
+    w3, addrs = env.w3, env.addresses
+    sk, _ = create_subkey(w3, addrs, payer, receiver=receiver.address, deposit=DEPOSIT)
+    spent = 400_000
+    real_read = subkeys.read_channel
+    reads = 0
+
+    def read_then_claim(*args: object) -> object:
+        nonlocal reads
+        reads += 1
+        info = real_read(*args)  # type: ignore[arg-type]
+        if reads == 1:  # the node claims right after the payer has looked
+            claim(w3, addrs, receiver, sk.config, spent, sk.sign_voucher(spent).signature, spent)
+        return info
+
+    monkeypatch.setattr(subkeys, "read_channel", read_then_claim)
+    outcome = revoke(w3, addrs, payer, sk.config)
+    assert outcome.state == "pending" and reads >= 3
+    assert outcome.channel.withdraw_amount == DEPOSIT - spent

@@ -26,7 +26,7 @@ from x402.mechanisms.evm.signers import EthAccountSigner
 
 from agoranet.chain.addresses import ChainAddresses
 from agoranet.chain.rpc import TxResult, increase_time
-from agoranet.errors import WalletError
+from agoranet.errors import ContractError, WalletError
 from agoranet.payments.channels import (
     ChannelInfo,
     chain_time,
@@ -163,6 +163,9 @@ class RevokeOutcome:
     transactions: tuple[TxResult, ...] = ()
 
 
+_INITIATE_ATTEMPTS = 3
+
+
 def revoke(
     w3: Web3,
     addresses: ChainAddresses,
@@ -181,10 +184,21 @@ def revoke(
         raise WalletError(f"this channel's payer is {config.payer}, not this wallet")
     txs: list[TxResult] = []
     info = read_channel(w3, addresses, config)
-    if not info.withdraw_pending:
+    for attempt in range(_INITIATE_ATTEMPTS):
+        if info.withdraw_pending:
+            break
         if info.available == 0:
             return RevokeOutcome("nothing-left", info)
-        txs.append(initiate_withdraw(w3, addresses, payer, config, info.available))
+        try:
+            txs.append(initiate_withdraw(w3, addresses, payer, config, info.available))
+        except ContractError:
+            # The receiver claimed between our read and our transaction (its settlement
+            # loop runs on its own): what is available is less now. Read it again.
+            fresh = read_channel(w3, addresses, config)
+            if attempt + 1 == _INITIATE_ATTEMPTS or fresh.total_claimed == info.total_claimed:
+                raise
+            info = fresh
+            continue
         info = read_channel(w3, addresses, config)
     due = info.finalize_after
     assert due is not None
