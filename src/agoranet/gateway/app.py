@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["build_service", "create_gateway_app", "open_reputation"]
 
+
 def build_service(settings: GatewaySettings, policy: Policy | None = None,
                   account: LocalAccount | None = None) -> GatewayService:
     """The gateway's parts; with ``account`` (and ``settings.rpc_url``) it pays paid nodes."""
@@ -82,6 +83,7 @@ def open_reputation(settings: GatewaySettings) -> Reputation:
         raise ConfigError(f"{path}: {exc}") from exc
     return reputation
 
+
 def _node_rows(service: GatewayService) -> list[dict[str, Any]]:
     rows = []
     for node in service.directory.nodes.values():
@@ -109,6 +111,7 @@ def _node_rows(service: GatewayService) -> list[dict[str, Any]]:
             "banned_until": ban.until if ban else None,
         })
     return rows
+
 
 def create_gateway_app(service: GatewayService) -> Starlette:
     @openai_errors
