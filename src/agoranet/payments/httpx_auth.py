@@ -34,8 +34,8 @@ from agoranet.payments.receipts import Receipt
 
 __all__ = ["BUSY_RETRIES_S", "PayerAuth"]
 
-# Pauses before resending a payment the node refused as "channel busy" (0.6 s in all).
-BUSY_RETRIES_S = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32)
+# Pauses before resending a payment the node refused as "channel busy" (1.3 s in all).
+BUSY_RETRIES_S = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
 
 
 class PayerAuth(httpx.Auth):
