@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -52,18 +52,15 @@ class PayerAuth(httpx.Auth):
         self._lock.acquire()
         flow = self._locked_flow(request)
         try:
-            outgoing = next(flow)
+            step = next(flow)
             while True:
-                response = yield outgoing
-                for delay in BUSY_RETRIES_S:
-                    if not _busy(response):
-                        break
-                    time.sleep(delay)
-                    response = yield outgoing
-                try:
-                    outgoing = flow.send(response)
-                except StopIteration:
-                    return
+                if isinstance(step, float):  # a pause the flow asked for
+                    time.sleep(step)
+                    step = flow.send(None)
+                else:
+                    step = flow.send((yield step))
+        except StopIteration:
+            return
         finally:
             flow.close()
 
@@ -75,24 +72,19 @@ class PayerAuth(httpx.Auth):
             await anyio.sleep(0.001)
         flow = self._locked_flow(request)
         try:
-            outgoing = next(flow)
+            step = next(flow)
             while True:
-                response = yield outgoing
-                for delay in BUSY_RETRIES_S:
-                    if not _busy(response):
-                        break
-                    await anyio.sleep(delay)
-                    response = yield outgoing
-                try:
-                    outgoing = flow.send(response)
-                except StopIteration:
-                    return
+                if isinstance(step, float):  # a pause the flow asked for
+                    await anyio.sleep(step)
+                    step = flow.send(None)
+                else:
+                    step = flow.send((yield step))
+        except StopIteration:
+            return
         finally:
             flow.close()  # runs the flow's own finally: the lock is released on any exit
 
-    def _locked_flow(
-        self, request: httpx.Request
-    ) -> Generator[httpx.Request, httpx.Response, None]:
+    def _locked_flow(self, request: httpx.Request) -> _Flow[None]:
         """Pay, retry once on a 402, check the receipt; the lock (already held) is released
         here, or by the response stream once its receipt has been read."""
         released = False
@@ -105,9 +97,8 @@ class PayerAuth(httpx.Auth):
 
     # ------------------------------------------------------------ shared logic
 
-    def _flow(
-        self, request: httpx.Request
-    ) -> Generator[httpx.Request, httpx.Response, httpx.Response]:
+    def _flow(self, request: httpx.Request) -> _Flow[httpx.Response]:
+        """Send ``request`` paid; yields requests to send, or pauses (seconds) to wait."""
         body = _json(request)
         # A caller may set the request's own maximum (and hard cap) per request.
         cap = request.extensions.get("agoranet_max_amount")
@@ -121,7 +112,12 @@ class PayerAuth(httpx.Auth):
                 request.headers["x-request-id"] = pending.request_id
             request.extensions["agoranet_pending"] = pending
             request.extensions["agoranet_body"] = body
-            response = yield request
+            response = yield from _send(request)
+            for delay in BUSY_RETRIES_S:  # the node still holds the channel for our last request
+                if not _busy(response):
+                    break
+                yield delay
+                response = yield from _send(request)
             if response.status_code != 402 or retried:
                 return response
             retried = True
@@ -252,6 +248,17 @@ class _ReceiptTap(httpx.AsyncByteStream, httpx.SyncByteStream):
             await self.inner.aclose()
         finally:
             self._release()
+
+
+_T = TypeVar("_T")
+# A payment flow: yields a request to send (and gets its response) or a pause in seconds.
+_Flow = Generator["httpx.Request | float", "httpx.Response | None", _T]
+
+
+def _send(request: httpx.Request) -> _Flow[httpx.Response]:
+    response = yield request
+    assert response is not None  # a request is always answered with its response
+    return response
 
 
 def _busy(response: httpx.Response) -> bool:
