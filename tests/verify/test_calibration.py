@@ -5,10 +5,12 @@ scheduler, torch threads, greedy and seeded sampling) must never be flagged:
 with and without commitments (an answer with them must pass both checks), 672
 answers in two halves (by torch threads, so xdist workers share them), each
 reporting its measured false-positive rate with the 95% upper bound (rule of
-three: 3/n). Every cheat of ``agoranet.engines.cheats`` is audited with fresh
-challenges: int4, the smaller model and replay must be caught within 2,000
-audited tokens; int8, template and nosystem are measured and printed, not
-asserted.
+three: 3/n). Every cheat of ``agoranet.engines.cheats`` that the audit can
+see is audited with fresh challenges and must be caught within 2,000 audited
+tokens: int4, the smaller model, replay, another chat template and dropped
+system messages; int4 with commitments in its first answer. int8 weights
+drift less than the audit's tolerance for honest bf16/thread noise, so they
+are not a detection claim: ``bench/verify.py`` measures them.
 """
 
 from __future__ import annotations
@@ -70,8 +72,8 @@ def line(name: str, tally: Tally) -> str:
             f"tokens {tally.tokens:>5}  first flag at token {first}")
 
 
-@pytest.mark.parametrize("cheat", ["int4", "smaller", "int8", "template", "nosystem",
-                                   "int4+commitments", "int8+commitments"])
+@pytest.mark.parametrize("cheat", ["int4", "smaller", "template", "nosystem",
+                                   "int4+commitments"])
 async def test_cheat(cheat: str, tiny_loaded: Any, small_model: Path) -> None:
     name, _, proved = cheat.partition("+")
     spec = f"smaller:{small_model}" if name == "smaller" else name
@@ -84,10 +86,8 @@ async def test_cheat(cheat: str, tiny_loaded: Any, small_model: Path) -> None:
     finally:
         await engine.aclose()
     print("\n" + line(cheat, tally))
-    if name in ("int4", "smaller"):
-        assert tally.first_flag_at is not None and tally.first_flag_at <= CAUGHT_WITHIN
-    if cheat == "int4+commitments":  # the hidden states give int4 away in every answer
-        assert tally.first_flag_at is not None and tally.first_flag_at <= ANSWER_TOKENS
+    within = ANSWER_TOKENS if proved else CAUGHT_WITHIN  # hidden states give int4 away at once
+    assert tally.first_flag_at is not None and tally.first_flag_at <= within, line(cheat, tally)
 
 
 async def test_replay_passes_repeated_audits_and_fails_fresh_ones(tiny_loaded: Any) -> None:
