@@ -4,9 +4,11 @@ One engine, one base model. A house-style adapter is trained here (seconds on
 CPU), then 31 variants are made from it by scaling its LoRA weights (distinct
 files, so distinct content ids). Each scenario runs the same 32 requests of
 TOKENS tokens, 8 at a time, round-robin over its adapters, after a warm-up pass
-that loads them; the table prints total tokens/s and the ratio to the base alone.
+that loads them all; the scenarios then run in ``--rounds`` interleaved rounds
+(alternating order), and the table prints each one's median total tokens/s and
+its ratio to the base alone.
 
-Usage: python bench/adapters.py [--model models/tiny] [--tokens 64]
+Usage: python bench/adapters.py [--model models/tiny] [--tokens 64] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -65,7 +68,7 @@ async def run(engine: TransformersEngine, models: list[str], tokens: int) -> flo
     return produced / (time.perf_counter() - started)
 
 
-async def bench(model_dir: str, tokens: int, console: Console) -> None:
+async def bench(model_dir: str, tokens: int, rounds: int, console: Console) -> None:
     root = Path(tempfile.mkdtemp(prefix="agoranet-bench-adapters-"))
     try:
         with console.status("training a house-style adapter"):
@@ -78,20 +81,26 @@ async def bench(model_dir: str, tokens: int, console: Console) -> None:
                  for v in variants]
         scenarios = {"base model alone": ["tiny"], "1 adapter": names[:1],
                      "8 adapters": names[:8], "32 adapters": names}
-        rates: dict[str, float] = {}
+        samples: dict[str, list[float]] = {label: [] for label in scenarios}
         try:
-            for label, models in scenarios.items():
-                with console.status(label):
-                    await run(engine, models, 8)  # warm up: loads the adapters
-                    rates[label] = max([await run(engine, models, tokens) for _ in range(2)])
+            with console.status("warming up: every adapter loaded once"):
+                for models in scenarios.values():
+                    await run(engine, models, 8)
+            for index in range(rounds):  # scenarios interleaved, so drift hits each alike
+                labels = list(scenarios) if index % 2 == 0 else list(reversed(scenarios))
+                for label in labels:
+                    with console.status(f"round {index + 1}/{rounds}: {label}"):
+                        samples[label].append(await run(engine, scenarios[label], tokens))
             stats = engine.stats()
         finally:
             await engine.aclose()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    rates = {label: statistics.median(values) for label, values in samples.items()}
     base = rates["base model alone"]
     table = Table(title=f"{REQUESTS} requests x {tokens} tokens, {CONCURRENCY} concurrent, "
-                        "requests spread round-robin over the adapters")
+                        "requests spread round-robin over the adapters; median of "
+                        f"{rounds} interleaved rounds")
     table.add_column("scenario")
     table.add_column("tokens/s", justify="right")
     table.add_column("vs base alone", justify="right")
@@ -106,8 +115,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/tiny")
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    asyncio.run(bench(args.model, args.tokens, Console()))
+    asyncio.run(bench(args.model, args.tokens, args.rounds, Console()))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ Prints, in one run:
   ``openai`` client (streamed), with the ratio node / in-process (goal: >= 0.97);
 - total tokens/s with 1, 4 and 16 concurrent streams through the node.
 
+Every scenario runs once untimed (warm-up), then all of them in ``--repeats``
+rounds, interleaved with a rotating order; the table prints medians.
+
 Usage: python bench/node.py [--tokens 256] [--repeats 5] [--model models/tiny]
 """
 
@@ -15,6 +18,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -32,37 +36,29 @@ def request(tokens: int) -> GenerationRequest:
                              max_tokens=tokens, temperature=0.0, ignore_eos=True)
 
 
-def hf_generate_rate(model_dir: str, tokens: int, repeats: int) -> float:
-    import torch
+class Reference:
+    """``transformers``' own ``generate`` on the same weights."""
 
-    loaded = load_model(model_dir)
-    ids = loaded.tokenizer.apply_chat_template(
-        [{"role": "user", "content": QUESTION}], add_generation_prompt=True, return_tensors="pt",
-        return_dict=True,
-    )["input_ids"]
-    with torch.inference_mode():  # warm up before timing
-        loaded.model.generate(ids, max_new_tokens=8, do_sample=False)
-    rates = []
-    for _ in range(repeats):
+    def __init__(self, model_dir: str) -> None:
+        self.loaded = load_model(model_dir)
+        self.ids = self.loaded.tokenizer.apply_chat_template(
+            [{"role": "user", "content": QUESTION}], add_generation_prompt=True,
+            return_tensors="pt", return_dict=True)["input_ids"]
+
+    async def rate(self, tokens: int) -> float:
+        import torch
+
         started = time.perf_counter()
         with torch.inference_mode():
-            out = loaded.model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens,
-                                        do_sample=False)
-        rates.append((out.shape[1] - ids.shape[1]) / (time.perf_counter() - started))
-    return statistics.median(rates)
+            out = self.loaded.model.generate(self.ids, max_new_tokens=tokens,
+                                             min_new_tokens=tokens, do_sample=False)
+        return (out.shape[1] - self.ids.shape[1]) / (time.perf_counter() - started)
 
 
-async def engine_rate(model_dir: str, tokens: int, repeats: int) -> float:
-    engine = TransformersEngine(model_dir, served_model_name="tiny")
-    try:
-        rates = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            _, _, finish = await collect(engine.stream(await engine.prepare(request(tokens))))
-            rates.append(finish.completion_tokens / (time.perf_counter() - started))
-        return statistics.median(rates)
-    finally:
-        await engine.aclose()
+async def engine_rate(engine: TransformersEngine, tokens: int) -> float:
+    started = time.perf_counter()
+    _, _, finish = await collect(engine.stream(await engine.prepare(request(tokens))))
+    return finish.completion_tokens / (time.perf_counter() - started)
 
 
 async def stream_once(client: object, tokens: int) -> int:
@@ -78,21 +74,43 @@ async def stream_once(client: object, tokens: int) -> int:
     return produced
 
 
-async def node_rates(base_url: str, tokens: int, repeats: int) -> dict[int, float]:
+async def node_rate(client: object, tokens: int, concurrency: int) -> float:
+    started = time.perf_counter()
+    counts = await asyncio.gather(*(stream_once(client, tokens) for _ in range(concurrency)))
+    return sum(counts) / (time.perf_counter() - started)
+
+
+SCENARIOS = ("reference", "engine", "node x1", "node x4", "node x16")
+
+
+async def measure(model_dir: str, base_url: str, tokens: int, repeats: int
+                  ) -> dict[str, float]:
+    """Median tokens/s per scenario: one warm-up each, then ``repeats`` interleaved rounds
+    (the order rotates each round, so drift and warm caches hit every scenario alike)."""
     from openai import AsyncOpenAI
 
+    reference = Reference(model_dir)
+    engine = TransformersEngine(model_dir, served_model_name="tiny")
     client = AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
-    await stream_once(client, 8)  # warm the connection
-    results: dict[int, float] = {}
-    for concurrency in (1, 4, 16):
-        rates = []
-        for _ in range(repeats if concurrency == 1 else max(2, repeats // 2)):
-            started = time.perf_counter()
-            counts = await asyncio.gather(*(stream_once(client, tokens) for _ in range(concurrency)))
-            rates.append(sum(counts) / (time.perf_counter() - started))
-        results[concurrency] = statistics.median(rates)
-    await client.close()
-    return results
+    runs: dict[str, Callable[[int], Awaitable[float]]] = {
+        "reference": reference.rate,
+        "engine": lambda n: engine_rate(engine, n),
+        "node x1": lambda n: node_rate(client, n, 1),
+        "node x4": lambda n: node_rate(client, n, 4),
+        "node x16": lambda n: node_rate(client, n, 16),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in SCENARIOS}
+    try:
+        for name in SCENARIOS:  # warm up: allocations, the connection, the node's caches
+            await runs[name](8)
+        for index in range(repeats):
+            order = SCENARIOS[index % len(SCENARIOS):] + SCENARIOS[:index % len(SCENARIOS)]
+            for name in order:
+                samples[name].append(await runs[name](tokens))
+    finally:
+        await engine.aclose()
+        await client.close()
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main() -> None:
@@ -105,16 +123,15 @@ def main() -> None:
     if not (Path(args.model) / "config.json").exists():
         raise SystemExit(f"no model at {args.model}: run `agoranet model tiny {args.model}`")
 
-    with console.status("transformers generate()"):
-        reference = hf_generate_rate(args.model, args.tokens, args.repeats)
-    with console.status("engine in-process"):
-        in_process = asyncio.run(engine_rate(args.model, args.tokens, args.repeats))
-    with console.status("node over HTTP"), running_node(
+    with console.status(f"{args.repeats} interleaved rounds"), running_node(
         ["--model", args.model, "--served-model-name", "tiny", "--max-active", "16"]
     ) as url:
-        over_http = asyncio.run(node_rates(url, args.tokens, args.repeats))
+        rates = asyncio.run(measure(args.model, url, args.tokens, args.repeats))
+    reference, in_process = rates["reference"], rates["engine"]
+    over_http = {1: rates["node x1"], 4: rates["node x4"], 16: rates["node x16"]}
 
-    table = Table(title=f"tiny model, {args.tokens} tokens per request, median of runs")
+    table = Table(title=f"tiny model, {args.tokens} tokens per request, median of "
+                        f"{args.repeats} interleaved rounds after a warm-up")
     table.add_column("what")
     table.add_column("tokens/s", justify="right")
     table.add_column("ratio", justify="right")
