@@ -7,13 +7,21 @@ proxy in front of the same node, interleaved round by round so drift hits all:
 
 - added latency, p50 and p99, of a 1-token non-streamed request;
 - added time to first token of a streamed request;
-- requests per second with 32 concurrent streams of 16 tokens.
+- requests per second with 32 concurrent streams of 16 tokens, for every row.
+
+A second set of rows puts the same proxies in front of an instant upstream
+(`bench/instant_upstream.py`, an OpenAI-shaped stub that answers at once), so
+the gateway and LiteLLM are compared as proxies, not bounded by the node.
+With ``--paid``, a paid node on a dev chain is measured direct (a payer with one
+channel per concurrent stream, since a channel carries one request at a time)
+and through the paying gateway, whose one channel per node carries its paid
+requests to that node one at a time: its req/s row shows that limit.
 
 LiteLLM is installed by the bench's own setup (`make bench-gateway` makes
 `.bench/litellm`), never by the package; pass `--litellm PATH` to its `litellm`
 command, or `--no-litellm` to skip it.
 
-Usage: python bench/gateway.py [--model models/tiny] [--rounds 200] [--litellm PATH]
+Usage: python bench/gateway.py [--model models/tiny] [--rounds 200] [--litellm PATH] [--paid]
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from rich.table import Table
 from agoranet.node.launcher import free_port, running_command, running_node, wait_healthy
 
 MASTER_KEY = "sk-agoranet-bench-0123456789abcdef"  # LiteLLM refuses to start without one
+INSTANT = "instant: "  # rows in front of the instant upstream
 BODY = {"model": "tiny", "messages": [{"role": "user", "content": "Hello!"}], "temperature": 0}
 
 
@@ -79,6 +88,38 @@ def bare_proxy(node_url: str) -> Iterator[str]:
         process.wait(timeout=20)
 
 
+@contextmanager
+def instant_upstream() -> Iterator[str]:
+    """``bench/instant_upstream.py``: an OpenAI-shaped stub that answers at once."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable,
+                                str(Path(__file__).with_name("instant_upstream.py")),
+                                "--port", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(process, f"http://127.0.0.1:{port}/health", 60)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def proxies(stack: ExitStack, upstream: str, litellm: str | None, label: str = ""
+            ) -> dict[str, Target]:
+    """Direct, the bare proxy, the gateway and (if installed) LiteLLM, all before ``upstream``."""
+    spend = Path(tempfile.mkdtemp(prefix="agoranet-bench-gw-")) / "spend.sqlite"
+    gateway = stack.enter_context(running_command(
+        ["gateway", "--node", upstream, "--spend-log", str(spend)]))
+    targets: dict[str, Target] = {
+        f"{label}direct": (upstream, []),
+        f"{label}bare proxy (floor)": (stack.enter_context(bare_proxy(upstream)), []),
+        f"{label}agoranet gateway": (gateway, [])}
+    if litellm is not None:
+        targets[f"{label}LiteLLM proxy"] = (stack.enter_context(litellm_proxy(litellm, upstream)),
+                                            [])
+    return targets
+
+
 async def latency(client: httpx.AsyncClient, base: str) -> float:
     started = time.perf_counter()
     response = await client.post(f"{base}/chat/completions", json={**BODY, "max_tokens": 1})
@@ -100,16 +141,19 @@ async def first_token(client: httpx.AsyncClient, base: str, tokens: int = 16) ->
     return ttft, chunks
 
 
-async def throughput(client: httpx.AsyncClient, base: str, requests: int = 96) -> float:
-    gate = asyncio.Semaphore(32)
+STREAMS = 32
 
-    async def one() -> None:
-        async with gate:
-            await first_token(client, base)
+
+async def throughput(clients: list[httpx.AsyncClient], base: str, requests: int = 96) -> float:
+    """Requests per second with ``STREAMS`` concurrent streams; stream ``i`` uses client
+    ``i`` mod the pool (a paid target has one client, one channel, per stream)."""
+    async def worker(index: int, count: int) -> None:
+        for _ in range(count):
+            await first_token(clients[index % len(clients)], base)
 
     started = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(requests)))
-    return requests / (time.perf_counter() - started)
+    await asyncio.gather(*(worker(i, requests // STREAMS) for i in range(STREAMS)))
+    return STREAMS * (requests // STREAMS) / (time.perf_counter() - started)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -117,20 +161,23 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-Target = tuple[str, httpx.Auth | None]  # base URL, and how to pay it (None: free)
+# Base URL, and how to pay it: one auth (channel) per concurrent stream; none if free.
+Target = tuple[str, list[httpx.Auth]]
 
 
 async def measure(targets: dict[str, Target], rounds: int) -> dict[str, dict[str, float]]:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     headers = {"Authorization": f"Bearer {MASTER_KEY}"}
-    clients = {name: httpx.AsyncClient(timeout=120, limits=limits, headers=headers,
-                                       auth=auth)
-               for name, (_, auth) in targets.items()}
+    pools = {name: [httpx.AsyncClient(timeout=120, limits=limits, headers=headers, auth=auth)
+                    for auth in (auths or [None])]
+             for name, (_, auths) in targets.items()}
+    clients = {name: pool[0] for name, pool in pools.items()}
     bases = {name: base for name, (base, _) in targets.items()}
     try:
         for name, base in bases.items():  # warm up connections, caches and channels
-            for _ in range(5):
-                await latency(clients[name], base)
+            for client in pools[name]:
+                for _ in range(2):
+                    await latency(client, base)
         lat: dict[str, list[float]] = {k: [] for k in targets}
         ttft: dict[str, list[float]] = {k: [] for k in targets}
         for _ in range(rounds):
@@ -139,10 +186,11 @@ async def measure(targets: dict[str, Target], rounds: int) -> dict[str, dict[str
         for _ in range(max(10, rounds // 5)):
             for name, base in bases.items():
                 ttft[name].append((await first_token(clients[name], base))[0])
-        rps = {name: await throughput(clients[name], base) for name, base in bases.items()}
+        rps = {name: await throughput(pools[name], base) for name, base in bases.items()}
     finally:
-        for client in clients.values():
-            await client.aclose()
+        for pool in pools.values():
+            for client in pool:
+                await client.aclose()
     return {name: {"p50": statistics.median(lat[name]), "p99": pct(lat[name], 0.99),
                    "ttft": statistics.median(ttft[name]), "rps": rps[name]} for name in targets}
 
@@ -177,12 +225,16 @@ def paid_targets(stack: ExitStack, model: str) -> dict[str, Target]:
     gateway = stack.enter_context(running_command(
         ["gateway", "--node", node, "--rpc-url", chain.rpc_url, "--keystore",
          str(keys["gateway"]), "--deposit", "50000000", "--spend-log", str(work / "spend.sqlite")]))
-    payer = Payer(node, chain.web3(), resolve_addresses(chain.chain_id),
-                  account=Account.from_key(chain.private_keys[7]), state_dir=work / "payer")
-    payer.open(50_000_000)
-    stack.callback(payer.close)
-    return {"direct, paid": (node, PayerAuth(payer, max_per_request=200)),
-            "agoranet gateway, paid": (gateway, None)}
+    auths: list[httpx.Auth] = []
+    for index in range(STREAMS):  # a channel carries one request at a time
+        payer = Payer(node, chain.web3(), resolve_addresses(chain.chain_id),
+                      account=Account.from_key(chain.private_keys[7]),
+                      state_dir=work / f"payer-{index}")
+        if payer.state is None:
+            payer.open(1_000_000)
+        stack.callback(payer.close)
+        auths.append(PayerAuth(payer, max_per_request=200))
+    return {"direct, paid": (node, auths), "agoranet gateway, paid": (gateway, [])}
 
 
 def main() -> None:
@@ -198,49 +250,57 @@ def main() -> None:
     use_litellm = not args.no_litellm and Path(args.litellm).exists()
     if not args.no_litellm and not use_litellm:
         console.print(f"[yellow]no LiteLLM at {args.litellm}: run `make bench-gateway`[/]")
+    litellm = args.litellm if use_litellm else None
     with ExitStack() as stack:
-        node = stack.enter_context(running_node(
-            ["--model", args.model, "--served-model-name", "tiny", "--free", "--max-active", "32",
-             "--max-queue", "256", "--no-fine-tuning", "--no-adapters"]))
-        spend = Path(tempfile.mkdtemp(prefix="agoranet-bench-gw-")) / "spend.sqlite"
-        gateway = stack.enter_context(running_command(
-            ["gateway", "--node", node, "--spend-log", str(spend)]))
-        targets: dict[str, Target] = {"direct": (node, None),
-                                      "bare proxy (floor)": (stack.enter_context(bare_proxy(node)),
-                                                             None),
-                                      "agoranet gateway": (gateway, None)}
-        if use_litellm:
-            targets["LiteLLM proxy"] = (stack.enter_context(litellm_proxy(args.litellm, node)),
-                                        None)
+        with console.status("nodes, proxies, gateways"):
+            node = stack.enter_context(running_node(
+                ["--model", args.model, "--served-model-name", "tiny", "--free", "--max-active",
+                 "32", "--max-queue", "256", "--no-fine-tuning", "--no-adapters"]))
+            targets = proxies(stack, node, litellm)
+            targets.update(proxies(stack, stack.enter_context(instant_upstream()), litellm,
+                                   INSTANT))
         if args.paid:
             with console.status("dev chain, paid node, paying gateway"):
                 targets.update(paid_targets(stack, args.model))
         with console.status("measuring"):
             results = asyncio.run(measure(targets, args.rounds))
-    direct = results["direct"]
-    table = Table(title=f"tiny model, {args.rounds} rounds interleaved, one node")
+    table = Table(title=f"{args.rounds} rounds interleaved; 'added' is over the direct row of "
+                        "the same upstream")
     for column in ("path", "p50 ms", "p99 ms", "added p50", "added p99", "ttft ms",
                    "added ttft", "req/s @32"):
         table.add_column(column, justify="left" if column == "path" else "right")
     for name, r in results.items():
+        base = results[f"{INSTANT}direct" if name.startswith(INSTANT) else "direct"]
         table.add_row(name, f"{r['p50']:.2f}", f"{r['p99']:.2f}",
-                      f"{r['p50'] - direct['p50']:.2f}", f"{r['p99'] - direct['p99']:.2f}",
-                      f"{r['ttft']:.2f}", f"{r['ttft'] - direct['ttft']:.2f}", f"{r['rps']:.1f}")
+                      f"{r['p50'] - base['p50']:.2f}", f"{r['p99'] - base['p99']:.2f}",
+                      f"{r['ttft']:.2f}", f"{r['ttft'] - base['ttft']:.2f}", f"{r['rps']:.1f}")
     console.print(table)
+    for label in ("", INSTANT):
+        summarise(console, results, label)
     if "direct, paid" in results:
-        paid, gw_paid = results["direct, paid"], results["agoranet gateway, paid"]
+        direct, paid, gw_paid = (results["direct"], results["direct, paid"],
+                                 results["agoranet gateway, paid"])
         console.print(f"paid: gateway adds {gw_paid['p50'] - paid['p50']:.2f} ms at p50 over a "
                       f"direct paid request; payment itself adds {paid['p50'] - direct['p50']:.2f}"
-                      " ms to a direct request")
-    gw, bare = results["agoranet gateway"], results["bare proxy (floor)"]
-    console.print(f"gateway req/s vs direct: {gw['rps'] / direct['rps']:.2f}; the gateway's own "
-                  f"logic adds {gw['p50'] - bare['p50']:.2f} ms at p50 over a bare "
+                      f" ms to a direct request; req/s at 32 streams, gateway / direct: "
+                      f"{gw_paid['rps'] / paid['rps']:.2f} (the gateway pays a node over one "
+                      "channel, one request at a time; direct uses a channel per stream)")
+
+
+def summarise(console: Console, results: dict[str, dict[str, float]], label: str) -> None:
+    """The gateway against the floor and against LiteLLM, for one upstream."""
+    direct, gw = results[f"{label}direct"], results[f"{label}agoranet gateway"]
+    bare = results[f"{label}bare proxy (floor)"]
+    upstream = "instant upstream" if label else "tiny model node"
+    console.print(f"{upstream}: gateway req/s vs direct {gw['rps'] / direct['rps']:.2f}; the "
+                  f"gateway's own logic adds {gw['p50'] - bare['p50']:.2f} ms at p50 over a bare "
                   f"Starlette+httpx proxy, which adds {bare['p50'] - direct['p50']:.2f} ms")
-    if "LiteLLM proxy" in results:
-        lite = results["LiteLLM proxy"]
+    lite = results.get(f"{label}LiteLLM proxy")
+    if lite is not None:
         added_gw, added_lite = gw["p50"] - direct["p50"], lite["p50"] - direct["p50"]
-        console.print(f"added p50 latency, agoranet / LiteLLM: {added_gw / added_lite:.2f}; "
-                      f"req/s at 32 streams, agoranet / LiteLLM: {gw['rps'] / lite['rps']:.2f}")
+        console.print(f"{upstream}: added p50 latency, agoranet / LiteLLM: "
+                      f"{added_gw / added_lite:.2f}; req/s at 32 streams, agoranet / LiteLLM: "
+                      f"{gw['rps'] / lite['rps']:.2f}")
 
 
 if __name__ == "__main__":
