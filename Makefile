@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 ANVIL  := $(TOOLS)/.anvil-installed
 PYTEST_WORKERS ?= auto
 
-.PHONY: install model anvil lint test demo bench bench-gateway clean
+.PHONY: install model anvil lint test demo bench bench-gateway mutation clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,13 @@ demo: $(STAMP) $(ANVIL) model
 bench: $(STAMP) model
 	$(BIN)/python bench/node.py
 	$(BIN)/python bench/adapters.py
+
+# Mutation score of the money modules (slow, not part of `make test`): a table per module,
+# exit 1 under 90 % killed. Select modules with MODULES=payer,ledger; MUTATION_JOBS mutants at once.
+MODULES ?=
+MUTATION_JOBS ?= 2
+mutation: $(STAMP) $(ANVIL) model
+	OMP_NUM_THREADS=1 $(BIN)/python bench/mutation.py --jobs $(MUTATION_JOBS) $(if $(MODULES),--modules $(MODULES))
 
 # LiteLLM's proxy, for comparison only: its own venv, never a dependency of agoranet.
 .bench/litellm/bin/litellm:

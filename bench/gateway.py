@@ -109,7 +109,7 @@ def proxies(stack: ExitStack, upstream: str, litellm: str | None, label: str = "
     """Direct, the bare proxy, the gateway and (if installed) LiteLLM, all before ``upstream``."""
     spend = Path(tempfile.mkdtemp(prefix="agoranet-bench-gw-")) / "spend.sqlite"
     gateway = stack.enter_context(running_command(
-        ["gateway", "--node", upstream, "--spend-log", str(spend)]))
+        ["gateway", "--open", "--node", upstream, "--spend-log", str(spend)]))
     targets: dict[str, Target] = {
         f"{label}direct": (upstream, []),
         f"{label}bare proxy (floor)": (stack.enter_context(bare_proxy(upstream)), []),
@@ -223,7 +223,7 @@ def paid_targets(stack: ExitStack, model: str) -> dict[str, Target]:
          "--price-out", "3000000", "--rpc-url", chain.rpc_url, "--keystore", str(keys["node"]),
          "--ledger", str(work / "ledger.sqlite")]))
     gateway = stack.enter_context(running_command(
-        ["gateway", "--node", node, "--rpc-url", chain.rpc_url, "--keystore",
+        ["gateway", "--open", "--node", node, "--rpc-url", chain.rpc_url, "--keystore",
          str(keys["gateway"]), "--deposit", "50000000", "--spend-log", str(work / "spend.sqlite")]))
     auths: list[httpx.Auth] = []
     for index in range(STREAMS):  # a channel carries one request at a time

@@ -47,6 +47,14 @@ class NodeSettings(BaseSettings):
     max_active: int = Field(default=8, ge=1)
     max_queue: int = Field(default=64, ge=0)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # What one client may hold: the request headers are due within ``header_timeout_s``,
+    # each part of a body within ``body_timeout_s`` of the one before, an idle
+    # connection closes after ``keep_alive_s``; connections over ``max_connections``
+    # are closed at once.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    keep_alive_s: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
     # LoRA adapters: where uploads live, how many stay loaded, how large one may be,
     # and the surcharge per million tokens on top of the base prices.
     adapters_dir: Path | None = None
@@ -71,6 +79,17 @@ class NodeSettings(BaseSettings):
     withdraw_delay: int = Field(default=900, ge=900)
     min_deposit: int = Field(default=0, ge=0)
     chain_state_ttl: float = Field(default=30.0, ge=0, description="seconds channel state is cached")
+    # Chain calls on the request path (reading a channel's state, deposits, exact
+    # payments): each JSON-RPC request gives up after ``chain_timeout_s`` (no retries),
+    # and they run on ``chain_workers`` dedicated threads; when all are waiting on the
+    # RPC, further requests are refused at once (402) instead of queueing. While the
+    # chain does not answer, channels read before are served from their cached state
+    # for up to ``chain_stale_max_s`` seconds after it was read (capped at a third of
+    # ``withdraw_delay``, so a withdrawal started meanwhile cannot complete before the
+    # node claims); channels never read get a prompt 402.
+    chain_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    chain_workers: int = Field(default=4, ge=1, le=64)
+    chain_stale_max_s: float = Field(default=300.0, ge=0)
     settle_exact_before: bool = True
     # A stream carries a signed running receipt every this many tokens (0: none); a
     # stream that breaks is charged its last one, so the node is paid for what it sent.
@@ -84,14 +103,21 @@ class NodeSettings(BaseSettings):
 
     @property
     def paid(self) -> bool:
-        """Payment is required unless ``free`` or nothing has a price."""
-        return not self.free and (self.price_in > 0 or self.price_out > 0)
+        """Payment is required unless ``free`` or nothing has a price (inference, or the
+        fine-tuning the node sells)."""
+        priced = self.price_in > 0 or self.price_out > 0 or \
+            (self.fine_tuning and self.price_training > 0)
+        return not self.free and priced
 
     # Failure injection for demos and failover tests (node.chaos); off by default.
     chaos_delay_ms: int = Field(default=0, ge=0)
     chaos_fail_after: int | None = Field(default=None, ge=1)
     chaos_fail_every: int = Field(default=1, ge=1)
+    # Token-deadline tests: stall after this many tokens, alive (agoranet.testing.stall).
+    chaos_stall_after: int | None = Field(default=None, ge=0)
     cheat: str | None = None  # auditor tests only: a spec of agoranet.engines.cheats
+    # money tests only: a cheat of agoranet.testing.payment_cheats (e.g. "resync")
+    cheat_payments: str | None = None
 
     def adapter_store(self) -> Path:
         return self.adapters_dir or default_home() / "node" / "adapters"
@@ -131,6 +157,8 @@ class GatewaySettings(BaseSettings):
     rpc_url: str | None = None
     keystore: Path | None = None
     deposit: int = Field(default=1_000_000, ge=1, description="base units per node channel")
+    # Each JSON-RPC call of the payer (opening and topping up channels) gives up after this.
+    chain_timeout_s: float = Field(default=10.0, gt=0, le=120)
     # Background audits against reference weights (a directory or Hub id you trust).
     audit_reference: str | None = None
     audit_share: float = Field(default=0.02, ge=0.0, le=1.0)
@@ -144,13 +172,32 @@ class GatewaySettings(BaseSettings):
     reputation_trust: list[str] = Field(default_factory=list)
     reputation_lists: list[Path] = Field(default_factory=list)
     policy_file: Path | None = None
+    # Request limits, as for a node (see NodeSettings).
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    keep_alive_s: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
+    # The longest wait for an answer's next token before failing over (the policy's
+    # ``token_timeout_s`` unless set).
+    token_timeout_s: float | None = Field(default=None, gt=0)
     budget: int | None = Field(default=None, ge=0, description="base units, all requests")
     default_max_tokens: int = Field(default=512, ge=1)
     refresh_s: float = Field(default=30.0, gt=0)
     spend_log: Path | None = None
+    # Gateway keys: without ``open``, OpenAI's routes need a key from the key store
+    # (beside the spend log unless set; the owner key is written 0600 beside the store).
+    open: bool = False
+    key_store: Path | None = None
 
     def spend_log_path(self) -> Path:
         return self.spend_log or default_home() / "gateway" / "spend.sqlite"
+
+    def key_store_path(self) -> Path:
+        return self.key_store or self.spend_log_path().parent / "keys.sqlite"
+
+    def owner_key_path(self) -> Path:
+        return self.key_store_path().parent / "owner.key"
 
     def channels_dir(self) -> Path:
         return self.spend_log_path().parent / "channels"

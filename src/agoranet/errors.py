@@ -12,12 +12,16 @@ Third-party errors are converted at the boundary with ``raise ... from exc``.
     │   ├── ContextLengthError      400 context_length_exceeded
     │   ├── ModelNotFoundError      404 model_not_found
     │   ├── PayloadTooLargeError    413
+    │   ├── RequestTimeoutError     408: the body did not arrive in time
     │   ├── PaymentRequiredError    402 with the x402 payment requirements
+    │   ├── AuthenticationError     401 invalid_api_key: no gateway key, a wrong, revoked or expired one
+    │   ├── PermissionDeniedError   403: a gateway key may not do this (a model, another's key)
     │   └── OverloadedError         429 (carries retry_after seconds)
     ├── EngineError                 an engine failed to load or to generate (HTTP 5xx)
     │   ├── EngineNotFoundError     no engine registered under that name
     │   ├── ModelLoadError          weights or tokenizer could not be loaded
     │   └── UpstreamError           an upstream OpenAI-compatible server failed
+    ├── InvalidJSONError            untrusted JSON too large, too deep or malformed (a ValueError)
     ├── ModelBuildError             the tiny model could not be built
     ├── NodeStartError              a node or gateway child process failed to start
     ├── TuningError                 fine-tuning and adapters
@@ -28,12 +32,15 @@ Third-party errors are converted at the boundary with ``raise ... from exc``.
     ├── ReputationListError         a signed score list is malformed, tampered with or untrusted
     ├── ChainError                  JSON-RPC, contracts, dev chain
     │   ├── ContractError           compile or call of one of our contracts failed
-    │   └── DevChainError           anvil missing or failed to start
+    │   ├── DevChainError           anvil missing or failed to start
+    │   ├── ChainTimeoutError       the RPC did not answer a call within its deadline
+    │   └── ChainBusyError          every chain worker is still waiting on the RPC
     ├── WalletError                 keystore missing or unreadable, wallet operation refused
     │   └── WrongPasswordError      the keystore password is wrong
     └── PaymentError                x402 payments: ledger, receipts, payer, settlement
         ├── LedgerError             the node's ledger refused or failed an operation
         └── ReceiptError            a node's signed receipt does not match what was received
+            └── ChargeDisputeError  a node claims a charge no receipt backs (the payer stops)
 """
 
 from __future__ import annotations
@@ -42,13 +49,18 @@ __all__ = [
     "AdapterError",
     "AgoranetError",
     "AuditError",
+    "AuthenticationError",
+    "ChainBusyError",
     "ChainError",
+    "ChainTimeoutError",
+    "ChargeDisputeError",
     "ConfigError",
     "ContextLengthError",
     "ContractError",
     "DevChainError",
     "EngineError",
     "EngineNotFoundError",
+    "InvalidJSONError",
     "InvalidRequestError",
     "LedgerError",
     "ModelBuildError",
@@ -60,9 +72,11 @@ __all__ = [
     "PayloadTooLargeError",
     "PaymentError",
     "PaymentRequiredError",
+    "PermissionDeniedError",
     "ReceiptError",
     "ReputationListError",
     "RequestError",
+    "RequestTimeoutError",
     "TuningDataError",
     "TuningError",
     "UpstreamError",
@@ -116,6 +130,29 @@ class PayloadTooLargeError(RequestError):
     code = "payload_too_large"
 
 
+class RequestTimeoutError(RequestError):
+    """The client did not send the request body in time."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
+class AuthenticationError(RequestError):
+    """No gateway key, or one that is wrong, revoked or expired (the key is never echoed)."""
+
+    status_code = 401
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(RequestError):
+    """A valid gateway key asked for what it may not: a model outside its list, a key
+    outside its subtree."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
 class OverloadedError(RequestError):
     """Too many requests queued; retry later."""
 
@@ -147,6 +184,16 @@ class UpstreamError(EngineError):
         super().__init__(message)
         self.status_code = status_code
         self.body = body
+
+
+class InvalidJSONError(AgoranetError, ValueError):
+    """Untrusted JSON is over its size limit, too deeply nested, holds a huge number or is
+    not JSON; also a ``ValueError``, so callers that refuse bad values catch it too."""
+
+    def __init__(self, message: str, *, too_large: bool = False, problem: str = "") -> None:
+        super().__init__(message)
+        self.too_large = too_large
+        self.problem = problem or message  # what is wrong, without naming the input
 
 
 class ModelBuildError(AgoranetError):
@@ -193,6 +240,14 @@ class DevChainError(ChainError):
     """The local dev chain (anvil) is missing or failed to start."""
 
 
+class ChainTimeoutError(ChainError):
+    """The chain RPC did not answer a call within its deadline."""
+
+
+class ChainBusyError(ChainError):
+    """Every chain worker thread is still waiting on the RPC; the call was not started."""
+
+
 class WalletError(AgoranetError):
     """The wallet's keystore is missing or unreadable, or a wallet operation is refused."""
 
@@ -236,3 +291,8 @@ class LedgerError(PaymentError):
 
 class ReceiptError(PaymentError):
     """A node's signed receipt does not match what the payer received or signed."""
+
+
+class ChargeDisputeError(ReceiptError):
+    """A node claims a charged total that no receipt the payer holds backs: the payer
+    counted what the node can claim as disputed spend and pays it no more."""

@@ -54,7 +54,7 @@ async def test_prompt_cheats_change_the_prompt(tiny_loaded: Any) -> None:
     for cheat, expected in (("nosystem", without_system), (None, honest)):
         engine = TransformersEngine(loaded=tiny_loaded, cheat=cheat)
         try:
-            assert (await engine.prepare(request)).payload == (expected, None)
+            assert (await engine.prepare(request)).payload == (expected, None, None)
         finally:
             await engine.aclose()
     plain = make_cheat("template").encode(tokenizer, request)

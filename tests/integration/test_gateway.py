@@ -36,7 +36,7 @@ def network(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             for name, (p_in, p_out) in PRICES.items()
         }
         urls["dead"] = f"http://127.0.0.1:{free_port()}/v1"
-        args = ["gateway", "--spend-log", str(home / "spend.sqlite")]
+        args = ["gateway", "--open", "--spend-log", str(home / "spend.sqlite")]
         for url in urls.values():
             args += ["--node", url]
         urls["gateway"] = stack.enter_context(running_command(args))
@@ -122,7 +122,7 @@ def test_budget_is_never_exceeded_with_20_concurrent_clients(
     tiny_model: Path, tmp_path: Path, network: dict[str, str]
 ) -> None:
     budget = 5  # base units; each request reserves 1 at the middle node's prices
-    args = ["gateway", "--node", network["middle"], "--budget", str(budget),
+    args = ["gateway", "--open", "--node", network["middle"], "--budget", str(budget),
             "--spend-log", str(tmp_path / "spend.sqlite")]
     with running_command(args) as gateway:
         client = AsyncOpenAI(base_url=gateway, api_key="x", max_retries=0)

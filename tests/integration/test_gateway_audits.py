@@ -20,7 +20,7 @@ QUESTION = [{"role": "user", "content": "Hello!"}]
 def test_a_cheating_node_is_caught_banned_and_dropped(tiny_model: Path, tmp_path: Path) -> None:
     common = ["--model", str(tiny_model), "--free", "--no-fine-tuning", "--no-adapters"]
     with node_process(common) as honest, node_process([*common, "--cheat", "int4"]) as cheat:
-        args = ["gateway", "--node", honest, "--node", cheat, "--audit-reference",
+        args = ["gateway", "--open", "--node", honest, "--node", cheat, "--audit-reference",
                 str(tiny_model), "--audit-share", "1", "--spend-log",
                 str(tmp_path / "spend.sqlite")]
         with running_command(args) as gateway:

@@ -47,7 +47,7 @@ def test_node_killed_mid_stream_is_replaced_seamlessly(
     victim_url = f"http://127.0.0.1:{port}/v1"
     try:
         wait_healthy(victim, f"http://127.0.0.1:{port}/health", 60)
-        args = ["gateway", "--node", victim_url, "--node", backup,
+        args = ["gateway", "--open", "--node", victim_url, "--node", backup,
                 "--spend-log", str(tmp_path / "spend.sqlite")]
         with running_command(args, timeout=120) as gateway:
             _wait_for_offer(gateway, victim_url)
@@ -93,7 +93,7 @@ def _wait_for_offer(gateway: str, node_url: str) -> None:
 
 def test_langchain_chat_openai_through_the_gateway(backup: str, tmp_path: Path) -> None:
     langchain_openai = pytest.importorskip("langchain_openai")
-    args = ["gateway", "--node", backup, "--spend-log", str(tmp_path / "spend.sqlite")]
+    args = ["gateway", "--open", "--node", backup, "--spend-log", str(tmp_path / "spend.sqlite")]
     with running_command(args) as gateway:
         _wait_for_offer(gateway, backup)
         llm = langchain_openai.ChatOpenAI(base_url=gateway, api_key="x", model="tiny",
@@ -109,7 +109,7 @@ def test_hedging_sends_to_a_second_node_when_the_first_is_slow(
 ) -> None:
     with node_process(["--model", str(tiny_model), "--free", "--no-fine-tuning",
                        "--no-adapters", "--chaos-delay-ms", "1500"]) as slow:
-        args = ["gateway", "--node", slow, "--node", backup,
+        args = ["gateway", "--open", "--node", slow, "--node", backup,
                 "--spend-log", str(tmp_path / "spend.sqlite")]
         with running_command(args) as gateway:
             _wait_for_offer(gateway, slow)

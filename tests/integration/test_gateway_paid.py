@@ -51,7 +51,7 @@ def test_gateway_pays_nodes_and_nodes_settle_what_the_receipts_say(
                 "--claim-max-age", "1", "--no-fine-tuning", "--no-adapters"]))
         before = {a: stablecoin_balance(chain, a) for a in nodes}
         wallet = keystore(chain, 5, tmp_path / "gateway.json")
-        args = ["gateway", "--rpc-url", chain.rpc_url, "--keystore", str(wallet),
+        args = ["gateway", "--open", "--rpc-url", chain.rpc_url, "--keystore", str(wallet),
                 "--deposit", "500000", "--budget", "200000",
                 "--spend-log", str(tmp_path / "gw" / "spend.sqlite")]
         for url in nodes.values():
@@ -143,7 +143,7 @@ def test_a_paid_node_killed_mid_stream_is_paid_what_it_receipted(
         stack.callback(victim.kill)
         wait_healthy(victim, f"http://127.0.0.1:{port}/health", 60)
         gateway = stack.enter_context(running_command([
-            "gateway", "--rpc-url", chain.rpc_url,
+            "gateway", "--open", "--rpc-url", chain.rpc_url,
             "--keystore", str(keystore(chain, 8, tmp_path / "gw.json")),
             "--deposit", "500000", "--budget", "400000", "--spend-log", str(spend_path),
             "--node", victim_url, "--node", backup]))

@@ -43,7 +43,7 @@ def test_a_paid_audit_is_paid_by_channel_and_logged_within_its_share(
             "--rpc-url", chain.rpc_url, "--keystore", str(keystore(chain, 3, tmp_path / "n.json")),
             "--ledger", str(tmp_path / "ledger.sqlite"), "--no-fine-tuning",
             "--no-adapters"]) as node, running_command([
-            "gateway", "--rpc-url", chain.rpc_url,
+            "gateway", "--open", "--rpc-url", chain.rpc_url,
             "--keystore", str(keystore(chain, 5, tmp_path / "gw.json")), "--deposit", "500000",
             "--spend-log", str(spend_path), "--node", node, "--audit-reference",
             str(tiny_model), "--audit-share", "1"]) as gateway:

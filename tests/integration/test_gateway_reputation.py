@@ -33,7 +33,7 @@ def test_a_failed_audit_outlives_a_gateway_restart(tiny_model: Path, tmp_path: P
     log = str(tmp_path / "gw" / "spend.sqlite")
     common = ["--model", str(tiny_model), *FREE]
     with node_process(common) as honest, node_process([*common, "--cheat", "int4"]) as cheat:
-        audited = ["gateway", "--node", cheat, "--audit-reference", str(tiny_model),
+        audited = ["gateway", "--open", "--node", cheat, "--audit-reference", str(tiny_model),
                    "--audit-share", "1", "--spend-log", log]
         with running_command(audited) as gateway:
             root = gateway.removesuffix("/v1")
@@ -44,7 +44,7 @@ def test_a_failed_audit_outlives_a_gateway_restart(tiny_model: Path, tmp_path: P
         assert first["audits"][-1].startswith("FAILED") and first["banned"]
 
         # A new gateway run over both nodes, without audits: the verdict is remembered.
-        with running_command(["gateway", "--node", honest, "--node", cheat,
+        with running_command(["gateway", "--open", "--node", honest, "--node", cheat,
                                "--spend-log", log]) as gateway:
             root = gateway.removesuffix("/v1")
             _wait(lambda: all(r["models"] for r in _rows(root)))
@@ -71,7 +71,7 @@ def test_audits_start_only_within_their_share_of_spend(tiny_model: Path,
               "--price-out", "1000000"]
     with node_process(priced) as node:
         _earlier(log_path, node, 1_000)  # 2% of 1,000 is 20: not one challenge's worth
-        args = ["gateway", "--node", node, "--audit-reference", str(tiny_model),
+        args = ["gateway", "--open", "--node", node, "--audit-reference", str(tiny_model),
                 "--audit-share", "1", "--spend-log", str(log_path)]
         with running_command(args) as gateway:
             root = gateway.removesuffix("/v1")

@@ -56,7 +56,7 @@ def test_gateway_discovers_registered_nodes_and_refuses_mismatches(
         registry_at(chain.rpc_url).register(liar, alias, "0x" + "ab" * 32)
         assert {e.url for e in registry_at(chain.rpc_url).entries()} == {url, alias}
 
-        args = ["gateway", "--registry-rpc-url", chain.rpc_url,
+        args = ["gateway", "--open", "--registry-rpc-url", chain.rpc_url,
                 "--spend-log", str(tmp_path / "spend.sqlite")]
         with running_command(args) as gateway:
             rows = _wait_for_rows(gateway, 2)

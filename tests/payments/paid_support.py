@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
 from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentPayload, PaymentRequirements
 
+from agoranet.chain import compile_contract
 from agoranet.config import NodeSettings
 from agoranet.engines.base import Delta, Finish, Prepared, StreamEvent
 from agoranet.node.launcher import free_port
@@ -74,12 +75,31 @@ def open_test_channel(env: Any, payer: LocalAccount, node: str, deposit: int,
     return Channel(config, compute_channel_id(config, env.dev.chain_id), payer, env.dev.network)
 
 
+def other_token(env: Any, holder: str, amount: int) -> str:
+    """A second ERC-3009 stablecoin on the dev chain (not the node's), ``amount`` minted to
+    ``holder``, so a channel in another token can really be funded."""
+    compiled = compile_contract("Stablecoin")
+    deployer = env.dev.accounts[0]  # unlocked in anvil
+    factory = env.w3.eth.contract(abi=compiled.abi, bytecode=compiled.bytecode)
+    receipt = env.w3.eth.wait_for_transaction_receipt(
+        factory.constructor().transact({"from": deployer}), timeout=30)
+    token = env.w3.eth.contract(address=receipt["contractAddress"], abi=compiled.abi)
+    env.w3.eth.wait_for_transaction_receipt(
+        token.functions.mint(holder, amount).transact({"from": deployer}), timeout=30)
+    return str(receipt["contractAddress"])
+
+
 def header(channel: Channel, voucher: int, max_amount: int, node: str, asset: str, *,
            key: LocalAccount | None = None, network: str | None = None,
-           channel_id: str | None = None) -> str:
+           channel_id: str | None = None,
+           mutate: Callable[[bytes], bytes] | None = None) -> str:
+    """A voucher payment for ``channel``; ``mutate`` rewrites the signature's bytes."""
     network = network or channel.network
     cid = channel_id or channel.channel_id
     fields = sign_voucher(EthAccountSigner(key or channel.key), cid, voucher, network)
+    if mutate is not None:
+        raw = bytes.fromhex(fields.signature.removeprefix("0x"))
+        fields.signature = "0x" + mutate(raw).hex()
     accepted = PaymentRequirements(
         scheme="batch-settlement", network=network, asset=asset, amount=str(max_amount),
         pay_to=node, max_timeout_seconds=3600,

@@ -178,3 +178,82 @@ def test_recover_charges_the_last_running_receipt(tmp_path: Path) -> None:
     assert (candidate.unclaimed, candidate.voucher_amount) == (19, 100)
     book.close()
     again.close()
+
+
+def _a_real_ledger(path: Path) -> None:
+    book = SqliteLedger(path)
+    with book._write() as db:  # enough rows for several pages, in one transaction
+        for i in range(200):
+            db.execute("INSERT INTO channels VALUES (?, '{}', '0xp', 0, 0, '0x', 0, NULL, 0)",
+                       (f"0x{i:064x}",))
+    book.commit(book.accept_voucher("a", "0x" + "00" * 32, 100, "0xa", 100), 1, 1, 7,
+                SIGNER.sign, 1)
+    book.close()
+
+
+def _truncated(path: Path) -> None:
+    _a_real_ledger(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _foreign(path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE notes (text TEXT)")
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize(("damage", "needle"), [
+    (lambda p: p.write_bytes(b""), "empty (0 bytes)"),
+    (lambda p: p.write_bytes(b"not a database at all " * 300), "not a database"),
+    (_truncated, "malformed"),
+    (_foreign, "not an agoranet ledger"),
+])
+def test_a_damaged_ledger_is_refused_never_replaced(tmp_path: Path, damage: object,
+                                                    needle: str) -> None:
+    """#12: a 0-byte, corrupt or foreign file is not a fresh ledger: LedgerError, file kept."""
+    path = tmp_path / "ledger.sqlite"
+    damage(path)  # type: ignore[operator]
+    before = path.read_bytes()
+    with pytest.raises(LedgerError, match="ledger") as info:
+        SqliteLedger(path)
+    assert needle in str(info.value)
+    assert path.read_bytes() == before  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.sqlite"]
+
+
+def test_a_new_path_gets_a_new_ledger_and_reopens(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "ledger.sqlite"
+    book = SqliteLedger(path)
+    book.ensure_channel(CID, "{}", "0xp", 0)
+    book.close()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ledger.sqlite"]  # no leftovers
+    again = SqliteLedger(path)
+    assert again.channel(CID) is not None
+    again.close()
+
+
+def test_an_older_ledger_gains_the_claim_failures_table(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    _a_real_ledger(path)
+    with SqliteLedger(path)._write() as db:
+        db.execute("DROP TABLE claim_failures")
+    book = SqliteLedger(path)
+    assert book.claim_failures() == []
+    assert len(book.earnings()) == 200
+
+
+def test_a_ledger_missing_next_to_its_write_ahead_log_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    book = SqliteLedger(path)
+    book.ensure_channel(CID, "{}", "0xp", 0)  # no close(): the WAL holds this write
+    wal = Path(f"{path}-wal")
+    assert wal.stat().st_size > 0
+    path.unlink()
+    with pytest.raises(LedgerError, match="write-ahead log"):
+        SqliteLedger(path)
+    assert not path.exists()
+    book.close()

@@ -17,11 +17,13 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from starlette.applications import Starlette
+from x402.mechanisms.evm.batch_settlement import errors as bs_errors
 
 from agoranet.node.app import create_app
 from agoranet.node.payment_setup import NodePayments
 from agoranet.payments import x402wire
 from agoranet.payments.channels import initiate_withdraw
+from agoranet.payments.ecdsa import SECP256K1_N, signature_problem
 from agoranet.payments.receipts import Receipt, verify_receipt
 from agoranet.registry.offer import Offer
 from agoranet.registry.signing import offer_signer
@@ -34,6 +36,7 @@ from .paid_support import (
     header,
     node_payments,
     open_test_channel,
+    other_token,
     paid_settings,
 )
 from .support import channel_state, needs_anvil
@@ -133,8 +136,16 @@ async def test_paid_plain_and_streamed(client: httpx.AsyncClient, node: Node, en
     assert record is not None and record.charged == 2 * WORST
 
 
+def high_s_twin(signature: bytes) -> bytes:
+    """The malleable twin of a signature: s' = n - s and the other v (same signer)."""
+    s = int.from_bytes(signature[32:64], "big")
+    return signature[:32] + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - signature[64]])
+
+
 async def test_attacks_are_refused_before_inference(client: httpx.AsyncClient, node: Node,
                                                     env: Env, payer: LocalAccount) -> None:
+    """Each attack on a funded channel (but "unfunded") is refused for its own reason: the
+    x402 error code in the body and in the PAYMENT-REQUIRED header, not merely some 4xx."""
     deposit = 100_000
     channel = open_test_channel(env, payer, node.address, deposit)
     ok = await post(client, header(channel, ALLOWANCE, ALLOWANCE, node.address, node.asset))
@@ -146,41 +157,93 @@ async def test_attacks_are_refused_before_inference(client: httpx.AsyncClient, n
     withdrawing = open_test_channel(env, payer, node.address, deposit)
     initiate_withdraw(env.w3, env.addresses, payer, withdrawing.config, deposit)
     unfunded = open_test_channel(env, payer, node.address, 0)
-    wrong_receiver = open_test_channel(env, payer, other.address, 0)
-    wrong_token = open_test_channel(env, payer, node.address, 0, token=other.address)
-    attacks = {
-        "garbage base64": "%%%not-base64%%%",
-        "base64 of junk": "aGVsbG8=",
-        "wrong key": header(channel, nxt, ALLOWANCE, node.address, node.asset, key=other),
-        "other receiver": header(wrong_receiver, nxt, ALLOWANCE, node.address, node.asset),
-        "other token": header(wrong_token, nxt, ALLOWANCE, node.address, node.asset),
-        "other chain": header(channel, nxt, ALLOWANCE, node.address, node.asset,
-                              network="eip155:8453"),
-        "replay": header(channel, ALLOWANCE, ALLOWANCE, node.address, node.asset),
-        "equal to accepted": header(channel, ALLOWANCE, ALLOWANCE - charged, node.address,
-                                    node.asset),
-        "above deposit": header(channel, deposit + 1, deposit + 1 - charged, node.address,
-                                node.asset),
-        "below worst case": header(channel, charged + WORST - 1, WORST - 1, node.address,
-                                   node.asset),
-        "unfunded": header(unfunded, ALLOWANCE, ALLOWANCE, node.address, node.asset),
+    # funded channels whose config does not fit this node in exactly one field
+    wrong_receiver = open_test_channel(env, payer, other.address, deposit,
+                                       receiverAuthorizer=node.address)
+    wrong_authorizer = open_test_channel(env, payer, node.address, deposit,
+                                         receiverAuthorizer=other.address)
+    wrong_token = open_test_channel(env, payer, node.address, deposit,
+                                    token=other_token(env, payer.address, deposit))
+    wrong_delay = open_test_channel(env, payer, node.address, deposit, withdrawDelay=1800)
+    # a channel the node has served and claimed on chain (WORST)
+    claimed = open_test_channel(env, payer, node.address, deposit)
+    served = await post(client, header(claimed, ALLOWANCE, ALLOWANCE, node.address,
+                                       node.asset))
+    assert served.status_code == 200
+    await asyncio.to_thread(node.payments.settler.tick, force=True)
+    assert channel_state(env.w3, env.addresses, claimed.channel_id)[1] == WORST
+    for refused in (wrong_receiver, wrong_authorizer, wrong_token, wrong_delay):
+        assert channel_state(env.w3, env.addresses, refused.channel_id)[0] == deposit
+    sig = bs_errors.ERR_INVALID_VOUCHER_SIGNATURE
+    attacks: dict[str, tuple[str, str]] = {
+        "garbage base64": ("%%%not-base64%%%", "invalid_payload"),
+        "base64 of junk": ("aGVsbG8=", "invalid_payload"),
+        "wrong key": (header(channel, nxt, ALLOWANCE, node.address, node.asset, key=other), sig),
+        "high-s twin": (header(channel, nxt, ALLOWANCE, node.address, node.asset,
+                               mutate=high_s_twin), sig),
+        "v 0 or 1": (header(channel, nxt, ALLOWANCE, node.address, node.asset,
+                            mutate=lambda raw: raw[:64] + bytes([raw[64] - 27])), sig),
+        "other receiver": (header(wrong_receiver, ALLOWANCE, ALLOWANCE, node.address,
+                                  node.asset), bs_errors.ERR_RECEIVER_MISMATCH),
+        "other receiver authorizer": (header(wrong_authorizer, ALLOWANCE, ALLOWANCE,
+                                             node.address, node.asset),
+                                      bs_errors.ERR_RECEIVER_AUTHORIZER_MISMATCH),
+        "other token": (header(wrong_token, ALLOWANCE, ALLOWANCE, node.address, node.asset),
+                        bs_errors.ERR_TOKEN_MISMATCH),
+        "other withdraw delay": (header(wrong_delay, ALLOWANCE, ALLOWANCE, node.address,
+                                        node.asset), bs_errors.ERR_WITHDRAW_DELAY_MISMATCH),
+        "config of another channel": (header(channel, nxt, ALLOWANCE, node.address, node.asset,
+                                             channel_id=wrong_delay.channel_id),
+                                      bs_errors.ERR_CHANNEL_ID_MISMATCH),
+        "other chain": (header(channel, nxt, ALLOWANCE, node.address, node.asset,
+                               network="eip155:8453"), bs_errors.ERR_NETWORK_MISMATCH),
+        "replay": (header(channel, ALLOWANCE, ALLOWANCE, node.address, node.asset),
+                   bs_errors.ERR_CUMULATIVE_AMOUNT_MISMATCH),
+        "equal to accepted": (header(channel, ALLOWANCE, ALLOWANCE - charged, node.address,
+                                     node.asset), "insufficient_amount"),
+        "above deposit": (header(channel, deposit + 1, deposit + 1 - charged, node.address,
+                                 node.asset), bs_errors.ERR_CUMULATIVE_EXCEEDS_BALANCE),
+        "below worst case": (header(channel, charged + WORST - 1, WORST - 1, node.address,
+                                    node.asset), "insufficient_amount"),
+        "at what was claimed": (header(claimed, WORST, ALLOWANCE, node.address, node.asset),
+                                bs_errors.ERR_CUMULATIVE_AMOUNT_BELOW_CLAIMED),
+        "below what was claimed": (header(claimed, WORST - 1, ALLOWANCE, node.address,
+                                          node.asset),
+                                   bs_errors.ERR_CUMULATIVE_AMOUNT_BELOW_CLAIMED),
+        "unfunded": (header(unfunded, ALLOWANCE, ALLOWANCE, node.address, node.asset),
+                     bs_errors.ERR_CHANNEL_NOT_FOUND),
     }
     time.sleep(0.3)  # past the node's state cache for the withdrawing channel
-    attacks["withdrawing"] = header(withdrawing, ALLOWANCE, ALLOWANCE, node.address, node.asset)
+    attacks["withdrawing"] = (header(withdrawing, ALLOWANCE, ALLOWANCE, node.address,
+                                     node.asset),
+                              "invalid_batch_settlement_evm_channel_withdrawing")
     calls = node.engine.calls
-    for name, pay in attacks.items():
+    for name, (pay, code) in attacks.items():
         response = await post(client, pay)
-        assert response.status_code in (400, 402), (name, response.status_code, response.text)
-        message = response.json()["error"]["message"]
-        assert message, name
+        assert response.status_code == 402, (name, response.status_code, response.text)
+        error = response.json()["error"]
+        assert error["code"] == code, (name, error)
+        assert error["message"], name
+        required = x402wire.decode_payment_required(response.headers[x402wire.PAYMENT_REQUIRED])
+        assert required.error == code, name
         assert node.engine.calls == calls, name
         assert ledger.channel(channel.channel_id).charged == charged, name  # type: ignore[union-attr]
-    for refused in (withdrawing, unfunded, wrong_receiver, wrong_token):
+    for refused in (withdrawing, unfunded, wrong_receiver, wrong_authorizer, wrong_token,
+                    wrong_delay):
         record = ledger.channel(refused.channel_id)
         assert record is None or record.voucher_signature == "0x"
-    # the honest next voucher still works after all that
+    record = ledger.channel(channel.channel_id)
+    assert record is not None and record.pending_request is None
+    # the honest next voucher still works after all that; the stored voucher is canonical
     assert (await post(client, header(channel, nxt, ALLOWANCE, node.address,
                                       node.asset))).status_code == 200
+    record = ledger.channel(channel.channel_id)
+    assert record is not None and signature_problem(
+        bytes.fromhex(record.voucher_signature.removeprefix("0x"))) is None
+    # the channel above what was claimed is served, from the claimed baseline
+    above = await post(client, header(claimed, WORST + ALLOWANCE, ALLOWANCE, node.address,
+                                      node.asset))
+    assert above.status_code == 200, above.text
 
 
 async def test_fifty_concurrent_requests_on_one_channel(client: httpx.AsyncClient, node: Node,
@@ -203,15 +266,38 @@ async def test_fifty_concurrent_requests_on_one_channel(client: httpx.AsyncClien
 
 
 async def test_settlement_claims_what_receipts_cover(node: Node, env: Env) -> None:
+    ledger = node.payments.ledger
+    before = {e.channel_id: e.claimed for e in ledger.earnings()}
     outcome = await asyncio.to_thread(node.payments.settler.tick, force=True)
     assert outcome is not None and outcome.claim_tx and outcome.settle_tx
-    receipts = node.payments.ledger.receipts()
+    assert outcome.failed == () and outcome.settle_error == ""
+    receipts = ledger.receipts()
     for cid, total in outcome.claimed.items():
         assert total == sum(r.amount for r in receipts if r.channel_id == cid)
         assert channel_state(env.w3, env.addresses, cid)[1] == total
-    assert outcome.settled == sum(outcome.claimed.values())
-    assert all(e.unclaimed == 0 for e in node.payments.ledger.earnings())
+    assert outcome.settled == sum(t - before[cid] for cid, t in outcome.claimed.items())
+    # money invariants on every channel the node has seen: claimed on chain <= receipted
+    # (here equal, all of it claimed), and the ledger agrees with the chain
+    for e in ledger.earnings():
+        receipted = sum(r.amount for r in receipts if r.channel_id == e.channel_id)
+        onchain = channel_state(env.w3, env.addresses, e.channel_id)[1]
+        assert onchain == e.claimed == e.charged == receipted, e
+        assert (e.unclaimed, e.pending_settle, e.claim_failures) == (0, 0, 0), e
+        assert e.settled == e.claimed, e
+    assert ledger.unsettled() == 0 and ledger.claim_failures() == []
 
 
 def test_ledger_file(node: Node) -> None:
     assert Path(str(node.payments.ledger.path)).is_file()
+
+
+def test_a_node_refuses_to_start_on_a_damaged_ledger(env: Env, tmp_path: Path) -> None:
+    """#12: an empty (0-byte) ledger is not a fresh one: the node does not start on it."""
+    from agoranet.errors import LedgerError
+
+    account: LocalAccount = Account.from_key(env.dev.private_keys[2])
+    ledger = tmp_path / "ledger.sqlite"
+    ledger.write_bytes(b"")
+    with pytest.raises(LedgerError, match="empty"):
+        node_payments(env.dev.rpc_url, ledger, account)
+    assert ledger.read_bytes() == b""

@@ -1,9 +1,9 @@
 """The payer library and its httpx auth against a served in-process node on the dev chain.
 
 Covers what only a real connection shows: receipts checked from the header and
-from a stream's final event, a lost receipt resynced from the node's corrective
-402 (only when the node proves it with the payer's own signature), top-ups, and
-concurrent requests on one channel going one at a time.
+from a stream's final event, a lost answer resynced from the node's corrective
+402 (only because the node's receipt in it backs it), top-ups, and concurrent
+requests on one channel going one at a time.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from eth_account.signers.local import LocalAccount
 from agoranet.errors import ReceiptError
 from agoranet.node.app import create_app
 from agoranet.node.payment_setup import NodePayments
+from agoranet.payments import x402wire
 from agoranet.payments.httpx_auth import PayerAuth
 from agoranet.payments.payer import Payer
 from agoranet.payments.receipts import Receipt
@@ -79,21 +80,27 @@ async def test_receipts_resync_and_top_up(env: Env, node: Served, payer: LocalAc
             first, second = post(http), post(http, stream=True)
             assert second.cumulative == first.amount + second.amount
             assert p.state is not None
-            # a receipt lost on the way: the payer's charged total is behind the node's
-            p.state.charged -= second.amount
-            third = post(http)  # corrective 402 -> resync (own signature) -> paid
-            assert third.cumulative == second.cumulative + third.amount
-            assert p.state.charged == third.cumulative
+            # an answer lost on the way (the payer crashed after the node charged it): the
+            # payer signed the voucher, the node served it, the payer never saw the receipt
+            lost = p.pay(20_000)
+            served = httpx.post(f"{node.url}/v1/chat/completions", json=BODY, timeout=30,
+                                headers={x402wire.PAYMENT_SIGNATURE: lost.header,
+                                         "x-request-id": lost.request_id})
+            assert served.status_code == 200 and p.state.charged == second.cumulative
+            # the next voucher is stale: the corrective 402 carries the node's receipt of
+            # the lost request, which backs its higher total -> resync -> paid
+            third = post(http)
+            missed = p.receipts()[2]
+            assert missed.request_id == lost.request_id
+            assert third.cumulative == missed.cumulative + third.amount
+            assert p.state.charged == third.cumulative == p.state.spent
             for _ in range(6):  # deposits run out: the payer tops up on chain
                 post(http)
             assert p.state.deposited > 60_000
         record = node.payments.ledger.channel(p.state.channel_id)
         assert record is not None and record.charged == p.state.charged
-        # a corrective 402 the payer did not sign is not believed
-        forged = {"channelState": {"channelId": p.state.channel_id,
-                                   "chargedCumulativeAmount": "0"},
-                  "voucherState": {"signedMaxClaimable": "5", "signature": "0x" + "11" * 65}}
-        assert p.resync(forged) is False and p.state.charged == record.charged
+        assert sum(r.amount for r in p.receipts()) == p.state.spent == p.state.charged
+        assert p.state.disputed == 0
         p.close()
 
     await asyncio.to_thread(run)
@@ -215,7 +222,8 @@ def test_the_store_keeps_state_and_receipts_together_and_imports_old_files(
     (old / "receipts.jsonl").write_text(json.dumps(first.to_json()) + "\n")
     store = PayerStore(old)
     assert store.load() == {"channel_id": cid, "config": {}, "deposited": 500, "charged": 10,
-                            "voucher": 30, "receipts": 1, "spent": 10}
+                            "voucher": 30, "receipts": 1, "spent": 10, "disputed": 0,
+                            "dispute": "", "payments": {}}
     assert store.receipts() == [first]
     second = signer.sign(Receipt("r2", cid, 3, 4, 10, 20, 31337))
     store.save(ChannelState(cid, {}, 500, 20, 40, 2, 20), second)

@@ -69,7 +69,7 @@ def setup(tmp_path: Path) -> tuple[SqliteLedger, FakeChain]:
 def settler(ledger: SqliteLedger, chain: FakeChain, **policy: Any) -> Settler:
     return Settler(ledger, chain.facilitate, REQ, chain.state,
                    ClaimPolicy(**{"min_amount": 1000, "max_requests": 10, "max_age": 60.0,
-                                  **policy}),
+                                  "retry_after": 0.0, **policy}),
                    settled_of=lambda tx: 0)
 
 
@@ -166,3 +166,213 @@ def test_batches_and_a_bad_channel(tmp_path: Path) -> None:
     # [1,2] in one tx; [3,4] reverts and is split: 4 alone succeeds; then [5]
     assert [len(c["claims"]) for c in claims] == [2, 1, 1]
     assert [c.channel_id for c in ledger.claim_candidates()] == [bad]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class PickyChain(FakeChain):
+    """Claims of a channel whose stored signature is in ``bad`` revert; settles may fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bad: set[str] = set()
+        self.settle_fails = 0
+        self.attempts: list[list[str]] = []  # channel ids of every claim tried
+
+    def facilitate(self, payment: PaymentPayload, req: PaymentRequirements) -> SettleResponse:
+        claims = payment.payload.get("claims")
+        if claims is not None:
+            self.attempts.append([c["signature"] for c in claims])
+            if any(c["signature"] in self.bad for c in claims):
+                return SettleResponse(success=False, error_reason="claim_simulation_failed",
+                                      error_message="InvalidSignature", network="eip155:31337",
+                                      transaction="")
+        elif self.settle_fails:
+            self.settle_fails -= 1
+            return SettleResponse(success=False, error_reason="settle_simulation_failed",
+                                  network="eip155:31337", transaction="")
+        return super().facilitate(payment, req)
+
+
+def _channels(ledger: SqliteLedger, n: int) -> list[str]:
+    cids = ["0x" + f"{i + 1:02x}" * 32 for i in range(n)]
+    for cid in cids:
+        ledger.ensure_channel(cid, json.dumps(CONFIG.to_dict()), ADDR[0], 0)
+    return cids
+
+
+def _serve(ledger: SqliteLedger, cid: str, amount: int, signature: str) -> None:
+    ch = ledger.channel(cid)
+    assert ch is not None
+    hold = ledger.accept_voucher(f"r{len(ledger.receipts())}", cid, ch.charged + amount,
+                                 signature, amount)
+    ledger.commit(hold, 1, 1, amount, SIGNER.sign, 31337)
+
+
+def test_a_claim_that_keeps_reverting_is_set_aside_not_retried_every_tick(
+        tmp_path: Path) -> None:
+    """#12: one channel's claim always reverts. It is isolated with a back-off and surfaced
+    in the earnings; it neither triggers claims by itself nor holds up the others."""
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    good, bad = _channels(ledger, 2)
+    chain, clock = PickyChain(), Clock()
+    chain.bad = {"0x" + "bb" * 65}
+    s = Settler(ledger, chain.facilitate, REQ, chain.state,
+                ClaimPolicy(min_amount=100, max_requests=10**6, max_age=10**6,
+                            retry_after=30.0, max_retry_after=100.0), clock=clock)
+    _serve(ledger, bad, 500, "0x" + "bb" * 65)  # above the threshold on its own
+    _serve(ledger, good, 50, "0x" + "22" * 65)
+    outcome = s.tick()
+    assert outcome is not None and outcome.claimed == {good: 50} and outcome.failed == (bad,)
+    [failure] = ledger.claim_failures()
+    assert (failure.channel_id, failure.failures) == (bad, 1)
+    assert failure.retry_at == clock.now + 30.0 and "InvalidSignature" in failure.last_error
+    tried = len(chain.attempts)
+    for _ in range(5):  # ticks within the back-off: the bad channel is neither due nor tried
+        clock.now += 5
+        assert s.tick() is None
+    assert len(chain.attempts) == tried
+    _serve(ledger, good, 100, "0x" + "22" * 65)  # the others are still claimed when due
+    clock.now += 1
+    outcome = s.tick()
+    assert outcome is not None and outcome.claimed == {good: 150} and outcome.failed == ()
+    assert all("0x" + "bb" * 65 not in a for a in chain.attempts[tried:])
+    for failures, wait in ((2, 60.0), (3, 100.0), (4, 100.0), (5, 100.0)):
+        clock.now = failure.retry_at  # back-off over: tried again, alone; the wait doubles
+        with pytest.raises(PaymentError, match="InvalidSignature"):
+            s.tick()
+        assert chain.attempts[-1] == ["0x" + "bb" * 65]
+        [failure] = ledger.claim_failures()
+        assert (failure.failures, failure.retry_at) == (failures, clock.now + wait)
+    [failure] = ledger.claim_failures()
+    assert failure.failures == 5 and failure.retry_at == clock.now + 100.0  # capped
+    rows = {e.channel_id: e for e in ledger.earnings()}
+    assert rows[bad].claim_failures == 5 and "InvalidSignature" in rows[bad].claim_error
+    assert rows[good].claim_failures == 0 and rows[good].claimed == 150
+    chain.bad = set()  # whatever it was got fixed: the next try claims and clears the record
+    clock.now = failure.retry_at
+    outcome = s.tick()
+    assert outcome is not None and outcome.claimed == {bad: 500}
+    assert ledger.claim_failures() == []
+    assert sum(e.claimed for e in ledger.earnings()) == sum(r.amount for r in ledger.receipts())
+
+
+def test_a_forced_tick_retries_a_set_aside_channel_at_once(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    [cid] = _channels(ledger, 1)
+    chain, clock = PickyChain(), Clock()
+    chain.bad = {"0x" + "bb" * 65}
+    s = Settler(ledger, chain.facilitate, REQ, chain.state, ClaimPolicy(min_amount=1),
+                clock=clock)
+    _serve(ledger, cid, 40, "0x" + "bb" * 65)
+    with pytest.raises(PaymentError):
+        s.tick()
+    assert s.tick() is None  # set aside
+    chain.bad = set()
+    outcome = s.tick(force=True)
+    assert outcome is not None and outcome.claimed == {cid: 40}
+
+
+def test_a_failed_settle_is_retried_on_its_own(tmp_path: Path) -> None:
+    """#21: claimed 50, the settle fails: the next ticks retry the settle (after a back-off)
+    with no new claim due, and the earnings show what waits to be settled."""
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    [cid] = _channels(ledger, 1)
+    chain, clock = PickyChain(), Clock()
+    chain.settle_fails = 2
+    s = Settler(ledger, chain.facilitate, REQ, chain.state,
+                ClaimPolicy(min_amount=50, retry_after=10.0), clock=clock,
+                settled_of=lambda tx: 50)
+    for _ in range(5):
+        _serve(ledger, cid, 10, "0x" + "22" * 65)
+    outcome = s.tick()
+    assert outcome is not None and outcome.claimed == {cid: 50}
+    assert outcome.settled == 0 and outcome.settle_tx == "" and outcome.settle_error
+    assert ledger.unsettled() == 50
+    [row] = ledger.earnings()
+    assert (row.claimed, row.settled, row.pending_settle) == (50, 0, 50)
+    clock.now += 1
+    assert s.tick() is None  # within the back-off
+    clock.now += 10
+    with pytest.raises(PaymentError, match="settle failed"):  # the second failure
+        s.tick()
+    clock.now += 21  # the back-off doubled to 20 s
+    outcome = s.tick()
+    assert outcome is not None and outcome.reason == "pending settle"
+    assert (outcome.claimed, outcome.settled) == ({}, 50) and outcome.settle_tx
+    [row] = ledger.earnings()
+    assert (row.claimed, row.settled, row.pending_settle) == (50, 50, 0)
+    assert ledger.unsettled() == 0 and s.tick() is None
+
+
+def test_a_forced_tick_settles_what_is_pending(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    [cid] = _channels(ledger, 1)
+    chain, clock = PickyChain(), Clock()
+    chain.settle_fails = 1
+    s = Settler(ledger, chain.facilitate, REQ, chain.state, ClaimPolicy(min_amount=10),
+                clock=clock)
+    _serve(ledger, cid, 10, "0x" + "22" * 65)
+    assert s.tick() is not None and ledger.unsettled() == 10
+    outcome = s.tick(force=True)  # no claim is due, the settle still goes
+    assert outcome is not None and outcome.settle_tx and ledger.unsettled() == 0
+
+
+def test_nothing_to_settle_on_chain_marks_the_claims_settled(tmp_path: Path) -> None:
+    """Someone else (anyone may) settled for the node, or a settle's answer was lost."""
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    [cid] = _channels(ledger, 1)
+    _serve(ledger, cid, 10, "0x" + "22" * 65)
+    ledger.record_claim({cid: 10}, "0x01", 0)
+
+    def facilitate(payment: PaymentPayload, _: PaymentRequirements) -> SettleResponse:
+        return SettleResponse(success=False, error_reason="invalid_batch_settlement_evm_"
+                              "nothing_to_settle", network="eip155:31337", transaction="")
+
+    outcome = Settler(ledger, facilitate, REQ, FakeChain().state, ClaimPolicy()).tick()
+    assert outcome is not None and outcome.reason == "pending settle"
+    [row] = ledger.earnings()
+    assert (row.settled, row.pending_settle) == (10, 0)
+
+
+def test_a_stored_high_s_voucher_is_claimed_with_its_canonical_twin(tmp_path: Path) -> None:
+    """A voucher a node stored before the canonical rule is still claimable."""
+    from agoranet.payments.ecdsa import SECP256K1_N, DigestSigner, canonical_signature
+
+    good = DigestSigner(bytes(Account.create().key)).sign(b"\x07" * 32)
+    s_value = int.from_bytes(good[32:64], "big")
+    twin = good[:32] + (SECP256K1_N - s_value).to_bytes(32, "big") + bytes([55 - good[64]])
+    assert canonical_signature(twin) == good
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    [cid] = _channels(ledger, 1)
+    _serve(ledger, cid, 10, "0x" + twin.hex())
+    chain = PickyChain()
+    assert Settler(ledger, chain.facilitate, REQ, chain.state, ClaimPolicy()).tick(force=True)
+    assert chain.attempts == [["0x" + good.hex()]]
+
+
+def test_each_threshold_at_exactly_its_value(setup: tuple[SqliteLedger, FakeChain]) -> None:
+    """A claim is due when a threshold is reached (>=), not only when passed, and not one
+    base unit, request or second before."""
+    ledger, chain = setup
+    charge(ledger, 4, 250)  # 1000 unclaimed in 4 requests
+    [c] = ledger.claim_candidates()
+    assert (c.unclaimed, c.unclaimed_requests) == (1000, 4)
+    young = c.oldest_unclaimed_at  # "now" is the oldest charge's own time: age 0
+    assert settler(ledger, chain, min_amount=1000).due([c], now=young) == "amount"
+    assert settler(ledger, chain, min_amount=1001).due([c], now=young) == ""
+    assert settler(ledger, chain, min_amount=10**9, max_requests=4).due(
+        [c], now=young) == "requests"
+    assert settler(ledger, chain, min_amount=10**9, max_requests=5).due([c], now=young) == ""
+    aged = settler(ledger, chain, min_amount=10**9, max_requests=10**6, max_age=60.0)
+    assert aged.due([c], now=young + 60.0) == "age"
+    assert aged.due([c], now=young + 59.999) == ""
+    # and the tick claims at exactly the amount
+    outcome = settler(ledger, chain, min_amount=1000, max_requests=10**6).tick()
+    assert outcome is not None and outcome.reason == "amount" and outcome.claimed == {CID: 1000}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 
 from agoranet.errors import AgoranetError, RequestError, UpstreamError
 
@@ -45,6 +46,9 @@ def error_from_exception(exc: Exception) -> tuple[int, dict[str, Any], dict[str,
     if isinstance(exc, ValidationError):
         message, param = validation_message(exc)
         return 400, error_body(message, param=param), headers
+    if isinstance(exc, HTTPException) and 400 <= exc.status_code < 500:
+        # Starlette's own refusals inside a handler (e.g. a body that is not multipart)
+        return exc.status_code, error_body(str(exc.detail)), headers
     if isinstance(exc, UpstreamError):
         status = exc.status_code if 400 <= exc.status_code < 600 else 502
         return status, error_body(str(exc), error_type="upstream_error"), headers

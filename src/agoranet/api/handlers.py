@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -12,9 +11,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from agoranet.api import jsonlimits
 from agoranet.api.errors import error_body, error_from_exception
 from agoranet.api.streaming import EventStreamResponse
-from agoranet.errors import InvalidRequestError
+from agoranet.errors import InvalidJSONError, InvalidRequestError
 
 __all__ = ["Handler", "http_error", "openai_errors", "parse_json_object", "read_json", "respond"]
 
@@ -47,14 +47,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """A request body as a JSON object, or a 400 that says what is wrong with it."""
+    """A request body as a JSON object, or a 400 (413 if too large) that says what is
+    wrong with it. Bounded: see :mod:`agoranet.api.jsonlimits`."""
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"the body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise InvalidRequestError("the body must be a JSON object")
-    return body
+        return jsonlimits.loads_object(raw, what="the body", max_bytes=None)
+    except InvalidJSONError as exc:
+        raise InvalidRequestError(str(exc)) from None
 
 
 async def read_json(request: Request) -> dict[str, Any]:

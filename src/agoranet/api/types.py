@@ -12,6 +12,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
+from agoranet.api.tools import (
+    FunctionTool,
+    ResponseFormat,
+    ToolCall,
+    ToolChoice,
+    check_tool_setup,
+    unanswered_tool_messages,
+)
+
 __all__ = [
     "AgoranetOptions",
     "AgoranetResult",
@@ -56,6 +65,16 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's calls (content may be null)
+    tool_call_id: str | None = None  # a tool message: the call it answers
+
+    @model_validator(mode="after")
+    def _check_tool_fields(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return self
 
     def text(self) -> str:
         """The message's text, joining text parts; other part types are refused."""
@@ -93,7 +112,7 @@ class _Sampling(_Request):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=1)
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     # vLLM extension: keep generating past end-of-sequence (benchmarks, tests).
@@ -130,9 +149,20 @@ class ChatCompletionRequest(_Sampling):
     # vLLM extensions: continue a partial assistant message (used for failover).
     add_generation_prompt: bool = True
     continue_final_message: bool = False
+    # Function calling and structured output (see agoranet.api.tools).
+    tools: list[FunctionTool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
+        check_tool_setup(self.tools, self.tool_choice, self.parallel_tool_calls)
+        for index, answered in unanswered_tool_messages(
+                [(m.role, [c.id for c in m.tool_calls or ()], m.tool_call_id)
+                 for m in self.messages]):
+            raise ValueError(f"messages[{index}]: tool_call_id {answered!r} matches no "
+                             "tool call of an earlier assistant message")
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
         if self.continue_final_message:
@@ -250,6 +280,8 @@ class ChatCompletion(BaseModel):
 class DeltaMessage(BaseModel):
     role: str | None = None
     content: str | None = None
+    # OpenAI's streamed calls: index, id and name first, then the arguments in pieces.
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChunkChoice(BaseModel):

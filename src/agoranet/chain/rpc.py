@@ -21,6 +21,7 @@ __all__ = [
     "TxResult",
     "connect",
     "dev_rpc",
+    "http_provider",
     "increase_time",
     "send",
     "transfer_native",
@@ -39,11 +40,27 @@ class TxResult:
     block_number: int
 
 
-def connect(rpc_url: str, *, timeout: float = _TIMEOUT) -> Web3:
-    """A connected :class:`Web3`, or :class:`ChainError` if nothing answers at ``rpc_url``."""
+def http_provider(rpc_url: str, *, timeout: float = _TIMEOUT, retry: bool = True) -> HTTPProvider:
+    """An HTTP JSON-RPC provider whose every request gives up after ``timeout`` seconds.
+
+    ``retry=False`` turns off web3's own retries (5 by default, with backoff), which
+    would otherwise make one call to an RPC that never answers take about
+    ``5 * timeout`` seconds; code on a request path wants one short try.
+    """
     if not rpc_url.startswith(("http://", "https://")):
         raise ChainError(f"RPC URL {rpc_url!r} must start with http:// or https://")
-    w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+    if retry:
+        return HTTPProvider(rpc_url, request_kwargs={"timeout": timeout})
+    return HTTPProvider(rpc_url, request_kwargs={"timeout": timeout},
+                        exception_retry_configuration=None)
+
+
+def connect(rpc_url: str, *, timeout: float = _TIMEOUT, retry: bool = True) -> Web3:
+    """A connected :class:`Web3`, or :class:`ChainError` if nothing answers at ``rpc_url``.
+
+    Every JSON-RPC request gives up after ``timeout`` seconds (see :func:`http_provider`).
+    """
+    w3 = Web3(http_provider(rpc_url, timeout=timeout, retry=retry))
     try:
         w3.eth.chain_id  # noqa: B018 - a cheap call that proves the endpoint answers
     except (OSError, ValueError, Web3Exception) as exc:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 import httpx
 from rich.console import Console
 from rich.table import Table
 
+from agoranet.cli.user_options import user_set
 from agoranet.config import GatewaySettings
 from agoranet.errors import ConfigError
 
-__all__ = ["gateway", "nodes", "spend"]
+__all__ = ["gateway", "gateway_settings", "nodes", "serve_gateway", "spend"]
 
 console = Console()
 
@@ -23,9 +25,16 @@ console = Console()
 @click.option("--port", type=click.IntRange(0, 65535), default=8402, show_default=True)
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Routing policy file (JSON or TOML).")
+@click.option("--token-timeout", "token_timeout_s", type=click.FloatRange(min=0, min_open=True),
+              default=None, help="Seconds an answer may go without a new token before the "
+              "next node takes over [default: the policy's, 30].")
 @click.option("--budget", type=click.IntRange(min=0), default=None,
               help="Total spend allowed, in stablecoin base units.")
 @click.option("--spend-log", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--open", "open", is_flag=True, default=False,
+              help="Serve any local process without a key (the global budget alone applies).")
+@click.option("--key-store", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Gateway keys [default: keys.sqlite beside the spend log].")
 @click.option("--registry-rpc-url", default=None,
               help="Also discover nodes from the provider registry on this chain.")
 @click.option("--rpc-url", default=None, help="Pay paid nodes on this chain (needs a wallet).")
@@ -49,41 +58,59 @@ console = Console()
 @click.option("--trust-list", "trust_lists", multiple=True,
               type=click.Path(dir_okay=False, path_type=Path),
               help="A signed score list to import at start; its signer must be trusted.")
-def gateway(node_urls: tuple[str, ...], host: str, port: int, policy_file: Path | None,
-            budget: int | None, spend_log: Path | None, registry_rpc_url: str | None,
-            rpc_url: str | None, keystore: Path | None, deposit: int,
-            audit_reference: str | None, audit_share: float, audit_budget_share: float,
-            audit_budget_floor: int,
-            reputation_log: Path | None, trust: tuple[str, ...],
-            trust_lists: tuple[Path, ...]) -> None:
+@click.pass_context
+def gateway(ctx: click.Context, /, **options: Any) -> None:
     """Run the local OpenAI-compatible gateway over the network's nodes."""
-    import uvicorn
+    serve_gateway(gateway_settings(ctx, options))
 
-    from agoranet.gateway.app import build_service, create_gateway_app
 
-    if not node_urls and not registry_rpc_url:
-        raise ConfigError("give --node URL (repeatable) or --registry-rpc-url to discover nodes")
-    settings = GatewaySettings(host=host, port=port, nodes=list(node_urls),
-                               policy_file=policy_file, budget=budget, spend_log=spend_log,
-                               registry_rpc_url=registry_rpc_url, rpc_url=rpc_url,
-                               keystore=keystore, deposit=deposit,
-                               audit_reference=audit_reference, audit_share=audit_share,
-                               audit_budget_share=audit_budget_share,
-                               audit_budget_floor=audit_budget_floor,
-                               reputation_log=reputation_log)
+def gateway_settings(ctx: click.Context, options: dict[str, Any]) -> GatewaySettings:
+    """The gateway's settings: the options the user gave over the ``AGORANET_GATEWAY_*``
+    environment over the defaults (an option's own default never hides the environment)."""
+    trust, trust_lists = options.pop("trust"), options.pop("trust_lists")
+    values = user_set(ctx, options)
+    if "node_urls" in values:
+        values["nodes"] = list(values.pop("node_urls"))
+    settings = GatewaySettings(**values)
     if trust:
         settings.reputation_trust = [*settings.reputation_trust, *trust]
     if trust_lists:
         settings.reputation_lists = [*settings.reputation_lists, *trust_lists]
+    if not settings.nodes and not settings.registry_rpc_url:
+        raise ConfigError("give --node URL (repeatable) or --registry-rpc-url to discover nodes")
+    return settings
+
+
+def serve_gateway(settings: GatewaySettings) -> None:
+    from agoranet.api.server import ServerLimits, serve
+    from agoranet.gateway.app import build_service, create_gateway_app
+
     account = None
-    if rpc_url:
+    if settings.rpc_url:
         from agoranet.cli.wallet_common import unlock_wallet
 
-        account = unlock_wallet(keystore)
-    app = create_gateway_app(build_service(settings, account=account))
-    where = f"{len(node_urls)} node(s)" + (" and the registry" if registry_rpc_url else "")
-    console.print(f"agoranet gateway on http://{host}:{port}/v1 over {where}")
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+        account = unlock_wallet(settings.keystore)
+    service = build_service(settings, account=account)
+    keys = None
+    if not settings.open:
+        from agoranet.gateway.keysetup import start_keys
+
+        started = start_keys(settings, service.spend, service.budget)
+        keys = started.store
+        if started.lost:
+            console.print(f"settled {started.lost} base units reserved by a gateway that died "
+                          "(spend log: outcome 'lost')")
+    app = create_gateway_app(service, settings, keys)
+    where = f"{len(settings.nodes)} node(s)" + (" and the registry"
+                                                if settings.registry_rpc_url else "")
+    console.print(f"agoranet gateway on http://{settings.host}:{settings.port}/v1 over {where}")
+    if keys is None:
+        console.print("open: any local process may spend (--open); the global budget applies")
+    else:
+        console.print(f"needs a key; the owner's: OPENAI_API_KEY=$(cat {started.owner_key}) "
+                      f"OPENAI_BASE_URL=http://{settings.host}:{settings.port}/v1")
+    serve(app, settings.host, settings.port, ServerLimits(
+        settings.header_timeout_s, settings.keep_alive_s, settings.max_connections))
 
 
 @click.command()
@@ -129,14 +156,15 @@ def _state(row: dict[str, object]) -> str:
 
 
 @click.command()
-@click.option("--by", type=click.Choice(["model", "node", "day"]), default="model",
+@click.option("--by", type=click.Choice(["model", "node", "day", "key"]), default="model",
               show_default=True)
 @click.option("--spend-log", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def spend(by: str, spend_log: Path | None) -> None:
     """Totals from the gateway's spend log."""
     from agoranet.gateway.spendlog import SpendLog
 
-    path = GatewaySettings(spend_log=spend_log).spend_log_path()
+    settings = GatewaySettings(spend_log=spend_log) if spend_log else GatewaySettings()
+    path = settings.spend_log_path()
     if not path.exists():
         raise ConfigError(f"no spend log at {path} yet")
     log = SpendLog(path)

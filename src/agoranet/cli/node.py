@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from agoranet.cli.user_options import user_set
 from agoranet.cli.wallet_common import keystore_option, rpc_option, unlock_wallet
 from agoranet.config import NodeSettings
 from agoranet.engines.registry import available_engines
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
     from agoranet.tuning.jobs import JobManager
 from agoranet.tuning.jobs import JobManager
 
-__all__ = ["node"]
+__all__ = ["node", "node_settings"]
 
 console = Console()
 
@@ -68,6 +70,10 @@ console = Console()
               show_default=True, help="Claim once the oldest unclaimed charge is this old (s).")
 @click.option("--chain-state-ttl", type=click.FloatRange(min=0), default=30.0,
               show_default=True, help="Seconds a channel's on-chain state is cached.")
+@click.option("--chain-timeout", "chain_timeout_s", type=click.FloatRange(min=0, min_open=True,
+              max=120), default=5.0, show_default=True,
+              help="Seconds a chain call on a request's path may take (one try); channels "
+              "already known are served from cached state while the chain does not answer.")
 @click.option("--receipt-every", type=click.IntRange(min=0), default=16, show_default=True,
               help="Send a running receipt every N streamed tokens (0: only at the end); "
               "a stream that breaks is charged its last one.")
@@ -77,9 +83,15 @@ console = Console()
               help="Demos/tests: cut streams after this many frames.")
 @click.option("--chaos-fail-every", type=click.IntRange(min=1), default=1, hidden=True,
               help="Demos/tests: cut only every N-th stream.")
+@click.option("--chaos-stall-after", type=click.IntRange(min=0), default=None, hidden=True,
+              help="Tests: after N tokens send only keep-alives (a stalled, live node).")
 @click.option("--cheat", default=None, hidden=True, callback=lambda _c, _p, v: _check_cheat(v),
               help="Auditor tests only: serve something cheaper under the honest hash "
                    "(int8, int4, smaller:PATH, template, nosystem, replay).")
+@click.option("--cheat-payments", default=None, hidden=True,
+              callback=lambda _c, _p, v: _check_payment_cheat(v),
+              help="Money tests only: a dishonest ledger (resync: charge every voucher in "
+                   "full and claim it).")
 @click.pass_context
 def node(ctx: click.Context, /, **options: Any) -> None:
     """Serve a model over the OpenAI API, paid with x402 unless --free (or unpriced)."""
@@ -87,11 +99,18 @@ def node(ctx: click.Context, /, **options: Any) -> None:
         ctx.obj = {"ledger": options["ledger"]}
         return
     no_adapters = options.pop("no_adapters")
-    renamed = {"model_ref": "model", "ledger": "ledger_path"}
-    values = {renamed.get(k, k): v for k, v in options.items()}
-    values["fine_tuning"] = not values.pop("no_fine_tuning")
-    settings = NodeSettings(**values)
+    settings = node_settings(ctx, options)
     serve(settings, adapters=not no_adapters)
+
+
+def node_settings(ctx: click.Context, options: dict[str, Any]) -> NodeSettings:
+    """The node's settings: the options the user gave over the ``AGORANET_NODE_*``
+    environment over the defaults (an option's own default never hides the environment)."""
+    renamed = {"model_ref": "model", "ledger": "ledger_path"}
+    values = {renamed.get(k, k): v for k, v in user_set(ctx, options).items()}
+    if "no_fine_tuning" in values:
+        values["fine_tuning"] = not values.pop("no_fine_tuning")
+    return NodeSettings(**values)
 
 
 def _check_cheat(spec: str | None) -> str | None:
@@ -107,12 +126,28 @@ def _check_cheat(spec: str | None) -> str | None:
     return spec
 
 
+def _check_payment_cheat(name: str | None) -> str | None:
+    if name is None:
+        return None
+    from agoranet.testing.payment_cheats import PAYMENT_CHEATS
+
+    if name not in PAYMENT_CHEATS:
+        raise click.BadParameter(f"unknown payment cheat {name!r}; known: "
+                                 f"{', '.join(sorted(PAYMENT_CHEATS))}",
+                                 param_hint="--cheat-payments")
+    return name
+
+
 @node.command("earnings")
 @click.option("--ledger", "ledger", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="The node's ledger [default: ~/.agoranet/node/ledger.sqlite].")
 @click.pass_context
 def earnings(ctx: click.Context, ledger: Path | None) -> None:
-    """Claimed, unclaimed and settled earnings per channel, from the node's ledger."""
+    """Claimed, unclaimed and settled earnings per channel, from the node's ledger.
+
+    Also shows what is claimed but not settled yet (a settle that failed is retried on
+    its own) and the channels whose claim keeps failing (set aside and retried later).
+    """
     from agoranet.errors import ConfigError
     from agoranet.node.payment_setup import ledger_path
     from agoranet.payments.amounts import format_amount
@@ -124,26 +159,37 @@ def earnings(ctx: click.Context, ledger: Path | None) -> None:
     book = SqliteLedger(path)
     try:
         rows = book.earnings()
+        failing = book.claim_failures()
         txs, gas = book.gas_used()
     finally:
         book.close()
     table = Table(title=f"earnings in {path}")
-    for column in ("channel", "payer", "requests", "charged", "claimed", "unclaimed", "settled"):
+    columns = ("channel", "payer", "requests", "charged", "claimed", "unclaimed", "settled",
+               "to settle")
+    for column in columns:
         table.add_column(column, justify="right" if column not in ("channel", "payer") else "left")
-    totals = [0, 0, 0, 0, 0]
+    totals = [0, 0, 0, 0, 0, 0]
     for r in rows:
-        values = [r.requests, r.charged, r.claimed, r.unclaimed, r.settled]
+        values = [r.requests, r.charged, r.claimed, r.unclaimed, r.settled, r.pending_settle]
         totals = [a + b for a, b in zip(totals, values, strict=True)]
-        table.add_row(r.channel_id[:18] + "…", r.payer, str(r.requests),
+        flag = " (claim failing)" if r.claim_failures else ""
+        table.add_row(r.channel_id[:18] + "…" + flag, r.payer, str(r.requests),
                       *(format_amount(v) for v in values[1:]))
     table.add_row("total", "", str(totals[0]), *(format_amount(v) for v in totals[1:]))
     console.print(table)
+    if totals[5]:
+        console.print(f"{format_amount(totals[5])} claimed on chain but not settled to the node "
+                      "yet: the node retries the settle on its own")
+    for f in failing:
+        retry = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f.retry_at))
+        console.print(f"claim failing on channel {f.channel_id}: {f.failures} time(s) in a row "
+                      f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(f.first_failed_at))}"
+                      f", next try after {retry}: {f.last_error}", markup=False)
     console.print(f"{txs} claim/settle transactions, {gas} gas")
 
 
 def serve(settings: NodeSettings, *, adapters: bool = True) -> None:
-    import uvicorn
-
+    from agoranet.api import server
     from agoranet.engines.registry import create_engine
     from agoranet.node.app import create_app
 
@@ -172,14 +218,19 @@ def serve(settings: NodeSettings, *, adapters: bool = True) -> None:
     console.print(table)
     payments = None
     if settings.paid:
-        from agoranet.node.payment_setup import build_payments
+        from agoranet.node.payment_setup import build_payments, ledger_path
 
-        payments = build_payments(settings, unlock_wallet(settings.keystore))
+        ledger = None
+        if settings.cheat_payments:  # money tests only
+            from agoranet.testing.payment_cheats import cheating_ledger
+
+            ledger = cheating_ledger(settings.cheat_payments, ledger_path(settings))
+        payments = build_payments(settings, unlock_wallet(settings.keystore), ledger=ledger)
         console.print(f"paid with x402 to {payments.account.address} on "
                       f"{payments.acceptor.terms.network} via {settings.rpc_url}")
     app = create_app(engine, settings, _job_manager(engine, settings), payments)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
-                timeout_graceful_shutdown=5)
+    server.serve(app, settings.host, settings.port, server.ServerLimits(
+        settings.header_timeout_s, settings.keep_alive_s, settings.max_connections))
 
 
 def _job_manager(engine: object, settings: NodeSettings) -> JobManager | None:
@@ -189,10 +240,12 @@ def _job_manager(engine: object, settings: NodeSettings) -> JobManager | None:
     if not settings.fine_tuning or not isinstance(engine, TransformersEngine):
         return None
     from agoranet.tuning.jobs import JobManager, local_trainer
+    from agoranet.tuning.sizing import local_sizer
 
     loaded = engine.loaded
     return JobManager(
         loaded.info.name, settings.fine_tuning_store(), local_trainer(loaded.directory),
+        local_sizer(loaded.directory, loaded.info.context_length),
         price_per_million=settings.price_training,
         base_parameters=sum(p.numel() for p in loaded.model.parameters()),
     )

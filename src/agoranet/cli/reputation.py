@@ -21,6 +21,11 @@ _log_option = click.option(
     help="The gateway's reputation store [default: reputation.sqlite beside its spend log].")
 
 
+def _settings(reputation_log: Path | None) -> GatewaySettings:
+    """The gateway's settings, ``--reputation-log`` over them only when given."""
+    return GatewaySettings(reputation_log=reputation_log) if reputation_log else GatewaySettings()
+
+
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
 
@@ -36,7 +41,7 @@ def show(reputation_log: Path | None) -> None:
     """This gateway's record of each node, and the verdicts imported from trusted lists."""
     from agoranet.gateway.reputation import Reputation
 
-    store = Reputation(GatewaySettings(reputation_log=reputation_log).reputation_path())
+    store = Reputation(_settings(reputation_log).reputation_path())
     try:
         table = Table(title="reputation")
         for column in ("node", "models", "score", "ok", "failed", "receipts",
@@ -80,7 +85,7 @@ def export(out: Path, keystore: Path | None, reputation_log: Path | None) -> Non
     from agoranet.gateway.scorelist import build_list, sign_list
 
     account = unlock_wallet(keystore)
-    store = Reputation(GatewaySettings(reputation_log=reputation_log).reputation_path())
+    store = Reputation(_settings(reputation_log).reputation_path())
     try:
         signed = sign_list(build_list(store), account)
     finally:
@@ -101,7 +106,7 @@ def import_(file: Path, trust: tuple[str, ...], reputation_log: Path | None) -> 
     from agoranet.gateway.reputation import Reputation
     from agoranet.gateway.scorelist import check_list, read_list, verdicts
 
-    settings = GatewaySettings(reputation_log=reputation_log)
+    settings = _settings(reputation_log)
     scores = read_list(file)
     signer = check_list(scores, [*settings.reputation_trust, *trust])
     found = verdicts(scores, signer)

@@ -159,8 +159,10 @@ def network_step(model_dir: Path, work: Path, console: Console) -> None:
                 "--audit-budget-floor", "50000",
                 "--spend-log", str(root / "gateway" / "spend.sqlite")]))
             _wait_for_nodes(gateway, len(NODES))
-        console.print(f"gateway at {gateway}: any OpenAI client works against it\n")
-        client = OpenAI(base_url=gateway, api_key="no-account-needed", max_retries=0)
+        owner_key = root / "gateway" / "owner.key"  # written 0600 by the gateway's first start
+        console.print(f"gateway at {gateway}: any OpenAI client works against it, with the "
+                      f"owner's key (OPENAI_API_KEY=$(cat {owner_key}))\n")
+        client = OpenAI(base_url=gateway, api_key=owner_key.read_text().strip(), max_retries=0)
         served = []
         for question in QUESTIONS:
             served.append(_ask(client, question, console))

@@ -8,9 +8,9 @@ away) stops generation. Engines are chosen by name through
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from agoranet.proofs.commitments import Commitments
@@ -26,16 +26,21 @@ __all__ = [
     "Prepared",
     "StreamEvent",
     "TokenLogprob",
+    "ToolCallDelta",
     "collect",
 ]
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
     role: str
     content: str
+    # OpenAI's wire form: an assistant's calls ({"id", "type", "function": {"name",
+    # "arguments"}}), and for a tool message the id of the call it answers.
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
+    tool_call_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,9 @@ class ModelInfo:
     model_sha256: str | None = None
     sampler: str | None = None  # the stated sampling algorithm, for seeded audits
     commitments: str | None = None  # the commitment algorithm it can return, None if none
+    # The most bytes of text one token of its vocabulary stands for (None: unknown); a
+    # prompt over ``context_length`` times this cannot fit, and is refused untokenised.
+    max_token_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +76,12 @@ class GenerationRequest:
     continue_final_message: bool = False
     ignore_eos: bool = False
     commitments: bool = False  # return TOPLOC-style commitments with the finish event
+    # Function calling and structured output, in OpenAI's wire form (already validated;
+    # see agoranet.engines.structured for what they ask of an engine).
+    tools: tuple[Mapping[str, Any], ...] = ()
+    tool_choice: str | Mapping[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
@@ -86,11 +100,24 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a tool call: its first piece has ``id`` and ``name``, the rest add
+    ``arguments`` text (OpenAI's streaming format)."""
+
+    index: int
+    arguments: str = ""
+    id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Delta:
-    """New text, and the tokens that produced it when logprobs were asked for."""
+    """New text (or tool-call pieces), and the tokens that produced it when logprobs
+    were asked for."""
 
     text: str
     tokens: tuple[TokenLogprob, ...] = ()
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

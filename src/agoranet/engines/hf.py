@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,14 @@ import torch
 
 from agoranet.engines.adapters import AdapterPool
 from agoranet.engines.base import GenerationRequest, ModelInfo, Prepared, StreamEvent
+from agoranet.engines.constrained import CompiledOutput, GrammarBook
 from agoranet.engines.hf_job import DecodeJob
-from agoranet.engines.prompt import encode_prompt
+from agoranet.engines.prompt import encode_prompt, template_renders_tools
 from agoranet.engines.registry import register_engine
 from agoranet.engines.sampling import SAMPLER_ID
 from agoranet.engines.scheduler import StepScheduler
+from agoranet.engines.structured import AutoTools, ForcedToolCall, output_mode
+from agoranet.engines.toolcall_stream import as_tool_call
 from agoranet.engines.weights import hash_weights, weight_files, weights_id
 from agoranet.errors import AdapterError, InvalidRequestError, ModelLoadError, ModelNotFoundError
 from agoranet.proofs.commitments import ALGORITHM as COMMITMENT_ALGORITHM
@@ -90,6 +94,18 @@ def _pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return value
 
 
+def _max_token_bytes(tokenizer: Any) -> int | None:
+    """An upper bound on the bytes of text one token stands for: the UTF-8 length of the
+    longest entry of the vocabulary (a byte-level or SentencePiece token's spelling is
+    never shorter than the text it stands for: ``Ġ``, ``▁`` and ``<0x0A>`` each spell
+    one byte)."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except (AttributeError, NotImplementedError):
+        return None
+    return max((len(str(token).encode()) for token in vocab), default=None)
+
+
 def load_model(
     model: str, *, served_name: str | None = None, device: str = "auto", dtype: str = "auto"
 ) -> LoadedModel:
@@ -122,6 +138,7 @@ def load_model(
         model_sha256=weights_id(hashes) if hashes else None,
         sampler=SAMPLER_ID,
         commitments=COMMITMENT_ALGORITHM,
+        max_token_bytes=_max_token_bytes(tokenizer),
     )
     return LoadedModel(info, weights, tokenizer, where, eos_ids, directory)
 
@@ -164,6 +181,9 @@ class TransformersEngine:
         self._scheduler = StepScheduler(
             max_active=max_active, max_queue=max_queue, name=f"hf-{loaded.info.name}"
         )
+        self._renders_tools = template_renders_tools(loaded.tokenizer)
+        self._grammars: GrammarBook | None = None  # built on the first constrained request
+        self._grammars_lock = threading.Lock()
 
     def models(self) -> list[ModelInfo]:
         return [self.loaded.info]
@@ -188,15 +208,66 @@ class TransformersEngine:
 
     async def prepare(self, request: GenerationRequest) -> Prepared:
         adapter = self._adapter_of(request)
+        compiled = await self._output_grammar(request)
         encode = self._cheat.encode if self._cheat is not None else encode_prompt
         ids = await asyncio.to_thread(encode, self.loaded.tokenizer, request)
-        return Prepared(request, len(ids), self.loaded.info.context_length, (ids, adapter))
+        return Prepared(request, len(ids), self.loaded.info.context_length,
+                        (ids, adapter, compiled))
+
+    def grammar_book(self) -> GrammarBook:
+        """The compiled output grammars of this model's tokenizer."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                loaded = self.loaded
+                vocab = int(loaded.model.get_output_embeddings().weight.shape[0])
+                self._grammars = GrammarBook(loaded.tokenizer, vocab, loaded.eos_ids)
+            return self._grammars
+
+    async def _output_grammar(self, request: GenerationRequest) -> CompiledOutput | None:
+        """The grammar that ``tools``/``tool_choice``/``response_format`` ask for, or a 400
+        for what this engine cannot honour."""
+        try:
+            mode = output_mode(request)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from exc
+        if mode is None:
+            return None
+        if isinstance(mode, AutoTools):
+            why = ("it has no parser for its model's tool-call format yet" if self._renders_tools
+                   else "its chat template cannot show the model tools")
+            raise InvalidRequestError(
+                f"tool_choice 'auto' (the default when tools are given) is not supported by "
+                f"'{self.loaded.info.name}' yet: {why}. Use tool_choice 'required' or "
+                "{'type': 'function', 'function': {'name': ...}} (the call is then generated "
+                "under the function's schema), or 'none'", param="tool_choice")
+        if request.ignore_eos:
+            raise InvalidRequestError("ignore_eos cannot be combined with a forced tool call or "
+                                      "a JSON response_format: the answer ends with its grammar",
+                                      param="ignore_eos")
+        if isinstance(mode, ForcedToolCall):
+            if request.stop:
+                raise InvalidRequestError("stop sequences cannot be combined with a forced tool "
+                                          "call: they would cut its arguments", param="stop")
+            if request.continue_final_message:
+                raise InvalidRequestError("a forced tool call cannot continue a final assistant "
+                                          "message", param="continue_final_message")
+        book = self.grammar_book()
+        compiled = await asyncio.to_thread(book.compile, mode)
+        if request.continue_final_message:
+            book.start(compiled, self._partial_answer(request))
+        return compiled
+
+    @staticmethod
+    def _partial_answer(request: GenerationRequest) -> str:
+        if not request.continue_final_message or not request.messages:
+            return ""
+        return request.messages[-1].content
 
     def stream(self, prepared: Prepared) -> AsyncIterator[StreamEvent]:
         payload = prepared.payload
         if not isinstance(payload, tuple):
             raise TypeError("prepared request does not come from this engine")
-        ids, adapter = payload
+        ids, adapter, compiled = payload
         activate = None
         if self.adapters is not None:
             pool = self.adapters
@@ -205,7 +276,11 @@ class TransformersEngine:
                 pool.activate(adapter)
 
         def generate(request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-            return self._scheduler.run(DecodeJob(self.loaded, request, ids, activate))
+            if compiled is None:
+                return self._scheduler.run(DecodeJob(self.loaded, request, ids, activate))
+            grammar = self.grammar_book().start(compiled, self._partial_answer(request))
+            events = self._scheduler.run(DecodeJob(self.loaded, request, ids, activate, grammar))
+            return as_tool_call(events, compiled.tool_names) if compiled.tool_names else events
 
         if self._cheat is not None:
             return self._cheat.stream(prepared.request, generate)
@@ -225,6 +300,8 @@ class TransformersEngine:
 
     def stats(self) -> dict[str, int]:
         stats = self._scheduler.stats()
+        if self._grammars is not None:
+            stats.update(self._grammars.counters)
         if self.adapters is not None:
             stats.update({f"adapter_{k}": v for k, v in self.adapters.counters.items()})
             stats["adapters_loaded"] = len(self.adapters.loaded())

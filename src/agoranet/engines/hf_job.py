@@ -14,6 +14,7 @@ from agoranet.engines.stops import StopMatcher
 from agoranet.proofs.commitments import CommitmentBuilder
 
 if TYPE_CHECKING:
+    from agoranet.engines.constrained import SequenceGrammar
     from agoranet.engines.hf import LoadedModel
 
 __all__ = ["DecodeJob"]
@@ -28,8 +29,10 @@ class DecodeJob:
         request: GenerationRequest,
         prompt_ids: list[int],
         before_step: Callable[[], None] | None = None,
+        grammar: SequenceGrammar | None = None,
     ) -> None:
         self._loaded = loaded
+        self._grammar = grammar  # constrained decoding: masks the logits before sampling
         self._before_step = before_step
         self._request = request
         self._prompt_len = len(prompt_ids)
@@ -54,7 +57,11 @@ class DecodeJob:
                 self._commit.add(output.hidden_states[-1][0])
         self._cache = output.past_key_values
         logits = output.logits[0, -1]
-        token_id = self._sampler.choose(logits)
+        if self._grammar is None:
+            token_id = self._sampler.choose(logits)
+        else:
+            token_id = self._sampler.choose(self._grammar.mask(logits))
+            self._grammar.accept(token_id)
         self._generated += 1
         self._next_input = torch.tensor([[token_id]], dtype=torch.long, device=self._loaded.device)
 

@@ -25,6 +25,7 @@ from agoranet.engines.base import (
 )
 from agoranet.engines.registry import register_engine
 from agoranet.engines.scheduler import StepScheduler
+from agoranet.engines.structured import output_mode
 from agoranet.engines.weights import hash_weights, weights_id
 from agoranet.errors import InvalidRequestError, ModelLoadError, ModelNotFoundError
 
@@ -146,6 +147,10 @@ class LlamaCppEngine:
         return [int(i) for i in ids]
 
     async def prepare(self, request: GenerationRequest) -> Prepared:
+        if request.tools or output_mode(request) is not None:
+            raise InvalidRequestError(
+                "the llamacpp engine does not support tools or a JSON response_format yet",
+                param="tools" if request.tools else "response_format")
         ids = await asyncio.to_thread(self._tokens, request)
         return Prepared(request, len(ids), self._info.context_length, ids)
 

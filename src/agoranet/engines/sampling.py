@@ -4,6 +4,8 @@ The algorithm is fixed and stated so a verifier can recompute it: logits in
 float32, divided by the temperature, softmax, the smallest set of tokens whose
 probability reaches ``top_p`` kept (ties by token id), then one draw with
 ``torch.multinomial`` from a ``torch.Generator`` seeded with the request's seed.
+A temperature so small that the divided logits overflow float32 (1e-200) is
+greedy, the limit of sampling as the temperature goes to 0.
 Reported logprobs are the model's own ``log_softmax`` before any of that.
 """
 
@@ -41,7 +43,10 @@ class Sampler:
         logits = logits.float()
         if self.temperature == 0.0:
             return int(torch.argmax(logits).item())
-        probs = torch.softmax(logits / self.temperature, dim=-1)
+        scaled = logits / self.temperature
+        if not bool(torch.isfinite(scaled.max())):  # so cold it overflows: its limit, greedy
+            return int(torch.argmax(logits).item())
+        probs = torch.softmax(scaled, dim=-1)
         if self.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True, stable=True)
             cumulative = torch.cumsum(sorted_probs, dim=-1)

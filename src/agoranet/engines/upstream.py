@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from agoranet.api import jsonlimits
 from agoranet.api.sse import iter_sse_data
 from agoranet.engines.base import (
     Delta,
@@ -27,9 +28,10 @@ from agoranet.engines.base import (
     Prepared,
     StreamEvent,
     TokenLogprob,
+    ToolCallDelta,
 )
 from agoranet.engines.registry import register_engine
-from agoranet.errors import ModelLoadError, ModelNotFoundError, UpstreamError
+from agoranet.errors import InvalidJSONError, ModelLoadError, ModelNotFoundError, UpstreamError
 
 __all__ = ["UpstreamEngine"]
 
@@ -41,7 +43,7 @@ _CHARS_PER_TOKEN = 4
 
 def _error_message(response: httpx.Response) -> str:
     try:
-        body = response.json()
+        body = jsonlimits.loads(response.content, what="the error body")
         return str(body["error"]["message"])
     except (ValueError, KeyError, TypeError):
         return response.text[:500] or response.reason_phrase
@@ -60,6 +62,42 @@ def _chat_tokens(logprobs: dict[str, Any] | None) -> tuple[TokenLogprob, ...]:
         ident = entry.get("token_id")
         out.append(TokenLogprob(entry["token"], float(entry["logprob"]), raw, top,
                                 int(ident) if ident is not None else None))
+    return tuple(out)
+
+
+def _wire_messages(request: GenerationRequest) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for m in request.messages or ():
+        message: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            message["tool_calls"] = [dict(c) for c in m.tool_calls]
+            message["content"] = m.content or None
+        if m.tool_call_id is not None:
+            message["tool_call_id"] = m.tool_call_id
+        out.append(message)
+    return out
+
+
+def _tool_fields(request: GenerationRequest) -> dict[str, Any]:
+    """Function calling and structured output, passed to the upstream unchanged."""
+    fields: dict[str, Any] = {}
+    if request.tools:
+        fields["tools"] = [dict(t) for t in request.tools]
+    if request.tool_choice is not None:
+        fields["tool_choice"] = request.tool_choice
+    if request.parallel_tool_calls is not None:
+        fields["parallel_tool_calls"] = request.parallel_tool_calls
+    if request.response_format is not None:
+        fields["response_format"] = request.response_format
+    return fields
+
+
+def _tool_call_pieces(delta: dict[str, Any]) -> tuple[ToolCallDelta, ...]:
+    out = []
+    for call in delta.get("tool_calls") or []:
+        function = call.get("function") or {}
+        out.append(ToolCallDelta(int(call.get("index") or 0), str(function.get("arguments") or ""),
+                                 call.get("id"), function.get("name")))
     return tuple(out)
 
 
@@ -145,7 +183,9 @@ class UpstreamEngine:
         root = self.base_url.removesuffix("/v1")
         body: dict[str, Any] = {"model": upstream_name}
         if request.messages is not None:
-            body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+            body["messages"] = _wire_messages(request)
+            if request.tools:
+                body["tools"] = [dict(t) for t in request.tools]
             body["add_generation_prompt"] = request.add_generation_prompt
             body["continue_final_message"] = request.continue_final_message
         else:
@@ -159,6 +199,8 @@ class UpstreamEngine:
         if 400 <= response.status_code < 500 and response.status_code != 404:
             raise UpstreamError(_error_message(response), status_code=response.status_code)
         text = request.prompt or "".join(m.content for m in request.messages or ())
+        text += json.dumps([*request.tools, *(c for m in request.messages or ()
+                                               for c in m.tool_calls)]) if request.tools else ""
         return len(text) // _CHARS_PER_TOKEN + 4 * len(request.messages or ()) + 1
 
     def _body(self, prepared: Prepared) -> tuple[str, dict[str, Any]]:
@@ -179,7 +221,8 @@ class UpstreamEngine:
         if request.stop:
             body["stop"] = list(request.stop)
         if request.messages is not None:
-            body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+            body["messages"] = _wire_messages(request)
+            body.update(_tool_fields(request))
             if request.continue_final_message:
                 body["continue_final_message"] = True
                 body["add_generation_prompt"] = False
@@ -204,20 +247,26 @@ class UpstreamEngine:
                     await response.aread()
                     raise UpstreamError(_error_message(response), status_code=response.status_code)
                 async for data in iter_sse_data(response):
-                    chunk = json.loads(data)
+                    try:
+                        chunk = jsonlimits.loads_object(data, what="an SSE event")
+                    except InvalidJSONError as exc:
+                        raise UpstreamError(f"upstream sent {exc}") from None
                     if "error" in chunk:
                         raise UpstreamError(str(chunk["error"].get("message", chunk["error"])))
                     usage = chunk.get("usage") or usage
                     for choice in chunk.get("choices") or []:
-                        text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                        delta = choice.get("delta") or {}
+                        text = delta.get("content") if chat else choice.get("text")
                         tokens = (_chat_tokens if chat else _completion_tokens)(choice.get("logprobs"))
-                        if text or tokens:
+                        calls = _tool_call_pieces(delta) if chat else ()
+                        if text or tokens or calls:
                             produced += max(len(tokens), 1)
-                            yield Delta(text or "", tokens)
+                            yield Delta(text or "", tokens, calls)
                         finish_reason = choice.get("finish_reason") or finish_reason
             prompt_tokens = int(usage["prompt_tokens"]) if usage else prepared.prompt_tokens
             completion_tokens = int(usage["completion_tokens"]) if usage else produced
-            reason: FinishReason = "length" if finish_reason == "length" else "stop"
+            reason: FinishReason = ("length" if finish_reason == "length" else
+                                    "tool_calls" if finish_reason == "tool_calls" else "stop")
             outcome = "completed"
             yield Finish(reason, prompt_tokens, completion_tokens)
         except httpx.HTTPError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -10,11 +11,15 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from agoranet import __version__
 from agoranet.api.handlers import http_error, openai_errors, read_json
+from agoranet.api.limits import BodyLimitMiddleware
+from agoranet.api.openapi import OPERATIONS, openapi_route
 from agoranet.api.streaming import EventStreamResponse
 from agoranet.config import GatewaySettings
 from agoranet.errors import ConfigError, ReputationListError
@@ -22,6 +27,9 @@ from agoranet.gateway.audit_budget import AuditBudget
 from agoranet.gateway.auditing import Auditor
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.directory import NodeDirectory
+from agoranet.gateway.key_routes import key_routes
+from agoranet.gateway.keyaccess import authenticate
+from agoranet.gateway.keystore import KeyStore
 from agoranet.gateway.paying import NodePayers
 from agoranet.gateway.policy import Policy, load_policy
 from agoranet.gateway.reputation import Reputation
@@ -50,8 +58,11 @@ def build_service(settings: GatewaySettings, policy: Policy | None = None,
         registry = registry_at(settings.registry_rpc_url).entries
     payers = None
     if account is not None and settings.rpc_url:
-        payers = NodePayers(settings.rpc_url, account, settings.channels_dir(), settings.deposit)
+        payers = NodePayers(settings.rpc_url, account, settings.channels_dir(), settings.deposit,
+                            chain_timeout_s=settings.chain_timeout_s)
     budget = Budget(settings.budget, spent=spend.total())
+    if payers is not None:
+        payers.count_in(budget, spend)  # a node's unreceipted claim is spent too
     auditor = None
     if settings.audit_reference:
         from agoranet.engines.hf import load_model
@@ -63,9 +74,16 @@ def build_service(settings: GatewaySettings, policy: Policy | None = None,
                           payers=payers, limit=limit, spend=spend)
     return GatewayService(
         NodeDirectory(settings.nodes, client, settings.refresh_s, registry, reputation),
-        policy or load_policy(settings.policy_file),
+        _with_settings(policy or load_policy(settings.policy_file), settings),
         budget, spend, client, settings.default_max_tokens, payers, auditor,
     )
+
+
+def _with_settings(policy: Policy, settings: GatewaySettings) -> Policy:
+    """The policy with what the settings set over it."""
+    if settings.token_timeout_s is None:
+        return policy
+    return policy.model_copy(update={"token_timeout_s": settings.token_timeout_s})
 
 
 def open_reputation(settings: GatewaySettings) -> Reputation:
@@ -113,17 +131,28 @@ def _node_rows(service: GatewayService) -> list[dict[str, Any]]:
     return rows
 
 
-def create_gateway_app(service: GatewayService) -> Starlette:
+def create_gateway_app(service: GatewayService,
+                       settings: GatewaySettings | None = None,
+                       keys: KeyStore | None = None) -> Starlette:
+    """The gateway's routes over ``service``; request bodies within ``settings``' limits.
+    With ``keys``, OpenAI's routes need a valid gateway key (``/agoranet/keys`` manages
+    them); without, the gateway is open, the global budget alone applies."""
+    settings = settings or GatewaySettings()
     @openai_errors
     async def chat(request: Request) -> Response:
-        result, _ = await service.chat(await read_json(request))
+        access = authenticate(keys, request) if keys is not None else None  # before the body
+        result, _ = await service.chat(await read_json(request), access)
         if isinstance(result, dict):
             return JSONResponse(result)
         return EventStreamResponse(result)  # type: ignore[return-value]
 
     @openai_errors
     async def models(request: Request) -> Response:
-        return JSONResponse(service.model_list())
+        listed = service.model_list()
+        if keys is not None:
+            access = authenticate(keys, request)
+            listed["data"] = [m for m in listed["data"] if access.allows_model(m["id"])]
+        return JSONResponse(listed)
 
     async def nodes(request: Request) -> Response:
         return JSONResponse({"nodes": _node_rows(service),
@@ -151,6 +180,8 @@ def create_gateway_app(service: GatewayService) -> Starlette:
                 service.directory.reputation.close()
             if service.payers is not None:
                 service.payers.close()
+            if keys is not None:
+                keys.close()
 
     return Starlette(
         routes=[
@@ -158,7 +189,18 @@ def create_gateway_app(service: GatewayService) -> Starlette:
             Route("/v1/models", models, methods=["GET"]),
             Route("/agoranet/nodes", nodes, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
+            *(key_routes(keys) if keys is not None else []),
+            _openapi_route(),
         ],
         exception_handlers={HTTPException: http_error},
+        middleware=[Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                               body_timeout_s=settings.body_timeout_s)],
         lifespan=lifespan,
     )
+
+
+def _openapi_route() -> Route:
+    """``/openapi.json``; the chat request's ``agoranet`` field is the gateway's policy."""
+    chat = ("POST", "/v1/chat/completions")
+    return openapi_route(title="agoranet gateway", version=__version__, operations={
+        chat: dataclasses.replace(OPERATIONS[chat], fields={"agoranet": Policy})})

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from agoranet.api import jsonlimits
+
 if TYPE_CHECKING:
     from agoranet.payments.receipts import Receipt
 
@@ -84,7 +86,7 @@ class AuditMeter(httpx.Auth):
 
 def _usage(response: httpx.Response) -> tuple[int, int]:
     try:
-        usage: Any = response.json().get("usage") or {}
+        usage: Any = jsonlimits.loads(response.content, what="an answer").get("usage") or {}
         return int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
     except (ValueError, AttributeError, TypeError):
         return 0, 0

@@ -2,22 +2,32 @@
 
 Reservations are taken under a lock, so concurrent requests can never together
 commit more than the budget; after the answer, the reservation is replaced by
-the actual amount. Integers in base units.
+the actual amount. A :class:`Reservation` is released at most once, and without
+an await: a cancelled request (a client hanging up) cannot interrupt it. Integers
+in base units.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from agoranet.errors import RequestError
 
-__all__ = ["Budget", "BudgetExceededError"]
+__all__ = ["Budget", "BudgetExceededError", "Reservation", "Reserver"]
 
 
 class BudgetExceededError(RequestError):
     status_code = 402
     error_type = "insufficient_quota"
     code = "budget_exceeded"
+
+
+class Reserver(Protocol):
+    """What a request reserves its attempts against: the :class:`Budget`, or a gateway
+    key's chain and then the budget (``agoranet.gateway.keyaccess.KeyedBudget``)."""
+
+    async def reserve(self, amount: int) -> Reservation: ...
 
 
 class Budget:
@@ -27,7 +37,7 @@ class Budget:
         self.reserved = 0
         self._lock = asyncio.Lock()
 
-    async def reserve(self, amount: int) -> None:
+    async def reserve(self, amount: int) -> Reservation:
         async with self._lock:
             if self.limit is not None and self.spent + self.reserved + amount > self.limit:
                 left = self.limit - self.spent - self.reserved
@@ -36,8 +46,28 @@ class Budget:
                     f"left of {self.limit}"
                 )
             self.reserved += amount
+            return Reservation(self, amount)
 
     async def settle(self, reserved: int, actual: int) -> None:
-        async with self._lock:
-            self.reserved -= reserved
-            self.spent += actual
+        self.release(reserved, actual)
+
+    def release(self, reserved: int, actual: int) -> None:
+        """Replace ``reserved`` by ``actual``; synchronous, so nothing can interrupt it."""
+        self.reserved -= reserved
+        self.spent += actual
+
+
+class Reservation:
+    """One hold on the budget, with one owner that releases it exactly once."""
+
+    def __init__(self, budget: Budget, amount: int) -> None:
+        self.budget = budget
+        self.amount = amount
+        self.released = False
+
+    def release(self, actual: int) -> None:
+        """Replace the hold by what was spent; later calls change nothing."""
+        if self.released:
+            return
+        self.released = True
+        self.budget.release(self.amount, actual)

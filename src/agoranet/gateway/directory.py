@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import httpx
 from pydantic import ValidationError
 
-from agoranet.errors import AgoranetError, OfferMismatchError
+from agoranet.api import jsonlimits
+from agoranet.errors import AgoranetError, InvalidJSONError, OfferMismatchError
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.reputation import Reputation
 from agoranet.registry.offer import Offer
@@ -19,9 +20,12 @@ from agoranet.registry.offer import Offer
 if TYPE_CHECKING:
     from agoranet.registry.onchain import RegistryEntry
 
-__all__ = ["NodeDirectory", "normalise_url"]
+__all__ = ["MAX_OFFER_BYTES", "NodeDirectory", "normalise_url"]
 
 logger = logging.getLogger(__name__)
+
+MAX_OFFER_BYTES = 1024 * 1024  # an offer is a few KB; a node cannot make us buffer more
+_OFFER_DEADLINE_S = 10.0  # for the whole offer, however slowly it trickles
 
 
 def normalise_url(url: str) -> str:
@@ -70,9 +74,11 @@ class NodeDirectory:
     async def _fetch(self, node: NodeState) -> None:
         root = node.url.removesuffix("/v1")
         try:
-            response = await self._client.get(f"{root}/.well-known/agoranet", timeout=5.0)
-            response.raise_for_status()
-            offer = Offer.model_validate_json(response.content)
+            async with asyncio.timeout(_OFFER_DEADLINE_S), self._client.stream(
+                    "GET", f"{root}/.well-known/agoranet", timeout=5.0) as response:
+                response.raise_for_status()
+                raw = await jsonlimits.read_limited(response, MAX_OFFER_BYTES, what="the offer")
+            offer = Offer.model_validate_json(raw)
             if node.registered is not None:
                 from agoranet.registry.onchain import check_offer
 
@@ -81,7 +87,10 @@ class NodeDirectory:
         except OfferMismatchError as exc:
             node.offer, node.offer_error = None, f"refused: {exc}"
             logger.warning("%s: %s", node.url, node.offer_error)
-        except (httpx.HTTPError, ValidationError) as exc:
+        except TimeoutError:
+            node.offer_error = f"offer unavailable: not sent within {_OFFER_DEADLINE_S:g} s"
+            logger.info("%s: %s", node.url, node.offer_error)
+        except (httpx.HTTPError, ValidationError, InvalidJSONError) as exc:
             node.offer_error = f"offer unavailable: {exc}"
             logger.info("%s: %s", node.url, node.offer_error)
 

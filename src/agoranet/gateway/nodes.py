@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from agoranet.gateway.reputation import (
     AUDIT_BAN_CAP_S,
     AUDIT_BAN_S,
+    DISPUTE_BAN_S,
     Ban,
     EventKind,
     Reputation,
@@ -135,6 +136,20 @@ class NodeState:
             self.banned_until = max(self.banned_until, time.monotonic() + seconds)
             self._note(f"failed an audit of the weights it serves (banned {seconds:.0f}s)")
         return verdict
+
+    def record_dispute(self, detail: str) -> float:
+        """The node claimed a charge no receipt backs: a receipt disagreement with a long
+        ban (persistent with a store: see :mod:`agoranet.gateway.reputation`); the ban in
+        seconds."""
+        self.failures += 1
+        self._log(EventKind.DISPUTE, detail=detail)
+        record = self.reputation.record(self.identity) if self.reputation else None
+        ban = record.ban() if record is not None else None
+        seconds = (ban.until - time.time()) if ban is not None else DISPUTE_BAN_S
+        seconds = max(0.0, min(seconds, AUDIT_BAN_CAP_S))
+        self.banned_until = max(self.banned_until, time.monotonic() + seconds)
+        self._note(f"claimed a charge no receipt backs (banned {seconds:.0f}s): {detail}")
+        return seconds
 
     def record_unauditable(self, model: str, reason: str, kind: EventKind | None = None) -> None:
         """An audit could not be done (no answer, no token ids, a bad receipt)."""

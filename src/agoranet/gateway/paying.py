@@ -6,37 +6,57 @@ through :class:`~agoranet.payments.httpx_auth.PayerAuth`: every request carries
 the next cumulative voucher for its worst case, and every answer's signed
 receipt is checked against what was streamed before the payer believes it.
 Channel state and receipts live on disk under ``state_root``, one folder a node.
+
+A node whose corrective 402 claims a charged total no receipt backs (see
+:meth:`~agoranet.payments.payer.Payer.resync`) is a dispute: what it can claim
+beyond the receipts is counted in the budget and in the spend log (a row with
+outcome ``disputed``, no receipt), the node gets a long ban in the reputation
+store, and its channel pays it no more. A receipt adopted from a corrective 402
+(an answer or final receipt the gateway never saw) is logged with outcome
+``resynced`` and counted in the budget too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 
+from agoranet.gateway.budget import Budget
 from agoranet.gateway.nodes import NodeState
+from agoranet.gateway.spendlog import SpendLog, SpendRow
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
     from agoranet.payments.httpx_auth import PayerAuth
-    from agoranet.payments.payer import Payer
+    from agoranet.payments.payer import Dispute, Payer
+    from agoranet.payments.receipts import Receipt
 
 __all__ = ["NodePayers"]
 
 
 class NodePayers:
     def __init__(self, rpc_url: str, account: LocalAccount, state_root: Path,
-                 deposit: int) -> None:
+                 deposit: int, *, chain_timeout_s: float = 10.0) -> None:
         self.rpc_url = rpc_url
+        self.chain_timeout_s = chain_timeout_s
         self.account = account
         self.state_root = state_root
         self.deposit = deposit
         self._auths: dict[str, PayerAuth] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.budget: Budget | None = None  # where disputed amounts are counted (count_in)
+        self.spend: SpendLog | None = None
+
+    def count_in(self, budget: Budget, spend: SpendLog) -> None:
+        """Count disputed amounts in ``budget`` and ``spend`` (as outcome ``disputed``)."""
+        self.budget, self.spend = budget, spend
 
     @property
     def address(self) -> str:
@@ -54,6 +74,8 @@ class NodePayers:
                 from agoranet.payments.httpx_auth import PayerAuth
 
                 payer = await asyncio.to_thread(self._open, node.url)
+                payer.on_dispute = functools.partial(self._disputed, node)
+                payer.on_resync = functools.partial(self._resynced, node)
                 self._auths[node.url] = PayerAuth(payer)
         return self._auths[node.url]
 
@@ -62,7 +84,9 @@ class NodePayers:
         from agoranet.chain.rpc import connect
         from agoranet.payments.payer import Payer
 
-        w3 = connect(self.rpc_url)
+        # one short try per JSON-RPC call: a frozen RPC fails opening the channel (and the
+        # request) in seconds instead of web3's retries adding up to about a minute
+        w3 = connect(self.rpc_url, timeout=self.chain_timeout_s, retry=False)
         addresses = resolve_addresses(int(w3.eth.chain_id))
         folder = self.state_root / hashlib.sha256(url.encode()).hexdigest()[:16]
         payer = Payer(url, w3, addresses, account=self.account, state_dir=folder,
@@ -70,6 +94,25 @@ class NodePayers:
         if payer.state is None:
             payer.open(self.deposit)
         return payer
+
+    def _disputed(self, node: NodeState, dispute: Dispute) -> None:
+        """Count what ``node`` can claim beyond its receipts as spent, and ban it long.
+        Runs in the payment flow (the event loop's thread for the gateway's requests)."""
+        if self.spend is not None:
+            self.spend.add(SpendRow(f"dispute-{dispute.channel_id}", "", node.url, 0, 0,
+                                    dispute.exposure, None, 0.0, "disputed"))
+        if self.budget is not None:
+            self.budget.release(0, dispute.exposure)
+        node.record_dispute(dispute.describe())
+
+    def _resynced(self, node: NodeState, receipt: Receipt, counted: int) -> None:
+        """A receipt the gateway never saw in an answer (a lost answer, a final receipt
+        after a broken stream), adopted from a corrective 402: counted as spent."""
+        if self.spend is not None:
+            self.spend.add(SpendRow(receipt.request_id, "", node.url, 0, 0, counted, None, 0.0,
+                                    "resynced", json.dumps(receipt.to_json())))
+        if self.budget is not None:
+            self.budget.release(0, counted)
 
     def payers(self) -> list[Payer]:
         return [auth.payer for auth in self._auths.values()]

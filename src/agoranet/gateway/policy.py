@@ -7,13 +7,13 @@ Prices are integers in base units per million tokens.
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agoranet.api import jsonlimits
 from agoranet.errors import ConfigError, InvalidRequestError
 
 __all__ = ["Policy", "load_policy"]
@@ -29,6 +29,9 @@ class Policy(BaseModel):
     prefer: Literal["cheapest", "fastest", "balanced"] = "balanced"
     max_attempts: int = Field(default=4, ge=1, le=16)
     first_token_timeout_s: float = Field(default=30.0, gt=0)
+    # Once the answer has started, the longest wait for its next content token (keep-alive
+    # comments and empty events are not progress); a node past it is failed over.
+    token_timeout_s: float = Field(default=30.0, gt=0)
     # Hedging: also ask the next node if the first has produced no token by then.
     hedge_after_ms: int | None = Field(default=None, ge=1)
     ban_base_s: float = Field(default=5.0, gt=0)
@@ -37,8 +40,13 @@ class Policy(BaseModel):
     # offer them are used, and each node's proofs come back in the answer's summary.
     commitments: bool = False
 
-    def narrowed(self, extension: dict[str, Any] | None) -> Policy:
+    def narrowed(self, extension: object) -> Policy:
         """This policy with a request's ``agoranet`` field applied; it may only narrow."""
+        if extension is None:
+            return self
+        if not isinstance(extension, dict):
+            raise InvalidRequestError("'agoranet' must be an object of policy fields",
+                                      param="agoranet")
         if not extension:
             return self
         try:
@@ -52,6 +60,7 @@ class Policy(BaseModel):
             "deny": sorted({*self.deny, *asked.deny}),
             "allow": _intersect(self.allow, asked.allow),
             "commitments": self.commitments or asked.commitments,
+            "token_timeout_s": min(self.token_timeout_s, asked.token_timeout_s),
         })
 
 
@@ -71,7 +80,8 @@ def load_policy(path: Path | None) -> Policy:
         return Policy()
     try:
         raw = path.read_text()
-        data = tomllib.loads(raw) if path.suffix == ".toml" else json.loads(raw)
+        data = tomllib.loads(raw) if path.suffix == ".toml" else jsonlimits.loads(raw,
+                                                                                  what=str(path))
         return Policy.model_validate(data)
-    except (OSError, ValueError, ValidationError) as exc:
+    except (OSError, ValueError, RecursionError, ValidationError) as exc:
         raise ConfigError(f"cannot read the policy file {path}: {exc}") from exc

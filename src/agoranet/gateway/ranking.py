@@ -52,6 +52,14 @@ def is_adapter(model_name: str) -> bool:
     return ADAPTER_SEPARATOR in model_name
 
 
+def _as_float(value: int) -> float:
+    """``value`` as a float for ordering; inf beyond a float's range (never OverflowError)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 def _eligible(node: NodeState, model: ModelOffer, policy: Policy, now: float) -> bool:
     if node.banned(now) or node.url in policy.deny:
         return False
@@ -77,10 +85,11 @@ def rank(nodes: Iterable[NodeState], model_name: str, prompt_tokens: int, max_to
 
     def key(candidate: Candidate) -> tuple[float, float, str]:
         node, model = candidate
-        cost = float(cost_micro(model, prompt_tokens, max_tokens, adapter=adapter,
-                                commitments=policy.commitments))
+        # exact integers, compared as floats: a huge max_tokens or price ranks last, not a 500
+        cost = _as_float(cost_micro(model, prompt_tokens, max_tokens, adapter=adapter,
+                                    commitments=policy.commitments))
         ttft = node.ttft_ms if node.ttft_ms is not None else _UNKNOWN_TTFT_MS
-        seconds = ttft / 1000 + max_tokens / (node.tokens_per_s or 100.0)
+        seconds = ttft / 1000 + _as_float(max_tokens) / (node.tokens_per_s or 100.0)
         reliability = node.reliability
         if policy.prefer == "cheapest":
             return (cost / reliability, seconds, node.url)

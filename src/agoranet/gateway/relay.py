@@ -15,7 +15,6 @@ streamed), and they are collected per node.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
@@ -26,9 +25,16 @@ from typing import Any
 import anyio
 import httpx
 
+from agoranet.api import jsonlimits
 from agoranet.api.sse import iter_sse_data
-from agoranet.errors import AgoranetError, PaymentError, RequestError, UpstreamError
-from agoranet.gateway.budget import Budget
+from agoranet.errors import (
+    AgoranetError,
+    InvalidJSONError,
+    PaymentError,
+    RequestError,
+    UpstreamError,
+)
+from agoranet.gateway.budget import BudgetExceededError, Reservation, Reserver
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.paying import NodePayers
 from agoranet.gateway.policy import Policy
@@ -72,6 +78,7 @@ class RelayResult:
     failovers: int = 0
     # With ``policy.commitments``: each node's commitments for its part of the answer.
     commitments: list[dict[str, Any]] = field(default_factory=list)
+    key: str | None = None  # the gateway key that asked (None: an --open gateway)
 
 
 @dataclass
@@ -137,20 +144,29 @@ async def _segment_events(client: httpx.AsyncClient, segment: _Segment, body: di
 
 async def _pieces(segment: _Segment, lines: AsyncIterator[str],
                   policy: Policy) -> AsyncGenerator[Piece, None]:
+    """The content tokens of the node's events, each within its deadline.
+
+    The first token is due ``first_token_timeout_s`` after the answer's headers, every
+    later one ``token_timeout_s`` after the client took the one before. Only content is
+    progress: keep-alive comments, empty events and usage do not move a deadline.
+    """
+    since = time.perf_counter()
     while True:
+        first = segment.first_token is None
+        wait = policy.first_token_timeout_s if first else policy.token_timeout_s
         try:
-            if segment.first_token is None:
-                with anyio.fail_after(policy.first_token_timeout_s):
-                    data = await anext(lines)
-            else:
+            with anyio.fail_after(max(0.0, since + wait - time.perf_counter())):
                 data = await anext(lines)
         except StopAsyncIteration:
             return
         except TimeoutError as exc:
-            raise _NodeFailed("no first token in time") from exc
-        chunk = json.loads(data)
-        if "error" in chunk:
-            raise _NodeFailed(f"error mid-stream: {chunk['error'].get('message')}")
+            raise _NodeFailed("no first token in time" if first else
+                              f"stalled: no token for {wait:g} s") from exc
+        try:
+            chunk = jsonlimits.loads_object(data, what="an SSE event")
+        except InvalidJSONError as exc:
+            raise _NodeFailed(str(exc)) from None
+        _check_event(chunk)
         segment.usage = chunk.get("usage") or segment.usage
         segment.commitments = (chunk.get("agoranet") or {}).get("commitments") or \
             segment.commitments
@@ -160,27 +176,89 @@ async def _pieces(segment: _Segment, lines: AsyncIterator[str],
                 segment.first_token = segment.first_token or time.perf_counter()
                 segment.tokens += 1
                 yield Piece(text, segment.node.url, choice.get("logprobs"))
+                since = time.perf_counter()  # a client slow to read is not a stalled node
             segment.finish = choice.get("finish_reason") or segment.finish
+
+
+def _check_event(chunk: dict[str, Any]) -> None:
+    """A node's stream event of the shape a chat chunk has, or the node failed: an error
+    event, or fields of the wrong type (text that is not a string, usage not counts)."""
+    if "error" in chunk:
+        error = chunk["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        raise _NodeFailed(f"error mid-stream: {str(message)[:300]}")
+    usage, extension, choices = chunk.get("usage"), chunk.get("agoranet"), chunk.get("choices")
+    wrong = [name for name, value, kind in (("usage", usage, dict), ("agoranet", extension, dict),
+                                            ("choices", choices, list))
+             if value is not None and not isinstance(value, kind)]
+    if isinstance(usage, dict):
+        wrong += [f"usage.{k}" for k in ("prompt_tokens", "completion_tokens")
+                  if k in usage and (type(usage[k]) is not int or usage[k] < 0)]
+    for choice in choices if isinstance(choices, list) else []:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(choice, dict) or not isinstance(delta, dict | None) or \
+                not isinstance(choice.get("logprobs"), dict | None) or \
+                not isinstance(choice.get("finish_reason"), str | None) or \
+                not isinstance((delta or {}).get("content"), str | None):
+            wrong.append("choices")
+    if wrong:
+        raise _NodeFailed(f"an SSE event has fields of the wrong type: {', '.join(wrong)}")
 
 
 def _error_message(response: httpx.Response) -> str:
     try:
-        return str(response.json()["error"]["message"])
+        return str(jsonlimits.loads(response.content, what="an error body")["error"]["message"])
     except (ValueError, KeyError, TypeError):
         return response.text[:300]
 
 
 @dataclass
 class _Attempt:
-    """One node asked for (the rest of) the answer, with its budget reservation."""
+    """One node asked for (the rest of) the answer; it owns its budget reservation.
+
+    The relay registers an attempt the moment its reservation is taken and, on every
+    way out of the request (an answer, a failure, a client hanging up), finishes it
+    exactly once: :meth:`close` ends its stream, then the reservation is released.
+    """
 
     node: NodeState
     model: ModelOffer
-    worst: int
+    reservation: Reservation
     segment: _Segment
     events: AsyncGenerator[Piece, None]
     failed: str | None = None
     closed: bool = False
+    # While hedging, the next piece is read in a task of its own.
+    reading: asyncio.Task[Piece | None] | None = None
+
+    @property
+    def worst(self) -> int:
+        return self.reservation.amount
+
+    def read(self) -> asyncio.Task[Piece | None]:
+        """Read the next piece in a task of its own, to race it against another node."""
+        self.reading = asyncio.ensure_future(_next(self))
+        return self.reading
+
+    async def close(self) -> None:
+        """End a read in flight, then close the node's stream (a generator that another
+        task is inside cannot be closed). Shielded from the client's cancellation; a plain
+        ``Task.cancel()`` gets through the shield, so it is held until the read has ended."""
+        cancelled: asyncio.CancelledError | None = None
+        with anyio.CancelScope(shield=True):
+            reading = self.reading
+            if reading is not None:
+                reading.cancel()
+                while not reading.done():
+                    try:
+                        await asyncio.wait({reading})
+                    except asyncio.CancelledError as exc:
+                        cancelled = exc
+                if not reading.cancelled():
+                    reading.exception()  # seen: a loser's error is no one's concern
+            await self.events.aclose()
+        if cancelled is not None:
+            raise cancelled
 
 
 async def relay(
@@ -190,7 +268,7 @@ async def relay(
     prompt_ceiling: int,
     limit: int,
     policy: Policy,
-    budget: Budget,
+    budget: Reserver,
     spend: SpendLog,
     result: RelayResult,
     payers: NodePayers | None = None,
@@ -209,6 +287,7 @@ async def relay(
     produced = ""
     errors: list[str] = []
     queue = list(candidates[: policy.max_attempts])
+    attempts: list[_Attempt] = []  # every attempt started, each finished exactly once
 
     async def start(candidate: Candidate) -> _Attempt:
         node, model = candidate
@@ -216,61 +295,72 @@ async def relay(
         worst = expected_cost(model, prompt_ceiling + len(produced.encode()) + 8,
                               limit - result.completion_tokens, adapter=adapter,
                               commitments=policy.commitments)
-        await budget.reserve(worst)
         segment = _Segment(node, time.perf_counter())
+        attempt = _Attempt(node, model, await budget.reserve(worst), segment, _unsent())
+        attempts.append(attempt)
         try:
             auth = await payers.auth(node) if payers is not None else None
         except AgoranetError as exc:  # no channel to this node: it fails like any node would
-            return _Attempt(node, model, worst, segment, _refused(f"cannot pay it: {exc}"))
+            attempt.events = _refused(f"cannot pay it: {exc}")
+            return attempt
         segment.paid = auth is not None
-        return _Attempt(node, model, worst, segment,
-                        _segment_events(client, segment, request, policy, auth, worst))
+        attempt.events = _segment_events(client, segment, request, policy, auth, worst)
+        return attempt
 
     async def finish(attempt: _Attempt) -> None:
         """Close the node's stream and account for it, exactly once per attempt."""
         if attempt.closed:
             return
         attempt.closed = True
-        await attempt.events.aclose()
-        await _account(attempt, body, prompt_ceiling, budget, spend, result)
-        if attempt.failed is not None:
-            attempt.node.record_failure(attempt.failed, policy.ban_base_s, policy.ban_cap_s)
-            errors.append(f"{attempt.node.url}: {attempt.failed}")
-            if attempt.segment.finish is None:
-                result.failovers += 1
-
-    while queue:
-        attempt = await start(queue.pop(0))
-        first: Piece | None = None
         try:
-            hedge = policy.hedge_after_ms if not produced and queue else None
-            attempt, first = await _first_piece(attempt, hedge, queue, start, finish)
+            await attempt.close()
+        finally:  # without an await: nothing can keep the reservation from being released
+            try:
+                _account(attempt, body, prompt_ceiling, spend, result)
+            finally:
+                attempt.reservation.release(0)  # only if accounting broke before it released
             if attempt.failed is not None:
-                continue  # the finally below accounts for it
-            if first is not None:
-                produced += first.text
-                yield first
-            async for piece in attempt.events:
-                produced += piece.text
-                yield piece
-        except _FAILURES as exc:
-            attempt.failed = f"{type(exc).__name__}: {exc}"
-        finally:
-            await finish(attempt)
-        if attempt.failed is not None and attempt.segment.finish is not None:
-            # The answer was whole (e.g. a bad receipt came after it): the node is
-            # banned, the client keeps its answer.
-            result.finish_reason = attempt.segment.finish
-            return
-        if attempt.failed is None:
-            segment = attempt.segment
-            attempt.node.record_success(
-                _ms(segment.first_token, segment.started) or 0.0, segment.tokens,
-                time.perf_counter() - (segment.first_token or segment.started))
-            result.finish_reason = segment.finish or "stop"
-            return
-    raise UpstreamError("no node could answer: " + ("; ".join(errors) or "none available"),
-                        status_code=503)
+                attempt.node.record_failure(attempt.failed, policy.ban_base_s,
+                                            policy.ban_cap_s)
+                errors.append(f"{attempt.node.url}: {attempt.failed}")
+                if attempt.segment.finish is None:
+                    result.failovers += 1
+
+    try:
+        while queue:
+            attempt = await start(queue.pop(0))
+            first: Piece | None = None
+            try:
+                hedge = policy.hedge_after_ms if not produced and queue else None
+                attempt, first = await _first_piece(attempt, hedge, queue, start, finish)
+                if attempt.failed is not None:
+                    continue  # the finally below accounts for it
+                if first is not None:
+                    produced += first.text
+                    yield first
+                async for piece in attempt.events:
+                    produced += piece.text
+                    yield piece
+            except _FAILURES as exc:
+                attempt.failed = f"{type(exc).__name__}: {exc}"
+            finally:
+                await finish(attempt)
+            if attempt.failed is not None and attempt.segment.finish is not None:
+                # The answer was whole (e.g. a bad receipt came after it): the node is
+                # banned, the client keeps its answer.
+                result.finish_reason = attempt.segment.finish
+                return
+            if attempt.failed is None:
+                segment = attempt.segment
+                attempt.node.record_success(
+                    _ms(segment.first_token, segment.started) or 0.0, segment.tokens,
+                    time.perf_counter() - (segment.first_token or segment.started))
+                result.finish_reason = segment.finish or "stop"
+                return
+        raise UpstreamError("no node could answer: "
+                            + ("; ".join(errors) or "none available"), status_code=503)
+    finally:  # however the request ends (a client hanging up too): release every attempt
+        await _finish_all(attempts, finish)
 
 
 _FAILURES = (_NodeFailed, httpx.HTTPError, json.JSONDecodeError, PaymentError)
@@ -283,25 +373,31 @@ async def _first_piece(
     start: Callable[[Candidate], Awaitable[_Attempt]],
     finish: Callable[[_Attempt], Awaitable[None]],
 ) -> tuple[_Attempt, Piece | None]:
-    """The first piece of ``attempt``, or, when hedging, of whichever node answers first."""
-    first_task = asyncio.ensure_future(_next(attempt))
+    """The first piece of ``attempt``, or, when hedging, of whichever node answers first.
+
+    Each racer is read in a task of its own; ``finish`` ends that task before it closes
+    the racer's stream, for a loser here or for every racer when the client hangs up.
+    """
     if hedge_ms is None:
-        return attempt, await first_task
+        return attempt, await _next(attempt)
+    first_task = attempt.read()
     done, _ = await asyncio.wait({first_task}, timeout=hedge_ms / 1000)
     if done:
         return attempt, first_task.result()
-    rival = await start(queue.pop(0))
-    racing = {first_task: attempt, asyncio.ensure_future(_next(rival)): rival}
+    candidate = queue.pop(0)
+    try:
+        rival = await start(candidate)
+    except BudgetExceededError:  # no room for a second node: wait for the first one
+        queue.insert(0, candidate)
+        return attempt, await first_task
+    racing = {first_task: attempt, rival.read(): rival}
     while racing:
         done, _ = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             runner = racing.pop(task)
             error = task.exception()
             if error is None or isinstance(error, _ClientFault):
-                for loser_task, loser in racing.items():
-                    loser_task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, *_FAILURES, _ClientFault):
-                        await loser_task
+                for loser in racing.values():
                     loser.failed = None  # cancelled, not at fault: accounted, not banned
                     await finish(loser)
                 racing.clear()
@@ -321,6 +417,25 @@ async def _refused(reason: str) -> AsyncGenerator[Piece, None]:
     yield  # pragma: no cover - makes this an async generator
 
 
+async def _unsent() -> AsyncGenerator[Piece, None]:
+    """The events of an attempt whose request is not sent yet: none."""
+    return
+    yield  # pragma: no cover - makes this an async generator
+
+
+async def _finish_all(attempts: list[_Attempt],
+                      finish: Callable[[_Attempt], Awaitable[None]]) -> None:
+    """Finish every attempt, even when finishing one raises (then raise that after)."""
+    error: BaseException | None = None
+    for attempt in attempts:
+        try:
+            await finish(attempt)
+        except BaseException as exc:  # re-raised once all are finished
+            error = error or exc
+    if error is not None:
+        raise error
+
+
 async def _next(attempt: _Attempt) -> Piece | None:
     try:
         return await anext(attempt.events)
@@ -328,9 +443,10 @@ async def _next(attempt: _Attempt) -> Piece | None:
         return None
 
 
-async def _account(attempt: _Attempt, body: dict[str, Any], prompt_ceiling: int,
-                   budget: Budget, spend: SpendLog, result: RelayResult) -> None:
-    """Release the reservation, charge what the node produced, log it."""
+def _account(attempt: _Attempt, body: dict[str, Any], prompt_ceiling: int, spend: SpendLog,
+             result: RelayResult) -> None:
+    """Release the reservation, charge what the node produced, log it (no await: a
+    cancelled request cannot interrupt it)."""
     segment, model = attempt.segment, attempt.model
     usage = segment.usage or {}
     produced = bool(segment.tokens or usage)
@@ -344,14 +460,15 @@ async def _account(attempt: _Attempt, body: dict[str, Any], prompt_ceiling: int,
     # of what it gave.
     unreceipted = 0 if segment.paid else listed
     amount = segment.charged if segment.charged is not None else unreceipted
-    await budget.settle(attempt.worst, amount)
+    attempt.reservation.release(amount)
     if not produced:
         return
     outcome = "ok" if attempt.failed is None else "partial"
     receipt = json.dumps(segment.receipt.to_json()) if segment.receipt is not None else None
     spend.add(SpendRow(result.request_id, str(body["model"]), attempt.node.url, prompt,
                        completion, amount, _ms(segment.first_token, segment.started),
-                       (time.perf_counter() - segment.started) * 1000, outcome, receipt))
+                       (time.perf_counter() - segment.started) * 1000, outcome, receipt,
+                       key=result.key))
     result.nodes.append(attempt.node.url)
     if segment.commitments is not None:
         result.commitments.append({"node": attempt.node.url, **segment.commitments})

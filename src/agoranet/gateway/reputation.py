@@ -4,17 +4,21 @@ Events, one row each (WAL, next to the spend log): ``success``; ``failure`` (the
 node refused, timed out, errored or died mid-stream); ``receipt`` (its signed
 receipt disagreed with what was received, or a paid answer came without one);
 ``audit_passed`` and ``audit_failed`` (with the tokens audited and the answers
-flagged); ``unauditable`` (an audit could not be done: no answer, no token ids).
+flagged); ``unauditable`` (an audit could not be done: no answer, no token ids);
+``dispute`` (it claimed a charged total that no receipt backs: the payer counted
+what it can claim as disputed spend and pays it no more), which is also a
+receipt disagreement.
 
 A node is keyed by its identity (see ``NodeState.identity``): the address that
 registered its URL on chain when it was discovered there, else its URL.
 
 Score, a Beta (Laplace) estimate of "this node answers, honestly"::
 
-    score = (1 + s + 5·p) / (2 + s + f + u + 5·p + 20·r + 100·a)
+    score = (1 + s + 5·p) / (2 + s + f + u + 5·p + 20·r + 100·a + 100·d)
 
 with ``s`` successes, ``f`` failures, ``u`` unauditable, ``p`` audits passed,
-``r`` receipt disagreements and ``a`` audits failed. No history gives 1/2, the
+``r`` receipt disagreements (disputes included), ``a`` audits failed and ``d``
+disputes. No history gives 1/2, the
 value every new node starts with (neutral); with only successes and failures it
 is the Laplace success rate. A failed audit weighs as a hundred failures.
 
@@ -22,11 +26,13 @@ Bans that survive restarts:
 
 - a failed audit bans the node for ``1 day x 2^(a-1)`` (capped at 30 days) from
   its latest failed audit, wall clock;
+- a dispute (an unreceipted charge) bans it for ``7 days x 2^(d-1)`` (capped at
+  30 days) from the latest one;
 - an imported list from a trusted signer (see :mod:`agoranet.gateway.scorelist`)
   whose entry has failed audits and a ban still running bans the node (matched
   by identity or URL) until that ban ends, at most 30 days after the import.
 
-Failures and receipt disagreements only lower the score; their short growing
+Failures and other receipt disagreements only lower the score; their short growing
 bans (``NodeState.record_failure``) last for one gateway run.
 """
 
@@ -46,6 +52,7 @@ from agoranet.errors import ReputationListError
 __all__ = [
     "AUDIT_BAN_CAP_S",
     "AUDIT_BAN_S",
+    "DISPUTE_BAN_S",
     "Ban",
     "EventKind",
     "ImportedVerdict",
@@ -56,8 +63,9 @@ __all__ = [
 
 AUDIT_BAN_S = 86_400.0  # the first failed audit: one day
 AUDIT_BAN_CAP_S = 30 * 86_400.0  # each further one doubles the ban, up to 30 days
+DISPUTE_BAN_S = 7 * 86_400.0  # the first unreceipted charge: a week (doubling, same cap)
 
-_W_PASSED, _W_RECEIPT, _W_FAILED_AUDIT = 5, 20, 100
+_W_PASSED, _W_RECEIPT, _W_FAILED_AUDIT, _W_DISPUTE = 5, 20, 100, 100
 _SYNC_EVERY_S = 1.0  # how often to look for imports written by another process
 
 _SCHEMA = """
@@ -104,6 +112,7 @@ class EventKind(StrEnum):
     AUDIT_PASSED = "audit_passed"
     AUDIT_FAILED = "audit_failed"
     UNAUDITABLE = "unauditable"
+    DISPUTE = "dispute"
 
 
 def failure_kind(reason: str) -> EventKind:
@@ -135,21 +144,28 @@ class NodeRecord:
     last_seen: float = 0.0
     last_verdict: str | None = None
     last_failed_audit: float = 0.0
+    disputes: int = 0  # unreceipted charges (each also counts in ``receipts``)
+    last_dispute: float = 0.0
 
     @property
     def score(self) -> float:
         good = self.successes + _W_PASSED * self.audits_passed
         bad = (self.failures + self.unauditable + _W_RECEIPT * self.receipts
-               + _W_FAILED_AUDIT * self.audits_failed)
+               + _W_FAILED_AUDIT * self.audits_failed + _W_DISPUTE * self.disputes)
         return (1 + good) / (2 + good + bad)
 
     def ban(self) -> Ban | None:
-        """The ban its own failed audits earn (expired or not), or None."""
-        if not self.audits_failed:
-            return None
-        length = min(AUDIT_BAN_CAP_S, AUDIT_BAN_S * 2.0 ** (self.audits_failed - 1))
-        return Ban(self.last_failed_audit + length,
-                   f"failed {self.audits_failed} audit(s) of the weights it serves")
+        """The longest ban its own failed audits and disputes earn (expired or not), or None."""
+        bans = []
+        if self.audits_failed:
+            length = min(AUDIT_BAN_CAP_S, AUDIT_BAN_S * 2.0 ** (self.audits_failed - 1))
+            bans.append(Ban(self.last_failed_audit + length,
+                            f"failed {self.audits_failed} audit(s) of the weights it serves"))
+        if self.disputes:
+            length = min(AUDIT_BAN_CAP_S, DISPUTE_BAN_S * 2.0 ** (self.disputes - 1))
+            bans.append(Ban(self.last_dispute + length,
+                            f"claimed {self.disputes} charge(s) no receipt backs"))
+        return max(bans, key=lambda b: b.until, default=None)
 
     def apply(self, kind: EventKind, ts: float, count: int = 1, tokens: int = 0,
               flagged: int = 0) -> None:
@@ -166,6 +182,10 @@ class NodeRecord:
         elif kind is EventKind.AUDIT_FAILED:
             self.audits_failed += count
             self.last_failed_audit = max(self.last_failed_audit, ts)
+        elif kind is EventKind.DISPUTE:
+            self.receipts += count
+            self.disputes += count
+            self.last_dispute = max(self.last_dispute, ts)
         if kind in (EventKind.AUDIT_PASSED, EventKind.AUDIT_FAILED):
             self.tokens_audited += tokens
             self.answers_flagged += flagged

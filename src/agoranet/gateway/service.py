@@ -10,10 +10,11 @@ import httpx
 
 from agoranet.api.sse import DONE, sse_json
 from agoranet.api.types import ChatCompletionRequest
-from agoranet.errors import ModelNotFoundError, UpstreamError
+from agoranet.errors import InvalidRequestError, ModelNotFoundError, UpstreamError
 from agoranet.gateway.auditing import Auditor
-from agoranet.gateway.budget import Budget
+from agoranet.gateway.budget import Budget, Reserver
 from agoranet.gateway.directory import NodeDirectory
+from agoranet.gateway.keyaccess import KeyAccess
 from agoranet.gateway.paying import NodePayers
 from agoranet.gateway.policy import Policy
 from agoranet.gateway.ranking import Candidate, rank
@@ -61,12 +62,20 @@ class GatewayService:
         return rank(self.directory.nodes.values(), model, prompt_tokens, max_tokens,
                     policy or self.policy)
 
-    async def chat(self, body: dict[str, Any]) -> tuple[dict[str, Any] | AsyncIterator[bytes],
-                                                      RelayResult]:
+    async def chat(self, body: dict[str, Any], access: KeyAccess | None = None
+                   ) -> tuple[dict[str, Any] | AsyncIterator[bytes], RelayResult]:
+        """Serve a chat request; with ``access`` (a gateway key) within that key's models,
+        policy and budget chain."""
         # ``agoranet`` carries the gateway's policy fields, not a node's options.
         request = ChatCompletionRequest.model_validate(
             {k: v for k, v in body.items() if k != "agoranet"})
-        policy = self.policy.narrowed(body.get("agoranet"))
+        if request.tools:  # the relay carries text only: a call would be lost on the way
+            raise InvalidRequestError("the gateway does not relay tool calls yet; send requests "
+                                      "with tools to a node directly", param="tools")
+        if access is not None:
+            access.check_model(request.model)
+        policy = (access.narrow(self.policy) if access else self.policy).narrowed(
+            body.get("agoranet"))
         # A token is at least one byte, so bytes bound the prompt's tokens from above:
         # the budget reserves with that; ranking uses a typical 4 characters per token.
         texts = [m.text() for m in request.messages]
@@ -84,7 +93,11 @@ class GatewayService:
             raise UpstreamError(f"no node serving '{request.model}' is allowed by the policy "
                                 "or healthy right now", status_code=503)
         result = RelayResult(new_request_id())
-        pieces = relay(self.client, candidates, body, ceiling, limit, policy, self.budget,
+        budget: Reserver = self.budget
+        if access is not None:
+            result.key = access.name
+            budget = access.budget(self.budget, result.request_id, request.model)
+        pieces = relay(self.client, candidates, body, ceiling, limit, policy, budget,
                        self.spend, result, self.payers)
         try:
             first = await anext(pieces)

@@ -2,7 +2,13 @@
 
 A request served by one node is one row; a failover adds a row per node that
 streamed part of the answer; a background audit adds a row per challenge the
-audited node answered, with outcome ``audit``. Amounts are integers in base units.
+audited node answered, with outcome ``audit``; a node that claimed a charge no receipt
+backs adds a row with outcome ``disputed`` for what it can claim beyond its receipts
+(no receipt), and a receipt the gateway adopted from a node's corrective 402 (an answer
+it never saw) a row with outcome ``resynced``; a reservation left by a gateway that
+died is settled at its full amount with outcome ``lost`` (see ``agoranet.gateway.keystore``).
+Each row names the gateway key that asked (none on an ``--open`` gateway). Amounts are
+integers in base units.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ CREATE TABLE IF NOT EXISTS spend (
     ttft_ms REAL,
     duration_ms REAL NOT NULL,
     outcome TEXT NOT NULL,
-    receipt TEXT
+    receipt TEXT,
+    key TEXT
 );
 CREATE INDEX IF NOT EXISTS spend_request ON spend (request_id);
 """
@@ -44,8 +51,11 @@ class SpendRow:
     amount: int
     ttft_ms: float | None
     duration_ms: float
-    outcome: str  # "ok", "partial" (failed over mid-answer), "failed", "audit"
+    # "ok", "partial" (failed over mid-answer), "failed", "audit", "disputed" (claimed by a
+    # node beyond its receipts), "resynced" (a receipt adopted from a corrective 402)
+    outcome: str
     receipt: str | None = None  # the node's signed receipt (JSON) behind ``amount``, if paid
+    key: str | None = None  # the gateway key that asked, if any
 
 
 class SpendLog:
@@ -60,16 +70,19 @@ class SpendLog:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(spend)")}
         if "receipt" not in columns:  # a log written before receipts were kept
             self._db.execute("ALTER TABLE spend ADD COLUMN receipt TEXT")
+        if "key" not in columns:  # a log written before gateway keys
+            self._db.execute("ALTER TABLE spend ADD COLUMN key TEXT")
         self._lock = threading.Lock()
 
     def add(self, row: SpendRow) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT INTO spend (ts, request_id, model, node, prompt_tokens, completion_tokens,"
-                " amount, ttft_ms, duration_ms, outcome, receipt) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " amount, ttft_ms, duration_ms, outcome, receipt, key)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (time.time(), row.request_id, row.model, row.node, row.prompt_tokens,
                  row.completion_tokens, row.amount, row.ttft_ms, row.duration_ms, row.outcome,
-                 row.receipt),
+                 row.receipt, row.key),
             )
 
     def total(self) -> int:
@@ -78,7 +91,7 @@ class SpendLog:
 
     def rows(self, request_id: str | None = None) -> list[SpendRow]:
         query = ("SELECT request_id, model, node, prompt_tokens, completion_tokens, amount,"
-                 " ttft_ms, duration_ms, outcome, receipt FROM spend")
+                 " ttft_ms, duration_ms, outcome, receipt, key FROM spend")
         args: tuple[str, ...] = ()
         if request_id is not None:
             query += " WHERE request_id = ?"
@@ -95,9 +108,9 @@ class SpendLog:
     def totals(self, by: str, *,
                audits: bool | None = None) -> list[tuple[str, int, int, int, int]]:
         """``(key, requests, tokens, amount, receipted)`` grouped by ``model``, ``node`` or
-        ``day``, where ``receipted`` is the part of ``amount`` backed by a node's signed
-        receipt; ``audits`` True counts only audits, False only requests, None both."""
-        column = {"model": "model", "node": "node",
+        ``day`` or ``key`` (the gateway key; ``-`` for none), where ``receipted`` is the part
+        of ``amount`` backed by a node's signed receipt; ``audits`` True counts only audits, False only requests, None both."""
+        column = {"model": "model", "node": "node", "key": "COALESCE(key, '-')",
                   "day": "date(ts, 'unixepoch')"}.get(by)
         if column is None:
             raise ValueError(f"cannot group by {by!r}")

@@ -10,7 +10,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
+from agoranet import __version__
 from agoranet.api.limits import BodyLimitMiddleware
+from agoranet.api.openapi import Operation, openapi_route
 from agoranet.config import NodeSettings
 from agoranet.engines.adapters import AdapterHost
 from agoranet.engines.base import Engine
@@ -58,8 +60,10 @@ def create_app(
                         output_per_million=settings.adapter_surcharge_out),
         max_bytes=settings.max_adapter_bytes if adapters else 0,
     )
-    training = FineTuningTerms(accepted=jobs is not None,
-                               price_per_million_training_tokens=settings.price_training)
+    training = FineTuningTerms(
+        accepted=jobs is not None,
+        price_per_million_training_tokens=jobs.price_per_million if jobs is not None
+        else settings.price_training)
     offer = build_offer(engine.name, engine.models(), settings.price_in, settings.price_out,
                         terms, training, commitment_price=settings.price_commitments)
     if payments is not None:
@@ -69,7 +73,18 @@ def create_app(
         base = engine.models()[0].name
         all_routes += adapter_routes(engine, base, settings.max_adapter_bytes)
     if jobs is not None:
-        all_routes += finetune_routes(jobs)
+        job_payments = None
+        if payments is not None and jobs.price_per_million > 0:
+            from agoranet.node.job_payments import JobPayments
+
+            job_payments = JobPayments(payments.acceptor, jobs.price_per_million)
+        jobs.start(job_payments)  # fails the jobs a previous process left unfinished
+        all_routes += finetune_routes(jobs, job_payments)
+    all_routes.append(openapi_route(
+        title="agoranet node", version=__version__,
+        operations={("GET", "/.well-known/agoranet"): Operation("The node's signed offer",
+                                                                response=Offer, errors=())},
+        paid_paths=settings.paid_paths if payments is not None else ()))
 
     middleware = [
         Middleware(
@@ -77,12 +92,17 @@ def create_app(
             max_bytes=settings.max_body_bytes,
             per_path={"/v1/adapters": settings.max_adapter_bytes,
                       "/v1/files": settings.max_training_file_bytes},
+            body_timeout_s=settings.body_timeout_s,
         )
     ]
     if settings.chaos_delay_ms or settings.chaos_fail_after:
         middleware.append(Middleware(ChaosMiddleware, delay_ms=settings.chaos_delay_ms,
                                      fail_after=settings.chaos_fail_after,
                                      fail_every=settings.chaos_fail_every))
+    if settings.chaos_stall_after is not None:  # tests only, like the chaos above
+        from agoranet.testing.stall import StallMiddleware
+
+        middleware.append(Middleware(StallMiddleware, after=settings.chaos_stall_after))
     loop = None
     if payments is not None:
         from agoranet.node.payment_middleware import PaymentMiddleware
@@ -105,10 +125,10 @@ def create_app(
         finally:
             if loop is not None:
                 await loop.stop()
+            if jobs is not None:  # before the ledger: a stopping job is charged in it
+                jobs.close()
             if payments is not None:
                 payments.close()
-            if jobs is not None:
-                jobs.close()
             await engine.aclose()
 
     app = Starlette(

@@ -5,10 +5,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
 
 from agoranet.api.types import (
     AgoranetResult,
     ChatCompletionRequest,
+    ChatMessage,
     CommitmentsOut,
     CompletionLogprobs,
     CompletionRequest,
@@ -18,7 +22,7 @@ from agoranet.api.types import (
     TopLogprob,
     Usage,
 )
-from agoranet.engines.base import Finish, GenerationRequest, Message, TokenLogprob
+from agoranet.engines.base import Finish, GenerationRequest, Message, TokenLogprob, ToolCallDelta
 
 __all__ = [
     "agoranet_result",
@@ -27,8 +31,10 @@ __all__ = [
     "from_chat",
     "from_completion",
     "from_tokenize",
+    "message_of",
     "new_id",
     "now",
+    "tool_call_deltas",
     "usage_of",
 ]
 
@@ -41,10 +47,36 @@ def now() -> int:
     return int(time.time())
 
 
+def message_of(message: ChatMessage) -> Message:
+    """A wire message for an engine (tool calls kept in OpenAI's form)."""
+    calls = tuple(c.model_dump() for c in message.tool_calls or ())
+    return Message(message.role, message.text(), calls, message.tool_call_id)
+
+
+def _set_fields(model: BaseModel) -> dict[str, Any]:
+    """A wire object as sent: its unset optional fields left out (nested values untouched,
+    so a schema's nulls stay)."""
+    out = model.model_dump(by_alias=True)
+    for name, field in type(model).model_fields.items():
+        key = field.alias or name
+        if out.get(key) is None:
+            out.pop(key, None)
+        elif isinstance(getattr(model, name), BaseModel):
+            out[key] = _set_fields(getattr(model, name))
+    return out
+
+
 def from_chat(request: ChatCompletionRequest, max_tokens: int) -> GenerationRequest:
+    choice = request.tool_choice
+    form = request.response_format
     return GenerationRequest(
         model=request.model,
-        messages=tuple(Message(m.role, m.text()) for m in request.messages),
+        messages=tuple(message_of(m) for m in request.messages),
+        tools=tuple({"type": "function", "function": _set_fields(t.function)}
+                    for t in request.tools or ()),
+        tool_choice=choice if isinstance(choice, str | None) else choice.model_dump(),
+        parallel_tool_calls=request.parallel_tool_calls,
+        response_format=None if form is None else _set_fields(form),
         max_tokens=max_tokens,
         temperature=1.0 if request.temperature is None else request.temperature,
         top_p=1.0 if request.top_p is None else request.top_p,
@@ -81,10 +113,26 @@ def from_tokenize(request: TokenizeRequest) -> GenerationRequest:
         return GenerationRequest(model=request.model, prompt=request.prompt or "")
     return GenerationRequest(
         model=request.model,
-        messages=tuple(Message(m.role, m.text()) for m in request.messages),
+        messages=tuple(message_of(m) for m in request.messages),
         add_generation_prompt=request.add_generation_prompt,
         continue_final_message=request.continue_final_message,
     )
+
+
+def tool_call_deltas(pieces: Sequence[ToolCallDelta]) -> list[dict[str, Any]]:
+    """Tool-call pieces in OpenAI's streaming shape: the first of a call has its id, type
+    and name; every piece its index and some of the arguments."""
+    out: list[dict[str, Any]] = []
+    for piece in pieces:
+        function: dict[str, Any] = {"arguments": piece.arguments}
+        item: dict[str, Any] = {"index": piece.index}
+        if piece.id is not None:
+            item.update(id=piece.id, type="function")
+        if piece.name is not None:
+            function = {"name": piece.name, **function}
+        item["function"] = function
+        out.append(item)
+    return out
 
 
 def usage_of(finish: Finish) -> Usage:

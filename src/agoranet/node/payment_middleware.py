@@ -10,10 +10,13 @@ in the ledger, the request runs, and the actual usage is charged: a plain
 response carries the signed receipt in ``PAYMENT-RESPONSE``; a stream carries
 it in a final SSE event before ``data: [DONE]``, and every ``receipt_every``
 content frames a running receipt (object ``agoranet.receipt.running``) for
-the tokens sent so far, persisted before it goes out. A request that fails or
-is abandoned is charged its last running receipt, or nothing if it got none:
-the buyer holds a signed receipt for every charge, and a node that dies
-mid-stream is paid for what it had receipted. Responses are never buffered.
+the tokens sent so far, persisted before it goes out. A stream's final receipt
+is charged only once its frame has been sent (not when the client had hung up
+by then). A request that fails or is abandoned is charged its last running
+receipt, or nothing if it got none: the buyer holds a signed receipt for every
+charge, and a node that dies mid-stream is paid for what it had receipted. (A
+final frame written just as the client hung up may never be read: the node's
+corrective 402 then carries that receipt.) Responses are never buffered.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from agoranet.node.service import InferenceService
 from agoranet.payments import x402wire
 from agoranet.payments.acceptor import SCHEME_EXACT, Authorization, PaymentAcceptor
 from agoranet.payments.pricing import TokenPrices, cost, with_commitments, worst_case
+from agoranet.payments.receipts import Receipt
 
 __all__ = ["DEFAULT_PAID_PATHS", "RECEIPT_OBJECT", "RUNNING_RECEIPT_OBJECT", "PaymentMiddleware",
            "PriceBook"]
@@ -115,8 +119,22 @@ class PaymentMiddleware:
                              "x402_payment_response": response,
                              "agoranet_receipt": response["extra"]["receipt"]})
 
+        # A stream's final receipt, charged once its frame is sent: (usage, receipt, frame).
+        final: tuple[Finish, Receipt, bytes] | None = None
+        gone = False  # the client hung up
+
         async def stream_finish(finish: Finish) -> list[bytes]:
-            return [receipt_event(RECEIPT_OBJECT, charge(finish))]
+            nonlocal final
+            amount = cost(prices, finish.prompt_tokens, finish.completion_tokens)
+            quoted = self.acceptor.quote(auth, finish.prompt_tokens, finish.completion_tokens,
+                                         amount)
+            if quoted is None:  # exact: a fixed amount, already paid
+                return [receipt_event(RECEIPT_OBJECT, charge(finish))]
+            receipt, response = quoted
+            frame = receipt_event(RECEIPT_OBJECT, response.model_dump(
+                by_alias=True, exclude_none=True, mode="json"))
+            final = (finish, receipt, frame)
+            return [frame]
 
         receipted = 0
 
@@ -142,11 +160,31 @@ class PaymentMiddleware:
                     message = {**message, "headers": [
                         *message.get("headers", []),
                         (x402wire.PAYMENT_RESPONSE.lower().encode(), encoded.encode())]}
+            elif final is not None and not auth.done and message.get("body") == final[2]:
+                # The final receipt is charged only once it has gone out; a stream cut
+                # before that is charged its last running receipt (in ``finally``).
+                if gone:
+                    return
+                await send(message)
+                if not gone:
+                    usage, receipt, _ = final
+                    self.acceptor.charge(auth, usage.prompt_tokens, usage.completion_tokens,
+                                         receipt.amount, quoted=receipt)
+                return
             await send(message)
+
+        replay = _replay(body, receive)
+
+        async def watched_receive() -> Message:
+            nonlocal gone
+            message = await replay()
+            if message["type"] == "http.disconnect":
+                gone = True
+            return message
 
         try:
             with metered(meter):
-                await self.app(scope, _replay(body, receive), paid_send)
+                await self.app(scope, watched_receive, paid_send)
         finally:
             if not auth.done:
                 kept = self.acceptor.release(auth)

@@ -21,7 +21,8 @@ from x402.mechanisms.evm.exact.facilitator import ExactEvmScheme
 from x402.mechanisms.evm.signers import FacilitatorWeb3Signer
 
 from agoranet.chain.addresses import resolve_addresses
-from agoranet.chain.rpc import connect
+from agoranet.chain.executor import ChainExecutor
+from agoranet.chain.rpc import connect, http_provider
 from agoranet.config import ChainSettings, NodeSettings, default_home
 from agoranet.payments.acceptor import PaymentAcceptor, PaymentTerms
 from agoranet.payments.receipts import ReceiptSigner
@@ -47,10 +48,16 @@ class NodePayments:
 
     def close(self) -> None:
         self.ledger.close()
+        self.acceptor.cache.executor.close()
 
 
-def build_payments(settings: NodeSettings, account: LocalAccount) -> NodePayments:
-    w3 = connect(settings.rpc_url)
+def build_payments(settings: NodeSettings, account: LocalAccount, *,
+                   ledger: SqliteLedger | None = None) -> NodePayments:
+    """The node's payment parts; ``ledger`` replaces the one at the settings' path (tests
+    and demos: a cheating ledger from :mod:`agoranet.testing.payment_cheats`)."""
+    # Request-path chain calls: one short try each (no web3 retries), on a few
+    # dedicated threads, so a frozen RPC costs a request seconds, not a minute.
+    w3 = connect(settings.rpc_url, timeout=settings.chain_timeout_s, retry=False)
     chain_id = int(w3.eth.chain_id)
     addresses = resolve_addresses(chain_id, ChainSettings(rpc_url=settings.rpc_url))
     key = "0x" + bytes(account.key).hex()
@@ -64,11 +71,18 @@ def build_payments(settings: NodeSettings, account: LocalAccount) -> NodePayment
         withdraw_delay=settings.withdraw_delay,
         min_deposit=settings.min_deposit,
     )
-    ledger = SqliteLedger(ledger_path(settings))
+    ledger = ledger or SqliteLedger(ledger_path(settings))
     ledger.recover()
     reader = Web3StateReader(w3, addresses)
-    cache = StateCache(reader, settings.chain_state_ttl)
+    executor = ChainExecutor(workers=settings.chain_workers, timeout=settings.chain_timeout_s)
+    # Stale-while-error is safe while the payer's withdrawal cannot complete meanwhile:
+    # capped at a third of the withdraw delay (see StateCache).
+    cache = StateCache(reader, settings.chain_state_ttl, executor=executor,
+                       max_stale=min(settings.chain_stale_max_s, settings.withdraw_delay / 3))
     tx_signer = FacilitatorWeb3Signer(key, settings.rpc_url)
+    # The SDK's signer makes its own provider (30 s, 5 retries): bound it the same way.
+    tx_signer._w3.provider = http_provider(settings.rpc_url, timeout=settings.chain_timeout_s,
+                                           retry=False)
     batch = BatchSettlementEvmFacilitator(tx_signer, authorizer_signer=LocalAuthorizerSigner(key))
     exact = ExactEvmScheme(tx_signer)
     acceptor = PaymentAcceptor(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from agoranet.api.errors import error_from_exception
 from agoranet.api.sse import DONE, sse_event, sse_json
@@ -32,8 +33,10 @@ from agoranet.engines.base import (
     Prepared,
     StreamEvent,
     TokenLogprob,
+    ToolCallDelta,
     collect,
 )
+from agoranet.engines.structured import join_tool_calls
 from agoranet.errors import ContextLengthError, InvalidRequestError, ModelNotFoundError
 from agoranet.node import convert
 from agoranet.node.metering import current_meter
@@ -58,6 +61,25 @@ class Started:
                 yield event
         finally:
             await self.rest.aclose()  # type: ignore[attr-defined]
+
+
+# Bytes one token may stand for when the engine does not say (no real vocabulary's
+# tokens average anywhere near this over a whole context).
+_UNKNOWN_TOKEN_BYTES = 256
+
+
+def _check_prompt_bytes(request: GenerationRequest, info: ModelInfo) -> None:
+    """Refuse, before tokenising it, a prompt too long in bytes to fit the context even
+    if every token stood for the longest text a token of the vocabulary can."""
+    size = len((request.prompt or "").encode("utf-8", "surrogatepass")) + sum(
+        len(m.content.encode("utf-8", "surrogatepass")) for m in request.messages or ())
+    per_token = info.max_token_bytes or _UNKNOWN_TOKEN_BYTES
+    if size > info.context_length * per_token:
+        raise ContextLengthError(
+            f"This model's maximum context length is {info.context_length} tokens, and the "
+            f"prompt is {size} bytes: more than {info.context_length} tokens of at most "
+            f"{per_token} bytes each. Please reduce the length of the prompt.",
+            param="messages" if request.messages is not None else "prompt")
 
 
 class InferenceService:
@@ -106,6 +128,7 @@ class InferenceService:
                 f"{self.engine.name} engine does not expose hidden states",
                 param="agoranet.commitments",
             )
+        _check_prompt_bytes(request, info)
         prepared = await self.engine.prepare(request)
         room = prepared.context_length - prepared.prompt_tokens
         wanted = requested if requested is not None else room
@@ -153,14 +176,19 @@ class InferenceService:
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return self._chat_stream(request, started, include_usage)
-        text, tokens, finish = await _drain(started)
+        calls: list[ToolCallDelta] = []
+        text, tokens, finish = await _drain(started, calls)
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:  # OpenAI's shape of a call: no content, the calls
+            message = {"role": "assistant", "content": text or None,
+                       "tool_calls": join_tool_calls(calls)}
         return ChatCompletion(
             id=convert.new_id("chatcmpl"),
             created=convert.now(),
             model=request.model,
             choices=[
                 Choice(
-                    message={"role": "assistant", "content": text},
+                    message=message,
                     logprobs=convert.chat_logprobs(tokens) if request.logprobs else None,
                     finish_reason=finish.reason,
                 )
@@ -189,7 +217,12 @@ class InferenceService:
 
         def on_delta(delta: Delta) -> bytes:
             logprobs = convert.chat_logprobs(delta.tokens) if request.logprobs else None
-            return chunk(ChunkChoice(delta=DeltaMessage(content=delta.text), logprobs=logprobs))
+            if delta.tool_calls:
+                message = DeltaMessage(content=delta.text or None,
+                                       tool_calls=convert.tool_call_deltas(delta.tool_calls))
+            else:
+                message = DeltaMessage(content=delta.text)
+            return chunk(ChunkChoice(delta=message, logprobs=logprobs))
 
         def on_finish(finish: Finish) -> list[bytes]:
             out = [chunk(ChunkChoice(delta=DeltaMessage(), finish_reason=finish.reason))]
@@ -266,8 +299,21 @@ class InferenceService:
             yield piece
 
 
-async def _drain(started: Started) -> tuple[str, list[TokenLogprob], Finish]:
-    text, tokens, finish = await collect(started.events())
+async def _drain(started: Started, calls: list[ToolCallDelta] | None = None
+                 ) -> tuple[str, list[TokenLogprob], Finish]:
+    """The whole answer; tool-call pieces, if any, are added to ``calls``."""
+
+    async def recorded() -> AsyncIterator[StreamEvent]:
+        events = started.events()
+        try:
+            async for event in events:
+                if calls is not None and isinstance(event, Delta):
+                    calls.extend(event.tool_calls)
+                yield event
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    text, tokens, finish = await collect(recorded())
     meter = current_meter()
     if meter is not None:
         meter.usage = finish
@@ -288,7 +334,7 @@ async def _frames(
         sent = 0
         async for event in events:
             if isinstance(event, Delta):
-                if event.text or event.tokens:
+                if event.text or event.tokens or event.tool_calls:
                     yield on_delta(event)
                     sent += 1
                     if progress is not None:  # running payment receipts, as frames go out

@@ -3,7 +3,9 @@
 Every ``interval`` seconds it asks the :class:`~agoranet.payments.settlement.Settler`
 (in a worker thread, since chain I/O blocks) whether a claim is due -- a
 threshold reached or a withdrawal pending on a channel -- and claims and
-settles if so. A failure is logged and retried at the next tick.
+settles if so, and retries a settle that failed after its claim. A failure is
+logged and retried later (a channel whose claim keeps failing is set aside with
+a back-off by the settler, so it never holds up the others).
 """
 
 from __future__ import annotations

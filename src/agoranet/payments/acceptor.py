@@ -11,7 +11,9 @@ far; a stream that breaks is charged its last one, never more.
 ``batch-settlement`` follows the x402 scheme for variable prices: the voucher's
 cumulative amount must equal the channel's charged total plus this request's
 maximum (``accepted.amount``, at least the worst case) -- the spec's only
-rule, so a retried voucher is fine and a stale one gets a corrective 402. ``deposit``
+rule, so a retried voucher is fine and a stale one gets a corrective 402, which
+carries the channel's latest signed receipt (what backs its charged total: a
+payer believes no higher total without one). ``deposit``
 payloads (the SDK client's first request) are settled on chain through the
 SDK's facilitator, then treated as vouchers. ``exact`` (EIP-3009) payments are
 verified and settled through the SDK's exact facilitator.
@@ -20,18 +22,22 @@ verified and settled through the SDK's exact facilitator.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
+from web3.exceptions import Web3Exception
 from x402.mechanisms.evm.batch_settlement import errors as bs_errors
 from x402.mechanisms.evm.batch_settlement.constants import SCHEME_BATCH_SETTLEMENT
 from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements, SettleResponse
 
-from agoranet.errors import PaymentRequiredError
-from agoranet.payments import x402wire
-from agoranet.payments.ledger import Hold, Ledger, VoucherRefused
+from agoranet.errors import ChainError, LedgerError, PaymentRequiredError
+from agoranet.payments import payload_shapes, x402wire
+from agoranet.payments.ledger import MAX_AMOUNT, Hold, Ledger, VoucherRefused
 from agoranet.payments.pricing import TokenPrices
 from agoranet.payments.receipts import Receipt, ReceiptSigner
 from agoranet.payments.verifier import (
@@ -47,9 +53,11 @@ from agoranet.payments.verifier import (
 __all__ = ["SCHEME_EXACT", "Authorization", "ChainSettler", "PaymentAcceptor", "PaymentTerms"]
 
 SCHEME_EXACT: Final = "exact"
+_T = TypeVar("_T")
+logger = logging.getLogger(__name__)
 ZERO_CHANNEL: Final = "0x" + "00" * 32
 
-# (payment, requirements) -> settle response; run in a worker thread (chain I/O).
+# (payment, requirements) -> settle response; run on the chain executor (chain I/O).
 ChainSettler = Callable[[PaymentPayload, PaymentRequirements], SettleResponse]
 
 
@@ -165,10 +173,10 @@ class PaymentAcceptor:
             raise PaymentRequiredError(f"payment is to {accepted.pay_to}, not to this node "
                                        f"({self.terms.pay_to})",
                                        reason=bs_errors.ERR_RECEIVER_MISMATCH)
-        try:
-            max_amount = int(accepted.amount)
-        except ValueError:
-            raise PaymentRequiredError("accepted.amount is not an integer",
+        try:  # the ledger keeps amounts as SQLite integers: at most MAX_AMOUNT
+            max_amount = payload_shapes.uint(accepted.amount, "accepted.amount", 63)
+        except ValueError as exc:
+            raise PaymentRequiredError(f"{exc} (at most {MAX_AMOUNT})",
                                        reason="invalid_payload") from None
         if max_amount < worst:
             raise PaymentRequiredError(
@@ -207,16 +215,48 @@ class PaymentAcceptor:
             raise PaymentRequiredError("this node takes no deposits with payments: open the "
                                        "channel yourself", reason=bs_errors.ERR_DEPOSIT_PAYLOAD)
         async with self._chain_lock:
-            verified = await asyncio.to_thread(self._deposit_verify, payment, requirements)
+            verified = await self._verify(self._deposit_verify, payment, requirements,
+                                          what="verifying the deposit",
+                                          reason=bs_errors.ERR_DEPOSIT_PAYLOAD)
             if not verified.is_valid:
                 raise PaymentRequiredError(
                     f"deposit refused: {verified.invalid_reason} {verified.invalid_message or ''}"
                     .strip(), reason=verified.invalid_reason or bs_errors.ERR_DEPOSIT_PAYLOAD)
-            settled = await asyncio.to_thread(self._deposits, payment, requirements)
+            settled = await self._on_chain(self._deposits, payment, requirements,
+                                           what="settling the deposit", deadline=None)
         if not settled.success:
             raise PaymentRequiredError(f"deposit failed on chain: {settled.error_reason}",
                                        reason=settled.error_reason or "deposit_failed")
         return settled
+
+    async def _on_chain(self, fn: Callable[[PaymentPayload, PaymentRequirements], _T],
+                        payment: PaymentPayload, requirements: PaymentRequirements, *,
+                        what: str, deadline: float | None = -1.0) -> _T:
+        """``fn`` on the cache's chain executor (a few dedicated threads, a deadline unless
+        ``deadline`` is None: a transaction, once sent, is waited for); a chain that does
+        not answer is a prompt 402, before any money moved if it was a deadline or
+        the pool being full (a transaction is only abandoned by its own HTTP timeouts)."""
+        try:
+            return await self.cache.executor.call(functools.partial(fn, payment, requirements),
+                                                  what=what, deadline=deadline)
+        except ChainError as exc:
+            raise PaymentRequiredError(f"{exc}", reason="chain_unavailable") from exc
+        except (OSError, Web3Exception) as exc:  # the SDK's own RPC call timed out or failed
+            raise PaymentRequiredError(f"{what}: the chain RPC failed: {_short(exc)}",
+                                       reason="chain_unavailable") from exc
+
+    async def _verify(self, fn: Callable[[PaymentPayload, PaymentRequirements], _T],
+                      payment: PaymentPayload, requirements: PaymentRequirements, *,
+                      what: str, reason: str) -> _T:
+        """An SDK facilitator's ``verify`` on the chain executor. It assumes a well-formed
+        payload: what it raises on a malformed one is the payer's error, a 402."""
+        try:
+            return await self._on_chain(fn, payment, requirements, what=what)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            logger.info("%s: malformed payload (%s: %s)", what, type(exc).__name__, exc)
+            raise PaymentRequiredError(f"malformed payment payload ({what}): "
+                                       f"{type(exc).__name__}: {exc}"[:300],
+                                       reason=reason) from None
 
     def _refused(self, exc: VoucherRefused, voucher: Voucher,
                  state: OnchainState) -> PaymentRequiredError:
@@ -233,6 +273,8 @@ class PaymentAcceptor:
                 corrective["voucherState"] = {
                     "signedMaxClaimable": str(exc.channel.voucher_amount),
                     "signature": exc.channel.voucher_signature}
+            if exc.receipt is not None:  # what backs the charged total, for a payer that lost it
+                corrective["receipt"] = exc.receipt.to_json()
         return PaymentRequiredError(str(exc), reason=bs_errors.ERR_CUMULATIVE_AMOUNT_MISMATCH,
                                     corrective=corrective)
 
@@ -241,9 +283,16 @@ class PaymentAcceptor:
         if self._exact is None or self._exact_verify is None:
             raise PaymentRequiredError("this node does not take exact payments",
                                        reason="unsupported_scheme")
+        try:
+            payload_shapes.exact_payload(payment.payload)
+        except ValueError as exc:
+            raise PaymentRequiredError(f"malformed exact payload: {exc}",
+                                       reason="invalid_exact_evm_payload") from None
         requirements = self.terms.requirement(SCHEME_EXACT, int(payment.accepted.amount))
         async with self._chain_lock:
-            verified = await asyncio.to_thread(self._exact_verify, payment, requirements)
+            verified = await self._verify(self._exact_verify, payment, requirements,
+                                          what="verifying the exact payment",
+                                          reason="invalid_exact_evm_payload")
         if not verified.is_valid:
             raise PaymentRequiredError(
                 f"exact payment refused: {verified.invalid_reason} "
@@ -258,8 +307,10 @@ class PaymentAcceptor:
         assert self._exact is not None
         if auth.settle is None:
             async with self._chain_lock:
-                auth.settle = await asyncio.to_thread(self._exact, auth.extra["payment"],
-                                                      auth.requirements)
+                auth.settle = await self._on_chain(self._exact, auth.extra["payment"],
+                                                   auth.requirements,
+                                                   what="settling the exact payment",
+                                                   deadline=None)
             if not auth.settle.success:
                 raise PaymentRequiredError(
                     f"exact payment failed on chain: {auth.settle.error_reason}",
@@ -269,8 +320,9 @@ class PaymentAcceptor:
     # ------------------------------------------------------------ charge
 
     def charge(self, auth: Authorization, tokens_in: int, tokens_out: int,
-               amount: int) -> tuple[Receipt, SettleResponse]:
-        """Charge actual usage (never above the authorization) and sign the receipt."""
+               amount: int, *, quoted: Receipt | None = None) -> tuple[Receipt, SettleResponse]:
+        """Charge actual usage (never above the authorization) and sign the receipt; with
+        ``quoted`` (from :meth:`quote`, already sent), charge exactly that receipt."""
         auth.done = True
         if auth.scheme == SCHEME_EXACT:
             paid = auth.max_amount  # exact moves a fixed amount
@@ -283,16 +335,36 @@ class PaymentAcceptor:
             response = base.model_copy(update={"extra": {"receipt": receipt.to_json()}})
             return receipt, response
         assert auth.hold is not None and auth.state is not None
-        receipt = self.ledger.commit(auth.hold, tokens_in, tokens_out, amount, self.signer.sign,
+        sign = self.signer.sign if quoted is None else _exactly(quoted)
+        receipt = self.ledger.commit(auth.hold, tokens_in, tokens_out, amount, sign,
                                      self.terms.chain_id)
+        return receipt, self._voucher_response(auth, receipt)
+
+    def quote(self, auth: Authorization, tokens_in: int, tokens_out: int,
+              amount: int) -> tuple[Receipt, SettleResponse] | None:
+        """The final receipt and payment response :meth:`charge` gives for this usage, signed
+        but not charged (``batch-settlement`` only; None for ``exact``): a stream's final
+        receipt goes out first and is charged (``charge(..., quoted=)``) once it is sent,
+        so a stream cut before it is charged its last running receipt instead."""
+        if auth.hold is None or auth.state is None or auth.done:
+            return None
+        hold = auth.hold
+        charge = min(amount, hold.max_amount)
+        receipt = self.signer.sign(Receipt(hold.request_id, hold.channel_id, tokens_in,
+                                           tokens_out, charge, hold.charged_before + charge,
+                                           self.terms.chain_id))
+        return receipt, self._voucher_response(auth, receipt)
+
+    def _voucher_response(self, auth: Authorization, receipt: Receipt) -> SettleResponse:
+        assert auth.hold is not None and auth.state is not None
         state = auth.state.snapshot(auth.hold.channel_id)
         state["chargedCumulativeAmount"] = str(receipt.cumulative)
         extra = {"chargedAmount": str(receipt.amount), "channelState": state,
                  "receipt": receipt.to_json()}
         if auth.settle is not None:  # a deposit went on chain with this request
-            return receipt, auth.settle.model_copy(update={"extra": extra})
-        return receipt, SettleResponse(success=True, payer=auth.payer, transaction="",
-                                       network=self.terms.network, amount="", extra=extra)
+            return auth.settle.model_copy(update={"extra": extra})
+        return SettleResponse(success=True, payer=auth.payer, transaction="",
+                              network=self.terms.network, amount="", extra=extra)
 
     def progress(self, auth: Authorization, tokens_in: int, tokens_out: int,
                  amount: int) -> dict[str, Any] | None:
@@ -316,3 +388,18 @@ class PaymentAcceptor:
         if auth.hold is not None:
             return self.ledger.release(auth.hold)
         return None
+
+
+def _exactly(sent: Receipt) -> Callable[[Receipt], Receipt]:
+    """A signer that gives ``sent`` for the receipt it signs, and refuses any other."""
+    def sign(unsigned: Receipt) -> Receipt:
+        if dataclasses.replace(sent, signer="", signature="") != unsigned:
+            raise LedgerError(f"the charge for {unsigned.request_id} no longer matches the "
+                              "receipt sent for it")
+        return sent
+
+    return sign
+
+
+def _short(exc: BaseException) -> str:
+    return (" ".join(str(exc).split()) or type(exc).__name__)[:200]

@@ -1,8 +1,17 @@
 """secp256k1 signing and recovery of 32-byte digests (EIP-712), through ``coincurve``.
 
-Signatures are 65 bytes ``r || s || v`` with ``v`` 27 or 28 (0 or 1 is also
-read), as Ethereum wallets produce them. These run on every paid request
-(a voucher recovered, a receipt signed), so they call libsecp256k1 directly.
+Signatures are 65 bytes ``r || s || v`` with ``v`` 27 or 28, as Ethereum
+wallets produce them. These run on every paid request (a voucher recovered, a
+receipt signed), so they call libsecp256k1 directly.
+
+Only *canonical* signatures are read (:func:`signature_problem`), by the same
+rule as the escrow contract's ``_recover`` (``BatchSettlement.vy``): 65 bytes,
+``0 < r < n``, ``0 < s <= n/2`` (low s, EIP-2) and ``v`` 27 or 28. Every
+ECDSA signature has a high-s twin (``n - s``, the other ``v``) and may be
+written with ``v`` 0 or 1; the contract refuses those, so a node that took
+them would serve vouchers it can never claim. :func:`canonical_signature`
+turns such a twin into the canonical form (same signer), for records written
+before this rule.
 """
 
 from __future__ import annotations
@@ -13,9 +22,18 @@ import coincurve
 from eth_utils.crypto import keccak
 from web3 import Web3
 
-__all__ = ["DigestSigner", "keccak", "recover_address"]
+__all__ = [
+    "SECP256K1_N",
+    "SECP256K1_N_HALF",
+    "DigestSigner",
+    "canonical_signature",
+    "keccak",
+    "recover_address",
+    "signature_problem",
+]
 
-_N: Final = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+SECP256K1_N: Final = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+SECP256K1_N_HALF: Final = SECP256K1_N // 2  # the contract's SECP256K1N_HALF
 
 
 class DigestSigner:
@@ -33,17 +51,42 @@ class DigestSigner:
         return raw[:64] + bytes([raw[64] + 27])
 
 
-def recover_address(digest: bytes, signature: bytes) -> str | None:
-    """The checksummed address that signed ``digest``, or None for an invalid signature."""
-    if len(signature) != 65 or len(digest) != 32:
+def signature_problem(signature: bytes) -> str | None:
+    """Why ``signature`` is not canonical (the escrow would refuse it), or None if it is."""
+    if len(signature) != 65:
+        return f"a signature is 65 bytes, not {len(signature)}"
+    r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:64], "big")
+    if not 0 < r < SECP256K1_N:
+        return "its r is out of range"
+    if not 0 < s <= SECP256K1_N_HALF:
+        return "its s is not in the lower half of the curve order (a high-s signature)"
+    if signature[64] not in (27, 28):
+        return f"its v is {signature[64]}, not 27 or 28"
+    return None
+
+
+def canonical_signature(signature: bytes) -> bytes | None:
+    """The canonical twin of ``signature`` (low s, ``v`` 27/28; same signer), or None
+    if it cannot be read as an ECDSA signature at all."""
+    if len(signature) != 65:
         return None
     v = signature[64] - 27 if signature[64] >= 27 else signature[64]
     r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:64], "big")
-    if v not in (0, 1) or not (0 < r < _N and 0 < s < _N):
+    if v not in (0, 1) or not (0 < r < SECP256K1_N and 0 < s < SECP256K1_N):
+        return None
+    if s > SECP256K1_N_HALF:
+        s, v = SECP256K1_N - s, 1 - v
+    return signature[:32] + s.to_bytes(32, "big") + bytes([v + 27])
+
+
+def recover_address(digest: bytes, signature: bytes) -> str | None:
+    """The checksummed address that signed ``digest``, or None unless ``signature`` is
+    valid and canonical (:func:`signature_problem`)."""
+    if len(digest) != 32 or signature_problem(signature) is not None:
         return None
     try:
         public = coincurve.PublicKey.from_signature_and_message(
-            signature[:64] + bytes([v]), digest, hasher=None)
+            signature[:64] + bytes([signature[64] - 27]), digest, hasher=None)
     except ValueError:
         return None
     return Web3.to_checksum_address(keccak(public.format(compressed=False)[1:])[-20:])

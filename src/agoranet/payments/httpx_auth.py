@@ -3,7 +3,9 @@
 Any httpx-based client (the ``openai`` client included, through its
 ``http_client``) then pays transparently: each request goes out with the next
 voucher; a 402 is answered once (a larger maximum, or a resync from the node's
-corrective 402); the receipt is checked from ``PAYMENT-RESPONSE`` or, for a
+corrective 402, believed only as far as a receipt backs it: see
+:meth:`~agoranet.payments.payer.Payer.resync`, which raises
+:class:`~agoranet.errors.ChargeDisputeError` otherwise); the receipt is checked from ``PAYMENT-RESPONSE`` or, for a
 stream, from its final receipt event, read as the stream passes through. A
 stream's running receipts are checked as they come (never more tokens than have
 arrived); if the stream breaks before its final receipt, the last running one is
@@ -16,7 +18,6 @@ the channel, and is resent after short pauses (``BUSY_RETRIES_S``).
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
@@ -27,6 +28,7 @@ import anyio
 import httpx
 from x402.mechanisms.evm.batch_settlement.errors import ERR_CHANNEL_BUSY
 
+from agoranet.api import jsonlimits
 from agoranet.errors import PaymentError, ReceiptError
 from agoranet.payments import x402wire
 from agoranet.payments.payer import Payer, PendingPayment
@@ -99,6 +101,12 @@ class PayerAuth(httpx.Auth):
 
     def _flow(self, request: httpx.Request) -> _Flow[httpx.Response]:
         """Send ``request`` paid; yields requests to send, or pauses (seconds) to wait."""
+        if request.method != "POST" or \
+                not request.headers.get("content-type", "").startswith("application/json") \
+                or not request.read():
+            # Only JSON POSTs are paid: reads, uploads and cancels go unpaid.
+            request.extensions["agoranet_pending"] = None
+            return (yield from _send(request))
         body = _json(request)
         # A caller may set the request's own maximum (and hard cap) per request.
         cap = request.extensions.get("agoranet_max_amount")
@@ -143,12 +151,20 @@ class PayerAuth(httpx.Auth):
         body: dict[str, Any] = request.extensions.get("agoranet_body") or {}
         if pending is None or response.status_code != 200:
             return False
-        terms = _Terms(str(body.get("model", "")),
-                       body.get("max_completion_tokens") or body.get("max_tokens"),
+        terms = _Terms(str(body.get("model", "")), _completion_limit(request, body),
                        bool((body.get("agoranet") or {}).get("commitments")))
         header = response.headers.get(x402wire.PAYMENT_RESPONSE)
         if header:
-            settle = x402wire.decode_json(header, x402wire.PAYMENT_RESPONSE)
+            try:
+                settle = x402wire.decode_json(header, x402wire.PAYMENT_RESPONSE)
+            except ValueError as exc:
+                raise PaymentError(f"the node's {x402wire.PAYMENT_RESPONSE} header is invalid: "
+                                   f"{exc}") from None
+            extra = settle.get("extra")
+            if isinstance(extra, dict) and extra.get("held"):  # a fine-tuning job's voucher
+                self.payer.hold(pending, settle)  # until the job ends (Payer.settle_job)
+                response.extensions["agoranet_held"] = pending
+                return False
             response.extensions["agoranet_receipt"] = self.payer.settle(
                 pending, settle, terms.model, max_tokens=terms.max_tokens,
                 commitments=terms.commitments)
@@ -189,25 +205,26 @@ class _ReceiptTap(httpx.AsyncByteStream, httpx.SyncByteStream):
             if not text.startswith("{"):
                 continue
             try:
-                obj = json.loads(text)
+                obj = jsonlimits.loads_object(text, what="an SSE event")
             except ValueError:
                 continue
             kind = obj.get("object")
             if kind == "agoranet.receipt":
                 self.final = True
                 self.response.extensions["agoranet_receipt"] = self.auth.payer.settle(
-                    self.pending, obj["x402_payment_response"], self.terms.model,
+                    self.pending, _payment_response(obj), self.terms.model,
                     max_tokens=self.terms.max_tokens, min_tokens_out=self.chunks,
                     commitments=self.terms.commitments)
             elif kind == "agoranet.receipt.running":
                 receipt = self.auth.payer.check(
-                    self.pending, obj["x402_payment_response"], self.terms.model,
+                    self.pending, _payment_response(obj), self.terms.model,
                     max_tokens=self.terms.max_tokens, max_tokens_out=self.chunks,
                     commitments=self.terms.commitments)
                 if self.running is not None and receipt.amount < self.running.amount:
                     raise ReceiptError(f"running receipt {receipt.request_id} went down")
                 self.running = receipt
-            elif any(_has_text(c) for c in obj.get("choices", [])):
+            elif isinstance(choices := obj.get("choices"), list) and \
+                    any(_has_text(c) for c in choices):
                 self.chunks += 1
 
     def _release(self) -> None:
@@ -216,7 +233,7 @@ class _ReceiptTap(httpx.AsyncByteStream, httpx.SyncByteStream):
         self.done = True
         try:
             if not self.final and self.running is not None:  # broken off: what was receipted
-                self.auth.payer.adopt(self.pending, self.running)
+                self.auth.payer.adopt(self.pending, self.running, final=False)
                 self.response.extensions["agoranet_receipt"] = self.running
         finally:
             self.auth._lock.release()
@@ -273,14 +290,41 @@ def _busy(response: httpx.Response) -> bool:
         return False
 
 
+def _completion_limit(request: httpx.Request, body: dict[str, Any]) -> int | None:
+    """The most tokens the node may charge for, as the node reads the body: a chat request's
+    ``max_completion_tokens`` or ``max_tokens``; a completion's ``max_tokens`` (its
+    ``max_completion_tokens`` is no field of OpenAI's completions, and the node ignores it)."""
+    if request.url.path.endswith("/chat/completions"):
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    else:
+        limit = body.get("max_tokens")
+    return limit if type(limit) is int else None
+
+
+def _payment_response(event: dict[str, Any]) -> dict[str, Any]:
+    """The payment response a receipt event carries (ReceiptError if it carries none)."""
+    response = event.get("x402_payment_response")
+    if not isinstance(response, dict):
+        raise ReceiptError("the node's receipt event has no payment response")
+    return response
+
+
 def _has_text(choice: dict[str, Any]) -> bool:
+    """Whether a stream frame carries a token: text, or (with logprobs) a token whose
+    text is empty -- half a multi-byte character -- which the node counts all the same."""
+    if not isinstance(choice, dict):
+        return False
     delta = choice.get("delta") or {}
-    return bool(delta.get("content") or choice.get("text"))
+    logprobs = choice.get("logprobs") or {}
+    if not isinstance(delta, dict) or not isinstance(logprobs, dict):
+        return False
+    return bool(delta.get("content") or choice.get("text") or logprobs.get("content")
+                or logprobs.get("tokens"))
 
 
 def _json(request: httpx.Request) -> dict[str, Any]:
     try:
-        data = json.loads(request.content or b"{}")
+        data = jsonlimits.loads(request.content or b"{}", what="the request body")
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}

@@ -33,6 +33,7 @@ __all__ = [
     "MAX_AMOUNT",
     "ChannelRecord",
     "ClaimCandidate",
+    "ClaimFailure",
     "Earnings",
     "Hold",
     "Ledger",
@@ -47,7 +48,9 @@ RefusalReason = Literal["busy", "mismatch", "charged", "unknown-channel"]
 
 
 class VoucherRefused(LedgerError):
-    """The ledger refused a voucher; ``channel`` is its state for a corrective 402."""
+    """The ledger refused a voucher; ``channel`` is its state for a corrective 402, and
+    ``receipt`` the request's receipt (``charged``) or the channel's latest one
+    (``mismatch``: what backs the charged total the corrective 402 states)."""
 
     def __init__(self, reason: RefusalReason, message: str,
                  channel: ChannelRecord | None = None, receipt: Receipt | None = None) -> None:
@@ -99,6 +102,17 @@ class ClaimCandidate:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimFailure:
+    """A channel whose claim keeps failing on chain: set aside until ``retry_at``."""
+
+    channel_id: str
+    failures: int
+    last_error: str
+    first_failed_at: float
+    retry_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Earnings:
     channel_id: str
     payer: str
@@ -106,6 +120,9 @@ class Earnings:
     claimed: int
     settled: int
     requests: int
+    pending_settle: int = 0  # claimed on chain, not yet settled to the node
+    claim_failures: int = 0  # consecutive failed claims (0: none)
+    claim_error: str = ""  # the last one's error
 
     @property
     def unclaimed(self) -> int:
@@ -164,7 +181,21 @@ class Ledger(Protocol):
         """Channels' new on-chain claimed totals after one claim transaction."""
         ...
 
-    def record_settle(self, tx_hash: str, amount: int, gas_used: int) -> None: ...
+    def record_settle(self, tx_hash: str, amount: int, gas_used: int) -> None:
+        """A settle (of every claim not settled yet) went through."""
+        ...
+
+    def unsettled(self) -> int:
+        """What claims have moved on chain that no settle has swept to the node yet."""
+        ...
+
+    def record_claim_failure(self, channel_id: str, error: str, now: float,
+                             backoff: Callable[[int], float]) -> ClaimFailure:
+        """A claim for ``channel_id`` failed at ``now``: set it aside for
+        ``backoff(failures in a row)`` seconds (a successful claim clears the count)."""
+        ...
+
+    def claim_failures(self) -> list[ClaimFailure]: ...
 
     def earnings(self) -> list[Earnings]: ...
 

@@ -11,12 +11,45 @@ arrived -- keeps its state
 and every receipt on disk (:mod:`agoranet.payments.payer_store`), tops up when the deposit runs short, and withdraws
 what is left at the end. :mod:`agoranet.payments.httpx_auth` plugs it into any
 httpx client.
+
+What the payer owes, and a node's corrective 402
+------------------------------------------------
+
+A node can claim on chain at most the highest voucher the payer ever signed on
+the channel, so that figure (``ChannelState.voucher``) is saved, with the
+request it pays for, *before* the voucher leaves (:meth:`Payer.pay`). What the
+payer believes it owes (``charged``) is raised only by a receipt it holds.
+When a node answers a voucher with a corrective 402 (its charged total differs
+from the payer's), :meth:`Payer.resync` applies one rule:
+
+- the node's total is at most the payer's: believed (a node that lost charges
+  loses them; believing less never raises what the payer owes);
+- it is higher, and the 402 carries the node's signed receipt for a request the
+  payer signed a voucher for, has no final receipt of and never refused a
+  receipt of (its answer or its receipt was lost, e.g. the payer crashed or the
+  stream broke before the final receipt), and that receipt is in step (charged before that request plus
+  its amount equals the node's total; its amount within the request's maximum
+  and not below a running receipt already held): the receipt is kept and the
+  difference counted as spend (``on_resync`` is told) -- a receipt backs it;
+- otherwise it is a dispute: nothing the payer holds backs the node's figure,
+  and the node can still claim up to the highest voucher the payer signed. So
+  ``voucher - charged`` (every unit the node can claim beyond the receipts,
+  which bounds whatever it says it charged) is counted as spend and as
+  ``disputed``, the ``on_dispute`` callback is told, :class:`~agoranet.errors.
+  ChargeDisputeError` is raised, and the payer never signs another voucher on
+  that channel (so nothing more can be claimed). The node's own figure is not
+  used even when lower: a node that states less and claims more would
+  otherwise break "recorded spend >= claimed".
+
+So a node can claim at most the payer's receipts plus one request's headroom,
+and the payer's spend counts every unit a node can claim.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +63,11 @@ from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
 from x402.schemas import PaymentPayload, PaymentRequirements
 
 from agoranet.chain.addresses import ChainAddresses
-from agoranet.errors import PaymentError, ReceiptError
+from agoranet.errors import ChargeDisputeError, PaymentError, ReceiptError
 from agoranet.payments import x402wire
 from agoranet.payments.channels import new_config, open_channel, read_channel
 from agoranet.payments.ecdsa import DigestSigner
-from agoranet.payments.payer_store import PayerStore
+from agoranet.payments.payer_store import ChannelState, PayerStore
 from agoranet.payments.pricing import TokenPrices, cost, with_commitments
 from agoranet.payments.receipts import Receipt, verify_receipt
 from agoranet.payments.subkeys import RevokeOutcome, SubKey, revoke
@@ -42,20 +75,26 @@ from agoranet.payments.verifier import voucher_digest
 from agoranet.registry.offer import Offer
 from agoranet.registry.signing import offer_signer
 
-__all__ = ["ChannelState", "Payer", "PendingPayment"]
+__all__ = ["ChannelState", "Dispute", "Payer", "PendingPayment"]
+
+_KEPT_PAYMENTS = 8  # vouchers remembered until their receipt arrives (one request at a time)
 
 
-@dataclass
-class ChannelState:
-    """What the payer knows of its channel; amounts in base units."""
+@dataclass(frozen=True)
+class Dispute:
+    """A node's charged total that no receipt backs; amounts in base units."""
 
+    url: str
+    node: str  # its payee address
     channel_id: str
-    config: dict[str, Any]
-    deposited: int = 0
-    charged: int = 0
-    voucher: int = 0
-    receipts: int = 0
-    spent: int = 0
+    claimed: int  # the node's charged total, from its corrective 402
+    receipted: int  # what the payer's receipts back
+    exposure: int  # counted as spend: the highest voucher signed minus ``receipted``
+
+    def describe(self) -> str:
+        return (f"the node claims {self.claimed} charged on channel {self.channel_id[:10]}… but "
+                f"the receipts held back {self.receipted}: {self.exposure} counted as disputed "
+                f"spend, and this channel pays it no more")
 
 
 @dataclass(frozen=True)
@@ -91,6 +130,12 @@ class Payer:
         self.network = terms.network
         self.chain_id = int(terms.network.split(":")[1])
         self._voucher_key: DigestSigner | None = None
+        # Told of a dispute (the gateway counts it as spend and bans the node).
+        self.on_dispute: Callable[[Dispute], None] | None = None
+        # Told of a receipt adopted from a corrective 402, with the amount it added to
+        # what the payer owes (the gateway counts that as spend).
+        self.on_resync: Callable[[Receipt, int], None] | None = None
+        self._jobs: dict[str, PendingPayment] = {}  # fine-tuning jobs' held payments
         self._store = PayerStore(state_dir)
         self.state: ChannelState | None = self._load()
         if subkey is not None and self.state is None:
@@ -182,6 +227,8 @@ class Payer:
         """The ``PAYMENT-SIGNATURE`` for a request allowed to cost up to ``max_amount``."""
         if self.state is None:
             raise PaymentError("no channel: call open(deposit) first")
+        if self.state.dispute:
+            raise ChargeDisputeError(f"this payer pays {self.root} no more: {self.state.dispute}")
         voucher = self.state.charged + max_amount
         if voucher > self.state.deposited:
             if self.top_up_amount <= 0 or self.account is None:
@@ -199,8 +246,17 @@ class Payer:
                    "version": terms.token_version})
         payload = PaymentPayload(payload={"type": "voucher", "channelConfig": self.state.config,
                                           "voucher": fields.to_dict()}, accepted=accepted)
-        return PendingPayment(request_id or uuid.uuid4().hex, max_amount, voucher,
-                              self.state.charged, x402wire.encode_model(payload))
+        request_id = request_id or uuid.uuid4().hex
+        # Saved before the voucher leaves: the node can claim it from now on.
+        self.state.voucher = max(self.state.voucher, voucher)
+        payments = self.state.payments
+        payments.pop(request_id, None)
+        payments[request_id] = [max_amount, self.state.charged, 0, 0]
+        for old in list(payments)[:-_KEPT_PAYMENTS]:
+            del payments[old]
+        self._save()
+        return PendingPayment(request_id, max_amount, voucher, self.state.charged,
+                              x402wire.encode_model(payload))
 
     def settle(self, pending: PendingPayment, response: dict[str, Any], model: str,
                *, max_tokens: int | None = None, min_tokens_out: int = 0,
@@ -213,19 +269,27 @@ class Payer:
 
     def check(self, pending: PendingPayment, response: dict[str, Any], model: str, *,
               max_tokens: int | None = None, min_tokens_out: int = 0,
-              max_tokens_out: int | None = None, commitments: bool = False) -> Receipt:
+              max_tokens_out: int | None = None, commitments: bool = False,
+              prices: TokenPrices | None = None) -> Receipt:
         """The verified receipt in the node's payment response for ``pending``, not yet
         adopted. A running receipt (mid-stream) is checked with ``max_tokens_out``: it
-        may not count more tokens than have arrived."""
+        may not count more tokens than have arrived. ``prices`` replaces the model's
+        (a fine-tuning job's receipt is priced at :meth:`training_prices`)."""
         assert self.state is not None
         try:
             receipt = Receipt.from_json(response["extra"]["receipt"])
             charged = int(response["extra"]["chargedAmount"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ReceiptError(f"the node's payment response has no receipt: {exc}") from None
-        verify_receipt(receipt, self.node)
-        expected = cost(self.prices(model, commitments=commitments), receipt.tokens_in,
-                        receipt.tokens_out)
+        try:
+            verify_receipt(receipt, self.node)
+        except ReceiptError:
+            self._refuse(pending.request_id)
+            raise
+        if prices is None:
+            prices = self.prices(model, commitments=commitments)
+        expected = cost(prices,
+                        receipt.tokens_in, receipt.tokens_out)
         problems = [
             (receipt.request_id != pending.request_id, "is for another request"),
             (receipt.channel_id != self.state.channel_id, "is for another channel"),
@@ -243,39 +307,139 @@ class Payer:
         ]
         for bad, why in problems:
             if bad:
+                self._refuse(pending.request_id)
                 raise ReceiptError(f"receipt {receipt.request_id} {why}")
         return receipt
 
-    def adopt(self, pending: PendingPayment, receipt: Receipt) -> None:
-        """Believe ``receipt`` (checked by :meth:`check`): the request's final charge."""
+    def _refuse(self, request_id: str) -> None:
+        """A receipt for ``request_id`` was refused: none for it is believed later."""
+        assert self.state is not None
+        paid = self.state.payments.get(request_id)
+        if paid is not None:
+            paid[3:] = [1]
+            self._save()
+
+    def adopt(self, pending: PendingPayment, receipt: Receipt, *, final: bool = True) -> None:
+        """Believe ``receipt`` (checked by :meth:`check`): the request's charge -- its final
+        one, or (``final=False``) the last running receipt of a stream that broke off."""
         assert self.state is not None
         self.state.charged = receipt.cumulative
         self.state.voucher = max(self.state.voucher, pending.voucher)
         self.state.receipts += 1
         self.state.spent += receipt.amount
+        if final:
+            self.state.payments.pop(pending.request_id, None)
+        elif pending.request_id in self.state.payments:
+            self.state.payments[pending.request_id][2] = receipt.amount
         self._save(receipt)
 
     def resync(self, corrective: dict[str, Any]) -> bool:
-        """Adopt the node's charged total from a corrective 402 if our own signature backs it."""
+        """Follow a node's corrective 402 (the rule is in the module's docstring): True if
+        the payer's charged total now matches the node's; False if the 402 is not about
+        this channel. A higher total that no receipt backs raises ChargeDisputeError."""
         assert self.state is not None
-        state, proof = corrective.get("channelState"), corrective.get("voucherState")
+        state = corrective.get("channelState")
         if not isinstance(state, dict) or str(state.get("channelId", "")).lower() != \
                 self.state.channel_id:
             return False
-        charged = int(state.get("chargedCumulativeAmount", -1))
-        if isinstance(proof, dict):
-            signed = int(proof.get("signedMaxClaimable", 0))
-            mine = self._sign_voucher(signed)
-            if mine.signature.lower() != str(proof.get("signature", "")).lower():
-                return False
-        else:
-            signed = int(state.get("totalClaimed", 0))
-        if not 0 <= charged <= signed:
+        try:
+            charged = int(state["chargedCumulativeAmount"])
+        except (KeyError, TypeError, ValueError):
             return False
-        self.state.charged = charged
-        self.state.voucher = max(self.state.voucher, signed)
+        if charged < 0:
+            return False
+        if charged <= self.state.charged:  # the node is behind: believing less costs nothing
+            self.state.charged = charged
+            self._save()
+            return True
+        receipt = self._backing(corrective.get("receipt"), charged)
+        if receipt is not None:
+            counted = charged - self.state.charged
+            self.state.spent += counted
+            self.state.charged = charged
+            self.state.receipts += 1
+            self.state.payments.pop(receipt.request_id, None)
+            self._save(receipt)
+            if self.on_resync is not None:
+                self.on_resync(receipt, counted)
+            return True
+        dispute = Dispute(self.root, self.node, self.state.channel_id, charged,
+                          self.state.charged, max(0, self.state.voucher - self.state.charged))
+        self.state.disputed += dispute.exposure
+        self.state.spent += dispute.exposure
+        self.state.dispute = dispute.describe()
         self._save()
-        return True
+        if self.on_dispute is not None:
+            self.on_dispute(dispute)
+        raise ChargeDisputeError(f"{self.root} claims a charged total no receipt backs: "
+                                 f"{dispute.describe()}")
+
+    def _backing(self, data: object, charged: int) -> Receipt | None:
+        """The node's receipt in a corrective 402, if it backs ``charged``: signed by the
+        node, for this channel and chain, for a request the payer signed a voucher for,
+        holds no final receipt of and refused no receipt of, within its maximum, in step
+        with what the payer had counted before it. (Its price is not checked: the answer was never seen.)"""
+        assert self.state is not None
+        if not isinstance(data, dict):
+            return None
+        try:
+            receipt = Receipt.from_json(data)
+            verify_receipt(receipt, self.node)
+        except ReceiptError:
+            return None
+        paid = self.state.payments.get(receipt.request_id)
+        if paid is None or receipt.channel_id != self.state.channel_id or \
+                receipt.chain_id != self.chain_id:
+            return None
+        max_amount, before, receipted, *refused = paid
+        fits = (not any(refused) and receipt.cumulative == charged == before + receipt.amount
+                and receipted <= receipt.amount <= max_amount
+                and self.state.charged == before + receipted)
+        return receipt if fits else None
+
+    # ------------------------------------------------------------ fine-tuning jobs
+
+    def training_prices(self) -> TokenPrices:
+        """The offer's training price: a job's receipt counts trained tokens as input."""
+        return TokenPrices(self.offer.fine_tuning.price_per_million_training_tokens, 0)
+
+    def hold(self, pending: PendingPayment, response: dict[str, Any]) -> None:
+        """The node holds ``pending``'s voucher for a fine-tuning job (``response`` is its
+        ``PAYMENT-RESPONSE``, ``extra.held``): charged when the job ends, then checked and
+        adopted by :meth:`settle_job` (see :mod:`agoranet.node.job_payments`)."""
+        extra = response.get("extra") or {}
+        if str(extra.get("requestId")) != pending.request_id or \
+                str(extra.get("maxAmount")) != str(pending.max_amount):
+            raise PaymentError("the node's hold is for another payment")
+        self._jobs[pending.request_id] = pending
+
+    def held_jobs(self) -> list[str]:
+        """Request ids of the job payments held and not settled yet."""
+        return list(self._jobs)
+
+    def settle_job(self, payment: dict[str, Any]) -> Receipt | None:
+        """Check and adopt the final receipt of an ended job from its ``payment`` record
+        (the job object's ``agoranet.payment``); None if it was released uncharged."""
+        request_id = str(payment.get("request_id", ""))
+        pending = self._jobs.get(request_id)
+        if pending is None:
+            raise PaymentError(f"no fine-tuning job payment {request_id!r} is held")
+        status = payment.get("status")
+        if status == "held":
+            raise PaymentError(f"job payment {request_id} is still held: the job has not ended")
+        if status == "released":  # nothing charged: the voucher no longer counts
+            del self._jobs[request_id]
+            assert self.state is not None
+            self.state.payments.pop(request_id, None)
+            self._save()
+            return None
+        if status != "charged":
+            raise PaymentError(f"job payment {request_id} has status {status!r}")
+        receipt = self.check(pending, payment.get("response") or {}, "",
+                             prices=self.training_prices())
+        self.adopt(pending, receipt)
+        del self._jobs[request_id]
+        return receipt
 
     def receipts(self) -> list[Receipt]:
         return self._store.receipts()

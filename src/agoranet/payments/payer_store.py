@@ -5,8 +5,9 @@ WAL mode with ``synchronous=NORMAL``: a commit survives the gateway being
 killed (the data is in the WAL, handed to the OS) without an fsync per request,
 which would cost more than the rest of the payment. After a power loss the last
 commits may be gone; the node's corrective 402 then brings the charged total
-back, and the payer only adopts it when its own voucher signature backs it
-(:meth:`~agoranet.payments.payer.Payer.resync`).
+back, and the payer only adopts a higher one when the node's receipt in it backs
+it (:meth:`~agoranet.payments.payer.Payer.resync`; the voucher the receipt is
+matched against is saved before it is sent).
 
 Folders written by earlier versions (``channel.json`` and ``receipts.jsonl``)
 are imported once, on first open.
@@ -17,17 +18,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from agoranet.errors import PaymentError
 from agoranet.payments.receipts import Receipt
 
-if TYPE_CHECKING:
-    from agoranet.payments.payer import ChannelState
-
-__all__ = ["PayerStore"]
+__all__ = ["ChannelState", "PayerStore"]
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS channel (
@@ -39,6 +37,26 @@ CREATE TABLE IF NOT EXISTS receipts (
     receipt TEXT NOT NULL
 );
 """
+
+
+@dataclass
+class ChannelState:
+    """What the payer knows of its channel; amounts in base units."""
+
+    channel_id: str
+    config: dict[str, Any]
+    deposited: int = 0
+    charged: int = 0  # what the payer's receipts say it owes: raised by a receipt only
+    voucher: int = 0  # the highest voucher ever signed: the most the node can claim
+    receipts: int = 0
+    spent: int = 0  # receipted amounts plus ``disputed``
+    disputed: int = 0  # counted as spent without a receipt: a node claimed beyond them
+    dispute: str = ""  # why this channel pays no more (a node claimed what no receipt backs)
+    # The last vouchers signed, by request id: [max_amount, charged_before, receipted,
+    # refused], until the request's final receipt (a receipt shown later, in a corrective
+    # 402, is matched against them; never one for a request whose receipt was refused).
+    payments: dict[str, list[int]] = field(default_factory=dict)
+
 
 
 class PayerStore:
@@ -91,8 +109,6 @@ class PayerStore:
             self._db.close()
 
     def _import_files(self, folder: Path) -> None:
-        from agoranet.payments.payer import ChannelState
-
         state_file, receipts_file = folder / "channel.json", folder / "receipts.jsonl"
         if not state_file.is_file():
             return

@@ -11,10 +11,18 @@ accepted voucher), which saves one fsync per request. A charge lost that way
 costs the node, never the payer: the hold is released on restart and the
 payer's next voucher is resynced with a corrective 402.
 Calls are short and synchronous; a process-wide lock serialises them.
+
+The ledger holds the only copy of the vouchers the node has not claimed yet,
+so an existing file is never replaced: opening one that is empty, not a SQLite
+database, fails SQLite's ``quick_check`` or lacks the ledger's tables raises
+:class:`~agoranet.errors.LedgerError` (the node refuses to start). A new
+ledger is built in a temporary file and renamed into place, so a crash while
+creating it never leaves a half-made file behind.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -27,6 +35,7 @@ from agoranet.errors import LedgerError
 from agoranet.payments.ledger import (
     ChannelRecord,
     ClaimCandidate,
+    ClaimFailure,
     Earnings,
     Hold,
     VoucherRefused,
@@ -74,6 +83,7 @@ CREATE TABLE IF NOT EXISTS receipts (
     created_at  REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS receipts_unclaimed ON receipts(channel_id, claimed);
+CREATE INDEX IF NOT EXISTS receipts_cumulative ON receipts(channel_id, cumulative);
 CREATE TABLE IF NOT EXISTS running_receipts (
     request_id  TEXT PRIMARY KEY REFERENCES vouchers(request_id),
     tokens_in   INTEGER NOT NULL,
@@ -102,27 +112,105 @@ CREATE TABLE IF NOT EXISTS settlements (
     gas_used    INTEGER NOT NULL,
     created_at  REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS claim_failures (
+    channel_id       TEXT PRIMARY KEY,
+    failures         INTEGER NOT NULL,
+    last_error       TEXT NOT NULL,
+    first_failed_at  REAL NOT NULL,
+    retry_at         REAL NOT NULL
+);
 """
+# Tables every ledger file has had from the start (claim_failures came later and is
+# added to an older file on open).
+_CORE_TABLES: Final = frozenset(
+    {"channels", "vouchers", "receipts", "running_receipts", "claims", "settlements"})
+
+
+def _connect(path: str, *, existing: Path | None = None) -> sqlite3.Connection:
+    """A connection in WAL mode; ``existing`` (the file ``path`` names) is checked first,
+    before anything is written to it."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    try:
+        if existing is not None:
+            _check_existing(existing, db)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+    except (sqlite3.Error, LedgerError):
+        db.close()
+        raise
+    return db
+
+
+def _create(path: Path) -> None:
+    """A new, empty ledger at ``path``, built aside and renamed into place."""
+    aside = path.with_name(f".{path.name}.new-{os.getpid()}")
+    for leftover in (aside, Path(f"{aside}-wal"), Path(f"{aside}-shm")):
+        leftover.unlink(missing_ok=True)
+    db = _connect(str(aside))
+    try:
+        db.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+    aside.replace(path)
+    if hasattr(os, "O_DIRECTORY"):  # make the rename durable (POSIX)
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def _check_existing(path: Path, db: sqlite3.Connection) -> None:
+    """LedgerError unless ``db`` (opened from the existing file ``path``) is a sound ledger."""
+    problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        raise LedgerError(f"the ledger {path} is corrupt ({'; '.join(problems[:3])})")
+    tables = {row[0] for row in db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+    missing = sorted(_CORE_TABLES - tables)
+    if missing:
+        raise LedgerError(f"{path} is not an agoranet ledger (no table {', '.join(missing)})")
 
 
 class SqliteLedger:
     """:class:`~agoranet.payments.ledger.Ledger` in a SQLite file (or ``:memory:``)."""
 
     def __init__(self, path: Path | str) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        file = None if str(path) == ":memory:" else Path(path)
         try:
-            self._db = sqlite3.connect(str(path), isolation_level=None,
-                                       check_same_thread=False, timeout=30.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
+            if file is not None:
+                self._open_file(file)
+            else:
+                self._db = _connect(":memory:")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open the ledger {path}: {exc}; it is left as it is "
+                              "(move it aside only if you mean to lose its vouchers)") from exc
+        except OSError as exc:
             raise LedgerError(f"cannot open the ledger {path}: {exc}") from exc
         self._lock = threading.Lock()
         self._fsync = True
+
+    def _open_file(self, file: Path) -> None:
+        wal = Path(f"{file}-wal")
+        if not file.exists() and wal.is_file() and wal.stat().st_size > 0:
+            raise LedgerError(f"the ledger {file} is missing but its write-ahead log {wal} is "
+                              "there (moved or deleted without it?): restore the ledger, or "
+                              "move the log aside to start a new one")
+        if not file.exists():
+            file.parent.mkdir(parents=True, exist_ok=True)
+            _create(file)
+        elif not file.is_file():
+            raise LedgerError(f"the ledger {file} is not a file")
+        elif file.stat().st_size == 0:
+            raise LedgerError(
+                f"the ledger {file} is empty (0 bytes): it was truncated or replaced, and the "
+                "node will not start on it, since it may have held unclaimed vouchers. Restore "
+                "it from a backup, or move it aside to start a new ledger")
+        self._db = _connect(str(file), existing=file)
 
     # ------------------------------------------------------------ plumbing
 
@@ -212,7 +300,8 @@ class SqliteLedger:
             if voucher_amount != expected:
                 raise VoucherRefused(
                     "mismatch", f"voucher for {voucher_amount} does not equal charged "
-                    f"({ch.charged}) plus this request's maximum ({max_amount}) = {expected}", ch)
+                    f"({ch.charged}) plus this request's maximum ({max_amount}) = {expected}", ch,
+                    self._last_receipt(db, channel_id))
             db.execute(
                 "INSERT OR REPLACE INTO vouchers VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'held', ?)",
                 (request_id, channel_id, voucher_amount, signature, max_amount, ch.charged,
@@ -324,6 +413,15 @@ class SqliteLedger:
     # ------------------------------------------------------------ receipts
 
     @staticmethod
+    def _last_receipt(db: sqlite3.Connection, channel_id: str) -> Receipt | None:
+        """The channel's latest receipt (the one whose cumulative is its charged total)."""
+        row = db.execute(
+            "SELECT request_id, channel_id, tokens_in, tokens_out, amount, cumulative, chain_id, "
+            "signer, signature FROM receipts WHERE channel_id = ? ORDER BY cumulative DESC, "
+            "created_at DESC LIMIT 1", (channel_id,)).fetchone()
+        return Receipt(*row) if row else None
+
+    @staticmethod
     def _receipt(db: sqlite3.Connection, request_id: str) -> Receipt | None:
         row = db.execute(
             "SELECT request_id, channel_id, tokens_in, tokens_out, amount, cumulative, chain_id, "
@@ -363,6 +461,7 @@ class SqliteLedger:
                            (total, ch.channel_id))
                 db.execute("UPDATE receipts SET claimed = 1 WHERE channel_id = ? AND "
                            "cumulative <= ?", (ch.channel_id, total))
+                db.execute("DELETE FROM claim_failures WHERE channel_id = ?", (ch.channel_id,))
 
     def record_settle(self, tx_hash: str, amount: int, gas_used: int) -> None:
         with self._write() as db:
@@ -371,13 +470,39 @@ class SqliteLedger:
             db.execute("UPDATE claims SET settle_id = ? WHERE settle_id IS NULL",
                        (cur.lastrowid,))
 
+    def unsettled(self) -> int:
+        rows = self._read("SELECT COALESCE(SUM(amount), 0) FROM claims WHERE settle_id IS NULL")
+        return int(rows[0][0])
+
+    def record_claim_failure(self, channel_id: str, error: str, now: float,
+                             backoff: Callable[[int], float]) -> ClaimFailure:
+        channel_id = channel_id.lower()
+        with self._write() as db:
+            row = db.execute("SELECT failures, first_failed_at FROM claim_failures "
+                             "WHERE channel_id = ?", (channel_id,)).fetchone()
+            failures, first = (int(row[0]) + 1, float(row[1])) if row else (1, now)
+            failure = ClaimFailure(channel_id, failures, error[:500], first,
+                                   now + backoff(failures))
+            db.execute("INSERT OR REPLACE INTO claim_failures VALUES (?, ?, ?, ?, ?)",
+                       (channel_id, failures, failure.last_error, first, failure.retry_at))
+        return failure
+
+    def claim_failures(self) -> list[ClaimFailure]:
+        rows = self._read("SELECT channel_id, failures, last_error, first_failed_at, retry_at "
+                          "FROM claim_failures ORDER BY channel_id")
+        return [ClaimFailure(*r) for r in rows]
+
     def earnings(self) -> list[Earnings]:
         rows = self._read(
             "SELECT c.channel_id, c.payer, c.charged, c.claimed, "
             "COALESCE((SELECT SUM(amount) FROM claims k WHERE k.channel_id = c.channel_id "
             "AND k.settle_id IS NOT NULL), 0), "
-            "(SELECT COUNT(*) FROM receipts r WHERE r.channel_id = c.channel_id) "
-            "FROM channels c ORDER BY c.channel_id")
+            "(SELECT COUNT(*) FROM receipts r WHERE r.channel_id = c.channel_id), "
+            "COALESCE((SELECT SUM(amount) FROM claims k WHERE k.channel_id = c.channel_id "
+            "AND k.settle_id IS NULL), 0), "
+            "COALESCE(f.failures, 0), COALESCE(f.last_error, '') "
+            "FROM channels c LEFT JOIN claim_failures f ON f.channel_id = c.channel_id "
+            "ORDER BY c.channel_id")
         return [Earnings(*r) for r in rows]
 
     def gas_used(self) -> tuple[int, int]:

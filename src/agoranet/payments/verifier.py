@@ -3,19 +3,24 @@
 Structure, channel config (receiver, receiver authorizer, token, withdraw
 delay, network; the x402 SDK's own checks, remembered per channel by
 :class:`ConfigCache`), the payer's EIP-712 signature (the SDK's typed data,
-hashed here with a cached domain separator and recovered with ``eth_keys``),
+hashed here with a cached domain separator and recovered with libsecp256k1;
+only canonical signatures, by the escrow contract's own rule, so every voucher
+accepted can be claimed),
 and the channel's on-chain state: funded, not withdrawing, and holding at
 least the voucher's amount. On-chain state is cached per channel for
 ``ttl`` seconds and re-read on a miss (a voucher above the cached balance, or
-a channel not seen yet), so the usual request costs no RPC call.
+a channel not seen yet), so the usual request costs no RPC call; reads run on
+a small dedicated pool with short deadlines, and a channel already known is
+served from its cached state while the chain does not answer (bounded
+staleness: see :class:`StateCache`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -34,8 +39,10 @@ from x402.mechanisms.evm.batch_settlement.utils import (
 from x402.schemas import PaymentRequirements
 
 from agoranet.chain.addresses import ChainAddresses
+from agoranet.chain.executor import ChainExecutor
 from agoranet.errors import ChainError, PaymentRequiredError
-from agoranet.payments.ecdsa import keccak, recover_address
+from agoranet.payments import payload_shapes
+from agoranet.payments.ecdsa import keccak, recover_address, signature_problem
 from agoranet.payments.ledger import MAX_AMOUNT
 
 __all__ = [
@@ -97,36 +104,110 @@ class Web3StateReader:
 
 
 class StateCache:
-    """On-chain channel state, cached for ``ttl`` seconds; misses read in a thread."""
+    """On-chain channel state, cached for ``ttl`` seconds; misses read on ``executor``.
 
-    def __init__(self, reader: Callable[[str], OnchainState], ttl: float) -> None:
+    Reads run on a :class:`~agoranet.chain.executor.ChainExecutor` (a few dedicated
+    threads, each read with a short deadline), so a frozen RPC neither stalls a
+    request for long nor takes threads from anything else.
+
+    *Stale while error.* When a read fails (error, deadline, every worker busy), a
+    channel read before is served from its cached state if that state is at most
+    ``max_stale`` seconds old and holds the voucher (``need`` within the cached
+    balance); :func:`check_state` then applies as usual (funded, no withdrawal
+    pending, above the cached claimed total). Why that is safe: vouchers are
+    cumulative and the escrow caps every claim at the balance, and the balance only
+    shrinks by the payer's withdrawal (the node's own claims and refunds it knows
+    of), which completes no earlier than the channel's withdraw delay (at least
+    900 s, bound into the channel's config) after it was initiated -- and the cached
+    read showed none pending. So while ``max_stale`` plus the time the node needs
+    to claim stays below that delay (the node caps ``max_stale`` at a third of it),
+    every voucher accepted within the cached balance can still be claimed in full.
+    What the cache cannot see only makes it stricter: a top-up (a voucher above the
+    cached balance is refused) or a newer claim total. A channel never read, or
+    read too long ago, gets a prompt 402 (``ERR_CHANNEL_STATE_READ_FAILED``) saying
+    the chain did not answer.
+
+    After a failed read the cache does not try the chain again for ``retry_after``
+    seconds (known channels are served from cache, unknown ones refused, at once),
+    so a frozen RPC costs one deadline, not one per request.
+
+    At most ``max_entries`` channels are kept; the least recently used goes first
+    (anyone can make up channels that pass the signature check and get read once).
+    """
+
+    def __init__(self, reader: Callable[[str], OnchainState], ttl: float, *,
+                 executor: ChainExecutor | None = None, max_stale: float = 300.0,
+                 retry_after: float | None = None, max_entries: int = 100_000) -> None:
         self._reader = reader
         self.ttl = ttl
-        self._states: dict[str, OnchainState] = {}
+        self.executor = executor or ChainExecutor()
+        self.max_stale = max_stale
+        self.retry_after = self.executor.timeout if retry_after is None else retry_after
+        self.max_entries = max_entries
+        self._states: OrderedDict[str, OnchainState] = OrderedDict()
+        self._down_until = 0.0
+        self._down_reason = ""
 
     async def get(self, channel_id: str, *, need: int = 0) -> OnchainState:
         cached = self._states.get(channel_id)
+        if cached is not None:
+            self._states.move_to_end(channel_id)
         fresh = cached is not None and time.monotonic() - cached.fetched_at <= self.ttl
         if cached is not None and fresh and cached.balance >= need:
             return cached
-        return await self.refresh(channel_id)
+        try:
+            return await self._read(channel_id)
+        except PaymentRequiredError:
+            usable = self._usable_stale(channel_id, need)
+            if usable is None:
+                raise
+            return usable
 
     async def refresh(self, channel_id: str) -> OnchainState:
+        """A fresh read (after a deposit, say: the chain just answered, so it is tried even
+        within the back-off); 402 if the chain does not answer."""
+        return await self._read(channel_id, force=True)
+
+    def _usable_stale(self, channel_id: str, need: int) -> OnchainState | None:
+        cached = self._states.get(channel_id)
+        if cached is None or cached.balance < need:
+            return None
+        if time.monotonic() - cached.fetched_at > self.max_stale:
+            return None
+        return cached
+
+    async def _read(self, channel_id: str, *, force: bool = False) -> OnchainState:
+        now = time.monotonic()
+        if now < self._down_until and not force:
+            raise PaymentRequiredError(
+                f"cannot read the channel's on-chain state: {self._down_reason} (retrying "
+                f"in {self._down_until - now:.1f} s; try again shortly)",
+                reason=bs_errors.ERR_CHANNEL_STATE_READ_FAILED)
         try:
-            state = await asyncio.to_thread(self._reader, channel_id)
+            state = await self.executor.call(functools.partial(self._reader, channel_id),
+                                             what=f"reading channel {channel_id[:10]}…")
         except ChainError as exc:
+            self._down_until = time.monotonic() + self.retry_after
+            self._down_reason = str(exc)
             raise PaymentRequiredError(
                 f"cannot read the channel's on-chain state: {exc}",
                 reason=bs_errors.ERR_CHANNEL_STATE_READ_FAILED,
             ) from exc
-        self._states[channel_id] = state
+        self._down_until = 0.0
+        self.put(channel_id, state)
         return state
 
     def put(self, channel_id: str, state: OnchainState) -> None:
         self._states[channel_id] = state
+        self._states.move_to_end(channel_id)
+        while len(self._states) > self.max_entries:
+            self._states.popitem(last=False)
 
     def cached(self, channel_id: str) -> OnchainState | None:
         return self._states.get(channel_id)
+
+    def __len__(self) -> int:
+        return len(self._states)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,10 +234,14 @@ def parse_voucher(payload: dict[str, Any]) -> Voucher:
                       "(send a voucher or a deposit)", bs_errors.ERR_INVALID_PAYLOAD_TYPE)
     try:
         voucher = payload["voucher"]
-        config = ChannelConfig.from_dict(payload["channelConfig"])
-        amount = int(str(voucher["maxClaimableAmount"]))
-        channel_id = str(voucher["channelId"]).lower()
-        signature = str(voucher["signature"])
+        if not isinstance(voucher, dict):
+            raise ValueError("voucher is not an object")
+        config = payload_shapes.channel_config(payload.get("channelConfig"))
+        amount = payload_shapes.uint(voucher.get("maxClaimableAmount"),
+                                     "voucher.maxClaimableAmount", 128)
+        channel_id = payload_shapes.hex_bytes(voucher.get("channelId"), "voucher.channelId",
+                                              32).lower()
+        signature = payload_shapes.hex_bytes(voucher.get("signature"), "voucher.signature")
     except (KeyError, TypeError, ValueError) as exc:
         raise _refuse(f"malformed voucher payload: {exc}", bs_errors.ERR_VOUCHER_PAYLOAD) from None
     if amount <= 0 or amount > MAX_AMOUNT:
@@ -191,7 +276,18 @@ def check_config(voucher: Voucher, requirements: PaymentRequirements, chain_id: 
 
 
 def check_signature(voucher: Voucher, chain_id: int) -> None:
-    """The voucher is signed by the channel's payer authorizer (EIP-712, ECDSA); else 402."""
+    """The voucher is signed by the channel's payer authorizer (EIP-712, ECDSA) with a
+    canonical signature, the escrow's rule (:func:`~agoranet.payments.ecdsa.signature_problem`:
+    one a claim can use); else 402."""
+    try:
+        raw = bytes.fromhex(voucher.signature.removeprefix("0x"))
+    except ValueError:
+        raw = b""
+    problem = signature_problem(raw)
+    if problem is not None:
+        raise _refuse(f"the voucher's signature is not one the escrow contract accepts: "
+                      f"{problem}; sign with a standard Ethereum wallet (low s, v 27 or 28)",
+                      bs_errors.ERR_INVALID_VOUCHER_SIGNATURE)
     if voucher_signer(voucher.channel_id, voucher.amount, voucher.signature, chain_id) != \
             Web3.to_checksum_address(voucher.config.payer_authorizer):
         raise _refuse("the voucher is not signed by the channel's payer authorizer "

@@ -16,6 +16,7 @@ from typing import Any, Final
 from pydantic import ValidationError
 from x402.schemas import PaymentPayload, PaymentRequired, SettleResponse
 
+from agoranet.api import jsonlimits
 from agoranet.errors import PaymentError, PaymentRequiredError
 
 __all__ = [
@@ -52,12 +53,9 @@ def decode_json(value: str, what: str) -> dict[str, Any]:
         raise ValueError(f"{what} is longer than {_MAX_HEADER} bytes")
     try:
         raw = base64.b64decode(value.strip(), validate=True)
-        data = json.loads(raw)
     except (binascii.Error, ValueError) as exc:
         raise ValueError(f"{what} is not base64-encoded JSON") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{what} is not a JSON object")
-    return data
+    return jsonlimits.loads_object(raw, what=what, max_bytes=_MAX_HEADER)
 
 
 def decode_payment_payload(value: str) -> PaymentPayload:

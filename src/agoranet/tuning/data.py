@@ -7,13 +7,13 @@ tokens belong to assistant turns, since the loss is taken on those alone.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agoranet.errors import TuningDataError
+from agoranet.api import jsonlimits
+from agoranet.errors import InvalidJSONError, TuningDataError
 
 __all__ = ["Example", "TokenizedExample", "load_jsonl", "parse_jsonl", "split", "tokenize"]
 
@@ -38,9 +38,10 @@ class TokenizedExample:
 
 def _check_line(number: int, raw: str) -> Example:
     try:
-        record = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise TuningDataError(f"line {number}: invalid JSON ({exc.msg})") from exc
+        record = jsonlimits.loads(raw, what=f"line {number}", max_bytes=None)
+    except InvalidJSONError as exc:
+        problem = exc.problem.removeprefix("is not valid JSON: ")
+        raise TuningDataError(f"line {number}: invalid JSON ({problem})") from exc
     if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
         raise TuningDataError(f"line {number}: expected an object with a 'messages' list")
     messages: list[dict[str, str]] = []

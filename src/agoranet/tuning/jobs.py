@@ -4,13 +4,41 @@ Each job trains a LoRA adapter on a fresh copy of the node's base model (so
 serving is never disturbed), records events as it goes, and keeps the finished
 adapter for its owner alone: only the owner can read the job and download the
 adapter, then serve it anywhere (content-addressed, ``BASE@adapter:<sha256>``).
-State lives in memory and on disk under ``store``; jobs do not survive a restart.
+
+**Pricing.** Before a job exists its training is counted with the model's own
+tokenizer (:mod:`agoranet.tuning.sizing`): the trained tokens (assistant tokens
+of the training split) times the epochs. At the offer's training price that is
+the job's maximum (:attr:`JobPlan.amount`), which is also exactly what a job
+that trains to the end costs. A job that ends early is charged pro rata by the
+optimiser steps it completed (:meth:`TrainingSize.tokens_after`), never more.
+
+**Payment** (on a paid node) goes through a :class:`Billing`, which the node
+implements over its x402 ledger (:mod:`agoranet.node.job_payments`): the
+buyer's voucher for the maximum is accepted and held in the ledger *before*
+the job is created; while the job trains, running receipts for the tokens
+trained so far are persisted and shown in the job (about one per tenth of the
+steps); when it ends, the hold is charged with a final signed receipt: the
+whole training when it succeeded, what it trained when it was cancelled
+(nothing, with a zero receipt, if it never started), and its last running
+receipt (or nothing) when it failed. The job's status is written before it is
+charged, so a crash between the two costs the node, never the buyer.
+
+**Persistence.** Files, jobs and events live in a SQLite file in ``store``
+(:class:`~agoranet.tuning.job_store.JobStore`), adapters and uploads next to
+it. :meth:`JobManager.start` loads them: finished jobs stay listable with their
+adapters; a job that was queued or running when the node stopped is *failed*
+with the error code ``node_restarted`` (training is not resumed: the node's
+ledger released the job's hold at start-up, charging the last running receipt
+the buyer could see, else nothing, and the job records that outcome). A node
+that shuts down gracefully fails its running job the same way after the
+current step (``node_stopped``), and its queued jobs at the next start.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import queue
 import threading
 import time
@@ -18,21 +46,34 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from agoranet.errors import ModelNotFoundError, TuningError
+from agoranet.errors import InvalidRequestError, ModelNotFoundError, TuningError
 from agoranet.tuning.adapter import adapter_model_name, pack_adapter
 from agoranet.tuning.config import TuneConfig, default_learning_rate
 from agoranet.tuning.data import Example, parse_jsonl
+from agoranet.tuning.job_store import JobStore
+from agoranet.tuning.sizing import Sizer, TrainingSize
 
 if TYPE_CHECKING:
     from agoranet.tuning.lora import TuneReport
 
-__all__ = ["FineTuneJob", "JobEvent", "JobManager", "StoredFile", "Trainer", "local_trainer"]
+__all__ = ["ENDED", "Billing", "FineTuneJob", "JobEvent", "JobManager", "JobPlan", "StoredFile",
+           "Trainer", "local_trainer", "training_cost"]
+
+logger = logging.getLogger(__name__)
 
 Status = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+ENDED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 Trainer = Callable[[list[Example], Path, TuneConfig, str, Callable[[int, int, float], None]],
                    "TuneReport"]
+RECEIPTS_PER_JOB = 10  # running receipts while a job trains (one per tenth of its steps)
+PER_MILLION = 1_000_000
+
+
+def training_cost(tokens: int, price_per_million: int) -> int:
+    """What ``tokens`` training tokens cost, in base units, rounded up."""
+    return -(-tokens * price_per_million // PER_MILLION)
 
 
 @dataclass(frozen=True)
@@ -44,7 +85,9 @@ class StoredFile:
     created_at: int
     purpose: str
     sha256: str
-    examples: list[Example] = field(repr=False)
+
+    def record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -57,6 +100,19 @@ class JobEvent:
     data: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class JobPlan:
+    """A checked job request, counted and priced, not yet created."""
+
+    owner: str
+    model: str
+    training_file: str
+    config: TuneConfig
+    seed: int
+    size: TrainingSize
+    amount: int  # the most it can cost: the whole training at the offer's price
+
+
 @dataclass
 class FineTuneJob:
     id: str
@@ -66,57 +122,163 @@ class FineTuneJob:
     created_at: int
     config: TuneConfig
     seed: int
+    size: TrainingSize | None = None
+    max_charge: int = 0
     status: Status = "queued"
     finished_at: int | None = None
     fine_tuned_model: str | None = None
     trained_tokens: int | None = None
+    trained_steps: int = 0
     charged: int | None = None
     error: dict[str, str | None] | None = None
     adapter_dir: Path | None = None
+    # The x402 payment: request id, channel, max, status (held/charged/released) and the
+    # latest payment response with its signed receipt (see agoranet.node.job_payments).
+    payment: dict[str, Any] | None = None
     events: list[JobEvent] = field(default_factory=list)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
 
-    def log(self, message: str, *, level: str = "info", kind: str = "message",
-            data: dict[str, Any] | None = None) -> None:
-        self.events.append(JobEvent(f"ftevent-{uuid.uuid4().hex[:24]}", int(time.time()), level,
-                                    message, kind, data))
+    def record(self) -> dict[str, Any]:
+        """The job as a JSON document (events and the cancel flag aside)."""
+        return {
+            "id": self.id, "owner": self.owner, "model": self.model,
+            "training_file": self.training_file, "created_at": self.created_at,
+            "config": {**dataclasses.asdict(self.config),
+                       "target_modules": self.config.target_modules
+                       if isinstance(self.config.target_modules, str)
+                       else list(self.config.target_modules)},
+            "seed": self.seed, "size": dataclasses.asdict(self.size) if self.size else None,
+            "max_charge": self.max_charge, "status": self.status,
+            "finished_at": self.finished_at, "fine_tuned_model": self.fine_tuned_model,
+            "trained_tokens": self.trained_tokens, "trained_steps": self.trained_steps,
+            "charged": self.charged, "error": self.error,
+            "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
+            "payment": self.payment,
+        }
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any], events: list[JobEvent]) -> FineTuneJob:
+        size = data.get("size")
+        return cls(
+            id=data["id"], owner=data["owner"], model=data["model"],
+            training_file=data["training_file"], created_at=data["created_at"],
+            config=TuneConfig(**data["config"]), seed=data["seed"],
+            size=TrainingSize(**size) if size else None, max_charge=data["max_charge"],
+            status=data["status"], finished_at=data["finished_at"],
+            fine_tuned_model=data["fine_tuned_model"], trained_tokens=data["trained_tokens"],
+            trained_steps=data["trained_steps"], charged=data["charged"], error=data["error"],
+            adapter_dir=Path(data["adapter_dir"]) if data["adapter_dir"] else None,
+            payment=data["payment"], events=events,
+        )
+
+
+class Billing(Protocol):
+    """How a paid node charges a job's payment hold; each call persists the outcome in the
+    node's ledger and returns the job's new payment record."""
+
+    def running(self, job: FineTuneJob, tokens: int) -> dict[str, Any]:
+        """A running receipt for ``tokens`` trained so far (persisted before it is shown)."""
+        ...
+
+    def charge(self, job: FineTuneJob, tokens: int) -> dict[str, Any]:
+        """The final charge for ``tokens`` trained, with its signed receipt."""
+        ...
+
+    def release(self, job: FineTuneJob) -> dict[str, Any]:
+        """The job failed: charged its last running receipt, else nothing."""
+        ...
+
+    def recovered(self, job: FineTuneJob) -> dict[str, Any]:
+        """After a restart: what the ledger's recovery made of the job's hold."""
+        ...
 
 
 class _Cancelled(Exception):
     pass
 
 
-class JobManager:
-    """Files, jobs and the single worker thread that trains them in order."""
+class _Stopped(Exception):
+    pass
 
-    def __init__(self, base_name: str, store: Path, trainer: Trainer, *,
+
+class JobManager:
+    """Files, jobs and the single worker thread that trains them in order.
+
+    Construct it, then :meth:`start` it (with the node's :class:`Billing`, if paid):
+    that loads the store, fails the jobs a previous process left unfinished, and
+    starts the worker.
+    """
+
+    def __init__(self, base_name: str, store: Path, trainer: Trainer, sizer: Sizer, *,
                  price_per_million: int = 0, base_parameters: int = 0) -> None:
         self.base_name = base_name
         self.store = store
         self.price_per_million = price_per_million
+        self.billing: Billing | None = None
         self._base_parameters = base_parameters
         self._trainer = trainer
+        self._sizer = sizer
         self._files: dict[str, StoredFile] = {}
         self._jobs: dict[str, FineTuneJob] = {}
         self._lock = threading.Lock()
         self._queue: queue.Queue[str | None] = queue.Queue()
         store.mkdir(parents=True, exist_ok=True)
+        self._db = JobStore(store / "jobs.sqlite")
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    def start(self, billing: Billing | None = None) -> None:
+        """Load the store, settle what a previous process left, start the worker."""
+        if self._thread is not None:
+            return
+        self.billing = billing
+        for record in self._db.files():
+            stored = StoredFile(**record)
+            self._files[stored.id] = stored
+        for record in self._db.jobs():
+            events = [JobEvent(**e) for e in self._db.events(record["id"])]
+            job = FineTuneJob.from_record(record, events)
+            self._jobs[job.id] = job
+            self._recover(job)
         self._thread = threading.Thread(target=self._work, name="fine-tuning", daemon=True)
         self._thread.start()
+
+    def _recover(self, job: FineTuneJob) -> None:
+        if job.status not in ENDED:
+            was = job.status
+            job.error = {"code": "node_restarted", "param": None,
+                         "message": f"the node restarted while the job was {was}; it was "
+                                    "charged only what it had receipted before"}
+            self._end(job, "failed")
+            self._log(job, f"Fine-tuning job failed: the node restarted while it was {was}",
+                      level="error")
+        if job.payment is not None and job.payment.get("status") == "held":
+            if self.billing is None:
+                job.payment = {**job.payment, "status": "unknown"}
+            else:
+                job.payment = self.billing.recovered(job)
+            job.charged = _charged(job.payment)
+            self._db.put_job(job.record())
+
+    def _started(self) -> None:
+        if self._thread is None:
+            raise TuningError("the fine-tuning service has not been started")
 
     # ------------------------------------------------------------------ files
 
     def add_file(self, owner: str, filename: str, data: bytes, purpose: str) -> StoredFile:
+        self._started()
         if purpose != "fine-tune":
             raise TuningError(f"purpose must be 'fine-tune', got {purpose!r}")
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise TuningError(f"{filename} is not UTF-8 text") from exc
-        examples = parse_jsonl(text)
+        parse_jsonl(text)
         stored = StoredFile(f"file-{uuid.uuid4().hex[:24]}", owner, filename, len(data),
-                            int(time.time()), purpose, hashlib.sha256(data).hexdigest(), examples)
+                            int(time.time()), purpose, hashlib.sha256(data).hexdigest())
         (self.store / f"{stored.id}.jsonl").write_bytes(data)
+        self._db.put_file(stored.record())
         with self._lock:
             self._files[stored.id] = stored
         return stored
@@ -128,19 +290,42 @@ class JobManager:
             raise ModelNotFoundError(f"No such File object: {file_id}", param="file_id")
         return found
 
+    def _examples(self, stored: StoredFile) -> list[Example]:
+        try:
+            raw = (self.store / f"{stored.id}.jsonl").read_bytes()
+        except OSError as exc:
+            raise TuningError(f"training file {stored.id} is gone: {exc.strerror}") from exc
+        return parse_jsonl(raw.decode("utf-8"))
+
     # ------------------------------------------------------------------- jobs
 
-    def create_job(self, owner: str, model: str, training_file: str,
-                   hyperparameters: dict[str, Any], seed: int | None) -> FineTuneJob:
+    def plan(self, owner: str, model: str, training_file: str,
+             hyperparameters: dict[str, Any], seed: object) -> JobPlan:
+        """Check a job request and count its training (tokenises the file: run off the loop)."""
+        self._started()
         if model != self.base_name:
             raise ModelNotFoundError(
                 f"this node fine-tunes '{self.base_name}', not '{model}'", param="model"
             )
-        self.get_file(owner, training_file)
+        stored = self.get_file(owner, training_file)
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise InvalidRequestError("seed must be an integer", param="seed")
         config = _config(hyperparameters, seed or 0, self._base_parameters)
-        job = FineTuneJob(f"ftjob-{uuid.uuid4().hex[:24]}", owner, model, training_file,
-                          int(time.time()), config, seed or 0)
-        job.log(f"Created fine-tuning job: {job.id}")
+        size = self._sizer(self._examples(stored), config)
+        if size.tokens <= 0:
+            raise TuningError("the training file has no assistant tokens to train on")
+        return JobPlan(owner, model, training_file, config, seed or 0, size,
+                       training_cost(size.tokens, self.price_per_million))
+
+    def create_job(self, plan: JobPlan, payment: dict[str, Any] | None = None) -> FineTuneJob:
+        """Create and queue the job of ``plan``, paid by ``payment`` (its hold already
+        persisted in the ledger); the job is on disk before this returns."""
+        self._started()
+        job = FineTuneJob(f"ftjob-{uuid.uuid4().hex[:24]}", plan.owner, plan.model,
+                          plan.training_file, int(time.time()), plan.config, plan.seed,
+                          size=plan.size, max_charge=plan.amount, payment=payment)
+        self._db.put_job(job.record())
+        self._log(job, f"Created fine-tuning job: {job.id}")
         with self._lock:
             self._jobs[job.id] = job
         self._queue.put(job.id)
@@ -159,11 +344,16 @@ class JobManager:
 
     def cancel(self, owner: str, job_id: str) -> FineTuneJob:
         job = self.get_job(owner, job_id)
-        if job.status in ("succeeded", "failed", "cancelled"):
-            raise TuningError(f"job {job_id} has already ended ({job.status})")
-        job.cancel_requested.set()
-        if job.status == "queued":
-            self._end(job, "cancelled")
+        with self._lock:
+            if job.status in ENDED:
+                raise TuningError(f"job {job_id} has already ended ({job.status})")
+            job.cancel_requested.set()
+            queued = job.status == "queued"
+            if queued:  # the worker skips it; it trained nothing
+                self._end(job, "cancelled")
+        if queued:
+            self._log(job, "Fine-tuning job cancelled before it started")
+            self._charge(job, 0)
         return job
 
     def adapter_archive(self, owner: str, job_id: str) -> bytes:
@@ -173,55 +363,132 @@ class JobManager:
         return pack_adapter(job.adapter_dir)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=5)
+        """Stop: a running job fails after its current step (charged its last running
+        receipt, as after a restart); queued jobs fail when the node next starts."""
+        self._closing.set()
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=5)
+            if self._thread.is_alive():  # a long step: it ends with the process
+                return
+        self._db.close()
 
     # ----------------------------------------------------------------- worker
 
+    def _log(self, job: FineTuneJob, message: str, *, level: str = "info",
+             kind: str = "message", data: dict[str, Any] | None = None) -> None:
+        event = JobEvent(f"ftevent-{uuid.uuid4().hex[:24]}", int(time.time()), level, message,
+                         kind, data)
+        job.events.append(event)
+        self._db.add_event(job.id, dataclasses.asdict(event))
+
     def _end(self, job: FineTuneJob, status: Status) -> None:
+        """The job's final status, on disk (before any charge)."""
         job.status = status
         job.finished_at = int(time.time())
+        self._db.put_job(job.record())
+
+    def _charge(self, job: FineTuneJob, tokens: int) -> None:
+        """Charge the ended ``job`` for ``tokens`` trained (a free job costs nothing)."""
+        job.trained_tokens = tokens
+        if self.billing is not None and job.payment is not None:
+            job.payment = self.billing.charge(job, tokens)
+            job.charged = _charged(job.payment)
+        else:
+            job.charged = 0
+        self._db.put_job(job.record())
+
+    def _release(self, job: FineTuneJob) -> None:
+        """The failed ``job`` pays its last running receipt, else nothing."""
+        if self.billing is not None and job.payment is not None:
+            job.payment = self.billing.release(job)
+            job.charged = _charged(job.payment)
+        else:
+            job.charged = 0
+        self._db.put_job(job.record())
 
     def _work(self) -> None:
-        while (job_id := self._queue.get()) is not None:
+        while (job_id := self._queue.get()) is not None and not self._closing.is_set():
             with self._lock:
                 job = self._jobs[job_id]
-            if job.status != "queued":
-                continue
-            self._run(job)
+                if job.status != "queued":
+                    continue
+                job.status = "running"
+            try:
+                self._run(job)
+            except Exception:  # the worker thread outlives any one job's failure
+                logger.exception("fine-tuning job %s failed", job.id)
+                if job.status == "running":
+                    job.error = {"code": "training_failed", "param": None,
+                                 "message": "training failed on the node"}
+                    self._end(job, "failed")
+                    self._release(job)
 
     def _run(self, job: FineTuneJob) -> None:
-        job.status = "running"
-        job.log("Fine-tuning job started")
+        self._db.put_job(job.record())
+        self._log(job, "Fine-tuning job started")
+        size = job.size
+        assert size is not None
         source = self._files[job.training_file]
         out = self.store / job.id
+        receipted = 0  # tenths of the steps receipted so far
 
         def progress(step: int, total: int, loss: float) -> None:
+            nonlocal receipted
+            job.trained_steps = step
+            if self._closing.is_set():
+                raise _Stopped
             if job.cancel_requested.is_set():
                 raise _Cancelled
-            job.log(f"Step {step}/{total}: training loss={loss:.4f}", kind="metrics",
-                    data={"step": step, "total_steps": total, "train_loss": loss})
+            self._log(job, f"Step {step}/{total}: training loss={loss:.4f}", kind="metrics",
+                      data={"step": step, "total_steps": total, "train_loss": loss})
+            tenth = step * RECEIPTS_PER_JOB // max(total, 1)
+            if tenth > receipted and step < total and self.billing is not None and \
+                    job.payment is not None:
+                receipted = tenth
+                job.payment = self.billing.running(job, size.tokens_after(step))
+                self._db.put_job(job.record())
 
         try:
-            report = self._trainer(source.examples, out, job.config, source.sha256, progress)
+            report = self._trainer(self._examples(source), out, job.config, source.sha256,
+                                   progress)
+        except _Stopped:
+            job.error = {"code": "node_stopped", "param": None,
+                         "message": "the node shut down while the job was running; it was "
+                                    "charged only what it had receipted before"}
+            self._log(job, "Fine-tuning job failed: the node shut down", level="error")
+            self._end(job, "failed")
+            self._release(job)
+            return
         except _Cancelled:
-            job.log("Fine-tuning job cancelled")
+            self._log(job, f"Fine-tuning job cancelled after step {job.trained_steps}")
             self._end(job, "cancelled")
+            self._charge(job, size.tokens_after(job.trained_steps))
             return
         except TuningError as exc:
             job.error = {"code": "invalid_training_file", "message": str(exc), "param": None}
-            job.log(f"Fine-tuning job failed: {exc}", level="error")
+            self._log(job, f"Fine-tuning job failed: {exc}", level="error")
             self._end(job, "failed")
+            self._release(job)
             return
         job.adapter_dir = out
-        job.trained_tokens = report.trained_tokens
-        job.charged = -(-report.trained_tokens * self.price_per_million // 1_000_000)
+        job.trained_steps = report.steps
         job.fine_tuned_model = adapter_model_name(self.base_name, report.adapter_id)
         if report.heldout_before is not None and report.heldout_after is not None:
-            job.log(f"Held-out loss {report.heldout_before:.4f} -> {report.heldout_after:.4f}")
-        job.log(f"New fine-tuned model created: {job.fine_tuned_model}")
-        job.log("The job has successfully completed")
+            self._log(job, f"Held-out loss {report.heldout_before:.4f} -> "
+                           f"{report.heldout_after:.4f}")
+        self._log(job, f"New fine-tuned model created: {job.fine_tuned_model}")
+        self._log(job, "The job has successfully completed")
         self._end(job, "succeeded")
+        self._charge(job, min(report.trained_tokens, size.tokens))
+
+
+def _charged(payment: dict[str, Any]) -> int:
+    """What a payment record's final receipt charged (0 when released without one)."""
+    if payment.get("status") != "charged":
+        return 0
+    response = payment.get("response") or {}
+    return int((response.get("extra") or {}).get("chargedAmount", 0))
 
 
 def local_trainer(base_dir: Path) -> Trainer:
@@ -253,6 +520,9 @@ def _config(hyperparameters: dict[str, Any], seed: int, parameters: int) -> Tune
             raise TuningError(f"hyperparameters.{name} must be positive")
         return number
 
+    unknown = set(hyperparameters) - {"n_epochs", "batch_size", "learning_rate_multiplier"}
+    if unknown:
+        raise TuningError(f"unsupported hyperparameters: {', '.join(sorted(unknown))}")
     epochs = pick("n_epochs", int)
     batch = pick("batch_size", int)
     multiplier = pick("learning_rate_multiplier", float)

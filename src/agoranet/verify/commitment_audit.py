@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import torch
 
+from agoranet.api import jsonlimits
 from agoranet.engines.base import GenerationRequest
 from agoranet.engines.prompt import encode_prompt
 from agoranet.proofs.commitments import (
@@ -127,7 +128,7 @@ def offers_commitments(http: httpx.Client, node_url: str, model: str) -> bool:
     try:
         response = http.get(f"{root}/.well-known/agoranet", timeout=10.0)
         response.raise_for_status()
-        offer = response.json()
+        offer = jsonlimits.loads(response.content, what="the offer")
     except (httpx.HTTPError, ValueError):  # no offer (a plain OpenAI server): none offered
         return False
     base = model.partition(ADAPTER_SEPARATOR)[0]

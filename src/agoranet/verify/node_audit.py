@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from agoranet.api import jsonlimits
 from agoranet.engines.base import GenerationRequest, Message
 from agoranet.errors import AuditError
 from agoranet.proofs.commitments import Commitments
@@ -138,7 +139,7 @@ def _ask(http: httpx.Client, node_url: str,
     try:
         response = http.post(f"{node_url.rstrip('/')}/chat/completions", json=body)
         response.raise_for_status()
-        answer = response.json()
+        answer = jsonlimits.loads(response.content, what="the answer")
         content = answer["choices"][0]["logprobs"]["content"]
     except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
         raise AuditError(f"{node_url} did not answer an audit challenge: {exc}") from exc

@@ -1,0 +1,305 @@
+"""Mutation score of the money modules: how many deliberately broken lines the tests catch.
+
+For each money module, mutmut 3 breaks it in small ways (a ``<`` becomes ``<=``, a
+constant changes, a call is dropped...) and runs the tests relevant to that module
+against every broken copy; a mutant the tests still pass on "survived". The table
+prints, per module: mutants, killed, survived, timeouts, mutants no test reached,
+the score ``(killed + timeout) / mutants`` and the run's wall time. Exits 1 when a
+module that was run completely scores under ``--threshold`` (default 90 %), 2 when a
+run was cut short by ``--module-timeout``.
+
+Each module runs in its own copy of ``src/`` and ``tests/`` under ``build/mutation/<module>``
+(a snapshot: edits made meanwhile do not disturb a run), with only the test files mapped
+to it below; mutmut then picks, per mutant, the tests that call the mutated function.
+The survivors' diffs are written to ``build/mutation/<module>/survivors.diff``.
+
+Usage: python bench/mutation.py [--modules payer,ledger] [--jobs 2] [--module-timeout 1800]
+       (``make mutation MODULES=payer,ledger``; not part of ``make test``: it takes long.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "build" / "mutation"
+
+# Test files per module group (paths relative to the repository root).
+_PAYER_TESTS = [
+    "tests/payments/test_payer.py",
+    "tests/payments/test_receipt_checks.py",
+    "tests/payments/test_payer_disputes.py",
+    "tests/payments/test_payer_completion_limit.py",
+    "tests/payments/test_payer_tokens_without_text.py",
+    "tests/payments/test_payer_money_rules.py",
+    "tests/payments/test_x402_client.py",
+]
+_NODE_TESTS = [
+    "tests/payments/test_paid_node.py",
+    "tests/payments/test_hostile_payment_headers.py",
+    "tests/payments/test_verifier.py",
+    "tests/payments/test_state_cache.py",
+    "tests/payments/test_state_cache_bound.py",
+    "tests/payments/test_frozen_rpc.py",
+    "tests/payments/test_receipt_checks.py",
+    "tests/payments/test_payer_disputes.py",
+    "tests/payments/test_acceptor_refusals.py",
+]
+_LEDGER_TESTS = [
+    "tests/payments/test_ledger.py",
+    "tests/payments/test_ledger_money_rules.py",
+    "tests/payments/test_settlement.py",
+    "tests/payments/test_paid_node.py",
+    "tests/payments/test_frozen_rpc.py",
+    "tests/cli/test_node_earnings_cli.py",
+]
+_GATEWAY_TESTS = [
+    "tests/gateway/test_relay_paid.py",
+    "tests/gateway/test_relay.py",
+    "tests/gateway/test_relay_hangup.py",
+    "tests/gateway/test_relay_stall.py",
+    "tests/gateway/test_budget_reservation.py",
+    "tests/gateway/test_disputes.py",
+    "tests/gateway/test_units.py",
+    "tests/gateway/test_audit_budget.py",
+    "tests/gateway/test_gateway_money_rules.py",
+]
+
+MODULES: dict[str, tuple[str, list[str]]] = {
+    "amounts": ("src/agoranet/payments/amounts.py", [
+        "tests/payments/test_amounts.py",
+        "tests/payments/test_amount_text_rules.py",
+    ]),
+    "pricing": ("src/agoranet/payments/pricing.py", [
+        "tests/payments/test_pricing_receipts.py",
+        "tests/payments/test_pricing_rules.py",
+        "tests/payments/test_payer.py",
+        "tests/payments/test_receipt_checks.py",
+        "tests/payments/test_paid_node.py",
+    ]),
+    "ecdsa": ("src/agoranet/payments/ecdsa.py", [
+        "tests/payments/test_signature_rules.py",
+        "tests/payments/test_verifier.py",
+        "tests/payments/test_pricing_receipts.py",
+        "tests/payments/test_receipt_checks.py",
+        "tests/payments/test_settlement.py",
+    ]),
+    "receipts": ("src/agoranet/payments/receipts.py", [
+        "tests/payments/test_pricing_receipts.py",
+        "tests/payments/test_signature_rules.py",
+        "tests/payments/test_receipt_checks.py",
+        "tests/payments/test_payer.py",
+        "tests/payments/test_payer_disputes.py",
+        "tests/payments/test_ledger.py",
+        "tests/payments/test_paid_node.py",
+    ]),
+    "payer_store": ("src/agoranet/payments/payer_store.py", _PAYER_TESTS),
+    "payer": ("src/agoranet/payments/payer.py", _PAYER_TESTS),
+    "httpx_auth": ("src/agoranet/payments/httpx_auth.py", _PAYER_TESTS),
+    "ledger": ("src/agoranet/payments/ledger.py", _LEDGER_TESTS),
+    "sqlite_ledger": ("src/agoranet/payments/sqlite_ledger.py", _LEDGER_TESTS),
+    "settlement": ("src/agoranet/payments/settlement.py", [
+        "tests/payments/test_settlement.py",
+        "tests/payments/test_frozen_rpc.py",
+        "tests/payments/test_paid_node.py",
+    ]),
+    "verifier": ("src/agoranet/payments/verifier.py", _NODE_TESTS),
+    "acceptor": ("src/agoranet/payments/acceptor.py", _NODE_TESTS),
+    "payment_middleware": ("src/agoranet/node/payment_middleware.py", _NODE_TESTS),
+    "paying": ("src/agoranet/gateway/paying.py", _GATEWAY_TESTS),
+    "budget": ("src/agoranet/gateway/budget.py", _GATEWAY_TESTS),
+    "relay": ("src/agoranet/gateway/relay.py", _GATEWAY_TESTS),
+}
+
+# mutmut's exit code per mutant -> our column.
+_KILLED = {1, 3, 37}
+_TIMEOUT = {36, -24, 24, 152, 255}
+_SURVIVED = {0}
+_NO_TESTS = {5, 33}
+
+
+@dataclass
+class Score:
+    module: str
+    mutants: int = 0
+    killed: int = 0
+    survived: int = 0
+    timeout: int = 0
+    no_tests: int = 0
+    other: int = 0
+    seconds: float = 0.0
+    complete: bool = True
+    survivors: list[str] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        return 100.0 * (self.killed + self.timeout) / self.mutants if self.mutants else 100.0
+
+
+def _ignore(_dir: str, names: list[str]) -> list[str]:
+    return [n for n in names if n in {"__pycache__", ".pytest_cache", ".hypothesis"}]
+
+
+def _prepare(name: str, source: str, tests: list[str]) -> Path:
+    work = WORK / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    shutil.copytree(ROOT / "src", work / "src", ignore=_ignore)
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=_ignore)
+    present = [t for t in tests if (ROOT / t).exists()]
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    pyproject += "\n[tool.mutmut]\n" + "\n".join([
+        'source_paths = ["src"]',
+        f"only_mutate = [{json.dumps(source)}]",
+        f"pytest_add_cli_args_test_selection = {json.dumps(present)}",
+        # one process per test file run; no cache writes into the snapshot; short test deadline
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:randomly", "--timeout=120"]',
+        # the snapshot lies inside the repository: its git history says nothing about it
+        "use_git_change_detection = false",
+    ]) + "\n"
+    (work / "pyproject.toml").write_text(pyproject)
+    return work
+
+
+def _environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    # mutmut puts the mutated copy first on the tests' sys.path itself; with it on
+    # PYTHONPATH too, its stats miss every call. So processes the tests start (nodes,
+    # CLIs) run the original code: only in-process tests kill mutants.
+    env.pop("PYTHONPATH", None)
+    env.setdefault("AGORANET_TINY_MODEL", str(ROOT / "models" / "tiny"))
+    env.setdefault("AGORANET_SMALL_MODEL", str(ROOT / "models" / "tiny-small"))
+    if "AGORANET_ANVIL" not in env:
+        try:
+            from agoranet.chain.devchain import find_anvil
+
+            env["AGORANET_ANVIL"] = str(find_anvil(ROOT))
+        except Exception:  # the chain tests skip (or fail under CI) on their own
+            pass
+    return env
+
+
+def _mutmut() -> list[str]:
+    return [sys.executable, "-m", "mutmut"]
+
+
+def _collect(name: str, work: Path, source: str) -> Score:
+    result = Score(module=name)
+    meta = work / "mutants" / (source + ".meta")
+    if not meta.exists():
+        return result
+    codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+    for mutant, code in sorted(codes.items()):
+        result.mutants += 1
+        if code in _KILLED:
+            result.killed += 1
+        elif code in _TIMEOUT:
+            result.timeout += 1
+        elif code in _SURVIVED:
+            result.survived += 1
+            result.survivors.append(mutant)
+        elif code in _NO_TESTS:
+            result.no_tests += 1
+            result.survivors.append(mutant)
+        else:  # not checked (cut short), segfault, suspicious
+            result.other += 1
+            if code is None:
+                result.complete = False
+    return result
+
+
+def _write_survivors(work: Path, score: Score, env: dict[str, str]) -> None:
+    out = work / "survivors.diff"
+    with out.open("w") as fh:
+        for mutant in score.survivors:
+            shown = subprocess.run([*_mutmut(), "show", mutant], cwd=work, env=env,
+                                   capture_output=True, text=True, timeout=120, check=False)
+            fh.write(f"### {mutant}\n{shown.stdout}\n")
+
+
+def run_module(name: str, jobs: int, module_timeout: float, verbose: bool) -> Score:
+    source, tests = MODULES[name]
+    work = _prepare(name, source, tests)
+    env = _environment()
+    log = (work / "mutmut.log").open("w")
+    started = time.monotonic()
+    proc = subprocess.Popen([*_mutmut(), "run", "--max-children", str(jobs)], cwd=work, env=env,
+                            stdout=None if verbose else log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    cut_short = False
+    try:
+        proc.wait(timeout=module_timeout)
+    except subprocess.TimeoutExpired:
+        cut_short = True
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    finally:
+        log.close()
+    score = _collect(name, work, source)
+    score.seconds = time.monotonic() - started
+    if cut_short or proc.returncode != 0:
+        score.complete = False
+    if not score.mutants:
+        print(f"{name}: mutmut produced no results (exit {proc.returncode}); see {log.name}")
+    _write_survivors(work, score, env)
+    return score
+
+
+def _table(scores: list[Score], threshold: float) -> str:
+    head = (f"{'module':<20} {'mutants':>7} {'killed':>6} {'surv.':>5} {'timeout':>7} "
+            f"{'no test':>7} {'score':>7} {'time':>7}")
+    lines = [head, "-" * len(head)]
+    for s in scores:
+        flag = "" if s.complete else "  (cut short)"
+        if s.complete and s.score < threshold:
+            flag = f"  < {threshold:.0f} %"
+        lines.append(f"{s.module:<20} {s.mutants:>7} {s.killed:>6} {s.survived:>5} {s.timeout:>7} "
+                     f"{s.no_tests:>7} {s.score:>6.1f}% {s.seconds:>6.0f}s{flag}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modules", default="",
+                        help=f"comma-separated, default all: {','.join(MODULES)}")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once")
+    parser.add_argument("--module-timeout", type=float, default=3600.0,
+                        help="seconds after which a module's run is cut short")
+    parser.add_argument("--threshold", type=float, default=90.0)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show mutmut's output")
+    args = parser.parse_args()
+    names = [n.strip() for n in args.modules.split(",") if n.strip()] or list(MODULES)
+    unknown = [n for n in names if n not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}")
+    scores: list[Score] = []
+    for name in names:
+        score = run_module(name, args.jobs, args.module_timeout, args.verbose)
+        scores.append(score)
+        print(_table([score], args.threshold).splitlines()[-1], flush=True)
+        for mutant in score.survivors:
+            print(f"    survivor {mutant}")
+    print()
+    print(_table(scores, args.threshold))
+    print(f"\nsurvivors' diffs: {WORK}/<module>/survivors.diff")
+    if any(not s.complete for s in scores):
+        return 2
+    return 1 if any(s.score < args.threshold for s in scores) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""A keyed gateway's start: open the key store, settle what a dead gateway left, the
+owner key.
+
+Reservations of a gateway whose process is gone are settled at their full amounts
+(:meth:`KeyStore.recover`); each becomes a spend-log row with outcome ``lost`` and is
+counted in the global budget, so a restart forgets no money in flight. The owner key
+(the tree's root, no cap of its own: the global budget applies) is created on the
+first start and written, mode 0600, to ``settings.owner_key_path()``; if that file is
+gone, a new secret is issued for it. Its secret is never printed: only its path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from agoranet.config import GatewaySettings
+from agoranet.gateway.budget import Budget
+from agoranet.gateway.keystore import OWNER, KeyStore
+from agoranet.gateway.spendlog import SpendLog, SpendRow
+
+__all__ = ["KeyedStart", "ensure_owner", "start_keys", "write_secret"]
+
+
+@dataclass(frozen=True)
+class KeyedStart:
+    store: KeyStore
+    owner_key: Path
+    owner_created: bool
+    lost: int  # base units settled for reservations a dead gateway left
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """``secret`` into ``path``, readable by its owner only, replaced atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secret + "\n")
+    temporary.replace(path)
+
+
+def start_keys(settings: GatewaySettings, spend: SpendLog, budget: Budget) -> KeyedStart:
+    """The key store of a keyed gateway, ready to serve (see the module's docstring)."""
+    store = KeyStore(settings.key_store_path())
+    lost = 0
+    for reservation in store.recover():
+        spend.add(SpendRow(reservation.request_id, reservation.model, "-", 0, 0,
+                           reservation.amount, None, 0.0, "lost", key=reservation.key))
+        lost += reservation.amount
+    budget.spent += lost
+    path = settings.owner_key_path()
+    return KeyedStart(store, path, ensure_owner(store, path), lost)
+
+
+def ensure_owner(store: KeyStore, path: Path) -> bool:
+    """The owner key exists and its secret is in ``path``; whether it was (re)issued."""
+    if store.find(OWNER) is None:
+        write_secret(path, store.create(OWNER, parent=None, budget=None).secret)
+        return True
+    if not path.exists():
+        write_secret(path, store.reissue(OWNER))
+        return True
+    return False

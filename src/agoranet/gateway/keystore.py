@@ -1,0 +1,490 @@
+"""Gateway keys and their budgets (SQLite, WAL), shared by the gateway and the CLI.
+
+A key is a random secret (``agn-`` and 256 bits) of which only the SHA-256 is kept;
+it is never stored, logged or echoed after creation. Keys form a tree: the owner key
+is its root, and a key may mint child keys whose budgets are capped by what it has
+left. Every cent a key spends is spent by each of its ancestors too, so a request
+reserves its worst case along the whole chain, in one ``BEGIN IMMEDIATE``
+transaction, and settles what was actually spent: concurrent requests, in one
+gateway or several processes sharing the file, can never overspend any key.
+
+Reservations are rows, so a gateway that dies keeps them: the next gateway to start
+settles each reservation of a holder whose process is gone **at its full amount**.
+The answer may have been streamed, and a paid node holds a voucher for up to that
+amount signed before the request left, while the process that could tell is gone:
+nothing is ever forgotten, at worst a key loses the unspent part of the worst cases
+that were in flight (:meth:`KeyStore.recover` returns them for the spend log).
+
+Revoking a key marks its whole subtree; expiry is checked along the chain at each
+request: either stops the subtree's next request, while requests in flight finish.
+Amounts are integers in base units; ``None`` as a budget means no cap of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from agoranet.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
+from agoranet.gateway.budget import BudgetExceededError
+
+__all__ = [
+    "OWNER",
+    "KeyQuotaError",
+    "KeyRecord",
+    "KeyStore",
+    "LostReservation",
+    "NewKey",
+    "hash_secret",
+]
+
+OWNER: Final = "owner"
+PREFIX: Final = "agn-"
+MAX_AMOUNT: Final = 2**63 - 1  # SQLite's INTEGER
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,47}")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    parent INTEGER REFERENCES keys (id),
+    hash BLOB NOT NULL UNIQUE,
+    budget INTEGER,
+    per_day INTEGER,
+    models TEXT,
+    policy TEXT NOT NULL,
+    expires REAL,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    spent INTEGER NOT NULL DEFAULT 0,
+    reserved INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS key_days (
+    key INTEGER NOT NULL,
+    day TEXT NOT NULL,
+    spent INTEGER NOT NULL DEFAULT 0,
+    reserved INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key, day)
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    id INTEGER PRIMARY KEY,
+    key INTEGER NOT NULL,
+    amount INTEGER NOT NULL,
+    day TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+_COLUMNS = ("id, name, parent, budget, per_day, models, policy, expires, status, created,"
+            " spent, reserved")
+_CHAIN = f"""
+WITH RECURSIVE chain(id, depth) AS (
+    SELECT ?, 0 UNION ALL SELECT k.parent, c.depth + 1 FROM keys k JOIN chain c ON k.id = c.id
+    WHERE k.parent IS NOT NULL)
+SELECT {', '.join('k.' + c.strip() for c in _COLUMNS.split(','))}
+FROM chain c JOIN keys k ON k.id = c.id ORDER BY c.depth
+"""
+_SUBTREE = """
+WITH RECURSIVE tree(id) AS (
+    SELECT ? UNION ALL SELECT k.id FROM keys k JOIN tree t ON k.parent = t.id)
+SELECT id FROM tree
+"""
+
+
+class KeyQuotaError(BudgetExceededError):
+    """A key (or one of its ancestors) cannot afford the request's worst case."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+def hash_secret(secret: str) -> bytes:
+    """What the store keeps of a secret: 256 random bits need no slow hash."""
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def _today() -> str:
+    return datetime.datetime.now(datetime.UTC).date().isoformat()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """One key as stored (no secret); ``parent`` is the parent's name."""
+
+    id: int
+    name: str
+    parent: str | None
+    budget: int | None
+    per_day: int | None
+    models: list[str] | None
+    policy: dict[str, Any]
+    expires: float | None
+    status: str
+    created: float
+    spent: int
+    reserved: int
+    day_spent: int = 0
+    day_reserved: int = 0
+
+    @property
+    def remaining(self) -> int | None:
+        """What its own budget has left (``None``: no cap of its own)."""
+        return None if self.budget is None else self.budget - self.spent - self.reserved
+
+    @property
+    def day_remaining(self) -> int | None:
+        if self.per_day is None:
+            return None
+        return self.per_day - self.day_spent - self.day_reserved
+
+    def state(self, now: float | None = None) -> str:
+        """``active``, ``revoked`` or ``expired``."""
+        if self.status != "active":
+            return self.status
+        if self.expires is not None and self.expires <= (now or time.time()):
+            return "expired"
+        return "active"
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A key just created: the only time its secret exists outside its holder."""
+
+    secret: str = field(repr=False)
+    record: KeyRecord
+
+
+@dataclass(frozen=True)
+class LostReservation:
+    """A reservation of a gateway that died, settled at its full amount."""
+
+    key: str
+    amount: int
+    request_id: str
+    model: str
+
+
+class KeyStore:
+    """The keys, their spend and the reservations in flight, in one SQLite file."""
+
+    def __init__(self, path: Path, *, busy_timeout_s: float = 10.0) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                   timeout=busy_timeout_s)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        with contextlib.suppress(OSError):  # the store holds hashes, not secrets
+            path.chmod(0o600)
+        self._lock = threading.Lock()
+        self.holder = secrets.token_hex(8)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: no other writer, in any process, meanwhile."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _record(self, row: tuple[Any, ...], day: str | None = None) -> KeyRecord:
+        (id_, name, parent, budget, per_day, models, policy, expires, status, created,
+         spent, reserved) = row
+        parent_name = None
+        if parent is not None:
+            parent_name = self._db.execute("SELECT name FROM keys WHERE id = ?",
+                                           (parent,)).fetchone()[0]
+        day_row = self._db.execute("SELECT spent, reserved FROM key_days WHERE key = ? AND"
+                                   " day = ?", (id_, day or _today())).fetchone() or (0, 0)
+        return KeyRecord(id_, name, parent_name, budget, per_day,
+                         json.loads(models) if models is not None else None, json.loads(policy),
+                         expires, status, created, spent, reserved, *day_row)
+
+    def _chain(self, key_id: int) -> list[KeyRecord]:
+        return [self._record(r) for r in self._db.execute(_CHAIN, (key_id,))]
+
+    def chain(self, key_id: int) -> list[KeyRecord]:
+        """The key and its ancestors, the key first."""
+        with self._lock:
+            return self._chain(key_id)
+
+    def get(self, name: str) -> KeyRecord:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM keys WHERE name = ?",
+                                   (name,)).fetchone()
+            if row is None:
+                raise InvalidRequestError(f"no key named '{name}'", param="name")
+            return self._record(row)
+
+    def find(self, name: str) -> KeyRecord | None:
+        try:
+            return self.get(name)
+        except InvalidRequestError:
+            return None
+
+    def subtree(self, root: str | None = None) -> list[KeyRecord]:
+        """``root`` and its descendants (every key without one), parents before children."""
+        with self._lock:
+            if root is None:
+                rows = self._db.execute(f"SELECT {_COLUMNS} FROM keys ORDER BY id").fetchall()
+            else:
+                found = self._db.execute("SELECT id FROM keys WHERE name = ?",
+                                         (root,)).fetchone()
+                if found is None:
+                    raise InvalidRequestError(f"no key named '{root}'", param="name")
+                ids = [i for (i,) in self._db.execute(_SUBTREE, (found[0],))]
+                rows = self._db.execute(
+                    f"SELECT {_COLUMNS} FROM keys WHERE id IN ({','.join('?' * len(ids))})"
+                    " ORDER BY id", ids).fetchall()
+            return [self._record(r) for r in rows]
+
+    def authenticate(self, secret: str | None, now: float | None = None) -> list[KeyRecord]:
+        """The chain (key first) of a valid, active, unexpired key whose ancestors are all
+        active and unexpired; otherwise :class:`AuthenticationError`, never echoing it."""
+        if not secret:
+            raise AuthenticationError("this gateway needs an API key: send 'Authorization: "
+                                      "Bearer agn-...' (or start it with --open)")
+        digest = hash_secret(secret)
+        with self._lock:
+            row = self._db.execute("SELECT id, hash FROM keys WHERE hash = ?",
+                                   (digest,)).fetchone()
+            if row is None or not hmac.compare_digest(bytes(row[1]), digest):
+                raise AuthenticationError("the API key is not valid")
+            chain = self._chain(row[0])
+        now = now or time.time()
+        for key in chain:
+            state = key.state(now)
+            if state != "active":
+                whose = "this key" if key is chain[0] else f"its ancestor key '{key.name}'"
+                raise AuthenticationError(f"the API key '{chain[0].name}' is not usable: "
+                                          f"{whose} is {state}")
+        return chain
+
+    # -- creating and changing keys --------------------------------------------------
+
+    def create(self, name: str, *, parent: str | None, budget: int | None,
+               per_day: int | None = None, models: list[str] | None = None,
+               policy: dict[str, Any] | None = None, expires: float | None = None,
+               within: str | None = None) -> NewKey:
+        """A new key under ``parent`` (``None``: a root, only the owner is one).
+
+        Its budget and daily cap may not exceed what ``parent`` and each ancestor has
+        left, its expiry not outlive theirs; ``within`` (the caller's key) must be the
+        parent or one of its ancestors."""
+        if not _NAME.fullmatch(name):
+            raise InvalidRequestError("a key's name is 1-48 letters, digits, '.', '_' or '-',"
+                                      " starting with a letter or digit", param="name")
+        for amount, what in ((budget, "budget"), (per_day, "per_day")):
+            if amount is not None and not 0 <= amount <= MAX_AMOUNT:
+                raise InvalidRequestError(f"'{what}' must be 0 to {MAX_AMOUNT} base units",
+                                          param=what)
+        secret = PREFIX + secrets.token_urlsafe(32)
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM keys WHERE name = ?", (name,)).fetchone():
+                raise InvalidRequestError(f"a key named '{name}' exists already", param="name")
+            parent_id = None
+            if parent is not None:
+                chain = self._named_chain(parent)
+                if within is not None and within not in [k.name for k in chain]:
+                    raise PermissionDeniedError(f"key '{parent}' is not '{within}' or one of "
+                                                "its descendants", param="parent")
+                _fits(chain, budget, per_day, expires)
+                parent_id = chain[0].id
+                if models is None:
+                    models = chain[0].models
+                if expires is None:  # shown as the chain's: it stops with its parent
+                    expires = min((k.expires for k in chain if k.expires is not None),
+                                  default=None)
+            db.execute(
+                "INSERT INTO keys (name, parent, hash, budget, per_day, models, policy, expires,"
+                " status, created) VALUES (?,?,?,?,?,?,?,?,'active',?)",
+                (name, parent_id, hash_secret(secret), budget, per_day,
+                 json.dumps(models) if models is not None else None,
+                 json.dumps(policy or {}), expires, time.time()))
+            record = self._chain(self._id(name))[0]
+        return NewKey(secret, record)
+
+    def reissue(self, name: str) -> str:
+        """A new secret for ``name`` (the old one stops working at once)."""
+        secret = PREFIX + secrets.token_urlsafe(32)
+        with self._write() as db:
+            db.execute("UPDATE keys SET hash = ? WHERE id = ?",
+                       (hash_secret(secret), self._id(name)))
+        return secret
+
+    def top_up(self, name: str, amount: int, *, within: str | None = None) -> KeyRecord:
+        """Raise ``name``'s budget by ``amount``: its new remaining may not exceed what any
+        ancestor up to ``within`` (a strict ancestor) has left."""
+        if not 0 < amount <= MAX_AMOUNT:
+            raise InvalidRequestError("'amount' must be more than zero", param="amount")
+        with self._write() as db:
+            chain = self._named_chain(name)
+            key = chain[0]
+            ancestors = [k.name for k in chain[1:]]
+            if within is not None and within not in ancestors:
+                raise PermissionDeniedError(f"key '{name}' is not a descendant of '{within}'",
+                                            param="name")
+            if key.budget is None:
+                raise InvalidRequestError(f"key '{name}' has no budget of its own to top up")
+            new_remaining = (key.remaining or 0) + amount
+            for ancestor in chain[1:]:
+                if ancestor.remaining is not None and new_remaining > ancestor.remaining:
+                    raise InvalidRequestError(
+                        f"key '{ancestor.name}' has {ancestor.remaining} base units left; "
+                        f"'{name}' would have {new_remaining}", param="amount")
+            if key.budget + amount > MAX_AMOUNT:
+                raise InvalidRequestError("that budget is too large", param="amount")
+            db.execute("UPDATE keys SET budget = budget + ? WHERE id = ?", (amount, key.id))
+            return self._chain(key.id)[0]
+
+    def revoke(self, name: str, *, within: str | None = None) -> list[str]:
+        """Revoke ``name`` and its whole subtree (``within``: the caller, who must be
+        ``name`` or an ancestor); the names revoked."""
+        with self._write() as db:
+            chain = self._named_chain(name)
+            if within is not None and within not in [k.name for k in chain]:
+                raise PermissionDeniedError(f"key '{name}' is not '{within}' or one of its "
+                                            "descendants", param="name")
+            ids = [i for (i,) in db.execute(_SUBTREE, (chain[0].id,))]
+            marks = ",".join("?" * len(ids))
+            db.execute(f"UPDATE keys SET status = 'revoked' WHERE id IN ({marks})", ids)
+            return [n for (n,) in db.execute(f"SELECT name FROM keys WHERE id IN ({marks})"
+                                             " ORDER BY id", ids)]
+
+    def _id(self, name: str) -> int:
+        row = self._db.execute("SELECT id FROM keys WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise InvalidRequestError(f"no key named '{name}'", param="name")
+        return int(row[0])
+
+    def _named_chain(self, name: str) -> list[KeyRecord]:
+        return self._chain(self._id(name))
+
+    # -- money -----------------------------------------------------------------------
+
+    def reserve(self, key_id: int, amount: int, request_id: str, model: str) -> int:
+        """Hold ``amount`` against the key and every ancestor, or :class:`KeyQuotaError`
+        naming the first one that cannot afford it; the reservation's id."""
+        day = _today()
+        with self._write() as db:
+            chain = self._chain(key_id)
+            for key in chain:
+                for left, cap, per in ((key.remaining, key.budget, ""),
+                                       (key.day_remaining, key.per_day, " today")):
+                    if left is not None and cap is not None and amount > left:
+                        whose = "" if key is chain[0] else f" (an ancestor of '{chain[0].name}')"
+                        raise KeyQuotaError(
+                            f"key '{key.name}'{whose} has {max(0, left)} base units left{per} "
+                            f"of {cap}; this request may cost up to {amount}")
+            ids = [k.id for k in chain]
+            marks = ",".join("?" * len(ids))
+            db.execute(f"UPDATE keys SET reserved = reserved + ? WHERE id IN ({marks})",
+                       (amount, *ids))
+            db.executemany("INSERT INTO key_days (key, day, reserved) VALUES (?, ?, ?)"
+                           " ON CONFLICT (key, day) DO UPDATE SET reserved = reserved +"
+                           " excluded.reserved", [(i, day, amount) for i in ids])
+            cursor = db.execute(
+                "INSERT INTO reservations (key, amount, day, holder, pid, request_id, model,"
+                " created) VALUES (?,?,?,?,?,?,?,?)",
+                (key_id, amount, day, self.holder, os.getpid(), request_id, model, time.time()))
+            return int(cursor.lastrowid or 0)
+
+    def settle(self, reservation: int, actual: int) -> None:
+        """Replace the hold by what was spent, along the chain; a second call does nothing."""
+        with self._write() as db:
+            self._settle(db, reservation, actual)
+
+    def _settle(self, db: sqlite3.Connection, reservation: int, actual: int | None) -> int:
+        row = db.execute("SELECT key, amount, day FROM reservations WHERE id = ?",
+                         (reservation,)).fetchone()
+        if row is None:
+            return 0
+        key_id, amount, day = row
+        spent = amount if actual is None else actual
+        ids = [k.id for k in self._chain(key_id)]
+        marks = ",".join("?" * len(ids))
+        db.execute(f"UPDATE keys SET reserved = reserved - ?, spent = spent + ? WHERE id IN"
+                   f" ({marks})", (amount, spent, *ids))
+        db.execute(f"UPDATE key_days SET reserved = reserved - ?, spent = spent + ? WHERE day = ?"
+                   f" AND key IN ({marks})", (amount, spent, day, *ids))
+        db.execute("DELETE FROM reservations WHERE id = ?", (reservation,))
+        return int(spent)
+
+    def recover(self) -> list[LostReservation]:
+        """Settle, at their full amounts, the reservations of holders whose process is gone
+        (see the module's docstring); what was settled so."""
+        lost = []
+        with self._write() as db:
+            rows = db.execute("SELECT r.id, r.pid, k.name, r.amount, r.request_id, r.model"
+                              " FROM reservations r JOIN keys k ON k.id = r.key"
+                              " ORDER BY r.id").fetchall()
+            for id_, pid, name, amount, request_id, model in rows:
+                if _alive(pid):  # this process, or another gateway sharing the file
+                    continue
+                self._settle(db, id_, None)
+                lost.append(LostReservation(name, amount, request_id, model))
+        return lost
+
+    def in_flight(self) -> int:
+        """How many reservations are held (by any process)."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM reservations").fetchone()[0])
+
+
+def _fits(chain: list[KeyRecord], budget: int | None, per_day: int | None,
+          expires: float | None) -> None:
+    """A child's limits within every key of its parent's chain, or a clear refusal."""
+    for key in chain:
+        if key.remaining is not None and (budget is None or budget > key.remaining):
+            raise InvalidRequestError(
+                f"key '{key.name}' has {max(0, key.remaining)} base units left: a key under it"
+                f" cannot be given {'no cap' if budget is None else budget}", param="budget")
+        # Without a daily cap or an expiry of its own, the chain's still hold for it.
+        if key.per_day is not None and per_day is not None and per_day > key.per_day:
+            raise InvalidRequestError(
+                f"key '{key.name}' may spend {key.per_day} base units a day: a key under it "
+                "cannot be given more", param="per_day")
+        if key.expires is not None and expires is not None and expires > key.expires:
+            raise InvalidRequestError(
+                f"key '{key.name}' expires earlier: a key under it cannot outlive it",
+                param="expires")

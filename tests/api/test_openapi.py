@@ -1,0 +1,138 @@
+"""``GET /openapi.json`` on the node and the gateway: valid OpenAPI 3.1, every route served."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openapi_spec_validator import validate
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from agoranet.api.openapi import OPENAPI_PATH, generic_routes, openapi_document
+from agoranet.config import GatewaySettings, NodeSettings
+from agoranet.gateway.app import build_service, create_gateway_app
+from agoranet.node.app import create_app
+from agoranet.tuning.adapter import Adapter
+from agoranet.tuning.jobs import JobManager
+from fakes import FakeEngine
+
+
+class AdapterEngine(FakeEngine):
+    """The fake engine, taking adapters (none ever stored): the node serves /v1/adapters."""
+
+    def add_adapter(self, archive: bytes, max_bytes: int) -> Adapter:
+        raise NotImplementedError
+
+    def list_adapters(self) -> list[Adapter]:
+        return []
+
+    def accepts_adapters(self) -> bool:
+        return True
+
+
+def served(app: Starlette) -> set[tuple[str, str]]:
+    return {(m, r.path) for r in app.routes if isinstance(r, Route)
+            for m in r.methods or () if m != "HEAD"}
+
+
+def documented(document: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(m.upper(), p) for p, item in document["paths"].items() for m in item}
+
+
+async def fetch(app: Starlette) -> dict[str, Any]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        response = await client.get(OPENAPI_PATH)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    document: dict[str, Any] = response.json()
+    return document
+
+
+async def test_node_documents_every_route_it_serves(tmp_path: Path) -> None:
+    def never(*args: Any) -> Any:
+        raise AssertionError("no job runs here")
+
+    jobs = JobManager("fake", tmp_path / "jobs", never, never)
+    app = create_app(AdapterEngine(), NodeSettings(), jobs)  # type: ignore[arg-type]
+    try:
+        document = await fetch(app)
+    finally:
+        jobs.close()
+    validate(document)  # type: ignore[arg-type]
+    assert document["openapi"] == "3.1.0"
+    assert documented(document) == served(app)
+    assert len(served(app)) >= 16  # inference, adapters, files, fine-tuning, offer, openapi
+    assert generic_routes(app.routes) == []  # every one is described, none generic
+    chat = document["paths"]["/v1/chat/completions"]["post"]
+    body = chat["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/ChatCompletionRequest"}
+    request = document["components"]["schemas"]["ChatCompletionRequest"]
+    assert {"model", "messages"} <= set(request["required"])
+    assert "text/event-stream" in chat["responses"]["200"]["content"]
+    offer = document["paths"]["/.well-known/agoranet"]["get"]["responses"]["200"]
+    assert offer["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Offer"}
+    assert "402" not in chat["responses"]  # an unpaid node takes no payment
+    assert document["paths"]["/v1/files/{file_id}"]["get"]["parameters"][0]["name"] == "file_id"
+
+
+async def test_gateway_documents_every_route_and_its_policy_field(tmp_path: Path) -> None:
+    service = build_service(GatewaySettings(spend_log=tmp_path / "spend.sqlite"))
+    app = create_gateway_app(service)
+    try:
+        document = await fetch(app)
+    finally:
+        await service.client.aclose()
+        service.spend.close()
+        if service.directory.reputation is not None:
+            service.directory.reputation.close()
+    validate(document)  # type: ignore[arg-type]
+    assert documented(document) == served(app)
+    assert generic_routes(app.routes) == []
+    schemas = document["components"]["schemas"]
+    chat = document["paths"]["/v1/chat/completions"]["post"]
+    ref = chat["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    policy = schemas[ref.rsplit("/", 1)[-1]]["properties"]["agoranet"]
+    assert policy["anyOf"][0] == {"$ref": "#/components/schemas/Policy"}
+    assert "prefer" in schemas["Policy"]["properties"]
+
+
+def test_paid_paths_take_x402_and_answer_402() -> None:
+    async def endpoint(request: object) -> None:
+        raise AssertionError
+
+    routes = [Route("/v1/chat/completions", endpoint, methods=["POST"]),
+              Route("/v1/models", endpoint, methods=["GET"])]
+    document = openapi_document(routes, title="t", version="1",
+                                paid_paths=["/v1/chat/completions"])
+    validate(document)  # type: ignore[arg-type]
+    chat = document["paths"]["/v1/chat/completions"]["post"]
+    assert chat["security"] == [{"x402": []}]
+    assert "PAYMENT-REQUIRED" in chat["responses"]["402"]["headers"]
+    assert document["components"]["securitySchemes"]["x402"]["name"] == "PAYMENT-SIGNATURE"
+    assert "security" not in document["paths"]["/v1/models"]["get"]
+
+
+def test_an_undescribed_route_is_listed_generically() -> None:
+    async def endpoint(request: object) -> None:
+        raise AssertionError
+
+    routes = [Route("/v1/new/{thing:int}", endpoint, methods=["GET", "DELETE"])]
+    assert generic_routes(routes) == [("DELETE", "/v1/new/{thing}"), ("GET", "/v1/new/{thing}")]
+    document = openapi_document(routes, title="t", version="1")
+    validate(document)  # type: ignore[arg-type]
+    assert set(document["paths"]["/v1/new/{thing}"]) == {"get", "delete"}
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/tokenize"])
+async def test_request_schemas_come_from_the_wire_types(path: str) -> None:
+    app = create_app(FakeEngine(), NodeSettings())  # type: ignore[arg-type]
+    document = await fetch(app)
+    body = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+    name = body["schema"]["$ref"].rsplit("/", 1)[-1]
+    assert name in {"ChatCompletionRequest", "CompletionRequest", "TokenizeRequest"}
+    assert "model" in document["components"]["schemas"][name]["properties"]

@@ -1,0 +1,261 @@
+"""Constrained decoding in the transformers engine, on the real tiny model (issue #13)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import jsonschema
+import pytest
+import torch
+
+from agoranet.engines.base import Delta, Finish, GenerationRequest, Message, collect
+from agoranet.engines.constrained import GrammarBook, unenforceable
+from agoranet.engines.hf import TransformersEngine
+from agoranet.engines.structured import ForcedToolCall, JsonOutput, ToolFunction, join_tool_calls
+from agoranet.engines.toolcall_stream import ToolCallSplitter
+from agoranet.errors import InvalidRequestError
+
+QUESTION = (Message("user", "Where is the cat?"),)
+
+
+def schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+
+
+def ask(**kw: Any) -> GenerationRequest:
+    base: dict[str, Any] = {"model": "tiny", "messages": QUESTION, "max_tokens": 200,
+                            "temperature": 1.0}
+    base.update(kw)
+    return GenerationRequest(**base)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_loaded: Any) -> Iterator[TransformersEngine]:
+    engine = TransformersEngine(loaded=tiny_loaded, max_active=4, max_queue=8)
+    yield engine
+    asyncio.run(engine.aclose())
+
+
+def run(engine: TransformersEngine, request: GenerationRequest) -> tuple[str, list[Any], Finish]:
+    async def go() -> tuple[str, list[Any], Finish]:
+        prepared = await engine.prepare(request)
+        calls: list[Any] = []
+        text: list[str] = []
+        finish = None
+        async for event in engine.stream(prepared):
+            if isinstance(event, Delta):
+                text.append(event.text)
+                calls.extend(event.tool_calls)
+            else:
+                finish = event
+        assert finish is not None
+        return "".join(text), calls, finish
+
+    return asyncio.run(go())
+
+
+# ------------------------------------------------------------------ the schema subset
+
+
+@pytest.mark.parametrize(("schema", "word"), [
+    ({"oneOf": [{"type": "integer"}, {"type": "string"}]}, "oneOf"),
+    ({"type": "object", "properties": {"a": {"allOf": [{"type": "integer"}]}}}, "allOf"),
+    ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, "uniqueItems"),
+    ({"type": "object", "propertyNames": {"maxLength": 2}}, "propertyNames"),
+    ({"type": "string", "format": "hostname"}, "format"),
+    ({"$ref": "https://example.com/s.json"}, "$ref"),
+    ({"type": "object", "required": ["x"]}, "'x'"),
+    ({"type": "number", "multipleOf": 0.5}, "multipleOf"),
+    ({"type": "object", "properties": {"a": {"if": {"type": "integer"}}}}, "'if' at '/properties/a'"),
+])
+def test_unenforceable_features_are_named(schema: dict[str, Any], word: str) -> None:
+    reason = unenforceable(schema)
+    assert reason is not None and word in reason, reason
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "properties": {"a": {"type": "string", "maxLength": 3},
+                                      "b": {"anyOf": [{"type": "integer"}, {"type": "null"}]}},
+     "required": ["a"], "additionalProperties": False},
+    {"$defs": {"p": {"type": "integer", "minimum": 0}}, "type": "array",
+     "items": {"$ref": "#/$defs/p"}, "maxItems": 2, "title": "t", "description": "d"},
+    {"enum": ["a", 1, None]},
+    {"type": "string", "format": "date"},
+])
+def test_supported_schemas_pass(schema: dict[str, Any]) -> None:
+    assert unenforceable(schema) is None
+
+
+def test_grammars_compile_once_per_schema(engine: TransformersEngine) -> None:
+    book = engine.grammar_book()
+    schema = {"type": "object", "properties": {"zz_once": {"type": "boolean"}},
+              "required": ["zz_once"]}
+    before = dict(book.counters)
+    first = book.compile(JsonOutput(schema, "p"))
+    # the same schema spelt with its keys in another order is the same grammar
+    again = book.compile(JsonOutput(dict(reversed(list(schema.items()))), "p"))
+    assert first is again
+    assert book.counters["grammar_misses"] == before["grammar_misses"] + 1
+    assert book.counters["grammar_hits"] == before["grammar_hits"] + 1
+
+
+def test_text_is_valid_utf8_without_control_characters(engine: TransformersEngine) -> None:
+    """xgrammar's length-bounded strings admit raw control bytes, and its character
+    classes overlong UTF-8, which JSON forbids: the book masks them. Random logits walk
+    the grammar; every result decodes strictly and parses strictly."""
+    book = engine.grammar_book()
+    schema = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 4},
+              "minItems": 1, "maxItems": 3}
+    compiled = book.compile(JsonOutput(schema, "p"))
+    tokenizer = engine.loaded.tokenizer
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        sequence = book.start(compiled)
+        ids: list[int] = []
+        while not sequence.finished():
+            logits = torch.randn(book.vocab_size, generator=generator) * 4
+            token = int(torch.multinomial(torch.softmax(sequence.mask(logits), -1), 1,
+                                          generator=generator))
+            sequence.accept(token)
+            ids.append(token)
+        raw = b"".join(book.info.decoded_vocab[i] for i in ids)
+        assert tokenizer.decode(ids, skip_special_tokens=True) == raw.decode("utf-8")
+        jsonschema.validate(json.loads(raw), schema)  # json.loads is strict about controls
+
+
+def test_unenforceable_schema_is_refused_at_prepare(engine: TransformersEngine) -> None:
+    request = ask(response_format=schema_format({"type": "object", "properties": {
+        "a": {"type": "array", "items": {"type": "integer"}, "contains": {"const": 1}}}}))
+    with pytest.raises(InvalidRequestError, match="contains"):
+        asyncio.run(engine.prepare(request))
+
+
+def test_auto_tool_choice_is_refused_on_a_template_without_tools(
+        engine: TransformersEngine) -> None:
+    tools = ({"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},)
+    for choice in (None, "auto"):
+        with pytest.raises(InvalidRequestError, match="auto") as info:
+            asyncio.run(engine.prepare(ask(tools=tools, tool_choice=choice)))
+        assert info.value.param == "tool_choice"
+    # tool_choice "none": tools listed, plain text generated
+    text, calls, finish = run(engine, ask(tools=tools, tool_choice="none", max_tokens=10))
+    assert text and not calls and finish.reason in ("stop", "length")
+
+
+def test_ignore_eos_is_refused_with_a_format(engine: TransformersEngine) -> None:
+    with pytest.raises(InvalidRequestError, match="ignore_eos"):
+        asyncio.run(engine.prepare(ask(response_format={"type": "json_object"},
+                                       ignore_eos=True)))
+
+
+def test_continuing_a_json_answer_keeps_it_valid(engine: TransformersEngine) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0,
+                                                     "maximum": 99},
+                                               "w": {"enum": ["yes", "no"]}},
+              "required": ["n", "w"], "additionalProperties": False}
+    partial = '{"n": 4'
+    messages = (*QUESTION, Message("assistant", partial))
+    text, _, finish = run(engine, ask(messages=messages, response_format=schema_format(schema),
+                                      add_generation_prompt=False, continue_final_message=True,
+                                      seed=3))
+    assert finish.reason == "stop"
+    jsonschema.validate(json.loads(partial + text), schema)
+    bad = (*QUESTION, Message("assistant", '{"zzz": '))
+    with pytest.raises(InvalidRequestError, match="continued"):
+        asyncio.run(engine.prepare(ask(messages=bad, response_format=schema_format(schema),
+                                       add_generation_prompt=False,
+                                       continue_final_message=True)))
+
+
+def test_forced_call_with_logprobs_reports_the_model_logprobs(engine: TransformersEngine) -> None:
+    tools = ({"type": "function", "function": {"name": "pick", "parameters": {
+        "type": "object", "properties": {"v": {"enum": ["a", "b"]}}, "required": ["v"]}}},)
+    request = ask(tools=tools, tool_choice="required", logprobs=True, top_logprobs=2, seed=1)
+
+    async def go() -> list[Delta]:
+        return [e async for e in engine.stream(await engine.prepare(request))
+                if isinstance(e, Delta)]
+
+    deltas = asyncio.run(go())
+    tokens = [t for d in deltas for t in d.tokens]
+    assert tokens and all(t.logprob <= 0 for t in tokens)
+    call = join_tool_calls([p for d in deltas for p in d.tool_calls])
+    assert call[0]["function"]["name"] == "pick"
+    assert json.loads(call[0]["function"]["arguments"])["v"] in ("a", "b")
+
+
+# ----------------------------------------------------------------- the tool-call stream
+
+
+def test_splitter_for_one_function_sends_the_head_first() -> None:
+    splitter = ToolCallSplitter(("f",), "call_1")
+    pieces = splitter.feed('{"a"') + splitter.feed(": 1}") + splitter.finish(True)
+    assert pieces[0].id == "call_1" and pieces[0].name == "f" and pieces[0].arguments == ""
+    assert join_tool_calls(pieces)[0]["function"] == {"name": "f", "arguments": '{"a": 1}'}
+
+
+def test_splitter_for_several_functions_unwraps_name_and_arguments() -> None:
+    splitter = ToolCallSplitter(("f", "g"), "call_2")
+    text = '{"name": "g", "arguments": {"x": [1, 2]}}'
+    pieces = [p for ch in text for p in splitter.feed(ch)] + splitter.finish(True)
+    assert [p.name for p in pieces if p.name] == ["g"]
+    assert sum(1 for p in pieces if p.arguments) > 3  # streamed in pieces
+    assert join_tool_calls(pieces) == [{"id": "call_2", "type": "function", "function": {
+        "name": "g", "arguments": '{"x": [1, 2]}'}}]
+    cut = ToolCallSplitter(("f", "g"))
+    assert cut.feed('{"name": "f') == [] and cut.finish(False) == []
+
+
+def test_book_refuses_a_schema_xgrammar_cannot_convert(engine: TransformersEngine) -> None:
+    book: GrammarBook = engine.grammar_book()
+    mode = ForcedToolCall((ToolFunction("f", {"type": "string", "pattern": "(?<=a)b"}, "p"),))
+    with pytest.raises(InvalidRequestError, match="cannot enforce"):
+        book.compile(mode)
+
+
+# ---------------------------------------------------- end to end with the real model
+
+
+def test_json_object_and_schema_at_temperature_one(engine: TransformersEngine) -> None:
+    for seed in range(4):
+        text, _, finish = run(engine, ask(response_format={"type": "json_object"}, seed=seed,
+                                          max_tokens=400))
+        if finish.reason == "stop":
+            assert isinstance(json.loads(text), dict)
+        else:
+            assert finish.reason == "length" and text.startswith("{")
+
+
+def test_collect_still_gives_text_for_plain_requests(engine: TransformersEngine) -> None:
+    async def go() -> tuple[str, list[Any], Finish]:
+        return await collect(engine.stream(await engine.prepare(ask(max_tokens=8))))
+
+    text, _, finish = asyncio.run(go())
+    assert text and finish.reason in ("stop", "length")
+
+
+def test_tools_a_template_renders_count_as_prompt_tokens(tiny_loaded: Any) -> None:
+    """What the payment middleware prices is the prepared prompt: tools a chat template
+    shows the model are part of it."""
+    import copy
+    import dataclasses
+
+    tokenizer = copy.deepcopy(tiny_loaded.tokenizer)
+    tokenizer.chat_template = (
+        "{% if tools %}<|system|>\n{{ tools | tojson }}<|end|>\n{% endif %}"
+        + tiny_loaded.tokenizer.chat_template)
+    engine = TransformersEngine(loaded=dataclasses.replace(tiny_loaded, tokenizer=tokenizer))
+    tools = ({"type": "function", "function": {"name": "lookup", "description": "a long "
+                                                  "description of what this tool does",
+                                                  "parameters": {"type": "object"}}},)
+    try:
+        plain = asyncio.run(engine.prepare(ask()))
+        forced = asyncio.run(engine.prepare(ask(tools=tools, tool_choice="required")))
+        assert forced.prompt_tokens > plain.prompt_tokens + 10
+        with pytest.raises(InvalidRequestError, match="parser"):
+            asyncio.run(engine.prepare(ask(tools=tools)))
+    finally:
+        asyncio.run(engine.aclose())

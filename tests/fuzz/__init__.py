@@ -1,0 +1,1 @@
+"""Fuzzing a live node and a live gateway (hypothesis, schemathesis); see ``harness``."""
