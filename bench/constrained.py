@@ -48,7 +48,7 @@ def large_schema(tag: str) -> dict[str, Any]:
         "kind": {"enum": ["a", "b", "c", "d"]},
         "label": {"type": "string", "minLength": 1, "maxLength": 30},
         "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "maxItems": 4},
-        "when": {"type": "string", "format": "date"},
+        "ref": {"type": "string", "format": "uuid"},
         "score": {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "null"}]},
     }, "required": ["id", "kind", "label"], "additionalProperties": False}
     return {"type": "object", "properties": {

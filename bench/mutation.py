@@ -40,7 +40,9 @@ _PAYER_TESTS = [
     "tests/payments/test_payer_disputes.py",
     "tests/payments/test_payer_completion_limit.py",
     "tests/payments/test_payer_tokens_without_text.py",
-    "tests/payments/test_payer_money_rules.py",
+    "tests/payments/test_payer_corrective_402.py",
+    "tests/payments/test_payer_job_payments.py",
+    "tests/payments/test_payer_store_location.py",
     "tests/payments/test_x402_client.py",
 ]
 _NODE_TESTS = [
@@ -56,7 +58,7 @@ _NODE_TESTS = [
 ]
 _LEDGER_TESTS = [
     "tests/payments/test_ledger.py",
-    "tests/payments/test_ledger_money_rules.py",
+    "tests/payments/test_ledger_amount_bounds.py",
     "tests/payments/test_settlement.py",
     "tests/payments/test_paid_node.py",
     "tests/payments/test_frozen_rpc.py",
@@ -96,6 +98,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "receipts": ("src/agoranet/payments/receipts.py", [
         "tests/payments/test_pricing_receipts.py",
         "tests/payments/test_signature_rules.py",
+        "tests/payments/test_receipt_wire_rules.py",
         "tests/payments/test_receipt_checks.py",
         "tests/payments/test_payer.py",
         "tests/payments/test_payer_disputes.py",
@@ -109,6 +112,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "sqlite_ledger": ("src/agoranet/payments/sqlite_ledger.py", _LEDGER_TESTS),
     "settlement": ("src/agoranet/payments/settlement.py", [
         "tests/payments/test_settlement.py",
+        "tests/payments/test_settler_reports.py",
         "tests/payments/test_frozen_rpc.py",
         "tests/payments/test_paid_node.py",
     ]),
@@ -119,6 +123,13 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "budget": ("src/agoranet/gateway/budget.py", _GATEWAY_TESTS),
     "relay": ("src/agoranet/gateway/relay.py", _GATEWAY_TESTS),
 }
+
+# Tests left out of every run: they depend on timing that a loaded machine (and mutmut's
+# call tracing) upsets, so they fail on unmutated code and would stop the run.
+FLAKY = [
+    # a hang-up after 10 words sometimes lands after the whole 20-token answer was sent
+    "tests/payments/test_payer.py::test_concurrent_streams_cut_short_on_one_channel_stay_in_step",
+]
 
 # mutmut's exit code per mutant -> our column.
 _KILLED = {1, 3, 37}
@@ -162,7 +173,9 @@ def _prepare(name: str, source: str, tests: list[str]) -> Path:
         f"only_mutate = [{json.dumps(source)}]",
         f"pytest_add_cli_args_test_selection = {json.dumps(present)}",
         # one process per test file run; no cache writes into the snapshot; short test deadline
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:randomly", "--timeout=120"]',
+        "pytest_add_cli_args = " + json.dumps(
+            ["-p", "no:cacheprovider", "-p", "no:randomly", "--timeout=120"]
+            + [arg for test in FLAKY for arg in ("--deselect", test)]),
         # the snapshot lies inside the repository: its git history says nothing about it
         "use_git_change_detection = false",
     ]) + "\n"
@@ -193,12 +206,20 @@ def _mutmut() -> list[str]:
     return [sys.executable, "-m", "mutmut"]
 
 
-def _collect(name: str, work: Path, source: str) -> Score:
-    result = Score(module=name)
+def _results_file(name: str) -> Path:
+    return WORK / f"{name}.results.json"
+
+
+def _codes(work: Path, source: str) -> dict[str, int | None]:
     meta = work / "mutants" / (source + ".meta")
     if not meta.exists():
-        return result
+        return {}
     codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+    return codes
+
+
+def _score(name: str, codes: dict[str, int | None]) -> Score:
+    result = Score(module=name)
     for mutant, code in sorted(codes.items()):
         result.mutants += 1
         if code in _KILLED:
@@ -227,13 +248,21 @@ def _write_survivors(work: Path, score: Score, env: dict[str, str]) -> None:
             fh.write(f"### {mutant}\n{shown.stdout}\n")
 
 
-def run_module(name: str, jobs: int, module_timeout: float, verbose: bool) -> Score:
+def run_module(name: str, jobs: int, module_timeout: float, verbose: bool,
+               survivors_only: bool) -> Score:
     source, tests = MODULES[name]
+    previous: dict[str, int | None] = {}
+    if survivors_only and _results_file(name).exists():
+        previous = json.loads(_results_file(name).read_text())
+    retry = sorted(m for m, code in previous.items() if code not in _KILLED | _TIMEOUT)
+    if previous and not retry:
+        return _score(name, previous)
     work = _prepare(name, source, tests)
     env = _environment()
     log = (work / "mutmut.log").open("w")
     started = time.monotonic()
-    proc = subprocess.Popen([*_mutmut(), "run", "--max-children", str(jobs)], cwd=work, env=env,
+    proc = subprocess.Popen([*_mutmut(), "run", "--max-children", str(jobs), *retry],
+                            cwd=work, env=env,
                             stdout=None if verbose else log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     cut_short = False
@@ -249,7 +278,12 @@ def run_module(name: str, jobs: int, module_timeout: float, verbose: bool) -> Sc
             proc.wait()
     finally:
         log.close()
-    score = _collect(name, work, source)
+    codes = _codes(work, source)
+    if previous:  # only the survivors were run again: the others keep their verdicts
+        codes = {**previous, **{m: codes.get(m) for m in retry}}
+    if codes:
+        _results_file(name).write_text(json.dumps(codes, indent=1, sort_keys=True))
+    score = _score(name, codes)
     score.seconds = time.monotonic() - started
     if cut_short or proc.returncode != 0:
         score.complete = False
@@ -280,6 +314,9 @@ def main() -> int:
     parser.add_argument("--module-timeout", type=float, default=3600.0,
                         help="seconds after which a module's run is cut short")
     parser.add_argument("--threshold", type=float, default=90.0)
+    parser.add_argument("--survivors-only", action="store_true",
+                        help="run again only the mutants the last run of a module left alive "
+                             "(after adding tests); the others keep their verdicts")
     parser.add_argument("-v", "--verbose", action="store_true", help="show mutmut's output")
     args = parser.parse_args()
     names = [n.strip() for n in args.modules.split(",") if n.strip()] or list(MODULES)
@@ -288,7 +325,8 @@ def main() -> int:
         parser.error(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}")
     scores: list[Score] = []
     for name in names:
-        score = run_module(name, args.jobs, args.module_timeout, args.verbose)
+        score = run_module(name, args.jobs, args.module_timeout, args.verbose,
+                           args.survivors_only)
         scores.append(score)
         print(_table([score], args.threshold).splitlines()[-1], flush=True)
         for mutant in score.survivors:

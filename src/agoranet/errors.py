@@ -14,6 +14,8 @@ Third-party errors are converted at the boundary with ``raise ... from exc``.
     │   ├── PayloadTooLargeError    413
     │   ├── RequestTimeoutError     408: the body did not arrive in time
     │   ├── PaymentRequiredError    402 with the x402 payment requirements
+    │   ├── PriceCapError           402: the price caps exclude every node (names the cheapest)
+    │   ├── NodesDeclinedError      no node would serve it, none at fault (404, 402 unpayable)
     │   ├── AuthenticationError     401 invalid_api_key: no gateway key, a wrong, revoked or expired one
     │   ├── PermissionDeniedError   403: a gateway key may not do this (a model, another's key)
     │   └── OverloadedError         429 (carries retry_after seconds)
@@ -39,6 +41,7 @@ Third-party errors are converted at the boundary with ``raise ... from exc``.
     │   └── WrongPasswordError      the keystore password is wrong
     └── PaymentError                x402 payments: ledger, receipts, payer, settlement
         ├── LedgerError             the node's ledger refused or failed an operation
+        ├── CannotPayError          the payer cannot pay (its chain, channel or wallet): not the node's fault
         └── ReceiptError            a node's signed receipt does not match what was received
             └── ChargeDisputeError  a node claims a charge no receipt backs (the payer stops)
 """
@@ -50,6 +53,7 @@ __all__ = [
     "AgoranetError",
     "AuditError",
     "AuthenticationError",
+    "CannotPayError",
     "ChainBusyError",
     "ChainError",
     "ChainTimeoutError",
@@ -67,12 +71,14 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "NodeStartError",
+    "NodesDeclinedError",
     "OfferMismatchError",
     "OverloadedError",
     "PayloadTooLargeError",
     "PaymentError",
     "PaymentRequiredError",
     "PermissionDeniedError",
+    "PriceCapError",
     "ReceiptError",
     "ReputationListError",
     "RequestError",
@@ -281,8 +287,33 @@ class PaymentRequiredError(RequestError):
         self.status_code = status_code
 
 
+class PriceCapError(RequestError):
+    """The request's price caps exclude every node serving its model (the message names
+    the cheapest offer)."""
+
+    status_code = 402
+    error_type = "payment_required"
+    code = "price_above_cap"
+
+
+class NodesDeclinedError(RequestError):
+    """Every node declined for a reason not its own: none serves what was asked (404), or
+    the gateway cannot pay them (402; 503 when a channel could not be opened)."""
+
+    def __init__(self, message: str, *, status_code: int, code: str) -> None:
+        super().__init__(message, param="model" if status_code == 404 else None)
+        self.status_code, self.code = status_code, code
+        self.error_type = {402: "payment_required", 503: "upstream_error"}.get(
+            status_code, "invalid_request_error")
+
+
 class PaymentError(AgoranetError):
     """A payment operation failed (payer side, ledger, settlement)."""
+
+
+class CannotPayError(PaymentError):
+    """The payer cannot pay: its chain cannot be read, its channel cannot be repaired or
+    topped up. The buyer's trouble, never counted against the node."""
 
 
 class LedgerError(PaymentError):

@@ -14,6 +14,7 @@ from starlette.routing import Route
 from agoranet.api.openapi import OPENAPI_PATH, generic_routes, openapi_document
 from agoranet.config import GatewaySettings, NodeSettings
 from agoranet.gateway.app import build_service, create_gateway_app
+from agoranet.gateway.keystore import KeyStore
 from agoranet.node.app import create_app
 from agoranet.tuning.adapter import Adapter
 from agoranet.tuning.jobs import JobManager
@@ -99,6 +100,31 @@ async def test_gateway_documents_every_route_and_its_policy_field(tmp_path: Path
     policy = schemas[ref.rsplit("/", 1)[-1]]["properties"]["agoranet"]
     assert policy["anyOf"][0] == {"$ref": "#/components/schemas/Policy"}
     assert "prefer" in schemas["Policy"]["properties"]
+    assert "security" not in chat  # an open gateway takes no key
+
+
+async def test_a_keyed_gateway_documents_its_key_routes_and_that_keys_are_needed(
+        tmp_path: Path) -> None:
+    service = build_service(GatewaySettings(spend_log=tmp_path / "spend.sqlite"))
+    keys = KeyStore(tmp_path / "keys.sqlite")
+    app = create_gateway_app(service, keys=keys)
+    try:
+        document = await fetch(app)
+    finally:
+        keys.close()
+        await service.client.aclose()
+        service.spend.close()
+        if service.directory.reputation is not None:
+            service.directory.reputation.close()
+    validate(document)  # type: ignore[arg-type]
+    assert documented(document) == served(app)
+    assert generic_routes(app.routes) == []
+    assert {p for p in document["paths"] if p.startswith("/agoranet/keys")} == {
+        "/agoranet/keys", "/agoranet/keys/{name}", "/agoranet/keys/{name}/top_up",
+        "/agoranet/keys/{name}/revoke"}
+    assert document["paths"]["/v1/chat/completions"]["post"]["security"] == [{"bearer": []}]
+    assert document["paths"]["/v1/models"]["get"]["security"] == [{"bearer": []}]
+    assert "security" not in document["paths"]["/health"]["get"]
 
 
 def test_paid_paths_take_x402_and_answer_402() -> None:

@@ -19,6 +19,13 @@ F = {"type": "function", "function": {"name": "f", "parameters": {
 G = {"type": "function", "function": {"name": "g"}}
 
 
+def _deep_any_of(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer"}
+    for _ in range(levels):
+        schema = {"anyOf": [schema]}
+    return schema
+
+
 def chat(**kw: Any) -> ChatCompletionRequest:
     body: dict[str, Any] = {"model": "m", "messages": [ASK]}
     body.update(kw)
@@ -94,6 +101,8 @@ def test_modes() -> None:
     ({"messages": [ASK, {"role": "tool", "tool_call_id": "c9", "content": "x"},
                    {"role": "assistant", "tool_calls": [
                        {"id": "c9", "function": {"name": "f", "arguments": "{}"}}]}]}, "c9"),
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "n", "schema": _deep_any_of(100)}}}, "nested deeper"),
     ({"stream": "yes"}, "stream"),
     ({"stream": 1}, "stream"),
     ({"parallel_tool_calls": "no", "tools": [F]}, "parallel_tool_calls"),

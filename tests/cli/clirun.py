@@ -38,11 +38,11 @@ def run_inprocess(
 
 
 def run_subprocess(*args: str, env: dict[str, str] | None = None, stdin: str = "",
-                   timeout: float = 120) -> Result:
+                   timeout: float = 120, cwd: str | os.PathLike[str] | None = None) -> Result:
     """A real ``python -m agoranet`` without a controlling terminal (prompts read stdin)."""
     proc = subprocess.run(
         [sys.executable, "-m", "agoranet", *args], input=stdin, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, **(env or {})}, start_new_session=True,
+        timeout=timeout, env={**os.environ, **(env or {})}, start_new_session=True, cwd=cwd,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 

@@ -74,8 +74,7 @@ def test_spend_by_key(home: Path, capsys: pytest.CaptureFixture[str],
         log.add(SpendRow(f"r-{amount}", "tiny", "http://n/v1", 1, 1, amount, None, 1.0, "ok",
                          key=key))
     log.close()
-    result = run_inprocess(capsys, monkeypatch, "spend", "--by", "key")
+    result = run_inprocess(capsys, monkeypatch, "spend", "--by", "key", "--base-units")
     assert result.code == 0, result.err
-    rows = {line.split("│")[1].strip(): line for line in result.out.splitlines()
-            if line.count("│") > 3}
-    assert "35" in rows["alpha"] and "12" in rows["beta"] and "7" in rows["-"]
+    rows = {line.split()[0]: line.split() for line in result.out.splitlines() if line.strip()}
+    assert rows["alpha"][3] == "35" and rows["beta"][3] == "12" and rows["-"][3] == "7"

@@ -37,7 +37,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str]:
 def test_show_export_and_import(home: tuple[Path, str], capsys: pytest.CaptureFixture[str],
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     root, address = home
-    shown = run_inprocess(capsys, monkeypatch, "reputation", "show")
+    shown = run_inprocess(capsys, monkeypatch, "reputation", "show", "--wide")
     assert shown.code == 0, shown.err
     assert "http://cheat/v1" in shown.out and "banned until" in shown.out
     assert "failed 1 audit" in shown.out and "1/0" in shown.out  # honest: 1 passed, 0 failed

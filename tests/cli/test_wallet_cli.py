@@ -91,7 +91,11 @@ def test_wallet_flow_on_the_dev_chain(home: Path, dev: DevChain, cli: Cli) -> No
 
     assert cli("wallet", "fund", "250.5", *rpc).code == 0
     bal = cli("wallet", "balance", *rpc)
-    assert bal.code == 0 and "250500000" in bal.out and "250.500000" in bal.out
+    assert bal.code == 0 and "250.50" in bal.out and "250500000" not in bal.out
+    bal = cli("wallet", "balance", "--base-units", *rpc)
+    assert bal.code == 0 and "250500000" in bal.out
+    as_json = json.loads(cli("wallet", "balance", "--json", *rpc).out)
+    assert as_json["stablecoin"] == 250_500_000 and as_json["address"] == address
     w3 = connect(dev.rpc_url)
     addrs = resolve_addresses(31337)
     assert balances(w3, addrs, address).stablecoin == 250_500_000
@@ -110,12 +114,15 @@ def test_wallet_flow_on_the_dev_chain(home: Path, dev: DevChain, cli: Cli) -> No
     assert balances(w3, addrs, address).stablecoin == 238_000_000
 
     listed = cli("wallet", "channels", *rpc)
-    assert listed.code == 0 and channel_id in listed.out and "12500000" in listed.out
+    assert listed.code == 0 and channel_id in listed.out and "12.50" in listed.out
+    assert all(len(line) <= 80 for line in listed.out.splitlines())
+    rows = json.loads(cli("wallet", "channels", "--json", *rpc).out)["channels"]
+    assert [(r["channel"], r["available"]) for r in rows] == [(channel_id, 12_500_000)]
 
     started = cli("wallet", "subkey", "revoke", str(out), *rpc)
-    assert started.code == 0 and "withdrawal of 12500000 base units started" in started.out
+    assert started.code == 0 and "withdrawal of 12.50 started" in started.out
     done = cli("wallet", "subkey", "revoke", channel_id, "--wait", *rpc)
-    assert done.code == 0 and "revoked: 12500000 base units" in done.out, done.out
+    assert done.code == 0 and "revoked: 12.50 returned" in done.out, done.out
     assert balances(w3, addrs, address).stablecoin == 250_500_000
     again = cli("wallet", "subkey", "revoke", str(out), *rpc)
     assert again.code == 0 and "nothing left" in again.out

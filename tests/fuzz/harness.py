@@ -11,8 +11,8 @@ at a time, target by target (:data:`TARGETS`), and keeps the verdicts;
 alive, error bodies in OpenAI's JSON, no stream cut off, and nothing charged for a
 refused input: the node's ledger holds a receipt and a charged voucher for exactly
 the paid requests that got a 200, the channels' charged totals equal their
-receipts, both payers agree with the node, and on chain both channels still hold
-their deposits, unclaimed.
+receipts, both payers agree with the node, on chain both channels still hold
+their deposits, unclaimed, and the gateway spent nothing and holds no reservation.
 
 Client input (every target but ``node-garbage``) must never get a status >= 500,
 with one exception: the gateway's 503 when the request's own ``agoranet`` policy
@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import signal
 import sqlite3
 import subprocess
@@ -90,6 +89,11 @@ CHEAP = {"model": "tiny", "messages": [{"role": "user", "content": "Hi."}],
 CONTENT_TYPES = st.sampled_from([
     "application/json", "application/json", "application/json; charset=latin-1", "text/plain",
     "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "", "*/*"])
+
+# a gateway request's key: mostly the owner's (None), else none or a bad one (401)
+AUTHORIZATIONS = st.sampled_from([None] * 8 + [
+    "", "Bearer", "Bearer ", "Bearer agn-0000", "Basic dXNlcjpwYXNz", "bearer agn-" + "a" * 9000,
+    "Bearer agn-\u00e9", "Bearer  agn-x  "])
 
 # target name -> share of the inputs
 TARGETS: dict[str, float] = {
@@ -161,6 +165,7 @@ class Live:
     fake: GarbageNode  # free
     paid_fake: GarbageNode  # asks for payment: the gateway pays it from its wallet
     required: dict[str, Any]  # a real PAYMENT-REQUIRED of the node, decoded
+    gateway_key: str | None  # the gateway's owner key (None for an open gateway)
     body_payer: Payer
     header_payer: Payer
     onchain_before: dict[str, tuple[int, int]]
@@ -234,7 +239,9 @@ def live_network(tmp: Path, model: Path) -> Iterator[Live]:
         stack.callback(header_payer.close)
         _wait_offers(gateway.url)
         before = onchain(chain, addresses, [body_payer, header_payer])
-        yield Live(chain, addresses, node, ledger, gateway, fake, paid_fake, required,
+        owner = tmp / "gateway" / "owner.key"  # beside the key store, beside the spend log
+        key = owner.read_text().strip() if owner.exists() else None
+        yield Live(chain, addresses, node, ledger, gateway, fake, paid_fake, required, key,
                    body_payer, header_payer, before)
 
 
@@ -326,7 +333,9 @@ class Fuzzer:
         self.verdict = Verdict()
         self.paid_ok: set[str] = set()  # request ids of paid requests that got a 200
         self.node_http = httpx.Client(base_url=live.node.url, timeout=TIMEOUT)
-        self.gateway_http = httpx.Client(base_url=live.gateway.url, timeout=TIMEOUT)
+        self.gateway_http = httpx.Client(
+            base_url=live.gateway.url, timeout=TIMEOUT,
+            headers={"authorization": f"Bearer {live.gateway_key}"} if live.gateway_key else {})
         self.paying_http = httpx.Client(base_url=live.node.url, timeout=TIMEOUT,
                                         auth=PayerAuth(live.body_payer))
         self._schemas: dict[str, Any] = {}
@@ -382,7 +391,8 @@ class Fuzzer:
 
     def _exchange(self, target: str, client: httpx.Client, request: httpx.Request,
                   given: Any, *, client_input: bool = True,
-                  allow_503: Callable[[bytes], bool] | None = None) -> httpx.Response | None:
+                  allow_503: Callable[[httpx.Request, bytes], bool] | None = None
+                  ) -> httpx.Response | None:
         """Send ``request``, read the whole answer, judge it; the response (read)."""
         try:
             response = client.send(request, stream=True)
@@ -404,7 +414,7 @@ class Fuzzer:
         upstream = False
         if failure is None and status >= 500:
             upstream = status in (502, 503) and (
-                not client_input or (allow_503 is not None and allow_503(body)))
+                not client_input or (allow_503 is not None and allow_503(request, body)))
             if not upstream:
                 failure = f"HTTP {status}: {_short(body)}"
         if failure is None and status >= 400 and request.method != "HEAD":  # (no body)
@@ -436,6 +446,9 @@ class Fuzzer:
     def _schema_cases(self, target: str, count: int, url: str, client: httpx.Client) -> None:
         def send(given: tuple[Any, bool]) -> None:
             case, known_model = given
+            if (case.path_parameters or {}).get("name") == "owner" and \
+                    case.path.endswith("/revoke"):
+                return  # the fuzzer's own key: revoking it would end the gateway's fuzzing
             if known_model and isinstance(case.body, dict) and "model" in case.body:
                 case.body["model"] = "tiny"  # past "no such model", to the deeper checks
             kwargs = case.as_transport_kwargs(base_url=url)
@@ -461,7 +474,8 @@ class Fuzzer:
                     files=files or None, cookies=kwargs.get("cookies"))
             except (httpx.HTTPError, httpx.InvalidURL, TypeError, ValueError, UnicodeError):
                 return  # not sendable over HTTP at all: not an input
-            self._exchange(target, client, request, case.as_curl_command())
+            self._exchange(target, client, request, case.as_curl_command(),
+                           allow_503=_policy_refusal)
 
         self._drive(target, count, st.tuples(self._schema(url), st.booleans()), send)
 
@@ -582,13 +596,16 @@ class Fuzzer:
 
     def _gateway_bodies(self, target: str, count: int) -> None:
         self.live.fake.scenario = good_scenario()
-        strategy = chat_bodies() | raw_bodies()
+        strategy = st.tuples(chat_bodies() | raw_bodies(), AUTHORIZATIONS)
 
-        def send(body: Any) -> None:
+        def send(given: tuple[Any, str | None]) -> None:
+            body, authorization = given
             content = body if isinstance(body, bytes) else json.dumps(body).encode()
+            headers = {"content-type": "application/json"}
+            if authorization is not None:  # else the owner key
+                headers["authorization"] = authorization.encode("latin-1")  # type: ignore[assignment]
             request = self.gateway_http.build_request(
-                "POST", "/v1/chat/completions", content=content,
-                headers={"content-type": "application/json"})
+                "POST", "/v1/chat/completions", content=content, headers=headers)
             self._exchange(target, self.gateway_http, request, body,
                            allow_503=_policy_refusal)
 
@@ -638,6 +655,11 @@ class Fuzzer:
                 checks.append(f"the node charged the {name} payer's channel "
                               f"{node_charged.get(payer.state.channel_id)}, the payer's "
                               f"receipts say {payer.state.charged}")
+        # the gateway paid nothing: the free fake node costs nothing, the paid one never
+        # sent a receipt; and no reservation outlived its request
+        budget = httpx.get(f"{live.gateway.url}/agoranet/nodes", timeout=10.0).json()["budget"]
+        if budget["spent"] or budget["reserved"]:
+            checks.append(f"the gateway's budget after the run: {budget}")
         after = onchain(live.chain, live.addresses, [live.body_payer, live.header_payer])
         if after != live.onchain_before:
             checks.append(f"the channels moved on chain: {live.onchain_before} -> {after}")
@@ -697,10 +719,14 @@ def _payment_response(response: httpx.Response) -> dict[str, Any] | None:
     return None
 
 
-def _policy_refusal(body: bytes) -> bool:
+def _policy_refusal(request: httpx.Request, body: bytes) -> bool:
     """A gateway 503 that the client's own ``agoranet`` policy caused (it excluded every
     node): the gateway's documented answer, not a failure of the gateway."""
-    return re.search(rb"allowed by the policy", body) is not None
+    try:
+        asked = b'"agoranet"' in request.content
+    except httpx.RequestNotRead:  # a streamed (multipart) body: none of the chat's
+        asked = False
+    return asked and b"allowed by the policy" in body
 
 
 def _files(files: list[tuple[str, tuple[str | None, Any]]]

@@ -90,15 +90,57 @@ def _messages() -> st.SearchStrategy[list[dict[str, Any]]]:
         lambda ms: [*ms[:-1], {**ms[-1], "role": "user"}])
 
 
+SCHEMA_LEAVES = st.sampled_from([
+    {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"},
+    {"type": "null"}, {}, {"enum": ["a", 1, None]}, {"const": "x"},
+    {"type": "string", "maxLength": 3}, {"type": "string", "minLength": 100_000},
+    {"type": "string", "pattern": "^[a-z]+$"}, {"type": "string", "pattern": "(a+)+$"},
+    {"type": "string", "pattern": "["}, {"type": "string", "format": "date-time"},
+    {"type": "integer", "minimum": 10**20}, {"type": "integer", "minimum": 5, "maximum": 1},
+    {"type": ["string", "null"]}, {"$ref": "#/$defs/missing"}, {"$ref": "#"},
+    {"type": "array", "minItems": 10**6}, {"not": {}}])
+
+
+def json_schemas() -> st.SearchStrategy[dict[str, Any]]:
+    """JSON schemas as tools' ``parameters`` and ``response_format`` carry them: plausible
+    ones, and ones no output satisfies, with odd patterns, bounds and references."""
+    return st.recursive(SCHEMA_LEAVES, lambda inner: st.one_of(
+        st.dictionaries(st.sampled_from(["a", "b", "c d", ""]), inner, max_size=3).map(
+            lambda props: {"type": "object", "properties": props, "required": sorted(props),
+                           "additionalProperties": False}),
+        inner.map(lambda item: {"type": "array", "items": item, "maxItems": 3}),
+        st.lists(inner, min_size=1, max_size=3).map(lambda xs: {"anyOf": xs})),
+        max_leaves=6)
+
+
+def _structured() -> st.SearchStrategy[dict[str, Any]]:
+    """``response_format`` or ``tools`` (with ``tool_choice``) for a chat request."""
+    tool = st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
+        {"name": st.sampled_from(["f", "get_weather", "a-b_1"]), "parameters": json_schemas()},
+        optional={"description": TEXT, "strict": st.booleans()})})
+    return st.one_of(
+        st.fixed_dictionaries({"response_format": st.one_of(
+            st.just({"type": "json_object"}), st.just({"type": "text"}),
+            st.fixed_dictionaries({"type": st.just("json_schema"), "json_schema":
+                                   st.fixed_dictionaries({"name": st.just("answer"),
+                                                          "schema": json_schemas()},
+                                                         optional={"strict": st.booleans()})}))}),
+        st.fixed_dictionaries({"tools": st.lists(tool, min_size=1, max_size=2)},
+                              optional={"tool_choice": st.sampled_from(
+                                  ["auto", "none", "required",
+                                   {"type": "function", "function": {"name": "f"}}])}))
+
+
 def chat_bodies(model: str = "tiny", *, max_tokens: int = 4) -> st.SearchStrategy[Any]:
-    """Chat requests: mostly valid and cheap (``max_tokens`` at most ``max_tokens``),
-    then mutated, plus any JSON value at all."""
-    valid = st.fixed_dictionaries(
+    """Chat requests: mostly valid and cheap (``max_tokens`` at most ``max_tokens``), some
+    with tools or a response format, then mutated, plus any JSON value at all."""
+    plain = st.fixed_dictionaries(
         {"model": st.just(model), "messages": _messages(),
          "max_tokens": st.integers(1, max_tokens)},
         optional={"temperature": st.floats(0, 2), "stream": st.booleans(),
                   "seed": st.integers(0, 2**32), "stop": st.sampled_from(["\n", ["."]]),
                   "top_p": st.floats(0.1, 1), "logprobs": st.booleans()})
+    valid = plain | st.tuples(plain, _structured()).map(lambda pair: {**pair[0], **pair[1]})
     return valid | valid.flatmap(mutated) | valid.flatmap(mutated) | json_values()
 
 

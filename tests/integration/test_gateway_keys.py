@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from agoranet.chain.devchain import DevChain
 from agoranet.gateway.spendlog import SpendLog
 from agoranet.node.launcher import free_port, wait_healthy
 from helpers import node_process
@@ -248,3 +249,54 @@ def test_bad_keys_get_401_nothing_runs_and_no_secret_leaks(node: str, tmp_path: 
     found = [s[:8] for s in secrets if s.encode() in blob]
     assert not found, f"secrets written to a file: {found}"
     assert json.loads(_cli(tmp_path, "show", "sub", "--json").stdout)["spent"] == 1
+
+
+def test_a_key_on_a_paying_gateway_spends_what_the_receipts_say(
+        chain: DevChain, tiny_model: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key's budget against a paid node: it is charged each answer's signed receipt and
+    refused (429) once its worst case no longer fits; the money invariants hold after."""
+    from agoranet.chain.addresses import resolve_addresses
+    from agoranet.chain.rpc import connect
+    from agoranet.config import ChainSettings
+    from agoranet.payments.wallet import PASSWORD_ENV_VAR, create_keystore
+    from agoranet.testing.invariants import BuyerBook, assert_money_invariants, chain_snapshot
+    from agoranet.testing.settle import force_settlement
+
+    monkeypatch.setenv(PASSWORD_ENV_VAR, "keys-paid")
+    wallets = {}
+    for name, index in (("node", 3), ("gateway", 5)):
+        wallets[name] = tmp_path / f"{name}.json"
+        create_keystore(wallets[name], "keys-paid", scrypt_n=2**10, private_key=bytes.fromhex(
+            chain.private_keys[index].removeprefix("0x")))
+    w3 = connect(chain.rpc_url)
+    addresses = resolve_addresses(chain.chain_id, ChainSettings(rpc_url=chain.rpc_url))
+    before = chain_snapshot(w3, addresses, [chain.accounts[3], chain.accounts[5]])
+    ledger = tmp_path / "ledger.sqlite"
+    with node_process(["--model", str(tiny_model), "--price-in", "1000000", "--price-out",
+                       "3000000", "--rpc-url", chain.rpc_url, "--keystore",
+                       str(wallets["node"]), "--ledger", str(ledger), "--no-fine-tuning",
+                       "--no-adapters"]) as paid, \
+            gateway(paid, tmp_path / "gw", "--rpc-url", chain.rpc_url, "--keystore",
+                    str(wallets["gateway"]), "--deposit", "500000") as gw:
+        agent = gw.mint(gw.owner, "agent", 300)  # a request's worst case here is about 90
+        replies = [_ask_one(gw.url, agent) for _ in range(12)]
+        keys = gw.keys()
+    amounts = [r["agoranet"]["amount"] for s, r in replies if s == 200]
+    assert amounts and all(a > 0 for a in amounts)
+    assert {s for s, _ in replies} == {200, 429}
+    assert all(s == 200 for s, _ in replies[:len(amounts)])  # served until it no longer fits
+    assert keys["agent"]["spent"] == sum(amounts) <= 300 and keys["agent"]["reserved"] == 0
+    assert spend_by_key(tmp_path / "gw") == {"agent": sum(amounts)}
+    [store] = {p.parent for p in (tmp_path / "gw").rglob("payer.sqlite")}
+    book = BuyerBook.from_payer_store(store, headroom=300)
+    assert book.receipted == sum(amounts)
+    force_settlement(chain.rpc_url, ledger, chain.private_keys[3])
+    assert_money_invariants(w3, addresses, before=before, books=[book], ledger=ledger)
+
+
+def _ask_one(url: str, key: str) -> tuple[int, dict[str, Any]]:
+    reply = httpx.post(f"{url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                       json={"model": "tiny", "messages": QUESTION, "max_tokens": 4,
+                             "temperature": 0}, timeout=60)
+    return reply.status_code, reply.json()

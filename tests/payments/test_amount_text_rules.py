@@ -40,7 +40,7 @@ def test_a_refused_amount_names_the_field(text: str, reason: str) -> None:
 
 
 def test_a_refused_address_names_the_field() -> None:
-    with pytest.raises(ConfigError, match="^address '0x12' is not an Ethereum address"):
+    with pytest.raises(ConfigError, match=r"^address '0x12' is not an Ethereum address"):
         parse_address("0x12")
-    with pytest.raises(ConfigError, match="^receiver '0x12' is not an Ethereum address"):
+    with pytest.raises(ConfigError, match=r"^receiver '0x12' is not an Ethereum address"):
         parse_address("0x12", what="receiver")

@@ -18,14 +18,14 @@ def test_a_free_price_list_is_allowed() -> None:
 
 @pytest.mark.parametrize(("inp", "out"), [(-1, 5), (5, -1), (-1, -1)])
 def test_a_negative_price_on_either_side_is_refused(inp: int, out: int) -> None:
-    with pytest.raises(ValueError, match="^prices must not be negative$"):
+    with pytest.raises(ValueError, match=r"^prices must not be negative$"):
         TokenPrices(inp, out)
 
 
 def test_a_negative_token_count_is_refused() -> None:
     prices = TokenPrices(1_000_000, 2_000_000)
     for tokens_in, tokens_out in ((-1, 0), (0, -1)):
-        with pytest.raises(ValueError, match="^token counts must not be negative$"):
+        with pytest.raises(ValueError, match=r"^token counts must not be negative$"):
             cost(prices, tokens_in, tokens_out)
 
 
@@ -33,5 +33,5 @@ def test_commitments_add_their_price_to_both_sides() -> None:
     prices = TokenPrices(3, 7)
     assert with_commitments(prices, 0) == prices
     assert with_commitments(prices, 1) == TokenPrices(4, 8)
-    with pytest.raises(ValueError, match="^prices must not be negative$"):
+    with pytest.raises(ValueError, match=r"^prices must not be negative$"):
         with_commitments(prices, -1)

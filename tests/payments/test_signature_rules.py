@@ -40,7 +40,7 @@ def test_the_signer_is_the_wallet_of_its_key_and_signs_canonically() -> None:
 
 @pytest.mark.parametrize("size", [31, 33, 0])
 def test_a_private_key_of_the_wrong_size_is_refused(size: int) -> None:
-    with pytest.raises(ValueError, match="^a private key is 32 bytes$"):
+    with pytest.raises(ValueError, match=r"^a private key is 32 bytes$"):
         DigestSigner(KEY[:size] if size < 32 else KEY + b"\x01")
 
 
@@ -100,6 +100,7 @@ def test_what_is_no_ecdsa_signature_at_all_has_no_canonical_form(signature: byte
 
 
 def test_the_largest_low_s_is_kept_and_the_smallest_high_s_is_flipped() -> None:
+    assert canonical_signature(_sig(1, 1, 27)) == _sig(1, 1, 27)  # the smallest r and s
     kept = canonical_signature(_sig(5, SECP256K1_N_HALF, 27))
     assert kept == _sig(5, SECP256K1_N_HALF, 27)
     flipped = canonical_signature(_sig(5, SECP256K1_N_HALF + 1, 27))

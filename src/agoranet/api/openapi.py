@@ -124,7 +124,8 @@ OPERATIONS: Mapping[tuple[str, str], Operation] = {
     ("POST", "/v1/adapters"): Operation(
         "Upload a LoRA adapter (a tar archive)", {"type": "string", "format": "binary"},
         body="binary", response=_OBJECT, status=201, query=("id",), errors=(400, 413)),
-    ("GET", "/v1/adapters"): Operation("List the adapters served", response=_LIST, errors=()),
+    ("GET", "/v1/adapters"): Operation("List the caller's own adapters", response=_LIST,
+                                       bearer=True, errors=(401,)),
     ("POST", "/v1/files"): Operation(
         "Upload a training file (OpenAI)",
         {"type": "object", "required": ["file", "purpose"],
@@ -150,6 +151,29 @@ OPERATIONS: Mapping[tuple[str, str], Operation] = {
     ("GET", "/v1/fine_tuning/jobs/{job_id}/adapter"): Operation(
         "Download a finished job's adapter", response={"type": "string", "format": "binary"},
         media_type="application/x-tar", bearer=True, errors=(400, 401, 404)),
+    ("POST", "/agoranet/keys"): Operation(
+        "Create a gateway key under the caller's",
+        {"type": "object", "required": ["name", "budget"],
+         "properties": {"name": {"type": "string"}, "parent": {"type": "string"},
+                        "budget": {"type": "integer", "minimum": 0},
+                        "per_day": {"type": ["integer", "null"], "minimum": 0},
+                        "models": {"type": ["array", "null"], "items": {"type": "string"}},
+                        "policy": {"type": ["object", "null"]},
+                        "expires_in_s": {"type": ["number", "null"]}}},
+        response=_OBJECT, status=201, bearer=True, errors=(400, 401, 403, 409)),
+    ("GET", "/agoranet/keys"): Operation("The caller's key and those under it",
+                                         response=_LIST, bearer=True, errors=(401,)),
+    ("GET", "/agoranet/keys/{name}"): Operation("A key's budget, spend and expiry",
+                                                response=_OBJECT, bearer=True,
+                                                errors=(401, 403, 404)),
+    ("POST", "/agoranet/keys/{name}/top_up"): Operation(
+        "Raise a key's budget",
+        {"type": "object", "required": ["amount"],
+         "properties": {"amount": {"type": "integer", "minimum": 0}}},
+        response=_OBJECT, bearer=True, errors=(400, 401, 403, 404)),
+    ("POST", "/agoranet/keys/{name}/revoke"): Operation(
+        "Revoke a key and every key under it", response=_OBJECT, bearer=True,
+        errors=(401, 403, 404)),
 }
 
 _PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
@@ -203,7 +227,9 @@ def openapi_document(routes: Collection[BaseRoute], *, title: str, version: str,
                            "answer is 402 with the PAYMENT-REQUIRED requirements"}
     if any(op.bearer for _, _, _, op in served):
         security["bearer"] = {"type": "http", "scheme": "bearer",
-                              "description": "any secret string: it names the owner"}
+                              "description": "OpenAI's API key: at a gateway one of its keys; "
+                                             "at a node any secret string, which names the "
+                                             "owner of files and jobs"}
     if security:
         document["components"]["securitySchemes"] = security
     return document

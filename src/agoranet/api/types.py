@@ -210,6 +210,8 @@ class TokenizeRequest(_Request):
     def _check(self) -> TokenizeRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of 'prompt' and 'messages'")
+        for message in self.messages or ():
+            message.text()  # a content part that is not text: refused here, as in a chat
         return self
 
 

@@ -132,6 +132,8 @@ def start_devchain(
 ) -> DevChain:
     """Start anvil and make sure our contracts are installed; ``port=0`` picks a free one."""
     binary = anvil or find_anvil()
+    if port:
+        _check_port_free(host, port)  # else the chain already there answers as if ours
     port = port or _free_port(host)
     cmd = [
         str(binary),
@@ -244,6 +246,17 @@ def _free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise DevChainError(f"cannot start anvil on {host}:{port}: "
+                                f"{(exc.strerror or str(exc)).lower()} (is a chain already "
+                                "running there?)") from exc
 
 
 def _wait_ready(rpc_url: str, proc: subprocess.Popen[bytes], timeout: float) -> Web3:

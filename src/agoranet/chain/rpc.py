@@ -29,6 +29,8 @@ __all__ = [
 
 DEV_CHAIN_ID: Final = 31337
 _TIMEOUT: Final = 10.0
+_GAS_MARGIN_DIVISOR: Final = 5  # +20% over the estimate
+_GAS_MARGIN_MIN: Final = 10_000
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,25 @@ def send(w3: Web3, account: LocalAccount, call: Any, what: str, *, value: int = 
                 "value": value,
             }
         )
+        tx["gas"] = _with_margin(w3, int(tx["gas"]))
     except ContractLogicError as exc:
         raise ContractError(f"{what} reverted: {_reason(exc)}") from exc
     except (OSError, ValueError, Web3Exception) as exc:
         raise ChainError(f"{what} failed: {_short(exc)}") from exc
     return _sign_and_wait(w3, account, tx, what)
+
+
+def _with_margin(w3: Web3, estimate: int) -> int:
+    """``estimate`` plus a margin, within the latest block's gas limit.
+
+    An estimate is exact only for the state and block it ran against: a node
+    estimates against the latest block, the transaction is mined in a later one.
+    A contract that stores ``block.timestamp`` (the registry's ``updatedAt``)
+    writes an unchanged slot (100 gas) in the estimate but a changed one (2,900)
+    once mined a second later, and an exact limit then runs out of gas.
+    """
+    limit = int(w3.eth.get_block("latest")["gasLimit"])
+    return min(limit, estimate + max(estimate // _GAS_MARGIN_DIVISOR, _GAS_MARGIN_MIN))
 
 
 def transfer_native(w3: Web3, account: LocalAccount, to: str, amount: int) -> TxResult:

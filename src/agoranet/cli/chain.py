@@ -32,8 +32,10 @@ def chain(ctx: click.Context, host: str, port: int, chain_id: int, state_file: P
     if ctx.invoked_subcommand is not None:
         return
     from agoranet.chain.devchain import start_devchain
+    from agoranet.cli.preflight import check_port_free
     from agoranet.errors import DevChainError
 
+    check_port_free(host, port, "chain")
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import click
 import httpx
 from rich.console import Console
-from rich.table import Table
 
+from agoranet.cli.output import Col, Listing, emit, listing_options, say
 from agoranet.cli.user_options import user_set
 from agoranet.config import GatewaySettings
 from agoranet.errors import ConfigError
@@ -82,14 +83,21 @@ def gateway_settings(ctx: click.Context, options: dict[str, Any]) -> GatewaySett
 
 
 def serve_gateway(settings: GatewaySettings) -> None:
+    """Check the port, the wallet and its chain, probe the nodes (all before a reference
+    model loads), then build the gateway, print its banner and serve."""
     from agoranet.api.server import ServerLimits, serve
+    from agoranet.cli.gateway_banner import gateway_banner, probe_nodes
+    from agoranet.cli.preflight import check_port_free, connect_chain_or_hint
     from agoranet.gateway.app import build_service, create_gateway_app
 
+    check_port_free(settings.host, settings.port, "gateway")
     account = None
     if settings.rpc_url:
         from agoranet.cli.wallet_common import unlock_wallet
 
         account = unlock_wallet(settings.keystore)
+        connect_chain_or_hint(settings.rpc_url)
+    probes = probe_nodes(settings)
     service = build_service(settings, account=account)
     keys = None
     if not settings.open:
@@ -101,47 +109,48 @@ def serve_gateway(settings: GatewaySettings) -> None:
             console.print(f"settled {started.lost} base units reserved by a gateway that died "
                           "(spend log: outcome 'lost')")
     app = create_gateway_app(service, settings, keys)
-    where = f"{len(settings.nodes)} node(s)" + (" and the registry"
-                                                if settings.registry_rpc_url else "")
-    console.print(f"agoranet gateway on http://{settings.host}:{settings.port}/v1 over {where}")
-    if keys is None:
-        console.print("open: any local process may spend (--open); the global budget applies")
-    else:
-        console.print(f"needs a key; the owner's: OPENAI_API_KEY=$(cat {started.owner_key}) "
-                      f"OPENAI_BASE_URL=http://{settings.host}:{settings.port}/v1")
+    gateway_banner(console, settings, payer=account.address if account else None,
+                   spent=service.budget.spent, probes=probes,
+                   owner_key=started.owner_key if keys is not None else None)
     serve(app, settings.host, settings.port, ServerLimits(
         settings.header_timeout_s, settings.keep_alive_s, settings.max_connections))
 
 
 @click.command()
 @click.option("--gateway", "gateway_url", default="http://127.0.0.1:8402", show_default=True)
-def nodes(gateway_url: str) -> None:
-    """The gateway's nodes: prices, speed, health."""
+@listing_options()
+def nodes(gateway_url: str, listing: Listing) -> None:
+    """The gateway's nodes: prices (stablecoin per 1M tokens in/out), speed, health."""
     try:
         data = httpx.get(f"{gateway_url.rstrip('/')}/agoranet/nodes", timeout=10).json()
     except (httpx.HTTPError, ValueError) as exc:
         raise ConfigError(f"cannot reach the gateway at {gateway_url}: {exc}") from exc
-    table = Table(title="nodes")
-    for column in ("node", "models", "price in/out per 1M", "ttft ms", "tok/s", "ok", "failed",
-                   "audits ok/failed", "tokens audited", "last verdict", "score", "state"):
-        table.add_column(column)
+    cols = (Col("node", key=True), Col("models"), Col("in/out per 1M"), Col("ok", right=True),
+            Col("failed", right=True), Col("score", right=True), Col("state"),
+            Col("ttft ms", right=True, wide=True), Col("tok/s", right=True, wide=True),
+            Col("audits ok/failed", wide=True), Col("tokens audited", right=True, wide=True),
+            Col("last verdict", wide=True))
+    rows = []
     for row in data["nodes"]:
-        prices = ", ".join(f"{p['input_per_million']}/{p['output_per_million']}"
+        prices = ", ".join(f"{listing.money(p['input_per_million'])}/"
+                           f"{listing.money(p['output_per_million'])}"
                            for p in row["price"].values())
-        table.add_row(row["url"], ", ".join(row["models"]), prices,
-                      f"{row['ttft_ms']:.0f}" if row["ttft_ms"] is not None else "-",
-                      f"{row['tokens_per_s']:.0f}" if row["tokens_per_s"] is not None else "-",
-                      str(row["successes"]), str(row["failures"]),
-                      f"{_count(row.get('audits_passed'))}/{_count(row.get('audits_failed'))}",
-                      _count(row.get("tokens_audited")), row.get("last_verdict") or "-",
-                      f"{row['score']:.3f}" if row.get("score") is not None else "-",
-                      _state(row))
-    console.print(table)
+        rows.append([row["url"], ", ".join(row["models"]) or "-", prices or "-",
+                     str(row["successes"]), str(row["failures"]),
+                     f"{row['score']:.3f}" if row.get("score") is not None else "-",
+                     _state(row),
+                     f"{row['ttft_ms']:.0f}" if row["ttft_ms"] is not None else "-",
+                     f"{row['tokens_per_s']:.0f}" if row["tokens_per_s"] is not None else "-",
+                     f"{_count(row.get('audits_passed'))}/{_count(row.get('audits_failed'))}",
+                     _count(row.get("tokens_audited")), row.get("last_verdict") or "-"])
+    emit(listing, cols, rows, data, empty="no nodes")
     audits = data.get("audits")
-    if audits and audits.get("allowance") is not None:
-        console.print(f"audits of {audits['model']}: spent {audits['spent']} of "
-                      f"{audits['allowance']} allowed ({audits['budget_share']:.0%} of request "
-                      f"spend + {audits['floor']}), {audits['skipped']} skipped over budget")
+    if not listing.as_json and audits and audits.get("allowance") is not None:
+        say(f"audits of {audits['model']}: spent {listing.money(audits['spent'])} of "
+            f"{listing.money(audits['allowance'])} allowed "
+            f"({audits['budget_share']:.0%} of request spend + "
+            f"{listing.money(audits['floor'])}), {audits['skipped']} skipped over budget",
+            wide=listing.wide)
 
 
 def _count(value: object) -> str:
@@ -151,7 +160,7 @@ def _count(value: object) -> str:
 def _state(row: dict[str, object]) -> str:
     if row["banned"]:
         reason = row.get("ban_reason")
-        return f"[bold red]banned[/]: {reason}" if reason else "[bold red]banned[/]"
+        return f"banned: {reason}" if reason else "banned"
     return "no offer" if row["offer_error"] else "ok"
 
 
@@ -159,8 +168,9 @@ def _state(row: dict[str, object]) -> str:
 @click.option("--by", type=click.Choice(["model", "node", "day", "key"]), default="model",
               show_default=True)
 @click.option("--spend-log", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def spend(by: str, spend_log: Path | None) -> None:
-    """Totals from the gateway's spend log."""
+@listing_options()
+def spend(by: str, spend_log: Path | None, listing: Listing) -> None:
+    """Totals from the gateway's spend log (stablecoin; --base-units for base units)."""
     from agoranet.gateway.spendlog import SpendLog
 
     settings = GatewaySettings(spend_log=spend_log) if spend_log else GatewaySettings()
@@ -169,21 +179,29 @@ def spend(by: str, spend_log: Path | None) -> None:
         raise ConfigError(f"no spend log at {path} yet")
     log = SpendLog(path)
     try:
-        for title, audits in ((f"spend by {by}", False), (f"audits by {by}", True)):
-            rows = log.totals(by, audits=audits)
-            if audits and not rows:
-                continue
-            table = Table(title=title)
-            for column in (by, "audits" if audits else "requests", "tokens",
-                           "amount (base units)", "of it by signed receipts"):
-                table.add_column(column, justify="left" if column == by else "right")
-            for key, count, tokens, amount, receipted in rows:
-                table.add_row(key, str(count), str(tokens), str(amount), str(receipted))
-            console.print(table)
+        tables = [(audits, log.totals(by, audits=audits)) for audits in (False, True)]
         audits_total, total = log.audit_total(), log.total()
-        if audits_total:
-            share = audits_total / max(1, total - audits_total)
-            console.print(f"audits cost {audits_total} base units, {share:.2%} of what "
-                          f"requests cost ({total - audits_total})")
     finally:
         log.close()
+    if listing.as_json:
+        click.echo(json.dumps({
+            kind: [{by: key, "count": count, "tokens": tokens, "amount": amount,
+                    "receipted": receipted}
+                   for key, count, tokens, amount, receipted in rows]
+            for kind, rows in (("spend", tables[0][1]), ("audits", tables[1][1]))
+        } | {"total": total, "audits_total": audits_total}, indent=2))
+        return
+    for audits, rows in tables:
+        if audits and not rows:
+            continue
+        cols = (Col(by, key=by == "node"), Col("audits" if audits else "requests", right=True),
+                Col("tokens", right=True), Col("amount", right=True),
+                Col("by signed receipts", right=True))
+        emit(listing, cols, [[key, str(count), str(tokens), listing.money(amount),
+                              listing.money(receipted)]
+                             for key, count, tokens, amount, receipted in rows],
+             None, title=f"{'audits' if audits else 'spend'} by {by}")
+    if audits_total:
+        share = audits_total / max(1, total - audits_total)
+        say(f"audits cost {listing.money(audits_total)}, {share:.2%} of what "
+            f"requests cost ({listing.money(total - audits_total)})", wide=listing.wide)

@@ -16,12 +16,13 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from agoranet.cli.output import money
 from agoranet.config import GatewaySettings
 from agoranet.errors import ConfigError, RequestError
 from agoranet.gateway.key_routes import key_json
 from agoranet.gateway.keysetup import ensure_owner
 from agoranet.gateway.keystore import OWNER, KeyRecord, KeyStore
-from agoranet.payments.amounts import format_amount, parse_amount
+from agoranet.payments.amounts import parse_amount
 
 __all__ = ["keys", "parse_duration"]
 
@@ -47,10 +48,7 @@ def _store(path: Path | None) -> tuple[KeyStore, Path]:
 
 
 def _money(value: int | None) -> str:
-    if value is None:
-        return "-"
-    whole, _, fraction = format_amount(value).partition(".")
-    return f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"  # 2.50, 0.125: never rounded
+    return money(value)  # 2.50, 0.125: never rounded
 
 
 def _expiry(moment: float | None) -> str:

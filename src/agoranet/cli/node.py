@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import time
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
+from agoranet.cli.node_claim import claim
+from agoranet.cli.output import Col, Listing, emit, listing_options, say, when
 from agoranet.cli.user_options import user_set
 from agoranet.cli.wallet_common import keystore_option, rpc_option, unlock_wallet
 from agoranet.config import NodeSettings
 from agoranet.engines.registry import available_engines
 
 if TYPE_CHECKING:
+    from agoranet.cli.node_banner import PaidSetup
     from agoranet.tuning.jobs import JobManager
 from agoranet.tuning.jobs import JobManager
 
@@ -138,11 +140,15 @@ def _check_payment_cheat(name: str | None) -> str | None:
     return name
 
 
+node.add_command(claim)
+
+
 @node.command("earnings")
 @click.option("--ledger", "ledger", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="The node's ledger [default: ~/.agoranet/node/ledger.sqlite].")
+@listing_options()
 @click.pass_context
-def earnings(ctx: click.Context, ledger: Path | None) -> None:
+def earnings(ctx: click.Context, ledger: Path | None, listing: Listing) -> None:
     """Claimed, unclaimed and settled earnings per channel, from the node's ledger.
 
     Also shows what is claimed but not settled yet (a settle that failed is retried on
@@ -150,7 +156,6 @@ def earnings(ctx: click.Context, ledger: Path | None) -> None:
     """
     from agoranet.errors import ConfigError
     from agoranet.node.payment_setup import ledger_path
-    from agoranet.payments.amounts import format_amount
     from agoranet.payments.sqlite_ledger import SqliteLedger
 
     path = ledger or (ctx.obj or {}).get("ledger") or ledger_path(NodeSettings())
@@ -163,36 +168,57 @@ def earnings(ctx: click.Context, ledger: Path | None) -> None:
         txs, gas = book.gas_used()
     finally:
         book.close()
-    table = Table(title=f"earnings in {path}")
-    columns = ("channel", "payer", "requests", "charged", "claimed", "unclaimed", "settled",
-               "to settle")
-    for column in columns:
-        table.add_column(column, justify="right" if column not in ("channel", "payer") else "left")
+    names = ("requests", "charged", "claimed", "unclaimed", "settled", "to settle")
+    cols = (Col("channel", key=True), Col("requests", right=True), Col("charged", right=True),
+            Col("claimed", right=True), Col("unclaimed", right=True),
+            Col("to settle", right=True), Col("settled", right=True, wide=True),
+            Col("payer", wide=True), Col("claim", wide=True))
+    table, data = [], []
     totals = [0, 0, 0, 0, 0, 0]
     for r in rows:
         values = [r.requests, r.charged, r.claimed, r.unclaimed, r.settled, r.pending_settle]
         totals = [a + b for a, b in zip(totals, values, strict=True)]
-        flag = " (claim failing)" if r.claim_failures else ""
-        table.add_row(r.channel_id[:18] + "…" + flag, r.payer, str(r.requests),
-                      *(format_amount(v) for v in values[1:]))
-    table.add_row("total", "", str(totals[0]), *(format_amount(v) for v in totals[1:]))
-    console.print(table)
+        data.append({"channel": r.channel_id, "payer": r.payer,
+                     "claim_failures": r.claim_failures,
+                     **dict(zip(names, values, strict=True))})
+        table.append([r.channel_id, str(r.requests), *(listing.money(v) for v in values[1:4]),
+                      listing.money(values[5]), listing.money(values[4]), r.payer,
+                      "failing" if r.claim_failures else "ok"])
+    table.append(["total", str(totals[0]), *(listing.money(v) for v in totals[1:4]),
+                  listing.money(totals[5]), listing.money(totals[4]), "", ""])
+    if listing.as_json:
+        click.echo(json.dumps({
+            "ledger": str(path), "channels": data,
+            "total": dict(zip(names, totals, strict=True)),
+            "claim_failures": [{"channel": f.channel_id, "failures": f.failures,
+                                "first_failed_at": f.first_failed_at, "retry_at": f.retry_at,
+                                "last_error": f.last_error} for f in failing],
+            "transactions": txs, "gas": gas}, indent=2))
+        return
+    emit(listing, cols, table, None, title=f"earnings in {path}")
     if totals[5]:
-        console.print(f"{format_amount(totals[5])} claimed on chain but not settled to the node "
-                      "yet: the node retries the settle on its own")
+        say(f"{listing.money(totals[5])} claimed on chain but not settled to the node "
+            "yet: the node retries the settle on its own", wide=listing.wide)
     for f in failing:
-        retry = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f.retry_at))
-        console.print(f"claim failing on channel {f.channel_id}: {f.failures} time(s) in a row "
-                      f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(f.first_failed_at))}"
-                      f", next try after {retry}: {f.last_error}", markup=False)
-    console.print(f"{txs} claim/settle transactions, {gas} gas")
+        say(f"claim failing on channel {f.channel_id}: {f.failures} time(s) in a row "
+            f"since {when(f.first_failed_at)}, next try after {when(f.retry_at)}: "
+            f"{f.last_error}", wide=listing.wide)
+    click.echo(f"{txs} claim/settle transactions, {gas} gas")
 
 
 def serve(settings: NodeSettings, *, adapters: bool = True) -> None:
+    """Check everything that can fail fast (port, model directory, wallet, chain, gas,
+    ledger), then load the model, print the banner and serve."""
     from agoranet.api import server
+    from agoranet.cli.node_banner import node_banner
+    from agoranet.cli.preflight import check_model_dir, check_port_free
     from agoranet.engines.registry import create_engine
     from agoranet.node.app import create_app
 
+    check_port_free(settings.host, settings.port, "node or server")
+    if settings.engine == "transformers":
+        check_model_dir(settings.model)
+    paid = _paid_setup(settings) if settings.paid else None
     what = settings.model or settings.upstream_url or "the default model"
     with console.status(f"loading {what} with the {settings.engine} engine"):
         engine = create_engine(
@@ -209,28 +235,35 @@ def serve(settings: NodeSettings, *, adapters: bool = True) -> None:
             max_adapters=settings.max_adapters,
             cheat=settings.cheat,
         )
-    table = Table(title=f"agoranet node on http://{settings.host}:{settings.port}/v1")
-    for column in ("model", "context", "weights sha256", "price in / out (per 1M)"):
-        table.add_column(column)
-    for info in engine.models():
-        table.add_row(info.name, str(info.context_length), (info.model_sha256 or "-")[:16],
-                      f"{settings.price_in} / {settings.price_out}")
-    console.print(table)
-    payments = None
-    if settings.paid:
-        from agoranet.node.payment_setup import build_payments, ledger_path
-
-        ledger = None
-        if settings.cheat_payments:  # money tests only
-            from agoranet.testing.payment_cheats import cheating_ledger
-
-            ledger = cheating_ledger(settings.cheat_payments, ledger_path(settings))
-        payments = build_payments(settings, unlock_wallet(settings.keystore), ledger=ledger)
-        console.print(f"paid with x402 to {payments.account.address} on "
-                      f"{payments.acceptor.terms.network} via {settings.rpc_url}")
+    node_banner(console, settings, engine.models(), paid)
+    payments = paid.payments if paid is not None else None
     app = create_app(engine, settings, _job_manager(engine, settings), payments)
     server.serve(app, settings.host, settings.port, server.ServerLimits(
         settings.header_timeout_s, settings.keep_alive_s, settings.max_connections))
+
+
+def _paid_setup(settings: NodeSettings) -> PaidSetup:
+    """A paid node's wallet, chain, gas and ledger, checked before the model loads."""
+    from agoranet.cli.node_banner import CLAIM_GAS, PaidSetup
+    from agoranet.cli.preflight import (
+        connect_chain_or_hint,
+        gas_cost,
+        hold_ledger,
+        native_balance,
+    )
+    from agoranet.node.payment_setup import build_payments, ledger_path
+
+    account = unlock_wallet(settings.keystore)
+    w3 = connect_chain_or_hint(settings.rpc_url)
+    gas, gas_needed = native_balance(w3, account.address), gas_cost(w3, CLAIM_GAS)
+    lock = hold_ledger(ledger_path(settings))
+    ledger = None
+    if settings.cheat_payments:  # money tests only
+        from agoranet.testing.payment_cheats import cheating_ledger
+
+        ledger = cheating_ledger(settings.cheat_payments, ledger_path(settings))
+    payments = build_payments(settings, account, ledger=ledger)
+    return PaidSetup(payments, gas, gas_needed, ledger_path(settings), lock)
 
 
 def _job_manager(engine: object, settings: NodeSettings) -> JobManager | None:

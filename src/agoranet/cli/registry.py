@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 import httpx
-from rich.table import Table
 
+from agoranet.cli.output import Col, Listing, emit, listing_options, when
 from agoranet.cli.wallet_common import console, keystore_option, rpc_option, unlock_wallet
 from agoranet.errors import ConfigError, OfferMismatchError
 
@@ -21,17 +21,18 @@ def registry() -> None:
 
 @registry.command("list")
 @rpc_option
-def list_providers(rpc_url: str) -> None:
-    """Every registered provider: address, URL, offer hash."""
+@listing_options(amounts=False)
+def list_providers(rpc_url: str, listing: Listing) -> None:
+    """Every registered provider: address, URL, offer hash, last update."""
     from agoranet.registry.onchain import registry_at
 
-    table = Table(title="registered providers")
-    for column in ("provider", "url", "offer sha256", "updated"):
-        table.add_column(column)
-    for entry in registry_at(rpc_url).entries():
-        table.add_row(entry.provider, entry.url, entry.offer_hash[:18] + "…",
-                      str(entry.updated_at))
-    console.print(table)
+    entries = registry_at(rpc_url).entries()
+    cols = (Col("provider", key=True), Col("url", key=True), Col("updated"),
+            Col("offer sha256", wide=True))
+    rows = [[e.provider, e.url, when(e.updated_at), e.offer_hash] for e in entries]
+    data = [{"provider": e.provider, "url": e.url, "offer_sha256": e.offer_hash,
+             "updated_at": e.updated_at} for e in entries]
+    emit(listing, cols, rows, data, title="registered providers", empty="none registered")
 
 
 @registry.command()
@@ -40,6 +41,7 @@ def list_providers(rpc_url: str) -> None:
 @rpc_option
 def register(node_url: str, keystore: Path | None, rpc_url: str) -> None:
     """Register (or update) a node: its URL and the hash of its signed offer."""
+    from agoranet.cli.preflight import REGISTER_GAS, connect_chain_or_hint, require_gas
     from agoranet.gateway.directory import normalise_url
     from agoranet.registry.offer import Offer
     from agoranet.registry.onchain import RegistryEntry, check_offer, offer_hash, registry_at
@@ -57,6 +59,7 @@ def register(node_url: str, keystore: Path | None, rpc_url: str) -> None:
         check_offer(offer, RegistryEntry(account.address, url, digest, 0))
     except OfferMismatchError as exc:
         raise ConfigError(f"{exc}; start the node with this wallet's keystore") from exc
+    require_gas(connect_chain_or_hint(rpc_url), account.address, REGISTER_GAS, "a registration")
     result = registry_at(rpc_url).register(account, url, digest)
     console.print(f"registered {url} for {account.address} (offer {digest[:18]}…, "
                   f"gas {result.gas_used})")
@@ -67,8 +70,11 @@ def register(node_url: str, keystore: Path | None, rpc_url: str) -> None:
 @rpc_option
 def deregister(keystore: Path | None, rpc_url: str) -> None:
     """Remove this wallet's node from the registry."""
+    from agoranet.cli.preflight import REGISTER_GAS, connect_chain_or_hint, require_gas
     from agoranet.registry.onchain import registry_at
 
     account = unlock_wallet(keystore)
+    require_gas(connect_chain_or_hint(rpc_url), account.address, REGISTER_GAS,
+                "a deregistration")
     registry_at(rpc_url).deregister(account)
     console.print(f"deregistered {account.address}")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
+from agoranet.cli.output import Col, Listing, emit, listing_options, when
 from agoranet.cli.wallet_common import keystore_option, unlock_wallet
 from agoranet.config import GatewaySettings
 
@@ -26,10 +25,6 @@ def _settings(reputation_log: Path | None) -> GatewaySettings:
     return GatewaySettings(reputation_log=reputation_log) if reputation_log else GatewaySettings()
 
 
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
-
-
 @click.group()
 def reputation() -> None:
     """Node scores from audits, receipts and failures; signed lists to share them."""
@@ -37,41 +32,49 @@ def reputation() -> None:
 
 @reputation.command()
 @_log_option
-def show(reputation_log: Path | None) -> None:
+@listing_options(amounts=False)
+def show(reputation_log: Path | None, listing: Listing) -> None:
     """This gateway's record of each node, and the verdicts imported from trusted lists."""
     from agoranet.gateway.reputation import Reputation
 
     store = Reputation(_settings(reputation_log).reputation_path())
     try:
-        table = Table(title="reputation")
-        for column in ("node", "models", "score", "ok", "failed", "receipts",
-                       "audits ok/failed", "tokens audited", "last verdict", "last seen",
-                       "state"):
-            table.add_column(column)
-        for r in store.records():
-            ban = store.ban(r.node, r.url)
-            table.add_row(r.node if r.url in ("", r.node) else f"{r.node}\n{r.url}",
-                          ", ".join(r.models),
-                          f"{r.score:.3f}", str(r.successes), str(r.failures + r.unauditable),
-                          str(r.receipts), f"{r.audits_passed}/{r.audits_failed}",
-                          str(r.tokens_audited), r.last_verdict or "-", _when(r.last_seen),
-                          f"[bold red]banned until {_when(ban.until)}[/]: {ban.reason}"
-                          if ban else "ok")
-        console.print(table)
+        records = [(r, store.ban(r.node, r.url)) for r in store.records()]
         imported = store.imported()
-        if imported:
-            lists = Table(title="imported from trusted lists")
-            for column in ("signer", "node", "score", "audits ok/failed", "banned until",
-                           "imported"):
-                lists.add_column(column)
-            for verdict, at in imported:
-                entry = verdict.entry
-                lists.add_row(verdict.signer, verdict.node, str(entry.get("score", "-")),
-                              f"{entry.get('audits_passed', 0)}/{verdict.audits_failed}",
-                              _when(verdict.banned_until), _when(at))
-            console.print(lists)
     finally:
         store.close()
+    cols = (Col("node", key=True), Col("models"), Col("score", right=True),
+            Col("ok", right=True), Col("failed", right=True), Col("state"),
+            Col("url", wide=True), Col("receipts", right=True, wide=True),
+            Col("audits ok/failed", wide=True), Col("tokens audited", right=True, wide=True),
+            Col("last verdict", wide=True), Col("last seen", wide=True))
+    rows = [[r.node, ", ".join(r.models) or "-", f"{r.score:.3f}", str(r.successes),
+             str(r.failures + r.unauditable),
+             f"banned until {when(ban.until)}: {ban.reason}" if ban else "ok",
+             r.url or "-", str(r.receipts), f"{r.audits_passed}/{r.audits_failed}",
+             str(r.tokens_audited), r.last_verdict or "-", when(r.last_seen)]
+            for r, ban in records]
+    data = {"nodes": [{"node": r.node, "url": r.url, "models": list(r.models),
+                       "score": r.score, "successes": r.successes,
+                       "failures": r.failures + r.unauditable, "receipts": r.receipts,
+                       "audits_passed": r.audits_passed, "audits_failed": r.audits_failed,
+                       "tokens_audited": r.tokens_audited, "last_verdict": r.last_verdict,
+                       "last_seen": r.last_seen,
+                       "banned_until": ban.until if ban else None,
+                       "ban_reason": ban.reason if ban else None} for r, ban in records],
+            "imported": [{"signer": v.signer, "node": v.node, "entry": v.entry,
+                          "audits_failed": v.audits_failed, "banned_until": v.banned_until,
+                          "imported_at": at} for v, at in imported]}
+    emit(listing, cols, rows, data, title="reputation", empty="no nodes yet")
+    if imported and not listing.as_json:
+        click.echo("")
+        lists = (Col("signer", key=True), Col("node", key=True), Col("score", right=True),
+                 Col("audits ok/failed"), Col("banned until"), Col("imported", wide=True))
+        emit(listing, lists,
+             [[v.signer, v.node, str(v.entry.get("score", "-")),
+               f"{v.entry.get('audits_passed', 0)}/{v.audits_failed}", when(v.banned_until),
+               when(at)] for v, at in imported],
+             None, title="imported from trusted lists")
 
 
 @reputation.command()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from agoranet.cli.output import money
 from agoranet.cli.wallet_common import (
     amount_option,
     connect_chain,
@@ -80,7 +81,6 @@ def revoke(target: str, wait: bool, from_block: int, keystore: Path | None, rpc_
     """
     from agoranet.chain.rpc import DEV_CHAIN_ID
     from agoranet.errors import ConfigError, WalletError
-    from agoranet.payments.amounts import format_amount
     from agoranet.payments.channels import find_channel
     from agoranet.payments.subkeys import read_subkey
     from agoranet.payments.subkeys import revoke as revoke_channel
@@ -109,10 +109,10 @@ def revoke(target: str, wait: bool, from_block: int, keystore: Path | None, rpc_
     elif outcome.state == "pending":
         assert outcome.finalize_after is not None
         when = datetime.fromtimestamp(outcome.finalize_after, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-        console.print(f"withdrawal of {outcome.channel.withdraw_amount} base units started "
+        console.print(f"withdrawal of {money(outcome.channel.withdraw_amount)} started "
                       f"(gas {gas}); run revoke again after {when} (chain time) to finish. "
                       "Until then the receiver can still claim signed vouchers.")
     else:
-        console.print(f"revoked: {outcome.returned} base units ({format_amount(outcome.returned)})"
-                      f" returned to {payer.address} (gas {gas}); claimed by the receiver: "
-                      f"{outcome.channel.total_claimed}")
+        console.print(f"revoked: {money(outcome.returned)} returned to {payer.address} "
+                      f"(gas {gas}); claimed by the receiver: "
+                      f"{money(outcome.channel.total_claimed)}")

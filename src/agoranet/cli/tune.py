@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
+import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from agoranet.cli.output import Col, Listing, emit, listing_options
+from agoranet.errors import AdapterError
 from agoranet.tuning.adapter import adapter_model_name, pack_adapter, read_adapter
 
 __all__ = ["adapter", "tune"]
@@ -51,7 +55,8 @@ def tune(data: Path, base: str, out: Path, rank: int, alpha: int, learning_rate:
 
         result = train_adapter(examples, base, out, config, data_sha256=data_hash,
                                progress=report)
-    table = Table(title=f"adapter {result.adapter_id[:16]}…")
+    console.print(f"adapter {result.adapter_id}", highlight=False, soft_wrap=True)
+    table = Table()
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("examples (train / held out)",
@@ -73,17 +78,18 @@ def adapter() -> None:
 
 @adapter.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-def show(directory: Path) -> None:
-    """Print an adapter's id and manifest."""
+@listing_options(amounts=False)
+def show(directory: Path, listing: Listing) -> None:
+    """Print an adapter's id (in full, on a line of its own) and manifest."""
     found = read_adapter(directory)
-    table = Table(title=str(directory))
-    table.add_column("field")
-    table.add_column("value")
-    table.add_row("id", found.id)
-    table.add_row("model name", adapter_model_name(found.manifest.base_model, found.id))
-    for key, value in found.manifest.model_dump().items():
-        table.add_row(key, str(value))
-    console.print(table)
+    name = adapter_model_name(found.manifest.base_model, found.id)
+    manifest = found.manifest.model_dump(mode="json")
+    if listing.as_json:
+        click.echo(json.dumps({"id": found.id, "model": name, "manifest": manifest}, indent=2))
+        return
+    click.echo(f"adapter in {directory}\nid\n{found.id}\nserve it as\n{name}")
+    emit(listing, (Col("field"), Col("value")),
+         [[key, str(value)] for key, value in manifest.items()], None)
 
 
 @adapter.command()
@@ -92,8 +98,6 @@ def show(directory: Path) -> None:
 @click.option("--base", default=None, help="A base model directory it must have been trained on.")
 def verify(directory: Path, expected: str | None, base: str | None) -> None:
     """Recompute an adapter's id and check it (and its base model) against expectations."""
-    from agoranet.errors import AdapterError
-
     found = read_adapter(directory)
     if expected is not None and expected != found.id:
         raise AdapterError(f"adapter id is {found.id}, expected {expected}")
@@ -111,26 +115,61 @@ def verify(directory: Path, expected: str | None, base: str | None) -> None:
     console.print(f"ok {found.id}")
 
 
+_owner_key = click.option(
+    "--owner-key", default=None, envvar="AGORANET_ADAPTER_OWNER_KEY",
+    help="Your secret for this node's adapters: names you as their owner, lists them. "
+         "Without it an upload prints a new one.")
+
+
+def _refused(response: httpx.Response, what: str) -> AdapterError:
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:300]
+    return AdapterError(f"node refused {what} ({response.status_code}): {message}")
+
+
 @adapter.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--node", "node_url", required=True, help="The node's base URL (…/v1).")
-def upload(directory: Path, node_url: str) -> None:
+@_owner_key
+def upload(directory: Path, node_url: str, owner_key: str | None) -> None:
     """Upload an adapter to a node; prints the model name to use."""
-    import httpx
-
-    from agoranet.errors import AdapterError
-
     found = read_adapter(directory)
+    headers = {"content-type": "application/x-tar"}
+    if owner_key:
+        headers["authorization"] = f"Bearer {owner_key}"
     try:
         response = httpx.post(f"{node_url.rstrip('/')}/adapters", content=pack_adapter(directory),
-                              params={"id": found.id},
-                              headers={"content-type": "application/x-tar"}, timeout=120)
+                              params={"id": found.id}, headers=headers, timeout=120)
     except httpx.HTTPError as exc:
         raise AdapterError(f"cannot reach {node_url}: {exc}") from exc
     if response.status_code != 201:
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text[:300]
-        raise AdapterError(f"node refused the adapter ({response.status_code}): {message}")
-    console.print(f"uploaded; use model [bold]{response.json()['model']}[/]")
+        raise _refused(response, "the adapter")
+    click.echo(f"uploaded; use model\n{response.json()['model']}")
+    token = response.json().get("owner_token")
+    if token:
+        click.echo(f"owner key (shown once; lists your adapters with --owner-key):\n{token}")
+
+
+@adapter.command("list")
+@click.option("--node", "node_url", required=True, help="The node's base URL (…/v1).")
+@_owner_key
+@listing_options(amounts=False)
+def list_adapters(node_url: str, owner_key: str | None, listing: Listing) -> None:
+    """Your adapters on a node (those uploaded or trained with your owner key)."""
+    if not owner_key:
+        raise AdapterError("give --owner-key: a node lists only its owner's adapters")
+    try:
+        response = httpx.get(f"{node_url.rstrip('/')}/adapters", timeout=30,
+                             headers={"authorization": f"Bearer {owner_key}"})
+    except httpx.HTTPError as exc:
+        raise AdapterError(f"cannot reach {node_url}: {exc}") from exc
+    if response.status_code != 200:
+        raise _refused(response, "the listing")
+    data = response.json()
+    emit(listing, (Col("model", key=True), Col("rank", right=True), Col("created"),
+                   Col("base sha256", wide=True)),
+         [[a["model"], str(a["rank"]), str(a["created"])[:16].replace("T", " "),
+           str(a["base_model_sha256"])]
+          for a in data["data"]], data, empty="no adapters of yours on this node")

@@ -1,8 +1,15 @@
-"""``agoranet verify``: audit a node against reference weights."""
+"""``agoranet verify``: audit a node against reference weights.
+
+A paid node is paid for the challenges from a wallet (``--rpc-url``, ``--keystore``)
+over a channel of the verifier's own, within ``--budget`` (see
+:mod:`agoranet.verify.audit_payment`).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -12,6 +19,7 @@ from rich.table import Table
 __all__ = ["verify"]
 
 if TYPE_CHECKING:
+    from agoranet.payments.payer import Payer
     from agoranet.verify.commitment_audit import CommitmentResult
 
 console = Console()
@@ -27,17 +35,45 @@ console = Console()
 @click.option("--commitments/--no-commitments", default=None,
               help="Also ask for and check TOPLOC-style commitments "
               "[default: when the node's offer has them].")
+@click.option("--rpc-url", default=None,
+              help="Pay a paid node on this chain, from the wallet of --keystore.")
+@click.option("--keystore", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The wallet that pays [default: ~/.agoranet/wallet/keystore.json].")
+@click.option("--budget", type=click.IntRange(min=1), default=None,
+              help="The most the audit may pay the node, in base units (needed with "
+              "--rpc-url); the audit stops early rather than go over it.")
+@click.option("--deposit", type=click.IntRange(min=1), default=None,
+              help="Deposit of a new channel to the node [default: the budget].")
+@click.option("--channels", "channels_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Where the verifier keeps its channels and receipts "
+              "[default: ~/.agoranet/verify/channels].")
 def verify(node_url: str, reference: str, model: str | None, rounds: int,
-           commitments: bool | None) -> None:
+           commitments: bool | None, rpc_url: str | None, keystore: Path | None,
+           budget: int | None, deposit: int | None, channels_dir: Path | None) -> None:
     """Check that a node serves the weights it claims (exit 3 if it does not)."""
     from agoranet.engines.hf import load_model
+    from agoranet.verify.audit_payment import AuditPayment
     from agoranet.verify.node_audit import audit_node
 
-    with console.status(f"loading the reference {reference}"):
-        loaded = load_model(reference)
-    name = model or loaded.info.name
-    with console.status(f"auditing {node_url}"):
-        audit = audit_node(node_url, name, loaded, rounds=rounds, commitments=commitments)
+    if rpc_url is not None and budget is None:
+        raise click.UsageError("paying a node (--rpc-url) needs an audit --budget")
+    payer = None
+    if rpc_url is not None:
+        assert budget is not None
+        payer = _payer(node_url, rpc_url, keystore, deposit or budget, channels_dir)
+    try:
+        with console.status(f"loading the reference {reference}"):
+            loaded = load_model(reference)
+        name = model or loaded.info.name
+        payment = AuditPayment.over(payer, budget) if payer is not None and budget else None
+        with console.status(f"auditing {node_url}"):
+            audit = audit_node(node_url, name, loaded, rounds=rounds, commitments=commitments,
+                               payment=payment)
+    finally:
+        if payer is not None:
+            payer.close()
+    if not audit.results and audit.stopped:
+        raise click.ClickException(f"no challenge was asked: {audit.stopped}; raise --budget")
     table = Table(title=f"audit of {node_url} ({name})")
     for column in ("answers", "tokens", "judged steps", "mismatches", "max logprob drift",
                    "flagged answers", "verdict"):
@@ -48,6 +84,11 @@ def verify(node_url: str, reference: str, model: str | None, rounds: int,
                   f"{max((r.mean_logprob_error for r in audit.results), default=0):.4f}",
                   str(audit.flagged), "pass" if audit.passed else "[bold red]FAIL[/]")
     console.print(table)
+    if payer is not None:
+        console.print(f"paid the node {audit.spent} base units of the {budget} budget "
+                      f"(channel {payer.state.channel_id if payer.state else '-'})")
+    if audit.stopped:
+        console.print(f"[yellow]stopped early: {audit.stopped}[/]")
     _print_commitments(audit.commitment_results, asked=commitments)
     if not audit.passed:
         sys.exit(3)
@@ -66,3 +107,30 @@ def _print_commitments(results: list[CommitmentResult], asked: bool | None) -> N
         f"mantissa mean {max((c.mantissa_mean for c in chunks), default=0.0):.2f}")
     for reason in sorted({r.reason for r in results if r.reason is not None}):
         console.print(f"  [red]{reason}[/]")
+
+
+def _payer(node_url: str, rpc_url: str, keystore: Path | None, deposit: int,
+           channels_dir: Path | None) -> Payer:
+    """A payer for the node with a channel of the verifier's own (opened with ``deposit``
+    if there is none; a saved one is checked on chain first)."""
+    from agoranet.chain.addresses import resolve_addresses
+    from agoranet.chain.rpc import connect
+    from agoranet.cli.wallet_common import unlock_wallet
+    from agoranet.config import default_home
+    from agoranet.payments.payer import Payer
+
+    account = unlock_wallet(keystore)
+    w3 = connect(rpc_url)
+    addresses = resolve_addresses(int(w3.eth.chain_id))
+    root = channels_dir or default_home() / "verify" / "channels"
+    folder = root / hashlib.sha256(node_url.encode()).hexdigest()[:16]
+    payer = Payer(node_url, w3, addresses, account=account, state_dir=folder, top_up=deposit)
+    try:
+        if payer.state is None:
+            payer.open(deposit)
+        else:
+            payer.reconcile()
+    except BaseException:
+        payer.close()
+        raise
+    return payer

@@ -7,12 +7,12 @@ confirmation.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
 from pathlib import Path
 
 import click
-from rich.table import Table
 
+from agoranet.cli.output import Col, Listing, emit, listing_options, money, say, when
 from agoranet.cli.subkey import subkey
 from agoranet.cli.wallet_common import (
     amount_option,
@@ -91,9 +91,11 @@ def fund(amount: str, base_units: bool, native_text: str, to_text: str | None,
 @click.option("--address", "address_text", default=None, help="Any address instead of the wallet.")
 @keystore_option
 @rpc_option
-def balance(address_text: str | None, keystore: Path | None, rpc_url: str) -> None:
-    """Native and stablecoin balances (base units, and a 6-decimal column)."""
-    from agoranet.payments.amounts import NATIVE_DECIMALS, format_amount, parse_address
+@listing_options()
+def balance(address_text: str | None, keystore: Path | None, rpc_url: str,
+            listing: Listing) -> None:
+    """Native and stablecoin balances (decimal; --base-units for base units)."""
+    from agoranet.payments.amounts import NATIVE_DECIMALS, parse_address
     from agoranet.payments.wallet import balances, keystore_address
 
     address = (parse_address(address_text, what="--address") if address_text
@@ -103,17 +105,19 @@ def balance(address_text: str | None, keystore: Path | None, rpc_url: str) -> No
     title = f"{address} on chain {addresses.chain_id}"
     if addresses.stablecoin is not None:
         title += f"\nstablecoin {addresses.stablecoin}"
-    table = Table(title=title)
-    table.add_column("asset")
-    table.add_column("base units", justify="right")
-    table.add_column("amount", justify="right")
-    table.add_row("ETH (wei)", str(found.native), format_amount(found.native, NATIVE_DECIMALS))
+    cols = (Col("asset"), Col("amount", right=True))
+    rows = [["ETH", money(found.native, base_units=listing.base_units,
+                          decimals=NATIVE_DECIMALS)]]
     if found.stablecoin is None:
-        table.add_row("stablecoin", "-", "no stablecoin known for this chain")
+        rows.append(["stablecoin", "- (no stablecoin known for this chain)"])
     else:
-        table.add_row("stablecoin", str(found.stablecoin),
-                      format_amount(found.stablecoin, addresses.token_decimals))
-    console.print(table)
+        rows.append(["stablecoin", money(found.stablecoin, base_units=listing.base_units,
+                                         decimals=addresses.token_decimals)])
+    emit(listing, cols, rows, {"address": address, "chain_id": addresses.chain_id,
+                               "stablecoin_contract": addresses.stablecoin,
+                               "native": found.native, "stablecoin": found.stablecoin,
+                               "stablecoin_decimals": addresses.token_decimals},
+         title=title)
 
 
 @wallet.command("channels")
@@ -121,35 +125,43 @@ def balance(address_text: str | None, keystore: Path | None, rpc_url: str) -> No
               help="First block to scan for the escrow's ChannelCreated events.")
 @keystore_option
 @rpc_option
-def channels(from_block: int, keystore: Path | None, rpc_url: str) -> None:
+@listing_options()
+def channels(from_block: int, keystore: Path | None, rpc_url: str, listing: Listing) -> None:
     """List the wallet's batch-settlement channels on the escrow."""
-    from agoranet.payments.amounts import format_amount
     from agoranet.payments.channels import find_channels
     from agoranet.payments.wallet import keystore_address
 
     payer = keystore_address(keystore_path(keystore))
     w3, addresses = connect_chain(rpc_url)
     found = find_channels(w3, addresses, payer, from_block=from_block)
-    if not found:
-        console.print(f"no channels paid by {payer} on chain {addresses.chain_id}")
+    total = sum(ch.available for ch in found)
+    if listing.as_json:
+        click.echo(json.dumps({"payer": payer, "chain_id": addresses.chain_id, "channels": [
+            {"channel": ch.channel_id, "receiver": ch.config.receiver,
+             "subkey": ch.config.payer_authorizer if ch.has_subkey else None,
+             "balance": ch.balance, "claimed": ch.total_claimed, "available": ch.available,
+             "withdraw_amount": ch.withdraw_amount if ch.finalize_after is not None else None,
+             "finalize_after": ch.finalize_after} for ch in found],
+            "available": total}, indent=2))
         return
-    console.print(f"channels paid by {payer} on chain {addresses.chain_id}:")
+    if not found:
+        click.echo(f"no channels paid by {payer} on chain {addresses.chain_id}")
+        return
+    say(f"channels paid by {payer} on chain {addresses.chain_id}:")
     for ch in found:
         pending = "-"
         if ch.finalize_after is not None:
-            when = datetime.fromtimestamp(ch.finalize_after, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-            pending = f"{ch.withdraw_amount} after {when}"
-        console.print(
+            pending = f"{listing.money(ch.withdraw_amount)} after {when(ch.finalize_after)}"
+        click.echo(
             f"{ch.channel_id}\n"
             f"  receiver    {ch.config.receiver}\n"
             f"  sub-key     {ch.config.payer_authorizer if ch.has_subkey else '-'}\n"
-            f"  balance     {ch.balance}\n  claimed     {ch.total_claimed}\n"
-            f"  available   {ch.available} ({format_amount(ch.available)})\n"
+            f"  balance     {listing.money(ch.balance)}\n"
+            f"  claimed     {listing.money(ch.total_claimed)}\n"
+            f"  available   {listing.money(ch.available)}\n"
             f"  withdrawal  {pending}"
         )
-    total = sum(ch.available for ch in found)
-    console.print(f"{len(found)} channel(s); available in escrow: {total} base units "
-                  f"({format_amount(total)})")
+    say(f"{len(found)} channel(s); available in escrow: {listing.money(total)}")
 
 
 @wallet.command("export")

@@ -79,8 +79,8 @@ def unlock_wallet(keystore: Path | None) -> LocalAccount:
 
 def connect_chain(rpc_url: str) -> tuple[Web3, ChainAddresses]:
     from agoranet.chain.addresses import resolve_addresses
-    from agoranet.chain.rpc import connect
+    from agoranet.cli.preflight import connect_chain_or_hint
     from agoranet.config import ChainSettings
 
-    w3 = connect(rpc_url)
+    w3 = connect_chain_or_hint(rpc_url)
     return w3, resolve_addresses(int(w3.eth.chain_id), ChainSettings(rpc_url=rpc_url))

@@ -16,15 +16,17 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from agoranet.node.launcher import running_command, running_node
 from agoranet.payments.amounts import format_amount
 
-__all__ = ["NODES", "network_step"]
+__all__ = ["NODES", "audit_table", "ban_text", "network_step"]
 
 PASSWORD = "agoranet-demo"  # dev-chain keys only
 QUESTIONS = ["Tell me a short story.", "What did Maya do yesterday?", "Tell me about the beach.",
@@ -168,7 +170,7 @@ def network_step(model_dir: Path, work: Path, console: Console) -> None:
             served.append(_ask(client, question, console))
             time.sleep(2.0)  # let the background audit of the node that served finish
         _served_table(served, names, console)
-        _audit_table(gateway, names, console)
+        audit_table(gateway, names, console)
         with console.status("nodes claim and settle their vouchers on chain"):
             paid = sum(s.amount for s in served)
             deadline = time.monotonic() + 20
@@ -192,16 +194,28 @@ def _served_table(served: list[Served], names: dict[str, str], console: Console)
     console.print(table)
 
 
-def _audit_table(gateway: str, names: dict[str, str], console: Console) -> None:
+def audit_table(gateway: str, names: dict[str, str], console: Console) -> None:
     rows = httpx.get(gateway.removesuffix("/v1") + "/agoranet/nodes", timeout=10).json()["nodes"]
     table = Table(title="background audits against the reference weights")
-    for column in ("node", "audits", "last verdict", "banned"):
+    for column in ("node", "audits", "last verdict", "banned (why)"):
         table.add_column(column)
     for row in rows:
         audits = row.get("audits") or []
         table.add_row(names.get(row["url"], row["url"]), str(len(audits)),
-                      audits[-1] if audits else "-", "yes" if row["banned"] else "no")
+                      Text(audits[-1] if audits else "-"), Text(ban_text(row)))
     console.print(table)
+
+
+def ban_text(row: dict[str, Any]) -> str:
+    """``no``, or ``yes:`` and why, from a row of the gateway's ``/agoranet/nodes``: a node
+    banned for cutting answers may well have passed its audit."""
+    if not row["banned"]:
+        return "no"
+    reason = str(row.get("ban_reason") or "no reason given")
+    stamp, _, rest = reason.partition(" ")  # the gateway's events start "HH:MM:SS "
+    if rest and len(stamp) == 8 and stamp.replace(":", "").isdigit():
+        reason = rest
+    return f"yes: {reason}"
 
 
 def _balances_table(before: dict[str, int], after: dict[str, int], paid: int,

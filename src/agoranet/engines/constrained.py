@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 import xgrammar as xgr
+from jsonschema import Draft202012Validator
 
 from agoranet.engines.structured import ForcedToolCall, JsonOutput, ToolFunction
 from agoranet.errors import EngineError, InvalidRequestError
@@ -76,8 +77,20 @@ _REFUSED = {
     "$anchor": "use $defs and $ref", "contentEncoding": None, "contentMediaType": None,
     "contentSchema": None,
 }
+# Keywords that apply to one JSON type: without a "type", xgrammar would not apply them.
+_TYPED = {
+    "minLength": "string", "maxLength": "string", "pattern": "string", "format": "string",
+    "minimum": "number", "maximum": "number", "exclusiveMinimum": "number",
+    "exclusiveMaximum": "number", "multipleOf": "number",
+    "items": "array", "prefixItems": "array", "minItems": "array", "maxItems": "array",
+    "uniqueItems": "array", "properties": "object", "required": "object",
+    "additionalProperties": "object", "patternProperties": "object",
+    "minProperties": "object", "maxProperties": "object",
+}
 _XGRAMMAR_WHERE = re.compile(r"\[[\d:]+\] \S+:\d+: ")  # "[11:20:53] file.cc:42: "
-_FORMATS = frozenset({"date", "time", "date-time", "email", "uuid", "ipv4", "ipv6"})
+# Formats whose grammar admits only valid values (xgrammar's date, time, date-time and
+# ipv4 patterns admit e.g. February 30th, second 60 and leading zeros).
+_FORMATS = frozenset({"email", "uuid", "ipv6"})
 
 
 def unenforceable(schema: object, path: str = "") -> str | None:
@@ -105,7 +118,9 @@ def unenforceable(schema: object, path: str = "") -> str | None:
             return f"'$ref' to {value!r} at '{here}' (only references inside the schema)"
         if key == "items" and isinstance(value, list):
             return f"'items' as a list at '{here}' (use prefixItems)"
-    reason: str | None = None
+    reason = _combination(schema, here)
+    if reason is not None:
+        return reason
     for key, child in _children(schema):
         reason = unenforceable(child, f"{path}/{key}")
         if reason is not None:
@@ -116,6 +131,48 @@ def unenforceable(schema: object, path: str = "") -> str | None:
     if missing:
         return (f"'required' at '{here}' lists {missing[0]!r}, which is not in 'properties' "
                 "(declare it under 'properties')")
+    return None
+
+
+def _combination(schema: Mapping[str, Any], here: str) -> str | None:
+    """Keywords that xgrammar would let one win over the other, or not apply."""
+    typed = [k for k in schema if k in _TYPED]
+    if "enum" in schema or "const" in schema:
+        others = [k for k in schema if k in _TYPED or k in ("anyOf", "$ref")]
+        if "enum" in schema and "const" in schema:
+            others = ["const"]
+        if others:
+            return (f"'{others[0]}' beside 'enum'/'const' at '{here}' (only 'type' and "
+                    "annotations may go with them)")
+        values = schema["enum"] if "enum" in schema else [schema["const"]]
+        if "type" in schema:
+            for value in values:
+                if not Draft202012Validator({"type": schema["type"]}).is_valid(value):
+                    return f"the value {value!r} at '{here}', which is not of its 'type'"
+        return None
+    for combinator in ("anyOf", "$ref"):
+        if combinator in schema:
+            others = [k for k in schema if k in _TYPED or k == "type"
+                      or (k == "anyOf" and combinator == "$ref")]
+            if others:
+                return (f"'{others[0]}' beside '{combinator}' at '{here}' (move it into the "
+                        "referenced or alternative schemas)")
+    shapes = [k for k in ("pattern", "format") if k in schema]
+    lengths = [k for k in ("minLength", "maxLength") if k in schema]
+    if shapes and (lengths or len(shapes) > 1):
+        return (f"'{(lengths or shapes)[-1]}' beside '{shapes[0]}' at '{here}' (a string "
+                "can be constrained by a pattern, a format or lengths, one of them)")
+    for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        bound = schema.get(key)
+        if isinstance(bound, float) and (abs(bound) > 1e15 or round(bound, 6) != bound):
+            return (f"'{key}': {bound!r} at '{here}' (bounds need at most 6 decimals and "
+                    "at most 15 digits)")
+        if isinstance(bound, int) and abs(bound) > 10**15:
+            return f"'{key}': {bound!r} at '{here}' (bounds need at most 15 digits)"
+    if typed and "type" not in schema:
+        return (f"'{typed[0]}' at '{here}' without a 'type' (say 'type': "
+                f"'{'integer' if _TYPED[typed[0]] == 'number' else _TYPED[typed[0]]}' or "
+                "another)")
     return None
 
 
@@ -207,6 +264,10 @@ class GrammarBook:
                 return found
         started = time.perf_counter()
         compiled = self._compile(mode)
+        if not SequenceGrammar(self, compiled).can_start():  # e.g. a schema that is only a loop
+            param = mode.param if isinstance(mode, JsonOutput) else "tools"
+            raise InvalidRequestError(f"{param}: the schema admits no value that can be "
+                                      "generated", param=param)
         with self._lock:
             self.counters["grammar_misses"] += 1
             self.counters["grammar_compile_us"] += int((time.perf_counter() - started) * 1e6)
@@ -353,6 +414,12 @@ class SequenceGrammar:
     def accept_text(self, text: str) -> bool:
         """Advance over text already in the answer (whole characters: UTF-8 state 0)."""
         return bool(self._matcher.accept_string(text))
+
+    def can_start(self) -> bool:
+        """Whether some token may come first (a schema can admit nothing at all)."""
+        self._matcher.fill_next_token_bitmask(self._bitmask)
+        self._bitmask &= self._book.utf8.masks[self._utf8_state]
+        return bool(self._bitmask.any())
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """A copy of one row of logits with every token the grammar forbids at ``-inf``."""

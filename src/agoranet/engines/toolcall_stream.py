@@ -25,6 +25,15 @@ def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
+def _merged(pieces: list[ToolCallDelta]) -> list[ToolCallDelta]:
+    """One piece per call and event (a call's head and its first arguments together)."""
+    if len(pieces) < 2:
+        return pieces
+    first = pieces[0]
+    return [ToolCallDelta(first.index, "".join(p.arguments for p in pieces), first.id,
+                          first.name)]
+
+
 class ToolCallSplitter:
     """Text in, tool-call pieces out; ``names`` are the functions the grammar allows."""
 
@@ -40,6 +49,9 @@ class ToolCallSplitter:
         return ToolCallDelta(0, "", id=self._call_id, name=self._name)
 
     def feed(self, text: str) -> list[ToolCallDelta]:
+        return _merged(self._feed(text))
+
+    def _feed(self, text: str) -> list[ToolCallDelta]:
         if not self._wrapped:
             out = [] if self._announced else [self._head()]
             if text:
@@ -71,7 +83,7 @@ class ToolCallSplitter:
             rest = rest.removesuffix("}")
         if rest:
             out.append(ToolCallDelta(0, rest))
-        return out
+        return _merged(out)
 
 
 async def as_tool_call(events: AsyncIterator[StreamEvent], names: tuple[str, ...]

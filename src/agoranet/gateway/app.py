@@ -190,7 +190,7 @@ def create_gateway_app(service: GatewayService,
             Route("/agoranet/nodes", nodes, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             *(key_routes(keys) if keys is not None else []),
-            _openapi_route(),
+            _openapi_route(keyed=keys is not None),
         ],
         exception_handlers={HTTPException: http_error},
         middleware=[Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
@@ -199,8 +199,10 @@ def create_gateway_app(service: GatewayService,
     )
 
 
-def _openapi_route() -> Route:
-    """``/openapi.json``; the chat request's ``agoranet`` field is the gateway's policy."""
-    chat = ("POST", "/v1/chat/completions")
+def _openapi_route(*, keyed: bool) -> Route:
+    """``/openapi.json``; the chat request's ``agoranet`` field is the gateway's policy, and
+    with keys OpenAI's routes take one (``Authorization: Bearer agn-...``)."""
+    chat, models = ("POST", "/v1/chat/completions"), ("GET", "/v1/models")
     return openapi_route(title="agoranet gateway", version=__version__, operations={
-        chat: dataclasses.replace(OPERATIONS[chat], fields={"agoranet": Policy})})
+        chat: dataclasses.replace(OPERATIONS[chat], fields={"agoranet": Policy}, bearer=keyed),
+        models: dataclasses.replace(OPERATIONS[models], bearer=keyed)})

@@ -93,14 +93,24 @@ CREATE TABLE IF NOT EXISTS reservations (
 );
 """
 
-_COLUMNS = ("id, name, parent, budget, per_day, models, policy, expires, status, created,"
-            " spent, reserved")
-_CHAIN = f"""
+# A key's row with its parent's name and today's spend (the day is the last parameter).
+_RECORD = """
+SELECT k.id, k.name, p.name, k.budget, k.per_day, k.models, k.policy, k.expires, k.status,
+       k.created, k.spent, k.reserved, COALESCE(d.spent, 0), COALESCE(d.reserved, 0)
+FROM {source} LEFT JOIN keys p ON p.id = k.parent
+LEFT JOIN key_days d ON d.key = k.id AND d.day = ?
+"""
+_CHAIN = """
 WITH RECURSIVE chain(id, depth) AS (
     SELECT ?, 0 UNION ALL SELECT k.parent, c.depth + 1 FROM keys k JOIN chain c ON k.id = c.id
     WHERE k.parent IS NOT NULL)
-SELECT {', '.join('k.' + c.strip() for c in _COLUMNS.split(','))}
-FROM chain c JOIN keys k ON k.id = c.id ORDER BY c.depth
+""" + _RECORD.format(source="chain c JOIN keys k ON k.id = c.id") + "ORDER BY c.depth"
+_KEYS = _RECORD.format(source="keys k")
+_CHAIN_IDS = """
+WITH RECURSIVE chain(id) AS (
+    SELECT ? UNION ALL SELECT k.parent FROM keys k JOIN chain c ON k.id = c.id
+    WHERE k.parent IS NOT NULL)
+SELECT id FROM chain
 """
 _SUBTREE = """
 WITH RECURSIVE tree(id) AS (
@@ -227,21 +237,16 @@ class KeyStore:
 
     # -- reading ---------------------------------------------------------------------
 
-    def _record(self, row: tuple[Any, ...], day: str | None = None) -> KeyRecord:
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> KeyRecord:
         (id_, name, parent, budget, per_day, models, policy, expires, status, created,
-         spent, reserved) = row
-        parent_name = None
-        if parent is not None:
-            parent_name = self._db.execute("SELECT name FROM keys WHERE id = ?",
-                                           (parent,)).fetchone()[0]
-        day_row = self._db.execute("SELECT spent, reserved FROM key_days WHERE key = ? AND"
-                                   " day = ?", (id_, day or _today())).fetchone() or (0, 0)
-        return KeyRecord(id_, name, parent_name, budget, per_day,
+         spent, reserved, day_spent, day_reserved) = row
+        return KeyRecord(id_, name, parent, budget, per_day,
                          json.loads(models) if models is not None else None, json.loads(policy),
-                         expires, status, created, spent, reserved, *day_row)
+                         expires, status, created, spent, reserved, day_spent, day_reserved)
 
     def _chain(self, key_id: int) -> list[KeyRecord]:
-        return [self._record(r) for r in self._db.execute(_CHAIN, (key_id,))]
+        return [self._record(r) for r in self._db.execute(_CHAIN, (key_id, _today()))]
 
     def chain(self, key_id: int) -> list[KeyRecord]:
         """The key and its ancestors, the key first."""
@@ -250,8 +255,7 @@ class KeyStore:
 
     def get(self, name: str) -> KeyRecord:
         with self._lock:
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM keys WHERE name = ?",
-                                   (name,)).fetchone()
+            row = self._db.execute(_KEYS + "WHERE k.name = ?", (_today(), name)).fetchone()
             if row is None:
                 raise InvalidRequestError(f"no key named '{name}'", param="name")
             return self._record(row)
@@ -266,7 +270,7 @@ class KeyStore:
         """``root`` and its descendants (every key without one), parents before children."""
         with self._lock:
             if root is None:
-                rows = self._db.execute(f"SELECT {_COLUMNS} FROM keys ORDER BY id").fetchall()
+                rows = self._db.execute(_KEYS + "ORDER BY k.id", (_today(),)).fetchall()
             else:
                 found = self._db.execute("SELECT id FROM keys WHERE name = ?",
                                          (root,)).fetchone()
@@ -274,8 +278,8 @@ class KeyStore:
                     raise InvalidRequestError(f"no key named '{root}'", param="name")
                 ids = [i for (i,) in self._db.execute(_SUBTREE, (found[0],))]
                 rows = self._db.execute(
-                    f"SELECT {_COLUMNS} FROM keys WHERE id IN ({','.join('?' * len(ids))})"
-                    " ORDER BY id", ids).fetchall()
+                    _KEYS + f"WHERE k.id IN ({','.join('?' * len(ids))}) ORDER BY k.id",
+                    (_today(), *ids)).fetchall()
             return [self._record(r) for r in rows]
 
     def authenticate(self, secret: str | None, now: float | None = None) -> list[KeyRecord]:
@@ -441,7 +445,7 @@ class KeyStore:
             return 0
         key_id, amount, day = row
         spent = amount if actual is None else actual
-        ids = [k.id for k in self._chain(key_id)]
+        ids = [i for (i,) in db.execute(_CHAIN_IDS, (key_id,))]
         marks = ",".join("?" * len(ids))
         db.execute(f"UPDATE keys SET reserved = reserved - ?, spent = spent + ? WHERE id IN"
                    f" ({marks})", (amount, spent, *ids))

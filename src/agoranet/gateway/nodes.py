@@ -157,6 +157,11 @@ class NodeState:
         del self.audits[:-20]
         self._log(kind or EventKind.UNAUDITABLE, model=model, detail=f"could not audit: {reason}")
 
+    def note(self, text: str) -> None:
+        """Note something that happened with this node (not a failure), e.g. its channel
+        was reopened; shown in ``/agoranet/nodes``."""
+        self._note(text)
+
     def _note(self, text: str) -> None:
         self.events.append(f"{time.strftime('%H:%M:%S')} {text}")
         del self.events[:-20]

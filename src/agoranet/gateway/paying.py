@@ -14,6 +14,12 @@ outcome ``disputed``, no receipt), the node gets a long ban in the reputation
 store, and its channel pays it no more. A receipt adopted from a corrective 402
 (an answer or final receipt the gateway never saw) is logged with outcome
 ``resynced`` and counted in the budget too.
+
+A saved channel is checked on chain when it is loaded, and again when a node says
+it holds no deposit (:meth:`~agoranet.payments.payer.Payer.reconcile`): one the
+chain no longer backs (a dev chain restarted without its state, a refund) is
+retired with its receipts kept and a new one opened; what was done is logged
+and noted in the node's events, and counts nothing against the node.
 """
 
 from __future__ import annotations
@@ -73,13 +79,11 @@ class NodePayers:
             if node.url not in self._auths:
                 from agoranet.payments.httpx_auth import PayerAuth
 
-                payer = await asyncio.to_thread(self._open, node.url)
-                payer.on_dispute = functools.partial(self._disputed, node)
-                payer.on_resync = functools.partial(self._resynced, node)
+                payer = await asyncio.to_thread(self._open, node)
                 self._auths[node.url] = PayerAuth(payer)
         return self._auths[node.url]
 
-    def _open(self, url: str) -> Payer:
+    def _open(self, node: NodeState) -> Payer:
         from agoranet.chain.addresses import resolve_addresses
         from agoranet.chain.rpc import connect
         from agoranet.payments.payer import Payer
@@ -88,11 +92,20 @@ class NodePayers:
         # request) in seconds instead of web3's retries adding up to about a minute
         w3 = connect(self.rpc_url, timeout=self.chain_timeout_s, retry=False)
         addresses = resolve_addresses(int(w3.eth.chain_id))
-        folder = self.state_root / hashlib.sha256(url.encode()).hexdigest()[:16]
-        payer = Payer(url, w3, addresses, account=self.account, state_dir=folder,
+        folder = self.state_root / hashlib.sha256(node.url.encode()).hexdigest()[:16]
+        payer = Payer(node.url, w3, addresses, account=self.account, state_dir=folder,
                       top_up=self.deposit)
-        if payer.state is None:
-            payer.open(self.deposit)
+        payer.on_dispute = functools.partial(self._disputed, node)
+        payer.on_resync = functools.partial(self._resynced, node)
+        payer.on_reconcile = node.note
+        try:
+            if payer.state is None:
+                payer.open(self.deposit)
+            else:  # a chain that cannot be read now: the node checks each voucher anyway
+                payer.reconcile(unreadable_ok=True)
+        except BaseException:
+            payer.close()
+            raise
         return payer
 
     def _disputed(self, node: NodeState, dispute: Dispute) -> None:

@@ -7,6 +7,11 @@ message (``continue_final_message``), so the client sees one uninterrupted
 answer. Every node that produced tokens gets a spend-log row, with the signed
 receipt behind its charge when it is paid (for a node that died mid-answer, the
 last running receipt it sent); failing nodes are banned for a growing time.
+A refusal that is not the node's fault is skipped without counting against it: a
+request every node would refuse goes back to the client (400/413/422), a model or
+adapter the node does not have (404) and a node the gateway cannot pay (no wallet,
+no channel) are left for the next node, and if none answers the client is told why
+(404, 402 or 503) without internal names.
 With ``policy.commitments`` every node is asked for TOPLOC-style commitments to
 its part of the answer (for a continuation, its prompt includes the text already
 streamed), and they are collected per node.
@@ -29,8 +34,11 @@ from agoranet.api import jsonlimits
 from agoranet.api.sse import iter_sse_data
 from agoranet.errors import (
     AgoranetError,
+    CannotPayError,
     InvalidJSONError,
+    NodesDeclinedError,
     PaymentError,
+    ReceiptError,
     RequestError,
     UpstreamError,
 )
@@ -56,6 +64,27 @@ class _ClientFault(RequestError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status_code = status
+
+
+class _NotTheNode(Exception):
+    """A refusal that is not the node's fault, so it is skipped and not counted against it:
+    it does not serve what was asked (404: another node may), or the gateway cannot pay
+    it. ``status``, ``code`` and the message are what the client gets if no node answers."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def _cannot_pay(node: NodeState, exc: Exception) -> _NotTheNode:
+    return _NotTheNode(503, "cannot_pay", f"the gateway cannot pay the node at {node.url}: {exc}")
+
+
+def _unpayable(url: str) -> _NotTheNode:
+    return _NotTheNode(402, "payment_required",
+                       f"the node at {url} sells for payment and this gateway has no wallet to "
+                       "pay it: start the gateway with --keystore and --rpc-url (and a "
+                       "--deposit), or allow only free nodes")
 
 
 @dataclass
@@ -126,6 +155,10 @@ async def _segment_events(client: httpx.AsyncClient, segment: _Segment, body: di
                 message = _error_message(response)
                 if response.status_code in (400, 413, 422):
                     raise _ClientFault(response.status_code, message)
+                if response.status_code == 404:  # not served there; another node may
+                    raise _NotTheNode(404, "model_not_found", message)
+                if response.status_code == 402 and auth is None:
+                    raise _unpayable(segment.node.url)
                 raise _NodeFailed(f"HTTP {response.status_code}: {message}")
             async for piece in _pieces(segment, iter_sse_data(response), policy):
                 yield piece
@@ -227,6 +260,7 @@ class _Attempt:
     segment: _Segment
     events: AsyncGenerator[Piece, None]
     failed: str | None = None
+    declined: _NotTheNode | None = None  # failed for a reason not the node's own
     closed: bool = False
     # While hedging, the next piece is read in a task of its own.
     reading: asyncio.Task[Piece | None] | None = None
@@ -288,6 +322,7 @@ async def relay(
     errors: list[str] = []
     queue = list(candidates[: policy.max_attempts])
     attempts: list[_Attempt] = []  # every attempt started, each finished exactly once
+    declined: list[_NotTheNode] = []  # refusals that were not the nodes' fault
 
     async def start(candidate: Candidate) -> _Attempt:
         node, model = candidate
@@ -298,10 +333,13 @@ async def relay(
         segment = _Segment(node, time.perf_counter())
         attempt = _Attempt(node, model, await budget.reserve(worst), segment, _unsent())
         attempts.append(attempt)
+        if payers is None and node.offer is not None and node.offer.payment is not None:
+            attempt.events = _raising(_unpayable(node.url))  # not sent: it would be a 402
+            return attempt
         try:
             auth = await payers.auth(node) if payers is not None else None
-        except AgoranetError as exc:  # no channel to this node: it fails like any node would
-            attempt.events = _refused(f"cannot pay it: {exc}")
+        except AgoranetError as exc:  # the gateway cannot pay it: not the node's fault
+            attempt.events = _raising(_cannot_pay(node, exc))
             return attempt
         segment.paid = auth is not None
         attempt.events = _segment_events(client, segment, request, policy, auth, worst)
@@ -319,7 +357,9 @@ async def relay(
                 _account(attempt, body, prompt_ceiling, spend, result)
             finally:
                 attempt.reservation.release(0)  # only if accounting broke before it released
-            if attempt.failed is not None:
+            if isinstance(attempt.declined, _NotTheNode):
+                declined.append(attempt.declined)
+            elif attempt.failed is not None:
                 attempt.node.record_failure(attempt.failed, policy.ban_base_s,
                                             policy.ban_cap_s)
                 errors.append(f"{attempt.node.url}: {attempt.failed}")
@@ -341,8 +381,13 @@ async def relay(
                 async for piece in attempt.events:
                     produced += piece.text
                     yield piece
+            except _NotTheNode as exc:
+                attempt.failed, attempt.declined = str(exc), exc
+            except CannotPayError as exc:  # the gateway's trouble, not the node's
+                attempt.declined = _cannot_pay(attempt.node, exc)
+                attempt.failed = str(attempt.declined)
             except _FAILURES as exc:
-                attempt.failed = f"{type(exc).__name__}: {exc}"
+                attempt.failed = _describe(exc)
             finally:
                 await finish(attempt)
             if attempt.failed is not None and attempt.segment.finish is not None:
@@ -357,6 +402,9 @@ async def relay(
                     time.perf_counter() - (segment.first_token or segment.started))
                 result.finish_reason = segment.finish or "stop"
                 return
+        if declined and not errors:
+            raise _declined_error(declined)
+        errors += [str(d) for d in declined]
         raise UpstreamError("no node could answer: "
                             + ("; ".join(errors) or "none available"), status_code=503)
     finally:  # however the request ends (a client hanging up too): release every attempt
@@ -364,6 +412,27 @@ async def relay(
 
 
 _FAILURES = (_NodeFailed, httpx.HTTPError, json.JSONDecodeError, PaymentError)
+
+
+def _describe(exc: BaseException) -> str:
+    """A node's failure in words for the client and the node's record (no class names)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({str(exc) or 'no answer in time'})"
+    if isinstance(exc, httpx.HTTPError):
+        return f"connection failed ({str(exc) or 'no answer'})"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"sent malformed JSON ({exc.msg})"
+    if isinstance(exc, ReceiptError) and "receipt" not in str(exc).lower():
+        return f"bad receipt: {exc}"  # the reputation store counts it as one (failure_kind)
+    return str(exc)
+
+
+def _declined_error(declined: list[_NotTheNode]) -> NodesDeclinedError:
+    """What the client is told when every node declined for a reason not its own: the
+    gateway cannot pay (402, 503 if a channel could not be opened), else not served (404)."""
+    first = min(declined, key=lambda d: {402: 0, 503: 1}.get(d.status, 2))
+    messages = list(dict.fromkeys(str(d) for d in declined))
+    return NodesDeclinedError("; ".join(messages), status_code=first.status, code=first.code)
 
 
 async def _first_piece(
@@ -405,15 +474,20 @@ async def _first_piece(
                     await finish(runner)
                     raise error  # the request itself is refused: the caller tells the client
                 return runner, task.result()
-            runner.failed = f"{type(error).__name__}: {error}"
+            if isinstance(error, _NotTheNode | CannotPayError):
+                runner.declined = error if isinstance(error, _NotTheNode) else \
+                    _cannot_pay(runner.node, error)
+                runner.failed = str(runner.declined)
+            else:
+                runner.failed = _describe(error)
             if not racing:
                 return runner, None  # both failed; the caller accounts for this one
             await finish(runner)
     raise AssertionError("unreachable")
 
 
-async def _refused(reason: str) -> AsyncGenerator[Piece, None]:
-    raise _NodeFailed(reason)
+async def _raising(error: Exception) -> AsyncGenerator[Piece, None]:
+    raise error
     yield  # pragma: no cover - makes this an async generator
 
 

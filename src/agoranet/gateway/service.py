@@ -10,7 +10,12 @@ import httpx
 
 from agoranet.api.sse import DONE, sse_json
 from agoranet.api.types import ChatCompletionRequest
-from agoranet.errors import InvalidRequestError, ModelNotFoundError, UpstreamError
+from agoranet.errors import (
+    InvalidRequestError,
+    ModelNotFoundError,
+    PriceCapError,
+    UpstreamError,
+)
 from agoranet.gateway.auditing import Auditor
 from agoranet.gateway.budget import Budget, Reserver
 from agoranet.gateway.directory import NodeDirectory
@@ -90,6 +95,7 @@ class GatewayService:
             if not any(n.model(request.model) for n in self.directory.nodes.values()):
                 raise ModelNotFoundError(f"no node on the network serves '{request.model}'",
                                          param="model")
+            self._check_price_cap(request.model, estimate, limit, policy)
             raise UpstreamError(f"no node serving '{request.model}' is allowed by the policy "
                                 "or healthy right now", status_code=503)
         result = RelayResult(new_request_id())
@@ -113,6 +119,26 @@ class GatewayService:
         text += [p.text async for p in pieces]
         self._served(request.model, result)
         return self._completion(request.model, "".join(text), result), result
+
+    def _check_price_cap(self, model: str, prompt_tokens: int, max_tokens: int,
+                         policy: Policy) -> None:
+        """Raise a 402 naming the cheapest offer if the price caps alone exclude every node."""
+        if policy.max_price_in is None and policy.max_price_out is None:
+            return
+        uncapped = self.ranked(model, prompt_tokens, max_tokens, policy.model_copy(
+            update={"max_price_in": None, "max_price_out": None, "prefer": "cheapest"}))
+        if not uncapped:
+            return
+        node, offer = min(uncapped, key=lambda c: (c[1].price.output_per_million,
+                                                   c[1].price.input_per_million))
+        caps = ", ".join(f"{name}={value}" for name, value in (
+            ("max_price_in", policy.max_price_in), ("max_price_out", policy.max_price_out))
+            if value is not None)
+        raise PriceCapError(
+            f"no node serving '{model}' is within the price cap ({caps}, base units per "
+            f"million tokens); the cheapest offer is {offer.price.input_per_million} in / "
+            f"{offer.price.output_per_million} out ({node.url}): raise the cap (the request's "
+            "'agoranet' field or the gateway's policy) to use it")
 
     def _served(self, model: str, result: RelayResult) -> None:
         """After an answer: perhaps audit the nodes that produced it."""

@@ -1,4 +1,11 @@
-"""``/v1/adapters``: upload a LoRA adapter to a node, and list those it serves."""
+"""``/v1/adapters``: upload a LoRA adapter to a node, and list one's own.
+
+An adapter belongs to whoever uploaded it (or had it trained on this node): see
+:mod:`agoranet.node.adapter_owners`. ``POST`` takes a bearer token to name the
+owner, or makes one and returns it once as ``owner_token``; ``GET`` needs the
+bearer token (401 without) and lists only that owner's adapters. Serving an
+adapter needs only its id (its model name), as before.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,8 @@ from starlette.routing import Route
 
 from agoranet.engines.adapters import AdapterHost
 from agoranet.errors import AdapterError, InvalidRequestError
+from agoranet.node.adapter_owners import AdapterOwners, owner_id, owner_token
+from agoranet.node.finetune_routes import owner_of
 from agoranet.node.routes import openai_errors
 from agoranet.tuning.adapter import Adapter, adapter_model_name
 
@@ -28,9 +37,16 @@ def adapter_card(adapter: Adapter, base_name: str) -> dict[str, object]:
     }
 
 
-def adapter_routes(host: AdapterHost, base_name: str, max_bytes: int) -> list[Route]:
+def adapter_routes(host: AdapterHost, base_name: str, max_bytes: int,
+                   owners: AdapterOwners) -> list[Route]:
     @openai_errors
     async def upload(request: Request) -> Response:
+        token = None
+        if request.headers.get("authorization"):
+            owner = owner_of(request)  # a malformed header is a 401, not an anonymous upload
+        else:
+            token = owner_token()
+            owner = owner_id(token)
         archive = await request.body()
         try:
             adapter = await asyncio.to_thread(host.add_adapter, archive, max_bytes)
@@ -41,11 +57,16 @@ def adapter_routes(host: AdapterHost, base_name: str, max_bytes: int) -> list[Ro
             raise InvalidRequestError(
                 f"the uploaded adapter's id is {adapter.id}, not the {expected} you named"
             )
-        return JSONResponse(adapter_card(adapter, base_name), status_code=201)
+        await asyncio.to_thread(owners.add, adapter.id, owner)
+        card = adapter_card(adapter, base_name)
+        if token is not None:
+            card["owner_token"] = token  # shown once: the bearer token that lists it
+        return JSONResponse(card, status_code=201)
 
     @openai_errors
     async def listing(request: Request) -> Response:
-        cards = [adapter_card(a, base_name) for a in host.list_adapters()]
+        mine = await asyncio.to_thread(owners.owned_by, owner_of(request))
+        cards = [adapter_card(a, base_name) for a in host.list_adapters() if a.id in mine]
         return JSONResponse({"object": "list", "data": cards})
 
     return [

@@ -16,6 +16,7 @@ from agoranet.api.openapi import Operation, openapi_route
 from agoranet.config import NodeSettings
 from agoranet.engines.adapters import AdapterHost
 from agoranet.engines.base import Engine
+from agoranet.node.adapter_owners import AdapterOwners
 from agoranet.node.adapter_routes import adapter_routes
 from agoranet.node.chaos import ChaosMiddleware
 from agoranet.node.finetune_routes import finetune_routes
@@ -30,8 +31,8 @@ from agoranet.registry.offer import (
     Price,
     build_offer,
 )
-from agoranet.tuning.adapter import ADAPTER_SEPARATOR
-from agoranet.tuning.jobs import JobManager
+from agoranet.tuning.adapter import ADAPTER_SEPARATOR, pack_adapter
+from agoranet.tuning.jobs import FineTuneJob, JobManager
 
 if TYPE_CHECKING:
     from agoranet.node.payment_setup import NodePayments
@@ -69,9 +70,13 @@ def create_app(
     if payments is not None:
         offer = _paid_offer(offer, payments)
     all_routes = routes(service, offer)
+    owners = None
     if adapters and isinstance(engine, AdapterHost):
         base = engine.models()[0].name
-        all_routes += adapter_routes(engine, base, settings.max_adapter_bytes)
+        owners = AdapterOwners(settings.adapter_store() / ".owners.sqlite")
+        all_routes += adapter_routes(engine, base, settings.max_adapter_bytes, owners)
+        if jobs is not None:
+            jobs.on_trained = _serve_trained(engine, owners)
     if jobs is not None:
         job_payments = None
         if payments is not None and jobs.price_per_million > 0:
@@ -127,6 +132,8 @@ def create_app(
                 await loop.stop()
             if jobs is not None:  # before the ledger: a stopping job is charged in it
                 jobs.close()
+            if owners is not None:
+                owners.close()
             if payments is not None:
                 payments.close()
             await engine.aclose()
@@ -164,3 +171,14 @@ def _paid_offer(offer: Offer, payments: NodePayments) -> Offer:
         token_name=terms.token_name, token_version=terms.token_version,
     )
     return sign_offer(offer.model_copy(update={"payment": payment}), payments.account)
+
+
+def _serve_trained(host: AdapterHost, owners: AdapterOwners) -> Callable[[FineTuneJob], None]:
+    """What a finished fine-tuning job does: its adapter joins the node's adapters (the
+    same checks as an upload, no size limit: the node made it) and belongs to the job's
+    owner, so ``fine_tuned_model`` is served at once."""
+    def serve(job: FineTuneJob) -> None:
+        assert job.adapter_dir is not None
+        adapter = host.add_adapter(pack_adapter(job.adapter_dir), 2**62)
+        owners.add(adapter.id, job.owner)
+    return serve

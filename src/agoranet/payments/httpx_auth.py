@@ -3,7 +3,9 @@
 Any httpx-based client (the ``openai`` client included, through its
 ``http_client``) then pays transparently: each request goes out with the next
 voucher; a 402 is answered once (a larger maximum, or a resync from the node's
-corrective 402, believed only as far as a receipt backs it: see
+corrective 402, believed only as far as a receipt backs it, or a channel the node
+finds unfunded checked on chain and repaired first, see
+:meth:`~agoranet.payments.payer.Payer.reconcile`; and
 :meth:`~agoranet.payments.payer.Payer.resync`, which raises
 :class:`~agoranet.errors.ChargeDisputeError` otherwise); the receipt is checked from ``PAYMENT-RESPONSE`` or, for a
 stream, from its final receipt event, read as the stream passes through. A
@@ -26,6 +28,7 @@ from typing import Any, TypeVar
 
 import anyio
 import httpx
+from x402.mechanisms.evm.batch_settlement import errors as bs_errors
 from x402.mechanisms.evm.batch_settlement.errors import ERR_CHANNEL_BUSY
 
 from agoranet.api import jsonlimits
@@ -38,6 +41,12 @@ __all__ = ["BUSY_RETRIES_S", "PayerAuth"]
 
 # Pauses before resending a payment the node refused as "channel busy" (1.3 s in all).
 BUSY_RETRIES_S = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
+
+# A node's refusals about the channel's on-chain state: the payer checks the chain
+# (Payer.reconcile) before it pays again.
+_CHANNEL_STATE_ERRORS = frozenset({
+    bs_errors.ERR_CHANNEL_NOT_FOUND, bs_errors.ERR_CUMULATIVE_EXCEEDS_BALANCE,
+    "invalid_batch_settlement_evm_channel_withdrawing"})
 
 
 class PayerAuth(httpx.Auth):
@@ -136,6 +145,9 @@ class PayerAuth(httpx.Auth):
             accept = next((a for a in required.accepts if a.scheme == "batch-settlement"), None)
             if accept is None:
                 return response
+            if required.error in _CHANNEL_STATE_ERRORS and self.payer.reconcile() is not None:
+                request.headers.pop("x-request-id", None)  # the chain disagreed with the
+                continue  # store: the channel was repaired or replaced, so pay again
             if required.error and "mismatch" in required.error and \
                     not self.payer.resync(accept.extra or {}):
                 return response

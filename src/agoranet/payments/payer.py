@@ -43,10 +43,24 @@ from the payer's), :meth:`Payer.resync` applies one rule:
 
 So a node can claim at most the payer's receipts plus one request's headroom,
 and the payer's spend counts every unit a node can claim.
+
+A channel the chain no longer backs
+-----------------------------------
+
+The store can disagree with the chain: a dev chain restarted without its state,
+a channel refunded or being withdrawn, a deposit that never went through.
+:meth:`Payer.reconcile` (run when a gateway loads a saved channel, and when a node
+refuses a voucher for the channel's on-chain state) reads the channel: one with
+no deposit or a withdrawal under way is *retired* -- its state and receipts stay
+in the store (:meth:`PayerStore.replace`), nothing it recorded as spent is
+forgotten -- and a fresh channel is opened in its place; a deposit that differs
+from the store's is adopted. Either way it returns (and logs, and tells
+``on_reconcile``) what it did.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Callable
@@ -63,7 +77,13 @@ from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
 from x402.schemas import PaymentPayload, PaymentRequirements
 
 from agoranet.chain.addresses import ChainAddresses
-from agoranet.errors import ChargeDisputeError, PaymentError, ReceiptError
+from agoranet.errors import (
+    CannotPayError,
+    ChainError,
+    ChargeDisputeError,
+    PaymentError,
+    ReceiptError,
+)
 from agoranet.payments import x402wire
 from agoranet.payments.channels import new_config, open_channel, read_channel
 from agoranet.payments.ecdsa import DigestSigner
@@ -76,6 +96,8 @@ from agoranet.registry.offer import Offer
 from agoranet.registry.signing import offer_signer
 
 __all__ = ["ChannelState", "Dispute", "Payer", "PendingPayment"]
+
+logger = logging.getLogger(__name__)
 
 _KEPT_PAYMENTS = 8  # vouchers remembered until their receipt arrives (one request at a time)
 
@@ -135,6 +157,8 @@ class Payer:
         # Told of a receipt adopted from a corrective 402, with the amount it added to
         # what the payer owes (the gateway counts that as spend).
         self.on_resync: Callable[[Receipt, int], None] | None = None
+        # Told what :meth:`reconcile` did when the chain disagreed with the store.
+        self.on_reconcile: Callable[[str], None] | None = None
         self._jobs: dict[str, PendingPayment] = {}  # fine-tuning jobs' held payments
         self._store = PayerStore(state_dir)
         self.state: ChannelState | None = self._load()
@@ -203,6 +227,81 @@ class Payer:
         self._save()
         return self.state.channel_id
 
+    def reconcile(self, *, unreadable_ok: bool = False) -> str | None:
+        """Compare the channel on chain with the store and repair a disagreement: a channel
+        without a deposit (gone with a chain reset, refunded, never funded) or with a
+        withdrawal under way is retired and a new one opened; a different deposit is
+        adopted. What it did, in words (also logged and told to ``on_reconcile``); None
+        if chain and store agree (or, with ``unreadable_ok``, the chain cannot be read
+        now: the saved channel is used as it is). CannotPayError if it cannot read the
+        chain or repair the channel."""
+        if self.state is None:
+            return None
+        old = self.state
+        try:
+            info = read_channel(self.w3, self.addresses, self.config)
+        except ChainError as exc:
+            if unreadable_ok:
+                logger.warning("payer for %s: cannot check its channel on chain (%s); the "
+                               "saved channel is used as it is", self.root, exc)
+                return None
+            raise CannotPayError(f"cannot check channel {old.channel_id[:10]}… on chain: "
+                                 f"{exc}") from exc
+        # Claims never lower the balance; a withdrawal or refund does. A voucher must stay
+        # within the balance, so one at or below the charged total leaves nothing to pay.
+        if info.balance == 0:
+            done = self._reopen(old, "holds no deposit on chain (the chain was reset, or "
+                                "the channel was never funded)")
+        elif info.withdraw_initiated_at != 0:
+            done = self._reopen(old, "has a withdrawal under way: it takes no new vouchers")
+        elif info.balance <= old.charged:
+            done = self._reopen(old, f"was refunded: {info.balance} on chain, nothing "
+                                f"left above the {old.charged} already charged")
+        elif info.balance != old.deposited:
+            self.state.deposited = info.balance
+            self._save()
+            done = (f"channel {old.channel_id[:10]}… holds {info.balance} on chain, not the "
+                    f"{old.deposited} on record: the deposit on chain is used")
+        else:
+            return None
+        logger.warning("payer for %s: %s", self.root, done)
+        if self.on_reconcile is not None:
+            self.on_reconcile(done)
+        return done
+
+    def _reopen(self, old: ChannelState, why: str) -> str:
+        """Retire ``old`` (kept in the store with its receipts) and open a new channel."""
+        if self.account is None or self.subkey is not None:
+            raise CannotPayError(f"channel {old.channel_id[:10]}… {why}; a sub-key's channel "
+                                 "is funded by its owner: ask for a new sub-key")
+        deposit = self.top_up_amount or old.deposited
+        if deposit <= 0:
+            raise CannotPayError(f"channel {old.channel_id[:10]}… {why}; no deposit is set "
+                                 "to open a new one")
+        terms = self.offer.payment
+        assert terms is not None
+        config = new_config(self.addresses, payer=self.account.address, receiver=self.node,
+                            receiver_authorizer=terms.receiver_authorizer,
+                            payer_authorizer=self.account.address,
+                            withdraw_delay=terms.withdraw_delay)
+        new = ChannelState(compute_channel_id(config, self.chain_id).lower(), config.to_dict(),
+                           deposited=deposit)
+        try:
+            open_channel(self.w3, self.addresses, self.account, config, deposit)
+        except ChainError as exc:
+            raise CannotPayError(f"channel {old.channel_id[:10]}… {why}; a new one could not "
+                                 f"be opened: {exc}") from exc
+        reason = f"retired: {why}"
+        self._store.replace(old, reason, new)
+        self.state = new
+        return (f"channel {old.channel_id[:10]}… {why}: retired (its {old.receipts} receipts "
+                f"and {old.spent} spent stay on record) and channel {new.channel_id[:10]}… "
+                f"opened with {deposit}")
+
+    def retired(self) -> list[tuple[ChannelState, str]]:
+        """Channels this payer replaced (see :meth:`reconcile`), each with why."""
+        return self._store.retired()
+
     @property
     def config(self) -> ChannelConfig:
         assert self.state is not None
@@ -232,9 +331,12 @@ class Payer:
         voucher = self.state.charged + max_amount
         if voucher > self.state.deposited:
             if self.top_up_amount <= 0 or self.account is None:
-                raise PaymentError(f"the channel's deposit ({self.state.deposited}) does not "
-                                   f"cover the next voucher ({voucher}): top it up")
-            self.open(max(self.top_up_amount, voucher - self.state.deposited))
+                raise CannotPayError(f"the channel's deposit ({self.state.deposited}) does "
+                                     f"not cover the next voucher ({voucher}): top it up")
+            try:
+                self.open(max(self.top_up_amount, voucher - self.state.deposited))
+            except ChainError as exc:
+                raise CannotPayError(f"the channel could not be topped up: {exc}") from exc
         fields = self._sign_voucher(voucher)
         terms = self.offer.payment
         assert terms is not None

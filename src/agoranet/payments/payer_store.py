@@ -9,6 +9,11 @@ back, and the payer only adopts a higher one when the node's receipt in it backs
 it (:meth:`~agoranet.payments.payer.Payer.resync`; the voucher the receipt is
 matched against is saved before it is sent).
 
+A channel whose on-chain state the payer found unusable (gone after a chain reset,
+refunded, never funded) is *retired*, never deleted: its last state stays in the
+``retired`` table and its receipts in ``receipts`` (each names its channel), so the
+record of what was paid survives the new channel that replaces it.
+
 Folders written by earlier versions (``channel.json`` and ``receipts.jsonl``)
 are imported once, on first open.
 """
@@ -35,6 +40,11 @@ CREATE TABLE IF NOT EXISTS channel (
 CREATE TABLE IF NOT EXISTS receipts (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
     receipt TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS retired (
+    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+    state  TEXT NOT NULL,
+    reason TEXT NOT NULL
 );
 """
 
@@ -98,6 +108,27 @@ class PayerStore:
             except sqlite3.Error as exc:
                 self._db.execute("ROLLBACK")
                 raise PaymentError(f"cannot save the payer's state: {exc}") from exc
+
+    def replace(self, old: ChannelState, reason: str, new: ChannelState) -> None:
+        """Retire ``old`` (kept, with ``reason``, in :meth:`retired`; its receipts stay) and
+        make ``new`` the channel, in one commit."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("INSERT INTO retired (state, reason) VALUES (?, ?)",
+                                 (json.dumps(asdict(old)), reason))
+                self._db.execute("INSERT OR REPLACE INTO channel VALUES (1, ?)",
+                                 (json.dumps(asdict(new)),))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise PaymentError(f"cannot save the payer's state: {exc}") from exc
+
+    def retired(self) -> list[tuple[ChannelState, str]]:
+        """Channels replaced by a new one (oldest first), each with why."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, reason FROM retired ORDER BY seq").fetchall()
+        return [(ChannelState(**json.loads(r[0])), str(r[1])) for r in rows]
 
     def receipts(self) -> list[Receipt]:
         with self._lock:

@@ -215,6 +215,9 @@ class JobManager:
         self.store = store
         self.price_per_million = price_per_million
         self.billing: Billing | None = None
+        # Called with each job that trained to the end, before it is marked succeeded:
+        # the node serves its adapter under ``fine_tuned_model`` from then on.
+        self.on_trained: Callable[[FineTuneJob], None] | None = None
         self._base_parameters = base_parameters
         self._trainer = trainer
         self._sizer = sizer
@@ -478,6 +481,13 @@ class JobManager:
             self._log(job, f"Held-out loss {report.heldout_before:.4f} -> "
                            f"{report.heldout_after:.4f}")
         self._log(job, f"New fine-tuned model created: {job.fine_tuned_model}")
+        if self.on_trained is not None:
+            try:
+                self.on_trained(job)
+            except Exception as exc:  # the adapter is still the owner's, to download
+                logger.exception("cannot serve the adapter of job %s", job.id)
+                self._log(job, f"The node could not serve the fine-tuned model: {exc}",
+                          level="warn")
         self._log(job, "The job has successfully completed")
         self._end(job, "succeeded")
         self._charge(job, min(report.trained_tokens, size.tokens))

@@ -7,6 +7,11 @@ anyone's) cannot replay them. Half the challenges are greedy, half sampled; the
 node must return each token's id and log-probability (``logprobs`` with the
 ``token_id`` extension). Each answer goes through :func:`audit_answer` against
 the reference weights; the node fails the audit if any answer is flagged.
+
+A paid node is paid for its challenges through an
+:class:`~agoranet.verify.audit_payment.AuditPayment`: within its budget, each
+receipt checked; the audit stops early (and says so) when the next challenge's
+worst case would go over it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import random
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -33,6 +38,9 @@ from agoranet.verify.commitment_audit import (
     offers_commitments,
 )
 
+if TYPE_CHECKING:
+    from agoranet.verify.audit_payment import AuditPayment
+
 __all__ = ["PER_ROUND", "NodeAudit", "audit_node", "challenge", "challenges"]
 
 # Challenges per audit round. With fresh prompts, the tiny model's int4 copy is flagged on
@@ -47,6 +55,8 @@ class NodeAudit:
     model: str
     results: list[AuditResult] = field(default_factory=list)
     commitment_results: list[CommitmentResult] = field(default_factory=list)
+    spent: int = 0  # paid to the node for the challenges (base units, by its receipts)
+    stopped: str | None = None  # why fewer challenges were asked (the budget ran out)
 
     @property
     def tokens(self) -> int:
@@ -94,7 +104,8 @@ def challenges(count: int, model: str, max_tokens: int = 48,
 def audit_node(node_url: str, model: str, reference: Any, *, rounds: int = 1,
                max_tokens: int = 48, client: httpx.Client | None = None,
                auth: httpx.Auth | None = None, rng: random.Random | None = None,
-               commitments: bool | None = None) -> NodeAudit:
+               commitments: bool | None = None,
+               payment: AuditPayment | None = None) -> NodeAudit:
     """Audit ``model`` at ``node_url`` against ``reference`` (a LoadedModel of the same weights).
 
     Asks ``rounds`` x :data:`PER_ROUND` fresh :func:`challenges` (drawn from ``rng``).
@@ -102,16 +113,29 @@ def audit_node(node_url: str, model: str, reference: Any, *, rounds: int = 1,
     With ``commitments`` (by default: when the node's offer has them) every answer
     is asked with its commitments too, and they are checked
     (:func:`~agoranet.verify.commitment_audit.audit_with_commitments`, one reference
-    pass for both checks).
+    pass for both checks). With ``payment`` a paid node is paid through it (its
+    ``auth``), within its budget.
     """
+    if payment is not None:
+        auth = payment.auth
     http = client or httpx.Client(timeout=120, auth=auth)
     audit = NodeAudit(node_url, model)
     try:
         if commitments is None:
             commitments = offers_commitments(http, node_url, model)
-        for request in challenges(rounds * PER_ROUND, model, max_tokens, rng):
+        drawn = challenges(rounds * PER_ROUND, model, max_tokens, rng)
+        for number, request in enumerate(drawn):
             request = dataclasses.replace(request, commitments=commitments)
-            ids, logprobs, proofs = _ask(http, node_url, request)
+            worst = payment.worst(request) if payment is not None else None
+            if payment is not None and worst is not None and not payment.allows(worst):
+                audit.stopped = (f"the audit budget ({payment.budget}) allowed {number} of "
+                                 f"{len(drawn)} challenges (the next could cost {worst} more "
+                                 f"than the {payment.spent} spent)")
+                break
+            try:
+                ids, logprobs, proofs = _ask(http, node_url, request, worst)
+            finally:
+                audit.spent = payment.spent if payment is not None else 0
             if commitments:
                 audited, proved = audit_with_commitments(reference, request, ids, logprobs,
                                                          proofs)
@@ -125,8 +149,9 @@ def audit_node(node_url: str, model: str, reference: Any, *, rounds: int = 1,
     return audit
 
 
-def _ask(http: httpx.Client, node_url: str,
-         request: GenerationRequest) -> tuple[list[int], list[float], Commitments | None]:
+def _ask(http: httpx.Client, node_url: str, request: GenerationRequest,
+         max_amount: int | None = None
+         ) -> tuple[list[int], list[float], Commitments | None]:
     body: dict[str, Any] = {
         "model": request.model, "max_tokens": request.max_tokens,
         "messages": [{"role": m.role, "content": m.content} for m in request.messages or ()],
@@ -136,8 +161,14 @@ def _ask(http: httpx.Client, node_url: str,
         body["seed"] = request.seed
     if request.commitments:
         body["agoranet"] = {"commitments": True}
+    extensions = {"agoranet_max_amount": max_amount} if max_amount else None
     try:
-        response = http.post(f"{node_url.rstrip('/')}/chat/completions", json=body)
+        response = http.post(f"{node_url.rstrip('/')}/chat/completions", json=body,
+                             extensions=extensions)
+        if response.status_code == 402:
+            raise AuditError(f"{node_url} sells for payment and the audit could not pay it "
+                             f"({_message(response)}): give a wallet (--rpc-url, --keystore) "
+                             "and an audit --budget")
         response.raise_for_status()
         answer = jsonlimits.loads(response.content, what="the answer")
         content = answer["choices"][0]["logprobs"]["content"]
@@ -147,3 +178,10 @@ def _ask(http: httpx.Client, node_url: str,
         raise AuditError(f"{node_url} returns no token ids: it cannot be audited")
     return ([int(e["token_id"]) for e in content], [float(e["logprob"]) for e in content],
             commitments_in(answer))
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(jsonlimits.loads(response.content, what="an error")["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}"

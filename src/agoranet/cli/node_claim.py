@@ -1,0 +1,67 @@
+"""``agoranet node claim``: claim and settle a node's unclaimed earnings now.
+
+A running node claims by itself when a threshold is reached; this claims at once,
+whatever the thresholds, from a node's ledger while the node is stopped (the
+ledger's lock keeps the two from claiming the same vouchers at once).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from agoranet.cli.wallet_common import keystore_option, rpc_option, unlock_wallet
+from agoranet.config import NodeSettings
+
+__all__ = ["claim"]
+
+console = Console(highlight=False, soft_wrap=True)
+
+
+@click.command("claim")
+@click.option("--ledger", "ledger", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="The node's ledger [default: ~/.agoranet/node/ledger.sqlite].")
+@keystore_option
+@rpc_option
+@click.pass_context
+def claim(ctx: click.Context, ledger: Path | None, keystore: Path | None, rpc_url: str) -> None:
+    """Claim every unclaimed voucher in the node's ledger now, and settle to the node."""
+    from agoranet.cli.node_banner import CLAIM_GAS, no_gas_warning
+    from agoranet.cli.preflight import connect_chain_or_hint, gas_cost, hold_ledger, native_balance
+    from agoranet.errors import ConfigError
+    from agoranet.node.payment_setup import build_payments, ledger_path
+    from agoranet.payments.amounts import format_amount
+
+    path = ledger or (ctx.obj or {}).get("ledger") or ledger_path(NodeSettings())
+    if not Path(path).is_file():
+        raise ConfigError(f"no ledger at {path}: has this node been paid yet?")
+    lock = hold_ledger(Path(path))
+    try:
+        account = unlock_wallet(keystore)
+        w3 = connect_chain_or_hint(rpc_url)
+        balance = native_balance(w3, account.address)
+        if balance < gas_cost(w3, CLAIM_GAS):
+            raise ConfigError(no_gas_warning(account.address, balance).removeprefix("warning: "))
+        settings = NodeSettings(rpc_url=rpc_url, keystore=keystore, ledger_path=Path(path))
+        payments = build_payments(settings, account, ledger=None)
+        try:
+            outcome = payments.settler.tick(force=True)
+        finally:
+            payments.close()
+    finally:
+        lock.release()
+    if outcome is None:
+        console.print(f"nothing to claim in {path}")
+        return
+    claimed = sum(outcome.claimed.values())
+    console.print(f"claimed {format_amount(claimed)} on {len(outcome.claimed)} channel(s)"
+                  + (f" (tx {outcome.claim_tx})" if outcome.claim_tx else ""))
+    console.print(f"settled {format_amount(outcome.settled)} to {account.address}"
+                  + (f" (tx {outcome.settle_tx})" if outcome.settle_tx else ""))
+    for channel in outcome.failed:
+        console.print(f"claim failed on channel {channel}: retried later (see `agoranet node "
+                      "earnings`)")
+    if outcome.settle_error:
+        console.print(f"settle failed: {outcome.settle_error} (retried by the node)")

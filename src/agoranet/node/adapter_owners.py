@@ -1,0 +1,67 @@
+"""Who owns which adapter on a node: whoever uploaded it or had it trained here.
+
+An owner is named the way fine-tuning jobs name theirs: the SHA-256 of the
+caller's bearer token (any secret string; see
+:func:`agoranet.node.finetune_routes.owner_of`), so the key that created a
+fine-tuning job also lists the adapter it produced. An upload without a bearer
+token is still taken (uploads stay open on a free node): the node then makes a
+fresh owner token, returns it once in the upload's answer (``owner_token``), and
+that token, sent as the bearer token, lists the adapter afterwards.
+
+Ownership only decides who *lists* an adapter (``GET /v1/adapters``); serving
+one needs only its id, which is a content hash nobody guesses. The records live
+in a small SQLite file beside the adapter store, so they outlast restarts. Two
+owners of the same content (the same id) are both owners.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+import threading
+from pathlib import Path
+
+__all__ = ["AdapterOwners", "owner_id", "owner_token"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS owners (
+    adapter TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    PRIMARY KEY (adapter, owner)
+);
+"""
+
+
+def owner_id(token: str) -> str:
+    """The owner a bearer token names (its SHA-256, hex): tokens are never stored."""
+    return hashlib.sha256(token.strip().encode()).hexdigest()
+
+
+def owner_token() -> str:
+    """A fresh secret for an upload that came without a bearer token."""
+    return "adapter-owner-" + secrets.token_urlsafe(24)
+
+
+class AdapterOwners:
+    """The (adapter id, owner) pairs of one node."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def add(self, adapter: str, owner: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO owners (adapter, owner) VALUES (?, ?)",
+                             (adapter, owner))
+
+    def owned_by(self, owner: str) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT adapter FROM owners WHERE owner = ?", (owner,))
+            return {str(r[0]) for r in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
