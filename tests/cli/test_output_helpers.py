@@ -19,3 +19,12 @@ def test_render_keeps_keys_and_fits() -> None:
 def test_when_is_a_date() -> None:
     assert when(None) == when(0) == "-"
     assert len(when(1_800_000_000)) == len("2027-01-15 08:00") and when(1_800_000_000)[4] == "-"
+
+
+def test_amounts_and_dates_are_never_cut() -> None:
+    cols = (Col("name"), *(Col(f"amount {i}", right=True) for i in range(6)),
+            Col("when", keep=True))
+    row = ["some name", *(money(123_456_789_012 + i) for i in range(6)), when(1_800_000_000)]
+    text = "\n".join(lines := render(cols, [row], width=80))
+    assert all(len(line) <= 80 for line in lines)
+    assert all(cell in text for cell in row[1:])

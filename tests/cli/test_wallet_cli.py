@@ -208,9 +208,9 @@ def test_unknown_chain(home: Path, unknown_chain: DevChain, cli: Cli) -> None:
 @pytest.mark.parametrize(
     ("args", "needle", "code"),
     [
-        (["wallet", "balance", "--rpc-url", "http://127.0.0.1:9"], "is unreachable", 1),
-        (["wallet", "fund", "--rpc-url", "http://127.0.0.1:9"], "is unreachable", 1),
-        (["wallet", "channels", "--rpc-url", "http://127.0.0.1:9"], "is unreachable", 1),
+        (["wallet", "balance", "--rpc-url", "http://127.0.0.1:9"], "no chain answers at", 1),
+        (["wallet", "fund", "--rpc-url", "http://127.0.0.1:9"], "no chain answers at", 1),
+        (["wallet", "channels", "--rpc-url", "http://127.0.0.1:9"], "no chain answers at", 1),
         (["wallet", "balance", "--rpc-url", "ftp://x"], "must start with http", 1),
         (["wallet", "new"], "already exists", 1),
         (["wallet", "fund", "-5"], "No such option '-5'", 2),

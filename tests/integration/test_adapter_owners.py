@@ -51,6 +51,20 @@ def test_listing_shows_only_ones_own(tiny_node: str, house_adapter: Path,
     assert shown.returncode == 0, shown.stderr
     assert adapter_model_name("tiny", house) in shown.stdout.splitlines()
     assert all(len(line) <= 80 for line in shown.stdout.splitlines())
+    # The node's /v1/models names only public adapters.
+    models = OpenAI(base_url=tiny_node, api_key="x", max_retries=0).models
+    assert not {adapter_model_name("tiny", a) for a in (house, brief)} & \
+        {m.id for m in models.list().data}
+    bad = httpx.post(f"{tiny_node}/adapters", content=pack_adapter(house_adapter),
+                     params={"public": "maybe"}, timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "public"
+    shared = httpx.post(f"{tiny_node}/adapters", content=pack_adapter(house_adapter),
+                        params={"public": "true"},
+                        headers={"Authorization": "Bearer alice-secret"}, timeout=60)
+    assert shared.status_code == 201
+    listed = {m.id for m in models.list().data}
+    assert adapter_model_name("tiny", house) in listed
+    assert adapter_model_name("tiny", brief) not in listed
     # Whoever knows the id may use it.
     bob = OpenAI(base_url=tiny_node, api_key="bob-secret", max_retries=0)
     reply = bob.chat.completions.create(model=adapter_model_name("tiny", house), temperature=0,

@@ -26,7 +26,7 @@ QUESTIONS = ["Tell me about the park.", "Where is the dog?", "Hello!", "Tell me 
 def upload(base_url: str, adapter_dir: Path) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "agoranet", "adapter", "upload", str(adapter_dir),
-         "--node", base_url], capture_output=True, text=True, timeout=60,
+         "--node", base_url, "--public"], capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
     ident = read_adapter(adapter_dir).id

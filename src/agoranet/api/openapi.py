@@ -123,7 +123,8 @@ OPERATIONS: Mapping[tuple[str, str], Operation] = {
                                           response=_OBJECT, errors=()),
     ("POST", "/v1/adapters"): Operation(
         "Upload a LoRA adapter (a tar archive)", {"type": "string", "format": "binary"},
-        body="binary", response=_OBJECT, status=201, query=("id",), errors=(400, 413)),
+        body="binary", response=_OBJECT, status=201, query=("id", "public"),
+        errors=(400, 401, 413)),
     ("GET", "/v1/adapters"): Operation("List the caller's own adapters", response=_LIST,
                                        bearer=True, errors=(401,)),
     ("POST", "/v1/files"): Operation(

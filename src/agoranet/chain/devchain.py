@@ -255,7 +255,7 @@ def _check_port_free(host: str, port: int) -> None:
             sock.bind((host, port))
         except OSError as exc:
             raise DevChainError(f"cannot start anvil on {host}:{port}: "
-                                f"{(exc.strerror or str(exc)).lower()} (is a chain already "
+                                f"{exc.strerror or exc} (is a chain already "
                                 "running there?)") from exc
 
 

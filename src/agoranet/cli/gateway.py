@@ -125,7 +125,7 @@ def nodes(gateway_url: str, listing: Listing) -> None:
         data = httpx.get(f"{gateway_url.rstrip('/')}/agoranet/nodes", timeout=10).json()
     except (httpx.HTTPError, ValueError) as exc:
         raise ConfigError(f"cannot reach the gateway at {gateway_url}: {exc}") from exc
-    cols = (Col("node", key=True), Col("models"), Col("in/out per 1M"), Col("ok", right=True),
+    cols = (Col("node", key=True), Col("models"), Col("in/out per 1M", keep=True), Col("ok", right=True),
             Col("failed", right=True), Col("score", right=True), Col("state"),
             Col("ttft ms", right=True, wide=True), Col("tok/s", right=True, wide=True),
             Col("audits ok/failed", wide=True), Col("tokens audited", right=True, wide=True),

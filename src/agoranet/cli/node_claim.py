@@ -56,10 +56,12 @@ def claim(ctx: click.Context, ledger: Path | None, keystore: Path | None, rpc_ur
         console.print(f"nothing to claim in {path}")
         return
     claimed = sum(outcome.claimed.values())
-    console.print(f"claimed {format_amount(claimed)} on {len(outcome.claimed)} channel(s)"
-                  + (f" (tx {outcome.claim_tx})" if outcome.claim_tx else ""))
-    console.print(f"settled {format_amount(outcome.settled)} to {account.address}"
-                  + (f" (tx {outcome.settle_tx})" if outcome.settle_tx else ""))
+    console.print(f"claimed {format_amount(claimed)} on {len(outcome.claimed)} channel(s)")
+    if outcome.claim_tx:
+        console.print(f"  claim tx  {outcome.claim_tx}")
+    console.print(f"settled {format_amount(outcome.settled)} to {account.address}")
+    if outcome.settle_tx:
+        console.print(f"  settle tx {outcome.settle_tx}")
     for channel in outcome.failed:
         console.print(f"claim failed on channel {channel}: retried later (see `agoranet node "
                       "earnings`)")

@@ -73,17 +73,19 @@ def terminal_width() -> int:
 
 @dataclass(frozen=True)
 class Col:
-    """A column: ``key`` cells are never shortened, ``cut`` ones may be, ``wide`` ones
-    are only shown with ``--wide``."""
+    """A column: ``key`` cells (ids) are never shortened and may get a line of their own;
+    ``keep`` and right-aligned (numbers, money) ones are never shortened either; the others
+    may be; ``wide`` ones are only shown with ``--wide``."""
 
     name: str
     right: bool = False
     wide: bool = False
     key: bool = False
+    keep: bool = False  # never shortened, but not a key (dates); numbers (right) never are
 
     @property
     def cut(self) -> bool:
-        return not self.key
+        return not (self.key or self.keep or self.right)
 
 
 def _cut(text: str, width: int) -> str:
@@ -93,7 +95,7 @@ def _cut(text: str, width: int) -> str:
 def _line(cols: Sequence[Col], cells: Sequence[str], widths: Sequence[int]) -> str:
     out = []
     for col, cell, width in zip(cols, cells, widths, strict=True):
-        cell = cell if col.key else _cut(cell, width)
+        cell = _cut(cell, width) if col.cut else cell
         out.append(cell.rjust(width) if col.right else cell.ljust(width))
     return _GAP.join(out).rstrip()
 
@@ -101,8 +103,8 @@ def _line(cols: Sequence[Col], cells: Sequence[str], widths: Sequence[int]) -> s
 def _fit(cols: Sequence[Col], rows: Sequence[Sequence[str]], width: int) -> list[int] | None:
     """Column widths that fit ``width`` by shortening ``cut`` columns, or ``None``."""
     widths = [max([len(c.name)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
-    floor = [w if c.key else min(w, max(_MIN_CUT, len(c.name))) for c, w in zip(cols, widths,
-                                                                                  strict=True)]
+    floor = [min(w, max(_MIN_CUT, len(c.name))) if c.cut else w
+             for c, w in zip(cols, widths, strict=True)]
     over = sum(widths) + len(_GAP) * (len(cols) - 1) - width
     while over > 0:
         slack = [w - f for w, f in zip(widths, floor, strict=True)]

@@ -51,7 +51,7 @@ def check_port_free(host: str, port: int, what: str, option: str = "--port") -> 
             sock.bind(address)
         except OSError as exc:
             reason = exc.strerror or str(exc)
-            raise ConfigError(f"cannot listen on {host}:{port}: {reason.lower()} (is another "
+            raise ConfigError(f"cannot listen on {host}:{port}: {reason} (is another "
                               f"{what} running there?); choose another port with {option}"
                               ) from exc
 
@@ -69,8 +69,9 @@ def check_model_dir(model: str | None) -> None:
 
 def connect_chain_or_hint(rpc_url: str) -> Web3:
     """A connected Web3 at ``rpc_url``, or a ChainError that says how to start a chain."""
-    from agoranet.chain.rpc import connect
+    from agoranet.chain.rpc import connect, http_provider
 
+    http_provider(rpc_url)  # a malformed URL is its own error
     try:
         return connect(rpc_url)
     except ChainError as exc:

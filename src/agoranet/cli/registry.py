@@ -27,7 +27,7 @@ def list_providers(rpc_url: str, listing: Listing) -> None:
     from agoranet.registry.onchain import registry_at
 
     entries = registry_at(rpc_url).entries()
-    cols = (Col("provider", key=True), Col("url", key=True), Col("updated"),
+    cols = (Col("provider", key=True), Col("url", key=True), Col("updated", keep=True),
             Col("offer sha256", wide=True))
     rows = [[e.provider, e.url, when(e.updated_at), e.offer_hash] for e in entries]
     data = [{"provider": e.provider, "url": e.url, "offer_sha256": e.offer_hash,

@@ -47,7 +47,7 @@ def show(reputation_log: Path | None, listing: Listing) -> None:
             Col("ok", right=True), Col("failed", right=True), Col("state"),
             Col("url", wide=True), Col("receipts", right=True, wide=True),
             Col("audits ok/failed", wide=True), Col("tokens audited", right=True, wide=True),
-            Col("last verdict", wide=True), Col("last seen", wide=True))
+            Col("last verdict", wide=True), Col("last seen", wide=True, keep=True))
     rows = [[r.node, ", ".join(r.models) or "-", f"{r.score:.3f}", str(r.successes),
              str(r.failures + r.unauditable),
              f"banned until {when(ban.until)}: {ban.reason}" if ban else "ok",
@@ -69,7 +69,7 @@ def show(reputation_log: Path | None, listing: Listing) -> None:
     if imported and not listing.as_json:
         click.echo("")
         lists = (Col("signer", key=True), Col("node", key=True), Col("score", right=True),
-                 Col("audits ok/failed"), Col("banned until"), Col("imported", wide=True))
+                 Col("audits ok/failed"), Col("banned until", keep=True), Col("imported", wide=True))
         emit(listing, lists,
              [[v.signer, v.node, str(v.entry.get("score", "-")),
                f"{v.entry.get('audits_passed', 0)}/{v.audits_failed}", when(v.banned_until),

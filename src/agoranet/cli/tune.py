@@ -133,7 +133,8 @@ def _refused(response: httpx.Response, what: str) -> AdapterError:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--node", "node_url", required=True, help="The node's base URL (…/v1).")
 @_owner_key
-def upload(directory: Path, node_url: str, owner_key: str | None) -> None:
+@click.option("--public", is_flag=True, help="Also list it in the node's /v1/models.")
+def upload(directory: Path, node_url: str, owner_key: str | None, public: bool) -> None:
     """Upload an adapter to a node; prints the model name to use."""
     found = read_adapter(directory)
     headers = {"content-type": "application/x-tar"}
@@ -141,7 +142,8 @@ def upload(directory: Path, node_url: str, owner_key: str | None) -> None:
         headers["authorization"] = f"Bearer {owner_key}"
     try:
         response = httpx.post(f"{node_url.rstrip('/')}/adapters", content=pack_adapter(directory),
-                              params={"id": found.id}, headers=headers, timeout=120)
+                              params={"id": found.id, "public": str(public).lower()},
+                              headers=headers, timeout=120)
     except httpx.HTTPError as exc:
         raise AdapterError(f"cannot reach {node_url}: {exc}") from exc
     if response.status_code != 201:
@@ -168,7 +170,7 @@ def list_adapters(node_url: str, owner_key: str | None, listing: Listing) -> Non
     if response.status_code != 200:
         raise _refused(response, "the listing")
     data = response.json()
-    emit(listing, (Col("model", key=True), Col("rank", right=True), Col("created"),
+    emit(listing, (Col("model", key=True), Col("rank", right=True), Col("created", keep=True),
                    Col("base sha256", wide=True)),
          [[a["model"], str(a["rank"]), str(a["created"])[:16].replace("T", " "),
            str(a["base_model_sha256"])]

@@ -9,7 +9,8 @@ fresh owner token, returns it once in the upload's answer (``owner_token``), and
 that token, sent as the bearer token, lists the adapter afterwards.
 
 Ownership only decides who *lists* an adapter (``GET /v1/adapters``); serving
-one needs only its id, which is a content hash nobody guesses. The records live
+one needs only its id, which is a content hash nobody guesses. The node's
+``/v1/models`` names only the adapters uploaded with ``?public=true``. The records live
 in a small SQLite file beside the adapter store, so they outlast restarts. Two
 owners of the same content (the same id) are both owners.
 """
@@ -30,6 +31,7 @@ CREATE TABLE IF NOT EXISTS owners (
     owner TEXT NOT NULL,
     PRIMARY KEY (adapter, owner)
 );
+CREATE TABLE IF NOT EXISTS public (adapter TEXT PRIMARY KEY);
 """
 
 
@@ -61,6 +63,15 @@ class AdapterOwners:
         with self._lock:
             rows = self._db.execute("SELECT adapter FROM owners WHERE owner = ?", (owner,))
             return {str(r[0]) for r in rows}
+
+    def make_public(self, adapter: str) -> None:
+        """List ``adapter`` in the node's ``/v1/models`` (for everyone to see)."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO public (adapter) VALUES (?)", (adapter,))
+
+    def public(self) -> set[str]:
+        with self._lock:
+            return {str(r[0]) for r in self._db.execute("SELECT adapter FROM public")}
 
     def close(self) -> None:
         with self._lock:

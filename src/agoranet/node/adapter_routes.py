@@ -4,7 +4,8 @@ An adapter belongs to whoever uploaded it (or had it trained on this node): see
 :mod:`agoranet.node.adapter_owners`. ``POST`` takes a bearer token to name the
 owner, or makes one and returns it once as ``owner_token``; ``GET`` needs the
 bearer token (401 without) and lists only that owner's adapters. Serving an
-adapter needs only its id (its model name), as before.
+adapter needs only its id (its model name), as before; ``?public=true`` at upload
+also lists it in the node's ``/v1/models``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ def adapter_card(adapter: Adapter, base_name: str) -> dict[str, object]:
     }
 
 
+def _flag(text: str | None, name: str) -> bool:
+    if text is None or text.lower() in ("false", "0"):
+        return False
+    if text.lower() in ("true", "1"):
+        return True
+    raise InvalidRequestError(f"{name} must be true or false, not {text[:40]!r}", param=name)
+
+
 def adapter_routes(host: AdapterHost, base_name: str, max_bytes: int,
                    owners: AdapterOwners) -> list[Route]:
     @openai_errors
@@ -47,6 +56,7 @@ def adapter_routes(host: AdapterHost, base_name: str, max_bytes: int,
         else:
             token = owner_token()
             owner = owner_id(token)
+        public = _flag(request.query_params.get("public"), "public")
         archive = await request.body()
         try:
             adapter = await asyncio.to_thread(host.add_adapter, archive, max_bytes)
@@ -58,6 +68,8 @@ def adapter_routes(host: AdapterHost, base_name: str, max_bytes: int,
                 f"the uploaded adapter's id is {adapter.id}, not the {expected} you named"
             )
         await asyncio.to_thread(owners.add, adapter.id, owner)
+        if public:
+            await asyncio.to_thread(owners.make_public, adapter.id)
         card = adapter_card(adapter, base_name)
         if token is not None:
             card["owner_token"] = token  # shown once: the bearer token that lists it

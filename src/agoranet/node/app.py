@@ -74,6 +74,7 @@ def create_app(
     if adapters and isinstance(engine, AdapterHost):
         base = engine.models()[0].name
         owners = AdapterOwners(settings.adapter_store() / ".owners.sqlite")
+        service.listed_adapters = owners.public
         all_routes += adapter_routes(engine, base, settings.max_adapter_bytes, owners)
         if jobs is not None:
             jobs.on_trained = _serve_trained(engine, owners)

@@ -87,6 +87,8 @@ class InferenceService:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # The adapters ``/v1/models`` may name (those their owners made public); None: all.
+        self.listed_adapters: Callable[[], set[str]] | None = None
 
     def model_info(self, name: str) -> ModelInfo:
         """The served base model behind ``name`` (``BASE`` or ``BASE@adapter:<id>``)."""
@@ -103,9 +105,10 @@ class InferenceService:
         cards = [ModelCard(id=i.name, max_model_len=i.context_length) for i in self.engine.models()]
         if isinstance(self.engine, AdapterHost):
             bases = {i.name: i for i in self.engine.models()}
+            listed = self.listed_adapters() if self.listed_adapters is not None else None
             for adapter in self.engine.list_adapters():
                 base = bases.get(adapter.manifest.base_model)
-                if base is not None:
+                if base is not None and (listed is None or adapter.id in listed):
                     cards.append(ModelCard(id=adapter_model_name(base.name, adapter.id),
                                            max_model_len=base.context_length))
         return ModelList(data=cards)
