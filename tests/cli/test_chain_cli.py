@@ -103,9 +103,11 @@ def test_restart_with_state_keeps_balances_and_channels(
         assert channel.channel_id == channel_id
         assert (channel.balance, channel.total_claimed) == (7_250_000, 0)
         bal = run_inprocess(capsys, monkeypatch, "wallet", "balance")
-        assert bal.code == 0 and "32750000" in bal.out and "32.750000" in bal.out
+        assert bal.code == 0 and "32.75" in bal.out
+        exact = run_inprocess(capsys, monkeypatch, "wallet", "balance", "--base-units")
+        assert exact.code == 0 and "32750000" in exact.out
         listed = run_inprocess(capsys, monkeypatch, "wallet", "channels")
-        assert listed.code == 0 and channel_id in listed.out and "7250000" in listed.out
+        assert listed.code == 0 and channel_id in listed.out and "7.25" in listed.out
     finally:
         _stop(second, signal.SIGINT, group=True)
 

@@ -50,7 +50,7 @@ def test_a_failed_audit_outlives_a_gateway_restart(tiny_model: Path, tmp_path: P
             _wait(lambda: all(r["models"] for r in _rows(root)))
             rows = {r["url"]: r for r in _rows(root)}
             served = _ask(gateway)
-            table = _cli("nodes", "--gateway", root)
+            table = _cli("nodes", "--gateway", root, "--wide")
     cheat_row, honest_row = rows[cheat], rows[honest]
     assert cheat_row["banned"] and "failed 1 audit" in cheat_row["ban_reason"]
     assert cheat_row["audits_failed"] == 1 and cheat_row["tokens_audited"] > 0

@@ -117,6 +117,8 @@ def test_node_banner_and_no_gas_warning(paid_node: Process, broke: tuple[Path, s
     assert "gas 0 ETH" in flat
     assert "ledger.sqlite" in flat and "`agoranet node claim`" in flat
     assert f"warning: {broke[1]} has 0 ETH, too little gas to claim" in flat
+    # said when the balance was read, before the model loaded (the banner comes after)
+    assert text.index("warning:") < text.index("agoranet node on")
 
 
 def test_register_without_gas_is_one_plain_line(paid_node: Process, broke: tuple[Path, str],

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
+from agoranet.errors import LedgerError
 from agoranet.payments.ledger import Hold, VoucherRefused
 from agoranet.payments.receipts import ReceiptSigner
 from agoranet.payments.sqlite_ledger import SqliteLedger
@@ -100,3 +101,28 @@ def test_gas_is_totalled_once_per_transaction(ledger: SqliteLedger) -> None:
     ledger.record_claim({CID: 40, OTHER: 40}, "0xclaim", 50_000)  # both in one transaction
     ledger.record_settle("0xsettle", 80, 30_000)
     assert ledger.gas_used() == (2, 80_000)
+
+
+def test_a_claim_total_must_fit_between_what_was_claimed_and_what_was_charged(
+        ledger: SqliteLedger) -> None:
+    ledger.commit(ledger.accept_voucher("r1", CID, 100, "0xs1", 100), 1, 1, 40, SIGNER.sign, 1)
+    ledger.record_claim({CID: 25}, "0xc1", 1)
+    for total in (41, 24):
+        with pytest.raises(LedgerError, match=f"^claim total {total} does not fit channel"):
+            ledger.record_claim({CID: total}, "0xbad", 1)
+    with pytest.raises(LedgerError, match=r"^claim total 1 does not fit channel"):
+        ledger.record_claim({"0x" + "99" * 32: 1}, "0xbad", 1)
+    ledger.record_claim({CID: 25}, "0xc2", 1)  # the same total again (a repeated answer)
+    ledger.record_claim({CID: 40}, "0xc3", 1)
+    # what each claim moved on chain: 25, 0, 15 -- all of it waiting for a settle
+    assert ledger.unsettled() == 40
+    [earned] = [e for e in ledger.earnings() if e.channel_id == CID]
+    assert (earned.claimed, earned.unclaimed) == (40, 0)
+
+
+def test_a_new_channel_starts_at_its_baseline_with_no_voucher(ledger: SqliteLedger) -> None:
+    fresh = ledger.ensure_channel("0x" + "33" * 32, '{"a": 1}', "0xp2", 70)
+    assert (fresh.charged, fresh.claimed, fresh.voucher_amount, fresh.voucher_signature,
+            fresh.pending_request, fresh.config) == (70, 70, 70, "0x", None, '{"a": 1}')
+    # known already: the record as it is, whatever baseline is asked
+    assert ledger.ensure_channel("0x" + "33" * 32, "{}", "0xother", 5) == fresh

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from agoranet.cli.node_claim import claim
 from agoranet.cli.output import Col, Listing, emit, listing_options, say, when
@@ -244,7 +245,7 @@ def serve(settings: NodeSettings, *, adapters: bool = True) -> None:
 
 def _paid_setup(settings: NodeSettings) -> PaidSetup:
     """A paid node's wallet, chain, gas and ledger, checked before the model loads."""
-    from agoranet.cli.node_banner import CLAIM_GAS, PaidSetup
+    from agoranet.cli.node_banner import CLAIM_GAS, PaidSetup, no_gas_warning
     from agoranet.cli.preflight import (
         connect_chain_or_hint,
         gas_cost,
@@ -256,6 +257,8 @@ def _paid_setup(settings: NodeSettings) -> PaidSetup:
     account = unlock_wallet(settings.keystore)
     w3 = connect_chain_or_hint(settings.rpc_url)
     gas, gas_needed = native_balance(w3, account.address), gas_cost(w3, CLAIM_GAS)
+    if gas < gas_needed:  # it can serve, but not claim: say so before the model loads
+        console.print(Text(no_gas_warning(account.address, gas), style="bold yellow"))
     lock = hold_ledger(ledger_path(settings))
     ledger = None
     if settings.cheat_payments:  # money tests only

@@ -61,16 +61,16 @@ def node_banner(console: Console, settings: NodeSettings, models: Sequence[Model
         terms = paid.payments.acceptor.terms
         table.add_row("paid to", Text(f"{paid.payments.account.address} (x402)"))
         table.add_row("chain", Text(f"{terms.network} via {settings.rpc_url}"))
-        table.add_row("gas", Text(f"{format_eth(paid.gas_balance)} ETH"))
+        low = paid.gas_balance < paid.gas_needed
+        table.add_row("gas", Text(f"{format_eth(paid.gas_balance)} ETH"
+                                  + (" (too little to claim: see the warning above)" if low
+                                     else "")))
         table.add_row("ledger", Text(str(paid.ledger)))
         table.add_row("claims", Text(
             f"when {settings.claim_min_amount} base units, {settings.claim_max_requests} "
             f"requests or {settings.claim_max_age:g} s are unclaimed (checked every "
             f"{settings.settle_interval:g} s); now: `agoranet node claim`"))
     console.print(table)
-    if paid is not None and paid.gas_balance < paid.gas_needed:
-        console.print(Text(no_gas_warning(paid.payments.account.address, paid.gas_balance),
-                           style="bold yellow"))
 
 
 def no_gas_warning(address: str, balance: int) -> str:
