@@ -26,16 +26,14 @@ import copy
 import dataclasses
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from agoranet.engines.base import Finish, GenerationRequest, StreamEvent
+from agoranet.engines.hf_loading import LoadedModel, load_model
 from agoranet.engines.prompt import encode_prompt
 from agoranet.errors import ConfigError
-
-if TYPE_CHECKING:
-    from agoranet.engines.hf import LoadedModel
 
 __all__ = ["CHEATS", "Cheat", "degrade", "make_cheat"]
 
@@ -104,8 +102,6 @@ class _Smaller(Cheat):
         self.path = path
 
     def serve(self, loaded: LoadedModel) -> LoadedModel:
-        from agoranet.engines.hf import load_model
-
         dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
         small = load_model(self.path, device=str(loaded.device), dtype=dtype)
         if small.tokenizer.get_vocab() != loaded.tokenizer.get_vocab():
