@@ -15,8 +15,10 @@ receipts, both payers agree with the node, on chain both channels still hold
 their deposits, unclaimed, and the gateway spent nothing and holds no reservation.
 
 Client input (every target but ``node-garbage``) must never get a status >= 500,
-with one exception: the gateway's 503 when the request's own ``agoranet`` policy
-allows no node ("allowed by the policy"), counted as ``upstream``.
+with two exceptions, both caused by the request's own ``agoranet`` policy and
+counted as ``upstream``: the gateway's 503 when it allows no node ("allowed by the
+policy"), and its 504 when no node answered within a deadline the request set
+tighter than the gateway's ("deadline this request set").
 
 What a node's garbage maps to at the gateway (``node-garbage``): the gateway fails
 over and, with no node left, answers 503 ``upstream_error``; a node's own
@@ -413,7 +415,7 @@ class Fuzzer:
         failure = broken
         upstream = False
         if failure is None and status >= 500:
-            upstream = status in (502, 503) and (
+            upstream = status in (502, 503, 504) and (
                 not client_input or (allow_503 is not None and allow_503(request, body)))
             if not upstream:
                 failure = f"HTTP {status}: {_short(body)}"
@@ -726,7 +728,7 @@ def _policy_refusal(request: httpx.Request, body: bytes) -> bool:
         asked = b'"agoranet"' in request.content
     except httpx.RequestNotRead:  # a streamed (multipart) body: none of the chat's
         asked = False
-    return asked and b"allowed by the policy" in body
+    return asked and (b"allowed by the policy" in body or b"deadline this request set" in body)
 
 
 def _files(files: list[tuple[str, tuple[str | None, Any]]]

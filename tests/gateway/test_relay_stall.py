@@ -131,3 +131,30 @@ async def test_the_gateway_setting_overrides_the_policy_files_token_deadline(
             service.spend.close()
             if service.directory.reputation is not None:
                 service.directory.reputation.close()
+
+
+async def test_a_deadline_the_request_tightened_never_counts_against_the_node(
+        tmp_path: Path) -> None:
+    """A client that asks for a first token sooner than the gateway waits gets a 504 (the
+    node declined for a reason not its own, so it is not recorded as a failure); the same
+    slowness under the gateway's own deadline is the node's failure."""
+    from agoranet.errors import AgoranetError
+
+    policy = Policy().narrowed({"first_token_timeout_s": 0.05, "ban_base_s": 10**9})
+    assert policy.own_deadlines and policy.ban_base_s == Policy().ban_base_s
+    slow = Paced(["late"], every_s=0.5)
+    with pytest.raises(AgoranetError, match="deadline this request set") as refused:
+        await run({"a": slow}, policy, tmp_path)
+    assert getattr(refused.value, "status_code", None) == 504
+    # The same slowness under the gateway's own deadline is the node's fault.
+    with pytest.raises(AgoranetError, match="no first token in time"):
+        await run({"b": Paced(["late"], every_s=0.5)}, Policy(first_token_timeout_s=0.05),
+                  tmp_path / "own")
+
+
+def test_a_request_cannot_lengthen_a_deadline_or_change_bans() -> None:
+    base = Policy(first_token_timeout_s=5, token_timeout_s=5, ban_base_s=5, ban_cap_s=60)
+    asked = base.narrowed({"first_token_timeout_s": 600, "token_timeout_s": 600,
+                           "ban_base_s": 1e9, "ban_cap_s": 1e9})
+    assert (asked.first_token_timeout_s, asked.token_timeout_s) == (5, 5)
+    assert (asked.ban_base_s, asked.ban_cap_s) == (5, 60) and not asked.own_deadlines

@@ -39,6 +39,10 @@ class Policy(BaseModel):
     # Ask nodes for TOPLOC-style commitments (at their offer's price); only nodes that
     # offer them are used, and each node's proofs come back in the answer's summary.
     commitments: bool = False
+    # Set when a request tightens a deadline below the gateway's: a node that misses it is
+    # failed over but not blamed (the client chose the deadline), and a request that no
+    # node answers in time gets a 504.
+    own_deadlines: bool = False
 
     def narrowed(self, extension: object) -> Policy:
         """This policy with a request's ``agoranet`` field applied; it may only narrow."""
@@ -60,7 +64,15 @@ class Policy(BaseModel):
             "deny": sorted({*self.deny, *asked.deny}),
             "allow": _intersect(self.allow, asked.allow),
             "commitments": self.commitments or asked.commitments,
+            "first_token_timeout_s": min(self.first_token_timeout_s,
+                                         asked.first_token_timeout_s),
             "token_timeout_s": min(self.token_timeout_s, asked.token_timeout_s),
+            "own_deadlines": self.own_deadlines or asked.own_deadlines
+            or asked.first_token_timeout_s < self.first_token_timeout_s
+            or asked.token_timeout_s < self.token_timeout_s,
+            # Bans are the gateway's judgement of a node for every client: not a request's.
+            "ban_base_s": self.ban_base_s,
+            "ban_cap_s": self.ban_cap_s,
         })
 
 

@@ -193,6 +193,10 @@ async def _pieces(segment: _Segment, lines: AsyncIterator[str],
         except StopAsyncIteration:
             return
         except TimeoutError as exc:
+            if policy.own_deadlines:  # the request's own deadline: not the node's fault
+                what = "first token" if first else "next token"
+                raise _NotTheNode(504, "request_deadline", f"no {what} within the deadline "
+                                  f"this request set ({wait:g} s)") from exc
             raise _NodeFailed("no first token in time" if first else
                               f"stalled: no token for {wait:g} s") from exc
         try:
