@@ -127,6 +127,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "httpx_auth": ("src/agoranet/payments/httpx_auth.py", _PAYER_TESTS),
     "ledger": ("src/agoranet/payments/ledger.py", _LEDGER_TESTS),
     "sqlite_ledger": ("src/agoranet/payments/sqlite_ledger.py", _LEDGER_TESTS),
+    "sqlite_store": ("src/agoranet/sqlite_store.py", _LEDGER_TESTS),
     "settlement": ("src/agoranet/payments/settlement.py", [
         "tests/payments/test_settlement.py",
         "tests/payments/test_settler_reports.py",

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -42,6 +40,7 @@ from agoranet.payments.ledger import (
     check_amount,
 )
 from agoranet.payments.receipts import Receipt
+from agoranet.sqlite_store import SqliteStore
 
 __all__ = ["SqliteLedger"]
 
@@ -174,8 +173,11 @@ def _check_existing(path: Path, db: sqlite3.Connection) -> None:
         raise LedgerError(f"{path} is not an agoranet ledger (no table {', '.join(missing)})")
 
 
-class SqliteLedger:
+class SqliteLedger(SqliteStore):
     """:class:`~agoranet.payments.ledger.Ledger` in a SQLite file (or ``:memory:``)."""
+
+    _store_name = "ledger"
+    _error = LedgerError
 
     def __init__(self, path: Path | str) -> None:
         self.path = path
@@ -191,8 +193,7 @@ class SqliteLedger:
                               "(move it aside only if you mean to lose its vouchers)") from exc
         except OSError as exc:
             raise LedgerError(f"cannot open the ledger {path}: {exc}") from exc
-        self._lock = threading.Lock()
-        self._fsync = True
+        self._start_transactions()
 
     def _open_file(self, file: Path) -> None:
         wal = Path(f"{file}-wal")
@@ -213,34 +214,6 @@ class SqliteLedger:
         self._db = _connect(str(file), existing=file)
 
     # ------------------------------------------------------------ plumbing
-
-    @contextmanager
-    def _write(self, *, fsync: bool = True) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                if fsync != self._fsync:
-                    self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-                    self._fsync = fsync
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise LedgerError(f"ledger is unavailable: {exc}") from exc
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            try:
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK")
-                raise LedgerError(f"ledger commit failed: {exc}") from exc
-
-    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            try:
-                return list(self._db.execute(sql, args).fetchall())
-            except sqlite3.Error as exc:
-                raise LedgerError(f"ledger read failed: {exc}") from exc
 
     @staticmethod
     def _channel_row(db: sqlite3.Connection, channel_id: str) -> ChannelRecord | None:
@@ -513,6 +486,3 @@ class SqliteLedger:
             "GROUP BY tx_hash)), 0) + COALESCE((SELECT SUM(gas_used) FROM settlements), 0)")
         return int(rows[0][0]), int(rows[0][1])
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
 from agoranet.errors import TuningError
+from agoranet.sqlite_store import SqliteStore
 
 __all__ = ["JobStore"]
 
@@ -49,8 +47,11 @@ CREATE INDEX IF NOT EXISTS events_by_job ON events(job_id, seq);
 Record = dict[str, Any]
 
 
-class JobStore:
+class JobStore(SqliteStore):
     """Files, jobs and events of one node's fine-tuning, in ``path`` (or ``:memory:``)."""
+
+    _store_name = "the fine-tuning store"
+    _error = TuningError
 
     def __init__(self, path: Path | str) -> None:
         if str(path) != ":memory:":
@@ -65,36 +66,7 @@ class JobStore:
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise TuningError(f"cannot open the fine-tuning store {path}: {exc}") from exc
-        self._lock = threading.Lock()
-        self._fsync = True
-
-    @contextmanager
-    def _write(self, *, fsync: bool = True) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                if fsync != self._fsync:
-                    self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-                    self._fsync = fsync
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise TuningError(f"the fine-tuning store is unavailable: {exc}") from exc
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            try:
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK")
-                raise TuningError(f"the fine-tuning store failed to commit: {exc}") from exc
-
-    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            try:
-                return list(self._db.execute(sql, args).fetchall())
-            except sqlite3.Error as exc:
-                raise TuningError(f"reading the fine-tuning store failed: {exc}") from exc
+        self._start_transactions()
 
     # ------------------------------------------------------------ files
 
@@ -128,6 +100,3 @@ class JobStore:
         rows = self._read("SELECT doc FROM events WHERE job_id = ? ORDER BY seq", (job_id,))
         return [json.loads(r[0]) for r in rows]
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
