@@ -378,3 +378,14 @@ def test_a_schema_that_is_only_a_loop_is_refused(engine: TransformersEngine) -> 
     loop = {"$defs": {"a": {"anyOf": [{"$ref": "#/$defs/a"}]}}, "$ref": "#/$defs/a"}
     with pytest.raises(InvalidRequestError, match="admits no value"):
         asyncio.run(engine.prepare(ask(response_format=schema_format(loop))))
+
+
+def test_multiple_of_beside_a_range_is_refused_since_the_grammar_would_drop_it() -> None:
+    """xgrammar ignores ``multipleOf`` next to a range (found by the random-schema test:
+    27745 for a multiple of 3), so such a schema is a 400, not an answer that breaks it."""
+    from agoranet.engines.constrained import unenforceable
+
+    for bound in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        reason = unenforceable({"type": "integer", "multipleOf": 3, bound: 3})
+        assert reason is not None and "multipleOf" in reason
+    assert unenforceable({"type": "integer", "multipleOf": 3}) is None

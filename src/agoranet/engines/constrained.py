@@ -93,6 +93,9 @@ _XGRAMMAR_WHERE = re.compile(r"\[[\d:]+\] \S+:\d+: ")  # "[11:20:53] file.cc:42:
 _FORMATS = frozenset({"email", "uuid", "ipv6"})
 
 
+_RANGE = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
 def unenforceable(schema: object, path: str = "") -> str | None:
     """Why constrained decoding cannot guarantee ``schema`` (the first reason), or None."""
     if isinstance(schema, bool):
@@ -109,6 +112,8 @@ def unenforceable(schema: object, path: str = "") -> str | None:
         if key == "uniqueItems":
             continue
         if key == "multipleOf":
+            if any(bound in schema for bound in _RANGE):  # xgrammar drops it beside a range
+                return f"'multipleOf' with a range at '{here}' (use one or the other)"
             if schema.get("type") == "integer" and isinstance(value, int):
                 continue
             return f"'multipleOf' at '{here}' (only on integers, by an integer)"
