@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -350,7 +351,10 @@ def test_odd_schemas_are_compiled_or_refused_with_a_400(engine: TransformersEngi
 
     from agoranet.api.tools import check_json_schema
 
+    # The same 300 schemas every run (a CI run is reproducible); fresh ones explore with
+    # AGORANET_EXPLORE=1, which is how the multipleOf-beside-a-range gap was found.
     @settings(max_examples=300, deadline=None, database=None,
+              derandomize=not os.environ.get("AGORANET_EXPLORE"),
               suppress_health_check=[HealthCheck.too_slow])
     @given(schema=_odd_schemas())
     def check(schema: dict[str, Any]) -> None:
