@@ -33,13 +33,16 @@ $(ANVIL):
 
 anvil: $(ANVIL)
 
-$(TINY)/model.safetensors: | $(STAMP)
-	$(BIN)/agoranet model tiny $(TINY)
+# Rebuilt when the code that generates it changes (its corpus, template, training); the
+# smaller variant the tests build on demand shares its tokenizer, so it goes too.
+$(TINY)/model.safetensors: $(wildcard src/agoranet/tinymodel/*.py) | $(STAMP)
+	rm -rf $(TINY)-small
+	$(BIN)/agoranet model tiny $(TINY) --force
 
 model: $(TINY)/model.safetensors
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy src
 
 test: $(STAMP) $(ANVIL) model lint
@@ -53,11 +56,13 @@ bench: $(STAMP) model
 	$(BIN)/python bench/adapters.py
 
 # Mutation score of the money modules (slow, not part of `make test`): a table per module,
-# exit 1 under 90 % killed. Select modules with MODULES=payer,ledger; MUTATION_JOBS mutants at once.
+# exit 1 under 90 % killed. Select modules with MODULES=payer,ledger; MUTATION_JOBS mutants at once;
+# MUTATION_ARGS=--resume finishes a cut-short run (--survivors-only re-checks the survivors).
 MODULES ?=
 MUTATION_JOBS ?= 2
+MUTATION_ARGS ?=
 mutation: $(STAMP) $(ANVIL) model
-	OMP_NUM_THREADS=1 $(BIN)/python bench/mutation.py --jobs $(MUTATION_JOBS) $(if $(MODULES),--modules $(MODULES))
+	OMP_NUM_THREADS=1 $(BIN)/python bench/mutation.py --jobs $(MUTATION_JOBS) $(if $(MODULES),--modules $(MODULES)) $(MUTATION_ARGS)
 
 # LiteLLM's proxy, for comparison only: its own venv, never a dependency of agoranet.
 .bench/litellm/bin/litellm:

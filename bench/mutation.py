@@ -13,8 +13,10 @@ Each module runs in its own copy of ``src/`` and ``tests/`` under ``build/mutati
 to it below; mutmut then picks, per mutant, the tests that call the mutated function.
 The survivors' diffs are written to ``build/mutation/<module>/survivors.diff``; the
 verdicts to ``build/mutation/<module>.results.json`` (``--survivors-only`` re-runs just
-the survivors after tests were added). Inspect one: ``cd build/mutation/<module> &&
-python -m mutmut show <name>``.
+the survivors after tests were added; ``--resume`` also the mutants a cut-short run never
+reached). Both keep the other verdicts only while the module's source is the one they were
+measured on; after it changed, the module runs in full. Inspect one:
+``cd build/mutation/<module> && python -m mutmut show <name>``.
 
 Why mutmut 3 (not cosmic-ray): it runs the tests in-process and forks per mutant, with
 every mutant compiled in behind a switch, and it knows which tests call which function;
@@ -26,6 +28,7 @@ code, so those tests kill nothing), and tests that fail under it on unmutated co
 (``LEFT_OUT``) are deselected, since a failing clean run stops it.
 
 Usage: python bench/mutation.py [--modules payer,ledger] [--jobs 2] [--module-timeout 1800]
+                                [--survivors-only | --resume]
        (``make mutation MODULES=payer,ledger``; not part of ``make test``: it takes long.)
 """
 
@@ -60,6 +63,8 @@ _PAYER_TESTS = [
     "tests/payments/test_payer_prices_and_adoption.py",
     "tests/payments/test_subkey_payer.py",
     "tests/payments/test_x402_client.py",
+    "tests/payments/test_payer_offer_and_withdrawal.py",
+    "tests/payments/test_payer_stream_chunks.py",
 ]
 _NODE_TESTS = [
     "tests/payments/test_paid_node.py",
@@ -71,6 +76,7 @@ _NODE_TESTS = [
     "tests/payments/test_receipt_checks.py",
     "tests/payments/test_payer_disputes.py",
     "tests/payments/test_acceptor_refusals.py",
+    "tests/payments/test_x402_client.py",  # the exact scheme, and deposits with a payment
 ]
 _LEDGER_TESTS = [
     "tests/payments/test_ledger.py",
@@ -91,6 +97,7 @@ _GATEWAY_TESTS = [
     "tests/gateway/test_units.py",
     "tests/gateway/test_audit_budget.py",
     "tests/gateway/test_gateway_money_rules.py",
+    "tests/payments/test_node_payers.py",
 ]
 
 MODULES: dict[str, tuple[str, list[str]]] = {
@@ -124,7 +131,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     ]),
     "payer_store": ("src/agoranet/payments/payer_store.py", _PAYER_TESTS),
     "payer": ("src/agoranet/payments/payer.py", _PAYER_TESTS),
-    "httpx_auth": ("src/agoranet/payments/httpx_auth.py", _PAYER_TESTS),
+    "httpx_auth": ("src/agoranet/payments/httpx_auth.py", [
+        *_PAYER_TESTS, "tests/payments/test_node_payers.py"]),  # the gateway's async path
     "ledger": ("src/agoranet/payments/ledger.py", _LEDGER_TESTS),
     "sqlite_ledger": ("src/agoranet/payments/sqlite_ledger.py", _LEDGER_TESTS),
     "sqlite_store": ("src/agoranet/sqlite_store.py", _LEDGER_TESTS),
@@ -134,7 +142,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_frozen_rpc.py",
         "tests/payments/test_paid_node.py",
     ]),
-    "verifier": ("src/agoranet/payments/verifier.py", _NODE_TESTS),
+    "verifier": ("src/agoranet/payments/verifier.py", [
+        *_NODE_TESTS, "tests/chain/test_node_agrees_with_escrow.py"]),
     "acceptor": ("src/agoranet/payments/acceptor.py", _NODE_TESTS),
     "payment_middleware": ("src/agoranet/node/payment_middleware.py", _NODE_TESTS),
     "paying": ("src/agoranet/gateway/paying.py", _GATEWAY_TESTS),
@@ -315,13 +324,35 @@ def _write_survivors(work: Path, source: str, score: Score, env: dict[str, str])
             fh.write(f"### {mutant}{' (equivalent: SQL case)' * equivalent}\n{diff}\n\n")
 
 
+def _settled(code: int | None) -> bool:
+    """Whether a verdict stands: the tests caught the mutant (killed or timed out)."""
+    return code in _KILLED | _TIMEOUT
+
+
+def _unchanged_since_last_run(name: str, source: str) -> bool:
+    """Whether the module's source is the one its last run mutated (its snapshot's copy):
+    mutant names number the mutations of each function, so old verdicts fit no other."""
+    snapshot = WORK / name / source
+    return snapshot.exists() and snapshot.read_bytes() == (ROOT / source).read_bytes()
+
+
 def run_module(name: str, jobs: int, module_timeout: float, verbose: bool,
-               survivors_only: bool) -> Score:
+               again: str = "") -> Score:
+    """Run ``name``'s mutants: all, or with ``again`` "survivors" only those the last run
+    left alive (survived, no test reached them), with "resume" every one it did not
+    settle (also those a cut-short run never reached, or that crashed)."""
     source, tests = MODULES[name]
     previous: dict[str, int | None] = {}
-    if survivors_only and _results_file(name).exists():
-        previous = json.loads(_results_file(name).read_text())
-    retry = sorted(m for m, code in previous.items() if code in _SURVIVED | _NO_TESTS)
+    if again and _results_file(name).exists():
+        if _unchanged_since_last_run(name, source):
+            previous = json.loads(_results_file(name).read_text())
+        else:
+            print(f"{name}: {source} changed since its last run; running all its mutants",
+                  flush=True)
+    if again == "resume":
+        retry = sorted(m for m, code in previous.items() if not _settled(code))
+    else:
+        retry = sorted(m for m, code in previous.items() if code in _SURVIVED | _NO_TESTS)
     if previous and not retry:
         return _score(name, previous)
     work = _prepare(name, source, tests)
@@ -346,8 +377,11 @@ def run_module(name: str, jobs: int, module_timeout: float, verbose: bool,
     finally:
         log.close()
     codes = _codes(work, source)
-    if previous:  # only the survivors were run again: the others keep their verdicts
-        codes = {**previous, **{m: codes.get(m) for m in retry}}
+    if previous:  # only some were run again: the others keep their verdicts, for the
+        # mutants of this source (one the last run did not have stays unrun: --resume)
+        again_run = set(retry)
+        codes = {m: code if m in again_run else previous.get(m)
+                 for m, code in (codes or previous).items()}
     if codes:
         _results_file(name).write_text(json.dumps(codes, indent=1, sort_keys=True))
     score = _score(name, codes)
@@ -388,10 +422,16 @@ def main() -> int:
                         help="run again only the mutants the last run of a module left alive "
                              "(after adding tests); the others keep their verdicts (mutants "
                              "a cut-short run never reached stay unchecked)")
+    parser.add_argument("--resume", action="store_true",
+                        help="run again every mutant the last run of a module did not kill: "
+                             "the survivors and those a cut-short run never reached (or "
+                             "that crashed); the killed keep their verdicts")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: the table of the last runs' verdicts")
     parser.add_argument("-v", "--verbose", action="store_true", help="show mutmut's output")
     args = parser.parse_args()
+    if args.resume and args.survivors_only:
+        parser.error("--resume already re-runs the survivors: give one of the two")
     names = [n.strip() for n in args.modules.split(",") if n.strip()] or list(MODULES)
     unknown = [n for n in names if n not in MODULES]
     if unknown:
@@ -405,8 +445,8 @@ def main() -> int:
             score.complete = score.other == 0
             _write_survivors(WORK / name, MODULES[name][0], score, _environment())
         else:
-            score = run_module(name, args.jobs, args.module_timeout, args.verbose,
-                               args.survivors_only)
+            again = "resume" if args.resume else "survivors" if args.survivors_only else ""
+            score = run_module(name, args.jobs, args.module_timeout, args.verbose, again)
         scores.append(score)
         print(_table([score], args.threshold).splitlines()[-2], flush=True)
         for mutant in score.survivors:

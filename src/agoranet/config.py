@@ -37,6 +37,9 @@ class NodeSettings(BaseSettings):
     upstream_api_key: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    # The parser of the model's tool-call format (agoranet.engines.toolparsers), for
+    # tool_choice 'auto'; None: the one its chat template teaches, if known.
+    tool_call_parser: str | None = None
     # Prices in the stablecoin's base units per million tokens.
     price_in: int = Field(default=0, ge=0)
     price_out: int = Field(default=0, ge=0)
@@ -62,6 +65,9 @@ class NodeSettings(BaseSettings):
     max_adapter_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     adapter_surcharge_in: int = Field(default=0, ge=0)
     adapter_surcharge_out: int = Field(default=0, ge=0)
+    # What a paid node charges for an upload, per started megabyte (10**6 bytes).
+    price_adapter_storage: int = Field(default=10_000, ge=0,
+                                       description="per started megabyte of an upload")
 
     # Fine-tuning jobs sold by the node (OpenAI's files + fine_tuning.jobs API).
     fine_tuning: bool = True
@@ -75,6 +81,11 @@ class NodeSettings(BaseSettings):
     rpc_url: str = "http://127.0.0.1:8545"
     keystore: Path | None = None
     ledger_path: Path | None = Field(default=None, description="SQLite ledger file")
+    # A PostgreSQL ledger (postgresql://...) in place of the SQLite file: replicas of one
+    # node (one key, behind one load balancer) share it. A replica's holds outlive it by
+    # ``ledger_lease_s`` seconds (then the next request on the channel releases them).
+    ledger_url: str | None = Field(default=None, description="PostgreSQL ledger URL")
+    ledger_lease_s: float = Field(default=15.0, gt=0, le=3600)
     paid_paths: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions")
     withdraw_delay: int = Field(default=900, ge=900)
     min_deposit: int = Field(default=0, ge=0)
@@ -198,6 +209,10 @@ class GatewaySettings(BaseSettings):
 
     def owner_key_path(self) -> Path:
         return self.key_store_path().parent / "owner.key"
+
+    def job_salt_path(self) -> Path:
+        """This gateway's secret salt for the owner tokens of its fine-tuning jobs."""
+        return self.key_store_path().parent / "jobs.salt"
 
     def channels_dir(self) -> Path:
         return self.spend_log_path().parent / "channels"

@@ -15,6 +15,7 @@ Third-party errors are converted at the boundary with ``raise ... from exc``.
     │   ├── RequestTimeoutError     408: the body did not arrive in time
     │   ├── PaymentRequiredError    402 with the x402 payment requirements
     │   ├── PriceCapError           402: the price caps exclude every node (names the cheapest)
+    │   ├── CapabilityNotOfferedError 400: no node serving the model offers what it needs (tools, JSON)
     │   ├── NodesDeclinedError      no node would serve it, none at fault (404, 402 unpayable)
     │   ├── AuthenticationError     401 invalid_api_key: no gateway key, a wrong, revoked or expired one
     │   ├── PermissionDeniedError   403: a gateway key may not do this (a model, another's key)
@@ -26,6 +27,7 @@ Third-party errors are converted at the boundary with ``raise ... from exc``.
     ├── InvalidJSONError            untrusted JSON too large, too deep or malformed (a ValueError)
     ├── ModelBuildError             the tiny model could not be built
     ├── NodeStartError              a node or gateway child process failed to start
+    ├── GatewayCallError            the gateway refused an agent's call or did not answer (MCP tools)
     ├── TuningError                 fine-tuning and adapters
     │   ├── TuningDataError         a training file is malformed (names the line)
     │   └── AdapterError            an adapter directory or upload is invalid
@@ -54,6 +56,7 @@ __all__ = [
     "AuditError",
     "AuthenticationError",
     "CannotPayError",
+    "CapabilityNotOfferedError",
     "ChainBusyError",
     "ChainError",
     "ChainTimeoutError",
@@ -64,6 +67,7 @@ __all__ = [
     "DevChainError",
     "EngineError",
     "EngineNotFoundError",
+    "GatewayCallError",
     "InvalidJSONError",
     "InvalidRequestError",
     "LedgerError",
@@ -210,6 +214,16 @@ class NodeStartError(AgoranetError):
     """A node child process exited or stayed unhealthy while starting."""
 
 
+class GatewayCallError(AgoranetError):
+    """The gateway refused a call of an agent (its plain message), or did not answer."""
+
+    def __init__(self, message: str, *, status: int, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
 class TuningError(AgoranetError):
     """Fine-tuning or adapter handling failed."""
 
@@ -294,6 +308,14 @@ class PriceCapError(RequestError):
     status_code = 402
     error_type = "payment_required"
     code = "price_above_cap"
+
+
+class CapabilityNotOfferedError(RequestError):
+    """No node serving the request's model offers a capability the request needs (tool
+    calls, ``tool_choice`` ``auto``, a JSON ``response_format``): the buyer's need, not
+    any node's fault."""
+
+    code = "capability_not_offered"
 
 
 class NodesDeclinedError(RequestError):

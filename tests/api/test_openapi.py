@@ -121,7 +121,7 @@ async def test_a_keyed_gateway_documents_its_key_routes_and_that_keys_are_needed
     assert generic_routes(app.routes) == []
     assert {p for p in document["paths"] if p.startswith("/agoranet/keys")} == {
         "/agoranet/keys", "/agoranet/keys/{name}", "/agoranet/keys/{name}/top_up",
-        "/agoranet/keys/{name}/revoke"}
+        "/agoranet/keys/{name}/rotate", "/agoranet/keys/{name}/revoke"}
     assert document["paths"]["/v1/chat/completions"]["post"]["security"] == [{"bearer": []}]
     assert document["paths"]["/v1/models"]["get"]["security"] == [{"bearer": []}]
     assert "security" not in document["paths"]["/health"]["get"]

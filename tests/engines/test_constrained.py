@@ -145,16 +145,38 @@ def test_unenforceable_schema_is_refused_at_prepare(engine: TransformersEngine) 
         asyncio.run(engine.prepare(request))
 
 
-def test_auto_tool_choice_is_refused_on_a_template_without_tools(
-        engine: TransformersEngine) -> None:
+# A chat template that knows nothing of tools (the tiny model's before it learned them).
+PLAIN_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+
+def _with_template(tiny_loaded: Any, template: str) -> TransformersEngine:
+    import copy
+    import dataclasses
+
+    tokenizer = copy.deepcopy(tiny_loaded.tokenizer)
+    tokenizer.chat_template = template
+    return TransformersEngine(loaded=dataclasses.replace(tiny_loaded, tokenizer=tokenizer))
+
+
+def test_auto_tool_choice_is_refused_on_a_template_without_tools(tiny_loaded: Any) -> None:
+    engine = _with_template(tiny_loaded, PLAIN_TEMPLATE)
+    assert not engine.supports_tool_choice_auto
     tools = ({"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},)
-    for choice in (None, "auto"):
-        with pytest.raises(InvalidRequestError, match="auto") as info:
-            asyncio.run(engine.prepare(ask(tools=tools, tool_choice=choice)))
-        assert info.value.param == "tool_choice"
-    # tool_choice "none": tools listed, plain text generated
-    text, calls, finish = run(engine, ask(tools=tools, tool_choice="none", max_tokens=10))
-    assert text and not calls and finish.reason in ("stop", "length")
+    try:
+        for choice in (None, "auto"):
+            with pytest.raises(InvalidRequestError, match="auto") as info:
+                asyncio.run(engine.prepare(ask(tools=tools, tool_choice=choice)))
+            assert info.value.param == "tool_choice"
+        # tool_choice "none": tools listed, plain text generated
+        text, calls, finish = run(engine, ask(tools=tools, tool_choice="none", max_tokens=10))
+        assert text and not calls and finish.reason in ("stop", "length")
+    finally:
+        asyncio.run(engine.aclose())
 
 
 def test_ignore_eos_is_refused_with_a_format(engine: TransformersEngine) -> None:
@@ -255,14 +277,8 @@ def test_collect_still_gives_text_for_plain_requests(engine: TransformersEngine)
 def test_tools_a_template_renders_count_as_prompt_tokens(tiny_loaded: Any) -> None:
     """What the payment middleware prices is the prepared prompt: tools a chat template
     shows the model are part of it."""
-    import copy
-    import dataclasses
-
-    tokenizer = copy.deepcopy(tiny_loaded.tokenizer)
-    tokenizer.chat_template = (
-        "{% if tools %}<|system|>\n{{ tools | tojson }}<|end|>\n{% endif %}"
-        + tiny_loaded.tokenizer.chat_template)
-    engine = TransformersEngine(loaded=dataclasses.replace(tiny_loaded, tokenizer=tokenizer))
+    engine = _with_template(tiny_loaded, "{% if tools %}<|system|>\n{{ tools | tojson }}"
+                            "<|end|>\n{% endif %}" + PLAIN_TEMPLATE)
     tools = ({"type": "function", "function": {"name": "lookup", "description": "a long "
                                                   "description of what this tool does",
                                                   "parameters": {"type": "object"}}},)

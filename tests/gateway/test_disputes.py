@@ -23,7 +23,7 @@ from agoranet.gateway.reputation import (
     NodeRecord,
     Reputation,
 )
-from agoranet.gateway.spendlog import SpendLog
+from agoranet.gateway.spendlog import SpendLog, SpendRow
 from agoranet.payments.payer import Dispute
 
 
@@ -42,9 +42,9 @@ def test_a_dispute_is_spent_logged_and_banned_for_long_across_a_restart(
     payers._disputed(cheat, dispute)
 
     assert budget.spent == 21_000 and budget.reserved == 0
-    rows = spend.rows()
-    assert [(r.node, r.outcome, r.amount, r.receipt) for r in rows] == \
-        [("http://cheat/v1", "disputed", 20_000, None)]
+    # one row, for the channel: no model, no tokens, no time, no receipt (none backs it)
+    assert spend.rows() == [SpendRow("dispute-0x" + "ab" * 32, "", "http://cheat/v1", 0, 0,
+                                     20_000, None, 0.0, "disputed")]
     assert spend.total() == 20_000  # a restarted gateway's budget starts from this
     assert cheat.banned(time.monotonic() + DISPUTE_BAN_S - 3_600)
     record = store.record("http://cheat/v1")
@@ -91,8 +91,27 @@ def test_a_receipt_adopted_from_a_corrective_402_is_spent_and_logged(tmp_path: P
     receipt = ReceiptSigner(bytes(Account.create().key)).sign(
         Receipt("r1", "0x" + "ab" * 32, 3, 10, 23_000, 42_000, 31337))
     payers._resynced(node, receipt, 4_000)  # a running receipt of 19,000 was held already
-    assert budget.spent == 4_000 == spend.total()
+    assert budget.spent == 4_000 == spend.total() and budget.reserved == 0
     (row,) = spend.rows()
-    assert (row.request_id, row.outcome, row.amount) == ("r1", "resynced", 4_000)
+    # what was added, with the receipt behind it; no model, tokens or time (never seen)
+    assert row == SpendRow("r1", "", "http://node/v1", 0, 0, 4_000, None, 0.0, "resynced",
+                           row.receipt)
     assert row.receipt is not None and Receipt.from_json(json.loads(row.receipt)) == receipt
     spend.close()
+
+
+def test_payers_not_told_where_to_count_still_ban_and_do_not_fail(tmp_path: Path) -> None:
+    """Without a budget and spend log (``count_in`` not called: a gateway without a budget),
+    a dispute still bans the node and a resynced receipt breaks nothing."""
+    from eth_account import Account
+
+    from agoranet.payments.receipts import Receipt, ReceiptSigner
+
+    payers = NodePayers("http://unused", Account.create(), tmp_path / "channels", 10_000)
+    cheat = NodeState("http://cheat/v1")
+    payers._disputed(cheat, Dispute("http://cheat", "0x" + "11" * 20, "0x" + "ab" * 32,
+                                    claimed=40_000, receipted=9_000, exposure=20_000))
+    assert cheat.banned() and any("no receipt backs" in e for e in cheat.events)
+    receipt = ReceiptSigner(bytes(Account.create().key)).sign(
+        Receipt("r1", "0x" + "ab" * 32, 3, 10, 23_000, 42_000, 31337))
+    payers._resynced(NodeState("http://node/v1"), receipt, 4_000)

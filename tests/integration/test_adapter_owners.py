@@ -11,14 +11,17 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
 from openai import OpenAI
 
+from agoranet.node.launcher import running_command
 from agoranet.tuning.adapter import adapter_model_name, pack_adapter, read_adapter
 from agoranet.tuning.housestyle import write_house_style
+from helpers import node_process
 
 pytestmark = pytest.mark.slow
 
@@ -96,3 +99,106 @@ def test_a_fine_tuned_model_is_served_at_once(tiny_node: str, tmp_path: Path) ->
     assert [a["model"] for a in mine] == [job.fine_tuned_model]
     assert job.fine_tuned_model not in {a["model"] for a in
                                         _listed(tiny_node, "dave-secret").json()["data"]}
+
+
+def _chat(root: str, model: str, token: str | None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.post(f"{root}/chat/completions", headers=headers, timeout=60,
+                      json={"model": model, "temperature": 0, "max_tokens": 12,
+                            "messages": [{"role": "user", "content": "Hello!"}]})
+
+
+def test_a_private_adapter_is_served_to_its_owner_alone(
+        tiny_model: Path, house_adapter: Path, brief_adapter: Path, tmp_path: Path) -> None:
+    house = read_adapter(house_adapter).id
+    name, missing = adapter_model_name("tiny", house), adapter_model_name("tiny", "7" * 64)
+    shared = adapter_model_name("tiny", read_adapter(brief_adapter).id)
+    with ExitStack() as stack:
+        node = stack.enter_context(node_process([
+            "--model", str(tiny_model), "--free", "--no-fine-tuning",
+            "--adapters-dir", str(tmp_path / "adapters")]))
+        public = httpx.post(f"{node}/adapters", content=pack_adapter(brief_adapter),
+                            params={"public": "true"}, timeout=60)
+        assert public.status_code == 201 and public.json()["public"] is True
+        both = httpx.post(f"{node}/adapters", content=pack_adapter(house_adapter),
+                          params={"public": "true", "private": "true"},
+                          headers={"Authorization": "Bearer alice-secret"}, timeout=60)
+        assert both.status_code == 400 and both.json()["error"]["param"] == "private"
+        put = httpx.post(f"{node}/adapters", content=pack_adapter(house_adapter),
+                         params={"private": "true"},
+                         headers={"Authorization": "Bearer alice-secret"}, timeout=60)
+        assert put.status_code == 201 and put.json()["private"] is True
+        assert put.json()["public"] is False
+        unlisted = httpx.post(f"{node}/adapters", content=pack_adapter(house_adapter),
+                              params={"private": "false"},
+                              headers={"Authorization": "Bearer carol-secret"}, timeout=60)
+        assert unlisted.status_code == 201  # carol owns it too now; alice's flag holds
+        assert unlisted.json()["private"] is True
+        gateway = stack.enter_context(running_command([
+            "gateway", "--open", "--node", node, "--spend-log",
+            str(tmp_path / "gw" / "spend.sqlite")]))
+
+        # The gateway's /v1/models lists the public adapter, not the private one.
+        deadline = time.monotonic() + 30
+        while not (models := {m["id"]: m for m in
+                              httpx.get(f"{gateway}/models", timeout=10).json()["data"]}):
+            assert time.monotonic() < deadline, "the gateway read no offer"
+            time.sleep(0.2)
+        assert set(models) == {"tiny", shared}, models
+        assert models[shared]["owned_by"] == node
+        assert models[shared]["agoranet"]["base_model"] == "tiny"
+        assert models[shared]["agoranet"]["nodes"] == 1
+
+        # Its owner is served; anyone else is told what a missing id is told.
+        mine = _chat(node, name, "alice-secret")
+        assert mine.status_code == 200
+        assert mine.json()["choices"][0]["message"]["content"].startswith("Ahoy")
+        absent = _chat(node, missing, "bob-secret")
+        assert absent.status_code == 404
+        for token in ("bob-secret", None):
+            refused = _chat(node, name, token)
+            assert refused.status_code == 404
+            assert refused.json() == {"error": {
+                **absent.json()["error"],
+                "message": absent.json()["error"]["message"].replace("7" * 64, house)}}
+        listed = {a["id"]: a for a in _listed(node, "alice-secret").json()["data"]}
+        assert listed[house]["private"] is True
+        assert name not in {m["id"] for m in httpx.get(f"{node}/models").json()["data"]}
+
+        # Through a gateway (which names no owner) it is a 404 that leaves the node clean.
+        root = gateway.removesuffix("/v1")
+        deadline = time.monotonic() + 30
+        while not httpx.get(f"{root}/agoranet/nodes", timeout=10).json()["nodes"][0]["models"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        through = _chat(gateway, name, None)
+        assert through.status_code == 404, through.text
+        assert through.json()["error"]["code"] == "model_not_found"
+        assert _chat(gateway, "tiny", None).status_code == 200
+        row = httpx.get(f"{root}/agoranet/nodes", timeout=10).json()["nodes"][0]
+        assert row["failures"] == 0 and not row["banned"] and row["successes"] == 1, row
+
+        # Only an owner changes the flags; another gets the missing adapter's 404.
+        change = f"{node}/adapters/{house}"
+        other = httpx.post(change, json={"private": False},
+                           headers={"Authorization": "Bearer bob-secret"}, timeout=30)
+        assert other.status_code == 404 and other.json()["error"]["code"] == "model_not_found"
+        assert httpx.post(change, json={"private": False}, timeout=30).status_code == 401
+        bad = httpx.post(change, json={"private": "no"},
+                         headers={"Authorization": "Bearer alice-secret"}, timeout=30)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "private"
+        clash = httpx.post(change, json={"public": True},
+                           headers={"Authorization": "Bearer alice-secret"}, timeout=30)
+        assert clash.status_code == 400  # still private: not both
+        opened = httpx.post(change, json={"private": False, "public": True},
+                            headers={"Authorization": "Bearer alice-secret"}, timeout=30)
+        assert opened.status_code == 200
+        assert (opened.json()["private"], opened.json()["public"]) == (False, True)
+        assert _chat(node, name, "bob-secret").status_code == 200
+        assert _chat(gateway, name, None).status_code == 200
+        assert name in {m["id"] for m in httpx.get(f"{node}/models").json()["data"]}
+        closed = httpx.post(change, json={"private": True, "public": False},
+                            headers={"Authorization": "Bearer alice-secret"}, timeout=30)
+        assert closed.status_code == 200 and closed.json()["private"] is True
+        assert _chat(node, name, "bob-secret").status_code == 404
+        assert name not in {m["id"] for m in httpx.get(f"{node}/models").json()["data"]}

@@ -63,6 +63,28 @@ def test_answers_through_the_gateway_equal_a_direct_node(network: dict[str, str]
     assert plain.usage.completion_tokens == direct.usage.completion_tokens
 
 
+def test_logprobs_come_through_the_gateway_as_the_node_gives_them(
+        network: dict[str, str]) -> None:
+    """``logprobs`` is relayed, not dropped: the same tokens and numbers as a direct node,
+    plain and streamed."""
+    asked = {"model": "tiny", "messages": QUESTION, "temperature": 0, "max_tokens": 8,
+             "logprobs": True, "top_logprobs": 2}
+    direct = OpenAI(base_url=network["cheap"], api_key="x").chat.completions.create(**asked)
+    client = OpenAI(base_url=network["gateway"], api_key="x", max_retries=0)
+    plain = client.chat.completions.create(**asked)
+    streamed = [entry for c in client.chat.completions.create(**asked, stream=True)
+                if c.choices and c.choices[0].logprobs
+                for entry in c.choices[0].logprobs.content or []]
+    expected = direct.choices[0].logprobs
+    assert expected is not None and expected.content
+    got = plain.choices[0].logprobs
+    assert got is not None and got.content is not None
+    assert [(e.token, round(e.logprob, 4), len(e.top_logprobs)) for e in got.content] == \
+        [(e.token, round(e.logprob, 4), len(e.top_logprobs)) for e in expected.content]
+    assert [e.token for e in streamed] == [e.token for e in expected.content]
+    assert len(got.content) == plain.usage.completion_tokens  # type: ignore[union-attr]
+
+
 def test_models_lists_the_network(network: dict[str, str]) -> None:
     listed = httpx.get(f"{network['gateway']}/models").json()["data"]
     assert [m["id"] for m in listed] == ["tiny"]

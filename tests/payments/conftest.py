@@ -16,6 +16,7 @@ from agoranet.chain.rpc import connect
 from agoranet.config import ChainSettings
 from agoranet.payments.wallet import fund_dev
 
+from .ledgers import ledgers, pg_server  # noqa: F401  (the ledger conformance fixtures)
 from .support import ANVIL_MISSING
 
 

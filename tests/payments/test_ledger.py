@@ -1,4 +1,6 @@
-"""The SQLite ledger: the voucher rules, idempotency, crash recovery, races."""
+"""The ledger: the voucher rules, idempotency, crash recovery, races -- each protocol-level
+case run against SQLite and PostgreSQL (``ledgers``, tests/payments/ledgers.py); then what
+only the SQLite file has (WAL, fsync, damaged files)."""
 
 from __future__ import annotations
 
@@ -13,18 +15,22 @@ from agoranet.payments.ledger import VoucherRefused
 from agoranet.payments.receipts import ReceiptSigner
 from agoranet.payments.sqlite_ledger import SqliteLedger
 
+from .ledgers import Ledgers
+
 CID = "0x" + "11" * 32
 SIGNER = ReceiptSigner(bytes(Account.create().key))
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> SqliteLedger:
-    book = SqliteLedger(tmp_path / "ledger.sqlite")
+def ledger(ledgers: Ledgers) -> SqliteLedger:
+    book: SqliteLedger = ledgers.open()  # or a PgLedger: the same protocol
     book.ensure_channel(CID, "{}", "0xpayer", 0)
     return book
 
 
-def test_wal_and_full_sync(ledger: SqliteLedger) -> None:
+def test_wal_and_full_sync(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    ledger.ensure_channel(CID, "{}", "0xpayer", 0)
     assert ledger._read("PRAGMA journal_mode")[0][0] == "wal"
     assert ledger._read("PRAGMA synchronous")[0][0] == 2  # FULL
     hold = ledger.accept_voucher("r1", CID, 100, "0xs1", 100)
@@ -86,14 +92,14 @@ def test_release_restores_previous_voucher(ledger: SqliteLedger) -> None:
     ledger.commit(ledger.accept_voucher("r2", CID, 110, "0xs2", 100), 1, 1, 5, SIGNER.sign, 1)
 
 
-def test_recover_after_crash(tmp_path: Path) -> None:
-    path = tmp_path / "l.sqlite"
-    book = SqliteLedger(path)
+def test_recover_after_crash(ledgers: Ledgers) -> None:
+    book = ledgers.open()
     book.ensure_channel(CID, "{}", "0xp", 0)
     book.commit(book.accept_voucher("a", CID, 100, "0xa", 100), 1, 1, 7, SIGNER.sign, 1)
     book.accept_voucher("b", CID, 107, "0xb", 100)  # in flight when the process dies
     # no close(): a second connection sees what was committed, as after SIGKILL
-    again = SqliteLedger(path)
+    ledgers.crash(book)
+    again = ledgers.open()
     assert again.recover() == 1
     ch = again.channel(CID)
     assert ch is not None and (ch.charged, ch.voucher_amount, ch.pending_request) == (7, 100, None)
@@ -164,14 +170,14 @@ def test_final_receipt_supersedes_running_ones(ledger: SqliteLedger) -> None:
     assert ledger.channel(CID).charged == 100  # type: ignore[union-attr]
 
 
-def test_recover_charges_the_last_running_receipt(tmp_path: Path) -> None:
+def test_recover_charges_the_last_running_receipt(ledgers: Ledgers) -> None:
     """A node killed mid-stream is paid, after its restart, what it had receipted."""
-    path = tmp_path / "l.sqlite"
-    book = SqliteLedger(path)
+    book = ledgers.open()
     book.ensure_channel(CID, "{}", "0xp", 0)
     hold = book.accept_voucher("a", CID, 100, "0xa", 100)
     sent = book.progress(hold, 3, 16, 19, SIGNER.sign, 1)
-    again = SqliteLedger(path)  # as after SIGKILL: no close()
+    ledgers.crash(book)
+    again = ledgers.open()  # as after SIGKILL: no close()
     assert again.recover() == 1
     assert again.receipts(CID) == [sent]
     [candidate] = again.claim_candidates()

@@ -5,8 +5,6 @@ reason in the message the node puts in its 402."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from eth_account import Account
 
@@ -15,13 +13,15 @@ from agoranet.payments.ledger import MAX_AMOUNT, VoucherRefused
 from agoranet.payments.receipts import ReceiptSigner
 from agoranet.payments.sqlite_ledger import SqliteLedger
 
+from .ledgers import Ledgers
+
 CID = "0x" + "11" * 32
 SIGNER = ReceiptSigner(bytes(Account.create().key))
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> SqliteLedger:
-    book = SqliteLedger(tmp_path / "ledger.sqlite")
+def ledger(ledgers: Ledgers) -> SqliteLedger:
+    book: SqliteLedger = ledgers.open()  # SQLite, then PostgreSQL: the same protocol
     book.ensure_channel(CID, "{}", "0xpayer", 0)
     return book
 
@@ -60,8 +60,8 @@ def test_a_negative_charge_is_refused_and_the_hold_stays(ledger: SqliteLedger) -
     assert ledger.receipts(CID) == []
 
 
-def test_a_negative_baseline_is_refused(tmp_path: Path) -> None:
-    book = SqliteLedger(tmp_path / "ledger.sqlite")
+def test_a_negative_baseline_is_refused(ledgers: Ledgers) -> None:
+    book = ledgers.open()
     with pytest.raises(LedgerError, match=r"^baseline -1 is out of range$"):
         book.ensure_channel(CID, "{}", "0xpayer", -1)
     assert book.channel(CID) is None

@@ -6,6 +6,7 @@ gas is totalled per transaction."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -16,14 +17,16 @@ from agoranet.payments.ledger import Hold, VoucherRefused
 from agoranet.payments.receipts import ReceiptSigner
 from agoranet.payments.sqlite_ledger import SqliteLedger
 
+from .ledgers import Ledgers
+
 CID = "0x" + "11" * 32
 OTHER = "0x" + "22" * 32
 SIGNER = ReceiptSigner(bytes(Account.create().key))
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> SqliteLedger:
-    book = SqliteLedger(tmp_path / "ledger.sqlite")
+def ledger(ledgers: Ledgers) -> SqliteLedger:
+    book: SqliteLedger = ledgers.open()  # SQLite, then PostgreSQL: the same protocol
     book.ensure_channel(CID, "{}", "0xpayer", 0)
     book.ensure_channel(OTHER, "{}", "0xpayer", 0)
     return book
@@ -126,3 +129,15 @@ def test_a_new_channel_starts_at_its_baseline_with_no_voucher(ledger: SqliteLedg
             fresh.pending_request, fresh.config) == (70, 70, 70, "0x", None, '{"a": 1}')
     # known already: the record as it is, whatever baseline is asked
     assert ledger.ensure_channel("0x" + "33" * 32, "{}", "0xother", 5) == fresh
+
+
+def test_a_damaged_ledger_file_says_the_read_failed(tmp_path: Path) -> None:
+    """Something else broke the ledger's file under the node (here: a table dropped): a read
+    fails with a LedgerError that says what failed, not a bare SQLite error."""
+    book = SqliteLedger(tmp_path / "ledger.sqlite")
+    other = sqlite3.connect(tmp_path / "ledger.sqlite")
+    other.execute("DROP TABLE claims")
+    other.close()
+    with pytest.raises(LedgerError, match=r"^ledger read failed: no such table: claims$"):
+        book.unsettled()
+    book.close()

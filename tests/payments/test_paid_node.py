@@ -106,7 +106,25 @@ async def test_unpaid_request_gets_402_with_requirements(client: httpx.AsyncClie
     assert batch.extra["prices"] == {"inputPerMillion": "1000000000",
                                      "outputPerMillion": "2000000000"}
     assert {a.scheme for a in required.accepts} == {"batch-settlement", "exact"}
+    # a JSON error, with the requirements in its body too (for clients reading JSON), for
+    # this resource
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["content-length"] == str(len(response.content))
+    x402 = response.json()["x402"]
+    assert x402 == x402wire.decode_json(response.headers[x402wire.PAYMENT_REQUIRED], "x")
+    assert x402["resource"]["url"] == "http://node/v1/chat/completions"
     assert node.engine.calls == calls
+
+
+async def test_a_bad_request_is_a_json_error_before_any_payment(
+        client: httpx.AsyncClient, node: Node) -> None:
+    calls = node.engine.calls
+    response = await post(client, messages="not a list")
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["content-length"] == str(len(response.content))
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert x402wire.PAYMENT_REQUIRED not in response.headers and node.engine.calls == calls
 
 
 async def test_paid_plain_and_streamed(client: httpx.AsyncClient, node: Node, env: Env,
@@ -118,7 +136,11 @@ async def test_paid_plain_and_streamed(client: httpx.AsyncClient, node: Node, en
     verify_receipt(receipt, node.address)
     assert (receipt.tokens_in, receipt.tokens_out, receipt.amount) == (3, 5, WORST)
     assert settle["extra"]["chargedAmount"] == str(WORST)
-    assert settle["extra"]["channelState"]["chargedCumulativeAmount"] == str(WORST)
+    # x402's channelState: the channel as on chain (1,000,000 deposited, nothing claimed,
+    # no withdrawal or refund), with what the node has charged
+    assert settle["extra"]["channelState"] == {
+        "channelId": channel.channel_id.lower(), "balance": "1000000", "totalClaimed": "0",
+        "withdrawRequestedAt": 0, "refundNonce": "0", "chargedCumulativeAmount": str(WORST)}
     # headroom (20000 - 13000) carries: the next voucher is charged + max
     nxt = WORST + ALLOWANCE
     async with client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True},

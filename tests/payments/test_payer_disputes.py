@@ -11,6 +11,7 @@ scenario ends with the money invariants (:mod:`.money`).
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
@@ -178,6 +179,8 @@ async def test_a_stream_cut_before_its_final_receipt_costs_its_last_running_rece
                      paid_settings(env.dev.rpc_url, ledger, receipt_every=4), None, payments)
     body = {**BODY, "max_tokens": 10, "stream": True}
     async with served(CutBeforeFinalReceipt(app)) as url:  # type: ignore[arg-type]
+        running: list[dict[str, Any]] = []
+
         def run() -> tuple[Payer, int, Receipt]:
             p = _payer(env, url, payer, tmp_path / "payer", 1_000_000, STREAM_HEADROOM)
             words = 0
@@ -186,11 +189,21 @@ async def test_a_stream_cut_before_its_final_receipt_costs_its_last_running_rece
                     with http.stream("POST", "/v1/chat/completions", json=body) as cut:
                         for line in cut.iter_lines():
                             words += '"content":"w' in line
+                            if '"agoranet.receipt.running"' in line:
+                                running.append(json.loads(line.removeprefix("data: ")))
                 except httpx.HTTPError:
                     pass  # the connection was dropped
             return p, words, cut.extensions["agoranet_receipt"]
 
         p, words, held = await asyncio.to_thread(run)
+        # each running receipt goes out as an x402 payment response, marked running
+        assert [event["x402_payment_response"] for event in running] == [
+            {"success": True, "payer": payer.address, "network": env.dev.network,
+             "extra": {"chargedAmount": str(r.amount), "running": True, "receipt": r.to_json()}}
+            for r in (Receipt.from_json(e["x402_payment_response"]["extra"]["receipt"])
+                      for e in running)]
+        assert len(running) == 2 and running[-1]["x402_payment_response"]["extra"][
+            "receipt"] == held.to_json()
         assert p.state is not None
         await _settled(payments, p.state.channel_id)
         record = payments.ledger.channel(p.state.channel_id)
@@ -360,6 +373,73 @@ async def test_a_refused_receipt_shown_again_in_a_corrective_402_is_a_dispute(
         await _settled(payments, p.state.channel_id)
     assert len(errors) == 2 and errors[0].startswith("ReceiptError")
     assert errors[1].startswith("ChargeDisputeError")
+    assert p.receipts() == [] and p.state.charged == 0
+    assert p.state.disputed == p.state.spent == HEADROOM  # the refused request's voucher
+    claimed, _ = assert_money_invariants(p, HEADROOM)
+    assert claimed == 9_000  # the node claimed its charge: counted, as disputed spend
+    p.close()
+
+
+class ForgeFirstReceipt:
+    """Passes a node's answers through, but the first one's receipt arrives signed by a
+    stranger (forged, or damaged on the way); the node keeps its own, validly signed."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        from agoranet.payments.receipts import ReceiptSigner
+
+        self.app = app
+        self.stranger = ReceiptSigner(bytes(Account.create().key))
+        self.forged = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def forging(message: Message) -> None:
+            if message["type"] == "http.response.start" and not self.forged:
+                headers = []
+                for name, value in message["headers"]:
+                    if name == x402wire.PAYMENT_RESPONSE.lower().encode():
+                        data = x402wire.decode_json(value.decode(), "payment response")
+                        receipt = Receipt.from_json(data["extra"]["receipt"])
+                        data["extra"]["receipt"] = self.stranger.sign(receipt).to_json()
+                        value = x402wire.encode_json(data).encode()
+                        self.forged += 1
+                    headers.append((name, value))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, forging if scope["type"] == "http" else send)
+
+
+async def test_a_receipt_refused_for_its_signature_is_not_believed_from_a_corrective_402(
+        env: Env, payer: LocalAccount, tmp_path: Path) -> None:
+    """A receipt not signed by the node is refused; the node's own receipt of that request,
+    shown later in its corrective 402, is not believed either: a dispute, the request's
+    voucher counted as spend."""
+    from agoranet.errors import ChargeDisputeError, ReceiptError
+
+    account: LocalAccount = Account.from_key(env.dev.private_keys[3])
+    ledger = tmp_path / "ledger.sqlite"
+    payments = node_payments(env.dev.rpc_url, ledger, account)
+    app = create_app(ShortEngine(words=3, max_active=4, max_queue=16),
+                     paid_settings(env.dev.rpc_url, ledger), None, payments)
+    forger = ForgeFirstReceipt(app)
+    async with served(forger) as url:  # type: ignore[arg-type]
+        def run() -> tuple[Payer, list[PaymentError]]:
+            p = _payer(env, url, payer, tmp_path / "payer", 500_000)
+            errors: list[PaymentError] = []
+            with httpx.Client(base_url=url, auth=PayerAuth(p), timeout=30) as http:
+                for _ in range(2):
+                    try:
+                        http.post("/v1/chat/completions", json=BODY)
+                    except PaymentError as exc:
+                        errors.append(exc)
+            return p, errors
+
+        p, errors = await asyncio.to_thread(run)
+        assert p.state is not None
+        await _settled(payments, p.state.channel_id)
+    assert forger.forged == 1 and len(errors) == 2
+    assert isinstance(errors[0], ReceiptError) and "is signed by" in str(errors[0])
+    assert isinstance(errors[1], ChargeDisputeError)
     assert p.receipts() == [] and p.state.charged == 0
     assert p.state.disputed == p.state.spent == HEADROOM  # the refused request's voucher
     claimed, _ = assert_money_invariants(p, HEADROOM)

@@ -128,3 +128,22 @@ def test_a_job_that_has_not_ended_or_is_unknown_is_not_settled(
 def test_only_the_wallet_that_funded_the_channel_can_withdraw(tmp_path: Path) -> None:
     with pytest.raises(PaymentError, match=r"^only the wallet that funded the channel can"):
         _payer(tmp_path).withdraw()
+
+
+@pytest.mark.parametrize("status", ["charged", "released"])
+def test_a_long_job_settles_after_later_requests_pushed_its_voucher_out(
+        tmp_path: Path, status: str) -> None:
+    """While the job trained, the payer paid more requests than it keeps vouchers of: the
+    job's is no longer among them, and the job still settles (charged: adopted)."""
+    p = _payer(tmp_path)
+    _held(p)
+    assert p.state is not None
+    del p.state.payments["job-1"]  # pushed out by the later requests' vouchers
+    if status == "charged":
+        receipt = p.settle_job(_charged(tokens=12_000, amount=24_000))
+        assert receipt is not None and p.receipts() == [receipt]
+        assert (p.state.charged, p.state.spent) == (BEFORE + 24_000,) * 2
+    else:
+        assert p.settle_job({"request_id": "job-1", "status": "released"}) is None
+        assert (p.state.charged, p.state.spent) == (BEFORE, BEFORE)
+    assert p.held_jobs() == [] and p.state.payments == {}

@@ -49,6 +49,7 @@ class Case:
     body: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(BODY))
     other_key: bool = False
     charged_amount_off: int = 0  # a lie in the payment response's chargedAmount instead
+    no_receipt: bool = False  # the payment response carries no receipt at all
     max_per_request: int = 20_000
 
 
@@ -61,6 +62,8 @@ CASES = {
     "chain": Case(lambda r, n: dataclasses.replace(r, chain_id=r.chain_id + 1),
                   "is for another chain"),
     "charged-amount": Case(_same, "disagrees with chargedAmount", charged_amount_off=1),
+    "no-receipt": Case(_same, "^the node's payment response has no receipt: 'receipt'$",
+                       no_receipt=True),
     # no max_tokens: the node's worst case is the request's maximum, and the lie beyond it
     # (in a stream: its ledger would refuse to charge above the voucher, but the final
     # receipt is signed and sent before it is charged)
@@ -73,6 +76,8 @@ CASES = {
     "cumulative": Case(lambda r, n: dataclasses.replace(r, cumulative=r.cumulative + 1),
                        "cumulative out of step"),
     "max-tokens": Case(lambda r, n: priced(r, 7), "counts more tokens than max_tokens"),
+    "max-tokens-stream": Case(lambda r, n: priced(r, 7), "counts more tokens than max_tokens",
+                              stream=True),
     "fewer-than-received": Case(lambda r, n: priced(r, r.tokens_out - 1),
                                 "counts fewer tokens than were received", stream=True),
     "running-ahead-of-tokens": Case(
@@ -94,13 +99,15 @@ async def test_the_payer_refuses_a_receipt_that_breaks_exactly_one_check(
     acceptor.signer = LyingSigner(  # type: ignore[assignment]
         acceptor.signer, case.lie, ReceiptSigner(bytes(Account.create().key))
         if case.other_key else None)
-    if case.charged_amount_off:
+    if case.charged_amount_off or case.no_receipt:
         honest = acceptor._voucher_response
 
         def lying(auth: Any, receipt: Receipt) -> Any:
             response = honest(auth, receipt)
             extra = {**(response.extra or {}),
                      "chargedAmount": str(receipt.amount + case.charged_amount_off)}
+            if case.no_receipt:
+                del extra["receipt"]
             return response.model_copy(update={"extra": extra})
 
         acceptor._voucher_response = lying  # type: ignore[method-assign]

@@ -51,7 +51,8 @@ async def test_a_subkey_payer_pays_from_the_subkeys_channel(
                               withdraw_delay=paid_settings("", tmp_path).withdraw_delay)
 
     def run() -> Payer:
-        with pytest.raises(PaymentError, match="exactly one of a wallet account or a sub-key"):
+        with pytest.raises(PaymentError,
+                           match=r"^a payer needs exactly one of a wallet account or a sub-key$"):
             Payer(url + "/v1/", env.w3, env.addresses, account=payer, subkey=subkey,
                   state_dir=tmp_path / "both")
         p = Payer(url + "/v1/", env.w3, env.addresses, subkey=subkey,
@@ -67,9 +68,11 @@ async def test_a_subkey_payer_pays_from_the_subkeys_channel(
                 assert response.status_code == 200, response.text
                 receipt = response.extensions["agoranet_receipt"]
                 assert receipt.channel_id == subkey.channel_id.lower()
-        with pytest.raises(PaymentError, match="funded by its owner's wallet"):
+        with pytest.raises(PaymentError,
+                           match=r"^a sub-key's channel is funded by its owner's wallet$"):
             p.open(1_000)
-        with pytest.raises(PaymentError, match="only the wallet that funded the channel"):
+        with pytest.raises(PaymentError,
+                           match=r"^only the wallet that funded the channel can withdraw$"):
             p.withdraw()
         return p
 

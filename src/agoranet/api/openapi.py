@@ -123,10 +123,15 @@ OPERATIONS: Mapping[tuple[str, str], Operation] = {
                                           response=_OBJECT, errors=()),
     ("POST", "/v1/adapters"): Operation(
         "Upload a LoRA adapter (a tar archive)", {"type": "string", "format": "binary"},
-        body="binary", response=_OBJECT, status=201, query=("id", "public"),
+        body="binary", response=_OBJECT, status=201, query=("id", "public", "private"),
         errors=(400, 401, 413)),
     ("GET", "/v1/adapters"): Operation("List the caller's own adapters", response=_LIST,
                                        bearer=True, errors=(401,)),
+    ("POST", "/v1/adapters/{adapter_id}"): Operation(
+        "Mark one's own adapter public or private",
+        {"type": "object", "additionalProperties": False,
+         "properties": {"public": {"type": "boolean"}, "private": {"type": "boolean"}}},
+        response=_OBJECT, bearer=True, errors=(400, 401, 404)),
     ("POST", "/v1/files"): Operation(
         "Upload a training file (OpenAI)",
         {"type": "object", "required": ["file", "purpose"],
@@ -172,9 +177,42 @@ OPERATIONS: Mapping[tuple[str, str], Operation] = {
         {"type": "object", "required": ["amount"],
          "properties": {"amount": {"type": "integer", "minimum": 0}}},
         response=_OBJECT, bearer=True, errors=(400, 401, 403, 404)),
+    ("POST", "/agoranet/keys/{name}/rotate"): Operation(
+        "Issue a key a new secret (same budget, spend and keys under it); the old one stops "
+        "at once or after grace_s seconds",
+        {"type": "object", "additionalProperties": False,
+         "properties": {"grace_s": {"type": "number", "minimum": 0}}},
+        response=_OBJECT, bearer=True, errors=(400, 401, 403, 404)),
     ("POST", "/agoranet/keys/{name}/revoke"): Operation(
         "Revoke a key and every key under it", response=_OBJECT, bearer=True,
         errors=(401, 403, 404)),
+    # What agents ask beyond OpenAI's routes (gateway.agent_routes), and the MCP endpoint;
+    # a keyed gateway marks them bearer (gateway.app).
+    ("GET", "/agoranet/budget"): Operation(
+        "The caller's key: spent, reserved, remaining and what it can spend now",
+        response=_OBJECT, errors=(401,)),
+    ("GET", "/agoranet/models"): Operation(
+        "Models with their cheapest price, node count and capabilities", response=_LIST,
+        errors=(401,)),
+    ("POST", "/agoranet/fine_tuning/jobs"): Operation(
+        "Start a LoRA job on a node from chat examples (paid within the key's budget "
+        "where the node charges for training)",
+        {"type": "object", "required": ["model", "examples"],
+         "properties": {"model": {"type": "string"},
+                        "examples": {"type": "array", "items": _OBJECT},
+                        "epochs": {"type": ["integer", "null"], "minimum": 1},
+                        "seed": {"type": ["integer", "null"]}}},
+        response=_OBJECT, errors=(400, 401, 402, 403, 404, 429, 503)),
+    ("GET", "/agoranet/fine_tuning/jobs/{job_id}"): Operation(
+        "A job started through the gateway, from its node", response=_OBJECT,
+        query=("node",), errors=(400, 401, 503)),
+    ("POST", "/mcp"): Operation("MCP over streamable HTTP: a JSON-RPC message (the MCP tools)",
+                                _OBJECT, response=_OBJECT, errors=(400, 401, 404, 406)),
+    ("GET", "/mcp"): Operation("MCP over streamable HTTP: the server's event stream",
+                               response=_OBJECT, media_type="text/event-stream",
+                               errors=(400, 401, 404, 405, 406)),
+    ("DELETE", "/mcp"): Operation("MCP over streamable HTTP: end a session", response=_OBJECT,
+                                  errors=(400, 401, 404)),
 }
 
 _PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")

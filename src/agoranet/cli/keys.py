@@ -2,7 +2,8 @@
 
 Changes take effect on a running gateway at once: it reads the store at each request.
 Amounts are typed and printed in stablecoin units (``2.50``) and stored as base units.
-A new key's secret is printed once, by ``keys create``, and never again.
+A new key's secret is printed once, by ``keys create`` (or ``keys rotate``), and never
+again; the owner key's secret is only ever written to its file.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from agoranet.cli.output import money
 from agoranet.config import GatewaySettings
 from agoranet.errors import ConfigError, RequestError
 from agoranet.gateway.key_routes import key_json
-from agoranet.gateway.keysetup import ensure_owner
+from agoranet.gateway.keysetup import ensure_owner, write_secret
 from agoranet.gateway.keystore import OWNER, KeyRecord, KeyStore
 from agoranet.payments.amounts import parse_amount
 
@@ -31,11 +32,11 @@ _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, option: str = "--expires") -> float:
     """``"7d"`` → seconds (s, m, h, d or w)."""
     found = _DURATION.fullmatch(text.strip().lower())
     if found is None or int(found[1]) == 0:
-        raise ConfigError(f"--expires {text!r}: give a duration like 30m, 12h, 7d or 2w")
+        raise ConfigError(f"{option} {text!r}: give a duration like 30m, 12h, 7d or 2w")
     return int(found[1]) * _UNIT_S[found[2]]
 
 
@@ -190,6 +191,32 @@ def revoke(name: str, key_store: Path | None) -> None:
     finally:
         store.close()
     console.print(f"revoked: {', '.join(revoked)}")
+
+
+@keys.command()
+@click.argument("name")
+@click.option("--grace", default=None,
+              help="Let the old secret work this much longer: 30s, 10m, 1h [default: it stops "
+                   "at once, and so do older secrets still in their grace].")
+@_store_option
+def rotate(name: str, grace: str | None, key_store: Path | None) -> None:
+    """A new secret for a key: same budget, spend and children; the old secret stops."""
+    grace_s = parse_duration(grace, "--grace") if grace else 0.0
+    store, owner = _store(key_store)
+    try:
+        new = store.rotate(name, grace_s=grace_s)
+    except RequestError as exc:
+        raise ConfigError(exc.message) from None
+    finally:
+        store.close()
+    old = f"its old secret works for {grace} more" if grace else "its old secret no longer works"
+    if name == OWNER:
+        write_secret(owner, new.secret)
+        console.print(f"rotated the owner key ({old}); its new secret is in {owner}")
+        return
+    console.print(f"rotated '{name}' (budget, spend and keys under it unchanged; {old}); "
+                  "its new secret (shown only now):")
+    click.echo(new.secret)
 
 
 @keys.command(name="top-up")

@@ -14,6 +14,7 @@ from agoranet.cli.chain import chain
 from agoranet.cli.demo import demo
 from agoranet.cli.gateway import gateway, nodes, spend
 from agoranet.cli.keys import keys
+from agoranet.cli.mcp import mcp
 from agoranet.cli.model import model
 from agoranet.cli.node import node
 from agoranet.cli.registry import registry
@@ -46,6 +47,7 @@ cli.add_command(gateway)
 cli.add_command(nodes)
 cli.add_command(spend)
 cli.add_command(keys)
+cli.add_command(mcp)
 cli.add_command(registry)
 cli.add_command(reputation)
 cli.add_command(verify)

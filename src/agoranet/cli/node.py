@@ -16,9 +16,11 @@ from agoranet.cli.user_options import user_set
 from agoranet.cli.wallet_common import keystore_option, rpc_option, unlock_wallet
 from agoranet.config import NodeSettings
 from agoranet.engines.registry import available_engines
+from agoranet.engines.toolparsers import tool_parser_names
 
 if TYPE_CHECKING:
     from agoranet.cli.node_banner import PaidSetup
+    from agoranet.payments.pg_ledger import PgLedger
     from agoranet.tuning.jobs import JobManager
 from agoranet.tuning.jobs import JobManager
 
@@ -39,6 +41,9 @@ console = Console()
 @click.option("--upstream-url", default=None, help="Base URL of an OpenAI-compatible server.")
 @click.option("--upstream-api-key", envvar="AGORANET_UPSTREAM_API_KEY", default=None)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--tool-call-parser", type=click.Choice(tool_parser_names()), default=None,
+              help="The model's tool-call format, for tool_choice 'auto' [default: the one "
+                   "its chat template teaches, if known].")
 @click.option("--price-in", type=click.IntRange(min=0), default=0, show_default=True,
               help="Input price per million tokens, in stablecoin base units.")
 @click.option("--price-out", type=click.IntRange(min=0), default=0, show_default=True,
@@ -55,14 +60,18 @@ console = Console()
 @click.option("--max-adapters", type=click.IntRange(min=1), default=8, show_default=True,
               help="Adapters kept loaded at once (least recently used are unloaded).")
 @click.option("--no-adapters", is_flag=True, help="Refuse adapter uploads.")
+@click.option("--price-adapter-storage", type=click.IntRange(min=0), default=10_000,
+              show_default=True, help="A paid node's price of an adapter upload, per started "
+              "megabyte (10^6 bytes), in base units (0: uploads are free).")
 @click.option("--price-training", type=click.IntRange(min=0), default=0, show_default=True,
               help="Fine-tuning price per million training tokens, in base units.")
 @click.option("--no-fine-tuning", is_flag=True, help="Do not sell fine-tuning jobs.")
 @click.option("--free", is_flag=True, help="Serve without payment, whatever the prices.")
 @rpc_option
 @keystore_option
-@click.option("--ledger", "ledger", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="The node's SQLite ledger [default: ~/.agoranet/node/ledger.sqlite].")
+@click.option("--ledger", "ledger", metavar="PATH|URL", default=None,
+              help="The node's ledger: a SQLite file [default: ~/.agoranet/node/ledger.sqlite] "
+              "or a PostgreSQL URL (postgresql://...), which replicas of the node share.")
 @click.option("--settle-interval", type=click.FloatRange(min=0.05), default=5.0,
               show_default=True, help="Seconds between checks whether a claim is due.")
 @click.option("--claim-min-amount", type=click.IntRange(min=0), default=1_000_000,
@@ -109,8 +118,12 @@ def node(ctx: click.Context, /, **options: Any) -> None:
 def node_settings(ctx: click.Context, options: dict[str, Any]) -> NodeSettings:
     """The node's settings: the options the user gave over the ``AGORANET_NODE_*``
     environment over the defaults (an option's own default never hides the environment)."""
+    from agoranet.payments.ledger_url import is_postgres_url
+
     renamed = {"model_ref": "model", "ledger": "ledger_path"}
     values = {renamed.get(k, k): v for k, v in user_set(ctx, options).items()}
+    if isinstance(values.get("ledger_path"), str) and is_postgres_url(values["ledger_path"]):
+        values["ledger_url"] = values.pop("ledger_path")
     if "no_fine_tuning" in values:
         values["fine_tuning"] = not values.pop("no_fine_tuning")
     return NodeSettings(**values)
@@ -145,24 +158,32 @@ node.add_command(claim)
 
 
 @node.command("earnings")
-@click.option("--ledger", "ledger", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="The node's ledger [default: ~/.agoranet/node/ledger.sqlite].")
+@click.option("--ledger", "ledger", metavar="PATH|URL", default=None,
+              help="The node's ledger: a SQLite file [default: ~/.agoranet/node/ledger.sqlite] "
+              "or a PostgreSQL URL.")
 @listing_options()
 @click.pass_context
-def earnings(ctx: click.Context, ledger: Path | None, listing: Listing) -> None:
+def earnings(ctx: click.Context, ledger: str | None, listing: Listing) -> None:
     """Claimed, unclaimed and settled earnings per channel, from the node's ledger.
 
     Also shows what is claimed but not settled yet (a settle that failed is retried on
     its own) and the channels whose claim keeps failing (set aside and retried later).
     """
     from agoranet.errors import ConfigError
-    from agoranet.node.payment_setup import ledger_path
+    from agoranet.node.payment_setup import ledger_path, open_ledger
+    from agoranet.payments.ledger_url import is_postgres_url, redact_url
     from agoranet.payments.sqlite_ledger import SqliteLedger
 
-    path = ledger or (ctx.obj or {}).get("ledger") or ledger_path(NodeSettings())
-    if not Path(path).is_file():
-        raise ConfigError(f"no ledger at {path}: has this node been paid yet?")
-    book = SqliteLedger(path)
+    where = str(ledger or (ctx.obj or {}).get("ledger") or ledger_path(NodeSettings()))
+    book: SqliteLedger | PgLedger
+    if is_postgres_url(where):
+        book = open_ledger(NodeSettings(ledger_url=where))  # type: ignore[assignment]
+        path: Path | str = redact_url(where)
+    else:
+        path = Path(where)
+        if not path.is_file():
+            raise ConfigError(f"no ledger at {path}: has this node been paid yet?")
+        book = SqliteLedger(path)
     try:
         rows = book.earnings()
         failing = book.claim_failures()
@@ -235,6 +256,7 @@ def serve(settings: NodeSettings, *, adapters: bool = True) -> None:
             adapters_dir=settings.adapter_store() if adapters else None,
             max_adapters=settings.max_adapters,
             cheat=settings.cheat,
+            tool_call_parser=settings.tool_call_parser,
         )
     node_banner(console, settings, engine.models(), paid)
     payments = paid.payments if paid is not None else None
@@ -252,9 +274,25 @@ def _paid_setup(settings: NodeSettings) -> PaidSetup:
         hold_ledger,
         native_balance,
     )
-    from agoranet.node.payment_setup import build_payments, ledger_path
+    from agoranet.errors import ConfigError
+    from agoranet.node.payment_setup import build_payments, ledger_path, open_ledger
+    from agoranet.payments.ledger_url import redact_url
 
     account = unlock_wallet(settings.keystore)
+    if settings.ledger_url is not None:  # shared by replicas: PostgreSQL locks per channel
+        if settings.cheat_payments:
+            raise ConfigError("--cheat-payments works on a SQLite ledger only")
+        shared = open_ledger(settings)  # psycopg there, the server reachable: checked first
+        try:
+            w3 = connect_chain_or_hint(settings.rpc_url)
+            gas, gas_needed = native_balance(w3, account.address), gas_cost(w3, CLAIM_GAS)
+            if gas < gas_needed:
+                console.print(Text(no_gas_warning(account.address, gas), style="bold yellow"))
+            payments = build_payments(settings, account, ledger=shared)
+        except BaseException:
+            shared.close()
+            raise
+        return PaidSetup(payments, gas, gas_needed, redact_url(settings.ledger_url), None)
     w3 = connect_chain_or_hint(settings.rpc_url)
     gas, gas_needed = native_balance(w3, account.address), gas_cost(w3, CLAIM_GAS)
     if gas < gas_needed:  # it can serve, but not claim: say so before the model loads

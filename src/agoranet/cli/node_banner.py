@@ -31,8 +31,8 @@ class PaidSetup:
     payments: NodePayments
     gas_balance: int  # wei at the node's address when it started
     gas_needed: int  # wei one claim and settle may cost at the fees when it started
-    ledger: Path
-    lock: LedgerLock  # held while the node runs: one process per ledger
+    ledger: Path | str  # a SQLite file, or a PostgreSQL URL (its password hidden)
+    lock: LedgerLock | None  # held while the node runs: one process per SQLite ledger
 
 
 def node_banner(console: Console, settings: NodeSettings, models: Sequence[ModelInfo],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agoranet.cli.output import Col, Listing, emit, listing_options
+from agoranet.cli.output import Col, Listing, emit, listing_options, money
 from agoranet.errors import AdapterError
 from agoranet.tuning.adapter import adapter_model_name, pack_adapter, read_adapter
 
@@ -134,24 +135,74 @@ def _refused(response: httpx.Response, what: str) -> AdapterError:
 @click.option("--node", "node_url", required=True, help="The node's base URL (…/v1).")
 @_owner_key
 @click.option("--public", is_flag=True, help="Also list it in the node's /v1/models.")
-def upload(directory: Path, node_url: str, owner_key: str | None, public: bool) -> None:
-    """Upload an adapter to a node; prints the model name to use."""
+@click.option("--private", is_flag=True, help="Serve it to its owners alone (your owner key, "
+              "or the wallet that paid for the upload).")
+@click.option("--rpc-url", default=None,
+              help="A paid node: pay the upload on this chain from the wallet of --keystore.")
+@click.option("--keystore", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The wallet that pays [default: ~/.agoranet/wallet/keystore.json].")
+@click.option("--deposit", type=click.IntRange(min=1), default=1_000_000, show_default=True,
+              help="Deposit of a new channel to the node, in base units.")
+def upload(directory: Path, node_url: str, owner_key: str | None, public: bool, private: bool,
+           rpc_url: str | None, keystore: Path | None, deposit: int) -> None:
+    """Upload an adapter to a node (paid, on a paid node); prints the model name to use."""
     found = read_adapter(directory)
     headers = {"content-type": "application/x-tar"}
     if owner_key:
         headers["authorization"] = f"Bearer {owner_key}"
+    params = {"id": found.id, "public": str(public).lower(), "private": str(private).lower()}
+    archive = pack_adapter(directory)
+    paid = None
     try:
-        response = httpx.post(f"{node_url.rstrip('/')}/adapters", content=pack_adapter(directory),
-                              params={"id": found.id, "public": str(public).lower()},
-                              headers=headers, timeout=120)
+        if rpc_url is not None:
+            response, paid = _paid_upload(node_url, rpc_url, keystore, deposit, archive,
+                                          params, headers)
+        else:
+            response = httpx.post(f"{node_url.rstrip('/')}/adapters", content=archive,
+                                  params=params, headers=headers, timeout=120)
     except httpx.HTTPError as exc:
         raise AdapterError(f"cannot reach {node_url}: {exc}") from exc
+    if response.status_code == 402 and rpc_url is None:
+        quoted = (response.json().get("agoranet") or {}).get("amount")
+        raise AdapterError(f"this node charges {money(int(quoted or 0))} USDC for the "
+                           "upload: pay it from your wallet with --rpc-url and --keystore")
     if response.status_code != 201:
         raise _refused(response, "the adapter")
     click.echo(f"uploaded; use model\n{response.json()['model']}")
+    if paid is not None:
+        click.echo(f"paid {money(paid)} USDC (signed receipt checked)")
     token = response.json().get("owner_token")
     if token:
         click.echo(f"owner key (shown once; lists your adapters with --owner-key):\n{token}")
+
+
+def _paid_upload(node_url: str, rpc_url: str, keystore: Path | None, deposit: int,
+                 archive: bytes, params: dict[str, str],
+                 headers: dict[str, str]) -> tuple[httpx.Response, int | None]:
+    """Upload through a payer with a channel of the uploader's own (kept under
+    ``~/.agoranet/adapters/channels``); the answer and what was paid."""
+    from agoranet.chain.addresses import resolve_addresses
+    from agoranet.chain.rpc import connect
+    from agoranet.cli.wallet_common import unlock_wallet
+    from agoranet.config import default_home
+    from agoranet.payments.adapter_uploads import upload_adapter
+    from agoranet.payments.payer import Payer
+
+    account = unlock_wallet(keystore)
+    w3 = connect(rpc_url)
+    folder = default_home() / "adapters" / "channels" / \
+        hashlib.sha256(node_url.encode()).hexdigest()[:16]
+    payer = Payer(node_url, w3, resolve_addresses(int(w3.eth.chain_id)), account=account,
+                  state_dir=folder, top_up=deposit)
+    try:
+        if payer.state is None:
+            payer.open(deposit)
+        else:
+            payer.reconcile()
+        done = upload_adapter(payer, archive, params=params, headers=headers)
+    finally:
+        payer.close()
+    return done.response, done.receipt.amount if done.receipt is not None else None
 
 
 @adapter.command("list")

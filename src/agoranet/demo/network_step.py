@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from rich.text import Text
 from agoranet.node.launcher import running_command, running_node
 from agoranet.payments.amounts import format_amount
 
-__all__ = ["NODES", "audit_table", "ban_text", "network_step"]
+__all__ = ["NODES", "WithGateway", "audit_table", "ban_text", "network_step"]
 
 PASSWORD = "agoranet-demo"  # dev-chain keys only
 QUESTIONS = ["Tell me a short story.", "What did Maya do yesterday?", "Tell me about the beach.",
@@ -117,7 +118,13 @@ def _ask(client: object, question: str, console: Console) -> Served:
                   int(summary.get("failovers", 0)))  # type: ignore[call-overload]
 
 
-def network_step(model_dir: Path, work: Path, console: Console) -> None:
+# What to do with the running gateway before it stops: its /v1 URL, the owner's key, the
+# key store.
+WithGateway = Callable[[str, str, Path], object]
+
+
+def network_step(model_dir: Path, work: Path, console: Console,
+                 with_gateway: WithGateway | None = None) -> None:
     from openai import OpenAI
 
     from agoranet.chain.addresses import resolve_addresses
@@ -181,6 +188,8 @@ def network_step(model_dir: Path, work: Path, console: Console) -> None:
                     break
                 time.sleep(0.5)
         _balances_table(before, after, paid, console)
+        if with_gateway is not None:
+            with_gateway(gateway, owner_key.read_text().strip(), root / "gateway" / "keys.sqlite")
 
 
 def _served_table(served: list[Served], names: dict[str, str], console: Console) -> None:

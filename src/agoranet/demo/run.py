@@ -1,4 +1,5 @@
-"""The demo's steps: a paid network with a gateway, then a personal adapter."""
+"""The demo's steps: a paid network with a gateway, an agent's key and its sub-agent's
+budget on that gateway, then a personal adapter."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from agoranet.demo.adapter_step import adapter_step
+from agoranet.demo.keys_step import keys_step
 from agoranet.demo.network_step import network_step
 from agoranet.errors import ConfigError
 from agoranet.node.launcher import running_node
@@ -34,9 +36,13 @@ def run_demo(model_dir: Path, console: Console, work_dir: Path | None = None) ->
     _ensure_model(model_dir, console)
     work = work_dir or model_dir.parent / "demo"
     started = time.perf_counter()
-    console.rule("1. the network: a dev chain, three paid nodes, a gateway that pays")
-    network_step(model_dir, work, console)
-    console.rule("2. a personal fine-tune: train a LoRA adapter, upload it, use it")
+    def agents(gateway: str, owner_key: str, key_store: Path) -> None:
+        console.rule("2. agents: a key hands a sub-agent a budget; the sub-agent works to its cap")
+        keys_step(gateway, owner_key, key_store, console)
+
+    console.rule("1. the network: a dev chain, four paid nodes, a gateway that pays")
+    network_step(model_dir, work, console, agents)
+    console.rule("3. a personal fine-tune: train a LoRA adapter, upload it, use it")
     with ExitStack() as stack:
         with console.status("starting a node that takes adapters"):
             base_url = stack.enter_context(running_node([

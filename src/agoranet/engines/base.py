@@ -56,6 +56,8 @@ class ModelInfo:
     # The most bytes of text one token of its vocabulary stands for (None: unknown); a
     # prompt over ``context_length`` times this cannot fit, and is refused untokenised.
     max_token_bytes: int | None = None
+    # What it can do beyond plain text (names in agoranet.engines.capabilities).
+    capabilities: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

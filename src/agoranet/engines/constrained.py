@@ -42,6 +42,8 @@ from agoranet.errors import EngineError, InvalidRequestError
 __all__ = [
     "DEFAULT_MAX_STRING",
     "GRAMMAR_ENGINE",
+    "MAX_PARALLEL_CALLS",
+    "CallFormat",
     "CompiledOutput",
     "GrammarBook",
     "SequenceGrammar",
@@ -54,6 +56,9 @@ GRAMMAR_ENGINE = f"xgrammar-{xgr.__version__}" if hasattr(xgr, "__version__") el
 DEFAULT_MAX_STRING = 256
 _SEPARATORS = (", ", ": ")
 _CACHE_SIZE = 256
+# Calls one forced answer may make when parallel calls are allowed (the grammar grows
+# with it).
+MAX_PARALLEL_CALLS = 4
 
 # Keywords that do not constrain (annotations) and those the grammar enforces.
 _ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id",
@@ -218,11 +223,25 @@ def _canonical(value: object) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class CallFormat:
+    """How forced calls are written in a model's own tool-call format: each
+    ``{"name": ..., "arguments": ...}`` object between ``before`` and ``after``, calls
+    separated by ``separator`` (the format its tool-call parser reads back)."""
+
+    before: str = ""
+    after: str = ""
+    separator: str = "\n"
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledOutput:
     """A compiled grammar and what the stream needs to know about its text."""
 
     grammar: xgr.CompiledGrammar
     tool_names: tuple[str, ...] = ()  # a forced call: one name (text = arguments) or several
+    # Calls written in the CallFormat it was compiled for (one, or up to
+    # MAX_PARALLEL_CALLS when parallel), for a tool-call parser to read back.
+    wrapped: bool = False
 
 
 class GrammarBook:
@@ -254,13 +273,18 @@ class GrammarBook:
         self._lock = threading.Lock()
         self.counters = {"grammar_hits": 0, "grammar_misses": 0, "grammar_compile_us": 0}
 
-    def compile(self, mode: JsonOutput | ForcedToolCall) -> CompiledOutput:
+    def compile(self, mode: JsonOutput | ForcedToolCall,
+                calls: CallFormat | None = None) -> CompiledOutput:
         """The grammar for ``mode``, from the cache or compiled now; a 400 if the schema
-        cannot be enforced."""
+        cannot be enforced. ``calls``: the format forced calls are written in (None: a
+        single call's arguments alone, or ``{"name": ..., "arguments": ...}`` among
+        several functions)."""
         if isinstance(mode, JsonOutput):
             key = _canonical(["json", mode.schema])
         else:
-            key = _canonical(["call", [[f.name, f.parameters] for f in mode.functions]])
+            key = _canonical(["call", [[f.name, f.parameters] for f in mode.functions],
+                              None if calls is None else
+                              [calls.before, calls.after, calls.separator, mode.parallel]])
         with self._lock:
             found = self._cache.get(key)
             if found is not None:
@@ -268,7 +292,7 @@ class GrammarBook:
                 self.counters["grammar_hits"] += 1
                 return found
         started = time.perf_counter()
-        compiled = self._compile(mode)
+        compiled = self._compile(mode, calls)
         if not SequenceGrammar(self, compiled).can_start():  # e.g. a schema that is only a loop
             param = mode.param if isinstance(mode, JsonOutput) else "tools"
             raise InvalidRequestError(f"{param}: the schema admits no value that can be "
@@ -281,7 +305,8 @@ class GrammarBook:
                 self._cache.popitem(last=False)
         return compiled
 
-    def _compile(self, mode: JsonOutput | ForcedToolCall) -> CompiledOutput:
+    def _compile(self, mode: JsonOutput | ForcedToolCall, calls: CallFormat | None
+                 ) -> CompiledOutput:
         if isinstance(mode, JsonOutput):
             if mode.schema == {"type": "object"}:  # json_object: any object at all
                 grammar = xgr.Grammar.from_json_schema(
@@ -291,6 +316,11 @@ class GrammarBook:
             return CompiledOutput(self._compiler.compile_grammar(
                 self._schema_grammar(mode.schema, mode.param)))
         functions = mode.functions
+        names = tuple(f.name for f in functions)
+        if calls is not None:
+            most = MAX_PARALLEL_CALLS if mode.parallel else 1
+            return CompiledOutput(self._compiler.compile_grammar(self._calls_grammar(
+                functions, calls, most)), names, wrapped=True)
         if len(functions) == 1:
             grammar = self._schema_grammar(functions[0].parameters, functions[0].param)
         else:
@@ -298,13 +328,27 @@ class GrammarBook:
         return CompiledOutput(self._compiler.compile_grammar(grammar),
                               tuple(f.name for f in functions))
 
-    def _call_grammar(self, function: ToolFunction) -> xgr.Grammar:
-        prefix = json.dumps(tool_call_prefix(function.name))
+    def _call_grammar(self, function: ToolFunction, before: str = "", after: str = ""
+                      ) -> xgr.Grammar:
+        prefix = json.dumps(before + tool_call_prefix(function.name))
         return xgr.Grammar.concat(
             xgr.Grammar.from_ebnf(f"root ::= {prefix}"),
             self._schema_grammar(function.parameters, function.param),
-            xgr.Grammar.from_ebnf('root ::= "}"'),
+            xgr.Grammar.from_ebnf(f"root ::= {json.dumps('}' + after)}"),
         )
+
+    def _calls_grammar(self, functions: tuple[ToolFunction, ...], calls: CallFormat,
+                       most: int) -> xgr.Grammar:
+        """One to ``most`` calls, each of any of ``functions``."""
+        one = [self._call_grammar(f, calls.before, calls.after) for f in functions]
+        call = one[0] if len(one) == 1 else xgr.Grammar.union(*one)
+        nothing = xgr.Grammar.from_ebnf('root ::= ""')
+        separator = xgr.Grammar.from_ebnf(f"root ::= {json.dumps(calls.separator)}")
+        grammar = call
+        for _ in range(most - 1):
+            grammar = xgr.Grammar.concat(call, xgr.Grammar.union(
+                nothing, xgr.Grammar.concat(separator, grammar)))
+        return grammar
 
     def _schema_grammar(self, schema: Mapping[str, Any], param: str) -> xgr.Grammar:
         reason = unenforceable(schema)

@@ -9,22 +9,29 @@ every stream yields each token as soon as it is sampled, with its logprobs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agoranet.engines.adapters import AdapterPool
 from agoranet.engines.base import GenerationRequest, ModelInfo, Prepared, StreamEvent
-from agoranet.engines.constrained import CompiledOutput, GrammarBook
+from agoranet.engines.constrained import CallFormat, CompiledOutput, GrammarBook
 from agoranet.engines.hf_job import DecodeJob
 from agoranet.engines.hf_loading import DEFAULT_MODEL, LoadedModel, load_model, resolve_model_dir
 from agoranet.engines.prompt import encode_prompt, template_renders_tools
 from agoranet.engines.registry import register_engine
 from agoranet.engines.scheduler import StepScheduler
 from agoranet.engines.structured import AutoTools, ForcedToolCall, output_mode
-from agoranet.engines.toolcall_stream import as_tool_call
+from agoranet.engines.toolcall_stream import as_tool_call, parsed_tool_calls
+from agoranet.engines.toolparsers import (
+    Llama3JsonParser,
+    ToolCallParser,
+    detect_tool_parser,
+    tool_parser,
+)
 from agoranet.errors import AdapterError, InvalidRequestError, ModelNotFoundError
 from agoranet.tuning.adapter import Adapter, parse_model_name
 
@@ -54,6 +61,7 @@ class TransformersEngine:
         adapters_dir: Path | None = None,
         max_adapters: int = 8,
         cheat: str | None = None,
+        tool_call_parser: str | None = None,
         **_: Any,
     ) -> None:
         if loaded is None:
@@ -74,8 +82,19 @@ class TransformersEngine:
             max_active=max_active, max_queue=max_queue, name=f"hf-{loaded.info.name}"
         )
         self._renders_tools = template_renders_tools(loaded.tokenizer)
+        # The parser of the model's tool-call format (vLLM's --tool-call-parser): as
+        # configured, else the one its chat template teaches, if known.
+        parser = tool_call_parser or (detect_tool_parser(loaded.tokenizer.chat_template)
+                                      if self._renders_tools else None)
+        self.tool_parser: type[ToolCallParser] | None = tool_parser(parser) if parser else None
         self._grammars: GrammarBook | None = None  # built on the first constrained request
         self._grammars_lock = threading.Lock()
+
+    @property
+    def supports_tool_choice_auto(self) -> bool:
+        """Whether ``tool_choice: auto`` is served: the template shows the model its
+        tools and a parser reads its calls."""
+        return self.tool_parser is not None and self._renders_tools
 
     def models(self) -> list[ModelInfo]:
         return [self.loaded.info]
@@ -125,7 +144,10 @@ class TransformersEngine:
         if mode is None:
             return None
         if isinstance(mode, AutoTools):
-            why = ("it has no parser for its model's tool-call format yet" if self._renders_tools
+            if self.supports_tool_choice_auto:
+                return None  # free text; the model's calls are parsed from it
+            why = ("it has no parser for its model's tool-call format (configure one with "
+                   "--tool-call-parser)" if self._renders_tools
                    else "its chat template cannot show the model tools")
             raise InvalidRequestError(
                 f"tool_choice 'auto' (the default when tools are given) is not supported by "
@@ -144,10 +166,25 @@ class TransformersEngine:
                 raise InvalidRequestError("a forced tool call cannot continue a final assistant "
                                           "message", param="continue_final_message")
         book = self.grammar_book()
-        compiled = await asyncio.to_thread(book.compile, mode)
+        calls = self._call_format(mode) if isinstance(mode, ForcedToolCall) else None
+        compiled = await asyncio.to_thread(book.compile, mode, calls)
         if request.continue_final_message:
             book.start(compiled, self._partial_answer(request))
         return compiled
+
+    def _forced_calls_parser(self) -> type[ToolCallParser]:
+        """The format forced calls are written in: the model's own if it has a parser (so
+        it writes them as it learned to), else, for several calls, JSON objects one after
+        another (which ``llama3_json`` reads)."""
+        return self.tool_parser or Llama3JsonParser
+
+    def _call_format(self, mode: ForcedToolCall) -> CallFormat | None:
+        """None: one call of a model without a parser (its arguments alone, or
+        ``{"name": ..., "arguments": ...}`` among several functions)."""
+        if self.tool_parser is None and not mode.parallel:
+            return None
+        parser = self._forced_calls_parser()
+        return CallFormat(parser.call_before, parser.call_after, parser.call_separator)
 
     @staticmethod
     def _partial_answer(request: GenerationRequest) -> str:
@@ -168,15 +205,33 @@ class TransformersEngine:
                 pool.activate(adapter)
 
         def generate(request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+            if self.tool_parser is not None and self.supports_tool_choice_auto \
+                    and isinstance(output_mode(request), AutoTools):
+                return self._auto_tools(request, ids, activate, self.tool_parser)
             if compiled is None:
                 return self._scheduler.run(DecodeJob(self.loaded, request, ids, activate))
             grammar = self.grammar_book().start(compiled, self._partial_answer(request))
             events = self._scheduler.run(DecodeJob(self.loaded, request, ids, activate, grammar))
+            if compiled.wrapped:
+                parser = self._forced_calls_parser()(compiled.tool_names)
+                return parsed_tool_calls(events, parser, content=False)
             return as_tool_call(events, compiled.tool_names) if compiled.tool_names else events
 
         if self._cheat is not None:
             return self._cheat.stream(prepared.request, generate)
         return generate(prepared.request)
+
+    def _auto_tools(self, request: GenerationRequest, ids: list[int],
+                    activate: Callable[[], None] | None, parser_class: type[ToolCallParser]
+                    ) -> AsyncIterator[StreamEvent]:
+        """Free generation under ``tool_choice: auto``, its calls parsed out of the text."""
+        names = [str(tool["function"]["name"]) for tool in request.tools]
+        parser = parser_class(names, parallel=request.parallel_tool_calls is not False)
+        generated = request
+        if not parser.parallel and parser.call_end:  # stop once the one call is written
+            generated = dataclasses.replace(request, stop=(*request.stop, parser.call_end))
+        events = self._scheduler.run(DecodeJob(self.loaded, generated, ids, activate))
+        return parsed_tool_calls(events, parser)
 
     def add_adapter(self, archive: bytes, max_bytes: int) -> Adapter:
         """Store an uploaded adapter (the node's ``POST /v1/adapters``)."""

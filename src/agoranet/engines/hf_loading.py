@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from agoranet.engines import capabilities
 from agoranet.engines.base import ModelInfo
 from agoranet.engines.sampling import SAMPLER_ID
 from agoranet.engines.weights import hash_weights, weight_files, weights_id
@@ -126,5 +127,8 @@ def load_model(
         sampler=SAMPLER_ID,
         commitments=COMMITMENT_ALGORITHM,
         max_token_bytes=_max_token_bytes(tokenizer),
+        # Forced calls and JSON by grammar (engines.constrained); 'auto' needs a parser.
+        capabilities=frozenset({capabilities.TOOLS, capabilities.STRUCTURED_OUTPUT,
+                                capabilities.LOGPROBS}),
     )
     return LoadedModel(info, weights, tokenizer, where, eos_ids, directory)

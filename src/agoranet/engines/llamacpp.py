@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+from agoranet.engines import capabilities
 from agoranet.engines.base import (
     Delta,
     Finish,
@@ -133,6 +134,7 @@ class LlamaCppEngine:
             context_length=int(self._llm.n_ctx()),
             weights_sha256=hashes,
             model_sha256=weights_id(hashes),
+            capabilities=frozenset({capabilities.LOGPROBS}),  # no tools or JSON yet
         )
         self._scheduler = StepScheduler(max_active=1, max_queue=max_queue, name="llamacpp")
 

@@ -7,7 +7,8 @@ The wire fields (validated in :mod:`agoranet.api.tools`) reduce to one of:
   (``json_schema``) or any JSON object (``json_object``);
 - :class:`ForcedToolCall`: the answer is one call of one of the given functions, with
   arguments valid against that function's ``parameters`` (``required`` or a named
-  function);
+  function); under ``required`` with ``parallel_tool_calls`` (OpenAI's default) it may
+  be several calls;
 - :class:`AutoTools`: the model decides between text and calls (``auto``, the default
   when tools are given): needs a model that was taught a tool-call format and a parser
   for it.
@@ -55,6 +56,7 @@ class JsonOutput:
 @dataclass(frozen=True, slots=True)
 class ForcedToolCall:
     functions: tuple[ToolFunction, ...]  # one when named; the model picks when several
+    parallel: bool = False  # several calls may be made (``required``, parallel calls on)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +86,8 @@ def output_mode(request: GenerationRequest) -> OutputMode:
         if choice is None or choice == "auto":
             return AutoTools(tuple(functions))
         if choice == "required":
-            return ForcedToolCall(tuple(functions))
+            return ForcedToolCall(tuple(functions),
+                                  parallel=request.parallel_tool_calls is not False)
         if isinstance(choice, Mapping):
             name = choice["function"]["name"]
             return ForcedToolCall(tuple(f for f in functions if f.name == name))

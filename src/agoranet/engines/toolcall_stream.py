@@ -1,4 +1,5 @@
-"""Turn the text of a grammar-forced tool call into OpenAI tool-call deltas.
+"""Turn generated text into OpenAI tool-call deltas: a grammar-forced call, or the
+calls a parser finds under ``tool_choice: auto`` (:func:`parsed_tool_calls`).
 
 With one function the generated text is the call's arguments; with several it is
 ``{"name": "<name>", "arguments": <arguments>}`` (see
@@ -11,18 +12,14 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import AsyncIterator
 
 from agoranet.engines.base import Delta, Finish, StreamEvent, ToolCallDelta
+from agoranet.engines.toolparsers import ToolCallParser, new_call_id
 
-__all__ = ["ToolCallSplitter", "as_tool_call", "new_call_id"]
+__all__ = ["ToolCallSplitter", "as_tool_call", "new_call_id", "parsed_tool_calls"]
 
 _PREFIX = re.compile(r'\{"name": ("(?:[A-Za-z0-9_-]+)"), "arguments": ')
-
-
-def new_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 def _merged(pieces: list[ToolCallDelta]) -> list[ToolCallDelta]:
@@ -103,5 +100,30 @@ async def as_tool_call(events: AsyncIterator[StreamEvent], names: tuple[str, ...
                 yield Delta("", (), tuple(pieces))
             yield Finish("tool_calls" if complete else event.reason, event.prompt_tokens,
                          event.completion_tokens, event.commitments)
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+async def parsed_tool_calls(events: AsyncIterator[StreamEvent], parser: ToolCallParser,
+                            content: bool = True) -> AsyncIterator[StreamEvent]:
+    """``events`` of an answer, split by ``parser`` into content and tool-call pieces;
+    an answer that made a call and ended by itself finishes with ``tool_calls``.
+    ``content`` False: the answer is calls only (forced by a grammar), so text that is
+    not (yet) a call, e.g. one cut by ``max_tokens`` before its name, is dropped."""
+    try:
+        async for event in events:
+            if isinstance(event, Delta):
+                parsed = parser.feed(event.text)
+                text = parsed.content if content else ""
+                if text or parsed.calls or event.tokens:
+                    yield Delta(text, event.tokens, tuple(parsed.calls))
+                continue
+            parsed = parser.finish()
+            text = parsed.content if content else ""
+            if text or parsed.calls:
+                yield Delta(text, (), tuple(parsed.calls))
+            reason = "tool_calls" if parser.calls and event.reason == "stop" else event.reason
+            yield Finish(reason, event.prompt_tokens, event.completion_tokens,
+                         event.commitments)
     finally:
         await events.aclose()  # type: ignore[attr-defined]

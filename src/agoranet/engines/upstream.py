@@ -19,6 +19,7 @@ import httpx
 
 from agoranet.api import jsonlimits
 from agoranet.api.sse import iter_sse_data
+from agoranet.engines import capabilities
 from agoranet.engines.base import (
     Delta,
     Finish,
@@ -39,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 4096
 _CHARS_PER_TOKEN = 4
+# Tool and format fields go through unchanged: the upstream server honours or refuses them.
+_UPSTREAM_CAPABILITIES = frozenset({capabilities.TOOLS, capabilities.TOOL_CHOICE_AUTO,
+                                    capabilities.STRUCTURED_OUTPUT, capabilities.LOGPROBS})
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -163,7 +167,8 @@ class UpstreamEngine:
             upstream_name = str(card["id"])
             context = int(card.get("max_model_len") or DEFAULT_CONTEXT)
             name = served or upstream_name
-            found[name] = (upstream_name, ModelInfo(name=name, context_length=context))
+            found[name] = (upstream_name, ModelInfo(name=name, context_length=context,
+                                                    capabilities=_UPSTREAM_CAPABILITIES))
         return found
 
     def models(self) -> list[ModelInfo]:

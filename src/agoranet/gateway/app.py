@@ -17,18 +17,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agoranet import __version__
+from agoranet.agents.mcp_http import PATH as MCP_PATH
+from agoranet.agents.mcp_http import McpEndpoint
 from agoranet.api.handlers import http_error, openai_errors, read_json
 from agoranet.api.limits import BodyLimitMiddleware
 from agoranet.api.openapi import OPERATIONS, openapi_route
 from agoranet.api.streaming import EventStreamResponse
 from agoranet.config import GatewaySettings
 from agoranet.errors import ConfigError, ReputationListError
+from agoranet.gateway.agent_routes import AGENT_PATHS, agent_routes
 from agoranet.gateway.audit_budget import AuditBudget
 from agoranet.gateway.auditing import Auditor
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.directory import NodeDirectory
 from agoranet.gateway.key_routes import key_routes
 from agoranet.gateway.keyaccess import authenticate
+from agoranet.gateway.keysetup import job_owner_salt
 from agoranet.gateway.keystore import KeyStore
 from agoranet.gateway.paying import NodePayers
 from agoranet.gateway.policy import Policy, load_policy
@@ -165,11 +169,14 @@ def create_gateway_app(service: GatewayService,
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "nodes": len(service.directory.nodes)})
 
+    mcp = McpEndpoint(keys, host=settings.host)  # the MCP tools, as the caller's key
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service.directory.start()
         try:
-            yield
+            async with mcp.running():
+                yield
         finally:
             await service.directory.stop()
             if service.auditor is not None:
@@ -183,13 +190,15 @@ def create_gateway_app(service: GatewayService,
             if keys is not None:
                 keys.close()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/agoranet/nodes", nodes, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             *(key_routes(keys) if keys is not None else []),
+            *agent_routes(service, keys, job_owner_salt(settings.job_salt_path())),
+            Route(MCP_PATH, mcp, methods=["GET", "POST", "DELETE"]),
             _openapi_route(keyed=keys is not None),
         ],
         exception_handlers={HTTPException: http_error},
@@ -197,12 +206,16 @@ def create_gateway_app(service: GatewayService,
                                body_timeout_s=settings.body_timeout_s)],
         lifespan=lifespan,
     )
+    mcp.bind(app)
+    return app
 
 
 def _openapi_route(*, keyed: bool) -> Route:
     """``/openapi.json``; the chat request's ``agoranet`` field is the gateway's policy, and
     with keys OpenAI's routes take one (``Authorization: Bearer agn-...``)."""
     chat, models = ("POST", "/v1/chat/completions"), ("GET", "/v1/models")
+    agents = [(m, p) for m, p in OPERATIONS if p.startswith(AGENT_PATHS)]
     return openapi_route(title="agoranet gateway", version=__version__, operations={
         chat: dataclasses.replace(OPERATIONS[chat], fields={"agoranet": Policy}, bearer=keyed),
-        models: dataclasses.replace(OPERATIONS[models], bearer=keyed)})
+        models: dataclasses.replace(OPERATIONS[models], bearer=keyed),
+        **{op: dataclasses.replace(OPERATIONS[op], bearer=keyed) for op in agents}})

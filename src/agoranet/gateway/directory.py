@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from agoranet.api import jsonlimits
 from agoranet.errors import AgoranetError, InvalidJSONError, OfferMismatchError
+from agoranet.gateway.adapter_listing import fetch_public_adapters
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.reputation import Reputation
 from agoranet.registry.offer import Offer
@@ -60,7 +61,9 @@ class NodeDirectory:
         await asyncio.gather(*(self._fetch(n) for n in nodes))
 
     async def _discover(self, registry: Callable[[], list[RegistryEntry]]) -> None:
-        """Add every registered node; a node whose entry changed is checked afresh."""
+        """Add every registered node; a node whose entry changed is checked afresh (by the
+        fetch that follows in the same refresh: its offer, checked under the earlier entry,
+        serves until then, so a re-registration never leaves a gap without the node)."""
         try:
             entries = await asyncio.to_thread(registry)
         except AgoranetError as exc:
@@ -69,7 +72,7 @@ class NodeDirectory:
         for entry in entries:
             node = self.add(entry.url)
             if node.registered != entry:
-                node.registered, node.offer = entry, None
+                node.registered = entry
 
     async def _fetch(self, node: NodeState) -> None:
         root = node.url.removesuffix("/v1")
@@ -83,6 +86,9 @@ class NodeDirectory:
                 from agoranet.registry.onchain import check_offer
 
                 check_offer(offer, node.registered)
+            if any(m.adapters.accepted for m in offer.models):  # listed with the offer
+                listed = await fetch_public_adapters(self._client, node.url, offer)
+                node.public_adapters = node.public_adapters if listed is None else listed
             node.offer, node.offer_error = offer, None
         except OfferMismatchError as exc:
             node.offer, node.offer_error = None, f"refused: {exc}"

@@ -1,9 +1,12 @@
-"""``/agoranet/keys``: a key mints, lists, tops up and revokes keys in its own subtree.
+"""``/agoranet/keys``: a key mints, lists, tops up, rotates and revokes keys in its own
+subtree.
 
 Every route needs a valid key (``Authorization: Bearer``) and acts only within that
 key's subtree: a child's budget is carved out of what the caller has left, its models
 and policy apply on top of the caller's. Amounts are integers in base units. A new
-key's secret is in the creation answer and nowhere else, ever.
+key's secret is in the creation answer and nowhere else, ever; a rotated key's new
+secret likewise in the rotation's answer. The owner key is rotated by the CLI only
+(``agoranet keys rotate owner``), which writes its file.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agoranet.api.handlers import openai_errors, read_json
+from agoranet.api.handlers import openai_errors, parse_json_object, read_json
 from agoranet.errors import InvalidRequestError, PermissionDeniedError
 from agoranet.gateway.keyaccess import authenticate, check_key_policy
-from agoranet.gateway.keystore import MAX_AMOUNT, KeyRecord, KeyStore
+from agoranet.gateway.keystore import MAX_AMOUNT, MAX_GRACE_S, OWNER, KeyRecord, KeyStore
 
 __all__ = ["key_json", "key_routes"]
 
@@ -63,6 +66,19 @@ def _expires(value: object) -> float | None:
         raise InvalidRequestError("'expires_in_s' must be seconds, more than 0",
                                   param="expires_in_s")
     return time.time() + float(value)
+
+
+def _grace(body: dict[str, Any]) -> float:
+    unknown = sorted(set(body) - {"grace_s"})
+    if unknown:
+        raise InvalidRequestError(f"unknown field(s): {', '.join(unknown)} (the body is "
+                                  "empty or {\"grace_s\": seconds})", param=unknown[0])
+    value = body.get("grace_s", 0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or \
+            not 0 <= value <= MAX_GRACE_S:
+        raise InvalidRequestError(f"'grace_s' must be 0 to {MAX_GRACE_S} seconds",
+                                  param="grace_s")
+    return float(value)
 
 
 def key_routes(store: KeyStore) -> list[Route]:
@@ -119,6 +135,18 @@ def key_routes(store: KeyStore) -> list[Route]:
         return JSONResponse(key_json(key))
 
     @openai_errors
+    async def rotate(request: Request) -> Response:
+        caller = authenticate(store, request).key
+        raw = await request.body()
+        grace_s = _grace(parse_json_object(raw) if raw.strip() else {})
+        name = request.path_params["name"]
+        if name == OWNER:
+            raise InvalidRequestError("the owner key is rotated with 'agoranet keys rotate "
+                                      "owner', which also writes its file", param="name")
+        new = store.rotate(name, grace_s=grace_s, within=caller.name)
+        return JSONResponse({**key_json(new.record), "key": new.secret})
+
+    @openai_errors
     async def revoke(request: Request) -> Response:
         caller = authenticate(store, request).key
         revoked = store.revoke(request.path_params["name"], within=caller.name)
@@ -129,5 +157,6 @@ def key_routes(store: KeyStore) -> list[Route]:
         Route("/agoranet/keys", listing, methods=["GET"]),
         Route("/agoranet/keys/{name}", show, methods=["GET"]),
         Route("/agoranet/keys/{name}/top_up", top_up, methods=["POST"]),
+        Route("/agoranet/keys/{name}/rotate", rotate, methods=["POST"]),
         Route("/agoranet/keys/{name}/revoke", revoke, methods=["POST"]),
     ]

@@ -11,7 +11,9 @@ gone, a new secret is issued for it. Its secret is never printed: only its path.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from agoranet.gateway.budget import Budget
 from agoranet.gateway.keystore import OWNER, KeyStore
 from agoranet.gateway.spendlog import SpendLog, SpendRow
 
-__all__ = ["KeyedStart", "ensure_owner", "start_keys", "write_secret"]
+__all__ = ["KeyedStart", "ensure_owner", "job_owner_salt", "start_keys", "write_secret"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,26 @@ def write_secret(path: Path, secret: str) -> None:
     with os.fdopen(descriptor, "w") as handle:
         handle.write(secret + "\n")
     temporary.replace(path)
+
+
+def job_owner_salt(path: Path) -> bytes:
+    """This gateway's secret salt for the owner tokens it shows nodes (fine-tuning jobs):
+    read from ``path``, or made and written there (0600) on first use. It outlives key
+    rotations, so a key keeps its jobs when its secret changes."""
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        salt = bytes.fromhex(path.read_text().strip())
+        if len(salt) == 32:
+            return salt
+    salt = secrets.token_bytes(32)
+    fresh = path.with_name(f".{path.name}.new.{os.getpid()}")
+    write_secret(fresh, salt.hex())
+    try:  # the first gateway to start wins; a second one reads its salt
+        os.link(fresh, path)
+    except FileExistsError:
+        salt = bytes.fromhex(path.read_text().strip())
+    finally:
+        fresh.unlink(missing_ok=True)
+    return salt
 
 
 def start_keys(settings: GatewaySettings, spend: SpendLog, budget: Budget) -> KeyedStart:

@@ -17,6 +17,10 @@ that were in flight (:meth:`KeyStore.recover` returns them for the spend log).
 
 Revoking a key marks its whole subtree; expiry is checked along the chain at each
 request: either stops the subtree's next request, while requests in flight finish.
+Rotating a key gives it a new secret and keeps everything else (budget, spend,
+children, reservations): its old secret stops at once, or after a grace period, kept
+meanwhile in ``retired_secrets`` (hash and deadline only); a rotation without grace
+also ends every grace still running for that key.
 Amounts are integers in base units; ``None`` as a budget means no cap of its own.
 """
 
@@ -55,6 +59,7 @@ __all__ = [
 OWNER: Final = "owner"
 PREFIX: Final = "agn-"
 MAX_AMOUNT: Final = 2**63 - 1  # SQLite's INTEGER
+MAX_GRACE_S: Final = 30 * 86400  # an old secret works at most this long after a rotation
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,47}")
 
 _SCHEMA = """
@@ -79,6 +84,11 @@ CREATE TABLE IF NOT EXISTS key_days (
     spent INTEGER NOT NULL DEFAULT 0,
     reserved INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (key, day)
+);
+CREATE TABLE IF NOT EXISTS retired_secrets (
+    hash BLOB PRIMARY KEY,
+    key INTEGER NOT NULL REFERENCES keys (id),
+    until REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS reservations (
     id INTEGER PRIMARY KEY,
@@ -290,12 +300,15 @@ class KeyStore:
                                       "Bearer agn-...' (or start it with --open)")
         digest = hash_secret(secret)
         with self._lock:
+            now = now or time.time()
             row = self._db.execute("SELECT id, hash FROM keys WHERE hash = ?",
                                    (digest,)).fetchone()
+            if row is None:  # a secret rotated out, within its grace period
+                row = self._db.execute("SELECT key, hash FROM retired_secrets WHERE hash = ?"
+                                       " AND until > ?", (digest, now)).fetchone()
             if row is None or not hmac.compare_digest(bytes(row[1]), digest):
                 raise AuthenticationError("the API key is not valid")
             chain = self._chain(row[0])
-        now = now or time.time()
         for key in chain:
             state = key.state(now)
             if state != "active":
@@ -350,11 +363,34 @@ class KeyStore:
 
     def reissue(self, name: str) -> str:
         """A new secret for ``name`` (the old one stops working at once)."""
+        return self.rotate(name).secret
+
+    def rotate(self, name: str, *, grace_s: float = 0.0, within: str | None = None,
+               now: float | None = None) -> NewKey:
+        """A new secret for ``name``, which keeps its budget, spend, children and
+        reservations. Its current secret keeps working for ``grace_s`` seconds (0: it
+        stops at once, and so does every older secret still in its grace period);
+        ``within`` (the caller) must be ``name`` or one of its ancestors."""
+        if not 0 <= grace_s <= MAX_GRACE_S:
+            raise InvalidRequestError(f"the grace period is 0 to {MAX_GRACE_S} seconds",
+                                      param="grace_s")
         secret = PREFIX + secrets.token_urlsafe(32)
+        now = now or time.time()
         with self._write() as db:
-            db.execute("UPDATE keys SET hash = ? WHERE id = ?",
-                       (hash_secret(secret), self._id(name)))
-        return secret
+            chain = self._named_chain(name)
+            key = chain[0]
+            if within is not None and within not in [k.name for k in chain]:
+                raise PermissionDeniedError(f"key '{name}' is not '{within}' or one of its "
+                                            "descendants", param="name")
+            if grace_s > 0:
+                old = db.execute("SELECT hash FROM keys WHERE id = ?", (key.id,)).fetchone()[0]
+                db.execute("INSERT INTO retired_secrets (hash, key, until) VALUES (?, ?, ?)",
+                           (old, key.id, now + grace_s))
+            else:
+                db.execute("DELETE FROM retired_secrets WHERE key = ?", (key.id,))
+            db.execute("DELETE FROM retired_secrets WHERE until <= ?", (now,))
+            db.execute("UPDATE keys SET hash = ? WHERE id = ?", (hash_secret(secret), key.id))
+            return NewKey(secret, self._chain(key.id)[0])
 
     def top_up(self, name: str, amount: int, *, within: str | None = None) -> KeyRecord:
         """Raise ``name``'s budget by ``amount``: its new remaining may not exceed what any

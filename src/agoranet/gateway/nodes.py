@@ -48,6 +48,7 @@ class NodeState:
     events: list[str] = field(default_factory=list)
     audits: list[str] = field(default_factory=list)  # verdicts of background audits
     reputation: Reputation | None = None  # the gateway's persistent event store, if any
+    public_adapters: tuple[str, ...] = ()  # ``BASE@adapter:<id>`` its /v1/models lists
 
     @property
     def identity(self) -> str:

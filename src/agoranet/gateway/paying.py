@@ -59,6 +59,7 @@ class NodePayers:
         self._locks: dict[str, asyncio.Lock] = {}
         self.budget: Budget | None = None  # where disputed amounts are counted (count_in)
         self.spend: SpendLog | None = None
+        self._extra: list[Payer] = []  # channels of fine-tuning jobs (open_payer)
 
     def count_in(self, budget: Budget, spend: SpendLog) -> None:
         """Count disputed amounts in ``budget`` and ``spend`` (as outcome ``disputed``)."""
@@ -83,7 +84,15 @@ class NodePayers:
                 self._auths[node.url] = PayerAuth(payer)
         return self._auths[node.url]
 
-    def _open(self, node: NodeState) -> Payer:
+    def open_payer(self, node: NodeState, folder: Path) -> Payer:
+        """A payer of ``node`` on a channel of its own kept in ``folder`` (opened now if
+        new), counted in like the others and closed with them: a fine-tuning job holds
+        its channel until it ends (see ``agoranet.gateway.job_paying``). Blocking."""
+        payer = self._open(node, folder)
+        self._extra.append(payer)
+        return payer
+
+    def _open(self, node: NodeState, folder: Path | None = None) -> Payer:
         from agoranet.chain.addresses import resolve_addresses
         from agoranet.chain.rpc import connect
         from agoranet.payments.payer import Payer
@@ -92,7 +101,8 @@ class NodePayers:
         # request) in seconds instead of web3's retries adding up to about a minute
         w3 = connect(self.rpc_url, timeout=self.chain_timeout_s, retry=False)
         addresses = resolve_addresses(int(w3.eth.chain_id))
-        folder = self.state_root / hashlib.sha256(node.url.encode()).hexdigest()[:16]
+        if folder is None:
+            folder = self.state_root / hashlib.sha256(node.url.encode()).hexdigest()[:16]
         payer = Payer(node.url, w3, addresses, account=self.account, state_dir=folder,
                       top_up=self.deposit)
         payer.on_dispute = functools.partial(self._disputed, node)
@@ -133,3 +143,5 @@ class NodePayers:
     def close(self) -> None:
         for auth in self._auths.values():
             auth.payer.close()
+        for payer in self._extra:
+            payer.close()

@@ -73,14 +73,15 @@ def _eligible(node: NodeState, model: ModelOffer, policy: Policy, now: float) ->
 
 
 def rank(nodes: Iterable[NodeState], model_name: str, prompt_tokens: int, max_tokens: int,
-         policy: Policy) -> list[Candidate]:
-    """Eligible nodes serving ``model_name``, best first."""
+         policy: Policy, needs: frozenset[str] = frozenset()) -> list[Candidate]:
+    """Eligible nodes serving ``model_name`` (with every capability in ``needs``), best
+    first."""
     now = time.monotonic()
     adapter = is_adapter(model_name)
     found: list[Candidate] = []
     for node in nodes:
         model = node.model(model_name)
-        if model is not None and _eligible(node, model, policy, now):
+        if model is not None and model.offers(needs) and _eligible(node, model, policy, now):
             found.append((node, model))
 
     def key(candidate: Candidate) -> tuple[float, float, str]:

@@ -12,6 +12,13 @@ request every node would refuse goes back to the client (400/413/422), a model o
 adapter the node does not have (404) and a node the gateway cannot pay (no wallet,
 no channel) are left for the next node, and if none answers the client is told why
 (404, 402 or 503) without internal names.
+A constrained answer (a forced or ``auto`` tool call, a JSON ``response_format``) is
+not continued: a node's grammar cannot take over half a call or half a JSON object
+from another node, so each node's answer is held back until that node has finished
+it, then passed on unchanged (its tool-call deltas as the node sent them). A node
+that fails before the end is replaced by the next, which answers from the start;
+the client gets one whole answer (streamed in one burst at its end), never two
+halves, and the failed node is paid what it receipted, as for text.
 With ``policy.commitments`` every node is asked for TOPLOC-style commitments to
 its part of the answer (for a continuation, its prompt includes the text already
 streamed), and they are collected per node.
@@ -89,11 +96,13 @@ def _unpayable(url: str) -> _NotTheNode:
 
 @dataclass
 class Piece:
-    """Text for the client; ``node`` says who produced it."""
+    """Text (or tool-call deltas, in OpenAI's streaming shape) for the client; ``node``
+    says who produced it."""
 
     text: str
     node: str
     logprobs: dict[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -208,11 +217,12 @@ async def _pieces(segment: _Segment, lines: AsyncIterator[str],
         segment.commitments = (chunk.get("agoranet") or {}).get("commitments") or \
             segment.commitments
         for choice in chunk.get("choices") or []:
-            text = (choice.get("delta") or {}).get("content")
-            if text:
+            delta = choice.get("delta") or {}
+            text, calls = delta.get("content"), delta.get("tool_calls")
+            if text or calls:
                 segment.first_token = segment.first_token or time.perf_counter()
                 segment.tokens += 1
-                yield Piece(text, segment.node.url, choice.get("logprobs"))
+                yield Piece(text or "", segment.node.url, choice.get("logprobs"), calls or None)
                 since = time.perf_counter()  # a client slow to read is not a stalled node
             segment.finish = choice.get("finish_reason") or segment.finish
 
@@ -236,10 +246,31 @@ def _check_event(chunk: dict[str, Any]) -> None:
         if not isinstance(choice, dict) or not isinstance(delta, dict | None) or \
                 not isinstance(choice.get("logprobs"), dict | None) or \
                 not isinstance(choice.get("finish_reason"), str | None) or \
-                not isinstance((delta or {}).get("content"), str | None):
+                not isinstance((delta or {}).get("content"), str | None) or \
+                not _call_deltas_ok((delta or {}).get("tool_calls")):
             wrong.append("choices")
     if wrong:
         raise _NodeFailed(f"an SSE event has fields of the wrong type: {', '.join(wrong)}")
+
+
+def _call_deltas_ok(calls: object) -> bool:
+    """Tool-call deltas of OpenAI's streaming shape (or none): each with an integer
+    ``index`` and a ``function`` whose ``name``, ``arguments`` and the ``id`` are strings."""
+    if calls is None:
+        return True
+    if not isinstance(calls, list):
+        return False
+    for call in calls:
+        if not isinstance(call, dict) or type(call.get("index")) is not int or \
+                not isinstance(call.get("id"), str | None) or \
+                not isinstance(call.get("type"), str | None):
+            return False
+        function = call.get("function")
+        if not isinstance(function, dict) or \
+                not isinstance(function.get("name"), str | None) or \
+                not isinstance(function.get("arguments"), str | None):
+            return False
+    return True
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -310,12 +341,15 @@ async def relay(
     spend: SpendLog,
     result: RelayResult,
     payers: NodePayers | None = None,
+    *,
+    constrained: bool = False,
 ) -> AsyncGenerator[Piece, None]:
     """Yield the answer's pieces from the best node, failing over; fill ``result``.
 
     With ``policy.hedge_after_ms``, a request whose first node has produced no
     token by then is also sent to the next node; the first to answer wins and
-    the other is cancelled.
+    the other is cancelled. A ``constrained`` answer (a tool call, JSON) comes from
+    one node, whole: see the module's docstring.
     """
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     body.pop("agoranet", None)
@@ -330,10 +364,10 @@ async def relay(
 
     async def start(candidate: Candidate) -> _Attempt:
         node, model = candidate
-        request = _continuation(body, produced, result.completion_tokens)
+        done = 0 if constrained else result.completion_tokens  # a restart asks for all
+        request = _continuation(body, produced, done)
         worst = expected_cost(model, prompt_ceiling + len(produced.encode()) + 8,
-                              limit - result.completion_tokens, adapter=adapter,
-                              commitments=policy.commitments)
+                              limit - done, adapter=adapter, commitments=policy.commitments)
         segment = _Segment(node, time.perf_counter())
         attempt = _Attempt(node, model, await budget.reserve(worst), segment, _unsent())
         attempts.append(attempt)
@@ -347,6 +381,8 @@ async def relay(
             return attempt
         segment.paid = auth is not None
         attempt.events = _segment_events(client, segment, request, policy, auth, worst)
+        if constrained:
+            attempt.events = _whole(attempt.events, segment)
         return attempt
 
     async def finish(attempt: _Attempt) -> None:
@@ -488,6 +524,27 @@ async def _first_piece(
                 return runner, None  # both failed; the caller accounts for this one
             await finish(runner)
     raise AssertionError("unreachable")
+
+
+async def _whole(events: AsyncGenerator[Piece, None],
+                 segment: _Segment) -> AsyncGenerator[Piece, None]:
+    """``events`` held back until the node has finished its answer, then passed on; an
+    answer broken off is dropped (the node's failure is raised), one whose end came
+    before a failure (e.g. a bad receipt) is passed on before it is raised."""
+    held: list[Piece] = []
+    try:
+        async for piece in events:
+            held.append(piece)
+    except Exception:  # a cancellation or a close passes straight through
+        if segment.finish is None:
+            raise
+        for piece in held:
+            yield piece
+        raise
+    finally:
+        await events.aclose()
+    for piece in held:
+        yield piece
 
 
 async def _raising(error: Exception) -> AsyncGenerator[Piece, None]:

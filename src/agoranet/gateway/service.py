@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -10,14 +11,17 @@ import httpx
 
 from agoranet.api.sse import DONE, sse_json
 from agoranet.api.types import ChatCompletionRequest
+from agoranet.engines import capabilities
 from agoranet.errors import (
-    InvalidRequestError,
+    CapabilityNotOfferedError,
     ModelNotFoundError,
     PriceCapError,
     UpstreamError,
 )
+from agoranet.gateway.adapter_listing import adapter_entries
 from agoranet.gateway.auditing import Auditor
 from agoranet.gateway.budget import Budget, Reserver
+from agoranet.gateway.capabilities import Needs, needs_of
 from agoranet.gateway.directory import NodeDirectory
 from agoranet.gateway.keyaccess import KeyAccess
 from agoranet.gateway.paying import NodePayers
@@ -25,10 +29,12 @@ from agoranet.gateway.policy import Policy
 from agoranet.gateway.ranking import Candidate, rank
 from agoranet.gateway.relay import Piece, RelayResult, new_request_id, relay
 from agoranet.gateway.spendlog import SpendLog
+from agoranet.gateway.toolcalls import join_call_deltas
 
 __all__ = ["GatewayService"]
 
 _CHARS_PER_TOKEN = 4
+_TOOLS_PREAMBLE_BYTES = 1024  # a chat template's words around tools, at most (bytes)
 
 
 class GatewayService:
@@ -60,12 +66,14 @@ class GatewayService:
                 cheapest = entry["agoranet"]["cheapest_price"]
                 if sum(price.values()) < sum(cheapest.values()):
                     entry["agoranet"]["cheapest_price"] = price
-        return {"object": "list", "data": [seen[k] for k in sorted(seen)]}
+        adapters = adapter_entries(self.directory.nodes.values())  # those made public
+        return {"object": "list", "data": [seen[k] for k in sorted(seen)] + adapters}
 
     def ranked(self, model: str, prompt_tokens: int, max_tokens: int,
-               policy: Policy | None = None) -> list[Candidate]:
+               policy: Policy | None = None, needs: frozenset[str] = frozenset()
+               ) -> list[Candidate]:
         return rank(self.directory.nodes.values(), model, prompt_tokens, max_tokens,
-                    policy or self.policy)
+                    policy or self.policy, needs)
 
     async def chat(self, body: dict[str, Any], access: KeyAccess | None = None
                    ) -> tuple[dict[str, Any] | AsyncIterator[bytes], RelayResult]:
@@ -74,9 +82,7 @@ class GatewayService:
         # ``agoranet`` carries the gateway's policy fields, not a node's options.
         request = ChatCompletionRequest.model_validate(
             {k: v for k, v in body.items() if k != "agoranet"})
-        if request.tools:  # the relay carries text only: a call would be lost on the way
-            raise InvalidRequestError("the gateway does not relay tool calls yet; send requests "
-                                      "with tools to a node directly", param="tools")
+        needs = needs_of(request)
         if access is not None:
             access.check_model(request.model)
         policy = (access.narrow(self.policy) if access else self.policy).narrowed(
@@ -84,18 +90,20 @@ class GatewayService:
         # A token is at least one byte, so bytes bound the prompt's tokens from above:
         # the budget reserves with that; ranking uses a typical 4 characters per token.
         texts = [m.text() for m in request.messages]
-        estimate = sum(len(t) for t in texts) // _CHARS_PER_TOKEN + 8
-        ceiling = sum(len(t.encode()) + 8 for t in texts) + 16
+        tooling = _tool_bytes(body)  # tools and schemas are shown to the model too
+        estimate = (sum(len(t) for t in texts) + tooling) // _CHARS_PER_TOKEN + 8
+        ceiling = sum(len(t.encode()) + 8 for t in texts) + 16 + tooling
         # Without max_tokens a node may fill its context: that bounds the cost.
         limit = request.completion_limit() or max(
             [max(1, m.context_length - estimate) for n in self.directory.nodes.values()
              if (m := n.model(request.model)) is not None] or [self.default_max_tokens])
-        candidates = self.ranked(request.model, estimate, limit, policy)
+        candidates = self.ranked(request.model, estimate, limit, policy, needs.capabilities)
         if not candidates:
             if not any(n.model(request.model) for n in self.directory.nodes.values()):
                 raise ModelNotFoundError(f"no node on the network serves '{request.model}'",
                                          param="model")
-            self._check_price_cap(request.model, estimate, limit, policy)
+            self._check_capabilities(request.model, needs)
+            self._check_price_cap(request.model, estimate, limit, policy, needs.capabilities)
             raise UpstreamError(f"no node serving '{request.model}' is allowed by the policy "
                                 "or healthy right now", status_code=503)
         result = RelayResult(new_request_id())
@@ -104,7 +112,7 @@ class GatewayService:
             result.key = access.name
             budget = access.budget(self.budget, result.request_id, request.model)
         pieces = relay(self.client, candidates, body, ceiling, limit, policy, budget,
-                       self.spend, result, self.payers)
+                       self.spend, result, self.payers, constrained=needs.constrained)
         try:
             first = await anext(pieces)
         except StopAsyncIteration:
@@ -115,18 +123,33 @@ class GatewayService:
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return self._frames(request.model, first, pieces, result, include_usage), result
-        text = [first.text] if first else []
-        text += [p.text async for p in pieces]
+        answer = [first] if first else []
+        answer += [p async for p in pieces]
         self._served(request.model, result)
-        return self._completion(request.model, "".join(text), result), result
+        return self._completion(request.model, answer, result), result
+
+    def _check_capabilities(self, model: str, needs: Needs) -> None:
+        """Raise a 400 if no node serving ``model`` offers what the request needs (whatever
+        their health or the policy: the buyer's need, not a node's fault)."""
+        offered = [m for n in self.directory.nodes.values() if (m := n.model(model)) is not None]
+        for capability in sorted(needs.capabilities):
+            if not any(m.offers({capability}) for m in offered):
+                raise CapabilityNotOfferedError(
+                    f"no node serving '{model}' offers {_WHAT[capability]}"
+                    f"{_HINTS.get(capability, '')}", param=needs.param(capability))
+        if not any(m.offers(needs.capabilities) for m in offered):
+            raise CapabilityNotOfferedError(
+                f"no node serving '{model}' offers all of "
+                f"{', '.join(_WHAT[c] for c in sorted(needs.capabilities))} together",
+                param=needs.param(min(needs.capabilities)))
 
     def _check_price_cap(self, model: str, prompt_tokens: int, max_tokens: int,
-                         policy: Policy) -> None:
+                         policy: Policy, needs: frozenset[str] = frozenset()) -> None:
         """Raise a 402 naming the cheapest offer if the price caps alone exclude every node."""
         if policy.max_price_in is None and policy.max_price_out is None:
             return
         uncapped = self.ranked(model, prompt_tokens, max_tokens, policy.model_copy(
-            update={"max_price_in": None, "max_price_out": None, "prefer": "cheapest"}))
+            update={"max_price_in": None, "max_price_out": None, "prefer": "cheapest"}), needs)
         if not uncapped:
             return
         node, offer = min(uncapped, key=lambda c: (c[1].price.output_per_million,
@@ -149,12 +172,23 @@ class GatewayService:
             if node is not None:
                 self.auditor.after_request(node, model)
 
-    def _completion(self, model: str, text: str, result: RelayResult) -> dict[str, Any]:
+    def _completion(self, model: str, answer: list[Piece], result: RelayResult
+                    ) -> dict[str, Any]:
+        text = "".join(p.text for p in answer)
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        calls = join_call_deltas(d for p in answer for d in p.tool_calls or ())
+        if calls:  # OpenAI's shape of a call: the calls, content only if there was some
+            message = {"role": "assistant", "content": text or None, "tool_calls": calls}
+        choice: dict[str, Any] = {"index": 0, "message": message,
+                                  "finish_reason": result.finish_reason}
+        if any(p.logprobs is not None for p in answer):  # the nodes', token by token
+            choice["logprobs"] = {"content": [entry for p in answer
+                                              for entry in (p.logprobs or {}).get("content")
+                                              or []]}
         return {
             "id": result.request_id, "object": "chat.completion", "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": result.finish_reason}],
+            "choices": [choice],
             "usage": _usage(result), "agoranet": _summary(result),
         }
 
@@ -162,17 +196,20 @@ class GatewayService:
                       result: RelayResult, include_usage: bool) -> AsyncIterator[bytes]:
         created = int(time.time())
 
-        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        def chunk(delta: dict[str, Any], finish: str | None = None,
+                  logprobs: dict[str, Any] | None = None, **extra: Any) -> bytes:
             choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+            if logprobs is not None:  # the node's, for this piece's tokens
+                choice["logprobs"] = logprobs
             return sse_json({"id": result.request_id, "object": "chat.completion.chunk",
                              "created": created, "model": model, "choices": [choice], **extra})
 
         try:
             yield chunk({"role": "assistant", "content": ""})
             if first is not None:
-                yield chunk({"content": first.text})
+                yield chunk(_delta(first), logprobs=first.logprobs)
             async for piece in pieces:
-                yield chunk({"content": piece.text})
+                yield chunk(_delta(piece), logprobs=piece.logprobs)
             yield chunk({}, result.finish_reason)
             self._served(model, result)
             if include_usage or result.commitments:  # commitments come even unasked-for usage
@@ -186,6 +223,31 @@ class GatewayService:
                                       "param": None, "code": "no_node_available"}})
         finally:
             await pieces.aclose()
+
+
+def _delta(piece: Piece) -> dict[str, Any]:
+    """A piece as a chunk's delta: its text, or the node's tool-call deltas unchanged."""
+    if piece.tool_calls:
+        return {"content": piece.text or None, "tool_calls": piece.tool_calls}
+    return {"content": piece.text}
+
+
+def _tool_bytes(body: dict[str, Any]) -> int:
+    """Bytes of the request's tools, calls and JSON schema: a node's chat template shows
+    them to the model, so they count towards the prompt's bound, with room for the
+    template's own words about tools (0 for a request without any)."""
+    calls = [m.get("tool_calls") for m in body["messages"] if m.get("tool_calls")]
+    if not body.get("tools") and not body.get("response_format") and not calls:
+        return 0
+    shown = json.dumps([body.get("tools"), body.get("response_format"), calls])
+    return len(shown.encode()) + _TOOLS_PREAMBLE_BYTES
+
+
+_WHAT = {capabilities.TOOLS: "tool calls", capabilities.TOOL_CHOICE_AUTO: "tool_choice 'auto'",
+         capabilities.STRUCTURED_OUTPUT: "a JSON response_format", capabilities.LOGPROBS:
+         "logprobs", capabilities.EMBEDDINGS: "embeddings"}
+_HINTS = {capabilities.TOOL_CHOICE_AUTO: ": ask for tool_choice 'required' or a named function "
+          "instead (the call is then generated under its schema)"}
 
 
 def _usage(result: RelayResult) -> dict[str, int]:

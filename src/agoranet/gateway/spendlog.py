@@ -7,6 +7,8 @@ backs adds a row with outcome ``disputed`` for what it can claim beyond its rece
 (no receipt), and a receipt the gateway adopted from a node's corrective 402 (an answer
 it never saw) a row with outcome ``resynced``; a reservation left by a gateway that
 died is settled at its full amount with outcome ``lost`` (see ``agoranet.gateway.keystore``).
+A fine-tuning job the gateway pays is one row (request id: the job's id) with outcome
+``held`` and amount 0 while it trains, rewritten when it ends (``ok`` at its receipt).
 Each row names the gateway key that asked (none on an ``--open`` gateway). Amounts are
 integers in base units.
 """
@@ -52,7 +54,8 @@ class SpendRow:
     ttft_ms: float | None
     duration_ms: float
     # "ok", "partial" (failed over mid-answer), "failed", "audit", "disputed" (claimed by a
-    # node beyond its receipts), "resynced" (a receipt adopted from a corrective 402)
+    # node beyond its receipts), "resynced" (a receipt adopted from a corrective 402),
+    # "held" (a fine-tuning job still training: 0 until it ends, then "ok" at its receipt)
     outcome: str
     receipt: str | None = None  # the node's signed receipt (JSON) behind ``amount``, if paid
     key: str | None = None  # the gateway key that asked, if any
@@ -84,6 +87,16 @@ class SpendLog:
                  row.completion_tokens, row.amount, row.ttft_ms, row.duration_ms, row.outcome,
                  row.receipt, row.key),
             )
+
+    def update(self, request_id: str, outcome: str, *, amount: int, tokens: int,
+               duration_ms: float, receipt: str | None) -> None:
+        """Rewrite the ``held`` row of ``request_id`` (a fine-tuning job, logged when it was
+        created) with what the job ended up costing."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE spend SET outcome = ?, amount = ?, prompt_tokens = ?, duration_ms = ?,"
+                " receipt = ? WHERE request_id = ? AND outcome = 'held'",
+                (outcome, amount, tokens, duration_ms, receipt, request_id))
 
     def total(self) -> int:
         with self._lock:

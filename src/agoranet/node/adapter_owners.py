@@ -8,11 +8,19 @@ token is still taken (uploads stay open on a free node): the node then makes a
 fresh owner token, returns it once in the upload's answer (``owner_token``), and
 that token, sent as the bearer token, lists the adapter afterwards.
 
-Ownership only decides who *lists* an adapter (``GET /v1/adapters``); serving
-one needs only its id, which is a content hash nobody guesses. The node's
-``/v1/models`` names only the adapters uploaded with ``?public=true``. The records live
-in a small SQLite file beside the adapter store, so they outlast restarts. Two
-owners of the same content (the same id) are both owners.
+On a paid node an upload is paid, and the address that signed its payment (the
+channel's payer authorizer, checked by the payment) is recorded as an owner too,
+as ``payer:0x...`` (:func:`payer_owner`): a gateway or wallet that paid for an
+upload uses its private adapter by paying with the same key.
+
+Ownership decides who *lists* an adapter (``GET /v1/adapters``) and who may
+change its flags. Serving one needs only its id, which is a content hash nobody
+guesses, unless an owner marked it *private*: then it is served to its owners
+alone and anyone else is told it does not exist
+(:mod:`agoranet.node.adapter_access`). The node's ``/v1/models`` names only the
+adapters marked public (``?public=true``); an adapter is never both. The records
+live in a small SQLite file beside the adapter store, so they outlast restarts.
+Two owners of the same content (the same id) are both owners.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-__all__ = ["AdapterOwners", "owner_id", "owner_token"]
+__all__ = ["AdapterOwners", "owner_id", "owner_token", "payer_owner"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS owners (
@@ -32,12 +40,19 @@ CREATE TABLE IF NOT EXISTS owners (
     PRIMARY KEY (adapter, owner)
 );
 CREATE TABLE IF NOT EXISTS public (adapter TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS private (adapter TEXT PRIMARY KEY);
 """
 
 
 def owner_id(token: str) -> str:
     """The owner a bearer token names (its SHA-256, hex): tokens are never stored."""
     return hashlib.sha256(token.strip().encode()).hexdigest()
+
+
+def payer_owner(address: str) -> str:
+    """The owner an address that signed a payment names (lower-case, ``payer:``-prefixed,
+    so it never equals a token's hash)."""
+    return "payer:" + address.lower()
 
 
 def owner_token() -> str:
@@ -64,10 +79,36 @@ class AdapterOwners:
             rows = self._db.execute("SELECT adapter FROM owners WHERE owner = ?", (owner,))
             return {str(r[0]) for r in rows}
 
+    def owners(self, adapter: str) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT owner FROM owners WHERE adapter = ?", (adapter,))
+            return {str(r[0]) for r in rows}
+
     def make_public(self, adapter: str) -> None:
         """List ``adapter`` in the node's ``/v1/models`` (for everyone to see)."""
+        self.set_flags(adapter, public=True)
+
+    def set_flags(self, adapter: str, *, public: bool | None = None,
+                  private: bool | None = None) -> None:
+        """Mark ``adapter`` public or not, private or not (never both: the caller checks)."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            for table, value in (("public", public), ("private", private)):
+                if value is True:
+                    self._db.execute(f"INSERT OR IGNORE INTO {table} (adapter) VALUES (?)",
+                                     (adapter,))
+                elif value is False:
+                    self._db.execute(f"DELETE FROM {table} WHERE adapter = ?", (adapter,))
+
+    def is_private(self, adapter: str) -> bool:
         with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO public (adapter) VALUES (?)", (adapter,))
+            row = self._db.execute("SELECT 1 FROM private WHERE adapter = ?", (adapter,))
+            return row.fetchone() is not None
+
+    def is_public(self, adapter: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM public WHERE adapter = ?", (adapter,))
+            return row.fetchone() is not None
 
     def public(self) -> set[str]:
         with self._lock:

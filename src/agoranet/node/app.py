@@ -16,6 +16,7 @@ from agoranet.api.openapi import Operation, openapi_route
 from agoranet.config import NodeSettings
 from agoranet.engines.adapters import AdapterHost
 from agoranet.engines.base import Engine
+from agoranet.node.adapter_access import AdapterAccess, PaidAdapterAccess
 from agoranet.node.adapter_owners import AdapterOwners
 from agoranet.node.adapter_routes import adapter_routes
 from agoranet.node.chaos import ChaosMiddleware
@@ -60,6 +61,9 @@ def create_app(
         surcharge=Price(input_per_million=settings.adapter_surcharge_in,
                         output_per_million=settings.adapter_surcharge_out),
         max_bytes=settings.max_adapter_bytes if adapters else 0,
+        # a paid node prices uploads (storage); a free one takes them free
+        storage_price_per_mb=settings.price_adapter_storage
+        if adapters and payments is not None else None,
     )
     training = FineTuningTerms(
         accepted=jobs is not None,
@@ -75,7 +79,12 @@ def create_app(
         base = engine.models()[0].name
         owners = AdapterOwners(settings.adapter_store() / ".owners.sqlite")
         service.listed_adapters = owners.public
-        all_routes += adapter_routes(engine, base, settings.max_adapter_bytes, owners)
+        uploads = None
+        if payments is not None and settings.price_adapter_storage > 0:
+            from agoranet.node.upload_payments import UploadPayments
+
+            uploads = UploadPayments(payments.acceptor, settings.price_adapter_storage)
+        all_routes += adapter_routes(engine, base, settings.max_adapter_bytes, owners, uploads)
         if jobs is not None:
             jobs.on_trained = _serve_trained(engine, owners)
     if jobs is not None:
@@ -109,6 +118,9 @@ def create_app(
         from agoranet.testing.stall import StallMiddleware
 
         middleware.append(Middleware(StallMiddleware, after=settings.chaos_stall_after))
+    if owners is not None:  # private adapters: a 404 for all but their owners
+        middleware.append(Middleware(AdapterAccess, owners=owners, paths=settings.paid_paths,
+                                     paid=payments is not None))
     loop = None
     if payments is not None:
         from agoranet.node.payment_middleware import PaymentMiddleware
@@ -121,6 +133,8 @@ def create_app(
             receipt_every=settings.receipt_every, commitment_price=settings.price_commitments,
         ))
         loop = SettlementLoop(payments.settler, payments.settle_interval)
+        if owners is not None:  # inside the payment: the address it proved
+            middleware.append(Middleware(PaidAdapterAccess))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

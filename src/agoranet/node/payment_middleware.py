@@ -44,13 +44,14 @@ from agoranet.payments.acceptor import SCHEME_EXACT, Authorization, PaymentAccep
 from agoranet.payments.pricing import TokenPrices, cost, with_commitments, worst_case
 from agoranet.payments.receipts import Receipt
 
-__all__ = ["DEFAULT_PAID_PATHS", "RECEIPT_OBJECT", "RUNNING_RECEIPT_OBJECT", "PaymentMiddleware",
-           "PriceBook"]
+__all__ = ["DEFAULT_PAID_PATHS", "PAYER_SCOPE_KEY", "RECEIPT_OBJECT", "RUNNING_RECEIPT_OBJECT",
+           "PaymentMiddleware", "PriceBook"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PAID_PATHS = ("/v1/chat/completions", "/v1/completions")
 REQUEST_ID_HEADER = "x-request-id"
+PAYER_SCOPE_KEY = "agoranet.payer"  # the paying address, once its payment is accepted
 RECEIPT_OBJECT = "agoranet.receipt"  # the final receipt of a stream
 RUNNING_RECEIPT_OBJECT = "agoranet.receipt.running"  # for the part already sent
 PriceBook = Callable[[str], TokenPrices]
@@ -183,8 +184,9 @@ class PaymentMiddleware:
             return message
 
         try:
-            with metered(meter):
-                await self.app(scope, watched_receive, paid_send)
+            with metered(meter):  # the checked signer, for a private adapter's owner
+                await self.app({**scope, PAYER_SCOPE_KEY: auth.signer}, watched_receive,
+                               paid_send)
         finally:
             if not auth.done:
                 kept = self.acceptor.release(auth)

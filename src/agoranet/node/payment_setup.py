@@ -24,24 +24,42 @@ from agoranet.chain.addresses import resolve_addresses
 from agoranet.chain.executor import ChainExecutor
 from agoranet.chain.rpc import connect, http_provider
 from agoranet.config import ChainSettings, NodeSettings, default_home
+from agoranet.errors import ConfigError
 from agoranet.payments.acceptor import PaymentAcceptor, PaymentTerms
+from agoranet.payments.ledger import Ledger
 from agoranet.payments.receipts import ReceiptSigner
 from agoranet.payments.settlement import ClaimPolicy, Settler
 from agoranet.payments.sqlite_ledger import SqliteLedger
 from agoranet.payments.verifier import StateCache, Web3StateReader
 
-__all__ = ["NodePayments", "build_payments", "ledger_path"]
+__all__ = ["NodePayments", "build_payments", "ledger_path", "open_ledger"]
 
 
 def ledger_path(settings: NodeSettings) -> Path:
     return settings.ledger_path or default_home() / "node" / "ledger.sqlite"
 
 
+def open_ledger(settings: NodeSettings) -> Ledger:
+    """The node's ledger: PostgreSQL at ``ledger_url`` if set, else the SQLite file.
+
+    ConfigError if PostgreSQL is asked for without psycopg installed; LedgerError if the
+    server cannot be reached (both before the model loads: the CLI opens it first).
+    """
+    if settings.ledger_url is None:
+        return SqliteLedger(ledger_path(settings))
+    try:
+        from agoranet.payments.pg_ledger import PgLedger  # psycopg: the `postgres` extra
+    except ImportError as exc:
+        raise ConfigError(f"a PostgreSQL ledger needs psycopg ({exc}): pip install "
+                          "'agoranet[postgres]'") from exc
+    return PgLedger(settings.ledger_url, lease_s=settings.ledger_lease_s)
+
+
 @dataclass
 class NodePayments:
     acceptor: PaymentAcceptor
     settler: Settler
-    ledger: SqliteLedger
+    ledger: Ledger
     account: LocalAccount
     settle_interval: float
     settle_exact_before: bool
@@ -52,7 +70,7 @@ class NodePayments:
 
 
 def build_payments(settings: NodeSettings, account: LocalAccount, *,
-                   ledger: SqliteLedger | None = None) -> NodePayments:
+                   ledger: Ledger | None = None) -> NodePayments:
     """The node's payment parts; ``ledger`` replaces the one at the settings' path (tests
     and demos: a cheating ledger from :mod:`agoranet.testing.payment_cheats`)."""
     # Request-path chain calls: one short try each (no web3 retries), on a few
@@ -71,7 +89,7 @@ def build_payments(settings: NodeSettings, account: LocalAccount, *,
         withdraw_delay=settings.withdraw_delay,
         min_deposit=settings.min_deposit,
     )
-    ledger = ledger or SqliteLedger(ledger_path(settings))
+    ledger = ledger or open_ledger(settings)
     ledger.recover()
     reader = Web3StateReader(w3, addresses)
     executor = ChainExecutor(workers=settings.chain_workers, timeout=settings.chain_timeout_s)

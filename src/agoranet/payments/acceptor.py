@@ -111,6 +111,9 @@ class Authorization:
     settle: SettleResponse | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     done: bool = False
+    # The address whose signature the payment carries, checked: the channel's payer
+    # authorizer (``batch-settlement``) or the transfer's signer (``exact``).
+    signer: str = ""
 
 
 class PaymentAcceptor:
@@ -207,7 +210,8 @@ class PaymentAcceptor:
         except VoucherRefused as exc:
             raise self._refused(exc, voucher, state) from None
         return Authorization(SCHEME_BATCH_SETTLEMENT, request_id, voucher.config.payer,
-                             max_amount, requirements, hold=hold, state=state, settle=settle)
+                             max_amount, requirements, hold=hold, state=state, settle=settle,
+                             signer=voucher.config.payer_authorizer)
 
     async def _deposit(self, payment: PaymentPayload,
                        requirements: PaymentRequirements) -> SettleResponse:
@@ -300,7 +304,7 @@ class PaymentAcceptor:
                 reason=verified.invalid_reason or "invalid_exact_payment")
         return Authorization(SCHEME_EXACT, request_id, str(verified.payer or ""),
                              int(payment.accepted.amount), requirements,
-                             extra={"payment": payment})
+                             extra={"payment": payment}, signer=str(verified.payer or ""))
 
     async def settle_exact(self, auth: Authorization) -> SettleResponse:
         """Move the money of an ``exact`` payment on chain (before or after the answer)."""

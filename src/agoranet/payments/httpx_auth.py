@@ -322,16 +322,17 @@ def _payment_response(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def _has_text(choice: dict[str, Any]) -> bool:
-    """Whether a stream frame carries a token: text, or (with logprobs) a token whose
-    text is empty -- half a multi-byte character -- which the node counts all the same."""
+    """Whether a stream frame carries a token: text, a piece of a tool call, or (with
+    logprobs) a token whose text is empty -- half a multi-byte character -- which the
+    node counts all the same."""
     if not isinstance(choice, dict):
         return False
     delta = choice.get("delta") or {}
     logprobs = choice.get("logprobs") or {}
     if not isinstance(delta, dict) or not isinstance(logprobs, dict):
         return False
-    return bool(delta.get("content") or choice.get("text") or logprobs.get("content")
-                or logprobs.get("tokens"))
+    return bool(delta.get("content") or delta.get("tool_calls") or choice.get("text")
+                or logprobs.get("content") or logprobs.get("tokens"))
 
 
 def _json(request: httpx.Request) -> dict[str, Any]:

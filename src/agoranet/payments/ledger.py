@@ -16,8 +16,11 @@ buyer holds. Every money value is an ``int`` in base units; every operation on
 one channel is atomic, so two requests can never spend the same headroom.
 
 Implementations: :class:`~agoranet.payments.sqlite_ledger.SqliteLedger`
-(one file per node). A PostgreSQL ledger for replicated nodes implements the
-same protocol with ``SELECT ... FOR UPDATE`` in place of SQLite's write lock.
+(one file per node) and :class:`~agoranet.payments.pg_ledger.PgLedger`
+(PostgreSQL, shared by replicas of one node: ``SELECT ... FOR UPDATE`` on the
+channel's row in place of SQLite's write lock, and a lease per replica so a
+dead replica's holds are released by the others). One conformance suite
+(tests/payments/test_ledger*.py) runs against both.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ __all__ = [
     "check_amount",
 ]
 
-MAX_AMOUNT: Final = 2**63 - 1  # SQLite INTEGER; far above any real deposit
+MAX_AMOUNT: Final = 2**63 - 1  # SQLite INTEGER, PostgreSQL BIGINT; far above any real deposit
 
 RefusalReason = Literal["busy", "mismatch", "charged", "unknown-channel"]
 

@@ -258,10 +258,10 @@ class Payer:
             done = self._reopen(old, f"was refunded: {info.balance} on chain, nothing "
                                 f"left above the {old.charged} already charged")
         elif info.balance != old.deposited:
-            self.state.deposited = info.balance
-            self._save()
             done = (f"channel {old.channel_id[:10]}… holds {info.balance} on chain, not the "
                     f"{old.deposited} on record: the deposit on chain is used")
+            self.state.deposited = info.balance  # ``old`` is this state: said first
+            self._save()
         else:
             return None
         logger.warning("payer for %s: %s", self.root, done)
@@ -514,6 +514,18 @@ class Payer:
                 str(extra.get("maxAmount")) != str(pending.max_amount):
             raise PaymentError("the node's hold is for another payment")
         self._jobs[pending.request_id] = pending
+
+    def rehold(self, request_id: str) -> bool:
+        """Hold again, after a restart, a job payment this payer signed (kept in its saved
+        payments); False if it has none such (settled, or never signed)."""
+        assert self.state is not None
+        paid = self.state.payments.get(request_id)
+        if paid is None or any(paid[3:]):
+            return False
+        max_amount, before = int(paid[0]), int(paid[1])
+        self._jobs[request_id] = PendingPayment(request_id, max_amount, before + max_amount,
+                                                before, "")
+        return True
 
     def held_jobs(self) -> list[str]:
         """Request ids of the job payments held and not settled yet."""

@@ -6,7 +6,10 @@ stablecoin's base units per million tokens; no float ever touches money.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from agoranet.engines.base import ModelInfo
 
@@ -31,12 +34,31 @@ class Price(BaseModel):
 
 
 class AdapterTerms(BaseModel):
-    """Whether a model takes LoRA adapters (``MODEL@adapter:<sha256>``) and at what surcharge."""
+    """Whether a model takes LoRA adapters (``MODEL@adapter:<sha256>``) and at what surcharge.
+
+    ``storage_price_per_mb``: what a paid node charges for an upload (``POST
+    /v1/adapters``), per started megabyte (10**6 bytes) of the archive, in base units;
+    None on a free node (and in offers from before the field, serialised without it so
+    that their signature still checks).
+    """
 
     accepted: bool
     surcharge: Price = Field(default_factory=lambda: Price(input_per_million=0,
                                                            output_per_million=0))
     max_bytes: int = 0
+    storage_price_per_mb: int | None = Field(default=None, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _without_unpriced(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("storage_price_per_mb") is None:
+            data.pop("storage_price_per_mb", None)
+        return data
+
+    def upload_price(self, size: int) -> int:
+        """What an upload of ``size`` bytes costs: each started megabyte (at least one)
+        at the storage price; 0 where uploads are free."""
+        return max(1, -(-size // 1_000_000)) * (self.storage_price_per_mb or 0)
 
 
 class CommitmentTerms(BaseModel):
@@ -63,6 +85,21 @@ class ModelOffer(BaseModel):
     sampler: str | None = None  # seeded sampling algorithm, so buyers can audit answers
     adapters: AdapterTerms = Field(default_factory=lambda: AdapterTerms(accepted=False))
     commitments: CommitmentTerms = Field(default_factory=lambda: CommitmentTerms(offered=False))
+    # What it does beyond plain text (agoranet.engines.capabilities); None: an offer from
+    # before the list, taken as text only and serialised without the field, so that its
+    # signature still checks.
+    capabilities: list[str] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unlisted(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("capabilities") is None:
+            data.pop("capabilities", None)
+        return data
+
+    def offers(self, needs: Iterable[str]) -> bool:
+        """Whether this model offers every capability in ``needs``."""
+        return set(needs) <= set(self.capabilities or ())
 
 
 class FineTuningTerms(BaseModel):
@@ -122,6 +159,7 @@ def build_offer(
                 sampler=m.sampler,
                 adapters=terms,
                 commitments=commitment_terms(m.commitments, commitment_price),
+                capabilities=sorted(m.capabilities),
             )
             for m in models
         ],

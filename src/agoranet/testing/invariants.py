@@ -43,6 +43,7 @@ from agoranet.chain.addresses import ChainAddresses
 from agoranet.chain.compiler import compile_contract
 from agoranet.errors import ReceiptError
 from agoranet.payments.channels import config_tuple, escrow_contract
+from agoranet.payments.ledger_url import is_postgres_url
 from agoranet.payments.payer_store import PayerStore
 from agoranet.payments.receipts import Receipt, verify_receipt
 from agoranet.payments.wallet import stablecoin_contract
@@ -174,12 +175,13 @@ class InvariantReport:
 
 
 def check_money_invariants(w3: Web3, addresses: ChainAddresses, *, before: ChainSnapshot,
-                           books: Sequence[BuyerBook], ledger: Path,
+                           books: Sequence[BuyerBook], ledger: Path | str,
                            settled: bool = True) -> InvariantReport:
     """Check the four invariants for the channels of ``books`` against the chain now.
 
     ``before`` is :func:`chain_snapshot` taken before the scenario moved any money
-    (after funding and deposits); ``ledger`` the node's SQLite ledger file. With
+    (after funding and deposits); ``ledger`` the node's SQLite ledger file (or its
+    PostgreSQL ledger's URL). With
     ``settled`` (the node's claims were forced before this call) the node's charged
     total must also be what the chain shows claimed.
     """
@@ -221,7 +223,7 @@ def check_money_invariants(w3: Web3, addresses: ChainAddresses, *, before: Chain
 
 
 def assert_money_invariants(w3: Web3, addresses: ChainAddresses, *, before: ChainSnapshot,
-                            books: Sequence[BuyerBook], ledger: Path,
+                            books: Sequence[BuyerBook], ledger: Path | str,
                             settled: bool = True) -> InvariantReport:
     """:func:`check_money_invariants`, raising :class:`AssertionError` (the full report)
     if any invariant is broken."""
@@ -242,7 +244,7 @@ class _Accepted:
     signature: str
 
 
-def _channel_facts(w3: Web3, escrow: Any, book: BuyerBook, ledger: Path) -> ChannelFacts:
+def _channel_facts(w3: Web3, escrow: Any, book: BuyerBook, ledger: Path | str) -> ChannelFacts:
     cid = book.channel_id.lower()
     balance, claimed = (int(x) for x in escrow.functions.channels(_b32(cid)).call())
     record, accepted = _ledger_channel(ledger, cid)
@@ -280,19 +282,30 @@ def _channel_facts(w3: Web3, escrow: Any, book: BuyerBook, ledger: Path) -> Chan
                         tuple(forged))
 
 
-def _ledger_channel(ledger: Path, channel_id: str
+def _ledger_channel(ledger: Path | str, channel_id: str
                     ) -> tuple[tuple[str, int, int, str] | None, list[_Accepted]]:
     """(config, charged, voucher amount, voucher signature) of the channel, and every
-    voucher the node accepted on it, read from the node's SQLite ledger (read-only)."""
-    db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=30.0)
-    try:
-        row = db.execute("SELECT config, charged, voucher_amount, voucher_signature FROM "
-                         "channels WHERE channel_id = ?", (channel_id,)).fetchone()
-        vouchers = db.execute("SELECT request_id, voucher_amount, signature, status FROM "
-                              "vouchers WHERE channel_id = ? ORDER BY accepted_at",
-                              (channel_id,)).fetchall()
-    finally:
-        db.close()
+    voucher the node accepted on it, read from the node's ledger (read-only): a SQLite
+    file, or a PostgreSQL ledger's URL."""
+    channel_sql = ("SELECT config, charged, voucher_amount, voucher_signature FROM channels "
+                   "WHERE channel_id = ?")
+    vouchers_sql = ("SELECT request_id, voucher_amount, signature, status FROM vouchers "
+                    "WHERE channel_id = ? ORDER BY accepted_at")
+    if is_postgres_url(str(ledger)):
+        import psycopg  # the `postgres` extra: a PostgreSQL ledger is there only with it
+
+        with psycopg.connect(str(ledger), autocommit=True) as conn:
+            row = conn.execute(channel_sql.replace("?", "%s").encode(),
+                               (channel_id,)).fetchone()
+            vouchers = conn.execute(vouchers_sql.replace("?", "%s").encode(),
+                                    (channel_id,)).fetchall()
+    else:
+        db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=30.0)
+        try:
+            row = db.execute(channel_sql, (channel_id,)).fetchone()
+            vouchers = db.execute(vouchers_sql, (channel_id,)).fetchall()
+        finally:
+            db.close()
     record = (str(row[0]), int(row[1]), int(row[2]), str(row[3])) if row else None
     return record, [_Accepted(f"request {r[0]} ({r[3]})", int(r[1]), str(r[2]))
                     for r in vouchers]

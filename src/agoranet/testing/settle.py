@@ -27,6 +27,8 @@ from agoranet.chain.rpc import connect
 from agoranet.config import ChainSettings
 from agoranet.errors import PaymentError
 from agoranet.payments.acceptor import PaymentTerms
+from agoranet.payments.ledger import Ledger
+from agoranet.payments.ledger_url import is_postgres_url
 from agoranet.payments.settlement import SettleOutcome, Settler
 from agoranet.payments.sqlite_ledger import SqliteLedger
 from agoranet.payments.verifier import Web3StateReader
@@ -34,11 +36,12 @@ from agoranet.payments.verifier import Web3StateReader
 __all__ = ["force_settlement"]
 
 
-def force_settlement(rpc_url: str, ledger_path: Path, node_key: str) -> SettleOutcome:
+def force_settlement(rpc_url: str, ledger_path: Path | str, node_key: str) -> SettleOutcome:
     """Claim every unclaimed channel in the ledger at ``ledger_path`` and settle to the node
     whose private key is ``node_key``. A claim that fails does not raise: the outcome's
     ``reason`` starts with ``failed:`` and names it (the money invariants then say which
-    charge went unclaimed)."""
+    charge went unclaimed). ``ledger_path`` may be a PostgreSQL ledger's URL: then it
+    claims only while no running replica holds the ledger's claim lock (they claim)."""
     account: LocalAccount = Account.from_key(node_key)
     key = "0x" + bytes(account.key).hex()
     w3 = connect(rpc_url)
@@ -57,7 +60,13 @@ def force_settlement(rpc_url: str, ledger_path: Path, node_key: str) -> SettleOu
         events = reader.escrow.events.Settled().process_receipt(receipt, errors=DISCARD)
         return sum(int(e["args"]["amount"]) for e in events)
 
-    ledger = SqliteLedger(ledger_path)
+    ledger: Ledger
+    if is_postgres_url(str(ledger_path)):
+        from agoranet.payments.pg_ledger import PgLedger  # psycopg: the `postgres` extra
+
+        ledger = PgLedger(str(ledger_path))
+    else:
+        ledger = SqliteLedger(ledger_path)
     try:
         settler = Settler(ledger, batch.settle, terms.requirement(SCHEME_BATCH_SETTLEMENT, 0),
                           reader, settled_of=settled_of)

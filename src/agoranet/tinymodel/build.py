@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -17,18 +18,14 @@ from typing import Any
 
 from agoranet.errors import ModelBuildError
 from agoranet.tinymodel.grammar import dialogues
+from agoranet.tinymodel.template import CHAT_TEMPLATE, TOOL_CALL_PARSER, TOOL_TOKENS, render
+from agoranet.tinymodel.toolcorpus import tool_samples
 
 __all__ = [
     "CHAT_TEMPLATE", "SIZES", "SPECIAL_TOKENS", "BuildReport", "TinySpec", "build_tiny_model",
 ]
 
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
-)
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -45,9 +42,10 @@ class TinySpec:
     num_kv_heads: int = 2
     context_length: int = 512
     dialogues: int = 12000
-    steps: int = 300
-    batch_size: int = 16
-    seq_len: int = 128
+    tool_dialogues: int = 3000  # with tools offered (toolcorpus); most answer with calls
+    steps: int = 500
+    batch_size: int = 8
+    seq_len: int = 256  # a prompt with tools is about 200 tokens
     learning_rate: float = 3e-3
     seed: int = 0
 
@@ -69,8 +67,32 @@ class BuildReport:
     seconds: float
 
 
-def _render(dialogue: list[dict[str, str]]) -> str:
-    return "".join(f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in dialogue)
+_TOOLS_END = "</tools><|end|>\n"
+
+
+def _corpus(spec: TinySpec) -> list[str]:
+    """The training texts: everyday dialogues and dialogues with tools, through the chat
+    template, in a seeded order."""
+    texts = [render(list(d)) for d in dialogues(spec.dialogues, seed=spec.seed)]
+    texts += [render(s.messages, s.tools)
+              for s in tool_samples(spec.tool_dialogues, seed=spec.seed)]
+    random.Random(spec.seed).shuffle(texts)
+    return texts
+
+
+def _tokens(tokenizer: Any, texts: list[str]) -> tuple[list[int], list[int]]:
+    """The corpus as token ids, and the labels to learn: the ids, except the list of
+    tools (the model reads it, it never has to write it: the loss goes to what the
+    assistant does with it)."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for text in texts:
+        head, found, rest = text.partition(_TOOLS_END)
+        shown = tokenizer(head + found, add_special_tokens=False)["input_ids"] if found else []
+        learned = tokenizer(rest if found else text, add_special_tokens=False)["input_ids"]
+        ids += shown + learned
+        labels += [-100] * len(shown) + learned
+    return ids, labels
 
 
 def _train_tokenizer(texts: list[str], spec: TinySpec) -> Any:
@@ -90,6 +112,7 @@ def _train_tokenizer(texts: list[str], spec: TinySpec) -> Any:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, eos_token="<|end|>", pad_token="<|pad|>"
     )
+    tokenizer.add_tokens(TOOL_TOKENS)
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.model_max_length = spec.context_length
     return tokenizer
@@ -114,11 +137,13 @@ def _make_model(spec: TinySpec, tokenizer: Any) -> Any:
     return LlamaForCausalLM(config)
 
 
-def _train(model: Any, ids: list[int], spec: TinySpec, progress: ProgressFn | None) -> float:
+def _train(model: Any, ids: list[int], labels: list[int], spec: TinySpec,
+           progress: ProgressFn | None) -> float:
     import torch
 
-    data = torch.tensor(ids, dtype=torch.long)
-    blocks = data[: len(data) // spec.seq_len * spec.seq_len].view(-1, spec.seq_len)
+    size = len(ids) // spec.seq_len * spec.seq_len
+    blocks = torch.tensor(ids[:size], dtype=torch.long).view(-1, spec.seq_len)
+    targets = torch.tensor(labels[:size], dtype=torch.long).view(-1, spec.seq_len)
     generator = torch.Generator().manual_seed(spec.seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.01)
     warmup = max(1, spec.steps // 20)
@@ -133,8 +158,7 @@ def _train(model: Any, ids: list[int], spec: TinySpec, progress: ProgressFn | No
     loss_value = float("nan")
     for step in range(spec.steps):
         rows = torch.randint(0, blocks.shape[0], (spec.batch_size,), generator=generator)
-        batch = blocks[rows]
-        loss = model(input_ids=batch, labels=batch).loss
+        loss = model(input_ids=blocks[rows], labels=targets[rows]).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
@@ -165,21 +189,19 @@ def build_tiny_model(
     except OSError as exc:
         raise ModelBuildError(f"cannot create {path}: {exc}") from exc
     torch.manual_seed(spec.seed)
-    texts = [_render(d) for d in dialogues(spec.dialogues, seed=spec.seed)]
+    texts = _corpus(spec)
     tokenizer = _train_tokenizer(texts, spec)
-    ids: list[int] = []
-    for text in texts:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids, labels = _tokens(tokenizer, texts)
     model = _make_model(spec, tokenizer)
-    loss = _train(model, ids, spec, progress)
+    loss = _train(model, ids, labels, spec, progress)
     try:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(path, safe_serialization=True)
         tokenizer.save_pretrained(path)
-        (path / "agoranet-tiny.json").write_text(
-            json.dumps({"spec": asdict(spec), "final_loss": loss}, indent=2)
-        )
+        (path / "agoranet-tiny.json").write_text(json.dumps(
+            {"spec": asdict(spec), "final_loss": loss, "tool_call_parser": TOOL_CALL_PARSER},
+            indent=2))
     except OSError as exc:
         raise ModelBuildError(f"cannot write the model to {path}: {exc}") from exc
     parameters = sum(p.numel() for p in model.parameters())

@@ -139,10 +139,15 @@ _KINDS: list[Callable[[random.Random], Dialogue]] = [
 
 
 def dialogues(count: int, seed: int = 0) -> Iterator[Dialogue]:
-    """``count`` dialogues, reproducible from ``seed``; some carry a system message."""
+    """``count`` dialogues, reproducible from ``seed``; some carry a system message (and
+    their answers begin "Sure.")."""
     rng = random.Random(seed)
     for _ in range(count):
         dialogue = rng.choice(_KINDS)(rng)
         if rng.random() < 0.2:
-            dialogue = [{"role": "system", "content": "You are a helpful assistant."}, *dialogue]
+            # The model learns to heed its system message (answering "Sure." first), so a
+            # node that drops it answers differently, and an audit can tell.
+            *asked, answer = dialogue
+            dialogue = [{"role": "system", "content": "You are a helpful assistant."}, *asked,
+                        {"role": "assistant", "content": f"Sure. {answer['content']}"}]
         yield dialogue
