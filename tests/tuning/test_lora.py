@@ -100,6 +100,29 @@ async def test_lru_keeps_at_most_capacity_loaded(
     assert stats["adapter_loads"] == 3 and stats["adapter_evictions"] == 2
 
 
+async def test_a_stored_adapter_for_other_base_weights_is_skipped_not_fatal(
+    house_adapter: Path, tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node whose adapter store still holds an adapter trained on the weights it served
+    before (the model was rebuilt) starts, serves the others and says which it skipped."""
+    store = tmp_path / "store"
+    stale = store / "stale"
+    shutil.copytree(house_adapter, stale)
+    manifest = json.loads((stale / MANIFEST).read_text())
+    manifest["base_model_sha256"] = "f" * 64
+    (stale / MANIFEST).write_text(json.dumps(manifest))
+    fine = read_adapter(house_adapter)
+    shutil.copytree(house_adapter, store / fine.id)
+    with caplog.at_level("WARNING", logger="agoranet.engines.adapters"):
+        engine = TransformersEngine(loaded=load_model(str(tiny_model)), adapters_dir=store)
+    try:
+        assert [a.id for a in engine.list_adapters()] == [fine.id]
+        assert "trained on base weights" in caplog.text
+        assert stale.exists()  # the operator's files are left alone
+    finally:
+        await engine.aclose()
+
+
 async def test_unknown_adapter_and_foreign_base(
     house_adapter: Path, tiny_model: Path, tmp_path: Path
 ) -> None:

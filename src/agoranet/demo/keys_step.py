@@ -69,8 +69,8 @@ def keys_step(gateway: str, owner_key: str, key_store: Path, console: Console) -
     console.print(f"the owner gives the agent [bold]butler[/] a key worth "
                   f"{money(BUTLER_BUDGET)} USDC")
     answer, cost = _ask(OpenAI(base_url=gateway, api_key=butler, max_retries=0),
-                        "What should the scout look for?")
-    console.print(f"[bold cyan]butler:[/] What should the scout look for?  [dim]→ {answer!r}, "
+                        "Tell me about the garden.")
+    console.print(f"[bold cyan]butler:[/] Tell me about the garden.  [dim]→ {answer!r}, "
                   f"{money(cost)} USDC[/]")
     budget = SCOUT_ANSWERS * cost
     scout = _mint(root, butler, "scout", budget)

@@ -8,6 +8,7 @@ adapter, or with none for the base model.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 from collections import OrderedDict
@@ -16,6 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from agoranet.errors import AdapterError, ModelNotFoundError
 from agoranet.tuning.adapter import Adapter, read_adapter, unpack_adapter
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["AdapterHost", "AdapterPool"]
 
@@ -54,8 +57,12 @@ class AdapterPool:
         self.counters = {"loads": 0, "evictions": 0, "switches": 0}
         store.mkdir(parents=True, exist_ok=True)
         for directory in sorted(p for p in store.iterdir() if p.is_dir()):
-            if not directory.name.startswith("."):
+            if directory.name.startswith("."):
+                continue
+            try:  # one stale or damaged adapter never keeps the node from starting
                 self._remember(read_adapter(directory))
+            except AdapterError as exc:
+                logger.warning("not serving the stored adapter %s: %s", directory.name[:12], exc)
 
     # ------------------------------------------------------------- catalogue
 

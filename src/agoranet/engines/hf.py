@@ -23,6 +23,7 @@ from agoranet.engines.hf_job import DecodeJob
 from agoranet.engines.hf_loading import DEFAULT_MODEL, LoadedModel, load_model, resolve_model_dir
 from agoranet.engines.prompt import encode_prompt, template_renders_tools
 from agoranet.engines.registry import register_engine
+from agoranet.engines.sampling import call_opener_ids, unoffered_call_tokens
 from agoranet.engines.scheduler import StepScheduler
 from agoranet.engines.structured import AutoTools, ForcedToolCall, output_mode
 from agoranet.engines.toolcall_stream import as_tool_call, parsed_tool_calls
@@ -87,6 +88,8 @@ class TransformersEngine:
         parser = tool_call_parser or (detect_tool_parser(loaded.tokenizer.chat_template)
                                       if self._renders_tools else None)
         self.tool_parser: type[ToolCallParser] | None = tool_parser(parser) if parser else None
+        # Never sampled for a request that offers no tools (see engines.sampling).
+        self._call_openers = call_opener_ids(loaded.tokenizer)
         self._grammars: GrammarBook | None = None  # built on the first constrained request
         self._grammars_lock = threading.Lock()
 
@@ -208,10 +211,14 @@ class TransformersEngine:
             if self.tool_parser is not None and self.supports_tool_choice_auto \
                     and isinstance(output_mode(request), AutoTools):
                 return self._auto_tools(request, ids, activate, self.tool_parser)
+            banned = unoffered_call_tokens(self._call_openers, request.tools,
+                                           request.tool_choice)
             if compiled is None:
-                return self._scheduler.run(DecodeJob(self.loaded, request, ids, activate))
+                return self._scheduler.run(DecodeJob(self.loaded, request, ids, activate,
+                                                     banned=banned))
             grammar = self.grammar_book().start(compiled, self._partial_answer(request))
-            events = self._scheduler.run(DecodeJob(self.loaded, request, ids, activate, grammar))
+            events = self._scheduler.run(DecodeJob(self.loaded, request, ids, activate, grammar,
+                                                   banned))
             if compiled.wrapped:
                 parser = self._forced_calls_parser()(compiled.tool_names)
                 return parsed_tool_calls(events, parser, content=False)

@@ -30,6 +30,7 @@ class DecodeJob:
         prompt_ids: list[int],
         before_step: Callable[[], None] | None = None,
         grammar: SequenceGrammar | None = None,
+        banned: tuple[int, ...] = (),
     ) -> None:
         self._loaded = loaded
         self._grammar = grammar  # constrained decoding: masks the logits before sampling
@@ -38,7 +39,7 @@ class DecodeJob:
         self._prompt_len = len(prompt_ids)
         self._next_input = torch.tensor([prompt_ids], dtype=torch.long, device=loaded.device)
         self._cache: Any = None
-        self._sampler = Sampler(request.temperature, request.top_p, request.seed)
+        self._sampler = Sampler(request.temperature, request.top_p, request.seed, banned)
         self._detok = IncrementalDetokenizer(loaded.tokenizer, prompt_ids)
         self._stops = StopMatcher(request.stop)
         self._generated = 0

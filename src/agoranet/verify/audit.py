@@ -27,9 +27,9 @@ import torch
 
 from agoranet.engines.base import GenerationRequest
 from agoranet.engines.prompt import encode_prompt
-from agoranet.engines.sampling import Sampler
+from agoranet.engines.sampling import Sampler, call_opener_ids, unoffered_call_tokens
 
-__all__ = ["AuditResult", "audit_answer", "reference_pass", "score_answer"]
+__all__ = ["AuditResult", "audit_answer", "banned_tokens", "reference_pass", "score_answer"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,15 @@ def audit_answer(
     logits, _ = reference_pass(reference, prompt + token_ids)
     return score_answer(logits[len(prompt) - 1 : len(prompt) - 1 + len(token_ids)], request,
                         token_ids, reported_logprobs, margin=margin,
-                        logprob_tolerance=logprob_tolerance)
+                        logprob_tolerance=logprob_tolerance,
+                        banned=banned_tokens(reference, request))
+
+
+def banned_tokens(reference: Any, request: GenerationRequest) -> tuple[int, ...]:
+    """The tokens the stated sampler leaves out for ``request`` (tool-call openers when
+    it offers no tools), in the reference's vocabulary."""
+    return unoffered_call_tokens(call_opener_ids(reference.tokenizer), request.tools,
+                                 request.tool_choice)
 
 
 def reference_pass(reference: Any, ids: list[int], *,
@@ -77,19 +85,21 @@ def score_answer(
     *,
     margin: float = 0.05,
     logprob_tolerance: float = 0.05,
+    banned: tuple[int, ...] = (),
 ) -> AuditResult:
-    """The verdict on ``token_ids`` given the reference logits ``steps`` that chose each one."""
-    sampler = Sampler(request.temperature, request.top_p, request.seed)
+    """The verdict on ``token_ids`` given the reference logits ``steps`` that chose each one
+    (``banned``: the tokens the stated sampler left out, see :func:`banned_tokens`)."""
+    sampler = Sampler(request.temperature, request.top_p, request.seed, banned)
     counted = mismatches = 0
     errors: list[float] = []
     for position, token in enumerate(token_ids):
         row = steps[position]
         picked = sampler.choose(row)
-        logprobs = torch.log_softmax(row, dim=-1)
+        logprobs = torch.log_softmax(row, dim=-1)  # reported ones are before the sampler
         if reported_logprobs is not None:
             errors.append(abs(reported_logprobs[position] - float(logprobs[token])))
-        if request.temperature == 0.0:
-            top2 = torch.topk(logprobs.exp(), 2).values
+        if request.temperature == 0.0:  # confidence among the tokens it could choose
+            top2 = torch.topk(torch.softmax(sampler.allowed(row), dim=-1), 2).values
             if float(top2[0] - top2[1]) < margin:
                 continue
         counted += 1

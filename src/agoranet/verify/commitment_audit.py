@@ -34,7 +34,7 @@ from agoranet.proofs.commitments import (
     expected_proofs,
 )
 from agoranet.tuning.adapter import ADAPTER_SEPARATOR
-from agoranet.verify.audit import AuditResult, reference_pass, score_answer
+from agoranet.verify.audit import AuditResult, banned_tokens, reference_pass, score_answer
 
 __all__ = [
     "CommitmentResult",
@@ -78,7 +78,7 @@ def audit_with_commitments(reference: Any, request: GenerationRequest, token_ids
     prompt = encode_prompt(reference.tokenizer, request)
     logits, hidden = reference_pass(reference, prompt + token_ids, hidden=True)
     audited = score_answer(logits[len(prompt) - 1 : len(prompt) - 1 + len(token_ids)], request,
-                           token_ids, reported_logprobs)
+                           token_ids, reported_logprobs, banned=banned_tokens(reference, request))
     if commitments is None:
         return audited, CommitmentResult(len(token_ids), (), "no commitments returned")
     if not token_ids:
