@@ -300,3 +300,65 @@ def _ask_one(url: str, key: str) -> tuple[int, dict[str, Any]]:
                        json={"model": "tiny", "messages": QUESTION, "max_tokens": 4,
                              "temperature": 0}, timeout=60)
     return reply.status_code, reply.json()
+
+
+def test_verify_audits_a_paid_node_through_the_gateway_with_a_key(
+        chain: DevChain, tiny_model: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`agoranet verify --gateway … --key …`: the challenges are pinned to the audited node,
+    the gateway pays it, the key's budget is the audit's (it stops early, saying so, when
+    the key runs out); what the key spent is what the receipts say."""
+    from agoranet.chain.addresses import resolve_addresses
+    from agoranet.chain.rpc import connect
+    from agoranet.config import ChainSettings
+    from agoranet.payments.wallet import PASSWORD_ENV_VAR, create_keystore
+    from agoranet.testing.invariants import BuyerBook, assert_money_invariants, chain_snapshot
+    from agoranet.testing.settle import force_settlement
+
+    monkeypatch.setenv(PASSWORD_ENV_VAR, "keys-verify")
+    wallets = {}
+    for name, index in (("node", 3), ("gateway", 5)):
+        wallets[name] = tmp_path / f"{name}.json"
+        create_keystore(wallets[name], "keys-verify", scrypt_n=2**10,
+                        private_key=bytes.fromhex(chain.private_keys[index].removeprefix("0x")))
+    w3 = connect(chain.rpc_url)
+    addresses = resolve_addresses(chain.chain_id, ChainSettings(rpc_url=chain.rpc_url))
+    before = chain_snapshot(w3, addresses, [chain.accounts[3], chain.accounts[5]])
+    ledger = tmp_path / "ledger.sqlite"
+
+    def verify(node: str, gateway_url: str, key: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "agoranet", "verify", "--node", node, "--reference",
+             str(tiny_model), "--model", "tiny", "--gateway", gateway_url, "--key", key],
+            capture_output=True, text=True, timeout=240, env={**os.environ, "COLUMNS": "200"},
+            check=False)
+
+    with node_process(["--model", str(tiny_model), "--price-in", "100000", "--price-out",
+                       "300000", "--rpc-url", chain.rpc_url, "--keystore",
+                       str(wallets["node"]), "--ledger", str(ledger), "--no-fine-tuning",
+                       "--no-adapters"]) as paid, \
+            gateway(paid, tmp_path / "gw", "--rpc-url", chain.rpc_url, "--keystore",
+                    str(wallets["gateway"]), "--deposit", "500000") as gw:
+        audit = gw.mint(gw.owner, "audit", 5000)
+        full = verify(paid, gw.url, audit)
+        assert full.returncode == 0, full.stdout + full.stderr
+        assert "pass" in full.stdout and "stopped early" not in full.stdout
+        small = gw.mint(gw.owner, "small-audit", 100)
+        cut = verify(paid, gw.url, small)
+        assert cut.returncode == 0, cut.stdout + cut.stderr
+        assert "stopped early: the key's budget allowed" in cut.stdout
+        wrong = verify(paid, gw.url, "agn-" + "0" * 64)
+        assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+        assert "key" in wrong.stderr
+        keys = gw.keys()
+    charged = [int(line.split("charged the key ")[1].split()[0])
+               for out in (full.stdout, cut.stdout) for line in out.splitlines()
+               if "charged the key" in line]
+    assert len(charged) == 2 and all(c > 0 for c in charged)
+    assert [keys["audit"]["spent"], keys["small-audit"]["spent"]] == charged
+    assert charged[1] <= 100 and keys["audit"]["reserved"] == keys["small-audit"]["reserved"] == 0
+    [store] = {p.parent for p in (tmp_path / "gw").rglob("payer.sqlite")}
+    book = BuyerBook.from_payer_store(store, headroom=5100)
+    assert book.receipted == sum(charged)
+    force_settlement(chain.rpc_url, ledger, chain.private_keys[3])
+    assert_money_invariants(w3, addresses, before=before, books=[book], ledger=ledger)

@@ -44,17 +44,33 @@ console = Console()
               "--rpc-url); the audit stops early rather than go over it.")
 @click.option("--deposit", type=click.IntRange(min=1), default=None,
               help="Deposit of a new channel to the node [default: the budget].")
+@click.option("--gateway", "gateway_url", default=None,
+              help="Ask the challenges through this gateway (…/v1), pinned to the node: the "
+              "gateway pays, within the budget of --key.")
+@click.option("--key", default=None, envvar="AGORANET_KEY",
+              help="The gateway key that pays (env AGORANET_KEY); give it a budget of its "
+              "own, the audit's: `agoranet keys create audit --budget 0.01`.")
 @click.option("--channels", "channels_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Where the verifier keeps its channels and receipts "
               "[default: ~/.agoranet/verify/channels].")
 def verify(node_url: str, reference: str, model: str | None, rounds: int,
            commitments: bool | None, rpc_url: str | None, keystore: Path | None,
-           budget: int | None, deposit: int | None, channels_dir: Path | None) -> None:
+           budget: int | None, deposit: int | None, gateway_url: str | None, key: str | None,
+           channels_dir: Path | None) -> None:
     """Check that a node serves the weights it claims (exit 3 if it does not)."""
     from agoranet.engines.hf import load_model
     from agoranet.verify.audit_payment import AuditPayment
-    from agoranet.verify.node_audit import audit_node
+    from agoranet.verify.node_audit import GatewayRoute, audit_node
 
+    if gateway_url is not None and rpc_url is not None:
+        raise click.UsageError("pay either with a wallet (--rpc-url) or through a gateway "
+                               "(--gateway), not both")
+    if gateway_url is not None and not key:
+        raise click.UsageError("auditing through a gateway needs its --key (or AGORANET_KEY)")
+    if gateway_url is not None and commitments:
+        raise click.UsageError("commitments cannot be checked through a gateway yet: audit "
+                               "the node directly with --rpc-url for them")
+    route = GatewayRoute(gateway_url, key) if gateway_url is not None and key else None
     if rpc_url is not None and budget is None:
         raise click.UsageError("paying a node (--rpc-url) needs an audit --budget")
     payer = None
@@ -68,12 +84,13 @@ def verify(node_url: str, reference: str, model: str | None, rounds: int,
         payment = AuditPayment.over(payer, budget) if payer is not None and budget else None
         with console.status(f"auditing {node_url}"):
             audit = audit_node(node_url, name, loaded, rounds=rounds, commitments=commitments,
-                               payment=payment)
+                               payment=payment, gateway=route)
     finally:
         if payer is not None:
             payer.close()
     if not audit.results and audit.stopped:
-        raise click.ClickException(f"no challenge was asked: {audit.stopped}; raise --budget")
+        more = "give the key more budget" if route is not None else "raise --budget"
+        raise click.ClickException(f"no challenge was asked: {audit.stopped}; {more}")
     table = Table(title=f"audit of {node_url} ({name})")
     for column in ("answers", "tokens", "judged steps", "mismatches", "max logprob drift",
                    "flagged answers", "verdict"):
@@ -87,6 +104,9 @@ def verify(node_url: str, reference: str, model: str | None, rounds: int,
     if payer is not None:
         console.print(f"paid the node {audit.spent} base units of the {budget} budget "
                       f"(channel {payer.state.channel_id if payer.state else '-'})")
+    if route is not None:
+        console.print(f"the gateway charged the key {audit.spent} base units for the "
+                      "challenges")
     if audit.stopped:
         console.print(f"[yellow]stopped early: {audit.stopped}[/]")
     _print_commitments(audit.commitment_results, asked=commitments)

@@ -41,7 +41,7 @@ from agoranet.verify.commitment_audit import (
 if TYPE_CHECKING:
     from agoranet.verify.audit_payment import AuditPayment
 
-__all__ = ["PER_ROUND", "NodeAudit", "audit_node", "challenge", "challenges"]
+__all__ = ["PER_ROUND", "GatewayRoute", "NodeAudit", "audit_node", "challenge", "challenges"]
 
 # Challenges per audit round. With fresh prompts, the tiny model's int4 copy is flagged on
 # about one answer in five (bench/verify.py), so 10 challenges would miss it about one audit
@@ -105,7 +105,8 @@ def audit_node(node_url: str, model: str, reference: Any, *, rounds: int = 1,
                max_tokens: int = 48, client: httpx.Client | None = None,
                auth: httpx.Auth | None = None, rng: random.Random | None = None,
                commitments: bool | None = None,
-               payment: AuditPayment | None = None) -> NodeAudit:
+               payment: AuditPayment | None = None,
+               gateway: GatewayRoute | None = None) -> NodeAudit:
     """Audit ``model`` at ``node_url`` against ``reference`` (a LoadedModel of the same weights).
 
     Asks ``rounds`` x :data:`PER_ROUND` fresh :func:`challenges` (drawn from ``rng``).
@@ -114,14 +115,18 @@ def audit_node(node_url: str, model: str, reference: Any, *, rounds: int = 1,
     is asked with its commitments too, and they are checked
     (:func:`~agoranet.verify.commitment_audit.audit_with_commitments`, one reference
     pass for both checks). With ``payment`` a paid node is paid through it (its
-    ``auth``), within its budget.
+    ``auth``), within its budget. With ``gateway`` the challenges go through a gateway
+    with a key, pinned to ``node_url``: the gateway pays, within the key's budget (the
+    audit stops when the key is refused for its cap), and commitments are not asked.
     """
     if payment is not None:
         auth = payment.auth
     http = client or httpx.Client(timeout=120, auth=auth)
     audit = NodeAudit(node_url, model)
     try:
-        if commitments is None:
+        if gateway is not None:
+            commitments = False  # the gateway does not pass a node's proofs on yet
+        elif commitments is None:
             commitments = offers_commitments(http, node_url, model)
         drawn = challenges(rounds * PER_ROUND, model, max_tokens, rng)
         for number, request in enumerate(drawn):
@@ -133,9 +138,18 @@ def audit_node(node_url: str, model: str, reference: Any, *, rounds: int = 1,
                                  f"than the {payment.spent} spent)")
                 break
             try:
-                ids, logprobs, proofs = _ask(http, node_url, request, worst)
+                if gateway is not None:
+                    asked = gateway.ask(http, node_url, request)
+                    if isinstance(asked, str):  # the key's budget is spent
+                        audit.stopped = (f"the key's budget allowed {number} of {len(drawn)} "
+                                         f"challenges ({asked})")
+                        break
+                    ids, logprobs, proofs = asked
+                else:
+                    ids, logprobs, proofs = _ask(http, node_url, request, worst)
             finally:
-                audit.spent = payment.spent if payment is not None else 0
+                audit.spent = (payment.spent if payment is not None
+                               else gateway.spent if gateway is not None else 0)
             if commitments:
                 audited, proved = audit_with_commitments(reference, request, ids, logprobs,
                                                          proofs)
@@ -149,9 +163,44 @@ def audit_node(node_url: str, model: str, reference: Any, *, rounds: int = 1,
     return audit
 
 
-def _ask(http: httpx.Client, node_url: str, request: GenerationRequest,
-         max_amount: int | None = None
-         ) -> tuple[list[int], list[float], Commitments | None]:
+@dataclass
+class GatewayRoute:
+    """Challenges asked through a gateway (its ``/v1`` URL) with a gateway key, each
+    pinned to the audited node by the request's policy (``agoranet.allow``); ``spent``
+    sums what the gateway charged the key for them."""
+
+    url: str
+    key: str
+    spent: int = 0
+
+    def ask(self, http: httpx.Client, node_url: str, request: GenerationRequest
+            ) -> tuple[list[int], list[float], Commitments | None] | str:
+        """The answer's token ids and logprobs, or why the key may spend no more."""
+        body = _body(request)
+        body["agoranet"] = {"allow": [node_url.rstrip("/")]}
+        try:
+            response = http.post(f"{self.url.rstrip('/')}/chat/completions", json=body,
+                                 headers={"Authorization": f"Bearer {self.key}"})
+            if response.status_code == 429:
+                return _message(response)
+            if response.status_code in (401, 403):
+                raise AuditError(f"the gateway refused the key: {_message(response)}")
+            if response.is_error:
+                raise AuditError(f"the gateway could not ask {node_url}: "
+                                 f"{_message(response)}")
+            answer = jsonlimits.loads(response.content, what="the answer")
+            summary = answer.get("agoranet") or {}
+            self.spent += int(summary.get("amount") or 0)
+            served = [str(n).rstrip("/") for n in summary.get("nodes") or []]
+        except (httpx.HTTPError, TypeError, ValueError, AttributeError) as exc:
+            raise AuditError(f"the gateway did not answer an audit challenge: {exc}") from exc
+        if served != [node_url.rstrip("/")]:
+            raise AuditError(f"the gateway answered from {served or 'no node'}, not "
+                             f"{node_url}: it does not serve the model there")
+        return (*_answer_tokens(node_url, answer), None)
+
+
+def _body(request: GenerationRequest) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": request.model, "max_tokens": request.max_tokens,
         "messages": [{"role": m.role, "content": m.content} for m in request.messages or ()],
@@ -159,6 +208,13 @@ def _ask(http: httpx.Client, node_url: str, request: GenerationRequest,
     }
     if request.seed is not None:
         body["seed"] = request.seed
+    return body
+
+
+def _ask(http: httpx.Client, node_url: str, request: GenerationRequest,
+         max_amount: int | None = None
+         ) -> tuple[list[int], list[float], Commitments | None]:
+    body = _body(request)
     if request.commitments:
         body["agoranet"] = {"commitments": True}
     extensions = {"agoranet_max_amount": max_amount} if max_amount else None
@@ -171,13 +227,21 @@ def _ask(http: httpx.Client, node_url: str, request: GenerationRequest,
                              "and an audit --budget")
         response.raise_for_status()
         answer = jsonlimits.loads(response.content, what="the answer")
-        content = answer["choices"][0]["logprobs"]["content"]
-    except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
+    except (httpx.HTTPError, TypeError, ValueError) as exc:
         raise AuditError(f"{node_url} did not answer an audit challenge: {exc}") from exc
-    if any(entry.get("token_id") is None for entry in content):
-        raise AuditError(f"{node_url} returns no token ids: it cannot be audited")
-    return ([int(e["token_id"]) for e in content], [float(e["logprob"]) for e in content],
-            commitments_in(answer))
+    return (*_answer_tokens(node_url, answer), commitments_in(answer))
+
+
+def _answer_tokens(node_url: str, answer: Any) -> tuple[list[int], list[float]]:
+    """An answer's token ids and logprobs (token ids are an agoranet extension)."""
+    try:
+        content = answer["choices"][0]["logprobs"]["content"]
+        if any(entry.get("token_id") is None for entry in content):
+            raise AuditError(f"{node_url} returns no token ids: it cannot be audited")
+        return ([int(e["token_id"]) for e in content],
+                [float(e["logprob"]) for e in content])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise AuditError(f"{node_url} did not answer an audit challenge: {exc}") from exc
 
 
 def _message(response: httpx.Response) -> str:
