@@ -23,10 +23,11 @@ not hold it against the node (a missing model is the buyer's mistake).
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from agoranet.api.asgi_body import read_body, replay_body
 from agoranet.api.errors import error_from_exception
 from agoranet.api.jsonlimits import loads_object
 from agoranet.errors import AgoranetError, ModelNotFoundError
@@ -79,31 +80,6 @@ async def _refuse(send: Send, ident: str) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.request":
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-        elif message["type"] == "http.disconnect":
-            return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Callable[[], Awaitable[Message]]:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
 def _requested_adapter(body: bytes) -> str | None:
     """The adapter id a request body names, if any (a bad body is left to the routes)."""
     if ADAPTER_SEPARATOR.encode() not in body:
@@ -130,8 +106,8 @@ class AdapterAccess:
                 scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
-        replay = _replay(body, receive)
+        body = await read_body(receive)
+        replay = replay_body(body, receive)
         ident = _requested_adapter(body)
         if ident is None or not self.owners.is_private(ident):
             await self.app(scope, replay, send)

@@ -25,12 +25,13 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agoranet.api.asgi_body import read_body, replay_body
 from agoranet.api.errors import error_body, error_from_exception
 from agoranet.api.handlers import parse_json_object
 from agoranet.api.sse import sse_json
@@ -78,7 +79,7 @@ class PaymentMiddleware:
                 scope["path"] not in self.paid_paths:
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
+        body = await read_body(receive)
         try:
             prepared, model, stream = await self._prepare(scope["path"], body)
         except Exception as exc:  # bad body, unknown model, context too long: no inference
@@ -88,7 +89,7 @@ class PaymentMiddleware:
         if prepared.request.commitments:  # the offer's surcharge on every token
             prices = with_commitments(prices, self.commitment_price)
         if prices.is_free:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay_body(body, receive), send)
             return
         worst = worst_case(prices, prepared.prompt_tokens, prepared.request.max_tokens)
         headers = _headers(scope)
@@ -174,7 +175,7 @@ class PaymentMiddleware:
                 return
             await send(message)
 
-        replay = _replay(body, receive)
+        replay = replay_body(body, receive)
 
         async def watched_receive() -> Message:
             nonlocal gone
@@ -233,31 +234,6 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 def _host(scope: Scope) -> str:
     return _headers(scope).get("host", "localhost")
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.request":
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-        elif message["type"] == "http.disconnect":
-            return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Callable[[], Awaitable[Message]]:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 async def _send_error(send: Send, exc: Exception) -> None:
