@@ -180,7 +180,9 @@ class Score:
     seconds: float = 0.0
     complete: bool = True
     survivors: list[str] = field(default_factory=list)
-    equivalent: int = 0  # survivors that only change the letter case of SQL (see below)
+    equivalent: int = 0  # survivors no test can tell: SQL letter case, or judged so
+    acceptable: int = 0  # survivors judged not worth a test (bench/mutation_judged/<module>.txt)
+    stale: bool = False  # verdicts of an older source (--report-only): run it again
 
     @property
     def score(self) -> float:
@@ -212,6 +214,49 @@ def sql_case_only(diff: str) -> bool:
         if re.findall(r"'[^']*'", old) != re.findall(r"'[^']*'", new):
             return False  # a quoted SQL value ('held') is data: its case matters
     return True
+
+
+EXPLAINED = ROOT / "bench" / "mutation_judged"
+"""Per module, ``<module>.txt``: survivors judged by a person, each a block that starts with
+``## equivalent: <why>`` (no test can tell it from the original: left out of score*) or
+``## acceptable: <why>`` (a test could, but it is not worth one: still counted as a survivor),
+followed by the mutant's changed lines as ``survivors.diff`` shows them (``-`` then ``+``).
+A block matches by those lines, not by mutant name, so it outlives renumbering; it stops
+matching when the lines change, and the survivor then shows up again to be judged."""
+
+
+@dataclass(frozen=True)
+class Judgement:
+    kind: str  # "equivalent" or "acceptable"
+    why: str
+
+
+def _changed_lines(diff: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    removed = tuple(line[1:].strip() for line in diff.splitlines()
+                    if line.startswith("-") and not line.startswith("---"))
+    added = tuple(line[1:].strip() for line in diff.splitlines()
+                  if line.startswith("+") and not line.startswith("+++"))
+    return removed, added
+
+
+def load_judgements(name: str) -> dict[tuple[tuple[str, ...], tuple[str, ...]], Judgement]:
+    """The explained survivors of module ``name`` (see :data:`EXPLAINED`)."""
+    path = EXPLAINED / f"{name}.txt"
+    if not path.exists():
+        return {}
+    judged: dict[tuple[tuple[str, ...], tuple[str, ...]], Judgement] = {}
+    blocks = re.split(r"^## ", path.read_text(), flags=re.MULTILINE)[1:]
+    for block in blocks:
+        head, _, body = block.partition("\n")
+        kind, _, why = head.partition(":")
+        if kind.strip() not in {"equivalent", "acceptable"}:
+            raise SystemExit(f"{path}: a block starts '## equivalent:' or '## acceptable:', "
+                             f"not {head!r}")
+        key = _changed_lines(body)
+        if not key[0] and not key[1]:
+            raise SystemExit(f"{path}: the block {head!r} names no changed lines")
+        judged[key] = Judgement(kind.strip(), why.strip())
+    return judged
 
 
 def _ignore(_dir: str, names: list[str]) -> list[str]:
@@ -316,12 +361,19 @@ def _write_survivors(work: Path, source: str, score: Score, env: dict[str, str])
                            input=json.dumps(score.survivors), capture_output=True, text=True,
                            timeout=600, check=False)
     diffs: dict[str, str] = json.loads(shown.stdout) if shown.returncode == 0 else {}
+    judged = load_judgements(score.module)
     with (work / "survivors.diff").open("w") as fh:
         for mutant in score.survivors:
             diff = diffs.get(mutant, "(no diff)")
-            equivalent = sql_case_only(diff)
-            score.equivalent += equivalent
-            fh.write(f"### {mutant}{' (equivalent: SQL case)' * equivalent}\n{diff}\n\n")
+            judgement = judged.get(_changed_lines(diff))
+            if sql_case_only(diff):
+                judgement = Judgement("equivalent", "SQL case")
+            if judgement is not None and judgement.kind == "equivalent":
+                score.equivalent += 1
+            elif judgement is not None:
+                score.acceptable += 1
+            note = f" ({judgement.kind}: {judgement.why})" if judgement else ""
+            fh.write(f"### {mutant}{note}\n{diff}\n\n")
 
 
 def _settled(code: int | None) -> bool:
@@ -396,17 +448,20 @@ def run_module(name: str, jobs: int, module_timeout: float, verbose: bool,
 
 def _table(scores: list[Score], threshold: float) -> str:
     head = (f"{'module':<20} {'mutants':>7} {'killed':>6} {'surv.':>5} {'timeout':>7} "
-            f"{'no test':>7} {'unrun':>5} {'score':>7} {'sql-eq':>6} {'score*':>7} {'time':>7}")
+            f"{'no test':>7} {'unrun':>5} {'score':>7} {'equiv':>6} {'score*':>7} {'time':>7}")
     lines = [head, "-" * len(head)]
     for s in scores:
         flag = "" if s.complete else "  (cut short)"
+        if s.stale:
+            flag = "  (stale: source changed)"
         if s.complete and s.score_without_equivalent < threshold:
             flag = f"  < {threshold:.0f} %"
         lines.append(f"{s.module:<20} {s.mutants:>7} {s.killed:>6} {s.survived:>5} {s.timeout:>7} "
                      f"{s.no_tests:>7} {s.other:>5} {s.score:>6.1f}% {s.equivalent:>6} "
                      f"{s.score_without_equivalent:>6.1f}% {s.seconds:>6.0f}s{flag}")
-    lines.append("score = (killed + timeout) / mutants; score* leaves out sql-eq, survivors "
-                 "that only change the case of SQL text (equivalent)")
+    lines.append("score = (killed + timeout) / mutants; score* leaves out equiv, survivors no "
+                 "test can tell from the original (SQL letter case, or judged so in "
+                 "bench/mutation_judged/<module>.txt)")
     return "\n".join(lines)
 
 
@@ -443,6 +498,7 @@ def main() -> int:
                 continue
             score = _score(name, json.loads(_results_file(name).read_text()))
             score.complete = score.other == 0
+            score.stale = not _unchanged_since_last_run(name, MODULES[name][0])
             _write_survivors(WORK / name, MODULES[name][0], score, _environment())
         else:
             again = "resume" if args.resume else "survivors" if args.survivors_only else ""
@@ -454,7 +510,7 @@ def main() -> int:
     print()
     print(_table(scores, args.threshold))
     print(f"\nsurvivors' diffs: {WORK}/<module>/survivors.diff")
-    if any(not s.complete for s in scores):
+    if any(not s.complete or s.stale for s in scores):
         return 2
     return 1 if any(s.score_without_equivalent < args.threshold for s in scores) else 0
 
