@@ -35,6 +35,7 @@ Usage: python bench/mutation.py [--modules payer,ledger] [--jobs 2] [--module-ti
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -381,11 +382,25 @@ def _settled(code: int | None) -> bool:
     return code in _KILLED | _TIMEOUT
 
 
+def _code_of(path: Path) -> str:
+    """The module's code as mutmut sees it: its syntax tree without top-level imports or
+    comments (mutmut mutates no import, so moving a name to another module changes no
+    mutant); unparsable source compares by its text."""
+    text = path.read_text()
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return text
+    tree.body = [node for node in tree.body if not isinstance(node, ast.Import | ast.ImportFrom)]
+    return ast.dump(tree)
+
+
 def _unchanged_since_last_run(name: str, source: str) -> bool:
-    """Whether the module's source is the one its last run mutated (its snapshot's copy):
-    mutant names number the mutations of each function, so old verdicts fit no other."""
+    """Whether the module's code is the one its last run mutated (its snapshot's copy):
+    mutant names number the mutations of each function, so old verdicts fit no other.
+    Top-level imports may differ (see :func:`_code_of`)."""
     snapshot = WORK / name / source
-    return snapshot.exists() and snapshot.read_bytes() == (ROOT / source).read_bytes()
+    return snapshot.exists() and _code_of(snapshot) == _code_of(ROOT / source)
 
 
 def run_module(name: str, jobs: int, module_timeout: float, verbose: bool,
