@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 ANVIL  := $(TOOLS)/.anvil-installed
 PYTEST_WORKERS ?= auto
 
-.PHONY: install model anvil lint test demo bench bench-gateway mutation clean
+.PHONY: install model anvil contracts lint test demo bench bench-gateway mutation clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ $(TINY)/model.safetensors: $(wildcard src/agoranet/tinymodel/*.py) | $(STAMP)
 	$(BIN)/agoranet model tiny $(TINY) --force
 
 model: $(TINY)/model.safetensors
+
+# The contracts' ABIs and bytecode shipped as package data, compiled from their Vyper sources
+# (commit the result; tests/chain/test_artifacts.py fails while they are stale).
+contracts: $(STAMP)
+	$(BIN)/python -m agoranet.chain.compiler --write
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples

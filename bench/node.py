@@ -4,12 +4,17 @@ Prints, in one run:
 - tokens/s of ``transformers``' own ``generate`` (reference), of our engine called
   in-process, and of the same engine behind ``agoranet node`` read with the official
   ``openai`` client (streamed), with the ratio node / in-process (goal: >= 0.97);
-- total tokens/s with 1, 4 and 16 concurrent streams through the node.
+- total tokens/s with 1, 4, 16 and 32 concurrent streams through the node (continuous
+  batching), as ratios to one stream (goal: >= 5x at 16), and the median time to first
+  token at 16 streams;
+- one stream through a second node started with ``--no-batching`` (the engine before
+  continuous batching), against which one batched stream must not be slower (>= 0.95).
 
 Every scenario runs once untimed (warm-up), then all of them in ``--repeats``
 rounds, interleaved with a rotating order; the table prints medians.
 
 Usage: python bench/node.py [--tokens 256] [--repeats 5] [--model models/tiny]
+(the machine's load moves every row: compare ratios from one run)
 """
 
 from __future__ import annotations
@@ -61,7 +66,8 @@ async def engine_rate(engine: TransformersEngine, tokens: int) -> float:
     return finish.completion_tokens / (time.perf_counter() - started)
 
 
-async def stream_once(client: object, tokens: int) -> int:
+async def stream_once(client: object, tokens: int, first: list[float] | None = None) -> int:
+    started = time.perf_counter()
     stream = await client.chat.completions.create(  # type: ignore[attr-defined]
         model="tiny", messages=[{"role": "user", "content": QUESTION}], max_tokens=tokens,
         temperature=0, stream=True, stream_options={"include_usage": True},
@@ -69,22 +75,30 @@ async def stream_once(client: object, tokens: int) -> int:
     )
     produced = 0
     async for chunk in stream:
+        if first is not None and chunk.choices and chunk.choices[0].delta.content:
+            first.append(time.perf_counter() - started)
+            first = None
         if chunk.usage:
             produced = chunk.usage.completion_tokens
     return produced
 
 
-async def node_rate(client: object, tokens: int, concurrency: int) -> float:
+async def node_rate(client: object, tokens: int, concurrency: int,
+                    first: list[float] | None = None) -> float:
+    """Total tokens/s of ``concurrency`` simultaneous streams (``first``: each one's time to
+    its first token is appended)."""
     started = time.perf_counter()
-    counts = await asyncio.gather(*(stream_once(client, tokens) for _ in range(concurrency)))
+    counts = await asyncio.gather(*(stream_once(client, tokens, [] if first is None else first)
+                                    for _ in range(concurrency)))
     return sum(counts) / (time.perf_counter() - started)
 
 
-SCENARIOS = ("reference", "engine", "node x1", "node x4", "node x16")
+SCENARIOS = ("reference", "engine", "unbatched node x1", "node x1", "node x4", "node x16",
+             "node x32")
 
 
-async def measure(model_dir: str, base_url: str, tokens: int, repeats: int
-                  ) -> dict[str, float]:
+async def measure(model_dir: str, base_url: str, unbatched_url: str, tokens: int, repeats: int
+                  ) -> tuple[dict[str, float], float]:
     """Median tokens/s per scenario: one warm-up each, then ``repeats`` interleaved rounds
     (the order rotates each round, so drift and warm caches hit every scenario alike)."""
     from openai import AsyncOpenAI
@@ -92,17 +106,22 @@ async def measure(model_dir: str, base_url: str, tokens: int, repeats: int
     reference = Reference(model_dir)
     engine = TransformersEngine(model_dir, served_model_name="tiny")
     client = AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
+    unbatched = AsyncOpenAI(base_url=unbatched_url, api_key="bench", max_retries=0)
+    first: list[float] = []  # time to first token at 16 streams
     runs: dict[str, Callable[[int], Awaitable[float]]] = {
         "reference": reference.rate,
         "engine": lambda n: engine_rate(engine, n),
+        "unbatched node x1": lambda n: node_rate(unbatched, n, 1),
         "node x1": lambda n: node_rate(client, n, 1),
         "node x4": lambda n: node_rate(client, n, 4),
-        "node x16": lambda n: node_rate(client, n, 16),
+        "node x16": lambda n: node_rate(client, n, 16, first),
+        "node x32": lambda n: node_rate(client, n, 32),
     }
     samples: dict[str, list[float]] = {name: [] for name in SCENARIOS}
     try:
         for name in SCENARIOS:  # warm up: allocations, the connection, the node's caches
             await runs[name](8)
+        first.clear()
         for index in range(repeats):
             order = SCENARIOS[index % len(SCENARIOS):] + SCENARIOS[:index % len(SCENARIOS)]
             for name in order:
@@ -110,7 +129,9 @@ async def measure(model_dir: str, base_url: str, tokens: int, repeats: int
     finally:
         await engine.aclose()
         await client.close()
-    return {name: statistics.median(values) for name, values in samples.items()}
+        await unbatched.close()
+    return ({name: statistics.median(values) for name, values in samples.items()},
+            statistics.median(first))
 
 
 def main() -> None:
@@ -123,12 +144,14 @@ def main() -> None:
     if not (Path(args.model) / "config.json").exists():
         raise SystemExit(f"no model at {args.model}: run `agoranet model tiny {args.model}`")
 
-    with console.status(f"{args.repeats} interleaved rounds"), running_node(
-        ["--model", args.model, "--served-model-name", "tiny", "--max-active", "16"]
-    ) as url:
-        rates = asyncio.run(measure(args.model, url, args.tokens, args.repeats))
+    node = ["--model", args.model, "--served-model-name", "tiny", "--max-active", "32"]
+    with console.status(f"{args.repeats} interleaved rounds"), running_node(node) as url, \
+            running_node([*node, "--no-batching"]) as unbatched_url:
+        rates, first_token = asyncio.run(measure(args.model, url, unbatched_url, args.tokens,
+                                                 args.repeats))
     reference, in_process = rates["reference"], rates["engine"]
-    over_http = {1: rates["node x1"], 4: rates["node x4"], 16: rates["node x16"]}
+    over_http = {n: rates[f"node x{n}"] for n in (1, 4, 16, 32)}
+    unbatched = rates["unbatched node x1"]
 
     table = Table(title=f"tiny model, {args.tokens} tokens per request, median of "
                         f"{args.repeats} interleaved rounds after a warm-up")
@@ -140,11 +163,16 @@ def main() -> None:
     table.add_row("engine in-process", f"{in_process:.0f}", "1.000")
     table.add_row("node over HTTP, openai client, 1 stream", f"{over_http[1]:.0f}",
                   f"{over_http[1] / in_process:.3f} x engine (goal >= 0.97)")
-    for concurrency in (4, 16):
+    table.add_row("node --no-batching (the old engine), 1 stream", f"{unbatched:.0f}",
+                  f"batched 1 stream / this: {over_http[1] / unbatched:.3f} (goal >= 0.95)")
+    for concurrency in (4, 16, 32):
+        goal = " (goal >= 5)" if concurrency == 16 else ""
         table.add_row(f"node, {concurrency} concurrent streams (total)",
                       f"{over_http[concurrency]:.0f}",
-                      f"{over_http[concurrency] / over_http[1]:.2f} x 1 stream")
+                      f"{over_http[concurrency] / over_http[1]:.2f} x 1 stream{goal}")
     console.print(table)
+    console.print(f"time to first token at 16 concurrent streams: median "
+                  f"{first_token * 1000:.0f} ms")
 
 
 if __name__ == "__main__":

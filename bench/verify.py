@@ -1,6 +1,6 @@
 """Audit detection and cost on the tiny model, in one run.
 
-For an honest engine and each cheat of ``agoranet.engines.cheats`` (int8, int4,
+For an honest engine and each cheat of ``agoranet.testing.cheats`` (int8, int4,
 a smaller model, another chat template, system messages dropped, replayed
 answers; all under the honest name and hash), generate answers to the same
 fresh challenges (half greedy, half seeded; prompts drawn from the dialogue
@@ -25,7 +25,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from agoranet.engines.hf import TransformersEngine, load_model
+from agoranet.engines.hf import load_model
+from agoranet.testing.cheats import engine_with_cheat
 from agoranet.tinymodel import SIZES, build_tiny_model
 from agoranet.verify.calibration import Tally, audit_engine
 from agoranet.verify.node_audit import challenges
@@ -37,7 +38,7 @@ MODES = [None, "int8", "int4", "smaller", "template", "nosystem", "replay", "+co
 
 async def run(model: str, reference: Any, cheat: str | None, answers: int, tokens: int,
               seed: int, commitments: bool) -> Tally:
-    engine = TransformersEngine(loaded=load_model(model), cheat=cheat)
+    engine = engine_with_cheat(cheat, loaded=load_model(model))
     try:
         requests = challenges(answers, engine.models()[0].name, tokens, random.Random(seed))
         if commitments:

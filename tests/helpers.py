@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 from filelock import FileLock
@@ -10,12 +11,15 @@ from filelock import FileLock
 from agoranet.node.launcher import free_port, running_node
 
 __all__ = ["ROOT", "SMALL_DIR", "TINY_DIR", "ensure_small_model", "ensure_tiny_model",
-           "free_port", "node_process"]
+           "free_port", "node_process", "rigged_node_process"]
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DIR = Path(os.environ.get("AGORANET_TINY_MODEL", ROOT / "models" / "tiny"))
 SMALL_DIR = Path(os.environ.get("AGORANET_SMALL_MODEL", ROOT / "models" / "tiny-small"))
 node_process = running_node
+# The test-only node (python -m agoranet.testing node): cheats and chaos by name ("rigged":
+# not named test_*, which pytest would collect).
+rigged_node_process = partial(running_node, module="agoranet.testing")
 
 
 def _ensure(directory: Path, size: str) -> Path:

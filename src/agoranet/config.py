@@ -49,6 +49,9 @@ class NodeSettings(BaseSettings):
     # Concurrency: sequences generated at once, and how many more may wait.
     max_active: int = Field(default=8, ge=1)
     max_queue: int = Field(default=64, ge=0)
+    # The transformers engine runs its active sequences in one forward pass per step
+    # (continuous batching); False: one sequence per step, in turn.
+    batching: bool = True
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # What one client may hold: the request headers are due within ``header_timeout_s``,
     # each part of a body within ``body_timeout_s`` of the one before, an idle
@@ -119,16 +122,6 @@ class NodeSettings(BaseSettings):
         priced = self.price_in > 0 or self.price_out > 0 or \
             (self.fine_tuning and self.price_training > 0)
         return not self.free and priced
-
-    # Failure injection for demos and failover tests (node.chaos); off by default.
-    chaos_delay_ms: int = Field(default=0, ge=0)
-    chaos_fail_after: int | None = Field(default=None, ge=1)
-    chaos_fail_every: int = Field(default=1, ge=1)
-    # Token-deadline tests: stall after this many tokens, alive (agoranet.testing.stall).
-    chaos_stall_after: int | None = Field(default=None, ge=0)
-    cheat: str | None = None  # auditor tests only: a spec of agoranet.engines.cheats
-    # money tests only: a cheat of agoranet.testing.payment_cheats (e.g. "resync")
-    cheat_payments: str | None = None
 
     def adapter_store(self) -> Path:
         return self.adapters_dir or default_home() / "node" / "adapters"

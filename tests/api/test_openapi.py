@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,10 @@ class AdapterEngine(FakeEngine):
 
 
 def served(app: Starlette) -> set[tuple[str, str]]:
-    return {(m, r.path) for r in app.routes if isinstance(r, Route)
-            for m in r.methods or () if m != "HEAD"}
+    """Each route's methods and path, a parameter's converter left out (``{id:path}``
+    is documented as ``{id}``)."""
+    return {(m, re.sub(r"{([^}:]+):[^}]*}", r"{\1}", r.path)) for r in app.routes
+            if isinstance(r, Route) for m in r.methods or () if m != "HEAD"}
 
 
 def documented(document: dict[str, Any]) -> set[tuple[str, str]]:

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 
-def agoranet(*args: str) -> subprocess.CompletedProcess[str]:
+def agoranet(*args: str, module: str = "agoranet") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agoranet", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120
     )
 
 
@@ -24,14 +24,34 @@ def agoranet(*args: str) -> subprocess.CompletedProcess[str]:
         (["node", "--engine", "upstream", "--upstream-url", "http://127.0.0.1:9/v1"], 1,
          "unreachable"),
         (["node", "--price-in", "-1"], 2, "Invalid value for '--price-in'"),
-        (["node", "--cheat", "int3"], 2, "unknown cheat 'int3'"),
-        (["node", "--cheat", "smaller"], 2, "smaller:PATH"),
+        # cheats and chaos are no options of the production node (agoranet.testing's only)
+        (["node", "--cheat", "int4"], 2, "No such option '--cheat'"),
+        (["node", "--cheat-payments", "resync"], 2, "No such option '--cheat-payments'"),
+        (["node", "--chaos-delay-ms", "40"], 2, "No such option '--chaos-delay-ms'"),
+        (["node", "--chaos-stall-after", "3"], 2, "No such option '--chaos-stall-after'"),
         (["model", "tiny", "/proc/forbidden/tiny", "--steps", "1"], 1, "error:"),
     ],
 )
 def test_bad_input_is_one_line(args: list[str], code: int, needle: str) -> None:
     result = agoranet(*args)
     assert result.returncode == code, result.stderr
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["node", "--cheat", "int3"], "unknown cheat 'int3'"),
+        (["node", "--cheat", "smaller"], "smaller:PATH"),
+        (["node", "--cheat-payments", "nope"], "unknown payment cheat 'nope'"),
+        (["node", "--chaos-fail-after", "0"], "Invalid value for '--chaos-fail-after'"),
+    ],
+)
+def test_bad_test_only_node_options_are_one_line(args: list[str], needle: str) -> None:
+    """The test-only node (python -m agoranet.testing node) checks its wrappers' names."""
+    result = agoranet(*args, module="agoranet.testing")
+    assert result.returncode == 2, result.stderr
     assert needle in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
 

@@ -168,7 +168,7 @@ def test_nothing_set_gives_the_settings_defaults(monkeypatch: pytest.MonkeyPatch
     assert gateway.model_dump() == GatewaySettings(nodes=["http://127.0.0.1:1"]).model_dump()
 
 
-NOT_SETTINGS = {"no_adapters", "no_fine_tuning", "trust", "trust_lists"}
+NOT_SETTINGS = {"no_adapters", "no_fine_tuning", "no_batching", "trust", "trust_lists"}
 RENAMED = {"model_ref": "model", "ledger": "ledger_path", "node_urls": "nodes"}
 
 

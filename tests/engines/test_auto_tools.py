@@ -64,6 +64,8 @@ def _valid(call: dict[str, Any]) -> None:
 def test_the_tiny_model_declares_hermes_and_auto(engine: TransformersEngine) -> None:
     assert engine.tool_parser is HermesParser
     assert engine.supports_tool_choice_auto
+    # and offers it, so that a gateway routes tool_choice auto to it
+    assert "tool_choice_auto" in engine.models()[0].capabilities
 
 
 def _parsed(call: dict[str, Any]) -> None:
@@ -214,6 +216,7 @@ def test_forced_parallel_calls_without_a_parser_are_json_objects(tiny_loaded: An
     engine = TransformersEngine(loaded=dataclasses.replace(tiny_loaded, tokenizer=tokenizer))
     try:
         assert engine.tool_parser is None and not engine.supports_tool_choice_auto
+        assert "tool_choice_auto" not in engine.models()[0].capabilities
         assert engine._forced_calls_parser() is Llama3JsonParser
         for seed in range(3):
             text, calls, finish, _ = run(engine, ask("What is the weather in Rome?",

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from agoranet.engines.base import GenerationRequest, Message, collect
-from agoranet.engines.cheats import CHEATS, make_cheat
+from agoranet.engines.base import Engine, GenerationRequest, Message, collect
 from agoranet.engines.hf import TransformersEngine
 from agoranet.engines.prompt import encode_prompt
 from agoranet.errors import ConfigError
+from agoranet.testing.cheats import CHEATS, cheating_engine, engine_with_cheat, make_cheat
 from agoranet.tinymodel import TinySpec, build_tiny_model
 
 SYSTEM = Message("system", "You are a helpful assistant.")
@@ -36,11 +36,14 @@ def test_cheats_are_known_by_name() -> None:
 
 async def test_rounded_weights_are_a_copy(tiny_loaded: Any) -> None:
     before = digest(tiny_loaded.model)
-    engine = TransformersEngine(loaded=tiny_loaded, cheat="int4")
+    engine = cheating_engine("int4", loaded=tiny_loaded)
     try:
         assert engine.loaded.model is not tiny_loaded.model
         assert digest(engine.loaded.model) != before
-        assert engine.models() == [tiny_loaded.info]  # still claims the honest hash
+        claimed = engine.models()[0]  # still claims the honest hashes
+        assert (claimed.name, claimed.weights_sha256, claimed.model_sha256) == (
+            tiny_loaded.info.name, tiny_loaded.info.weights_sha256,
+            tiny_loaded.info.model_sha256)
     finally:
         await engine.aclose()
     assert digest(tiny_loaded.model) == before
@@ -52,7 +55,7 @@ async def test_prompt_cheats_change_the_prompt(tiny_loaded: Any) -> None:
     honest = encode_prompt(tokenizer, request)
     without_system = encode_prompt(tokenizer, GenerationRequest(model="tiny", messages=(ASK,)))
     for cheat, expected in (("nosystem", without_system), (None, honest)):
-        engine = TransformersEngine(loaded=tiny_loaded, cheat=cheat)
+        engine = engine_with_cheat(cheat, loaded=tiny_loaded)
         try:
             assert (await engine.prepare(request)).payload == (expected, None, None)
         finally:
@@ -67,12 +70,12 @@ async def test_replay_ignores_the_seed(tiny_loaded: Any) -> None:
         return GenerationRequest(model="tiny", messages=(Message("user", content),),
                                  max_tokens=24, temperature=1.0, seed=seed, logprobs=logprobs)
 
-    async def ids(engine: TransformersEngine, request: GenerationRequest) -> list[int | None]:
+    async def ids(engine: Engine, request: GenerationRequest) -> list[int | None]:
         _, tokens, _ = await collect(engine.stream(await engine.prepare(request)))
         return [t.token_id for t in tokens]
 
     honest = TransformersEngine(loaded=tiny_loaded)
-    replay = TransformersEngine(loaded=tiny_loaded, cheat="replay")
+    replay = cheating_engine("replay", loaded=tiny_loaded)
     try:
         seeds = [s for s in range(1, 40) if await ids(honest, ask(s)) != await ids(honest, ask(0))]
         assert seeds  # some seed gives another honest answer

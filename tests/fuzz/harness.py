@@ -171,6 +171,8 @@ class Live:
     body_payer: Payer
     header_payer: Payer
     onchain_before: dict[str, tuple[int, int]]
+    spend_log: Path  # the gateway's
+
 
 
 def _payer(chain: DevChain, addresses: ChainAddresses, url: str, state: Path) -> Payer:
@@ -244,7 +246,7 @@ def live_network(tmp: Path, model: Path) -> Iterator[Live]:
         owner = tmp / "gateway" / "owner.key"  # beside the key store, beside the spend log
         key = owner.read_text().strip() if owner.exists() else None
         yield Live(chain, addresses, node, ledger, gateway, fake, paid_fake, required, key,
-                   body_payer, header_payer, before)
+                   body_payer, header_payer, before, tmp / "gateway" / "spend.sqlite")
 
 
 def _wait_offers(gateway: str, timeout: float = 30.0) -> None:
@@ -657,11 +659,17 @@ class Fuzzer:
                 checks.append(f"the node charged the {name} payer's channel "
                               f"{node_charged.get(payer.state.channel_id)}, the payer's "
                               f"receipts say {payer.state.charged}")
-        # the gateway paid nothing: the free fake node costs nothing, the paid one never
-        # sent a receipt; and no reservation outlived its request
+        # the gateway paid nothing for any input: the free fake node costs nothing, the paid
+        # one never sent a receipt, so its spend is only what the tokens it streamed without
+        # one may cost (rows "unreceipted", counted against it: payments.unreceipted); and no
+        # reservation outlived its request
         budget = httpx.get(f"{live.gateway.url}/agoranet/nodes", timeout=10.0).json()["budget"]
-        if budget["spent"] or budget["reserved"]:
-            checks.append(f"the gateway's budget after the run: {budget}")
+        spent = _rows(live.spend_log, "SELECT node, outcome, amount FROM spend WHERE amount > 0")
+        unreceipted = [r for r in spent
+                       if r[1] == "unreceipted" and r[0].startswith(live.paid_fake.url)]
+        if budget["reserved"] or budget["spent"] != sum(r[2] for r in unreceipted) or \
+                len(unreceipted) != len(spent):
+            checks.append(f"the gateway's budget after the run: {budget}; spend rows {spent}")
         after = onchain(live.chain, live.addresses, [live.body_payer, live.header_payer])
         if after != live.onchain_before:
             checks.append(f"the channels moved on chain: {live.onchain_before} -> {after}")

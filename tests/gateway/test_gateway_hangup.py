@@ -24,6 +24,7 @@ from agoranet.gateway.policy import Policy
 from agoranet.gateway.service import GatewayService
 from agoranet.node.app import create_app
 from agoranet.node.launcher import free_port
+from agoranet.testing.chaos import chaos_middleware
 from fakes import FakeEngine
 
 pytestmark = pytest.mark.timeout(60)
@@ -50,9 +51,9 @@ async def served(app: Starlette) -> AsyncIterator[str]:
 
 
 def stalling_node(price: int, stall_after: int) -> Starlette:
-    settings = NodeSettings(fine_tuning=False, free=True, price_in=price, price_out=price,
-                            chaos_stall_after=stall_after)
-    return create_app(FakeEngine(), settings)
+    settings = NodeSettings(fine_tuning=False, free=True, price_in=price, price_out=price)
+    return create_app(FakeEngine(), settings,
+                      middleware=[chaos_middleware(f"stall:{stall_after}")])
 
 
 @pytest.mark.parametrize(("hedge", "stalls"), [(None, (2, 2)), (50, (0, 2))],

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from agoranet.verify.node_audit import audit_node
-from helpers import node_process
+from helpers import rigged_node_process
 
 pytestmark = pytest.mark.slow
 
@@ -19,8 +19,8 @@ COMMON = ["--free", "--no-fine-tuning", "--no-adapters"]
 
 def test_a_smaller_model_under_the_honest_hash_fails(tiny_model: Path, small_model: Path,
                                                      tiny_loaded: Any) -> None:
-    with node_process(["--model", str(tiny_model), "--cheat", f"smaller:{small_model}",
-                       *COMMON]) as url:
+    with rigged_node_process(["--model", str(tiny_model), "--cheat", f"smaller:{small_model}",
+                               *COMMON]) as url:
         offer = httpx.get(url.removesuffix("/v1") + "/.well-known/agoranet").json()
         audit = audit_node(url, "tiny", tiny_loaded)
     assert offer["models"][0]["model_sha256"] == tiny_loaded.info.model_sha256
@@ -28,7 +28,8 @@ def test_a_smaller_model_under_the_honest_hash_fails(tiny_model: Path, small_mod
 
 
 def test_a_replaying_node_fails_fresh_audits(tiny_model: Path, tiny_loaded: Any) -> None:
-    with node_process(["--model", str(tiny_model), "--cheat", "replay", *COMMON]) as url:
+    with rigged_node_process(["--model", str(tiny_model), "--cheat", "replay",
+                               *COMMON]) as url:
         first = audit_node(url, "tiny", tiny_loaded, rng=random.Random(1))
         again = audit_node(url, "tiny", tiny_loaded, rng=random.Random(1))  # the same challenges
         fresh = audit_node(url, "tiny", tiny_loaded, rng=random.Random(2))

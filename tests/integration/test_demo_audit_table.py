@@ -18,7 +18,7 @@ from rich.console import Console
 
 from agoranet.demo import network_step
 from agoranet.node.launcher import running_command
-from helpers import node_process
+from helpers import node_process, rigged_node_process
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def _wait(gateway: str, urls: list[str]) -> None:
 
 def test_audit_table_says_why_a_node_is_banned(tiny_model: Path, tmp_path: Path) -> None:
     model = ["--model", str(tiny_model)]
-    with (node_process([*model, *FREE, "--chaos-fail-after", "3"]) as cutter,
+    with (rigged_node_process([*model, *FREE, "--chaos-fail-after", "3"]) as cutter,
           node_process([*model, *FREE, "--price-in", "500", "--price-out", "900"]) as honest):
         args = ["gateway", "--open", "--node", cutter, "--node", honest,
                 "--spend-log", str(tmp_path / "spend.sqlite")]

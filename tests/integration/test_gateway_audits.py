@@ -10,7 +10,7 @@ import pytest
 from openai import OpenAI
 
 from agoranet.node.launcher import running_command
-from helpers import node_process
+from helpers import node_process, rigged_node_process
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ QUESTION = [{"role": "user", "content": "Hello!"}]
 
 def test_a_cheating_node_is_caught_banned_and_dropped(tiny_model: Path, tmp_path: Path) -> None:
     common = ["--model", str(tiny_model), "--free", "--no-fine-tuning", "--no-adapters"]
-    with node_process(common) as honest, node_process([*common, "--cheat", "int4"]) as cheat:
+    with node_process(common) as honest, rigged_node_process([*common, "--cheat", "int4"]) as cheat:
         args = ["gateway", "--open", "--node", honest, "--node", cheat, "--audit-reference",
                 str(tiny_model), "--audit-share", "1", "--spend-log",
                 str(tmp_path / "spend.sqlite")]

@@ -1,6 +1,6 @@
 """#12: a node that overcharges through resync, against a real gateway on the dev chain.
 
-The cheating node (``agoranet node --cheat-payments resync``) marks each request's
+The cheating node (``python -m agoranet.testing node --cheat-payments resync``) marks each request's
 whole voucher as charged and answers the gateway's next voucher with a corrective
 402. The gateway believes no total that no receipt backs: it counts what the node
 can claim as disputed spend (budget and spend log), bans the node for long, fails
@@ -22,7 +22,7 @@ from agoranet.chain.devchain import DevChain
 from agoranet.gateway.spendlog import SpendLog
 from agoranet.node.launcher import running_command
 from agoranet.payments.wallet import create_keystore
-from helpers import node_process
+from helpers import node_process, rigged_node_process
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def test_a_node_claiming_unreceipted_charges_is_counted_banned_and_left(
     spend_path = tmp_path / "gw" / "spend.sqlite"
     model = ["--model", str(tiny_model), "--rpc-url", chain.rpc_url, *COMMON]
     with ExitStack() as stack:
-        cheat = stack.enter_context(node_process([
+        cheat = stack.enter_context(rigged_node_process([
             *model, "--price-in", "100000", "--price-out", "300000",
             "--keystore", _keystore(chain, 3, tmp_path / "cheat.json"),
             "--ledger", str(tmp_path / "cheat.sqlite"), "--cheat-payments", "resync"]))

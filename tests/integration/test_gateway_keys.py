@@ -26,7 +26,7 @@ import pytest
 from agoranet.chain.devchain import DevChain
 from agoranet.gateway.spendlog import SpendLog
 from agoranet.node.launcher import free_port, wait_healthy
-from helpers import node_process
+from helpers import node_process, rigged_node_process
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +36,9 @@ QUESTION = [{"role": "user", "content": "Tell me about the library."}]
 @pytest.fixture(scope="module")
 def node(tiny_model: Path) -> Iterator[str]:
     # Each SSE frame is held 60 ms: a request stays in flight long enough to be cut.
-    with node_process(["--model", str(tiny_model), "--price-in", "0", "--price-out", "250000",
-                       "--free", "--no-fine-tuning", "--no-adapters", "--max-active", "16",
-                       "--chaos-delay-ms", "60"]) as url:
+    with rigged_node_process(["--model", str(tiny_model), "--price-in", "0", "--price-out",
+                               "250000", "--free", "--no-fine-tuning", "--no-adapters",
+                               "--max-active", "16", "--chaos-delay-ms", "60"]) as url:
         yield url
 
 

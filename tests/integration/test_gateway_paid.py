@@ -74,6 +74,14 @@ def test_gateway_pays_nodes_and_nodes_settle_what_the_receipts_say(
                     summary = (chunk.model_extra or {}).get("agoranet") or summary
                 assert summary is not None
                 amounts.append(summary["amount"])
+        # The Responses API is paid like a chat request: plain and streamed.
+        plain = client.responses.create(model="tiny", input="Hello!", max_output_tokens=24)
+        assert plain.output_text
+        amounts.append(plain.model_extra["agoranet"]["amount"])  # type: ignore[index]
+        events = list(client.responses.create(model="tiny", input="Hello!",
+                                              max_output_tokens=24, stream=True))
+        final = events[-1].response  # type: ignore[union-attr]
+        amounts.append(final.model_extra["agoranet"]["amount"])  # type: ignore[index]
         assert all(a > 0 for a in amounts)
         receipts = _receipts(tmp_path / "gw" / "channels")
         assert sum(int(str(r["amount"])) for r in receipts) == sum(amounts)
@@ -115,8 +123,8 @@ def test_a_paid_node_killed_mid_stream_is_paid_what_it_receipted(
     import sys
 
     from agoranet.gateway.spendlog import SpendLog
+    from agoranet.market import TokenPrices, cost
     from agoranet.node.launcher import free_port
-    from agoranet.payments.pricing import TokenPrices, cost
     from agoranet.payments.receipts import Receipt, verify_receipt
 
     monkeypatch.setenv("AGORANET_WALLET_PASSWORD", PASSWORD)
@@ -135,8 +143,9 @@ def test_a_paid_node_killed_mid_stream_is_paid_what_it_receipted(
             "--model", str(tiny_model), "--price-in", "200000", "--price-out", "600000",
             "--rpc-url", chain.rpc_url, "--keystore", str(keystore(chain, 7, tmp_path / "b.json")),
             "--ledger", str(tmp_path / "backup.sqlite"), "--no-fine-tuning", "--no-adapters"]))
-        # Slow (40 ms a token) and cheapest, so the kill lands mid-answer on it.
-        victim = subprocess.Popen([sys.executable, "-m", "agoranet", *victim_args,
+        # Slow (40 ms a token: the test-only node's chaos) and cheapest, so the kill lands
+        # mid-answer on it.
+        victim = subprocess.Popen([sys.executable, "-m", "agoranet.testing", *victim_args,
                                    "--port", str(port), "--chaos-delay-ms", "40"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         stack.callback(victim.wait)
@@ -170,6 +179,9 @@ def test_a_paid_node_killed_mid_stream_is_paid_what_it_receipted(
         assert "".join(pieces) == healthy
         assert summary is not None and summary["nodes"] == [victim_url, backup]
         rows = SpendLog(spend_path).rows(summary["request_id"])
+        # the tokens that arrived after the victim's last running receipt: a row of their own
+        beyond = [(r.node, r.amount, r.receipt) for r in rows if r.outcome == "unreceipted"]
+        rows = [r for r in rows if r.outcome != "unreceipted"]
         assert [(r.node, r.outcome) for r in rows] == [(victim_url, "partial"), (backup, "ok")]
         receipts = []
         for row, index, prices in ((rows[0], 6, TokenPrices(100_000, 300_000)),
@@ -185,7 +197,11 @@ def test_a_paid_node_killed_mid_stream_is_paid_what_it_receipted(
               f"{cut.tokens_out} for {cut.amount}; next node: {receipts[1].tokens_out} tokens "
               f"for {receipts[1].amount}")
         assert cut.tokens_out % 4 == 0 and 4 <= cut.tokens_out <= rows[0].completion_tokens
-        assert summary["amount"] == sum(r.amount for r in receipts)
+        # ... counted as spent at the victim's listed price, without a receipt
+        extra = cost(TokenPrices(100_000, 300_000), cut.tokens_in,
+                     rows[0].completion_tokens) - cut.amount
+        assert beyond == ([(victim_url, extra, None)] if extra else [])
+        assert summary["amount"] == sum(r.amount for r in receipts) + extra
         # The killed node restarts on its ledger and claims exactly what it had receipted.
         victim.wait()
         again = stack.enter_context(running_command(victim_args, port=port, timeout=120))

@@ -12,8 +12,8 @@ from openai import OpenAI
 
 from agoranet.chain.devchain import DevChain
 from agoranet.gateway.spendlog import SpendLog, SpendRow
+from agoranet.market import TokenPrices, cost
 from agoranet.node.launcher import running_command
-from agoranet.payments.pricing import TokenPrices, cost
 from agoranet.payments.receipts import Receipt, verify_receipt
 from agoranet.payments.wallet import create_keystore
 from agoranet.verify.node_audit import PER_ROUND

@@ -35,8 +35,8 @@ from agoranet.chain.devchain import DevChain
 from agoranet.chain.rpc import connect
 from agoranet.config import ChainSettings
 from agoranet.gateway.spendlog import SpendLog
+from agoranet.market import TokenPrices, cost
 from agoranet.node.launcher import free_port, wait_healthy
-from agoranet.payments.pricing import TokenPrices, cost
 from agoranet.payments.receipts import Receipt
 from agoranet.payments.wallet import PASSWORD_ENV_VAR, create_keystore
 from agoranet.testing.invariants import BuyerBook, assert_money_invariants, chain_snapshot

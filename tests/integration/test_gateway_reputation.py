@@ -21,7 +21,7 @@ from openai import OpenAI
 from agoranet.gateway.spendlog import SpendLog, SpendRow
 from agoranet.node.launcher import running_command
 from agoranet.verify.node_audit import PER_ROUND
-from helpers import node_process
+from helpers import node_process, rigged_node_process
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ FREE = ["--free", "--no-fine-tuning", "--no-adapters"]
 def test_a_failed_audit_outlives_a_gateway_restart(tiny_model: Path, tmp_path: Path) -> None:
     log = str(tmp_path / "gw" / "spend.sqlite")
     common = ["--model", str(tiny_model), *FREE]
-    with node_process(common) as honest, node_process([*common, "--cheat", "int4"]) as cheat:
+    with node_process(common) as honest, rigged_node_process([*common, "--cheat", "int4"]) as cheat:
         audited = ["gateway", "--open", "--node", cheat, "--audit-reference", str(tiny_model),
                    "--audit-share", "1", "--spend-log", log]
         with running_command(audited) as gateway:

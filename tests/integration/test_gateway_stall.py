@@ -11,7 +11,7 @@ import pytest
 from openai import OpenAI
 
 from agoranet.node.launcher import running_command
-from helpers import node_process
+from helpers import node_process, rigged_node_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -24,8 +24,8 @@ def test_a_node_stalling_after_its_first_tokens_is_failed_over(
 ) -> None:
     with (node_process(["--model", str(tiny_model), *COMMON, "--price-in", "500",
                         "--price-out", "900"]) as backup,
-          node_process(["--model", str(tiny_model), *COMMON, "--price-in", "100",
-                        "--price-out", "300", "--chaos-stall-after", "3"]) as stalled):
+          rigged_node_process(["--model", str(tiny_model), *COMMON, "--price-in", "100",
+                                "--price-out", "300", "--chaos-stall-after", "3"]) as stalled):
         healthy = OpenAI(base_url=backup, api_key="x", max_retries=0).chat.completions.create(
             model="tiny", messages=QUESTION, temperature=0, max_tokens=24,
         ).choices[0].message.content

@@ -17,7 +17,7 @@ import pytest
 from openai import OpenAI
 
 from agoranet.node.launcher import running_command
-from helpers import node_process
+from helpers import node_process, rigged_node_process
 
 pytestmark = pytest.mark.slow
 
@@ -246,8 +246,8 @@ def test_a_node_cut_mid_call_gives_the_client_one_whole_call(
     asked again of the next node, and the client sees only that node's call, whole."""
     from agoranet.gateway.spendlog import SpendLog
 
-    with node_process(["--model", str(tiny_model), *NODE, "--price-in", "0", "--price-out",
-                       "0", "--chaos-fail-after", "4"]) as victim, \
+    with rigged_node_process(["--model", str(tiny_model), *NODE, "--price-in", "0",
+                               "--price-out", "0", "--chaos-fail-after", "4"]) as victim, \
             running_command(["gateway", "--open", "--spend-log", str(tmp_path / "spend.sqlite"),
                              "--node", victim, "--node", nodes[1]]) as gw:
         _wait_for_offers(gw, 2)

@@ -74,7 +74,7 @@ def test_a_paid_node_killed_mid_call_is_paid_its_receipts_and_the_call_comes_who
             "--model", str(tiny_model), "--price-in", "200000", "--price-out", "600000",
             "--rpc-url", chain.rpc_url, "--keystore", str(keystore(chain, 7, tmp_path / "b.json")),
             "--ledger", str(ledgers[7]), "--no-fine-tuning", "--no-adapters"]))
-        victim = subprocess.Popen([sys.executable, "-m", "agoranet", *victim_args, "--port",
+        victim = subprocess.Popen([sys.executable, "-m", "agoranet.testing", *victim_args, "--port",
                                    str(port), "--chaos-delay-ms", str(FRAME_DELAY_MS)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         stack.callback(victim.wait)
@@ -106,7 +106,8 @@ def test_a_paid_node_killed_mid_call_is_paid_its_receipts_and_the_call_comes_who
         # The victim persists its first running receipt (4 tokens in), sends it one frame
         # later, and the next one four frames after that: the kill lands between the two,
         # once the buyer holds the first (a node killed between persisting a running
-        # receipt and sending it would claim one the buyer never got).
+        # receipt and sending it would claim one the buyer never got: that window is
+        # test_gateway_killed_at_receipt.py's).
         deadline = time.monotonic() + 60
         while not _receipted(ledgers[6]) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -128,6 +129,9 @@ def test_a_paid_node_killed_mid_call_is_paid_its_receipts_and_the_call_comes_who
         [summary] = [c.model_extra["agoranet"] for c in chunks if c.usage is not None]
         assert summary["nodes"] == [victim_url, backup] and summary["failovers"] == 1
         rows = SpendLog(spend_path).rows(summary["request_id"])
+        # the tokens that arrived after the victim's last running receipt: a row of their own
+        beyond = [(r.node, r.amount, r.receipt) for r in rows if r.outcome == "unreceipted"]
+        rows = [r for r in rows if r.outcome != "unreceipted"]
         assert [(r.node, r.outcome) for r in rows] == [(victim_url, "partial"), (backup, "ok")]
         receipts = []
         for row, index in zip(rows, (6, 7), strict=True):
@@ -138,7 +142,12 @@ def test_a_paid_node_killed_mid_call_is_paid_its_receipts_and_the_call_comes_who
             receipts.append(receipt)
         cut = receipts[0]  # the killed node: only what it receipted, its running receipt
         assert cut.tokens_out % 4 == 0 and 4 <= cut.tokens_out <= rows[0].completion_tokens
-        assert summary["amount"] == sum(r.amount for r in receipts)
+        # ... and, counted as spent, the tokens after it at its listed price (100,000 and
+        # 300,000 per million, rounded up like a receipt)
+        extra = -(-(cut.tokens_in * 100_000 + rows[0].completion_tokens * 300_000)
+                  // 1_000_000) - cut.amount
+        assert beyond == ([(victim_url, extra, None)] if extra else [])
+        assert summary["amount"] == sum(r.amount for r in receipts) + extra
         print(f"\nkilled mid-call: streamed {rows[0].completion_tokens} tokens, receipted "
               f"{cut.tokens_out} for {cut.amount}; the restart on the next node: "
               f"{receipts[1].tokens_out} tokens for {receipts[1].amount}")

@@ -80,8 +80,9 @@ class NodeProcess:
     def spawn(self) -> None:
         env = {**os.environ, PASSWORD_ENV_VAR: PASSWORD, "OMP_NUM_THREADS": "1"}
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "agoranet", "node", *self.args, "--port", str(self.port)],
+            self.process = subprocess.Popen(  # the test-only node: chaos delay, payment cheats
+                [sys.executable, "-m", "agoranet.testing", "node", *self.args, "--port",
+                 str(self.port)],
                 stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self, timeout: float = 120.0) -> None:

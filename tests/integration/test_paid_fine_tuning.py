@@ -31,11 +31,11 @@ from agoranet.chain.addresses import ChainAddresses, resolve_addresses
 from agoranet.chain.devchain import DevChain
 from agoranet.chain.rpc import connect
 from agoranet.config import ChainSettings
+from agoranet.market import TokenPrices, cost
 from agoranet.node.launcher import free_port
 from agoranet.payments.channels import read_channel
 from agoranet.payments.httpx_auth import PayerAuth
 from agoranet.payments.payer import Payer
-from agoranet.payments.pricing import TokenPrices, cost
 from agoranet.payments.receipts import Receipt, verify_receipt
 from agoranet.payments.wallet import PASSWORD_ENV_VAR, create_keystore, fund_dev
 from agoranet.tuning.housestyle import write_house_style

@@ -72,8 +72,9 @@ class Replica:
         env = {**os.environ, PASSWORD_ENV_VAR: PASSWORD, "OMP_NUM_THREADS": "1",
                "AGORANET_NODE_LEDGER_LEASE_S": LEASE_S}
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "agoranet", "node", *args, "--port", str(self.port)],
+            self.process = subprocess.Popen(  # the test-only node: its chaos delays streams
+                [sys.executable, "-m", "agoranet.testing", "node", *args, "--port",
+                 str(self.port)],
                 stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self, timeout: float = 120.0) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import node_process
+from helpers import rigged_node_process
 
 pytestmark = pytest.mark.slow
 
@@ -23,8 +23,8 @@ def test_honest_passes_and_cheat_fails(tiny_model: Path, tiny_node: str) -> None
     honest = verify(tiny_node, tiny_model)
     assert honest.returncode == 0, honest.stdout + honest.stderr
     assert "pass" in honest.stdout
-    with node_process(["--model", str(tiny_model), "--cheat", "int4", "--no-fine-tuning",
-                       "--no-adapters"]) as cheat:
+    with rigged_node_process(["--model", str(tiny_model), "--cheat", "int4",
+                               "--no-fine-tuning", "--no-adapters"]) as cheat:
         caught = verify(cheat, tiny_model)
     assert caught.returncode == 3, caught.stdout + caught.stderr
     assert "FAIL" in caught.stdout

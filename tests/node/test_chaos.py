@@ -8,7 +8,7 @@ from starlette.middleware import Middleware
 
 from agoranet.config import NodeSettings
 from agoranet.node.app import create_app
-from agoranet.node.chaos import ChaosMiddleware, ConnectionCut
+from agoranet.testing.chaos import ChaosMiddleware, ConnectionCut
 from fakes import FakeEngine
 
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10,

@@ -6,7 +6,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Callable
 
-from agoranet.payments.pricing import TokenPrices, cost
+from agoranet.market import TokenPrices, cost
 from agoranet.payments.receipts import Receipt, ReceiptSigner
 
 from .paid_support import PRICE_IN, PRICE_OUT

@@ -223,7 +223,7 @@ def test_the_store_keeps_state_and_receipts_together_and_imports_old_files(
     store = PayerStore(old)
     assert store.load() == {"channel_id": cid, "config": {}, "deposited": 500, "charged": 10,
                             "voucher": 30, "receipts": 1, "spent": 10, "disputed": 0,
-                            "dispute": "", "payments": {}}
+                            "dispute": "", "payments": {}, "unreceipted": {}}
     assert store.receipts() == [first]
     second = signer.sign(Receipt("r2", cid, 3, 4, 10, 20, 31337))
     store.save(ChannelState(cid, {}, 500, 20, 40, 2, 20), second)
@@ -238,7 +238,7 @@ async def test_commitments_are_priced_by_the_offer_and_receipted(
         env: Env, payer: LocalAccount, tmp_path: Path, tiny_engine: object) -> None:
     """A request that asks for commitments pays the offer's surcharge on every token, in its
     running receipts and its final one; the payer checks that price."""
-    from agoranet.payments.pricing import TokenPrices, cost
+    from agoranet.market import TokenPrices, cost
 
     surcharge = 500_000_000
     account: LocalAccount = Account.from_key(env.dev.private_keys[9])

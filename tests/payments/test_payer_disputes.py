@@ -27,12 +27,12 @@ from x402.mechanisms.evm.batch_settlement.errors import ERR_CHANNEL_BUSY
 from agoranet.engines.base import Delta, Finish, Prepared, StreamEvent
 from agoranet.errors import PaymentError
 from agoranet.node.app import create_app
-from agoranet.node.chaos import ConnectionCut
 from agoranet.node.payment_setup import build_payments
 from agoranet.payments import x402wire
 from agoranet.payments.httpx_auth import PayerAuth
 from agoranet.payments.payer import Payer
 from agoranet.payments.receipts import Receipt
+from agoranet.testing.chaos import ConnectionCut
 
 from .conftest import Env
 from .money import assert_money_invariants

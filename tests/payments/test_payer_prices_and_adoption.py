@@ -1,6 +1,6 @@
 """What the payer expects to pay and what it records once it believes a receipt.
 
-Prices come from the node's signed offer: a request for ``model@adapter`` costs the base
+Prices come from the node's signed offer: a request for ``model@adapter:<id>`` costs the base
 price plus the offer's adapter surcharge on each side, one with commitments the commitment
 price on top, and a model the node does not offer is refused by name. A receipt believed
 raises the charged total to its cumulative, counts it once in receipts and spend, and
@@ -16,9 +16,9 @@ import pytest
 from eth_account import Account
 
 from agoranet.errors import PaymentError
+from agoranet.market import TokenPrices
 from agoranet.payments.payer import ChannelState, Payer, PendingPayment
 from agoranet.payments.payer_store import PayerStore
-from agoranet.payments.pricing import TokenPrices
 from agoranet.payments.receipts import Receipt, ReceiptSigner
 from agoranet.registry.offer import (
     AdapterTerms,
@@ -55,17 +55,37 @@ def _payer(tmp_path: Path) -> Payer:
     return p
 
 
+ADAPTER = "tiny@adapter:" + "ab" * 32
+
+
 def test_an_adapter_request_pays_the_base_price_plus_the_surcharge(tmp_path: Path) -> None:
     p = _payer(tmp_path)
     assert p.prices("tiny") == TokenPrices(1_000_000, 2_000_000)
-    assert p.prices("tiny@house-style") == TokenPrices(1_300_000, 2_700_000)
+    assert p.prices(ADAPTER) == TokenPrices(1_300_000, 2_700_000)
     assert p.prices("tiny", commitments=True) == TokenPrices(1_050_000, 2_050_000)
-    assert p.prices("tiny@house-style", commitments=True) == TokenPrices(1_350_000, 2_750_000)
+    assert p.prices(ADAPTER, commitments=True) == TokenPrices(1_350_000, 2_750_000)
     assert p.prices("plain") == TokenPrices(5, 7)
-    assert p.prices("plain@any") == TokenPrices(5, 7)  # no surcharge offered
+    assert p.prices("plain@adapter:" + "0" * 64) == TokenPrices(5, 7)  # no surcharge offered
 
 
-@pytest.mark.parametrize("model", ["huge", "huge@tiny", "", "@tiny"])
+def test_an_at_sign_in_a_model_id_is_not_an_adapter(tmp_path: Path) -> None:
+    """Payer and node read a model name alike (agoranet.market.ModelName): only
+    ``@adapter:`` names an adapter, so an offered id with an ``@`` in it is priced as
+    offered, without the adapter surcharge, and ``tiny@house-style`` is another model."""
+    p = _payer(tmp_path)
+    p.offer.models.append(ModelOffer(
+        id="org/model@v2", context_length=512,
+        price=Price(input_per_million=11, output_per_million=13),
+        adapters=AdapterTerms(accepted=True, surcharge=Price(input_per_million=1_000,
+                                                             output_per_million=1_000))))
+    assert p.prices("org/model@v2") == TokenPrices(11, 13)
+    assert p.prices("org/model@v2@adapter:" + "ab" * 32) == TokenPrices(1_011, 1_013)
+    with pytest.raises(PaymentError, match="does not offer model 'tiny@house-style'"):
+        p.prices("tiny@house-style")
+
+
+@pytest.mark.parametrize("model", ["huge", "huge@adapter:" + "ab" * 32, "", "@adapter:tiny",
+                                   "tiny@house-style"])
 def test_a_model_the_node_does_not_offer_is_refused_by_name(tmp_path: Path, model: str) -> None:
     with pytest.raises(PaymentError, match=f"^the node does not offer model {model!r}$"):
         _payer(tmp_path).prices(model)

@@ -7,7 +7,7 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 
 from agoranet.errors import ReceiptError
-from agoranet.payments.pricing import TokenPrices, cost, worst_case
+from agoranet.market import TokenPrices, cost, worst_case
 from agoranet.payments.receipts import (
     RECEIPT_DOMAIN_NAME,
     RECEIPT_TYPES,

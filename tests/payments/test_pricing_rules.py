@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from agoranet.payments.pricing import TokenPrices, cost, with_commitments
+from agoranet.market import TokenPrices, cost, with_commitments
 
 
 def test_a_free_price_list_is_allowed() -> None:

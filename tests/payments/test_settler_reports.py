@@ -186,7 +186,7 @@ def test_nothing_left_to_settle_is_reported_as_nothing_swept(tmp_path: Path) -> 
     outcome = settler.tick(force=True)
     assert outcome is not None
     assert (outcome.settled, outcome.settle_tx, outcome.settle_error) == (0, "", "")
-    assert ledger.unsettled() == 0 and ledger.gas_used() == (2, 0)
+    assert ledger.unsettled() == 0 and ledger.gas_used() == (1, 0)  # the claim alone
 
 
 def test_a_refused_claim_reports_the_facilitators_reason(tmp_path: Path) -> None:

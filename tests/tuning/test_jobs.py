@@ -19,16 +19,16 @@ import pytest
 from eth_account import Account
 
 from agoranet.errors import InvalidRequestError, ModelNotFoundError, TuningError
+from agoranet.market import TokenPrices, cost, training_cost
 from agoranet.node.job_payments import JobPayments
 from agoranet.payments.acceptor import Authorization, PaymentAcceptor, PaymentTerms
-from agoranet.payments.pricing import TokenPrices, cost
 from agoranet.payments.receipts import Receipt, ReceiptSigner, verify_receipt
 from agoranet.payments.sqlite_ledger import SqliteLedger
 from agoranet.payments.verifier import OnchainState
 from agoranet.tuning.config import TuneConfig
 from agoranet.tuning.data import Example
 from agoranet.tuning.housestyle import write_house_style
-from agoranet.tuning.jobs import ENDED, FineTuneJob, JobManager, training_cost
+from agoranet.tuning.jobs import ENDED, FineTuneJob, JobManager
 from agoranet.tuning.lora import TuneReport
 from agoranet.tuning.sizing import TrainingSize
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from agoranet.engines.base import collect
-from agoranet.engines.hf import TransformersEngine, load_model
+from agoranet.engines.hf import load_model
+from agoranet.testing.cheats import engine_with_cheat
 from agoranet.tinymodel.grammar import dialogues
 from agoranet.verify.audit import audit_answer
 from agoranet.verify.node_audit import challenge
@@ -17,7 +18,7 @@ QUESTIONS = [d[-2]["content"] for d in dialogues(40, seed=99)]
 
 async def audited(tiny_model: Path, reference: object, cheat: str | None) -> tuple[int, int, int]:
     """(answers flagged, tokens audited, tokens audited when the first flag came)."""
-    engine = TransformersEngine(loaded=load_model(str(tiny_model)), cheat=cheat)
+    engine = engine_with_cheat(cheat, loaded=load_model(str(tiny_model)))
     flagged = tokens = 0
     first = 0
     try:

@@ -1,11 +1,11 @@
 """Calibrated audits on the tiny model (issue #8).
 
-Honest engines in several configurations (concurrent streams on the step
-scheduler, torch threads, greedy and seeded sampling) must never be flagged:
+Honest engines in several configurations (1, 4 and 16 concurrent streams, batched
+in one forward pass per step, torch threads, greedy and seeded sampling) must never be flagged:
 with and without commitments (an answer with them must pass both checks), 672
 answers in two halves (by torch threads, so xdist workers share them), each
 reporting its measured false-positive rate with the 95% upper bound (rule of
-three: 3/n). Every cheat of ``agoranet.engines.cheats`` that the audit can
+three: 3/n). Every cheat of ``agoranet.testing.cheats`` that the audit can
 see is audited with fresh challenges and must be caught within 2,000 audited
 tokens: int4, the smaller model, replay, another chat template and dropped
 system messages; int4 with commitments in its first answer. int8 weights
@@ -27,6 +27,7 @@ import torch
 
 from agoranet.engines.base import GenerationRequest
 from agoranet.engines.hf import TransformersEngine, load_model
+from agoranet.testing.cheats import cheating_engine
 from agoranet.verify.calibration import Tally, audit_engine, generate_answers
 from agoranet.verify.node_audit import challenge, challenges
 
@@ -54,8 +55,9 @@ class Honest:
 
 # With commitments (TOPLOC-style), the answer must also pass the commitment check.
 PROVED = {"commitments": True}
-HONEST = [Honest(c, t, s) for c in (1, 4, 8) for t in (1, 2) for s in (False, True)] + [
-    Honest(1, 1, True, PROVED), Honest(8, 1, False, PROVED),
+# Concurrent streams run in one batch (continuous batching): batch sizes 1 to 16.
+HONEST = [Honest(c, t, s) for c in (1, 4, 16) for t in (1, 2) for s in (False, True)] + [
+    Honest(1, 1, True, PROVED), Honest(16, 1, False, PROVED),
     Honest(4, 2, True, PROVED), Honest(1, 2, False, PROVED)]
 
 
@@ -77,7 +79,7 @@ def line(name: str, tally: Tally) -> str:
 async def test_cheat(cheat: str, tiny_loaded: Any, small_model: Path) -> None:
     name, _, proved = cheat.partition("+")
     spec = f"smaller:{small_model}" if name == "smaller" else name
-    engine = TransformersEngine(loaded=tiny_loaded, cheat=spec)  # cheats never touch tiny_loaded
+    engine = cheating_engine(spec, loaded=tiny_loaded)  # cheats never touch tiny_loaded
     drawn = challenges(CHEAT_ANSWERS, "tiny", ANSWER_TOKENS, random.Random(100))
     if proved:
         drawn = [dataclasses.replace(r, commitments=True) for r in drawn]
@@ -91,7 +93,7 @@ async def test_cheat(cheat: str, tiny_loaded: Any, small_model: Path) -> None:
 
 
 async def test_replay_passes_repeated_audits_and_fails_fresh_ones(tiny_loaded: Any) -> None:
-    engine = TransformersEngine(loaded=tiny_loaded, cheat="replay")
+    engine = cheating_engine("replay", loaded=tiny_loaded)
     drawn = challenges(20, "tiny", ANSWER_TOKENS, random.Random(5))
     fixed = list({tuple(r.messages or ()): r for r in drawn}.values())  # an audit of distinct prompts
     try:
@@ -119,7 +121,7 @@ async def test_honest_engines_are_never_flagged(threads: int, tiny_model: Path,
         for index, config in enumerate(HONEST):
             if config.threads != threads:
                 continue
-            engine = TransformersEngine(loaded=served, max_active=8, max_queue=64)
+            engine = TransformersEngine(loaded=served, max_active=16, max_queue=64)
             try:
                 tally = await audit_engine(engine, tiny_loaded,
                                            honest_requests(config, random.Random(index)),

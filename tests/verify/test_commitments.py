@@ -19,7 +19,7 @@ import torch
 from agoranet.engines.base import GenerationRequest, Message, collect
 from agoranet.engines.hf import TransformersEngine, load_model
 from agoranet.errors import AuditError
-from agoranet.payments.pricing import TokenPrices, cost, with_commitments, worst_case
+from agoranet.market import TokenPrices, cost, with_commitments, worst_case
 from agoranet.proofs.commitments import (
     ALGORITHM,
     CHUNK,
@@ -30,6 +30,7 @@ from agoranet.proofs.commitments import (
 )
 from agoranet.proofs.polynomial import FIELD_PRIME, evaluate, injective_modulus, interpolate
 from agoranet.registry.offer import build_offer
+from agoranet.testing.cheats import cheating_engine
 from agoranet.tinymodel.grammar import dialogues
 from agoranet.verify.commitment_audit import CommitmentResult, verify_commitments
 
@@ -193,7 +194,7 @@ async def test_proofs_of_another_answer_or_count_fail(honest: TransformersEngine
 @pytest.mark.parametrize("cheat", ["int4", "int8"])
 async def test_rounded_weights(tiny_model: Path, tiny_loaded: Any, cheat: str) -> None:
     """int4 must fail every answer; int8's rate is only reported (it is close to honest)."""
-    engine = TransformersEngine(loaded=load_model(str(tiny_model)), cheat=cheat)
+    engine = cheating_engine(cheat, loaded=load_model(str(tiny_model)))
     try:
         results = []
         for i in range(6):

@@ -29,6 +29,7 @@ from agoranet.api.types import (
     Completion,
     CompletionChunk,
     CompletionRequest,
+    ModelCard,
     ModelList,
     TokenizeRequest,
 )
@@ -102,6 +103,15 @@ _JOB_REQUEST = {
                    "seed": {"type": ["integer", "null"]},
                    "hyperparameters": {"type": "object"}, "method": {"type": "object"}},
 }
+_RESPONSE = {"type": "object", "description": "an OpenAI response object"}
+_RESPONSE_REQUEST = {
+    "type": "object", "required": ["model", "input"],
+    "properties": {"model": {"type": "string"}, "input": {"type": ["string", "array"]},
+                   "instructions": {"type": ["string", "null"]},
+                   "previous_response_id": {"type": ["string", "null"]},
+                   "tools": {"type": "array", "items": _OBJECT}, "text": _OBJECT,
+                   "stream": {"type": "boolean"}, "store": {"type": "boolean"}},
+}
 _LIST = {"type": "object", "properties": {"object": {"const": "list"},
                                           "data": {"type": "array", "items": _OBJECT}}}
 
@@ -113,6 +123,15 @@ OPERATIONS: Mapping[tuple[str, str], Operation] = {
         "Create a text completion (OpenAI)", CompletionRequest, response=Completion,
         stream=CompletionChunk, errors=_INFERENCE_ERRORS),
     ("GET", "/v1/models"): Operation("List the models served", response=ModelList, errors=()),
+    ("GET", "/v1/models/{model_id}"): Operation("One model served (OpenAI)", response=ModelCard,
+                                                errors=(404,)),
+    ("POST", "/v1/responses"): Operation(
+        "Create a model response (OpenAI's Responses API; served over chat completions)",
+        _RESPONSE_REQUEST, response=_RESPONSE, errors=_INFERENCE_ERRORS),
+    ("GET", "/v1/responses/{response_id}"): Operation("A stored response", response=_RESPONSE,
+                                                      errors=(404,)),
+    ("DELETE", "/v1/responses/{response_id}"): Operation("Forget a stored response",
+                                                         response=_OBJECT, errors=(404,)),
     ("POST", "/tokenize"): Operation("Count a prompt's tokens (vLLM)", TokenizeRequest,
                                      response=TokenCount),
     ("GET", "/health"): Operation("Liveness and engine statistics", response=_OBJECT, errors=()),

@@ -1,7 +1,12 @@
 """Compile agoranet's Vyper contracts with the ``vyper`` package, cached by source hash.
 
-Artefacts (ABI, init and runtime bytecode, storage slots) are written as JSON
-under :func:`cache_dir`; a cache entry is keyed by the sha256 of the compiler
+A development tool: run-time code reads the shipped artefacts
+(:mod:`agoranet.chain.compiled`) and never imports this compiler's ``vyper``.
+``python -m agoranet.chain.compiler --write`` (``make contracts``) regenerates
+those artefacts from the sources; ``--check`` says whether they are current.
+
+Compiled artefacts (ABI, init and runtime bytecode, storage slots) are cached as
+JSON under :func:`cache_dir`; a cache entry is keyed by the sha256 of the compiler
 version, EVM version and source, so editing a contract or upgrading Vyper
 recompiles. Cache files are outputs only: never edit them by hand.
 """
@@ -12,85 +17,38 @@ import hashlib
 import importlib
 import json
 import os
+import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from agoranet.chain.compiled import CONTRACT_NAMES, CompiledContract
 from agoranet.errors import ContractError
 
 __all__ = [
+    "ARTIFACTS_DIR",
     "CACHE_ENV_VAR",
     "CONTRACTS_DIR",
     "CONTRACT_NAMES",
     "EVM_VERSION",
     "CompiledContract",
+    "artifact_text",
     "cache_dir",
     "compile_all",
     "compile_contract",
     "compile_source",
+    "main",
+    "stale_artifacts",
+    "write_artifacts",
 ]
-
-CONTRACT_NAMES: Final = (
-    "Stablecoin",
-    "BatchSettlement",
-    "Erc3009DepositCollector",
-    "ProviderRegistry",
-    "Multicall3",
-)
-"""The contracts shipped in :data:`CONTRACTS_DIR` (``<name>.vy``)."""
 
 EVM_VERSION: Final = "cancun"
 CACHE_ENV_VAR: Final = "AGORANET_CONTRACTS_CACHE_DIR"
 CONTRACTS_DIR: Final = Path(__file__).resolve().with_name("contracts")
+ARTIFACTS_DIR: Final = Path(__file__).resolve().with_name("artifacts")
+"""Where the shipped artefacts live in a source checkout (:mod:`agoranet.chain.compiled`)."""
 
 _OUTPUTS: Final = ["abi", "bytecode", "bytecode_runtime", "layout"]
-_CACHE_FORMAT: Final = 1
-
-
-@dataclass(frozen=True)
-class CompiledContract:
-    """One compiled contract: what a deployer or a dev chain needs."""
-
-    name: str
-    abi: list[dict[str, Any]]
-    bytecode: bytes
-    runtime_bytecode: bytes
-    storage_slots: dict[str, int]
-    source_hash: str
-
-    def slot(self, variable: str) -> int:
-        """The storage slot of a top-level storage variable."""
-        try:
-            return self.storage_slots[variable]
-        except KeyError as exc:
-            raise ContractError(f"{self.name} has no storage variable {variable!r}") from exc
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable form (hex for bytes)."""
-        return {
-            "format": _CACHE_FORMAT,
-            "name": self.name,
-            "abi": self.abi,
-            "bytecode": "0x" + self.bytecode.hex(),
-            "runtime_bytecode": "0x" + self.runtime_bytecode.hex(),
-            "storage_slots": self.storage_slots,
-            "source_hash": self.source_hash,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> CompiledContract:
-        """Inverse of :meth:`to_json`."""
-        if data.get("format") != _CACHE_FORMAT:
-            raise ValueError("unknown cache format")
-        return cls(
-            name=str(data["name"]),
-            abi=list(data["abi"]),
-            bytecode=bytes.fromhex(str(data["bytecode"]).removeprefix("0x")),
-            runtime_bytecode=bytes.fromhex(str(data["runtime_bytecode"]).removeprefix("0x")),
-            storage_slots={str(k): int(v) for k, v in dict(data["storage_slots"]).items()},
-            source_hash=str(data["source_hash"]),
-        )
 
 
 def cache_dir() -> Path:
@@ -121,7 +79,12 @@ def compile_all(*, use_cache: bool = True) -> dict[str, CompiledContract]:
 
 def compile_source(source: str, name: str, *, use_cache: bool = True) -> CompiledContract:
     """Compile Vyper ``source`` as contract ``name``; raises :class:`ContractError` on failure."""
-    vyper = importlib.import_module("vyper")  # deferred (slow) and untyped
+    try:
+        vyper = importlib.import_module("vyper")  # deferred (slow) and untyped
+    except ImportError as exc:
+        raise ContractError("compiling the contracts needs the vyper compiler (the `dev` "
+                            "extra: pip install -e '.[dev]'); nodes, gateways and the dev "
+                            "chain use the shipped artefacts without it") from exc
 
     digest = hashlib.sha256(
         "\0".join([vyper.__version__, EVM_VERSION, name, source]).encode()
@@ -183,3 +146,56 @@ def _write_cache(entry: Path, compiled: CompiledContract) -> None:
         Path(tmp).replace(entry)
     except OSError:
         Path(tmp).unlink(missing_ok=True)
+
+
+def artifact_text(compiled: CompiledContract) -> str:
+    """The shipped artefact file of ``compiled``: stable JSON, one key per line."""
+    return json.dumps(compiled.to_json(), indent=1, sort_keys=True) + "\n"
+
+
+def stale_artifacts(directory: Path = ARTIFACTS_DIR) -> list[str]:
+    """The contracts whose artefact in ``directory`` differs from a fresh compile of its
+    source (missing ones included)."""
+    stale = []
+    for name, compiled in compile_all(use_cache=False).items():
+        entry = directory / f"{name}.json"
+        try:
+            current = entry.read_text(encoding="utf-8")
+        except OSError:
+            current = None
+        if current != artifact_text(compiled):
+            stale.append(name)
+    return stale
+
+
+def write_artifacts(directory: Path = ARTIFACTS_DIR) -> list[Path]:
+    """Compile every contract from source (no cache) and write its artefact into
+    ``directory``; the files written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, compiled in compile_all(use_cache=False).items():
+        entry = directory / f"{name}.json"
+        entry.write_text(artifact_text(compiled), encoding="utf-8")
+        written.append(entry)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m agoranet.chain.compiler --write | --check``."""
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--write"]:
+        for entry in write_artifacts():
+            print(f"wrote {entry}")
+        return 0
+    if args == ["--check"]:
+        stale = stale_artifacts()
+        for name in stale:
+            print(f"{name}: the shipped artefact differs from its source; run "
+                  "`python -m agoranet.chain.compiler --write`", file=sys.stderr)
+        return 1 if stale else 0
+    print("usage: python -m agoranet.chain.compiler --write | --check", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -26,7 +26,7 @@ from x402.mechanisms.evm.batch_settlement.constants import (
 )
 from x402.mechanisms.evm.constants import MULTICALL3_ADDRESS
 
-from agoranet.chain.compiler import CompiledContract, compile_contract
+from agoranet.chain.compiled import CompiledContract, load_artifact
 from agoranet.errors import DevChainError
 
 __all__ = [
@@ -129,8 +129,13 @@ def start_devchain(
     mint: int = DEFAULT_MINT,
     anvil: Path | None = None,
     startup_timeout: float = 30.0,
+    from_source: bool = False,
 ) -> DevChain:
-    """Start anvil and make sure our contracts are installed; ``port=0`` picks a free one."""
+    """Start anvil and make sure our contracts are installed; ``port=0`` picks a free one.
+
+    The contracts are the shipped artefacts, or with ``from_source`` compiled from their
+    Vyper sources (needs the ``vyper`` package: for contract development).
+    """
     binary = anvil or find_anvil()
     if port:
         _check_port_free(host, port)  # else the chain already there answers as if ours
@@ -171,19 +176,22 @@ def start_devchain(
     try:
         w3 = _wait_ready(rpc_url, proc, startup_timeout)
         if w3.eth.get_code(STABLECOIN_ADDRESS) == b"":
-            install_contracts(w3, chain.accounts, mint=mint)
+            install_contracts(w3, chain.accounts, mint=mint, from_source=from_source)
     except BaseException:
         chain.stop()
         raise
     return chain
 
 
-def install_contracts(w3: Web3, accounts: tuple[str, ...], *, mint: int = DEFAULT_MINT) -> None:
+def install_contracts(w3: Web3, accounts: tuple[str, ...], *, mint: int = DEFAULT_MINT,
+                      from_source: bool = False) -> None:
     """Deploy, install at the fixed addresses, and mint ``mint`` to each account.
 
-    ``accounts[0]`` (unlocked in anvil) deploys and becomes the stablecoin's minter.
+    ``accounts[0]`` (unlocked in anvil) deploys and becomes the stablecoin's minter. The
+    contracts are the shipped artefacts, or compiled from source with ``from_source``.
     """
     deployer = accounts[0]
+    compile_contract = _compile_from_source if from_source else load_artifact
     token = compile_contract("Stablecoin")
     escrow = compile_contract("BatchSettlement")
     collector = compile_contract("Erc3009DepositCollector")
@@ -200,6 +208,12 @@ def install_contracts(w3: Web3, accounts: tuple[str, ...], *, mint: int = DEFAUL
     for account in accounts:
         tx = stablecoin.functions.mint(account, mint).transact({"from": deployer})
         _check_receipt(w3, tx, f"mint to {account}")
+
+
+def _compile_from_source(name: str) -> CompiledContract:
+    from agoranet.chain.compiler import compile_contract  # vyper: contract development only
+
+    return compile_contract(name)
 
 
 def _deploy(w3: Web3, deployer: str, compiled: CompiledContract, *args: Any) -> str:

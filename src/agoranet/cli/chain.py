@@ -25,9 +25,12 @@ console = Console(soft_wrap=True)
               default=None, help="Load the chain from FILE if it exists, save it there on exit.")
 @click.option("--accounts", type=click.IntRange(1, 100), default=10, show_default=True,
               help="Dev accounts (each funded with ETH and test stablecoin).")
+@click.option("--from-source", is_flag=True,
+              help="Compile the contracts from their Vyper sources instead of installing the "
+                   "shipped artefacts (contract development; needs the vyper package).")
 @click.pass_context
 def chain(ctx: click.Context, host: str, port: int, chain_id: int, state_file: Path | None,
-          accounts: int) -> None:
+          accounts: int, from_source: bool) -> None:
     """Run the local dev chain (anvil with agoranet's contracts) until Ctrl-C."""
     if ctx.invoked_subcommand is not None:
         return
@@ -46,7 +49,7 @@ def chain(ctx: click.Context, host: str, port: int, chain_id: int, state_file: P
     try:
         started = time.monotonic()
         dev = start_devchain(host=host, port=port, chain_id=chain_id, state_file=state_file,
-                             accounts=accounts)
+                             accounts=accounts, from_source=from_source)
         elapsed = time.monotonic() - started
     except BaseException:
         for sig, handler in previous.items():

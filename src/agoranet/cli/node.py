@@ -20,11 +20,12 @@ from agoranet.engines.toolparsers import tool_parser_names
 
 if TYPE_CHECKING:
     from agoranet.cli.node_banner import PaidSetup
+    from agoranet.node.hooks import NodeHooks
     from agoranet.payments.pg_ledger import PgLedger
     from agoranet.tuning.jobs import JobManager
 from agoranet.tuning.jobs import JobManager
 
-__all__ = ["node", "node_settings"]
+__all__ = ["node", "node_settings", "serve"]
 
 console = Console()
 
@@ -55,6 +56,9 @@ console = Console()
               help="Sequences generated at once.")
 @click.option("--max-queue", type=click.IntRange(min=0), default=64, show_default=True,
               help="Requests that may wait; beyond that the node answers 429.")
+@click.option("--no-batching", is_flag=True,
+              help="transformers engine: one sequence per forward pass, in turn, instead of "
+              "all active sequences in one (continuous batching).")
 @click.option("--adapters-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where uploaded LoRA adapters are kept [default: ~/.agoranet/node/adapters].")
 @click.option("--max-adapters", type=click.IntRange(min=1), default=8, show_default=True,
@@ -89,21 +93,6 @@ console = Console()
 @click.option("--receipt-every", type=click.IntRange(min=0), default=16, show_default=True,
               help="Send a running receipt every N streamed tokens (0: only at the end); "
               "a stream that breaks is charged its last one.")
-@click.option("--chaos-delay-ms", type=click.IntRange(min=0), default=0, hidden=True,
-              help="Demos/tests: sleep before each streamed frame.")
-@click.option("--chaos-fail-after", type=click.IntRange(min=1), default=None, hidden=True,
-              help="Demos/tests: cut streams after this many frames.")
-@click.option("--chaos-fail-every", type=click.IntRange(min=1), default=1, hidden=True,
-              help="Demos/tests: cut only every N-th stream.")
-@click.option("--chaos-stall-after", type=click.IntRange(min=0), default=None, hidden=True,
-              help="Tests: after N tokens send only keep-alives (a stalled, live node).")
-@click.option("--cheat", default=None, hidden=True, callback=lambda _c, _p, v: _check_cheat(v),
-              help="Auditor tests only: serve something cheaper under the honest hash "
-                   "(int8, int4, smaller:PATH, template, nosystem, replay).")
-@click.option("--cheat-payments", default=None, hidden=True,
-              callback=lambda _c, _p, v: _check_payment_cheat(v),
-              help="Money tests only: a dishonest ledger (resync: charge every voucher in "
-                   "full and claim it).")
 @click.pass_context
 def node(ctx: click.Context, /, **options: Any) -> None:
     """Serve a model over the OpenAI API, paid with x402 unless --free (or unpriced)."""
@@ -126,32 +115,9 @@ def node_settings(ctx: click.Context, options: dict[str, Any]) -> NodeSettings:
         values["ledger_url"] = values.pop("ledger_path")
     if "no_fine_tuning" in values:
         values["fine_tuning"] = not values.pop("no_fine_tuning")
+    if "no_batching" in values:
+        values["batching"] = not values.pop("no_batching")
     return NodeSettings(**values)
-
-
-def _check_cheat(spec: str | None) -> str | None:
-    if spec is None:
-        return None
-    from agoranet.engines.cheats import make_cheat
-    from agoranet.errors import ConfigError
-
-    try:
-        make_cheat(spec)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--cheat") from exc
-    return spec
-
-
-def _check_payment_cheat(name: str | None) -> str | None:
-    if name is None:
-        return None
-    from agoranet.testing.payment_cheats import PAYMENT_CHEATS
-
-    if name not in PAYMENT_CHEATS:
-        raise click.BadParameter(f"unknown payment cheat {name!r}; known: "
-                                 f"{', '.join(sorted(PAYMENT_CHEATS))}",
-                                 param_hint="--cheat-payments")
-    return name
 
 
 node.add_command(claim)
@@ -228,22 +194,26 @@ def earnings(ctx: click.Context, ledger: str | None, listing: Listing) -> None:
     click.echo(f"{txs} claim/settle transactions, {gas} gas")
 
 
-def serve(settings: NodeSettings, *, adapters: bool = True) -> None:
+def serve(settings: NodeSettings, *, adapters: bool = True, hooks: NodeHooks | None = None
+          ) -> None:
     """Check everything that can fail fast (port, model directory, wallet, chain, gas,
-    ledger), then load the model, print the banner and serve."""
+    ledger), then load the model, print the banner and serve. ``hooks`` compose the
+    node otherwise (test-only wrappers: ``python -m agoranet.testing node``)."""
     from agoranet.api import server
     from agoranet.cli.node_banner import node_banner
     from agoranet.cli.preflight import check_model_dir, check_port_free
-    from agoranet.engines.registry import create_engine
     from agoranet.node.app import create_app
+    from agoranet.node.hooks import NodeHooks
+
+    hooks = hooks or NodeHooks()
 
     check_port_free(settings.host, settings.port, "node or server")
     if settings.engine == "transformers":
         check_model_dir(settings.model)
-    paid = _paid_setup(settings) if settings.paid else None
+    paid = _paid_setup(settings, hooks) if settings.paid else None
     what = settings.model or settings.upstream_url or "the default model"
     with console.status(f"loading {what} with the {settings.engine} engine"):
-        engine = create_engine(
+        engine = hooks.engine(
             settings.engine,
             model=settings.model,
             served_model_name=settings.served_model_name,
@@ -251,21 +221,22 @@ def serve(settings: NodeSettings, *, adapters: bool = True) -> None:
             dtype=settings.dtype,
             max_active=settings.max_active,
             max_queue=settings.max_queue,
+            batching=settings.batching,
             base_url=settings.upstream_url,
             api_key=settings.upstream_api_key,
             adapters_dir=settings.adapter_store() if adapters else None,
             max_adapters=settings.max_adapters,
-            cheat=settings.cheat,
             tool_call_parser=settings.tool_call_parser,
         )
     node_banner(console, settings, engine.models(), paid)
     payments = paid.payments if paid is not None else None
-    app = create_app(engine, settings, _job_manager(engine, settings), payments)
+    app = create_app(engine, settings, _job_manager(engine, settings), payments,
+                     hooks.middleware)
     server.serve(app, settings.host, settings.port, server.ServerLimits(
         settings.header_timeout_s, settings.keep_alive_s, settings.max_connections))
 
 
-def _paid_setup(settings: NodeSettings) -> PaidSetup:
+def _paid_setup(settings: NodeSettings, hooks: NodeHooks) -> PaidSetup:
     """A paid node's wallet, chain, gas and ledger, checked before the model loads."""
     from agoranet.cli.node_banner import CLAIM_GAS, PaidSetup, no_gas_warning
     from agoranet.cli.preflight import (
@@ -280,8 +251,8 @@ def _paid_setup(settings: NodeSettings) -> PaidSetup:
 
     account = unlock_wallet(settings.keystore)
     if settings.ledger_url is not None:  # shared by replicas: PostgreSQL locks per channel
-        if settings.cheat_payments:
-            raise ConfigError("--cheat-payments works on a SQLite ledger only")
+        if hooks.open_ledger is not None:
+            raise ConfigError("this node's ledger hook works on a SQLite ledger only")
         shared = open_ledger(settings)  # psycopg there, the server reachable: checked first
         try:
             w3 = connect_chain_or_hint(settings.rpc_url)
@@ -298,11 +269,7 @@ def _paid_setup(settings: NodeSettings) -> PaidSetup:
     if gas < gas_needed:  # it can serve, but not claim: say so before the model loads
         console.print(Text(no_gas_warning(account.address, gas), style="bold yellow"))
     lock = hold_ledger(ledger_path(settings))
-    ledger = None
-    if settings.cheat_payments:  # money tests only
-        from agoranet.testing.payment_cheats import cheating_ledger
-
-        ledger = cheating_ledger(settings.cheat_payments, ledger_path(settings))
+    ledger = hooks.open_ledger(ledger_path(settings)) if hooks.open_ledger is not None else None
     payments = build_payments(settings, account, ledger=ledger)
     return PaidSetup(payments, gas, gas_needed, ledger_path(settings), lock)
 

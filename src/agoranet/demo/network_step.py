@@ -40,6 +40,7 @@ class DemoNode:
     account: int  # index of the dev chain's account that runs it
     price_in: int
     price_out: int
+    # options of the test-only node (python -m agoranet.testing node): cheats, chaos
     chaos: tuple[str, ...] = field(default=())
 
 
@@ -151,7 +152,8 @@ def network_step(model_dir: Path, work: Path, console: Console,
                     "--rpc-url", rpc, "--keystore", str(keystore),
                     "--ledger", str(root / f"{spec.name}.ledger.sqlite"),
                     "--settle-interval", "0.5", "--claim-max-age", "1",
-                    "--no-fine-tuning", "--no-adapters", *spec.chaos]))
+                    "--no-fine-tuning", "--no-adapters", *spec.chaos],
+                    module="agoranet.testing" if spec.chaos else "agoranet"))
                 _register(rpc, chain.private_keys[spec.account], urls[spec.name])
         names = {url: name for name, url in urls.items()}
         parties = {**{s.name: chain.accounts[s.account] for s in NODES},

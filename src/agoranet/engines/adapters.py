@@ -8,13 +8,17 @@ adapter, or with none for the base model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from agoranet.engines.lora_rows import GatheredLora, gatherable
 from agoranet.errors import AdapterError, ModelNotFoundError
 from agoranet.tuning.adapter import Adapter, read_adapter, unpack_adapter
 
@@ -52,6 +56,8 @@ class AdapterPool:
         self._layers: list[Any] = []  # peft's LoRA layers, for the fast switch
         self._loaded: OrderedDict[str, None] = OrderedDict()
         self._current: str | None = None
+        self._mixed = False  # the layers are set for a mixed batch (see rows)
+        self._gathered = GatheredLora()
         self._known: dict[str, Adapter] = {}
         self._lock = threading.Lock()
         self.counters = {"loads": 0, "evictions": 0, "switches": 0}
@@ -113,8 +119,9 @@ class AdapterPool:
         inference only the active name and the disabled flag matter, so they are
         set directly on the LoRA layers collected after each load.
         """
-        if ident == self._current and (ident is None or ident in self._loaded):
+        if ident == self._current and not self._mixed and (ident is None or ident in self._loaded):
             return
+        self._mixed = False
         self.counters["switches"] += 1
         if ident is not None and ident not in self._loaded:
             self._load(ident)
@@ -127,6 +134,36 @@ class AdapterPool:
                 layer._active_adapter = ident
                 layer._disable_adapters = False
         self._current = ident
+
+    @contextlib.contextmanager
+    def rows(self, idents: Sequence[str | None]) -> Iterator[None]:
+        """Within it, a forward pass runs batch row ``i`` with adapter ``idents[i]`` (None:
+        the base model alone), all in one pass (gathered LoRA products, see
+        :mod:`agoranet.engines.lora_rows`, else peft's mixed-adapter batches). At most
+        ``capacity`` distinct adapters, so that none is evicted before it runs."""
+        wanted = list(dict.fromkeys(ident for ident in idents if ident is not None))
+        if len(wanted) > self.capacity:
+            raise AdapterError(f"{len(wanted)} adapters in one batch, {self.capacity} fit")
+        for ident in wanted:
+            if ident not in self._loaded:
+                self._load(ident)
+            self._loaded.move_to_end(ident)
+        self._mixed = True  # the next activate() sets every layer again
+        if gatherable(self._layers):  # a gathered product per layer, any number of adapters
+            with self._gathered.rows(self._layers, sorted(self._loaded), idents):
+                yield
+            return
+        names = [ident if ident is not None else "__base__" for ident in idents]
+        hook = partial(_with_adapter_names, names=names)
+        handles = [layer.register_forward_pre_hook(hook, with_kwargs=True)
+                   for layer in self._layers]
+        for layer in self._layers:
+            layer._disable_adapters = False
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def _load(self, ident: str) -> None:
         from peft import PeftModel
@@ -158,3 +195,10 @@ class AdapterPool:
             if not hasattr(layer, "_active_adapter") or not hasattr(layer, "_disable_adapters"):
                 raise AdapterError("this peft version lays out LoRA layers differently")
         self._layers = layers
+
+
+def _with_adapter_names(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+                        names: list[str]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A LoRA layer's forward pre-hook: the adapter of each batch row."""
+    kwargs["adapter_names"] = names
+    return args, kwargs

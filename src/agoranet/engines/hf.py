@@ -1,9 +1,11 @@
 """The ``transformers`` engine: a local directory or a Hugging Face Hub model.
 
 Loads weights and tokenizer with ``AutoModelForCausalLM`` / ``AutoTokenizer``,
-renders chats with the model's own chat template, and generates token by token
-with a KV cache on the :class:`~agoranet.engines.scheduler.StepScheduler`, so
-every stream yields each token as soon as it is sampled, with its logprobs.
+renders chats with the model's own chat template, and generates token by token,
+all active sequences in one forward pass per step (continuous batching,
+:mod:`agoranet.engines.batch`; ``batching=False``: one sequence per step on the
+:class:`~agoranet.engines.scheduler.StepScheduler`), so every stream yields each
+token as soon as it is sampled, with its logprobs.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from agoranet.engines import capabilities
 from agoranet.engines.adapters import AdapterPool
 from agoranet.engines.base import GenerationRequest, ModelInfo, Prepared, StreamEvent
+from agoranet.engines.batch import engine_scheduler
 from agoranet.engines.constrained import CallFormat, CompiledOutput, GrammarBook
 from agoranet.engines.hf_job import DecodeJob
 from agoranet.engines.hf_loading import DEFAULT_MODEL, LoadedModel, load_model, resolve_model_dir
@@ -35,9 +39,6 @@ from agoranet.engines.toolparsers import (
 )
 from agoranet.errors import AdapterError, InvalidRequestError, ModelNotFoundError
 from agoranet.tuning.adapter import Adapter, parse_model_name
-
-if TYPE_CHECKING:
-    from agoranet.engines.cheats import Cheat
 
 __all__ = ["LoadedModel", "TransformersEngine", "load_model", "resolve_model_dir"]
 
@@ -61,27 +62,25 @@ class TransformersEngine:
         max_queue: int = 64,
         adapters_dir: Path | None = None,
         max_adapters: int = 8,
-        cheat: str | None = None,
         tool_call_parser: str | None = None,
+        batching: bool = True,
+        batch_invariant: bool | None = None,
+        prefill_chunk: int = 256,
         **_: Any,
     ) -> None:
         if loaded is None:
             loaded = load_model(model or DEFAULT_MODEL, served_name=served_model_name, device=device, dtype=dtype)
-        self._cheat: Cheat | None = None
-        if cheat:  # tests of the auditor only: serve something cheaper under the honest hash
-            from agoranet.engines.cheats import make_cheat
-
-            self._cheat = make_cheat(cheat)
-            loaded = self._cheat.serve(loaded)
         self.loaded = loaded
         self.adapters = (
             AdapterPool(loaded.model, loaded.info.model_sha256, Path(adapters_dir), max_adapters)
             if adapters_dir is not None
             else None
         )
-        self._scheduler = StepScheduler(
-            max_active=max_active, max_queue=max_queue, name=f"hf-{loaded.info.name}"
-        )
+        # Continuous batching (engines.batch), or one sequence per step with batching=False.
+        self._scheduler: StepScheduler = engine_scheduler(
+            loaded, batching=batching, max_active=max_active, max_queue=max_queue,
+            name=f"hf-{loaded.info.name}", invariant=batch_invariant, prefill_chunk=prefill_chunk,
+            adapters=self.adapters)
         self._renders_tools = template_renders_tools(loaded.tokenizer)
         # The parser of the model's tool-call format (vLLM's --tool-call-parser): as
         # configured, else the one its chat template teaches, if known.
@@ -100,7 +99,11 @@ class TransformersEngine:
         return self.tool_parser is not None and self._renders_tools
 
     def models(self) -> list[ModelInfo]:
-        return [self.loaded.info]
+        info = self.loaded.info
+        if self.supports_tool_choice_auto:  # offered, so gateways route `auto` here
+            info = dataclasses.replace(
+                info, capabilities=info.capabilities | {capabilities.TOOL_CHOICE_AUTO})
+        return [info]
 
     def _adapter_of(self, request: GenerationRequest) -> str | None:
         """The adapter id named by ``request.model`` (None for the base model)."""
@@ -123,8 +126,7 @@ class TransformersEngine:
     async def prepare(self, request: GenerationRequest) -> Prepared:
         adapter = self._adapter_of(request)
         compiled = await self._output_grammar(request)
-        encode = self._cheat.encode if self._cheat is not None else encode_prompt
-        ids = await asyncio.to_thread(encode, self.loaded.tokenizer, request)
+        ids = await asyncio.to_thread(encode_prompt, self.loaded.tokenizer, request)
         return Prepared(request, len(ids), self.loaded.info.context_length,
                         (ids, adapter, compiled))
 
@@ -210,34 +212,33 @@ class TransformersEngine:
         def generate(request: GenerationRequest) -> AsyncIterator[StreamEvent]:
             if self.tool_parser is not None and self.supports_tool_choice_auto \
                     and isinstance(output_mode(request), AutoTools):
-                return self._auto_tools(request, ids, activate, self.tool_parser)
+                return self._auto_tools(request, ids, activate, self.tool_parser, adapter)
             banned = unoffered_call_tokens(self._call_openers, request.tools,
                                            request.tool_choice)
             if compiled is None:
                 return self._scheduler.run(DecodeJob(self.loaded, request, ids, activate,
-                                                     banned=banned))
+                                                     banned=banned, adapter=adapter))
             grammar = self.grammar_book().start(compiled, self._partial_answer(request))
             events = self._scheduler.run(DecodeJob(self.loaded, request, ids, activate, grammar,
-                                                   banned))
+                                                   banned, adapter))
             if compiled.wrapped:
                 parser = self._forced_calls_parser()(compiled.tool_names)
                 return parsed_tool_calls(events, parser, content=False)
             return as_tool_call(events, compiled.tool_names) if compiled.tool_names else events
 
-        if self._cheat is not None:
-            return self._cheat.stream(prepared.request, generate)
         return generate(prepared.request)
 
     def _auto_tools(self, request: GenerationRequest, ids: list[int],
-                    activate: Callable[[], None] | None, parser_class: type[ToolCallParser]
-                    ) -> AsyncIterator[StreamEvent]:
+                    activate: Callable[[], None] | None, parser_class: type[ToolCallParser],
+                    adapter: str | None = None) -> AsyncIterator[StreamEvent]:
         """Free generation under ``tool_choice: auto``, its calls parsed out of the text."""
         names = [str(tool["function"]["name"]) for tool in request.tools]
         parser = parser_class(names, parallel=request.parallel_tool_calls is not False)
         generated = request
         if not parser.parallel and parser.call_end:  # stop once the one call is written
             generated = dataclasses.replace(request, stop=(*request.stop, parser.call_end))
-        events = self._scheduler.run(DecodeJob(self.loaded, generated, ids, activate))
+        events = self._scheduler.run(DecodeJob(self.loaded, generated, ids, activate,
+                                               adapter=adapter))
         return parsed_tool_calls(events, parser)
 
     def add_adapter(self, archive: bytes, max_bytes: int) -> Adapter:

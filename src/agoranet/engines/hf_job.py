@@ -31,8 +31,12 @@ class DecodeJob:
         before_step: Callable[[], None] | None = None,
         grammar: SequenceGrammar | None = None,
         banned: tuple[int, ...] = (),
+        adapter: str | None = None,
     ) -> None:
         self._loaded = loaded
+        self.prompt_ids = list(prompt_ids)
+        self.adapter = adapter  # the LoRA adapter it runs with (None: the base model)
+        self.last_token: int | None = None  # the token sampled last, the next step's input
         self._grammar = grammar  # constrained decoding: masks the logits before sampling
         self._before_step = before_step
         self._request = request
@@ -57,13 +61,28 @@ class DecodeJob:
             if self._commit is not None:  # the final norm's output, what the LM head reads
                 self._commit.add(output.hidden_states[-1][0])
         self._cache = output.past_key_values
-        logits = output.logits[0, -1]
+        return self.consume(output.logits[0, -1])
+
+    @property
+    def wants_hidden(self) -> bool:
+        """Whether it needs the last hidden states (for its commitments)."""
+        return self._commit is not None
+
+    def commit_hidden(self, rows: torch.Tensor) -> None:
+        """Add the final norm's output for the positions it just fed (``[tokens, hidden]``)."""
+        if self._commit is not None:
+            self._commit.add(rows)
+
+    def consume(self, logits: torch.Tensor) -> list[StreamEvent]:
+        """Sample the next token from its last position's logits (one row) and say what
+        that produced. A batched engine calls this with its row of the batch's logits."""
         if self._grammar is None:
             token_id = self._sampler.choose(logits)
         else:
             token_id = self._sampler.choose(self._grammar.mask(logits))
             self._grammar.accept(token_id)
         self._generated += 1
+        self.last_token = token_id
         self._next_input = torch.tensor([[token_id]], dtype=torch.long, device=self._loaded.device)
 
         tokens = (self._logprob(logits, token_id),) if self._request.logprobs else ()

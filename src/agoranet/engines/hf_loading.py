@@ -5,7 +5,7 @@ weights and tokenizer through ``AutoModelForCausalLM`` / ``AutoTokenizer``, on
 the chosen device and dtype, warmed up, with the identity a node publishes
 (weight hashes, context length, sampler, commitments). The engine
 (:mod:`agoranet.engines.hf`) serves a :class:`LoadedModel`; the auditor and the
-cheats load their own copies the same way.
+test-only cheats (:mod:`agoranet.testing.cheats`) load their own copies the same way.
 """
 
 from __future__ import annotations

@@ -50,11 +50,14 @@ def render_chat(tokenizer: Any, request: GenerationRequest) -> str:
     if tokenizer.chat_template is None:
         raise InvalidRequestError("this model has no chat template; use /v1/completions")
     messages = [_template_message(m) for m in request.messages or ()]
-    tools = [dict(t) for t in request.tools] or None
+    # Under tool_choice "none" no tool may be called: like vLLM's
+    # --exclude-tools-when-tool-choice-none, the model is not shown them (shown tools it
+    # may not call, a model trained to call them tends to answer nothing).
+    tools = [dict(t) for t in request.tools] if request.tool_choice != "none" else []
     try:
         text = tokenizer.apply_chat_template(
             messages,
-            tools=tools,
+            tools=tools or None,
             tokenize=False,
             add_generation_prompt=request.add_generation_prompt,
             continue_final_message=request.continue_final_message,

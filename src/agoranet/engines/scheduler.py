@@ -56,7 +56,8 @@ class StepScheduler:
 
     def stats(self) -> dict[str, int]:
         with self._cond:
-            return {"active": len(self._active), "queued": len(self._waiting), **self.counters}
+            active = sum(1 for handle in self._active if not handle.done)
+            return {"active": active, "queued": len(self._waiting), **self.counters}
 
     async def run(self, job: Job) -> AsyncIterator[StreamEvent]:
         """Submit ``job`` and yield its events; closing the iterator cancels it."""
@@ -125,8 +126,12 @@ class StepScheduler:
 
     def _run(self) -> None:
         while (handles := self._next_round()) is not None:
-            for handle in handles:
-                self._advance(handle)
+            self._round(handles)
+
+    def _round(self, handles: list[_Handle]) -> None:
+        """One round: a step of each active job, in turn (a batching scheduler overrides it)."""
+        for handle in handles:
+            self._advance(handle)
 
     def _advance(self, handle: _Handle) -> None:
         if handle.cancelled:

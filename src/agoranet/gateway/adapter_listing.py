@@ -23,8 +23,8 @@ from pydantic import BaseModel, ValidationError
 from agoranet.api import jsonlimits
 from agoranet.errors import InvalidJSONError
 from agoranet.gateway.nodes import NodeState
+from agoranet.market import ModelName
 from agoranet.registry.offer import Offer
-from agoranet.tuning.adapter import ADAPTER_SEPARATOR
 
 __all__ = ["MAX_LISTING_BYTES", "adapter_entries", "fetch_public_adapters"]
 
@@ -57,8 +57,8 @@ async def fetch_public_adapters(client: httpx.AsyncClient, url: str,
         logger.info("%s: model list unavailable: %s", url, exc or "too slow")
         return None
     takes = {m.id for m in offer.models if m.adapters.accepted}
-    return tuple(sorted(card.id for card in listing.data if ADAPTER_SEPARATOR in card.id
-                        and card.id.partition(ADAPTER_SEPARATOR)[0] in takes))
+    return tuple(sorted(card.id for card in listing.data if ModelName.names_adapter(card.id)
+                        and ModelName.base_of(card.id) in takes))
 
 
 def adapter_entries(nodes: Iterable[NodeState]) -> list[dict[str, Any]]:
@@ -69,11 +69,9 @@ def adapter_entries(nodes: Iterable[NodeState]) -> list[dict[str, Any]]:
             model = node.model(name)
             if model is None:
                 continue
-            surcharge = model.adapters.surcharge
-            price = {"input_per_million": model.price.input_per_million
-                     + surcharge.input_per_million,
-                     "output_per_million": model.price.output_per_million
-                     + surcharge.output_per_million}
+            prices = model.price_book().per_token(adapter=True)
+            price = {"input_per_million": prices.input_per_million,
+                     "output_per_million": prices.output_per_million}
             entry = seen.setdefault(name, {
                 "id": name, "object": "model", "created": 0, "owned_by": node.identity,
                 "max_model_len": model.context_length,

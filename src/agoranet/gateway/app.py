@@ -24,7 +24,7 @@ from agoranet.api.limits import BodyLimitMiddleware
 from agoranet.api.openapi import OPERATIONS, openapi_route
 from agoranet.api.streaming import EventStreamResponse
 from agoranet.config import GatewaySettings
-from agoranet.errors import ConfigError, ReputationListError
+from agoranet.errors import ConfigError, ModelNotFoundError, ReputationListError
 from agoranet.gateway.agent_routes import AGENT_PATHS, agent_routes
 from agoranet.gateway.audit_budget import AuditBudget
 from agoranet.gateway.auditing import Auditor
@@ -37,6 +37,8 @@ from agoranet.gateway.keystore import KeyStore
 from agoranet.gateway.paying import NodePayers
 from agoranet.gateway.policy import Policy, load_policy
 from agoranet.gateway.reputation import Reputation
+from agoranet.gateway.response_store import ResponseStore
+from agoranet.gateway.responses_routes import responses_routes
 from agoranet.gateway.scorelist import check_list, read_list, verdicts
 from agoranet.gateway.service import GatewayService
 from agoranet.gateway.spendlog import SpendLog
@@ -158,6 +160,15 @@ def create_gateway_app(service: GatewayService,
             listed["data"] = [m for m in listed["data"] if access.allows_model(m["id"])]
         return JSONResponse(listed)
 
+    @openai_errors
+    async def model(request: Request) -> Response:
+        name = request.path_params["model_id"]
+        access = authenticate(keys, request) if keys is not None else None
+        for entry in service.model_list()["data"]:
+            if entry["id"] == name and (access is None or access.allows_model(name)):
+                return JSONResponse(entry)
+        raise ModelNotFoundError(f"no node on the network serves '{name}'", param="model")
+
     async def nodes(request: Request) -> Response:
         return JSONResponse({"nodes": _node_rows(service),
                              "budget": {"limit": service.budget.limit,
@@ -178,22 +189,18 @@ def create_gateway_app(service: GatewayService,
             async with mcp.running():
                 yield
         finally:
-            await service.directory.stop()
-            if service.auditor is not None:
-                await service.auditor.stop()
-            await service.client.aclose()
-            service.spend.close()
-            if service.directory.reputation is not None:
-                service.directory.reputation.close()
-            if service.payers is not None:
-                service.payers.close()
-            if keys is not None:
-                keys.close()
+            try:
+                await service.aclose()
+            finally:
+                if keys is not None:
+                    keys.close()
 
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/models/{model_id:path}", model, methods=["GET"]),
+            *responses_routes(service, keys, ResponseStore()),
             Route("/agoranet/nodes", nodes, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             *(key_routes(keys) if keys is not None else []),
@@ -215,7 +222,8 @@ def _openapi_route(*, keyed: bool) -> Route:
     with keys OpenAI's routes take one (``Authorization: Bearer agn-...``)."""
     chat, models = ("POST", "/v1/chat/completions"), ("GET", "/v1/models")
     agents = [(m, p) for m, p in OPERATIONS if p.startswith(AGENT_PATHS)]
+    openai = [(m, p) for m, p in OPERATIONS if p.startswith(("/v1/responses", "/v1/models/"))]
     return openapi_route(title="agoranet gateway", version=__version__, operations={
         chat: dataclasses.replace(OPERATIONS[chat], fields={"agoranet": Policy}, bearer=keyed),
         models: dataclasses.replace(OPERATIONS[models], bearer=keyed),
-        **{op: dataclasses.replace(OPERATIONS[op], bearer=keyed) for op in agents}})
+        **{op: dataclasses.replace(OPERATIONS[op], bearer=keyed) for op in agents + openai}})

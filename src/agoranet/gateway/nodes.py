@@ -21,6 +21,7 @@ from agoranet.gateway.reputation import (
     Reputation,
     failure_kind,
 )
+from agoranet.market import ModelName
 from agoranet.registry.offer import ModelOffer, Offer
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ class NodeState:
         return tuple(m.id for m in self.offer.models) if self.offer is not None else ()
 
     def model(self, name: str) -> ModelOffer | None:
-        base = name.partition("@adapter:")[0]
+        base = ModelName.base_of(name)
         if self.offer is None:
             return None
         for model in self.offer.models:

@@ -13,7 +13,9 @@ beyond the receipts is counted in the budget and in the spend log (a row with
 outcome ``disputed``, no receipt), the node gets a long ban in the reputation
 store, and its channel pays it no more. A receipt adopted from a corrective 402
 (an answer or final receipt the gateway never saw) is logged with outcome
-``resynced`` and counted in the budget too.
+``resynced`` and counted in the budget too, less what was counted already for the
+request when its stream was cut (an ``unreceipted`` row, see
+``agoranet.gateway.relay``).
 
 A saved channel is checked on chain when it is loaded, and again when a node says
 it holds no deposit (:meth:`~agoranet.payments.payer.Payer.reconcile`): one the

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.policy import Policy
+from agoranet.market import ModelName, cost
 from agoranet.registry.offer import ModelOffer
-from agoranet.tuning.adapter import ADAPTER_SEPARATOR
 
 __all__ = ["Candidate", "cost_micro", "expected_cost", "is_adapter", "rank"]
 
@@ -29,27 +29,20 @@ def cost_micro(model: ModelOffer, prompt_tokens: int, completion_tokens: int, *,
     """Price of a request in millionths of a base unit (exact, for comparing nodes); the
     adapter surcharge counts only for a request to an adapter (``MODEL@adapter:...``), the
     commitments price only for a request that asks for them."""
-    price_in, price_out = model.price.input_per_million, model.price.output_per_million
-    if adapter:
-        price_in += model.adapters.surcharge.input_per_million
-        price_out += model.adapters.surcharge.output_per_million
-    if commitments:
-        price_in += model.commitments.price_per_million
-        price_out += model.commitments.price_per_million
-    return prompt_tokens * price_in + completion_tokens * price_out
+    prices = model.price_book().per_token(adapter=adapter, commitments=commitments)
+    return prompt_tokens * prices.input_per_million + completion_tokens * prices.output_per_million
 
 
 def expected_cost(model: ModelOffer, prompt_tokens: int, completion_tokens: int, *,
                   adapter: bool = False, commitments: bool = False) -> int:
     """Price of a request in base units, rounded up (integers only)."""
-    micro = cost_micro(model, prompt_tokens, completion_tokens, adapter=adapter,
-                       commitments=commitments)
-    return -(-micro // 1_000_000)
+    return cost(model.price_book().per_token(adapter=adapter, commitments=commitments),
+                prompt_tokens, completion_tokens)
 
 
 def is_adapter(model_name: str) -> bool:
     """Whether ``model_name`` asks for a LoRA adapter on its base model."""
-    return ADAPTER_SEPARATOR in model_name
+    return ModelName.names_adapter(model_name)
 
 
 def _as_float(value: int) -> float:

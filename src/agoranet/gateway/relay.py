@@ -6,7 +6,9 @@ the original messages plus the text already streamed as a partial assistant
 message (``continue_final_message``), so the client sees one uninterrupted
 answer. Every node that produced tokens gets a spend-log row, with the signed
 receipt behind its charge when it is paid (for a node that died mid-answer, the
-last running receipt it sent); failing nodes are banned for a growing time.
+last running receipt it sent, and a row ``unreceipted`` for what the payer counted
+for the tokens that arrived after it: the node may have recorded a receipt for them
+that it never sent); failing nodes are banned for a growing time.
 A refusal that is not the node's fault is skipped without counting against it: a
 request every node would refuse goes back to the client (400/413/422), a model or
 adapter the node does not have (404) and a node the gateway cannot pay (no wallet,
@@ -131,6 +133,9 @@ class _Segment:
     receipt: Receipt | None = None
     commitments: dict[str, Any] | None = None  # when asked for
     paid: bool = False  # paid through a channel: only a receipt says what was spent
+    # A paid stream cut before its final receipt: what the payer counted as spent for the
+    # tokens that arrived after its last receipt (the node may hold a receipt for them).
+    unreceipted: int = 0
 
 
 def _continuation(body: dict[str, Any], produced: str, tokens_done: int) -> dict[str, Any]:
@@ -176,6 +181,7 @@ async def _segment_events(client: httpx.AsyncClient, segment: _Segment, body: di
         # running one if the stream broke off (the node is owed what it receipted).
         if response is not None:
             segment.receipt = response.extensions.get("agoranet_receipt")
+            segment.unreceipted = int(response.extensions.get("agoranet_unreceipted", 0))
             if segment.receipt is not None:
                 segment.charged = int(segment.receipt.amount)
     if auth is not None and segment.receipt is None:
@@ -595,21 +601,27 @@ def _account(attempt: _Attempt, body: dict[str, Any], prompt_ceiling: int, spend
     # of what it gave.
     unreceipted = 0 if segment.paid else listed
     amount = segment.charged if segment.charged is not None else unreceipted
-    attempt.reservation.release(amount)
-    if not produced:
-        return
-    outcome = "ok" if attempt.failed is None else "partial"
-    receipt = json.dumps(segment.receipt.to_json()) if segment.receipt is not None else None
-    spend.add(SpendRow(result.request_id, str(body["model"]), attempt.node.url, prompt,
-                       completion, amount, _ms(segment.first_token, segment.started),
-                       (time.perf_counter() - segment.started) * 1000, outcome, receipt,
-                       key=result.key))
-    result.nodes.append(attempt.node.url)
-    if segment.commitments is not None:
-        result.commitments.append({"node": attempt.node.url, **segment.commitments})
-    result.amount += amount
-    result.completion_tokens += completion
-    result.prompt_tokens = result.prompt_tokens or prompt
+    # A paid stream cut after its last receipt: the tokens that arrived beyond it are
+    # spent too (the payer counted them), in a row of their own without a receipt.
+    beyond = segment.unreceipted
+    attempt.reservation.release(amount + beyond)
+    if produced:
+        outcome = "ok" if attempt.failed is None else "partial"
+        receipt = json.dumps(segment.receipt.to_json()) if segment.receipt is not None else None
+        spend.add(SpendRow(result.request_id, str(body["model"]), attempt.node.url, prompt,
+                           completion, amount, _ms(segment.first_token, segment.started),
+                           (time.perf_counter() - segment.started) * 1000, outcome, receipt,
+                           key=result.key))
+        result.nodes.append(attempt.node.url)
+        if segment.commitments is not None:
+            result.commitments.append({"node": attempt.node.url, **segment.commitments})
+        result.amount += amount
+        result.completion_tokens += completion
+        result.prompt_tokens = result.prompt_tokens or prompt
+    if beyond:
+        spend.add(SpendRow(result.request_id, str(body["model"]), attempt.node.url, 0, 0,
+                           beyond, None, 0.0, "unreceipted", key=result.key))
+        result.amount += beyond
 
 
 def _ms(moment: float | None, start: float) -> float | None:

@@ -50,6 +50,29 @@ class GatewayService:
         self.payers = payers
         self.auditor = auditor
 
+    async def aclose(self) -> None:
+        """Stop and close what the service owns: the directory's refresh, the auditor, the
+        HTTP client, the spend log, the reputation store and the node payers; each once,
+        the rest even if one fails."""
+        closers: list[Any] = [self.directory.stop]
+        if self.auditor is not None:
+            closers.append(self.auditor.stop)
+        closers += [self.client.aclose, self.spend.close]
+        if self.directory.reputation is not None:
+            closers.append(self.directory.reputation.close)
+        if self.payers is not None:
+            closers.append(self.payers.close)
+        failure: BaseException | None = None
+        for close in closers:
+            try:
+                result = close()
+                if result is not None:
+                    await result
+            except Exception as exc:  # closing the rest matters more; re-raised below
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
     def model_list(self) -> dict[str, Any]:
         """Every model on the network, with its cheapest price and how many nodes serve it."""
         seen: dict[str, dict[str, Any]] = {}

@@ -5,7 +5,10 @@ streamed part of the answer; a background audit adds a row per challenge the
 audited node answered, with outcome ``audit``; a node that claimed a charge no receipt
 backs adds a row with outcome ``disputed`` for what it can claim beyond its receipts
 (no receipt), and a receipt the gateway adopted from a node's corrective 402 (an answer
-it never saw) a row with outcome ``resynced``; a reservation left by a gateway that
+it never saw) a row with outcome ``resynced``; a paid stream cut before its final receipt
+a row with outcome ``unreceipted`` (no receipt) for what the tokens that arrived after its
+last receipt cost at the node's prices (the node may hold a receipt for them that never
+arrived); a reservation left by a gateway that
 died is settled at its full amount with outcome ``lost`` (see ``agoranet.gateway.keystore``).
 A fine-tuning job the gateway pays is one row (request id: the job's id) with outcome
 ``held`` and amount 0 while it trains, rewritten when it ends (``ok`` at its receipt).
@@ -55,7 +58,8 @@ class SpendRow:
     duration_ms: float
     # "ok", "partial" (failed over mid-answer), "failed", "audit", "disputed" (claimed by a
     # node beyond its receipts), "resynced" (a receipt adopted from a corrective 402),
-    # "held" (a fine-tuning job still training: 0 until it ends, then "ok" at its receipt)
+    # "held" (a fine-tuning job still training: 0 until it ends, then "ok" at its receipt),
+    # "unreceipted" (tokens of a cut stream that arrived after its last receipt)
     outcome: str
     receipt: str | None = None  # the node's signed receipt (JSON) behind ``amount``, if paid
     key: str | None = None  # the gateway key that asked, if any

@@ -31,8 +31,8 @@ from agoranet.api.asgi_body import read_body, replay_body
 from agoranet.api.errors import error_from_exception
 from agoranet.api.jsonlimits import loads_object
 from agoranet.errors import AgoranetError, ModelNotFoundError
+from agoranet.market import ADAPTER_SEPARATOR, ModelName
 from agoranet.node.adapter_owners import AdapterOwners, owner_id, payer_owner
-from agoranet.tuning.adapter import ADAPTER_SEPARATOR, parse_model_name
 
 __all__ = ["AdapterAccess", "PaidAdapterAccess", "claimed_payer", "missing_adapter"]
 
@@ -86,7 +86,7 @@ def _requested_adapter(body: bytes) -> str | None:
         return None
     try:
         model = loads_object(body, max_bytes=None).get("model")
-        return parse_model_name(model)[1] if isinstance(model, str) else None
+        return ModelName.parse(model).adapter if isinstance(model, str) else None
     except (AgoranetError, ValueError):
         return None
 

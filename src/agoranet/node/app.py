@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -16,14 +16,13 @@ from agoranet.api.openapi import Operation, openapi_route
 from agoranet.config import NodeSettings
 from agoranet.engines.adapters import AdapterHost
 from agoranet.engines.base import Engine
+from agoranet.market import PriceBook, TokenPrices
 from agoranet.node.adapter_access import AdapterAccess, PaidAdapterAccess
 from agoranet.node.adapter_owners import AdapterOwners
 from agoranet.node.adapter_routes import adapter_routes
-from agoranet.node.chaos import ChaosMiddleware
 from agoranet.node.finetune_routes import finetune_routes
 from agoranet.node.routes import http_error, routes
 from agoranet.node.service import InferenceService
-from agoranet.payments.pricing import TokenPrices
 from agoranet.registry.offer import (
     AdapterTerms,
     FineTuningTerms,
@@ -32,7 +31,7 @@ from agoranet.registry.offer import (
     Price,
     build_offer,
 )
-from agoranet.tuning.adapter import ADAPTER_SEPARATOR, pack_adapter
+from agoranet.tuning.adapter import pack_adapter
 from agoranet.tuning.jobs import FineTuneJob, JobManager
 
 if TYPE_CHECKING:
@@ -46,12 +45,15 @@ def create_app(
     settings: NodeSettings | None = None,
     jobs: JobManager | None = None,
     payments: NodePayments | None = None,
+    middleware: Sequence[Middleware] = (),
 ) -> Starlette:
     """A node serving ``engine`` (and selling fine-tuning through ``jobs``, if given).
 
     With ``payments`` the paid routes take x402 payment before inference, the
     offer is signed with the node's key, and the settlement loop runs. The
     engine, the job manager and the ledger are closed when the app shuts down.
+    ``middleware`` wraps the routes inside the body limit and outside payment (the
+    seam of :class:`~agoranet.node.hooks.NodeHooks`).
     """
     settings = settings or NodeSettings()
     service = InferenceService(engine)
@@ -101,6 +103,7 @@ def create_app(
                                                                 response=Offer, errors=())},
         paid_paths=settings.paid_paths if payments is not None else ()))
 
+    extra_middleware = middleware
     middleware = [
         Middleware(
             BodyLimitMiddleware,
@@ -110,14 +113,7 @@ def create_app(
             body_timeout_s=settings.body_timeout_s,
         )
     ]
-    if settings.chaos_delay_ms or settings.chaos_fail_after:
-        middleware.append(Middleware(ChaosMiddleware, delay_ms=settings.chaos_delay_ms,
-                                     fail_after=settings.chaos_fail_after,
-                                     fail_every=settings.chaos_fail_every))
-    if settings.chaos_stall_after is not None:  # tests only, like the chaos above
-        from agoranet.testing.stall import StallMiddleware
-
-        middleware.append(Middleware(StallMiddleware, after=settings.chaos_stall_after))
+    middleware.extend(extra_middleware)
     if owners is not None:  # private adapters: a 404 for all but their owners
         middleware.append(Middleware(AdapterAccess, owners=owners, paths=settings.paid_paths,
                                      paid=payments is not None))
@@ -165,14 +161,9 @@ def create_app(
 
 
 def _price_book(settings: NodeSettings) -> Callable[[str], TokenPrices]:
-    base = TokenPrices(settings.price_in, settings.price_out)
-    with_adapter = TokenPrices(settings.price_in + settings.adapter_surcharge_in,
-                               settings.price_out + settings.adapter_surcharge_out)
-
-    def prices(model: str) -> TokenPrices:
-        return with_adapter if ADAPTER_SEPARATOR in model else base
-
-    return prices
+    book = PriceBook(TokenPrices(settings.price_in, settings.price_out),
+                     TokenPrices(settings.adapter_surcharge_in, settings.adapter_surcharge_out))
+    return book.prices
 
 
 def _paid_offer(offer: Offer, payments: NodePayments) -> Offer:

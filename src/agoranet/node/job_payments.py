@@ -40,8 +40,8 @@ from x402.mechanisms.evm.batch_settlement.constants import SCHEME_BATCH_SETTLEME
 from x402.schemas import PaymentRequired
 
 from agoranet.errors import PaymentRequiredError
+from agoranet.market import TokenPrices, cost
 from agoranet.payments.acceptor import Authorization, PaymentAcceptor
-from agoranet.payments.pricing import TokenPrices, cost
 from agoranet.payments.receipts import Receipt
 
 if TYPE_CHECKING:

@@ -25,19 +25,25 @@ def free_port() -> int:
 
 
 def running_node(
-    args: Sequence[str], *, port: int | None = None, timeout: float = 120.0
+    args: Sequence[str], *, port: int | None = None, timeout: float = 120.0,
+    module: str = "agoranet",
 ) -> AbstractContextManager[str]:
-    """Run ``agoranet node ARGS``; yield its ``http://127.0.0.1:PORT/v1`` URL; stop it after."""
-    return running_command(["node", *args], port=port, timeout=timeout)
+    """Run ``agoranet node ARGS``; yield its ``http://127.0.0.1:PORT/v1`` URL; stop it after.
+
+    ``module`` is the command's module (``python -m MODULE``): tests and the demo start
+    the test-only node of ``agoranet.testing`` (cheats, chaos) this way."""
+    return running_command(["node", *args], port=port, timeout=timeout, module=module)
 
 
 @contextmanager
 def running_command(
-    args: Sequence[str], *, port: int | None = None, timeout: float = 120.0
+    args: Sequence[str], *, port: int | None = None, timeout: float = 120.0,
+    module: str = "agoranet",
 ) -> Iterator[str]:
-    """Run ``agoranet ARGS --port PORT`` (a node or a gateway) until healthy; yield its /v1 URL."""
+    """Run ``agoranet ARGS --port PORT`` (a node or a gateway) until healthy; yield its /v1
+    URL. ``module``: as for :func:`running_node`."""
     port = port or free_port()
-    command = [sys.executable, "-m", "agoranet", *args, "--port", str(port)]
+    command = [sys.executable, "-m", module, *args, "--port", str(port)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     root = f"http://127.0.0.1:{port}"

@@ -38,11 +38,11 @@ from agoranet.api.sse import sse_json
 from agoranet.api.types import ChatCompletionRequest, CompletionRequest
 from agoranet.engines.base import Finish, Prepared
 from agoranet.errors import PaymentRequiredError
+from agoranet.market import TokenPrices, cost, with_commitments, worst_case
 from agoranet.node.metering import Meter, metered
 from agoranet.node.service import InferenceService
 from agoranet.payments import x402wire
 from agoranet.payments.acceptor import SCHEME_EXACT, Authorization, PaymentAcceptor
-from agoranet.payments.pricing import TokenPrices, cost, with_commitments, worst_case
 from agoranet.payments.receipts import Receipt
 
 __all__ = ["DEFAULT_PAID_PATHS", "PAYER_SCOPE_KEY", "RECEIPT_OBJECT", "RUNNING_RECEIPT_OBJECT",

@@ -37,6 +37,10 @@ def routes(service: InferenceService, offer: Offer) -> list[Route]:
         return respond(service.model_list())
 
     @openai_errors
+    async def model(request: Request) -> Response:
+        return respond(service.model_card(request.path_params["model_id"]))
+
+    @openai_errors
     async def tokenize(request: Request) -> Response:
         """vLLM-compatible token count, used by upstream engines in front of a node."""
         body = TokenizeRequest.model_validate(await read_json(request))
@@ -56,6 +60,7 @@ def routes(service: InferenceService, offer: Offer) -> list[Route]:
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", model, methods=["GET"]),
         Route("/tokenize", tokenize, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/.well-known/agoranet", well_known, methods=["GET"]),

@@ -38,9 +38,9 @@ from agoranet.engines.base import (
 )
 from agoranet.engines.structured import join_tool_calls
 from agoranet.errors import ContextLengthError, InvalidRequestError, ModelNotFoundError
+from agoranet.market import ModelName
 from agoranet.node import convert
 from agoranet.node.metering import current_meter
-from agoranet.tuning.adapter import ADAPTER_SEPARATOR, adapter_model_name
 
 __all__ = ["InferenceService", "Started"]
 
@@ -92,7 +92,7 @@ class InferenceService:
 
     def model_info(self, name: str) -> ModelInfo:
         """The served base model behind ``name`` (``BASE`` or ``BASE@adapter:<id>``)."""
-        base = name.partition(ADAPTER_SEPARATOR)[0]
+        base = ModelName.base_of(name)
         for info in self.engine.models():
             if info.name == base:
                 return info
@@ -109,9 +109,17 @@ class InferenceService:
             for adapter in self.engine.list_adapters():
                 base = bases.get(adapter.manifest.base_model)
                 if base is not None and (listed is None or adapter.id in listed):
-                    cards.append(ModelCard(id=adapter_model_name(base.name, adapter.id),
+                    cards.append(ModelCard(id=str(ModelName(base.name, adapter.id)),
                                            max_model_len=base.context_length))
         return ModelList(data=cards)
+
+    def model_card(self, name: str) -> ModelCard:
+        """``/v1/models/{name}``: the model as ``/v1/models`` lists it, or a 404."""
+        for card in self.model_list().data:
+            if card.id == name:
+                return card
+        raise ModelNotFoundError(f"The model '{name}' does not exist on this node",
+                                 param="model")
 
     async def prepare(self, request: GenerationRequest, requested: int | None) -> Prepared:
         """Tokenise once, check the context, and fix ``max_tokens``.

@@ -25,9 +25,9 @@ from x402.schemas import PaymentRequired
 
 from agoranet.api.errors import error_body
 from agoranet.errors import PaymentRequiredError
+from agoranet.market import TokenPrices
 from agoranet.payments import x402wire
 from agoranet.payments.acceptor import Authorization, PaymentAcceptor
-from agoranet.payments.pricing import TokenPrices
 
 __all__ = ["MEGABYTE", "UploadPayments", "megabytes"]
 

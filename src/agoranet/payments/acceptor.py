@@ -36,9 +36,9 @@ from x402.mechanisms.evm.batch_settlement.constants import SCHEME_BATCH_SETTLEME
 from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements, SettleResponse
 
 from agoranet.errors import ChainError, LedgerError, PaymentRequiredError
+from agoranet.market import TokenPrices
 from agoranet.payments import payload_shapes, x402wire
 from agoranet.payments.ledger import MAX_AMOUNT, Hold, Ledger, VoucherRefused
-from agoranet.payments.pricing import TokenPrices
 from agoranet.payments.receipts import Receipt, ReceiptSigner
 from agoranet.payments.verifier import (
     ConfigCache,

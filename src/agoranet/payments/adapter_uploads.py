@@ -19,9 +19,9 @@ import httpx
 from x402.mechanisms.evm.batch_settlement import errors as bs_errors
 
 from agoranet.errors import PaymentError
+from agoranet.market import TokenPrices
 from agoranet.payments import x402wire
 from agoranet.payments.payer import Payer, PendingPayment
-from agoranet.payments.pricing import TokenPrices
 from agoranet.payments.receipts import Receipt
 from agoranet.registry.offer import AdapterTerms
 

@@ -29,7 +29,7 @@ from x402.mechanisms.evm.batch_settlement.encoding import (
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 
 from agoranet.chain.addresses import ChainAddresses
-from agoranet.chain.compiler import compile_contract
+from agoranet.chain.compiled import contract_abi
 from agoranet.chain.rpc import TxResult, send
 from agoranet.errors import ChainError, ConfigError
 
@@ -86,7 +86,7 @@ class ChannelInfo:
 def escrow_contract(w3: Web3, addresses: ChainAddresses) -> Any:
     return w3.eth.contract(
         address=Web3.to_checksum_address(addresses.escrow),
-        abi=compile_contract("BatchSettlement").abi,
+        abi=contract_abi("BatchSettlement"),
     )
 
 
@@ -141,7 +141,7 @@ def open_channel(
     try:
         channel_id = "0x" + bytes(escrow.functions.getChannelId(cfg).call()).hex()
         token = w3.eth.contract(
-            address=Web3.to_checksum_address(config.token), abi=compile_contract("Stablecoin").abi
+            address=Web3.to_checksum_address(config.token), abi=contract_abi("Stablecoin")
         )
         domain = {
             "name": str(token.functions.name().call()),

@@ -11,8 +11,10 @@ finds unfunded checked on chain and repaired first, see
 stream, from its final receipt event, read as the stream passes through. A
 stream's running receipts are checked as they come (never more tokens than have
 arrived); if the stream breaks before its final receipt, the last running one is
-what the request cost. The verified receipt is left in
-``response.extensions["agoranet_receipt"]``.
+what the request is believed to owe, and what the node can charge for the tokens
+that arrived after it is counted as spent (:meth:`~agoranet.payments.payer.Payer.
+cut`; the amount in ``response.extensions["agoranet_unreceipted"]``). The verified
+receipt is left in ``response.extensions["agoranet_receipt"]``.
 Requests on one channel go one at a time (the lock is held until the receipt); a
 request that follows one the client hung up on may find the node still holding
 the channel, and is resent after short pauses (``BUSY_RETRIES_S``).
@@ -208,6 +210,7 @@ class _ReceiptTap(httpx.AsyncByteStream, httpx.SyncByteStream):
         self.done = False
         self.final = False
         self.running: Receipt | None = None  # the last running receipt, until the final one
+        self.usage: tuple[int, int] | None = None  # the answer's (prompt, completion) tokens
 
     def _scan(self, data: bytes) -> None:
         self.buffer += data
@@ -221,10 +224,12 @@ class _ReceiptTap(httpx.AsyncByteStream, httpx.SyncByteStream):
             except ValueError:
                 continue
             kind = obj.get("object")
+            self.usage = _usage(obj) or self.usage
             if kind == "agoranet.receipt":
+                settle = _payment_response(obj)  # none: the stream is cut before its receipt
                 self.final = True
                 self.response.extensions["agoranet_receipt"] = self.auth.payer.settle(
-                    self.pending, _payment_response(obj), self.terms.model,
+                    self.pending, settle, self.terms.model,
                     max_tokens=self.terms.max_tokens, min_tokens_out=self.chunks,
                     commitments=self.terms.commitments)
             elif kind == "agoranet.receipt.running":
@@ -244,9 +249,13 @@ class _ReceiptTap(httpx.AsyncByteStream, httpx.SyncByteStream):
             return
         self.done = True
         try:
-            if not self.final and self.running is not None:  # broken off: what was receipted
-                self.auth.payer.adopt(self.pending, self.running, final=False)
-                self.response.extensions["agoranet_receipt"] = self.running
+            if not self.final:  # broken off: what was receipted, and what arrived after it
+                self.response.extensions["agoranet_unreceipted"] = self.auth.payer.cut(
+                    self.pending, self.running, self.terms.model, arrived=self.chunks,
+                    usage=self.usage, max_tokens=self.terms.max_tokens,
+                    commitments=self.terms.commitments)
+                if self.running is not None:
+                    self.response.extensions["agoranet_receipt"] = self.running
         finally:
             self.auth._lock.release()
 
@@ -319,6 +328,17 @@ def _payment_response(event: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(response, dict):
         raise ReceiptError("the node's receipt event has no payment response")
     return response
+
+
+def _usage(event: dict[str, Any]) -> tuple[int, int] | None:
+    """The (prompt, completion) tokens of an event's usage, if it carries counts."""
+    usage = event.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    counts = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not all(type(n) is int and n >= 0 for n in counts):
+        return None
+    return int(usage["prompt_tokens"]), int(usage["completion_tokens"])
 
 
 def _has_text(choice: dict[str, Any]) -> bool:

@@ -30,16 +30,25 @@ from the payer's), :meth:`Payer.resync` applies one rule:
   stream broke before the final receipt), and that receipt is in step (charged before that request plus
   its amount equals the node's total; its amount within the request's maximum
   and not below a running receipt already held): the receipt is kept and the
-  difference counted as spend (``on_resync`` is told) -- a receipt backs it;
+  difference counted as spend (``on_resync`` is told) -- a receipt backs it --
+  less what a cut stream of that request counted already (below);
 - otherwise it is a dispute: nothing the payer holds backs the node's figure,
   and the node can still claim up to the highest voucher the payer signed. So
   ``voucher - charged`` (every unit the node can claim beyond the receipts,
-  which bounds whatever it says it charged) is counted as spend and as
+  which bounds whatever it says it charged), less what cut streams counted
+  already, is counted as spend and as
   ``disputed``, the ``on_dispute`` callback is told, :class:`~agoranet.errors.
   ChargeDisputeError` is raised, and the payer never signs another voucher on
   that channel (so nothing more can be claimed). The node's own figure is not
   used even when lower: a node that states less and claims more would
   otherwise break "recorded spend >= claimed".
+
+A stream cut before its final receipt (:meth:`Payer.cut`) is charged by the node
+its last *recorded* running receipt, which may be one the payer never got: a node
+records each before it sends it. So the payer believes the last running receipt it
+holds, and counts as spent -- not owed -- what the node can charge beyond it for
+the tokens that arrived after it (:mod:`agoranet.payments.unreceipted`), remembered
+by request (``ChannelState.unreceipted``) until a receipt for it turns up.
 
 So a node can claim at most the payer's receipts plus one request's headroom,
 and the payer's spend counts every unit a node can claim.
@@ -84,13 +93,14 @@ from agoranet.errors import (
     PaymentError,
     ReceiptError,
 )
+from agoranet.market import ModelName, TokenPrices, cost
 from agoranet.payments import x402wire
 from agoranet.payments.channels import new_config, open_channel, read_channel
 from agoranet.payments.ecdsa import DigestSigner
 from agoranet.payments.payer_store import ChannelState, PayerStore
-from agoranet.payments.pricing import TokenPrices, cost, with_commitments
 from agoranet.payments.receipts import Receipt, verify_receipt
 from agoranet.payments.subkeys import RevokeOutcome, SubKey, revoke
+from agoranet.payments.unreceipted import unreceipted_cost
 from agoranet.payments.verifier import voucher_digest
 from agoranet.registry.offer import Offer
 from agoranet.registry.signing import offer_signer
@@ -111,7 +121,9 @@ class Dispute:
     channel_id: str
     claimed: int  # the node's charged total, from its corrective 402
     receipted: int  # what the payer's receipts back
-    exposure: int  # counted as spend: the highest voucher signed minus ``receipted``
+    # counted as spend: the highest voucher signed minus ``receipted`` (less what streams
+    # cut before their receipts counted as spent already, see Payer.cut)
+    exposure: int
 
     def describe(self) -> str:
         return (f"the node claims {self.claimed} charged on channel {self.channel_id[:10]}… but "
@@ -191,14 +203,8 @@ class Payer:
         """The offer's prices for ``model`` (an adapter's surcharge included), and with the
         commitments surcharge for a request that asks for them."""
         for m in self.offer.models:
-            if m.id == model.partition("@")[0]:
-                surcharge = m.adapters.surcharge if "@" in model else None
-                prices = TokenPrices(
-                    m.price.input_per_million + (surcharge.input_per_million if surcharge else 0),
-                    m.price.output_per_million + (surcharge.output_per_million if surcharge else 0))
-                if commitments:
-                    prices = with_commitments(prices, m.commitments.price_per_million)
-                return prices
+            if m.id == ModelName.base_of(model):
+                return m.price_book().prices(model, commitments=commitments)
         raise PaymentError(f"the node does not offer model {model!r}")
 
     def _load(self) -> ChannelState | None:
@@ -356,6 +362,7 @@ class Payer:
         payments[request_id] = [max_amount, self.state.charged, 0, 0]
         for old in list(payments)[:-_KEPT_PAYMENTS]:
             del payments[old]
+            self.state.unreceipted.pop(old, None)
         self._save()
         return PendingPayment(request_id, max_amount, voucher, self.state.charged,
                               x402wire.encode_model(payload))
@@ -424,6 +431,11 @@ class Payer:
     def adopt(self, pending: PendingPayment, receipt: Receipt, *, final: bool = True) -> None:
         """Believe ``receipt`` (checked by :meth:`check`): the request's charge -- its final
         one, or (``final=False``) the last running receipt of a stream that broke off."""
+        self._believe(pending, receipt, final=final)
+        self._save(receipt)
+
+    def _believe(self, pending: PendingPayment, receipt: Receipt, *, final: bool) -> None:
+        """What :meth:`adopt` changes in the state, not saved yet."""
         assert self.state is not None
         self.state.charged = receipt.cumulative
         self.state.voucher = max(self.state.voucher, pending.voucher)
@@ -433,7 +445,37 @@ class Payer:
             self.state.payments.pop(pending.request_id, None)
         elif pending.request_id in self.state.payments:
             self.state.payments[pending.request_id][2] = receipt.amount
-        self._save(receipt)
+
+    def cut(self, pending: PendingPayment, running: Receipt | None, model: str, *,
+            arrived: int, usage: tuple[int, int] | None = None, max_tokens: int | None = None,
+            commitments: bool = False) -> int:
+        """A stream for ``pending`` broke off before its final receipt, after ``arrived``
+        tokens (``usage``: the answer's (prompt, completion) tokens, if they came): its last
+        running receipt, if any, is believed (as :meth:`adopt` with ``final=False``), and
+        what the node can charge beyond it for the tokens that arrived
+        (:func:`~agoranet.payments.unreceipted.unreceipted_cost`, at the offer's prices,
+        within the voucher) is counted as spent, never as owed: the node may hold a
+        receipt for them that never arrived. It is remembered for the request, so a receipt
+        for it shown later (a corrective 402) counts only the rest. The amount counted
+        beyond the receipt."""
+        assert self.state is not None
+        try:
+            prices = self.prices(model, commitments=commitments)
+        except PaymentError:  # no price to count at: all the voucher allows beyond the receipt
+            beyond = max(0, pending.max_amount - (running.amount if running else 0))
+        else:
+            context = next((m.context_length for m in self.offer.models
+                            if m.id == ModelName.base_of(model)), None)
+            beyond = unreceipted_cost(prices, pending.max_amount, running, arrived, usage=usage,
+                                      max_tokens=max_tokens, context_length=context)
+        if running is not None:
+            self._believe(pending, running, final=False)
+        if beyond > 0:
+            self.state.spent += beyond
+            self.state.unreceipted[pending.request_id] = beyond
+        if running is not None or beyond > 0:
+            self._save(running)
+        return beyond
 
     def resync(self, corrective: dict[str, Any]) -> bool:
         """Follow a node's corrective 402 (the rule is in the module's docstring): True if
@@ -457,6 +499,8 @@ class Payer:
         receipt = self._backing(corrective.get("receipt"), charged)
         if receipt is not None:
             counted = charged - self.state.charged
+            # what a cut stream of that request counted as spent already is not counted again
+            counted -= min(counted, self.state.unreceipted.pop(receipt.request_id, 0))
             self.state.spent += counted
             self.state.charged = charged
             self.state.receipts += 1
@@ -465,8 +509,11 @@ class Payer:
             if self.on_resync is not None:
                 self.on_resync(receipt, counted)
             return True
+        counted = sum(self.state.unreceipted.values())  # by cut streams, already spent
         dispute = Dispute(self.root, self.node, self.state.channel_id, charged,
-                          self.state.charged, max(0, self.state.voucher - self.state.charged))
+                          self.state.charged,
+                          max(0, self.state.voucher - self.state.charged - counted))
+        self.state.unreceipted.clear()
         self.state.disputed += dispute.exposure
         self.state.spent += dispute.exposure
         self.state.dispute = dispute.describe()

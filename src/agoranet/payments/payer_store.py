@@ -59,13 +59,17 @@ class ChannelState:
     charged: int = 0  # what the payer's receipts say it owes: raised by a receipt only
     voucher: int = 0  # the highest voucher ever signed: the most the node can claim
     receipts: int = 0
-    spent: int = 0  # receipted amounts plus ``disputed``
+    spent: int = 0  # receipted amounts plus ``disputed`` plus ``unreceipted``
     disputed: int = 0  # counted as spent without a receipt: a node claimed beyond them
     dispute: str = ""  # why this channel pays no more (a node claimed what no receipt backs)
     # The last vouchers signed, by request id: [max_amount, charged_before, receipted,
     # refused], until the request's final receipt (a receipt shown later, in a corrective
     # 402, is matched against them; never one for a request whose receipt was refused).
     payments: dict[str, list[int]] = field(default_factory=dict)
+    # Counted as spent, by request id, for the tokens of a stream cut before its final
+    # receipt that arrived beyond its last receipt (Payer.cut): the node may hold a receipt
+    # for them that never arrived. Taken off a receipt for that request shown later.
+    unreceipted: dict[str, int] = field(default_factory=dict)
 
 
 

@@ -669,11 +669,13 @@ class PgLedger:
                          int(r[7]), r[8]) for r in rows]
 
     def gas_used(self) -> tuple[int, int]:
-        """(transactions, gas) spent on claims and settlements so far."""
+        """(transactions, gas) spent on claims and settlements so far (a settle that found
+        nothing left to settle sent no transaction: recorded with no hash, not counted)."""
         rows = self._read(
             "SELECT (SELECT COUNT(DISTINCT tx_hash) FROM claims) + (SELECT COUNT(*) FROM "
-            "settlements), COALESCE((SELECT SUM(g) FROM (SELECT MAX(gas_used) AS g FROM claims "
-            "GROUP BY tx_hash) t), 0) + COALESCE((SELECT SUM(gas_used) FROM settlements), 0)")
+            "settlements WHERE tx_hash != ''), COALESCE((SELECT SUM(g) FROM (SELECT "
+            "MAX(gas_used) AS g FROM claims GROUP BY tx_hash) t), 0) + "
+            "COALESCE((SELECT SUM(gas_used) FROM settlements), 0)")
         return int(rows[0][0]), int(rows[0][1])
 
     def close(self) -> None:

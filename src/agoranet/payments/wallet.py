@@ -19,7 +19,7 @@ from web3 import Web3
 from web3.exceptions import Web3Exception
 
 from agoranet.chain.addresses import ChainAddresses
-from agoranet.chain.compiler import compile_contract
+from agoranet.chain.compiled import contract_abi
 from agoranet.chain.devchain import DEV_MNEMONIC
 from agoranet.chain.rpc import DEV_CHAIN_ID, TxResult, send, transfer_native
 from agoranet.config import default_home
@@ -131,7 +131,7 @@ def stablecoin_contract(w3: Web3, addresses: ChainAddresses) -> Any:
     """The chain's stablecoin as a web3 contract (ERC-20 + our mint ABI)."""
     return w3.eth.contract(
         address=Web3.to_checksum_address(addresses.require_stablecoin()),
-        abi=compile_contract("Stablecoin").abi,
+        abi=contract_abi("Stablecoin"),
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from agoranet.engines.base import ModelInfo
+from agoranet.market import PriceBook, TokenPrices
 
 __all__ = [
     "AdapterTerms",
@@ -31,6 +32,9 @@ OFFER_VERSION = 1
 class Price(BaseModel):
     input_per_million: int = Field(ge=0)
     output_per_million: int = Field(ge=0)
+
+    def token_prices(self) -> TokenPrices:
+        return TokenPrices(self.input_per_million, self.output_per_million)
 
 
 class AdapterTerms(BaseModel):
@@ -66,7 +70,7 @@ class CommitmentTerms(BaseModel):
 
     A request asks with ``"agoranet": {"commitments": true}``; its charge then adds
     ``price_per_million`` per million of its tokens, prompt and completion alike
-    (:func:`agoranet.payments.pricing.with_commitments`).
+    (:func:`agoranet.market.with_commitments`).
     """
 
     offered: bool
@@ -100,6 +104,11 @@ class ModelOffer(BaseModel):
     def offers(self, needs: Iterable[str]) -> bool:
         """Whether this model offers every capability in ``needs``."""
         return set(needs) <= set(self.capabilities or ())
+
+    def price_book(self) -> PriceBook:
+        """This model's prices: base, adapter and commitments surcharges."""
+        return PriceBook(self.price.token_prices(), self.adapters.surcharge.token_prices(),
+                         self.commitments.price_per_million)
 
 
 class FineTuningTerms(BaseModel):

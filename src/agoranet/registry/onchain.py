@@ -14,7 +14,7 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from agoranet.chain.compiler import compile_contract
+from agoranet.chain.compiled import contract_abi
 from agoranet.chain.rpc import TxResult, send
 from agoranet.errors import OfferMismatchError
 from agoranet.registry.offer import Offer
@@ -53,7 +53,7 @@ def check_offer(offer: Offer, entry: RegistryEntry) -> None:
 
 @cache
 def _abi() -> list[dict[str, Any]]:
-    return compile_contract("ProviderRegistry").abi
+    return contract_abi("ProviderRegistry")
 
 
 class ProviderRegistry:

@@ -40,7 +40,7 @@ from web3.exceptions import ContractLogicError, Web3Exception
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 
 from agoranet.chain.addresses import ChainAddresses
-from agoranet.chain.compiler import compile_contract
+from agoranet.chain.compiled import load_artifact
 from agoranet.errors import ReceiptError
 from agoranet.payments.channels import config_tuple, escrow_contract
 from agoranet.payments.ledger_url import is_postgres_url
@@ -348,7 +348,7 @@ def _claimed_slot(w3: Web3, escrow: str, cid: bytes, balance: int, claimed: int)
     ``HashMap`` value out at ``keccak(slot . key)``, a struct's members in consecutive
     slots), checked against what ``channels()`` returns before it is used."""
     base = int.from_bytes(keccak(
-        compile_contract("BatchSettlement").slot("channels").to_bytes(32, "big") + cid), "big")
+        load_artifact("BatchSettlement").slot("channels").to_bytes(32, "big") + cid), "big")
     seen = [int.from_bytes(w3.eth.get_storage_at(Web3.to_checksum_address(escrow), base + i),
                            "big") for i in (0, 1)]
     if seen != [balance, claimed]:

@@ -12,7 +12,7 @@ unchanged, so the node serves, signs and claims on chain as a real one would:
   claims those full vouchers on chain. A buyer that believes the corrective 402
   pays for headroom it never used, with no receipt behind it.
 
-A node runs one with the hidden ``agoranet node --cheat-payments resync``; in
+A node runs one with the test-only ``python -m agoranet.testing node --cheat-payments resync``; in
 process, ``build_payments(settings, key, ledger=cheating_ledger("resync", path))``
 (:func:`agoranet.node.payment_setup.build_payments`).
 """

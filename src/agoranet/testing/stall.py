@@ -5,7 +5,7 @@ forwards nothing more of the answer and instead sends, every ``every_s`` seconds
 what a live but stuck server sends (an SSE keep-alive comment, an event without
 choices, a choice with an empty delta), which keeps an HTTP read timeout from ever
 firing. It gives up after ``for_s`` seconds by dropping the connection. Enabled only
-by the node's hidden ``--chaos-stall-after`` option.
+by the test-only node's ``--chaos-stall-after`` option (:mod:`agoranet.testing.chaos`).
 """
 
 from __future__ import annotations

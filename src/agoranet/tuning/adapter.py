@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import shutil
 import tarfile
 from dataclasses import dataclass
@@ -22,10 +21,10 @@ from pydantic import BaseModel, ValidationError
 
 from agoranet.engines.weights import file_sha256
 from agoranet.errors import AdapterError
+from agoranet.market import ModelName
 
 __all__ = [
     "ADAPTER_FILES",
-    "ADAPTER_SEPARATOR",
     "MANIFEST",
     "Adapter",
     "AdapterManifest",
@@ -39,8 +38,6 @@ __all__ = [
 
 MANIFEST = "agoranet-adapter.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", MANIFEST)
-ADAPTER_SEPARATOR = "@adapter:"
-_ID = re.compile(r"[0-9a-f]{64}")
 
 
 class AdapterManifest(BaseModel):
@@ -87,17 +84,17 @@ def read_adapter(directory: Path) -> Adapter:
 
 
 def adapter_model_name(base: str, ident: str) -> str:
-    return f"{base}{ADAPTER_SEPARATOR}{ident}"
+    return str(ModelName(base, ident))
 
 
 def parse_model_name(name: str) -> tuple[str, str | None]:
-    """``("base", id)`` for ``base@adapter:<id>``, ``("base", None)`` for a plain name."""
-    base, found, ident = name.partition(ADAPTER_SEPARATOR)
-    if not found:
-        return name, None
-    if not _ID.fullmatch(ident):
-        raise AdapterError(f"adapter id must be 64 lowercase hex digits, got {ident!r}")
-    return base, ident
+    """``("base", id)`` for ``base@adapter:<id>``, ``("base", None)`` for a plain name;
+    :class:`~agoranet.errors.AdapterError` for a malformed adapter id."""
+    try:
+        parsed = ModelName.parse(name)
+    except ValueError as exc:
+        raise AdapterError(str(exc)) from None
+    return parsed.base, parsed.adapter
 
 
 def pack_adapter(directory: Path) -> bytes:

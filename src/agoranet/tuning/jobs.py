@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from agoranet.errors import InvalidRequestError, ModelNotFoundError, TuningError
+from agoranet.market import training_cost
 from agoranet.tuning.adapter import adapter_model_name, pack_adapter
 from agoranet.tuning.config import TuneConfig, default_learning_rate
 from agoranet.tuning.data import Example, parse_jsonl
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
     from agoranet.tuning.lora import TuneReport
 
 __all__ = ["ENDED", "Billing", "FineTuneJob", "JobEvent", "JobManager", "JobPlan", "StoredFile",
-           "Trainer", "local_trainer", "training_cost"]
+           "Trainer", "local_trainer"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +69,6 @@ ENDED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 Trainer = Callable[[list[Example], Path, TuneConfig, str, Callable[[int, int, float], None]],
                    "TuneReport"]
 RECEIPTS_PER_JOB = 10  # running receipts while a job trains (one per tenth of its steps)
-PER_MILLION = 1_000_000
-
-
-def training_cost(tokens: int, price_per_million: int) -> int:
-    """What ``tokens`` training tokens cost, in base units, rounded up."""
-    return -(-tokens * price_per_million // PER_MILLION)
 
 
 @dataclass(frozen=True)

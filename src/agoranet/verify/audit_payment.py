@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agoranet.engines.base import GenerationRequest
-from agoranet.payments.pricing import worst_case
+from agoranet.market import worst_case
 
 if TYPE_CHECKING:
     from agoranet.payments.httpx_auth import PayerAuth

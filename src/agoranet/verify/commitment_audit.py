@@ -21,6 +21,7 @@ import torch
 from agoranet.api import jsonlimits
 from agoranet.engines.base import GenerationRequest
 from agoranet.engines.prompt import encode_prompt
+from agoranet.market import ModelName
 from agoranet.proofs.commitments import (
     ALGORITHM,
     CHUNK,
@@ -33,7 +34,6 @@ from agoranet.proofs.commitments import (
     chunks,
     expected_proofs,
 )
-from agoranet.tuning.adapter import ADAPTER_SEPARATOR
 from agoranet.verify.audit import AuditResult, banned_tokens, reference_pass, score_answer
 
 __all__ = [
@@ -131,7 +131,7 @@ def offers_commitments(http: httpx.Client, node_url: str, model: str) -> bool:
         offer = jsonlimits.loads(response.content, what="the offer")
     except (httpx.HTTPError, ValueError):  # no offer (a plain OpenAI server): none offered
         return False
-    base = model.partition(ADAPTER_SEPARATOR)[0]
+    base = ModelName.base_of(model)
     for entry in offer.get("models", []) if isinstance(offer, dict) else []:
         if isinstance(entry, dict) and entry.get("id") == base:
             terms = entry.get("commitments") or {}

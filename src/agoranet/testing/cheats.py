@@ -2,9 +2,10 @@
 
 A cheating node still publishes the honest weights' sha256 (hashed from the
 files) and the honest model's name while it serves something cheaper. Each
-cheat is registered by name and hooks into the transformers engine at one or
-more of three points: the weights it serves, how it turns a request into
-prompt ids, and the stream of events it returns. A spec is ``NAME`` or
+cheat is registered by name and changes one or more of three things of the
+transformers engine it wraps (:class:`CheatingEngine`): the weights it serves,
+how it turns a request into prompt ids, and the stream of events it returns.
+The production engine knows nothing of them. A spec is ``NAME`` or
 ``NAME:ARG``:
 
 - ``int8``, ``int4``: every linear layer rounded per output channel (a cheap
@@ -17,11 +18,14 @@ prompt ids, and the stream of events it returns. A spec is ``NAME`` or
 - ``replay``: answers cached by prompt (model, messages, max_tokens) and
   replayed when the prompt repeats, whatever the seed or temperature.
 
-Never used unless a node is started with the hidden ``--cheat`` option.
+Tests build one with :func:`cheating_engine`; a node process gets one from the
+test-only entry point ``python -m agoranet.testing node --cheat SPEC ...``
+(:mod:`agoranet.testing.node`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 from collections import OrderedDict
@@ -30,12 +34,14 @@ from typing import Any
 
 import torch
 
-from agoranet.engines.base import Finish, GenerationRequest, StreamEvent
-from agoranet.engines.hf_loading import LoadedModel, load_model
+from agoranet.engines.base import Finish, GenerationRequest, ModelInfo, Prepared, StreamEvent
+from agoranet.engines.hf import TransformersEngine
+from agoranet.engines.hf_loading import DEFAULT_MODEL, LoadedModel, load_model
 from agoranet.engines.prompt import encode_prompt
 from agoranet.errors import ConfigError
 
-__all__ = ["CHEATS", "Cheat", "degrade", "make_cheat"]
+__all__ = ["CHEATS", "Cheat", "CheatingEngine", "cheating_engine", "degrade", "engine_with_cheat",
+           "make_cheat"]
 
 Generate = Callable[[GenerationRequest], AsyncIterator[StreamEvent]]
 
@@ -191,3 +197,65 @@ def make_cheat(spec: str) -> Cheat:
         raise ConfigError(f"unknown cheat {name!r}; known: {', '.join(CHEATS)}")
     return factory(arg or None)
 
+
+
+class CheatingEngine:
+    """A transformers engine (``inner``, built on the cheat's weights) wrapped by a cheat:
+    the prompt ids and the answers are the cheat's; everything else is ``inner``'s."""
+
+    def __init__(self, inner: TransformersEngine, cheat: Cheat, spec: str) -> None:
+        self.inner = inner
+        self.cheat = cheat
+        self.spec = spec
+        self.name = inner.name
+
+    def __getattr__(self, attribute: str) -> Any:
+        # Adapters, stats, the loaded model, tool parsing: the wrapped engine's own.
+        return getattr(self.inner, attribute)
+
+    def models(self) -> list[ModelInfo]:
+        return self.inner.models()
+
+    async def prepare(self, request: GenerationRequest) -> Prepared:
+        prepared = await self.inner.prepare(request)
+        if type(self.cheat).encode is Cheat.encode:
+            return prepared
+        payload = prepared.payload
+        if not isinstance(payload, tuple):
+            raise TypeError("a prompt cheat needs the transformers engine's (ids, ...) payload")
+        ids = await asyncio.to_thread(self.cheat.encode, self.inner.loaded.tokenizer, request)
+        return dataclasses.replace(prepared, prompt_tokens=len(ids), payload=(ids, *payload[1:]))
+
+    def stream(self, prepared: Prepared) -> AsyncIterator[StreamEvent]:
+        def generate(request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+            return self.inner.stream(dataclasses.replace(prepared, request=request))
+
+        return self.cheat.stream(prepared.request, generate)
+
+    def stats(self) -> dict[str, int]:
+        return self.inner.stats()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def cheating_engine(spec: str, model: str | None = None, *, loaded: LoadedModel | None = None,
+                    served_model_name: str | None = None, device: str = "auto",
+                    dtype: str = "auto", **options: Any) -> CheatingEngine:
+    """A transformers engine that cheats as ``spec`` says, claiming the honest model
+    (``loaded``, else loaded from ``model``, which it never changes). ``options`` are the
+    engine's (:class:`~agoranet.engines.hf.TransformersEngine`)."""
+    cheat = make_cheat(spec)
+    if loaded is None:
+        loaded = load_model(model or DEFAULT_MODEL, served_name=served_model_name,
+                            device=device, dtype=dtype)
+    inner = TransformersEngine(loaded=cheat.serve(loaded), **options)
+    return CheatingEngine(inner, cheat, spec)
+
+
+def engine_with_cheat(spec: str | None, *, loaded: LoadedModel,
+                      **options: Any) -> TransformersEngine | CheatingEngine:
+    """The honest transformers engine on ``loaded`` if ``spec`` is None, else the cheat's."""
+    if spec is None:
+        return TransformersEngine(loaded=loaded, **options)
+    return cheating_engine(spec, loaded=loaded, **options)

@@ -1,0 +1,251 @@
+"""Continuous batching for the ``transformers`` engine.
+
+At every step, one forward pass runs every active sequence (a ragged batch, see
+:mod:`agoranet.engines.ragged`): a decoding sequence feeds its last token, a new
+one the next chunk of its prompt. New requests join at any step boundary;
+finished and cancelled ones leave at the next. Sampling, grammars, stop strings,
+logprobs and commitments stay per sequence (each is a
+:class:`~agoranet.engines.hf_job.DecodeJob`, given its row of the logits).
+
+Prompts are fed in chunks of ``chunk`` tokens cut at fixed offsets from the start
+of each prompt, each chunk in a forward pass of its own (so its numbers depend on
+nothing else), at most ``prefill_budget`` prompt tokens per step (always at least
+one chunk): a long prompt never stalls the running batch for long. The decoding
+sequences share one pass; with ``invariant`` (the default on CPU) every row of it is
+computed with the bits it would have alone, so greedy answers and seeded samples do
+not depend on the batch they ran in. Requests for different LoRA adapters run in one
+step: one decoding pass runs each row with its own adapter (peft's mixed batches).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from agoranet.engines.base import Finish, StreamEvent
+from agoranet.engines.kvcache import SequenceCache
+from agoranet.engines.ragged import (
+    InvariantLinear,
+    RaggedBatch,
+    Segment,
+    enable_ragged,
+    ragged_unsupported,
+    rows_match_alone,
+)
+from agoranet.engines.scheduler import StepScheduler, _Handle
+
+if TYPE_CHECKING:
+    from agoranet.engines.adapters import AdapterPool
+    from agoranet.engines.hf_job import DecodeJob
+    from agoranet.engines.hf_loading import LoadedModel
+
+__all__ = ["BatchRunner", "BatchScheduler", "engine_scheduler"]
+
+logger = logging.getLogger(__name__)
+
+Outcome = list[StreamEvent] | Exception
+
+
+@dataclass(eq=False)
+class _Slot:
+    cache: SequenceCache = field(default_factory=SequenceCache)
+    fed: int = 0  # prompt tokens fed so far
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    job: DecodeJob
+    slot: _Slot
+    ids: list[int]
+    prefill: bool  # a chunk of the prompt (else the last sampled token)
+
+    @property
+    def completes(self) -> bool:
+        """Whether this step's last row gives the logits of its next token (before the
+        step is counted in ``slot.fed``)."""
+        return not self.prefill or self.slot.fed + len(self.ids) >= len(self.job.prompt_ids)
+
+
+class BatchRunner:
+    """Runs one step of many sequences at once on one model (worker thread only)."""
+
+    def __init__(self, loaded: LoadedModel, *, chunk: int = 256, prefill_budget: int = 512,
+                 invariant: bool | None = None, adapters: AdapterPool | None = None) -> None:
+        self.loaded = loaded
+        self.chunk = max(1, chunk)
+        self.prefill_budget = max(1, prefill_budget)
+        self.invariant = loaded.device.type == "cpu" if invariant is None else invariant
+        self._adapters = adapters
+        enable_ragged(loaded.model)
+        # Outside InvariantLinear a one-row batch runs plain F.linear: only if it gives the
+        # same bits (checked once on these weights) may a lone sequence skip the mode.
+        self._lone_is_invariant = rows_match_alone(loaded.model) if self.invariant else True
+        self._slots: dict[DecodeJob, _Slot] = {}
+
+    def release(self, job: DecodeJob) -> None:
+        """Forget ``job`` and free its cache."""
+        self._slots.pop(job, None)
+
+    def cached_bytes(self) -> int:
+        """Bytes the sequences' caches hold (safe to call from any thread)."""
+        return sum(slot.cache.nbytes for slot in list(self._slots.values()))
+
+    def step(self, jobs: list[DecodeJob]) -> dict[DecodeJob, Outcome]:
+        """One step of ``jobs``: a pass per prompt chunk due, then one pass of all the
+        decoding ones; each job's events, or the exception that ended it."""
+        groups: dict[str | None, list[_Entry]] = {}
+        chunks: list[_Entry] = []
+        for entry in self._plan(jobs):
+            if entry.prefill:
+                chunks.append(entry)
+            else:
+                groups.setdefault(entry.job.adapter, []).append(entry)
+        results: dict[DecodeJob, Outcome] = {}
+        pool = self._adapters
+        for entry in chunks:  # a pass of its own: its bits depend on the chunk alone
+            if pool is not None:
+                pool.activate(entry.job.adapter)
+            results.update(self._forward([entry], invariant=False))
+        adapters = [name for name in groups if name is not None]
+        if pool is None or not adapters:  # the base model alone
+            if pool is not None and groups:
+                pool.activate(None)
+            for entries in groups.values():
+                results.update(self._forward(entries, invariant=self.invariant))
+            return results
+        # Rows with adapters: one pass runs each row with its own (as many adapters as
+        # the pool holds at once; beyond that, more such passes).
+        for start in range(0, len(adapters), pool.capacity):
+            entries = groups.get(None, []) if start == 0 else []
+            entries = entries + [entry for name in adapters[start:start + pool.capacity]
+                                 for entry in groups[name]]
+            with pool.rows([entry.job.adapter for entry in entries]):
+                results.update(self._forward(entries, invariant=self.invariant))
+        return results
+
+    def _plan(self, jobs: list[DecodeJob]) -> Iterator[_Entry]:
+        budget = self.prefill_budget
+        prefilled = False
+        for job in jobs:
+            slot = self._slots.get(job)
+            if slot is None:
+                slot = self._slots[job] = _Slot()
+            prompt = job.prompt_ids
+            if slot.fed < len(prompt):
+                end = min(len(prompt), (slot.fed // self.chunk + 1) * self.chunk)
+                if prefilled and end - slot.fed > budget:
+                    continue  # its chunk waits for the next step
+                budget -= end - slot.fed
+                prefilled = True
+                yield _Entry(job, slot, prompt[slot.fed:end], True)
+            elif job.last_token is not None:
+                yield _Entry(job, slot, [job.last_token], False)
+
+    def _forward(self, entries: list[_Entry], *, invariant: bool) -> dict[DecodeJob, Outcome]:
+        device = self.loaded.device
+        ids: list[int] = []
+        positions: list[int] = []
+        segments: list[Segment] = []
+        for entry in entries:
+            start = entry.slot.cache.length()
+            segments.append(Segment(entry.slot.cache, len(ids), len(entry.ids)))
+            ids.extend(entry.ids)
+            positions.extend(range(start, start + len(entry.ids)))
+        hidden = any(entry.job.wants_hidden for entry in entries)
+        lone = len(ids) == 1 and self._lone_is_invariant
+        mode = InvariantLinear() if invariant and not lone else contextlib.nullcontext()
+        with torch.inference_mode(), mode:
+            output = self.loaded.model(
+                input_ids=torch.tensor(ids, dtype=torch.long, device=device).view(-1, 1),
+                position_ids=torch.tensor(positions, dtype=torch.long, device=device).view(-1, 1),
+                use_cache=False, output_hidden_states=hidden,
+                ragged_batch=RaggedBatch(tuple(segments)),
+            )
+        logits = output.logits[:, -1]
+        states = output.hidden_states[-1][:, -1] if hidden else None
+        results: dict[DecodeJob, Outcome] = {}
+        for entry, segment in zip(entries, segments, strict=True):
+            rows = slice(segment.start, segment.start + segment.length)
+            try:
+                completes = entry.completes
+                if states is not None:
+                    entry.job.commit_hidden(states[rows])
+                if entry.prefill:
+                    entry.slot.fed += len(entry.ids)
+                # a chunk before the prompt's last one has no token to sample yet
+                results[entry.job] = entry.job.consume(logits[rows.stop - 1]) if completes else []
+            except Exception as exc:  # surfaced to the request that owns the sequence
+                results[entry.job] = exc
+        return results
+
+
+class BatchScheduler(StepScheduler):
+    """A :class:`StepScheduler` whose round is one batched step of every active job."""
+
+    def __init__(self, runner: BatchRunner, *, max_active: int, max_queue: int,
+                 name: str = "engine") -> None:
+        self._runner = runner
+        super().__init__(max_active=max_active, max_queue=max_queue, name=name)
+        self.counters["max_batch"] = 0  # the most sequences one step has run
+
+    def stats(self) -> dict[str, int]:
+        stats = super().stats()
+        stats["batch_cache_bytes"] = self._runner.cached_bytes()
+        return stats
+
+    def _round(self, handles: list[_Handle]) -> None:
+        live: list[_Handle] = []
+        for handle in handles:
+            if handle.cancelled:
+                self._runner.release(handle.job)  # type: ignore[arg-type]
+                self._finish(handle, "cancelled")
+            else:
+                live.append(handle)
+        if not live:
+            return
+        jobs: list[DecodeJob] = [handle.job for handle in live]  # type: ignore[misc]
+        self.counters["max_batch"] = max(self.counters["max_batch"], len(jobs))
+        try:
+            results = self._runner.step(jobs)
+        except Exception as exc:  # the whole pass failed: every sequence in it
+            for handle in live:
+                self._runner.release(handle.job)  # type: ignore[arg-type]
+                handle.emit(exc)
+                self._finish(handle, "failed")
+            return
+        self.counters["steps"] += 1
+        for handle in live:
+            outcome = results.get(handle.job)  # type: ignore[call-overload]
+            if outcome is None:
+                continue  # waiting for its prompt chunk
+            if isinstance(outcome, Exception):
+                self._runner.release(handle.job)  # type: ignore[arg-type]
+                handle.emit(outcome)
+                self._finish(handle, "failed")
+                continue
+            for event in outcome:
+                handle.emit(event)
+            if outcome and isinstance(outcome[-1], Finish):
+                self._runner.release(handle.job)  # type: ignore[arg-type]
+                self._finish(handle, "completed")
+
+
+def engine_scheduler(loaded: LoadedModel, *, batching: bool, max_active: int, max_queue: int,
+                     name: str, invariant: bool | None = None, prefill_chunk: int = 256,
+                     adapters: AdapterPool | None = None) -> StepScheduler:
+    """The scheduler a ``transformers`` engine runs on: batched when asked and the model
+    allows it, else one sequence per step in turn."""
+    if batching:
+        why = ragged_unsupported(loaded.model)
+        if why is None:
+            runner = BatchRunner(loaded, chunk=prefill_chunk, invariant=invariant,
+                                 adapters=adapters)
+            return BatchScheduler(runner, max_active=max_active, max_queue=max_queue,
+                                  name=name)
+        logger.warning("%s: not batching, one sequence per step (%s)", name, why)
+    return StepScheduler(max_active=max_active, max_queue=max_queue, name=name)
