@@ -71,6 +71,8 @@ _PAYER_TESTS = [
     "tests/payments/test_unreceipted_cost.py",
     "tests/payments/test_payer_rehold.py",
     "tests/payments/test_subkey_channel_repair.py",
+    "tests/payments/test_payer_reopen_failure.py",
+    "tests/payments/test_payer_cut_terms.py",
 ]
 _LEDGER_TESTS = [  # the ledger on its own: a paid node's real-chain tests cost a minute a mutant
     "tests/payments/test_ledger.py",

@@ -227,7 +227,8 @@ async def test_a_dishonest_or_broken_nodes_offer_is_refused(
 
 
 async def test_a_channel_the_chain_no_longer_backs_is_replaced_or_refused_with_why(
-        env: Env, node: Node, payer: LocalAccount, tmp_path: Path) -> None:
+        env: Env, node: Node, payer: LocalAccount, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     """The store names a channel the chain does not hold (a dev chain reset): replaced by
     a new one; one whose deposit is all charged (refunded down to it): replaced; with no
     deposit set to open a new one: refused, saying so; a chain that cannot be read:
@@ -244,6 +245,8 @@ async def test_a_channel_the_chain_no_longer_backs_is_replaced_or_refused_with_w
         p.state = unknown(p, 100_000)
         gone = p.state.channel_id
         done = p.reconcile()
+        assert [(r.levelname, r.getMessage()) for r in caplog.records
+                if r.name == "agoranet.payments.payer"] == [("WARNING", f"payer for {p.root}: {done}")]
         assert p.state.channel_id != gone and p.state.deposited == 40_000
         assert done == (f"channel {gone[:10]}… holds no deposit on chain (the chain was "
                         "reset, or the channel was never funded): retired (its 1 receipts "
@@ -269,7 +272,12 @@ async def test_a_channel_the_chain_no_longer_backs_is_replaced_or_refused_with_w
             q.reconcile()
         q.open(30_000)
         q.w3 = Web3(http_provider("http://127.0.0.1:9", timeout=2, retry=False))  # no chain
-        assert q.reconcile(unreadable_ok=True) is None  # loading: used as saved
+        caplog.clear()
+        assert q.reconcile(unreadable_ok=True) is None  # loading: used as saved, and said
+        [said] = [r.getMessage() for r in caplog.records if r.name == "agoranet.payments.payer"]
+        assert said.startswith(f"payer for {q.root}: cannot check its channel on chain (")
+        assert "cannot read the channel: " in said  # the chain's error, said
+        assert said.endswith("); the saved channel is used as it is")
         with pytest.raises(CannotPayError, match=re.escape(
                 f"cannot check channel {q.state.channel_id[:10]}… on chain: ")):
             q.reconcile()

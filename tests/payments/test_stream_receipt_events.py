@@ -168,3 +168,21 @@ def test_a_running_receipt_may_stay_level_but_never_go_down() -> None:
     assert response.extensions["agoranet_receipt"] is kept  # the last one believed
     assert response.extensions["agoranet_unreceipted"] == 7
     assert auth._lock.acquire(blocking=False)
+
+
+def test_frames_that_carry_no_token_do_not_count_as_arrived() -> None:
+    """What arrived bounds what a cut stream may cost: a frame counts only if a choice in it
+    carries a token (text, a piece of a tool call, or a token's logprobs); junk a node
+    sends in its place counts for nothing."""
+    payer = _Payer()
+    auth = PayerAuth(cast(Payer, payer))
+    events = [_chunk("a"), {"choices": ["b", 1, None]}, {"choices": [{"delta": "c"}]},
+              {"choices": [{"delta": {"content": ""}}]}, {"choices": [{"text": ""}]},
+              {"choices": [{"delta": {}, "logprobs": "d"}]}, {"choices": "e"},
+              {"choices": [{"delta": {"tool_calls": [{"index": 0}]}}]},
+              {"choices": [{"text": "f"}]},
+              {"choices": [{"delta": {}, "logprobs": {"content": [{"token": ""}]}}]}]
+    with httpx.Client(base_url="http://node", auth=auth, transport=_stream(*events)) as http:
+        response = http.post("/v1/chat/completions", json=BODY)
+    assert response.status_code == 200
+    assert payer.calls == ["cut after 4 tokens"]  # a, the tool call, f, the empty token
