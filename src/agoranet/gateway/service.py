@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -54,21 +54,25 @@ class GatewayService:
         """Stop and close what the service owns: the directory's refresh, the auditor, the
         HTTP client, the spend log, the reputation store and the node payers; each once,
         the rest even if one fails."""
-        closers: list[Any] = [self.directory.stop]
+        stops: list[Callable[[], Awaitable[None]]] = [self.directory.stop]
         if self.auditor is not None:
-            closers.append(self.auditor.stop)
-        closers += [self.client.aclose, self.spend.close]
+            stops.append(self.auditor.stop)
+        stops.append(self.client.aclose)
+        closes: list[Callable[[], None]] = [self.spend.close]
         if self.directory.reputation is not None:
-            closers.append(self.directory.reputation.close)
+            closes.append(self.directory.reputation.close)
         if self.payers is not None:
-            closers.append(self.payers.close)
-        failure: BaseException | None = None
-        for close in closers:
+            closes.append(self.payers.close)
+        failure: Exception | None = None
+        for stop in stops:
             try:
-                result = close()
-                if result is not None:
-                    await result
+                await stop()
             except Exception as exc:  # closing the rest matters more; re-raised below
+                failure = failure or exc
+        for close in closes:
+            try:
+                close()
+            except Exception as exc:
                 failure = failure or exc
         if failure is not None:
             raise failure
