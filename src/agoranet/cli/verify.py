@@ -101,6 +101,9 @@ def verify(node_url: str, reference: str, model: str | None, rounds: int,
                   f"{max((r.mean_logprob_error for r in audit.results), default=0):.4f}",
                   str(audit.flagged), "pass" if audit.passed else "[bold red]FAIL[/]")
     console.print(table)
+    if not audit.seeded:
+        console.print("greedy challenges only: the node's offer states no sampler this "
+                      "auditor can replay, so seeded answers cannot be checked")
     if payer is not None:
         console.print(f"paid the node {audit.spent} base units of the {budget} budget "
                       f"(channel {payer.state.channel_id if payer.state else '-'})")

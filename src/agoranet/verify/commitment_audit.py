@@ -18,10 +18,8 @@ from typing import Any
 import httpx
 import torch
 
-from agoranet.api import jsonlimits
 from agoranet.engines.base import GenerationRequest
 from agoranet.engines.prompt import encode_prompt
-from agoranet.market import ModelName
 from agoranet.proofs.commitments import (
     ALGORITHM,
     CHUNK,
@@ -35,6 +33,7 @@ from agoranet.proofs.commitments import (
     expected_proofs,
 )
 from agoranet.verify.audit import AuditResult, banned_tokens, reference_pass, score_answer
+from agoranet.verify.offer_terms import offer_terms
 
 __all__ = [
     "CommitmentResult",
@@ -124,19 +123,7 @@ def verify_commitments(reference: Any, request: GenerationRequest, token_ids: li
 
 def offers_commitments(http: httpx.Client, node_url: str, model: str) -> bool:
     """Whether the node's published offer says ``model``'s answers can carry our commitments."""
-    root = node_url.rstrip("/").removesuffix("/v1")
-    try:
-        response = http.get(f"{root}/.well-known/agoranet", timeout=10.0)
-        response.raise_for_status()
-        offer = jsonlimits.loads(response.content, what="the offer")
-    except (httpx.HTTPError, ValueError):  # no offer (a plain OpenAI server): none offered
-        return False
-    base = ModelName.base_of(model)
-    for entry in offer.get("models", []) if isinstance(offer, dict) else []:
-        if isinstance(entry, dict) and entry.get("id") == base:
-            terms = entry.get("commitments") or {}
-            return bool(terms.get("offered")) and terms.get("algorithm") == ALGORITHM
-    return False
+    return offer_terms(http, node_url, model).commitments
 
 
 def commitments_in(response: object) -> Commitments | None:

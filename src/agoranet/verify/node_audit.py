@@ -3,8 +3,9 @@
 Each audit draws new challenges: prompts from the tiny model's grammar of
 everyday dialogues (some with a system message), and, for the sampled half, a
 fresh random seed each, so a node that caches earlier answers (audits' or
-anyone's) cannot replay them. Half the challenges are greedy, half sampled; the
-node must return each token's id and log-probability (``logprobs`` with the
+anyone's) cannot replay them. Half the challenges are greedy, half sampled (all
+greedy when the node's offer states no sampler the auditor replays:
+:mod:`~agoranet.verify.offer_terms`); the node must return each token's id and log-probability (``logprobs`` with the
 ``token_id`` extension). Each answer goes through :func:`audit_answer` against
 the reference weights; the node fails the audit if any answer is flagged.
 
@@ -35,8 +36,8 @@ from agoranet.verify.commitment_audit import (
     CommitmentResult,
     audit_with_commitments,
     commitments_in,
-    offers_commitments,
 )
+from agoranet.verify.offer_terms import offer_terms
 
 if TYPE_CHECKING:
     from agoranet.verify.audit_payment import AuditPayment
@@ -56,6 +57,7 @@ class NodeAudit:
     results: list[AuditResult] = field(default_factory=list)
     commitment_results: list[CommitmentResult] = field(default_factory=list)
     spent: int = 0  # paid to the node for the challenges (base units, by its receipts)
+    seeded: bool = True  # half the challenges sampled (the offer states a replayable sampler)
     stopped: str | None = None  # why fewer challenges were asked (the budget ran out)
 
     @property
@@ -73,13 +75,14 @@ class NodeAudit:
 
 
 def challenge(i: int, prompt: str | Sequence[Message], model: str, max_tokens: int = 48,
-              seed: int | None = None) -> GenerationRequest:
-    """The ``i``-th audit request: greedy when ``i`` is even, else sampled with ``seed``.
+              seed: int | None = None, *, seeded: bool = True) -> GenerationRequest:
+    """The ``i``-th audit request: greedy when ``i`` is even (or always, without
+    ``seeded``), else sampled with ``seed``.
 
     ``prompt`` is a user message or whole messages; a sampled challenge without a
     ``seed`` gets a fresh random one.
     """
-    sampled = i % 2 == 1
+    sampled = seeded and i % 2 == 1
     messages = (Message("user", prompt),) if isinstance(prompt, str) else tuple(prompt)
     if sampled and seed is None:
         seed = secrets.randbelow(2**31)
@@ -89,15 +92,17 @@ def challenge(i: int, prompt: str | Sequence[Message], model: str, max_tokens: i
 
 
 def challenges(count: int, model: str, max_tokens: int = 48,
-               rng: random.Random | None = None) -> list[GenerationRequest]:
-    """``count`` fresh challenges: random prompts from the dialogue grammar, random seeds.
+               rng: random.Random | None = None, *, seeded: bool = True
+               ) -> list[GenerationRequest]:
+    """``count`` fresh challenges: random prompts from the dialogue grammar, random seeds
+    (half of them sampled, or none without ``seeded``).
 
     ``rng`` makes them reproducible (tests); by default they come from the OS's randomness.
     """
     rng = rng or random.SystemRandom()
     drawn = dialogues(count, seed=rng.randrange(2**63))
     return [challenge(i, tuple(Message(m["role"], m["content"]) for m in dialogue[:-1]), model,
-                      max_tokens, seed=rng.randrange(2**31))
+                      max_tokens, seed=rng.randrange(2**31), seeded=seeded)
             for i, dialogue in enumerate(drawn)]
 
 
@@ -124,11 +129,13 @@ def audit_node(node_url: str, model: str, reference: Any, *, rounds: int = 1,
     http = client or httpx.Client(timeout=120, auth=auth)
     audit = NodeAudit(node_url, model)
     try:
+        terms = offer_terms(http, node_url, model)
+        audit.seeded = terms.seeded_replayable
         if gateway is not None:
             commitments = False  # the gateway does not pass a node's proofs on yet
         elif commitments is None:
-            commitments = offers_commitments(http, node_url, model)
-        drawn = challenges(rounds * PER_ROUND, model, max_tokens, rng)
+            commitments = terms.commitments
+        drawn = challenges(rounds * PER_ROUND, model, max_tokens, rng, seeded=audit.seeded)
         for number, request in enumerate(drawn):
             request = dataclasses.replace(request, commitments=commitments)
             worst = payment.worst(request) if payment is not None else None
