@@ -73,6 +73,11 @@ _PAYER_TESTS = [
     "tests/payments/test_subkey_channel_repair.py",
     "tests/payments/test_payer_reopen_failure.py",
     "tests/payments/test_payer_cut_terms.py",
+    "tests/payments/test_payer_refusal_reasons.py",
+    "tests/payments/test_payer_cut_commitments.py",
+    "tests/payments/test_payer_channel_terms.py",
+    "tests/payments/test_payer_pay_refusals.py",
+    "tests/payments/test_payer_kept_payments.py",
 ]
 _LEDGER_TESTS = [  # the ledger on its own: a paid node's real-chain tests cost a minute a mutant
     "tests/payments/test_ledger.py",
@@ -143,6 +148,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     # the stream reader and auth flow only: test_payer.py (a 6 s module fixture) and the
     # receipt-check matrix (~10 s a run) test the payer's rules, kept in payer's list
     "httpx_auth": ("src/agoranet/payments/httpx_auth.py", [
+        "tests/payments/test_auth_flow_rules.py",
         "tests/payments/test_busy_channel_retry.py",
         "tests/payments/test_stream_receipt_events.py",
         "tests/payments/test_payer_cut_streams.py",
@@ -211,6 +217,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/gateway/test_relay_hangup.py",
         "tests/gateway/test_relay_stall.py",
         "tests/gateway/test_budget_reservation.py",
+        "tests/gateway/test_completions_wire.py",
     ]),
 }
 

@@ -10,7 +10,13 @@ the first flag, and the verifier's compute per audited token against the
 generation's compute per token (the ratio bounds what auditing a share of
 traffic costs).
 
+With ``--engine vllm`` (a CUDA GPU and the ``vllm`` extra) the honest answers come from
+the vllm engine instead, audited against the same weights loaded with transformers, in
+two rows: the greedy challenges (replayable) and the seeded ones (vLLM samples with its
+own kernels, not the stated sampler, so these are expected to be flagged).
+
 Usage: python bench/verify.py [--model models/tiny] [--small models/tiny-small] [--answers 60]
+       python bench/verify.py --engine vllm --model PATH [--answers 60]
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from agoranet.engines.base import Engine
 from agoranet.engines.hf import load_model
+from agoranet.engines.registry import create_engine
 from agoranet.testing.cheats import engine_with_cheat
 from agoranet.tinymodel import SIZES, build_tiny_model
 from agoranet.verify.calibration import Tally, audit_engine
@@ -36,11 +44,20 @@ MODES = [None, "int8", "int4", "smaller", "template", "nosystem", "replay", "+co
          "int8+commitments", "int4+commitments"]
 
 
+VLLM_MODES = ["vllm greedy", "vllm sampled"]
+
+
 async def run(model: str, reference: Any, cheat: str | None, answers: int, tokens: int,
-              seed: int, commitments: bool) -> Tally:
-    engine = engine_with_cheat(cheat, loaded=load_model(model))
+              seed: int, commitments: bool, gpu_memory: float = 0.3) -> Tally:
+    if cheat in VLLM_MODES:  # the vllm engine, honest; only its greedy or its seeded answers
+        engine: Engine = create_engine("vllm", model=model, gpu_memory_utilization=gpu_memory)
+    else:
+        engine = engine_with_cheat(cheat, loaded=load_model(model))
     try:
         requests = challenges(answers, engine.models()[0].name, tokens, random.Random(seed))
+        if cheat in VLLM_MODES:
+            greedy = cheat == "vllm greedy"
+            requests = [r for r in requests if (r.temperature == 0.0) == greedy]
         if commitments:
             requests = [dataclasses.replace(r, commitments=True) for r in requests]
         return await audit_engine(engine, reference, requests)
@@ -56,13 +73,20 @@ def main() -> None:
     parser.add_argument("--answers", type=int, default=60, help="answers audited per mode")
     parser.add_argument("--tokens", type=int, default=40, help="max tokens per answer")
     parser.add_argument("--seed", type=int, default=0, help="seed of the challenges")
+    parser.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
+                        help="the honest engine audited (vllm: greedy and seeded rows)")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.3,
+                        help="vllm: the share of the GPU vLLM may take")
     args = parser.parse_args()
     console = Console(width=max(Console().width, 120))
-    if not (Path(args.small) / "model.safetensors").exists():
+    if args.engine == "vllm":
+        MODES[:] = VLLM_MODES
+    elif not (Path(args.small) / "model.safetensors").exists():
         with console.status(f"building the smaller model into {args.small}"):
             build_tiny_model(Path(args.small), SIZES["small"])
     reference = load_model(args.model)
-    table = Table(title=f"audits of {args.answers} fresh challenges per mode (tiny model, CPU)")
+    where = "tiny model, CPU" if args.engine == "transformers" else f"vllm, {args.model}"
+    table = Table(title=f"audits of {args.answers} fresh challenges per mode ({where})")
     for column in ("node serves", "flagged answers", "rate", "tokens audited",
                    "first flag at token", "generate ms/token", "audit ms/token",
                    "audit / generate"):
@@ -74,7 +98,7 @@ def main() -> None:
         label = f"{name or 'honest'}{' + commitments' if plus else ''}"
         with console.status(label):
             r = asyncio.run(run(args.model, reference, cheat, args.answers, args.tokens,
-                                args.seed, bool(plus)))
+                                args.seed, bool(plus), args.gpu_memory_utilization))
         honest = honest or r
         generate_ms, audit_ms = r.generate_s * 1000 / r.tokens, r.audit_s * 1000 / r.tokens
         table.add_row(label, f"{r.flagged}/{r.answers}", f"{r.rate:.0%}",

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 # Nodes, wallets and adapters started by tests keep their state out of the user's home.
 os.environ.setdefault("AGORANET_HOME", tempfile.mkdtemp(prefix="agoranet-test-home-"))
 
-from helpers import ensure_small_model, ensure_tiny_model, node_process
+from helpers import ensure_embedding_model, ensure_small_model, ensure_tiny_model, node_process
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +24,12 @@ def tiny_model() -> Path:
 def small_model() -> Path:
     """The smaller tiny-model variant (same tokenizer), for the "smaller" cheat."""
     return ensure_small_model()
+
+
+@pytest.fixture(scope="session")
+def embedding_model() -> Path:
+    """The tiny embedding model (random small BERT in the sentence-transformers layout)."""
+    return ensure_embedding_model()
 
 
 @pytest.fixture(scope="session")

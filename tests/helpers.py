@@ -10,12 +10,14 @@ from filelock import FileLock
 
 from agoranet.node.launcher import free_port, running_node
 
-__all__ = ["ROOT", "SMALL_DIR", "TINY_DIR", "ensure_small_model", "ensure_tiny_model",
-           "free_port", "node_process", "rigged_node_process"]
+__all__ = ["EMBED_DIR", "ROOT", "SMALL_DIR", "TINY_DIR", "ensure_embedding_model",
+           "ensure_small_model", "ensure_tiny_model", "free_port", "node_process",
+           "rigged_node_process"]
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DIR = Path(os.environ.get("AGORANET_TINY_MODEL", ROOT / "models" / "tiny"))
 SMALL_DIR = Path(os.environ.get("AGORANET_SMALL_MODEL", ROOT / "models" / "tiny-small"))
+EMBED_DIR = ROOT / "models" / "tiny-embed"
 node_process = running_node
 # The test-only node (python -m agoranet.testing node): cheats and chaos by name ("rigged":
 # not named test_*, which pytest would collect).
@@ -37,6 +39,17 @@ def _ensure(directory: Path, size: str) -> Path:
 def ensure_tiny_model() -> Path:
     """The embedded tiny model."""
     return _ensure(TINY_DIR, "default")
+
+
+def ensure_embedding_model() -> Path:
+    """The tiny embedding model (a small random BERT, sentence-transformers layout)."""
+    EMBED_DIR.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(EMBED_DIR) + ".lock"):
+        if not (EMBED_DIR / "modules.json").exists():
+            from agoranet.tinymodel.embedding import build_tiny_embedding_model
+
+            build_tiny_embedding_model(EMBED_DIR)
+    return EMBED_DIR
 
 
 def ensure_small_model() -> Path:

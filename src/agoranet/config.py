@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,10 @@ class NodeSettings(BaseSettings):
     # The parser of the model's tool-call format (agoranet.engines.toolparsers), for
     # tool_choice 'auto'; None: the one its chat template teaches, if known.
     tool_call_parser: str | None = None
+    # A causal LM embeds (``/v1/embeddings``, normalised) only with a stated pooling of its
+    # last layer's states: ``mean`` over the tokens or the ``last`` token's. An embedding
+    # model (sentence-transformers layout) states its own.
+    embedding_pooling: Literal["mean", "last"] | None = None
     # Prices in the stablecoin's base units per million tokens.
     price_in: int = Field(default=0, ge=0)
     price_out: int = Field(default=0, ge=0)
@@ -52,6 +57,8 @@ class NodeSettings(BaseSettings):
     # The transformers engine runs its active sequences in one forward pass per step
     # (continuous batching); False: one sequence per step, in turn.
     batching: bool = True
+    # The vllm engine: the share of the GPU's memory vLLM may take (weights, KV cache).
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # What one client may hold: the request headers are due within ``header_timeout_s``,
     # each part of a body within ``body_timeout_s`` of the one before, an idle
@@ -89,7 +96,12 @@ class NodeSettings(BaseSettings):
     # ``ledger_lease_s`` seconds (then the next request on the channel releases them).
     ledger_url: str | None = Field(default=None, description="PostgreSQL ledger URL")
     ledger_lease_s: float = Field(default=15.0, gt=0, le=3600)
-    paid_paths: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions")
+    # The node operator's secret (dashboard at ``/``, ``/metrics``), never a buyer's: a file
+    # created with a random secret on first start; see ``operator_secret_path``.
+    operator_secret_file: Path | None = None
+    # Log lines as ``text`` or ``json``: one per request, one per claim or settle transaction.
+    log_format: Literal["text", "json"] = "text"
+    paid_paths: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
     withdraw_delay: int = Field(default=900, ge=900)
     min_deposit: int = Field(default=0, ge=0)
     chain_state_ttl: float = Field(default=30.0, ge=0, description="seconds channel state is cached")
@@ -128,6 +140,14 @@ class NodeSettings(BaseSettings):
 
     def fine_tuning_store(self) -> Path:
         return self.fine_tuning_dir or default_home() / "node" / "fine_tuning"
+
+    def operator_secret_path(self) -> Path:
+        """The operator's secret (dashboard, metrics): beside the ledger file by default,
+        created there (0600) on first start; see :mod:`agoranet.api.secret_gate`."""
+        if self.operator_secret_file is not None:
+            return self.operator_secret_file
+        folder = self.ledger_path.parent if self.ledger_path else default_home() / "node"
+        return folder / "operator.secret"
 
 
 class ChainSettings(BaseSettings):
@@ -193,6 +213,8 @@ class GatewaySettings(BaseSettings):
     # (beside the spend log unless set; the owner key is written 0600 beside the store).
     open: bool = False
     key_store: Path | None = None
+    # Log lines as ``text`` or ``json``: one per request (``/metrics``: the owner key's).
+    log_format: Literal["text", "json"] = "text"
 
     def spend_log_path(self) -> Path:
         return self.spend_log or default_home() / "gateway" / "spend.sqlite"

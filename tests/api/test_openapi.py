@@ -165,3 +165,32 @@ async def test_request_schemas_come_from_the_wire_types(path: str) -> None:
     name = body["schema"]["$ref"].rsplit("/", 1)[-1]
     assert name in {"ChatCompletionRequest", "CompletionRequest", "TokenizeRequest"}
     assert "model" in document["components"]["schemas"][name]["properties"]
+
+
+async def test_embeddings_are_documented_on_the_node_and_the_gateway(tmp_path: Path) -> None:
+    """``/v1/embeddings``: OpenAI's request and answer on the node; on the gateway with its
+    ``agoranet`` policy field."""
+    node = await fetch(create_app(FakeEngine(), NodeSettings()))  # type: ignore[arg-type]
+    validate(node)  # type: ignore[arg-type]
+    post = node["paths"]["/v1/embeddings"]["post"]
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/EmbeddingRequest"}
+    request = node["components"]["schemas"]["EmbeddingRequest"]
+    assert {"model", "input"} <= set(request["required"])
+    assert {"encoding_format", "dimensions"} <= set(request["properties"])
+    answer = post["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/EmbeddingList"}
+    assert "/v1/embeddings" in NodeSettings().paid_paths  # a paid node takes x402 for it
+    service = build_service(GatewaySettings(spend_log=tmp_path / "spend.sqlite"))
+    try:
+        gateway = await fetch(create_gateway_app(service))
+    finally:
+        await service.client.aclose()
+        service.spend.close()
+        if service.directory.reputation is not None:
+            service.directory.reputation.close()
+    validate(gateway)  # type: ignore[arg-type]
+    ref = gateway["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]["$ref"]
+    policy = gateway["components"]["schemas"][ref.rsplit("/", 1)[-1]]["properties"]["agoranet"]
+    assert policy["anyOf"][0] == {"$ref": "#/components/schemas/Policy"}

@@ -154,6 +154,16 @@ def test_gateway_flag_beats_env(monkeypatch: pytest.MonkeyPatch, args: list[str]
     assert getattr(gateway_settings_of(monkeypatch, args, env), field) == expected
 
 
+@pytest.mark.parametrize(("settings_of", "prefix"), [(node_settings_of, "AGORANET_NODE_"),
+                                                    (gateway_settings_of, "AGORANET_GATEWAY_")])
+def test_log_format_from_env_holds_and_the_flag_wins(
+        monkeypatch: pytest.MonkeyPatch, settings_of: Any, prefix: str) -> None:
+    env = {f"{prefix}LOG_FORMAT": "json"}
+    assert settings_of(monkeypatch, [], env).log_format == "json"
+    assert settings_of(monkeypatch, ["--log-format", "text"], env).log_format == "text"
+    assert settings_of(monkeypatch, [], {}).log_format == "text"
+
+
 def test_gateway_nodes_from_env_are_enough(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = _run(monkeypatch, ["gateway"],
                     {"AGORANET_GATEWAY_NODES": '["http://127.0.0.1:2"]'},

@@ -22,6 +22,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from agoranet.api.embeddings import EmbeddingList, EmbeddingRequest
+from agoranet.api.responses_types import (
+    ResponseDeleted,
+    ResponseObject,
+    ResponseRequest,
+    ResponseStreamEvent,
+)
 from agoranet.api.types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -103,15 +110,6 @@ _JOB_REQUEST = {
                    "seed": {"type": ["integer", "null"]},
                    "hyperparameters": {"type": "object"}, "method": {"type": "object"}},
 }
-_RESPONSE = {"type": "object", "description": "an OpenAI response object"}
-_RESPONSE_REQUEST = {
-    "type": "object", "required": ["model", "input"],
-    "properties": {"model": {"type": "string"}, "input": {"type": ["string", "array"]},
-                   "instructions": {"type": ["string", "null"]},
-                   "previous_response_id": {"type": ["string", "null"]},
-                   "tools": {"type": "array", "items": _OBJECT}, "text": _OBJECT,
-                   "stream": {"type": "boolean"}, "store": {"type": "boolean"}},
-}
 _LIST = {"type": "object", "properties": {"object": {"const": "list"},
                                           "data": {"type": "array", "items": _OBJECT}}}
 
@@ -122,16 +120,21 @@ OPERATIONS: Mapping[tuple[str, str], Operation] = {
     ("POST", "/v1/completions"): Operation(
         "Create a text completion (OpenAI)", CompletionRequest, response=Completion,
         stream=CompletionChunk, errors=_INFERENCE_ERRORS),
+    ("POST", "/v1/embeddings"): Operation(
+        "Create embeddings (OpenAI): charged their input tokens at the model's input price",
+        EmbeddingRequest, response=EmbeddingList, errors=_INFERENCE_ERRORS),
     ("GET", "/v1/models"): Operation("List the models served", response=ModelList, errors=()),
     ("GET", "/v1/models/{model_id}"): Operation("One model served (OpenAI)", response=ModelCard,
                                                 errors=(404,)),
     ("POST", "/v1/responses"): Operation(
         "Create a model response (OpenAI's Responses API; served over chat completions)",
-        _RESPONSE_REQUEST, response=_RESPONSE, errors=_INFERENCE_ERRORS),
-    ("GET", "/v1/responses/{response_id}"): Operation("A stored response", response=_RESPONSE,
-                                                      errors=(404,)),
+        ResponseRequest, response=ResponseObject, stream=ResponseStreamEvent,
+        errors=_INFERENCE_ERRORS),
+    ("GET", "/v1/responses/{response_id}"): Operation("A stored response",
+                                                      response=ResponseObject, errors=(404,)),
     ("DELETE", "/v1/responses/{response_id}"): Operation("Forget a stored response",
-                                                         response=_OBJECT, errors=(404,)),
+                                                         response=ResponseDeleted,
+                                                         errors=(404,)),
     ("POST", "/tokenize"): Operation("Count a prompt's tokens (vLLM)", TokenizeRequest,
                                      response=TokenCount),
     ("GET", "/health"): Operation("Liveness and engine statistics", response=_OBJECT, errors=()),
@@ -140,6 +143,9 @@ OPERATIONS: Mapping[tuple[str, str], Operation] = {
                                                 errors=()),
     ("GET", "/agoranet/nodes"): Operation("The gateway's nodes, budget and audits",
                                           response=_OBJECT, errors=()),
+    ("GET", "/metrics"): Operation(
+        "Prometheus metrics (text format), for the node's operator or the gateway's owner",
+        response={"type": "string"}, media_type="text/plain", bearer=True, errors=(401,)),
     ("POST", "/v1/adapters"): Operation(
         "Upload a LoRA adapter (a tar archive)", {"type": "string", "format": "binary"},
         body="binary", response=_OBJECT, status=201, query=("id", "public", "private"),

@@ -59,6 +59,8 @@ console = Console()
 @click.option("--trust-list", "trust_lists", multiple=True,
               type=click.Path(dir_okay=False, path_type=Path),
               help="A signed score list to import at start; its signer must be trusted.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Log lines as text or JSON (one line per request).")
 @click.pass_context
 def gateway(ctx: click.Context, /, **options: Any) -> None:
     """Run the local OpenAI-compatible gateway over the network's nodes."""
@@ -85,11 +87,13 @@ def gateway_settings(ctx: click.Context, options: dict[str, Any]) -> GatewaySett
 def serve_gateway(settings: GatewaySettings) -> None:
     """Check the port, the wallet and its chain, probe the nodes (all before a reference
     model loads), then build the gateway, print its banner and serve."""
+    from agoranet.api.logformat import configure_logging
     from agoranet.api.server import ServerLimits, serve
     from agoranet.cli.gateway_banner import gateway_banner, probe_nodes
     from agoranet.cli.preflight import check_port_free, connect_chain_or_hint
     from agoranet.gateway.app import build_service, create_gateway_app
 
+    configure_logging(settings.log_format)
     check_port_free(settings.host, settings.port, "gateway")
     account = None
     if settings.rpc_url:
@@ -109,6 +113,9 @@ def serve_gateway(settings: GatewaySettings) -> None:
             console.print(f"settled {started.lost} base units reserved by a gateway that died "
                           "(spend log: outcome 'lost')")
     app = create_gateway_app(service, settings, keys)
+    from agoranet.dashboard import mount_gateway_dashboard
+
+    mount_gateway_dashboard(app, service, keys, settings.spend_log_path())
     gateway_banner(console, settings, payer=account.address if account else None,
                    spent=service.budget.spent, probes=probes,
                    owner_key=started.owner_key if keys is not None else None)

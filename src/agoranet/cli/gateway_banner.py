@@ -92,6 +92,8 @@ def gateway_banner(console: Console, settings: GatewaySettings, *, payer: str | 
     budget = "unlimited" if settings.budget is None else f"{settings.budget} base units"
     table.add_row("budget", Text(f"{budget}; spent so far {spent}"))
     table.add_row("spend log", Text(str(settings.spend_log_path())))
+    table.add_row("dashboard", Text(f"http://{settings.host}:{settings.port}/" + (
+        "" if owner_key is None else " (log in with the owner's key)")))
     answering = [p for p in probes if p.error is None]
     paid = sum(p.paid for p in answering)
     nodes = (f"{len(answering)} of {len(probes)} answering ({paid} paid, "

@@ -35,6 +35,24 @@ def tiny(path: Path, steps: int | None, seed: int, force: bool, size: str) -> No
     build_with_progress(path, steps, seed, console, size)
 
 
+@model.command("tiny-embed")
+@click.argument("path", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Rebuild even if PATH already holds a model.")
+def tiny_embed(path: Path, seed: int, force: bool) -> None:
+    """Build a tiny embedding model (a small random BERT in the sentence-transformers
+    layout, mean-pooled and normalised) into PATH: serve it with ``agoranet node --model
+    PATH`` for ``/v1/embeddings``. Its vectors are deterministic but carry no meaning."""
+    if (path / "modules.json").exists() and not force:
+        console.print(f"{path} already holds a model (use --force to rebuild)")
+        return
+    from agoranet.tinymodel.embedding import build_tiny_embedding_model
+
+    with console.status("building the tiny embedding model"):
+        build_tiny_embedding_model(path, seed=seed)
+    console.print(f"built the tiny embedding model in {path}")
+
+
 def build_with_progress(path: Path, steps: int | None, seed: int, out: Console,
                         size: str = "default") -> None:
     """Build the tiny model (of a preset ``size``) with a progress bar, then print what was built."""

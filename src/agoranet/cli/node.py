@@ -45,8 +45,14 @@ console = Console()
 @click.option("--tool-call-parser", type=click.Choice(tool_parser_names()), default=None,
               help="The model's tool-call format, for tool_choice 'auto' [default: the one "
                    "its chat template teaches, if known].")
+@click.option("--embedding-pooling", type=click.Choice(["mean", "last"]), default=None,
+              help="transformers engine: also serve /v1/embeddings with this causal LM, its "
+              "last layer pooled (mean over the tokens, or the last token) and normalised; "
+              "needs --no-adapters. An embedding model (sentence-transformers layout) "
+              "needs no option.")
 @click.option("--price-in", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Input price per million tokens, in stablecoin base units.")
+              help="Input price per million tokens, in stablecoin base units (embeddings "
+              "are charged their input tokens at this price).")
 @click.option("--price-out", type=click.IntRange(min=0), default=0, show_default=True,
               help="Output price per million tokens, in stablecoin base units.")
 @click.option("--price-commitments", type=click.IntRange(min=0), default=0, show_default=True,
@@ -59,6 +65,9 @@ console = Console()
 @click.option("--no-batching", is_flag=True,
               help="transformers engine: one sequence per forward pass, in turn, instead of "
               "all active sequences in one (continuous batching).")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0, 1, min_open=True),
+              default=0.85, show_default=True,
+              help="vllm engine: the share of the GPU's memory vLLM may take.")
 @click.option("--adapters-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where uploaded LoRA adapters are kept [default: ~/.agoranet/node/adapters].")
 @click.option("--max-adapters", type=click.IntRange(min=1), default=8, show_default=True,
@@ -93,6 +102,12 @@ console = Console()
 @click.option("--receipt-every", type=click.IntRange(min=0), default=16, show_default=True,
               help="Send a running receipt every N streamed tokens (0: only at the end); "
               "a stream that breaks is charged its last one.")
+@click.option("--operator-secret-file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="The operator's secret for the dashboard at / (created, "
+              "0600, on first start) [default: operator.secret beside the ledger].")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Log lines as text or JSON (one line per request and "
+              "per claim or settle transaction).")
 @click.pass_context
 def node(ctx: click.Context, /, **options: Any) -> None:
     """Serve a model over the OpenAI API, paid with x402 unless --free (or unpriced)."""
@@ -200,6 +215,8 @@ def serve(settings: NodeSettings, *, adapters: bool = True, hooks: NodeHooks | N
     ledger), then load the model, print the banner and serve. ``hooks`` compose the
     node otherwise (test-only wrappers: ``python -m agoranet.testing node``)."""
     from agoranet.api import server
+    from agoranet.api.logformat import configure_logging
+    from agoranet.api.secret_gate import load_or_create_secret
     from agoranet.cli.node_banner import node_banner
     from agoranet.cli.preflight import check_model_dir, check_port_free
     from agoranet.node.app import create_app
@@ -207,9 +224,14 @@ def serve(settings: NodeSettings, *, adapters: bool = True, hooks: NodeHooks | N
 
     hooks = hooks or NodeHooks()
 
+    configure_logging(settings.log_format)
     check_port_free(settings.host, settings.port, "node or server")
     if settings.engine == "transformers":
         check_model_dir(settings.model)
+    if settings.engine == "vllm":  # the extra and a GPU, before the wallet and the chain
+        from agoranet.engines.vllm import require_vllm
+
+        require_vllm(settings.device)
     paid = _paid_setup(settings, hooks) if settings.paid else None
     what = settings.model or settings.upstream_url or "the default model"
     with console.status(f"loading {what} with the {settings.engine} engine"):
@@ -227,13 +249,33 @@ def serve(settings: NodeSettings, *, adapters: bool = True, hooks: NodeHooks | N
             adapters_dir=settings.adapter_store() if adapters else None,
             max_adapters=settings.max_adapters,
             tool_call_parser=settings.tool_call_parser,
+            embedding_pooling=settings.embedding_pooling,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
         )
     node_banner(console, settings, engine.models(), paid)
     payments = paid.payments if paid is not None else None
-    app = create_app(engine, settings, _job_manager(engine, settings), payments,
-                     hooks.middleware)
+    jobs = _job_manager(engine, settings)
+    operator_secret = load_or_create_secret(settings.operator_secret_path())
+    app = create_app(engine, settings, jobs, payments, hooks.middleware,
+                     operator_secret=operator_secret)
+    _mount_dashboard(app, settings, engine, jobs, payments, operator_secret)
     server.serve(app, settings.host, settings.port, server.ServerLimits(
         settings.header_timeout_s, settings.keep_alive_s, settings.max_connections))
+
+
+def _mount_dashboard(app: Any, settings: NodeSettings, engine: Any, jobs: JobManager | None,
+                     payments: Any, secret: str) -> None:
+    """The operator's dashboard at ``/`` behind the operator secret (its file is said)."""
+    from agoranet.dashboard import NodeView, mount_node_dashboard
+    from agoranet.node.payment_setup import ledger_path
+
+    view = NodeView(engine, jobs=jobs, payments=payments,
+                    ledger_file=None if settings.ledger_url else ledger_path(settings),
+                    settings={"price_in": settings.price_in, "price_out": settings.price_out})
+    view.start_sampling()
+    mount_node_dashboard(app, view, secret)
+    console.print(f"dashboard: http://{settings.host}:{settings.port}/ (operator secret in "
+                  f"{settings.operator_secret_path()})")
 
 
 def _paid_setup(settings: NodeSettings, hooks: NodeHooks) -> PaidSetup:

@@ -27,7 +27,8 @@ from rich.text import Text
 from agoranet.node.launcher import running_command, running_node
 from agoranet.payments.amounts import format_amount
 
-__all__ = ["NODES", "WithGateway", "audit_table", "ban_text", "network_step"]
+__all__ = ["NODES", "DemoNetwork", "WithGateway", "audit_table", "ban_text", "dashboard_lines",
+           "network_step"]
 
 PASSWORD = "agoranet-demo"  # dev-chain keys only
 QUESTIONS = ["Tell me a short story.", "What did Maya do yesterday?", "Tell me about the beach.",
@@ -124,8 +125,28 @@ def _ask(client: object, question: str, console: Console) -> Served:
 WithGateway = Callable[[str, str, Path], object]
 
 
+@dataclass(frozen=True)
+class DemoNetwork:
+    """The running network as its dashboards see it: the gateway's root URL and owner key,
+    each node's root URL and operator secret (dev-chain demo only: never print real ones)."""
+
+    gateway: str
+    owner_key: str
+    nodes: dict[str, str]
+    operator_secrets: dict[str, str]
+
+
+def dashboard_lines(network: DemoNetwork) -> list[str]:
+    """Where to look, and the secrets to log in with."""
+    lines = [f"gateway dashboard  {network.gateway}/  (owner key: {network.owner_key})"]
+    lines += [f"node '{name}' dashboard  {url}/  (operator secret: "
+              f"{network.operator_secrets[name]})" for name, url in network.nodes.items()]
+    return lines
+
+
 def network_step(model_dir: Path, work: Path, console: Console,
-                 with_gateway: WithGateway | None = None) -> None:
+                 with_gateway: WithGateway | None = None,
+                 at_end: Callable[[DemoNetwork], object] | None = None) -> None:
     from openai import OpenAI
 
     from agoranet.chain.addresses import resolve_addresses
@@ -152,6 +173,7 @@ def network_step(model_dir: Path, work: Path, console: Console,
                     "--rpc-url", rpc, "--keystore", str(keystore),
                     "--ledger", str(root / f"{spec.name}.ledger.sqlite"),
                     "--settle-interval", "0.5", "--claim-max-age", "1",
+                    "--operator-secret-file", str(root / f"{spec.name}.operator.secret"),
                     "--no-fine-tuning", "--no-adapters", *spec.chaos],
                     module="agoranet.testing" if spec.chaos else "agoranet"))
                 _register(rpc, chain.private_keys[spec.account], urls[spec.name])
@@ -192,6 +214,12 @@ def network_step(model_dir: Path, work: Path, console: Console,
         _balances_table(before, after, paid, console)
         if with_gateway is not None:
             with_gateway(gateway, owner_key.read_text().strip(), root / "gateway" / "keys.sqlite")
+        if at_end is not None:
+            at_end(DemoNetwork(
+                gateway.removesuffix("/v1"), owner_key.read_text().strip(),
+                {name: url.removesuffix("/v1") for name, url in urls.items()},
+                {s.name: (root / f"{s.name}.operator.secret").read_text().strip()
+                 for s in NODES}))
 
 
 def _served_table(served: list[Served], names: dict[str, str], console: Console) -> None:

@@ -12,8 +12,10 @@ of each prompt, each chunk in a forward pass of its own (so its numbers depend o
 nothing else), at most ``prefill_budget`` prompt tokens per step (always at least
 one chunk): a long prompt never stalls the running batch for long. The decoding
 sequences share one pass; with ``invariant`` (the default on CPU) every row of it is
-computed with the bits it would have alone, so greedy answers and seeded samples do
-not depend on the batch they ran in. Requests for different LoRA adapters run in one
+computed with the bits it would have alone (the pass padded to a measured row count,
+see :mod:`agoranet.engines.rowpad`), so greedy answers and seeded samples do not depend
+on the batch they ran in. On CPU the worker runs its passes on ``threads`` intra-op
+threads (default 1: the batch is the parallelism, and the server keeps a core). Requests for different LoRA adapters run in one
 step: one decoding pass runs each row with its own adapter (peft's mixed batches).
 """
 
@@ -21,9 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,6 +40,7 @@ from agoranet.engines.ragged import (
     ragged_unsupported,
     rows_match_alone,
 )
+from agoranet.engines.rowpad import RowPadding
 from agoranet.engines.scheduler import StepScheduler, _Handle
 
 if TYPE_CHECKING:
@@ -44,7 +48,7 @@ if TYPE_CHECKING:
     from agoranet.engines.hf_job import DecodeJob
     from agoranet.engines.hf_loading import LoadedModel
 
-__all__ = ["BatchRunner", "BatchScheduler", "engine_scheduler"]
+__all__ = ["BatchRunner", "BatchScheduler", "engine_scheduler", "use_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,16 +79,21 @@ class BatchRunner:
     """Runs one step of many sequences at once on one model (worker thread only)."""
 
     def __init__(self, loaded: LoadedModel, *, chunk: int = 256, prefill_budget: int = 512,
-                 invariant: bool | None = None, adapters: AdapterPool | None = None) -> None:
+                 invariant: bool | None = None, adapters: AdapterPool | None = None,
+                 max_rows: int = 32, threads: int | None = 1) -> None:
         self.loaded = loaded
+        # Intra-op threads of its passes on CPU (None: torch's setting): the batch is the
+        # parallelism, and a core stays free for the server (see use_threads).
+        self.threads = threads if loaded.device.type == "cpu" else None
         self.chunk = max(1, chunk)
         self.prefill_budget = max(1, prefill_budget)
         self.invariant = loaded.device.type == "cpu" if invariant is None else invariant
         self._adapters = adapters
         enable_ragged(loaded.model)
-        # Outside InvariantLinear a one-row batch runs plain F.linear: only if it gives the
-        # same bits (checked once on these weights) may a lone sequence skip the mode.
-        self._lone_is_invariant = rows_match_alone(loaded.model) if self.invariant else True
+        # Invariant passes of fewer rows than the measured count are padded to it (see
+        # engines.rowpad); where no count makes rows independent, InvariantLinear.
+        self._padding = RowPadding(loaded.model, max_rows) if self.invariant else None
+        self._lone_is_invariant: bool | None = None  # for InvariantLinear, measured once
         self._slots: dict[DecodeJob, _Slot] = {}
 
     def release(self, job: DecodeJob) -> None:
@@ -124,8 +133,7 @@ class BatchRunner:
             entries = groups.get(None, []) if start == 0 else []
             entries = entries + [entry for name in adapters[start:start + pool.capacity]
                                  for entry in groups[name]]
-            with pool.rows([entry.job.adapter for entry in entries]):
-                results.update(self._forward(entries, invariant=self.invariant))
+            results.update(self._forward(entries, invariant=self.invariant, pool=pool))
         return results
 
     def _plan(self, jobs: list[DecodeJob]) -> Iterator[_Entry]:
@@ -146,7 +154,22 @@ class BatchRunner:
             elif job.last_token is not None:
                 yield _Entry(job, slot, [job.last_token], False)
 
-    def _forward(self, entries: list[_Entry], *, invariant: bool) -> dict[DecodeJob, Outcome]:
+    def _mode(self, rows: int) -> tuple[int, contextlib.AbstractContextManager[Any]]:
+        """The rows an invariant pass of ``rows`` rows runs (padding included), and the
+        mode it runs under."""
+        padded = self._padding.rows(rows) if self._padding is not None else None
+        if padded is not None:
+            return padded, contextlib.nullcontext()
+        if rows == 1:  # outside InvariantLinear one row runs plain F.linear: same bits?
+            if self._lone_is_invariant is None:
+                self._lone_is_invariant = rows_match_alone(self.loaded.model)
+            if self._lone_is_invariant:
+                return rows, contextlib.nullcontext()
+        return rows, InvariantLinear()
+
+    def _forward(self, entries: list[_Entry], *, invariant: bool,
+                 pool: AdapterPool | None = None) -> dict[DecodeJob, Outcome]:
+        """One pass of ``entries`` (``pool``: each row with its own adapter)."""
         device = self.loaded.device
         ids: list[int] = []
         positions: list[int] = []
@@ -157,9 +180,15 @@ class BatchRunner:
             ids.extend(entry.ids)
             positions.extend(range(start, start + len(entry.ids)))
         hidden = any(entry.job.wants_hidden for entry in entries)
-        lone = len(ids) == 1 and self._lone_is_invariant
-        mode = InvariantLinear() if invariant and not lone else contextlib.nullcontext()
-        with torch.inference_mode(), mode:
+        real = len(ids)
+        rows, mode = self._mode(real) if invariant else (real, contextlib.nullcontext())
+        ids.extend([0] * (rows - real))  # padding rows: attention leaves them out
+        positions.extend([0] * (rows - real))
+        adapters: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if pool is not None:  # loads adapters if need be: outside inference mode
+            idents = [entry.job.adapter for entry in entries for _ in entry.ids]
+            adapters = pool.rows(idents + [None] * (rows - real))
+        with adapters, torch.inference_mode(), mode:
             output = self.loaded.model(
                 input_ids=torch.tensor(ids, dtype=torch.long, device=device).view(-1, 1),
                 position_ids=torch.tensor(positions, dtype=torch.long, device=device).view(-1, 1),
@@ -170,15 +199,15 @@ class BatchRunner:
         states = output.hidden_states[-1][:, -1] if hidden else None
         results: dict[DecodeJob, Outcome] = {}
         for entry, segment in zip(entries, segments, strict=True):
-            rows = slice(segment.start, segment.start + segment.length)
+            span = slice(segment.start, segment.start + segment.length)
             try:
                 completes = entry.completes
                 if states is not None:
-                    entry.job.commit_hidden(states[rows])
+                    entry.job.commit_hidden(states[span])
                 if entry.prefill:
                     entry.slot.fed += len(entry.ids)
                 # a chunk before the prompt's last one has no token to sample yet
-                results[entry.job] = entry.job.consume(logits[rows.stop - 1]) if completes else []
+                results[entry.job] = entry.job.consume(logits[span.stop - 1]) if completes else []
             except Exception as exc:  # surfaced to the request that owns the sequence
                 results[entry.job] = exc
         return results
@@ -197,6 +226,11 @@ class BatchScheduler(StepScheduler):
         stats = super().stats()
         stats["batch_cache_bytes"] = self._runner.cached_bytes()
         return stats
+
+    def _run(self) -> None:
+        if self._runner.threads is not None:
+            use_threads(self._runner.threads)
+        super()._run()
 
     def _round(self, handles: list[_Handle]) -> None:
         live: list[_Handle] = []
@@ -235,16 +269,28 @@ class BatchScheduler(StepScheduler):
                 self._finish(handle, "completed")
 
 
+def use_threads(count: int) -> None:
+    """Run this thread's torch operations on ``count`` intra-op threads, leaving torch's
+    setting for other threads as it was."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    if before != count:  # it also set the default of threads started later: put that back
+        restore = threading.Thread(target=torch.set_num_threads, args=(before,))
+        restore.start()
+        restore.join()
+
+
 def engine_scheduler(loaded: LoadedModel, *, batching: bool, max_active: int, max_queue: int,
                      name: str, invariant: bool | None = None, prefill_chunk: int = 256,
-                     adapters: AdapterPool | None = None) -> StepScheduler:
+                     adapters: AdapterPool | None = None, threads: int | None = 1
+                     ) -> StepScheduler:
     """The scheduler a ``transformers`` engine runs on: batched when asked and the model
     allows it, else one sequence per step in turn."""
     if batching:
         why = ragged_unsupported(loaded.model)
         if why is None:
             runner = BatchRunner(loaded, chunk=prefill_chunk, invariant=invariant,
-                                 adapters=adapters)
+                                 max_rows=max_active, adapters=adapters, threads=threads)
             return BatchScheduler(runner, max_active=max_active, max_queue=max_queue,
                                   name=name)
         logger.warning("%s: not batching, one sequence per step (%s)", name, why)

@@ -11,7 +11,8 @@ one only to nodes that offer it. A model whose offer predates the list (no
   tool-call format;
 - ``structured_output``: ``response_format`` ``json_object`` and ``json_schema``;
 - ``logprobs``: token log-probabilities;
-- ``embeddings``: ``/v1/embeddings``.
+- ``embeddings``: ``/v1/embeddings`` (its input tokens charged at the model's input
+  price).
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ __all__ = [
     "GrammarBook",
     "SequenceGrammar",
     "Utf8Guard",
+    "output_grammar",
     "tool_call_prefix",
     "unenforceable",
 ]
@@ -307,64 +308,11 @@ class GrammarBook:
 
     def _compile(self, mode: JsonOutput | ForcedToolCall, calls: CallFormat | None
                  ) -> CompiledOutput:
+        grammar = output_grammar(mode, calls, self.max_string)
         if isinstance(mode, JsonOutput):
-            if mode.schema == {"type": "object"}:  # json_object: any object at all
-                grammar = xgr.Grammar.from_json_schema(
-                    '{"type": "object"}', any_whitespace=False, separators=_SEPARATORS,
-                    strict_mode=False)
-                return CompiledOutput(self._compiler.compile_grammar(grammar))
-            return CompiledOutput(self._compiler.compile_grammar(
-                self._schema_grammar(mode.schema, mode.param)))
-        functions = mode.functions
-        names = tuple(f.name for f in functions)
-        if calls is not None:
-            most = MAX_PARALLEL_CALLS if mode.parallel else 1
-            return CompiledOutput(self._compiler.compile_grammar(self._calls_grammar(
-                functions, calls, most)), names, wrapped=True)
-        if len(functions) == 1:
-            grammar = self._schema_grammar(functions[0].parameters, functions[0].param)
-        else:
-            grammar = xgr.Grammar.union(*(self._call_grammar(f) for f in functions))
+            return CompiledOutput(self._compiler.compile_grammar(grammar))
         return CompiledOutput(self._compiler.compile_grammar(grammar),
-                              tuple(f.name for f in functions))
-
-    def _call_grammar(self, function: ToolFunction, before: str = "", after: str = ""
-                      ) -> xgr.Grammar:
-        prefix = json.dumps(before + tool_call_prefix(function.name))
-        return xgr.Grammar.concat(
-            xgr.Grammar.from_ebnf(f"root ::= {prefix}"),
-            self._schema_grammar(function.parameters, function.param),
-            xgr.Grammar.from_ebnf(f"root ::= {json.dumps('}' + after)}"),
-        )
-
-    def _calls_grammar(self, functions: tuple[ToolFunction, ...], calls: CallFormat,
-                       most: int) -> xgr.Grammar:
-        """One to ``most`` calls, each of any of ``functions``."""
-        one = [self._call_grammar(f, calls.before, calls.after) for f in functions]
-        call = one[0] if len(one) == 1 else xgr.Grammar.union(*one)
-        nothing = xgr.Grammar.from_ebnf('root ::= ""')
-        separator = xgr.Grammar.from_ebnf(f"root ::= {json.dumps(calls.separator)}")
-        grammar = call
-        for _ in range(most - 1):
-            grammar = xgr.Grammar.concat(call, xgr.Grammar.union(
-                nothing, xgr.Grammar.concat(separator, grammar)))
-        return grammar
-
-    def _schema_grammar(self, schema: Mapping[str, Any], param: str) -> xgr.Grammar:
-        reason = unenforceable(schema)
-        if reason is not None:
-            raise InvalidRequestError(
-                f"{param}: constrained decoding cannot enforce this schema: it uses {reason}",
-                param=param)
-        try:
-            return xgr.Grammar.from_json_schema(
-                json.dumps(_bounded(schema, self.max_string)), any_whitespace=False,
-                separators=_SEPARATORS, strict_mode=True)
-        except (RuntimeError, ValueError, TypeError) as exc:  # xgrammar's conversion errors
-            reason = _XGRAMMAR_WHERE.sub("", str(exc)).strip()
-            raise InvalidRequestError(
-                f"{param}: constrained decoding cannot enforce this schema: {reason}",
-                param=param) from exc
+                              tuple(f.name for f in mode.functions), wrapped=calls is not None)
 
     def start(self, compiled: CompiledOutput, prefix: str = "") -> SequenceGrammar:
         """A matcher for one sequence; ``prefix``: text already in the answer (a
@@ -375,6 +323,67 @@ class GrammarBook:
                 "the final assistant message does not fit the requested format, so it "
                 "cannot be continued under it", param="messages")
         return sequence
+
+
+def output_grammar(mode: JsonOutput | ForcedToolCall, calls: CallFormat | None = None,
+                   max_string: int = DEFAULT_MAX_STRING) -> xgr.Grammar:
+    """The grammar of what ``mode`` asks for, before it is compiled for a tokenizer (an
+    engine with its own grammar backend takes it as EBNF text, ``str(grammar)``); a 400
+    if a schema cannot be enforced. ``calls`` as for :meth:`GrammarBook.compile`."""
+    if isinstance(mode, JsonOutput):
+        if mode.schema == {"type": "object"}:  # json_object: any object at all
+            return xgr.Grammar.from_json_schema(
+                '{"type": "object"}', any_whitespace=False, separators=_SEPARATORS,
+                strict_mode=False)
+        return _schema_grammar(mode.schema, mode.param, max_string)
+    functions = mode.functions
+    if calls is not None:
+        most = MAX_PARALLEL_CALLS if mode.parallel else 1
+        return _calls_grammar(functions, calls, most, max_string)
+    if len(functions) == 1:
+        return _schema_grammar(functions[0].parameters, functions[0].param, max_string)
+    return xgr.Grammar.union(*(_call_grammar(f, max_string) for f in functions))
+
+
+def _call_grammar(function: ToolFunction, max_string: int, before: str = "", after: str = ""
+                  ) -> xgr.Grammar:
+    prefix = json.dumps(before + tool_call_prefix(function.name))
+    return xgr.Grammar.concat(
+        xgr.Grammar.from_ebnf(f"root ::= {prefix}"),
+        _schema_grammar(function.parameters, function.param, max_string),
+        xgr.Grammar.from_ebnf(f"root ::= {json.dumps('}' + after)}"),
+    )
+
+
+def _calls_grammar(functions: tuple[ToolFunction, ...], calls: CallFormat, most: int,
+                   max_string: int) -> xgr.Grammar:
+    """One to ``most`` calls, each of any of ``functions``."""
+    one = [_call_grammar(f, max_string, calls.before, calls.after) for f in functions]
+    call = one[0] if len(one) == 1 else xgr.Grammar.union(*one)
+    nothing = xgr.Grammar.from_ebnf('root ::= ""')
+    separator = xgr.Grammar.from_ebnf(f"root ::= {json.dumps(calls.separator)}")
+    grammar = call
+    for _ in range(most - 1):
+        grammar = xgr.Grammar.concat(call, xgr.Grammar.union(
+            nothing, xgr.Grammar.concat(separator, grammar)))
+    return grammar
+
+
+def _schema_grammar(schema: Mapping[str, Any], param: str, max_string: int) -> xgr.Grammar:
+    reason = unenforceable(schema)
+    if reason is not None:
+        raise InvalidRequestError(
+            f"{param}: constrained decoding cannot enforce this schema: it uses {reason}",
+            param=param)
+    try:
+        return xgr.Grammar.from_json_schema(
+            json.dumps(_bounded(schema, max_string)), any_whitespace=False,
+            separators=_SEPARATORS, strict_mode=True)
+    except (RuntimeError, ValueError, TypeError) as exc:  # xgrammar's conversion errors
+        reason = _XGRAMMAR_WHERE.sub("", str(exc)).strip()
+        raise InvalidRequestError(
+            f"{param}: constrained decoding cannot enforce this schema: {reason}",
+            param=param) from exc
 
 
 # The states of a UTF-8 decoder: (continuation bytes still needed, lowest and highest

@@ -23,8 +23,11 @@ from agoranet.engines.adapters import AdapterPool
 from agoranet.engines.base import GenerationRequest, ModelInfo, Prepared, StreamEvent
 from agoranet.engines.batch import engine_scheduler
 from agoranet.engines.constrained import CallFormat, CompiledOutput, GrammarBook
+from agoranet.engines.embeddings import EmbeddingJob, EmbeddingsResult, PreparedEmbeddings
+from agoranet.engines.hf_embeddings import HfEmbedder, TransformersEmbeddingEngine
 from agoranet.engines.hf_job import DecodeJob
 from agoranet.engines.hf_loading import DEFAULT_MODEL, LoadedModel, load_model, resolve_model_dir
+from agoranet.engines.pooling import Pooling, is_embedding_model
 from agoranet.engines.prompt import encode_prompt, template_renders_tools
 from agoranet.engines.registry import register_engine
 from agoranet.engines.sampling import call_opener_ids, unoffered_call_tokens
@@ -37,16 +40,33 @@ from agoranet.engines.toolparsers import (
     detect_tool_parser,
     tool_parser,
 )
-from agoranet.errors import AdapterError, InvalidRequestError, ModelNotFoundError
+from agoranet.errors import AdapterError, ConfigError, InvalidRequestError, ModelNotFoundError
 from agoranet.tuning.adapter import Adapter, parse_model_name
 
-__all__ = ["LoadedModel", "TransformersEngine", "load_model", "resolve_model_dir"]
+__all__ = ["LoadedModel", "TransformersEngine", "load_model", "resolve_model_dir",
+           "transformers_engine"]
 
 logger = logging.getLogger(__name__)
 
 @register_engine("transformers")
+def transformers_engine(model: str | None = None, **options: Any
+                        ) -> TransformersEngine | TransformersEmbeddingEngine:
+    """The ``transformers`` engine for ``model``: an embedding model (a directory or Hub
+    id in the sentence-transformers layout) serves ``/v1/embeddings`` only; any other
+    model is a causal LM."""
+    if options.get("loaded") is None:
+        directory, _ = resolve_model_dir(model or DEFAULT_MODEL)
+        if is_embedding_model(directory):
+            if options.get("embedding_pooling"):
+                raise ConfigError(f"{model} states its own pooling (1_Pooling/config.json): "
+                                  "leave out --embedding-pooling")
+            return TransformersEmbeddingEngine(model, **options)
+    return TransformersEngine(model, **options)
+
+
 class TransformersEngine:
-    """Serves one causal LM through ``transformers``."""
+    """Serves one causal LM through ``transformers`` (and embeds with it, mean- or
+    last-token-pooled and normalised, when ``embedding_pooling`` is stated)."""
 
     name = "transformers"
 
@@ -66,11 +86,26 @@ class TransformersEngine:
         batching: bool = True,
         batch_invariant: bool | None = None,
         prefill_chunk: int = 256,
+        batch_threads: int | None = 1,
+        embedding_pooling: str | None = None,
         **_: Any,
     ) -> None:
+        if embedding_pooling is not None and adapters_dir is not None:
+            # An embedding pass would run beside decode steps that switch adapters.
+            raise ConfigError("--embedding-pooling cannot be combined with adapters yet: "
+                              "start the node with --no-adapters")
+        try:
+            pooling = Pooling(embedding_pooling, normalize=True) if embedding_pooling else None
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         if loaded is None:
             loaded = load_model(model or DEFAULT_MODEL, served_name=served_model_name, device=device, dtype=dtype)
         self.loaded = loaded
+        # Embeddings from the decoder's last layer, with the pooling the operator stated.
+        self.embedder = HfEmbedder(
+            loaded.info.name, loaded.model.get_decoder(), loaded.tokenizer, loaded.device,
+            pooling, loaded.info.context_length, max_active + max_queue,
+        ) if pooling is not None else None
         self.adapters = (
             AdapterPool(loaded.model, loaded.info.model_sha256, Path(adapters_dir), max_adapters)
             if adapters_dir is not None
@@ -80,7 +115,7 @@ class TransformersEngine:
         self._scheduler: StepScheduler = engine_scheduler(
             loaded, batching=batching, max_active=max_active, max_queue=max_queue,
             name=f"hf-{loaded.info.name}", invariant=batch_invariant, prefill_chunk=prefill_chunk,
-            adapters=self.adapters)
+            adapters=self.adapters, threads=batch_threads)
         self._renders_tools = template_renders_tools(loaded.tokenizer)
         # The parser of the model's tool-call format (vLLM's --tool-call-parser): as
         # configured, else the one its chat template teaches, if known.
@@ -103,7 +138,22 @@ class TransformersEngine:
         if self.supports_tool_choice_auto:  # offered, so gateways route `auto` here
             info = dataclasses.replace(
                 info, capabilities=info.capabilities | {capabilities.TOOL_CHOICE_AUTO})
+        if self.embedder is not None:
+            info = dataclasses.replace(
+                info, capabilities=info.capabilities | {capabilities.EMBEDDINGS})
         return [info]
+
+    async def prepare_embeddings(self, job: EmbeddingJob) -> PreparedEmbeddings:
+        if self.embedder is None:
+            raise InvalidRequestError(
+                f"'{self.loaded.info.name}' is served for generation only: this node states "
+                "no embedding pooling for it (--embedding-pooling)", param="model")
+        return await self.embedder.prepare(job)
+
+    async def embed(self, prepared: PreparedEmbeddings) -> EmbeddingsResult:
+        if self.embedder is None:
+            raise InvalidRequestError("this node does not embed", param="model")
+        return await self.embedder.embed(prepared)
 
     def _adapter_of(self, request: GenerationRequest) -> str | None:
         """The adapter id named by ``request.model`` (None for the base model)."""
@@ -260,6 +310,8 @@ class TransformersEngine:
         if self.adapters is not None:
             stats.update({f"adapter_{k}": v for k, v in self.adapters.counters.items()})
             stats["adapters_loaded"] = len(self.adapters.loaded())
+        if self.embedder is not None:
+            stats.update(self.embedder.counters)
         return stats
 
     async def aclose(self) -> None:

@@ -53,6 +53,9 @@ class DecodeJob:
     def step(self) -> list[StreamEvent]:
         if self._before_step is not None:
             self._before_step()  # e.g. switch to this sequence's LoRA adapter
+        if self.last_token is not None:  # the prompt first, then the token sampled last
+            self._next_input = torch.tensor([[self.last_token]], dtype=torch.long,
+                                            device=self._loaded.device)
         with torch.inference_mode():
             output = self._loaded.model(
                 input_ids=self._next_input, past_key_values=self._cache, use_cache=True,
@@ -83,7 +86,6 @@ class DecodeJob:
             self._grammar.accept(token_id)
         self._generated += 1
         self.last_token = token_id
-        self._next_input = torch.tensor([[token_id]], dtype=torch.long, device=self._loaded.device)
 
         tokens = (self._logprob(logits, token_id),) if self._request.logprobs else ()
         if token_id in self._loaded.eos_ids and not self._request.ignore_eos:

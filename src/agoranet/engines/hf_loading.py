@@ -24,7 +24,7 @@ from agoranet.engines.weights import hash_weights, weight_files, weights_id
 from agoranet.errors import ModelLoadError
 from agoranet.proofs.commitments import ALGORITHM as COMMITMENT_ALGORITHM
 
-__all__ = ["DEFAULT_MODEL", "LoadedModel", "load_model", "resolve_model_dir"]
+__all__ = ["DEFAULT_MODEL", "LoadedModel", "load_model", "max_token_bytes", "resolve_model_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return value
 
 
-def _max_token_bytes(tokenizer: Any) -> int | None:
+def max_token_bytes(tokenizer: Any) -> int | None:
     """An upper bound on the bytes of text one token stands for: the UTF-8 length of the
     longest entry of the vocabulary (a byte-level or SentencePiece token's spelling is
     never shorter than the text it stands for: ``Ġ``, ``▁`` and ``<0x0A>`` each spell
@@ -126,7 +126,7 @@ def load_model(
         model_sha256=weights_id(hashes) if hashes else None,
         sampler=SAMPLER_ID,
         commitments=COMMITMENT_ALGORITHM,
-        max_token_bytes=_max_token_bytes(tokenizer),
+        max_token_bytes=max_token_bytes(tokenizer),
         # Forced calls and JSON by grammar (engines.constrained); 'auto' needs a parser.
         capabilities=frozenset({capabilities.TOOLS, capabilities.STRUCTURED_OUTPUT,
                                 capabilities.LOGPROBS}),

@@ -1,7 +1,8 @@
 """One sequence's key/value cache for the batched engine: per layer, grown by doubling.
 
-Each sequence of a batch keeps its own keys and values (``[1, kv_heads, length,
-head_dim]`` per layer), so its attention is computed over exactly its own past,
+Each sequence of a batch keeps its own keys and values (per layer one tensor
+``[2, 1, kv_heads, capacity, head_dim]``, read as ``[1, kv_heads, length, head_dim]``
+views), so its attention is computed over exactly its own past,
 with the same shapes whatever else is in the batch. The storage grows by doubling
 (amortised O(1) per token) and is freed with the sequence.
 """
@@ -18,40 +19,53 @@ def _size(tensor: torch.Tensor) -> int:
 
 
 class SequenceCache:
-    """Keys and values of one sequence, layer by layer."""
+    """Keys and values of one sequence, layer by layer (per layer one tensor
+    ``[2, 1, kv_heads, capacity, head_dim]``: keys, then values)."""
 
     def __init__(self, initial: int = 64) -> None:
         self._initial = max(1, initial)
-        self._keys: dict[int, torch.Tensor] = {}
-        self._values: dict[int, torch.Tensor] = {}
-        self._lengths: dict[int, int] = {}
+        self._stores: list[torch.Tensor | None] = []
+        self._lengths: list[int] = []
         self.nbytes = 0  # bytes held (the capacity, not just the used part)
 
     def length(self, layer: int = 0) -> int:
         """Positions stored for ``layer``."""
-        return self._lengths.get(layer, 0)
+        return self._lengths[layer] if layer < len(self._lengths) else 0
+
+    def _room(self, layer: int, new: int, like: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The layer's storage with room for ``new`` more positions, and its used length."""
+        while len(self._stores) <= layer:
+            self._stores.append(None)
+            self._lengths.append(0)
+        stored, used = self._stores[layer], self._lengths[layer]
+        if stored is None or used + new > stored.shape[3]:
+            capacity = max(self._initial, stored.shape[3] if stored is not None else 0)
+            while capacity < used + new:
+                capacity *= 2
+            grown = like.new_empty((2, 1, like.shape[-3], capacity, like.shape[-1]))
+            if stored is not None:
+                grown[:, :, :, :used] = stored[:, :, :, :used]
+                self.nbytes -= _size(stored)
+            self.nbytes += _size(grown)
+            stored = self._stores[layer] = grown
+        return stored, used
 
     def append(self, layer: int, keys: torch.Tensor, values: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``keys``/``values`` (``[1, kv_heads, new, head_dim]``) after the layer's past;
         return all of them so far (views, ``[1, kv_heads, length, head_dim]``)."""
         new = keys.shape[2]
-        used = self._lengths.get(layer, 0)
-        stored_k, stored_v = self._keys.get(layer), self._values.get(layer)
-        if stored_k is None or stored_v is None or used + new > stored_k.shape[2]:
-            capacity = max(self._initial, stored_k.shape[2] if stored_k is not None else 0)
-            while capacity < used + new:
-                capacity *= 2
-            grown_k = keys.new_empty((*keys.shape[:2], capacity, keys.shape[3]))
-            grown_v = values.new_empty((*values.shape[:2], capacity, values.shape[3]))
-            if stored_k is not None and stored_v is not None:
-                grown_k[:, :, :used] = stored_k[:, :, :used]
-                grown_v[:, :, :used] = stored_v[:, :, :used]
-                self.nbytes -= _size(stored_k) + _size(stored_v)
-            self.nbytes += _size(grown_k) + _size(grown_v)
-            stored_k, stored_v = grown_k, grown_v
-            self._keys[layer], self._values[layer] = stored_k, stored_v
-        stored_k[:, :, used : used + new] = keys
-        stored_v[:, :, used : used + new] = values
+        stored, used = self._room(layer, new, keys)
+        stored[0, :, :, used : used + new] = keys
+        stored[1, :, :, used : used + new] = values
         self._lengths[layer] = used + new
-        return stored_k[:, :, : used + new], stored_v[:, :, : used + new]
+        return stored[0, :, :, : used + new], stored[1, :, :, : used + new]
+
+    def append_one(self, layer: int, pair: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Store one position's keys and values (``pair``: ``[2, 1, kv_heads, 1,
+        head_dim]``) after the layer's past; return all keys and all values so far
+        (views, ``[1, kv_heads, length, head_dim]``)."""
+        stored, used = self._room(layer, 1, pair)
+        stored[:, :, :, used : used + 1] = pair
+        self._lengths[layer] = used + 1
+        return stored[:, :, :, : used + 1].unbind(0)

@@ -32,12 +32,20 @@ def gatherable(layers: Sequence[Any]) -> bool:
 
 
 class GatheredLora:
-    """The stacked adapters of a set of LoRA layers, and the hooks that apply them."""
+    """The stacked adapters of a set of LoRA layers, and the hooks that apply them.
+
+    Per layer, ``A`` is stacked transposed (``[adapters + 1, in, rank]``) and ``B``
+    transposed with the adapter's scaling folded in (``[adapters + 1, rank, out]``), so
+    a pass costs each layer two gathers and two batched products. The hooks stay
+    registered while the layers stay the same; outside :meth:`rows` they add nothing.
+    """
 
     def __init__(self) -> None:
         self._key: tuple[Any, ...] = ()
         self._slots: dict[str, int] = {}
-        self._stacks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._stacks: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._handles: list[Any] = []
+        self._index: torch.Tensor | None = None  # each row's slot, during a pass
 
     def _prepare(self, layers: Sequence[Any], names: Sequence[str]) -> None:
         key = (tuple(id(layer) for layer in layers), tuple(names))
@@ -45,21 +53,43 @@ class GatheredLora:
             return
         self._slots = {name: index + 1 for index, name in enumerate(names)}  # 0: none
         self._stacks = []
-        for layer in layers:
-            base = layer.base_layer
-            present = [name for name in names if name in layer.lora_A]
-            rank = max((layer.lora_A[name].weight.shape[0] for name in present), default=1)
-            weight = base.weight
-            a = weight.new_zeros((len(names) + 1, rank, base.in_features))
-            b = weight.new_zeros((len(names) + 1, base.out_features, rank))
-            scale = weight.new_zeros(len(names) + 1)
-            for name in present:
-                slot, lora_a = self._slots[name], layer.lora_A[name].weight
-                a[slot, : lora_a.shape[0]] = lora_a
-                b[slot, :, : lora_a.shape[0]] = layer.lora_B[name].weight
-                scale[slot] = float(layer.scaling[name])
-            self._stacks.append((a, b, scale))
+        with torch.no_grad():
+            for layer in layers:
+                base = layer.base_layer
+                present = [name for name in names if name in layer.lora_A]
+                rank = max((layer.lora_A[name].weight.shape[0] for name in present), default=1)
+                weight = base.weight
+                a = weight.new_zeros((len(names) + 1, base.in_features, rank))
+                b = weight.new_zeros((len(names) + 1, rank, base.out_features))
+                for name in present:
+                    slot, lora_a = self._slots[name], layer.lora_A[name].weight
+                    a[slot, :, : lora_a.shape[0]] = lora_a.t()
+                    b[slot, : lora_a.shape[0]] = (layer.lora_B[name].weight
+                                                  * float(layer.scaling[name])).t()
+                self._stacks.append((a, b))
+        self._hook(layers)
         self._key = key
+
+    def _hook(self, layers: Sequence[Any]) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for layer, (a, b) in zip(layers, self._stacks, strict=True):
+
+            def add(module: Any, args: tuple[Any, ...], output: torch.Tensor,
+                    a: torch.Tensor = a, b: torch.Tensor = b) -> torch.Tensor | None:
+                index = self._index
+                if index is None:  # not a gathered pass
+                    return None
+                x = args[0]
+                rows = x.reshape(index.shape[0], 1, x.shape[-1])
+                if rows.dtype != a.dtype:
+                    rows = rows.to(a.dtype)
+                down = torch.bmm(rows, a.index_select(0, index))
+                up = torch.bmm(down, b.index_select(0, index))
+                return output + up.view(output.shape).to(output.dtype)
+
+            self._handles.append(layer.register_forward_hook(add))
 
     @contextlib.contextmanager
     def rows(self, layers: Sequence[Any], loaded: Sequence[str],
@@ -69,25 +99,11 @@ class GatheredLora:
         disabled meanwhile (the caller sets them again after)."""
         self._prepare(layers, loaded)
         device = layers[0].base_layer.weight.device if layers else None
-        index = torch.tensor([self._slots[i] if i is not None else 0 for i in idents],
-                             dtype=torch.long, device=device)
-        handles = []
-        for layer, (a, b, scale) in zip(layers, self._stacks, strict=True):
+        self._index = torch.tensor([self._slots[i] if i is not None else 0 for i in idents],
+                                   dtype=torch.long, device=device)
+        for layer in layers:
             layer._disable_adapters = True
-
-            def add(module: Any, args: tuple[Any, ...], output: torch.Tensor,
-                    a: torch.Tensor = a, b: torch.Tensor = b, scale: torch.Tensor = scale
-                    ) -> torch.Tensor:
-                x = args[0]
-                rows = x.reshape(index.shape[0], 1, x.shape[-1]).to(a.dtype)
-                down = torch.bmm(rows, a.index_select(0, index).transpose(1, 2))
-                up = torch.bmm(down, b.index_select(0, index).transpose(1, 2))
-                delta = up * scale.index_select(0, index).view(-1, 1, 1)
-                return output + delta.view(output.shape).to(output.dtype)
-
-            handles.append(layer.register_forward_hook(add))
         try:
             yield
         finally:
-            for handle in handles:
-                handle.remove()
+            self._index = None

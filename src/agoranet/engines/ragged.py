@@ -12,10 +12,15 @@ call (anyone else using the same weights), the function is the model's original
 attention and mask, so other callers see no difference.
 
 Batch invariance: CPU matrix products pick their kernels by the number of rows, so a
-row's result differs in the last bits between a batch of 1 and a batch of 16. Under
+row's result differs in the last bits between a batch of 1 and a batch of 16. The
+batched engine pads a pass to the row count from which the model's linear layers give
+each row the same bits (measured, :mod:`agoranet.engines.rowpad`); padding rows belong
+to no segment, and their attention output is zero. Where no such count exists, under
 :class:`InvariantLinear` every linear layer computes each row as its own product (a
-batched matmul of one-row products), which gives a row the same bits whatever else
-is in the batch: greedy answers are then identical alone and in any batch.
+batched matmul of one-row products). Either way a row gets the same bits whatever else
+is in the batch: greedy answers are then identical alone and in any batch. Decoding
+rows (one position per sequence) attend one sequence at a time with few tensor
+operations each (:func:`_attend_one_each`).
 """
 
 from __future__ import annotations
@@ -56,22 +61,49 @@ def _attend(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Te
             batch: RaggedBatch, scaling: float | None) -> torch.Tensor:
     layer = int(module.layer_idx)
     groups = query.shape[1] != key.shape[1]
-    outputs: list[torch.Tensor] = []
+    rows = query.shape[0]  # beyond the segments' rows: padding, its output zeros
     with torch._C.DisableTorchFunction():  # plain tensor ops: no InvariantLinear round trips
-        for segment in batch.segments:
-            rows = slice(segment.start, segment.start + segment.length)
-            # [n, heads, 1, dim] -> [1, heads, n, dim]: the sequence's own shapes
-            keys, values = segment.cache.append(layer, key[rows].transpose(0, 2),
-                                                value[rows].transpose(0, 2))
-            total, new = keys.shape[2], segment.length
-            mask = None  # one query sees all its past; a first chunk is plainly causal
-            if 1 < new < total:  # a later chunk of a prompt: causal, offset by its past
-                seen = torch.arange(total, device=query.device)
-                mask = (seen[None, :] <= seen[total - new:, None])[None, None]
-            out = F.scaled_dot_product_attention(
-                query[rows].transpose(0, 2), keys, values, attn_mask=mask,
-                is_causal=mask is None and new > 1, scale=scaling, enable_gqa=groups)
-            outputs.append(out.permute(2, 0, 1, 3))  # [1, heads, n, dim] -> [n, 1, heads, dim]
+        if all(segment.length == 1 for segment in batch.segments):
+            out = _attend_one_each(layer, query, key, value, batch, scaling, groups)
+        else:
+            out = _attend_spans(layer, query, key, value, batch, scaling, groups)
+        if out.shape[0] < rows:
+            out = torch.cat([out, out.new_zeros((rows - out.shape[0], *out.shape[1:]))])
+    return out
+
+
+def _attend_one_each(layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     batch: RaggedBatch, scaling: float | None, groups: bool) -> torch.Tensor:
+    """Decoding: one new position per sequence (row ``i``: ``[1, heads, 1, dim]``, the
+    shapes it has alone)."""
+    queries = torch.split(query, 1)
+    pairs = torch.stack((key, value), dim=1).unsqueeze(2).unbind(0)  # [2, 1, kv, 1, dim]
+    outputs = []
+    for segment in batch.segments:
+        keys, values = segment.cache.append_one(layer, pairs[segment.start])
+        outputs.append(F.scaled_dot_product_attention(
+            queries[segment.start], keys, values, scale=scaling, enable_gqa=groups))
+    return torch.cat(outputs).transpose(1, 2)  # [n, heads, 1, dim] -> [n, 1, heads, dim]
+
+
+def _attend_spans(layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  batch: RaggedBatch, scaling: float | None, groups: bool) -> torch.Tensor:
+    """Segments of any length, each with the shapes it would have alone."""
+    outputs: list[torch.Tensor] = []
+    for segment in batch.segments:
+        rows = slice(segment.start, segment.start + segment.length)
+        # [n, heads, 1, dim] -> [1, heads, n, dim]: the sequence's own shapes
+        keys, values = segment.cache.append(layer, key[rows].transpose(0, 2),
+                                            value[rows].transpose(0, 2))
+        total, new = keys.shape[2], segment.length
+        mask = None  # one query sees all its past; a first chunk is plainly causal
+        if 1 < new < total:  # a later chunk of a prompt: causal, offset by its past
+            seen = torch.arange(total, device=query.device)
+            mask = (seen[None, :] <= seen[total - new:, None])[None, None]
+        out = F.scaled_dot_product_attention(
+            query[rows].transpose(0, 2), keys, values, attn_mask=mask,
+            is_causal=mask is None and new > 1, scale=scaling, enable_gqa=groups)
+        outputs.append(out.permute(2, 0, 1, 3))  # [1, heads, n, dim] -> [n, 1, heads, dim]
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 

@@ -20,6 +20,7 @@ _BUILTIN_MODULES = {
     "transformers": "agoranet.engines.hf",
     "upstream": "agoranet.engines.upstream",
     "llamacpp": "agoranet.engines.llamacpp",
+    "vllm": "agoranet.engines.vllm",
 }
 
 

@@ -6,13 +6,22 @@ metering and the offer, the upstream does the generation. Prompt tokens are
 counted with the upstream's ``/tokenize`` endpoint (vLLM and agoranet nodes
 have it); without one, usage reported by the upstream is used after the fact
 and the pre-generation count is an estimate.
+
+Embeddings pass through to the upstream's ``/v1/embeddings``, offered for the models
+that answer a one-word embeddings request when the node starts (an embedding model on
+vLLM, any model on Ollama, llama.cpp's server started with ``--embeddings``). Their
+input tokens are counted beforehand with ``/tokenize`` or, without it, bounded by the
+inputs' bytes; the charge is the upstream's usage, never more than that count.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import logging
-from collections.abc import AsyncIterator
+import struct
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
@@ -31,6 +40,7 @@ from agoranet.engines.base import (
     TokenLogprob,
     ToolCallDelta,
 )
+from agoranet.engines.embeddings import EmbeddingJob, EmbeddingsResult, PreparedEmbeddings
 from agoranet.engines.registry import register_engine
 from agoranet.errors import InvalidJSONError, ModelLoadError, ModelNotFoundError, UpstreamError
 
@@ -40,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 4096
 _CHARS_PER_TOKEN = 4
+_SPECIAL_TOKENS_BOUND = 8  # tokens a tokenizer may add to one input (BOS, CLS, SEP, ...)
 # Tool and format fields go through unchanged: the upstream server honours or refuses them.
 _UPSTREAM_CAPABILITIES = frozenset({capabilities.TOOLS, capabilities.TOOL_CHOICE_AUTO,
                                     capabilities.STRUCTURED_OUTPUT, capabilities.LOGPROBS})
@@ -167,9 +178,72 @@ class UpstreamEngine:
             upstream_name = str(card["id"])
             context = int(card.get("max_model_len") or DEFAULT_CONTEXT)
             name = served or upstream_name
+            offered = _UPSTREAM_CAPABILITIES
+            if self._embeds(headers, upstream_name):
+                offered = offered | {capabilities.EMBEDDINGS}
             found[name] = (upstream_name, ModelInfo(name=name, context_length=context,
-                                                    capabilities=_UPSTREAM_CAPABILITIES))
+                                                    capabilities=offered))
         return found
+
+    def _embeds(self, headers: dict[str, str], upstream_name: str) -> bool:
+        """Whether the upstream embeds with ``upstream_name`` (one short request)."""
+        try:
+            response = httpx.post(f"{self.base_url}/embeddings", headers=headers, timeout=10.0,
+                                  json={"model": upstream_name, "input": "ping"})
+            data = response.json().get("data") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return False
+        return isinstance(data, list) and len(data) == 1
+
+    async def prepare_embeddings(self, job: EmbeddingJob) -> PreparedEmbeddings:
+        upstream_name, info = self._upstream(job.model)
+        if capabilities.EMBEDDINGS not in info.capabilities:
+            raise UpstreamError(f"the upstream does not embed with '{job.model}'",
+                                status_code=400)
+        counts = await asyncio.gather(*(self._count_input(upstream_name, item)
+                                        for item in job.inputs))
+        return PreparedEmbeddings(job, sum(counts), upstream_name)
+
+    async def _count_input(self, upstream_name: str, item: str | Sequence[int]) -> int:
+        """The tokens of one input: its ids, the upstream's count, or its bytes (a token
+        stands for at least one) plus room for special tokens."""
+        if not isinstance(item, str):
+            return len(item)
+        root = self.base_url.removesuffix("/v1")
+        try:
+            response = await self._client.post(f"{root}/tokenize", json={
+                "model": upstream_name, "prompt": item})
+            if response.status_code == 200 and isinstance(response.json().get("count"), int):
+                return int(response.json()["count"])
+        except (httpx.HTTPError, ValueError, AttributeError):
+            pass
+        return len(item.encode("utf-8", "surrogatepass")) + _SPECIAL_TOKENS_BOUND
+
+    async def embed(self, prepared: PreparedEmbeddings) -> EmbeddingsResult:
+        job = prepared.job
+        body: dict[str, Any] = {"model": prepared.payload, "input": [
+            item if isinstance(item, str) else list(item) for item in job.inputs],
+            "encoding_format": "float"}
+        if job.dimensions is not None:
+            body["dimensions"] = job.dimensions
+        try:
+            response = await self._client.post("/embeddings", json=body)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"upstream {self.base_url} failed: {exc}") from exc
+        if response.status_code != 200:
+            raise UpstreamError(_error_message(response), status_code=response.status_code)
+        try:
+            answer = jsonlimits.loads_object(response.content, what="the embeddings")
+            rows = sorted(answer["data"], key=lambda row: int(row["index"]))
+            vectors = [_vector(row["embedding"]) for row in rows]
+            usage = answer.get("usage") or {}
+            tokens = int(usage.get("prompt_tokens", prepared.prompt_tokens))
+        except (InvalidJSONError, KeyError, TypeError, ValueError) as exc:
+            raise UpstreamError(f"upstream sent malformed embeddings: {exc}") from None
+        if len(vectors) != len(job.inputs):
+            raise UpstreamError(f"upstream sent {len(vectors)} embeddings for "
+                                f"{len(job.inputs)} inputs")
+        return EmbeddingsResult(vectors, min(tokens, prepared.prompt_tokens))
 
     def models(self) -> list[ModelInfo]:
         return [info for _, info in self._models.values()]
@@ -289,4 +363,14 @@ class UpstreamEngine:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _vector(value: object) -> list[float]:
+    """An upstream's embedding: floats, or base64 of little-endian float32."""
+    if isinstance(value, str):
+        raw = base64.b64decode(value, validate=True)
+        return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    if not isinstance(value, list) or not all(isinstance(x, int | float) for x in value):
+        raise ValueError("an embedding is not a list of numbers")
+    return [float(x) for x in value]
 

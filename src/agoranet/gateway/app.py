@@ -21,7 +21,9 @@ from agoranet.agents.mcp_http import PATH as MCP_PATH
 from agoranet.agents.mcp_http import McpEndpoint
 from agoranet.api.handlers import http_error, openai_errors, read_json
 from agoranet.api.limits import BodyLimitMiddleware
+from agoranet.api.metrics_route import metrics_route
 from agoranet.api.openapi import OPERATIONS, openapi_route
+from agoranet.api.requestlog import RequestObserver
 from agoranet.api.streaming import EventStreamResponse
 from agoranet.config import GatewaySettings
 from agoranet.errors import ConfigError, ModelNotFoundError, ReputationListError
@@ -29,11 +31,15 @@ from agoranet.gateway.agent_routes import AGENT_PATHS, agent_routes
 from agoranet.gateway.audit_budget import AuditBudget
 from agoranet.gateway.auditing import Auditor
 from agoranet.gateway.budget import Budget
+from agoranet.gateway.completions import complete
 from agoranet.gateway.directory import NodeDirectory
+from agoranet.gateway.embeddings import embed
 from agoranet.gateway.key_routes import key_routes
 from agoranet.gateway.keyaccess import authenticate
 from agoranet.gateway.keysetup import job_owner_salt
 from agoranet.gateway.keystore import KeyStore
+from agoranet.gateway.metrics import OBSERVED_PATHS, GatewayMetrics
+from agoranet.gateway.owner_gate import owner_gate
 from agoranet.gateway.paying import NodePayers
 from agoranet.gateway.policy import Policy, load_policy
 from agoranet.gateway.reputation import Reputation
@@ -153,6 +159,20 @@ def create_gateway_app(service: GatewayService,
         return EventStreamResponse(result)  # type: ignore[return-value]
 
     @openai_errors
+    async def completions(request: Request) -> Response:
+        access = authenticate(keys, request) if keys is not None else None  # before the body
+        result, _ = await complete(service, await read_json(request), access)
+        if isinstance(result, dict):
+            return JSONResponse(result)
+        return EventStreamResponse(result)  # type: ignore[return-value]
+
+    @openai_errors
+    async def embeddings(request: Request) -> Response:
+        access = authenticate(keys, request) if keys is not None else None  # before the body
+        answer, _ = await embed(service, await read_json(request), access)
+        return JSONResponse(answer)
+
+    @openai_errors
     async def models(request: Request) -> Response:
         listed = service.model_list()
         if keys is not None:
@@ -180,6 +200,8 @@ def create_gateway_app(service: GatewayService,
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "nodes": len(service.directory.nodes)})
 
+    metrics = GatewayMetrics()  # /metrics and one log line per request
+    metrics.attach(service)
     mcp = McpEndpoint(keys, host=settings.host)  # the MCP tools, as the caller's key
 
     @asynccontextmanager
@@ -198,22 +220,29 @@ def create_gateway_app(service: GatewayService,
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", model, methods=["GET"]),
             *responses_routes(service, keys, ResponseStore()),
             Route("/agoranet/nodes", nodes, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
+            metrics_route(metrics.registry, owner_gate(keys)),
             *(key_routes(keys) if keys is not None else []),
             *agent_routes(service, keys, job_owner_salt(settings.job_salt_path())),
             Route(MCP_PATH, mcp, methods=["GET", "POST", "DELETE"]),
             _openapi_route(keyed=keys is not None),
         ],
         exception_handlers={HTTPException: http_error},
-        middleware=[Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+        middleware=[Middleware(RequestObserver, paths=OBSERVED_PATHS,
+                               on_start=metrics.request_started,
+                               on_done=metrics.request_done),
+                    Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                                body_timeout_s=settings.body_timeout_s)],
         lifespan=lifespan,
     )
     mcp.bind(app)
+    app.state.metrics = metrics
     return app
 
 
@@ -221,9 +250,16 @@ def _openapi_route(*, keyed: bool) -> Route:
     """``/openapi.json``; the chat request's ``agoranet`` field is the gateway's policy, and
     with keys OpenAI's routes take one (``Authorization: Bearer agn-...``)."""
     chat, models = ("POST", "/v1/chat/completions"), ("GET", "/v1/models")
+    text, responses = ("POST", "/v1/completions"), ("POST", "/v1/responses")
     agents = [(m, p) for m, p in OPERATIONS if p.startswith(AGENT_PATHS)]
     openai = [(m, p) for m, p in OPERATIONS if p.startswith(("/v1/responses", "/v1/models/"))]
+    vectors = ("POST", "/v1/embeddings")
     return openapi_route(title="agoranet gateway", version=__version__, operations={
         chat: dataclasses.replace(OPERATIONS[chat], fields={"agoranet": Policy}, bearer=keyed),
+        text: dataclasses.replace(OPERATIONS[text], fields={"agoranet": Policy}, bearer=keyed),
+        vectors: dataclasses.replace(OPERATIONS[vectors], fields={"agoranet": Policy},
+                                     bearer=keyed),
         models: dataclasses.replace(OPERATIONS[models], bearer=keyed),
-        **{op: dataclasses.replace(OPERATIONS[op], bearer=keyed) for op in agents + openai}})
+        **{op: dataclasses.replace(OPERATIONS[op], bearer=keyed) for op in agents + openai},
+        responses: dataclasses.replace(OPERATIONS[responses], fields={"agoranet": Policy},
+                                       bearer=keyed)})

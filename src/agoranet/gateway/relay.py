@@ -24,6 +24,9 @@ halves, and the failed node is paid what it receipted, as for text.
 With ``policy.commitments`` every node is asked for TOPLOC-style commitments to
 its part of the answer (for a continuation, its prompt includes the text already
 streamed), and they are collected per node.
+A token without text (the end's) is passed on when it has logprobs, as a piece of no
+text. Text completions are relayed the same way, given their
+:class:`~agoranet.gateway.wire.Wire` (the next node gets the prompt and the text so far).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from agoranet.gateway.paying import NodePayers
 from agoranet.gateway.policy import Policy
 from agoranet.gateway.ranking import Candidate, expected_cost, is_adapter
 from agoranet.gateway.spendlog import SpendLog, SpendRow
+from agoranet.gateway.wire import Wire
 from agoranet.payments.receipts import Receipt
 from agoranet.registry.offer import ModelOffer
 
@@ -158,8 +162,9 @@ def _continuation(body: dict[str, Any], produced: str, tokens_done: int) -> dict
 
 async def _segment_events(client: httpx.AsyncClient, segment: _Segment, body: dict[str, Any],
                           policy: Policy, auth: httpx.Auth | None,
-                          max_amount: int) -> AsyncGenerator[Piece, None]:
-    url = f"{segment.node.url}/chat/completions"
+                          max_amount: int, wire: Wire | None = None
+                          ) -> AsyncGenerator[Piece, None]:
+    url = segment.node.url + (wire.path if wire is not None else "/chat/completions")
     response: httpx.Response | None = None
     try:
         async with client.stream("POST", url, json=body, auth=auth or httpx.USE_CLIENT_DEFAULT,
@@ -174,7 +179,7 @@ async def _segment_events(client: httpx.AsyncClient, segment: _Segment, body: di
                 if response.status_code == 402 and auth is None:
                     raise _unpayable(segment.node.url)
                 raise _NodeFailed(f"HTTP {response.status_code}: {message}")
-            async for piece in _pieces(segment, iter_sse_data(response), policy):
+            async for piece in _pieces(segment, iter_sse_data(response), policy, wire):
                 yield piece
     finally:
         # Set by the payer once the stream is over: the final receipt, or the last
@@ -191,7 +196,7 @@ async def _segment_events(client: httpx.AsyncClient, segment: _Segment, body: di
 
 
 async def _pieces(segment: _Segment, lines: AsyncIterator[str],
-                  policy: Policy) -> AsyncGenerator[Piece, None]:
+                  policy: Policy, wire: Wire | None = None) -> AsyncGenerator[Piece, None]:
     """The content tokens of the node's events, each within its deadline.
 
     The first token is due ``first_token_timeout_s`` after the answer's headers, every
@@ -218,6 +223,8 @@ async def _pieces(segment: _Segment, lines: AsyncIterator[str],
             chunk = jsonlimits.loads_object(data, what="an SSE event")
         except InvalidJSONError as exc:
             raise _NodeFailed(str(exc)) from None
+        if wire is not None:  # another endpoint's event, read as a chat chunk
+            chunk = wire.as_chat_chunk(chunk)
         _check_event(chunk)
         segment.usage = chunk.get("usage") or segment.usage
         segment.commitments = (chunk.get("agoranet") or {}).get("commitments") or \
@@ -230,6 +237,8 @@ async def _pieces(segment: _Segment, lines: AsyncIterator[str],
                 segment.tokens += 1
                 yield Piece(text or "", segment.node.url, choice.get("logprobs"), calls or None)
                 since = time.perf_counter()  # a client slow to read is not a stalled node
+            elif choice.get("logprobs"):  # a token without text (the end's): its logprobs
+                yield Piece("", segment.node.url, choice["logprobs"])
             segment.finish = choice.get("finish_reason") or segment.finish
 
 
@@ -349,13 +358,15 @@ async def relay(
     payers: NodePayers | None = None,
     *,
     constrained: bool = False,
+    wire: Wire | None = None,
 ) -> AsyncGenerator[Piece, None]:
     """Yield the answer's pieces from the best node, failing over; fill ``result``.
 
     With ``policy.hedge_after_ms``, a request whose first node has produced no
     token by then is also sent to the next node; the first to answer wins and
     the other is cancelled. A ``constrained`` answer (a tool call, JSON) comes from
-    one node, whole: see the module's docstring.
+    one node, whole: see the module's docstring. With a ``wire``, another endpoint than
+    chat completions (text completions) is relayed the same way.
     """
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     body.pop("agoranet", None)
@@ -371,7 +382,8 @@ async def relay(
     async def start(candidate: Candidate) -> _Attempt:
         node, model = candidate
         done = 0 if constrained else result.completion_tokens  # a restart asks for all
-        request = _continuation(body, produced, done)
+        request = wire.continuation(body, produced, done) if wire is not None else \
+            _continuation(body, produced, done)
         worst = expected_cost(model, prompt_ceiling + len(produced.encode()) + 8,
                               limit - done, adapter=adapter, commitments=policy.commitments)
         segment = _Segment(node, time.perf_counter())
@@ -386,7 +398,7 @@ async def relay(
             attempt.events = _raising(_cannot_pay(node, exc))
             return attempt
         segment.paid = auth is not None
-        attempt.events = _segment_events(client, segment, request, policy, auth, worst)
+        attempt.events = _segment_events(client, segment, request, policy, auth, worst, wire)
         if constrained:
             attempt.events = _whole(attempt.events, segment)
         return attempt

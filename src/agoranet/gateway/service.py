@@ -24,6 +24,7 @@ from agoranet.gateway.budget import Budget, Reserver
 from agoranet.gateway.capabilities import Needs, needs_of
 from agoranet.gateway.directory import NodeDirectory
 from agoranet.gateway.keyaccess import KeyAccess
+from agoranet.gateway.metrics import track_relay
 from agoranet.gateway.paying import NodePayers
 from agoranet.gateway.policy import Policy
 from agoranet.gateway.ranking import Candidate, rank
@@ -120,24 +121,10 @@ class GatewayService:
         tooling = _tool_bytes(body)  # tools and schemas are shown to the model too
         estimate = (sum(len(t) for t in texts) + tooling) // _CHARS_PER_TOKEN + 8
         ceiling = sum(len(t.encode()) + 8 for t in texts) + 16 + tooling
-        # Without max_tokens a node may fill its context: that bounds the cost.
-        limit = request.completion_limit() or max(
-            [max(1, m.context_length - estimate) for n in self.directory.nodes.values()
-             if (m := n.model(request.model)) is not None] or [self.default_max_tokens])
-        candidates = self.ranked(request.model, estimate, limit, policy, needs.capabilities)
-        if not candidates:
-            if not any(n.model(request.model) for n in self.directory.nodes.values()):
-                raise ModelNotFoundError(f"no node on the network serves '{request.model}'",
-                                         param="model")
-            self._check_capabilities(request.model, needs)
-            self._check_price_cap(request.model, estimate, limit, policy, needs.capabilities)
-            raise UpstreamError(f"no node serving '{request.model}' is allowed by the policy "
-                                "or healthy right now", status_code=503)
+        candidates, limit = self.candidates(request.model, estimate,
+                                            request.completion_limit(), policy, needs)
         result = RelayResult(new_request_id())
-        budget: Reserver = self.budget
-        if access is not None:
-            result.key = access.name
-            budget = access.budget(self.budget, result.request_id, request.model)
+        budget = self.reserver(result, request.model, access)
         pieces = relay(self.client, candidates, body, ceiling, limit, policy, budget,
                        self.spend, result, self.payers, constrained=needs.constrained)
         try:
@@ -154,6 +141,40 @@ class GatewayService:
         answer += [p async for p in pieces]
         self._served(request.model, result)
         return self._completion(request.model, answer, result), result
+
+    def candidates(self, model: str, estimate: int, requested: int | None, policy: Policy,
+                   needs: Needs) -> tuple[list[Candidate], int]:
+        """The nodes to ask for ``model``, best first, and the answer's token limit:
+        ``requested``, or else what the largest context leaves after the prompt's
+        ``estimate`` (a node may fill its context: that bounds the cost). Raises why none
+        can be asked: 404 (not served), 400 (not offered), 402 (price cap) or 503."""
+        limit = requested or max(
+            [max(1, m.context_length - estimate) for n in self.directory.nodes.values()
+             if (m := n.model(model)) is not None] or [self.default_max_tokens])
+        candidates = self.ranked(model, estimate, limit, policy, needs.capabilities)
+        if not candidates:
+            if not any(n.model(model) for n in self.directory.nodes.values()):
+                raise ModelNotFoundError(f"no node on the network serves '{model}'",
+                                         param="model")
+            self._check_capabilities(model, needs)
+            self._check_price_cap(model, estimate, limit, policy, needs.capabilities)
+            raise UpstreamError(f"no node serving '{model}' is allowed by the policy "
+                                "or healthy right now", status_code=503)
+        return candidates, limit
+
+    def reserver(self, result: RelayResult, model: str, access: KeyAccess | None) -> Reserver:
+        """What the request ``result`` reserves its spend from: the gateway's budget, or
+        with ``access`` its key's chain (and the gateway's budget). The request being
+        observed (metrics, its log line) learns of ``result`` here."""
+        track_relay(result, model)
+        if access is None:
+            return self.budget
+        result.key = access.name
+        return access.budget(self.budget, result.request_id, model)
+
+    def served(self, model: str, result: RelayResult) -> None:
+        """After an answer: perhaps audit the nodes that produced it."""
+        self._served(model, result)
 
     def _check_capabilities(self, model: str, needs: Needs) -> None:
         """Raise a 400 if no node serving ``model`` offers what the request needs (whatever

@@ -18,13 +18,17 @@ integers in base units.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["SpendLog", "SpendRow"]
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spend (
@@ -80,6 +84,8 @@ class SpendLog:
         if "key" not in columns:  # a log written before gateway keys
             self._db.execute("ALTER TABLE spend ADD COLUMN key TEXT")
         self._lock = threading.Lock()
+        # Told of every row added, after it is written (metrics); one that fails is logged.
+        self.listeners: list[Callable[[SpendRow], None]] = []
 
     def add(self, row: SpendRow) -> None:
         with self._lock:
@@ -91,6 +97,11 @@ class SpendLog:
                  row.completion_tokens, row.amount, row.ttft_ms, row.duration_ms, row.outcome,
                  row.receipt, row.key),
             )
+        for listener in self.listeners:
+            try:
+                listener(row)
+            except Exception:  # a listener never costs the log a row or its caller a request
+                logger.exception("a spend-log listener failed")
 
     def update(self, request_id: str, outcome: str, *, amount: int, tokens: int,
                duration_ms: float, receipt: str | None) -> None:

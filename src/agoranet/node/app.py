@@ -12,7 +12,10 @@ from starlette.middleware import Middleware
 
 from agoranet import __version__
 from agoranet.api.limits import BodyLimitMiddleware
+from agoranet.api.metrics_route import metrics_route
 from agoranet.api.openapi import Operation, openapi_route
+from agoranet.api.requestlog import RequestObserver
+from agoranet.api.secret_gate import SecretGate, matches
 from agoranet.config import NodeSettings
 from agoranet.engines.adapters import AdapterHost
 from agoranet.engines.base import Engine
@@ -20,7 +23,9 @@ from agoranet.market import PriceBook, TokenPrices
 from agoranet.node.adapter_access import AdapterAccess, PaidAdapterAccess
 from agoranet.node.adapter_owners import AdapterOwners
 from agoranet.node.adapter_routes import adapter_routes
+from agoranet.node.embeddings import EmbeddingService, embedding_routes
 from agoranet.node.finetune_routes import finetune_routes
+from agoranet.node.metrics import OBSERVED_PATHS, NodeMetrics
 from agoranet.node.routes import http_error, routes
 from agoranet.node.service import InferenceService
 from agoranet.registry.offer import (
@@ -46,6 +51,7 @@ def create_app(
     jobs: JobManager | None = None,
     payments: NodePayments | None = None,
     middleware: Sequence[Middleware] = (),
+    operator_secret: str | None = None,
 ) -> Starlette:
     """A node serving ``engine`` (and selling fine-tuning through ``jobs``, if given).
 
@@ -53,7 +59,8 @@ def create_app(
     offer is signed with the node's key, and the settlement loop runs. The
     engine, the job manager and the ledger are closed when the app shuts down.
     ``middleware`` wraps the routes inside the body limit and outside payment (the
-    seam of :class:`~agoranet.node.hooks.NodeHooks`).
+    seam of :class:`~agoranet.node.hooks.NodeHooks`). ``/metrics`` answers the holder of
+    ``operator_secret`` (``Authorization: Bearer``), no one without it.
     """
     settings = settings or NodeSettings()
     service = InferenceService(engine)
@@ -75,7 +82,8 @@ def create_app(
                         terms, training, commitment_price=settings.price_commitments)
     if payments is not None:
         offer = _paid_offer(offer, payments)
-    all_routes = routes(service, offer)
+    embeddings = EmbeddingService(engine)
+    all_routes = routes(service, offer) + embedding_routes(embeddings)
     owners = None
     if adapters and isinstance(engine, AdapterHost):
         base = engine.models()[0].name
@@ -97,6 +105,9 @@ def create_app(
             job_payments = JobPayments(payments.acceptor, jobs.price_per_million)
         jobs.start(job_payments)  # fails the jobs a previous process left unfinished
         all_routes += finetune_routes(jobs, job_payments)
+    metrics = NodeMetrics(engine, payments.ledger if payments is not None else None)
+    all_routes.append(metrics_route(metrics.registry, SecretGate(
+        matches(operator_secret) if operator_secret else _nobody, realm="node operator")))
     all_routes.append(openapi_route(
         title="agoranet node", version=__version__,
         operations={("GET", "/.well-known/agoranet"): Operation("The node's signed offer",
@@ -105,6 +116,8 @@ def create_app(
 
     extra_middleware = middleware
     middleware = [
+        Middleware(RequestObserver, paths=OBSERVED_PATHS, on_start=metrics.request_started,
+                   on_message=metrics.message, on_done=metrics.request_done),
         Middleware(
             BodyLimitMiddleware,
             max_bytes=settings.max_body_bytes,
@@ -119,16 +132,19 @@ def create_app(
                                      paid=payments is not None))
     loop = None
     if payments is not None:
-        from agoranet.node.payment_middleware import PaymentMiddleware
+        from agoranet.node.embedding_payments import EmbeddingPaymentMiddleware
         from agoranet.node.settlement_loop import SettlementLoop
+        from agoranet.node.settlement_report import SettlementReport
 
         middleware.append(Middleware(
-            PaymentMiddleware, acceptor=payments.acceptor, service=service,
+            EmbeddingPaymentMiddleware, embeddings=embeddings,
+            acceptor=payments.acceptor, service=service,
             prices=_price_book(settings), paid_paths=settings.paid_paths,
             settle_exact_before=payments.settle_exact_before,
             receipt_every=settings.receipt_every, commitment_price=settings.price_commitments,
         ))
-        loop = SettlementLoop(payments.settler, payments.settle_interval)
+        loop = SettlementLoop(payments.settler, payments.settle_interval,
+                              SettlementReport(metrics))
         if owners is not None:  # inside the payment: the address it proved
             middleware.append(Middleware(PaidAdapterAccess))
 
@@ -157,7 +173,13 @@ def create_app(
     )
     app.state.payments = payments
     app.state.settlement = loop
+    app.state.metrics = metrics
     return app
+
+
+def _nobody(secret: str) -> bool:
+    """No secret is the operator's (a node started without one)."""
+    return False
 
 
 def _price_book(settings: NodeSettings) -> Callable[[str], TokenPrices]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import httpx
 
@@ -38,35 +41,53 @@ def running_node(
 @contextmanager
 def running_command(
     args: Sequence[str], *, port: int | None = None, timeout: float = 120.0,
-    module: str = "agoranet",
+    module: str = "agoranet", output: Path | None = None,
 ) -> Iterator[str]:
     """Run ``agoranet ARGS --port PORT`` (a node or a gateway) until healthy; yield its /v1
-    URL. ``module``: as for :func:`running_node`."""
+    URL. ``module``: as for :func:`running_node`. The command's output (stdout and stderr,
+    its log lines among them) goes to the file ``output`` if given, else it is read and
+    dropped once the command is healthy (a full pipe would block it)."""
     port = port or free_port()
     command = [sys.executable, "-m", module, *args, "--port", str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    root = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(process, f"{root}/health", timeout)
-        yield f"{root}/v1"
-    finally:
-        process.terminate()
+    with contextlib.ExitStack() as files:
+        sink: IO[str] | int = subprocess.PIPE
+        if output is not None:
+            sink = files.enter_context(output.open("w", encoding="utf-8"))
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, text=True)
+        root = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout:
-            process.stdout.close()
+            wait_healthy(process, f"{root}/health", timeout, output)
+            if process.stdout is not None:
+                threading.Thread(target=_drain, args=(process.stdout,), daemon=True).start()
+            yield f"{root}/v1"
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdout:
+                process.stdout.close()
 
 
-def wait_healthy(process: subprocess.Popen[Any], health_url: str, timeout: float) -> None:
-    """Poll ``health_url`` until it answers 200; fail if ``process`` exits or time runs out."""
+def _drain(stream: IO[str]) -> None:
+    """Read ``stream`` to its end (or until it is closed), dropping what it says."""
+    with contextlib.suppress(ValueError, OSError):
+        for _ in stream:
+            pass
+
+
+def wait_healthy(process: subprocess.Popen[Any], health_url: str, timeout: float,
+                 output_file: Path | None = None) -> None:
+    """Poll ``health_url`` until it answers 200; fail if ``process`` exits or time runs out
+    (saying what it wrote: its stdout, or ``output_file`` where it wrote that)."""
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
             output = process.stdout.read() if process.stdout else ""
+            if output_file is not None:
+                output = output_file.read_text(errors="replace")
             if isinstance(output, bytes):
                 output = output.decode(errors="replace")
             raise NodeStartError(f"process exited with code {process.returncode}:\n{output.strip()}")

@@ -41,6 +41,7 @@ from agoranet.errors import ContextLengthError, InvalidRequestError, ModelNotFou
 from agoranet.market import ModelName
 from agoranet.node import convert
 from agoranet.node.metering import current_meter
+from agoranet.node.metrics import note_finished, note_started
 
 __all__ = ["InferenceService", "Started"]
 
@@ -162,6 +163,7 @@ class InferenceService:
 
     async def start(self, prepared: Prepared) -> Started:
         """Begin generating and wait for the first event, so early errors are plain HTTP ones."""
+        note_started(prepared)
         events = self.engine.stream(prepared)
         try:
             first = await anext(events)
@@ -325,6 +327,7 @@ async def _drain(started: Started, calls: list[ToolCallDelta] | None = None
             await events.aclose()  # type: ignore[attr-defined]
 
     text, tokens, finish = await collect(recorded())
+    note_finished(finish)
     meter = current_meter()
     if meter is not None:
         meter.usage = finish
@@ -355,6 +358,8 @@ async def _frames(
                 finished = event
                 for frame in on_finish(event):
                     yield frame
+        if finished is not None:
+            note_finished(finished)
         if meter is not None and finished is not None:
             meter.usage = finished
             if meter.stream_finish is not None:  # the payment receipt, before [DONE]

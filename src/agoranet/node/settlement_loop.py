@@ -5,7 +5,8 @@ Every ``interval`` seconds it asks the :class:`~agoranet.payments.settlement.Set
 threshold reached or a withdrawal pending on a channel -- and claims and
 settles if so, and retries a settle that failed after its claim. A failure is
 logged and retried later (a channel whose claim keeps failing is set aside with
-a back-off by the settler, so it never holds up the others).
+a back-off by the settler, so it never holds up the others). Each claim and settle
+transaction is one log line and moves a counter (:mod:`agoranet.node.settlement_report`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import logging
 
 from agoranet.errors import AgoranetError
+from agoranet.node.settlement_report import SettlementReport
 from agoranet.payments.settlement import Settler
 
 __all__ = ["SettlementLoop"]
@@ -23,9 +25,11 @@ logger = logging.getLogger(__name__)
 
 
 class SettlementLoop:
-    def __init__(self, settler: Settler, interval: float) -> None:
+    def __init__(self, settler: Settler, interval: float,
+                 report: SettlementReport | None = None) -> None:
         self.settler = settler
         self.interval = interval
+        self.report = report or SettlementReport()  # a log line per transaction
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -41,7 +45,7 @@ class SettlementLoop:
 
     async def tick(self, *, force: bool = False) -> None:
         try:
-            await asyncio.to_thread(self.settler.tick, force=force)
+            await asyncio.to_thread(self.report.tick, self.settler, force=force)
         except AgoranetError as exc:
             logger.warning("settlement failed, retrying later: %s", exc)
 

@@ -340,6 +340,11 @@ class JobManager:
         with self._lock:
             return [j for j in self._jobs.values() if j.owner == owner]
 
+    def all_jobs(self) -> list[FineTuneJob]:
+        """Every owner's jobs (for the node's operator)."""
+        with self._lock:
+            return list(self._jobs.values())
+
     def cancel(self, owner: str, job_id: str) -> FineTuneJob:
         job = self.get_job(owner, job_id)
         with self._lock:
