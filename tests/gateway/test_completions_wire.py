@@ -220,4 +220,6 @@ async def test_the_logprobs_of_a_token_without_text_are_relayed(tmp_path: Path) 
                                          Policy(), Budget(limit=1000), spend, result)]
     assert [p.text for p in pieces] == ["Hi", ""]
     assert pieces[1].logprobs == end
+    # each piece names its node (a completion's text offsets are moved per node)
+    assert [p.node for p in pieces] == ["http://a/v1", "http://a/v1"]
     assert result.completion_tokens == 1  # a token count only from text, as before

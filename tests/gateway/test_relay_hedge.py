@@ -151,3 +151,15 @@ async def test_a_node_that_streamed_part_of_the_answer_is_not_hedged(tmp_path: P
                            "c": sse([" never"])})
     assert await race.run() == "Hello there"
     assert race.asked == ["a", "b"] and race.failed() == ["a"]
+
+
+async def test_without_budget_for_a_rival_the_next_node_keeps_its_turn(tmp_path: Path) -> None:
+    """The budget holds one request's worst case (58 units), not two: no rival is raced;
+    when the first node fails, the next in rank order (not the one after) takes over."""
+    broken = Delayed(b'data: {"error": {"message": "oom"}}\n\n', 0.2)
+    race = Race(tmp_path, {"a": broken, "b": sse(["from b"], usage=(5, 1)),
+                           "c": sse(["from c"], usage=(5, 1))})
+    race.budget = Budget(limit=100)
+    assert await race.run() == "from b"
+    assert race.asked == ["a", "b"] and race.failed() == ["a"]
+    assert race.result.nodes == ["http://b/v1"]
