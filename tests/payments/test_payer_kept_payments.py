@@ -1,7 +1,8 @@
 """What a payer remembers of the vouchers it signed (matched against a receipt a node shows
 later, in a corrective 402): the last eight requests, a request paid again (a retry) counting
 as the newest; an older one is forgotten, with what a cut stream of it counted beyond its
-receipt -- that spend stays counted. On the dev chain (for the deposit), against an offer
+receipt -- that spend stays counted; a fine-tuning job's payment held until the job is
+released. On the dev chain (for the deposit), against an offer
 served in-process."""
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ MAX = 100_000  # each request's maximum
 
 
 def _kept(p: Payer, folder: Path) -> list[str]:
-    """The requests remembered, oldest first; the store says the same."""
-    assert p.state is not None
-    data = PayerStore(folder).load()
+    """The requests remembered, oldest first; the payer's store says the same."""
+    assert p.state is not None and p.state_dir == folder
+    data = PayerStore(p.state_dir).load()
     assert data is not None and data["payments"] == p.state.payments
     return list(p.state.payments)
 
@@ -77,6 +78,24 @@ async def test_a_forgotten_cut_stream_keeps_its_spend(
         assert "cut" not in _kept(p, tmp_path)
         data = PayerStore(tmp_path).load()
         assert data is not None and (data["unreceipted"], data["spent"]) == ({}, 65_000)
+        p.close()
+
+    await asyncio.to_thread(run)
+
+
+async def test_a_held_job_payment_is_remembered_until_it_is_released(
+        env: Env, offered: str, payer: LocalAccount, tmp_path: Path) -> None:
+    def run() -> None:
+        p = Payer(offered, env.w3, env.addresses, account=payer, state_dir=tmp_path)
+        p.open(MAX)
+        assert p.held_jobs() == []
+        pending = p.pay(MAX, "job")
+        p.hold(pending, {"extra": {"held": True, "requestId": "job", "maxAmount": str(MAX)}})
+        assert p.held_jobs() == ["job"]
+        # the job ended without a charge: its voucher no longer counts for anything
+        assert p.settle_job({"request_id": "job", "status": "released"}) is None
+        assert p.held_jobs() == [] and _kept(p, tmp_path) == []
+        assert p.state is not None and (p.state.charged, p.state.spent) == (0, 0)
         p.close()
 
     await asyncio.to_thread(run)

@@ -111,6 +111,7 @@ async def test_replay_passes_repeated_audits_and_fails_fresh_ones(tiny_loaded: A
 
 @pytest.mark.parametrize("threads", sorted({c.threads for c in HONEST}),
                          ids=lambda n: f"{n} torch threads")  # halves, last: xdist shares them out
+@pytest.mark.timeout(900)  # 2-thread passes on a busy 2-core box: ~3x the 1-thread time
 async def test_honest_engines_are_never_flagged(threads: int, tiny_model: Path,
                                                 tiny_loaded: Any) -> None:
     served = load_model(str(tiny_model))  # the node's own copy; tiny_loaded is the reference
@@ -121,7 +122,9 @@ async def test_honest_engines_are_never_flagged(threads: int, tiny_model: Path,
         for index, config in enumerate(HONEST):
             if config.threads != threads:
                 continue
-            engine = TransformersEngine(loaded=served, max_active=16, max_queue=64)
+            # The batched worker's passes run on its own thread count (default 1): this one.
+            engine = TransformersEngine(loaded=served, max_active=16, max_queue=64,
+                                        batch_threads=threads)
             try:
                 tally = await audit_engine(engine, tiny_loaded,
                                            honest_requests(config, random.Random(index)),

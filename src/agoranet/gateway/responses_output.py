@@ -219,17 +219,20 @@ async def stream_events(draft: ResponseDraft, chat_frames: AsyncIterator[bytes],
             for choice in chunk.get("choices") or []:
                 delta = choice.get("delta") or {}
                 piece = delta.get("content")
-                if piece:
+                entries = _logprobs(choice.get("logprobs")) if logprobs else []
+                # A token without text (the end's) keeps its logprobs, as in a whole
+                # answer's message; none opens a message once calls have closed the text.
+                bare = entries and not delta.get("tool_calls") and (text_item or not calls)
+                if piece or bare:
                     if text_item is None:
                         for frame in open_text():
                             yield frame
                     assert text_item is not None
-                    text += piece
-                    entries = _logprobs(choice.get("logprobs")) if logprobs else []
+                    text += piece or ""
                     text_logprobs += entries
                     yield events.frame("response.output_text.delta", item_id=text_item["id"],
                                        output_index=draft.output.index(text_item),
-                                       content_index=0, delta=piece, logprobs=entries)
+                                       content_index=0, delta=piece or "", logprobs=entries)
                 for call in delta.get("tool_calls") or []:
                     for frame in close_text():
                         yield frame

@@ -22,12 +22,20 @@ from agoranet.api.types import (
     TopLogprob,
     Usage,
 )
-from agoranet.engines.base import Finish, GenerationRequest, Message, TokenLogprob, ToolCallDelta
+from agoranet.engines.base import (
+    Delta,
+    Finish,
+    GenerationRequest,
+    Message,
+    TokenLogprob,
+    ToolCallDelta,
+)
 
 __all__ = [
     "agoranet_result",
     "chat_logprobs",
     "completion_logprobs",
+    "completion_logprobs_of",
     "from_chat",
     "from_completion",
     "from_tokenize",
@@ -166,12 +174,28 @@ def chat_logprobs(tokens: Sequence[TokenLogprob]) -> Logprobs:
     )
 
 
-def completion_logprobs(tokens: Sequence[TokenLogprob], offset: int = 0) -> CompletionLogprobs:
-    result = CompletionLogprobs()
+def completion_logprobs(tokens: Sequence[TokenLogprob], offset: int = 0,
+                        text: str | None = None,
+                        into: CompletionLogprobs | None = None) -> CompletionLogprobs:
+    """The logprobs of ``tokens``, which made ``text`` (a stream delta's), starting at
+    ``offset`` in the answer's text. A ``text_offset`` is OpenAI's: where the token starts
+    in the returned text, so it never passes the end of ``text`` (a special token's text
+    is hidden). ``into`` adds them to logprobs already built (a whole answer's)."""
+    result = into if into is not None else CompletionLogprobs()
+    end = offset + len(text) if text is not None else None
     for t in tokens:
         result.tokens.append(t.token)
         result.token_logprobs.append(t.logprob)
         result.top_logprobs.append({tok: lp for tok, lp, _ in t.top})
-        result.text_offset.append(offset)
+        result.text_offset.append(offset if end is None else min(offset, end))
         offset += len(t.token)
+    return result
+
+
+def completion_logprobs_of(deltas: Sequence[Delta]) -> CompletionLogprobs:
+    """A whole answer's logprobs, counted delta by delta as a stream counts them."""
+    result, offset = CompletionLogprobs(), 0
+    for delta in deltas:
+        completion_logprobs(delta.tokens, offset, delta.text, into=result)
+        offset += len(delta.text)
     return result

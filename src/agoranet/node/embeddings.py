@@ -31,6 +31,7 @@ from agoranet.engines.embeddings import Embedder, EmbeddingJob, PreparedEmbeddin
 from agoranet.errors import InvalidRequestError, ModelNotFoundError
 from agoranet.market import ModelName
 from agoranet.node.metering import current_meter
+from agoranet.node.metrics import note_finished, note_started
 
 __all__ = ["EmbeddingService", "as_prepared", "embedding_routes"]
 
@@ -80,6 +81,7 @@ class EmbeddingService:
         prepared = shared.payload
         if not isinstance(prepared, PreparedEmbeddings):
             raise TypeError("the prepared request is not an embeddings request")
+        note_started(shared)  # the request's model, in its metrics and log line
         embedder, _ = self._embedder(request.model)
         result = await embedder.embed(prepared)
         if len(result.vectors) != len(prepared.job.inputs):
@@ -87,8 +89,10 @@ class EmbeddingService:
                                f"{len(prepared.job.inputs)} inputs")
         # Never more than was priced: the voucher covered the prepared count.
         tokens = min(result.prompt_tokens, prepared.prompt_tokens)
+        usage = Finish("stop", tokens, 0)
+        note_finished(usage)
         if meter is not None:
-            meter.usage = Finish("stop", tokens, 0)
+            meter.usage = usage
         data = [Embedding(index=i, embedding=encode_vector(v, request.encoding_format))
                 for i, v in enumerate(result.vectors)]
         return EmbeddingList(data=data, model=request.model,

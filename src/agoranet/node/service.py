@@ -259,7 +259,8 @@ class InferenceService:
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return self._completion_stream(request, started, include_usage)
-        text, tokens, finish = await _drain(started)
+        deltas: list[Delta] = []
+        text, _, finish = await _drain(started, deltas=deltas)
         return Completion(
             id=convert.new_id("cmpl"),
             created=convert.now(),
@@ -267,7 +268,7 @@ class InferenceService:
             choices=[
                 CompletionChoice(
                     text=text,
-                    logprobs=convert.completion_logprobs(tokens)
+                    logprobs=convert.completion_logprobs_of(deltas)
                     if request.logprobs is not None
                     else None,
                     finish_reason=finish.reason,
@@ -294,7 +295,7 @@ class InferenceService:
             nonlocal offset
             logprobs = None
             if request.logprobs is not None:
-                logprobs = convert.completion_logprobs(delta.tokens, offset)
+                logprobs = convert.completion_logprobs(delta.tokens, offset, delta.text)
             offset += len(delta.text)
             return chunk([CompletionChoice(text=delta.text, logprobs=logprobs)])
 
@@ -312,9 +313,11 @@ class InferenceService:
             yield piece
 
 
-async def _drain(started: Started, calls: list[ToolCallDelta] | None = None
+async def _drain(started: Started, calls: list[ToolCallDelta] | None = None,
+                 deltas: list[Delta] | None = None
                  ) -> tuple[str, list[TokenLogprob], Finish]:
-    """The whole answer; tool-call pieces, if any, are added to ``calls``."""
+    """The whole answer; tool-call pieces, if any, are added to ``calls``, and each
+    delta to ``deltas``."""
 
     async def recorded() -> AsyncIterator[StreamEvent]:
         events = started.events()
@@ -322,6 +325,8 @@ async def _drain(started: Started, calls: list[ToolCallDelta] | None = None
             async for event in events:
                 if calls is not None and isinstance(event, Delta):
                     calls.extend(event.tool_calls)
+                if deltas is not None and isinstance(event, Delta):
+                    deltas.append(event)
                 yield event
         finally:
             await events.aclose()  # type: ignore[attr-defined]
