@@ -173,6 +173,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_ledger_earnings_rows.py",
         "tests/payments/test_pg_ledger.py",
         "tests/payments/test_pg_ledger_sessions.py",
+        "tests/payments/test_pg_ledger_settings.py",
     ]),
     # a fake facilitator in-process (a paid node's real-chain tests cost a minute a mutant)
     "settlement": ("src/agoranet/payments/settlement.py", [

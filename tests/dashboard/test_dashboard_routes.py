@@ -88,7 +88,10 @@ async def test_gateway_dashboard_is_the_owners(
             assert secrets["agent"] not in reply.text
     denied = await client.get(DATA)
     assert denied.json()["error"]["type"] == "authentication_error"
-    assert "log in" in (await client.get("/")).text  # the login form, with its 401
+    browser = await client.get("/", headers={"accept": "text/html,application/xhtml+xml"})
+    assert browser.status_code == 401 and "log in" in browser.text  # the login form
+    program = await client.get("/")  # a program (no HTML accepted) gets OpenAI's error JSON
+    assert program.json()["error"]["type"] == "authentication_error"
     page = await client.get("/", headers=_bearer(secrets[OWNER]))
     assert page.status_code == 200 and "spend-chart" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]

@@ -22,7 +22,7 @@ from agoranet.node.launcher import free_port
 from agoranet.registry.offer import ModelOffer, Offer, PaymentOffer, Price
 from agoranet.registry.signing import sign_offer
 
-from .strategies import NodeScenario, good_scenario
+from .strategies import NodeScenario, good_completion_scenario, good_scenario
 
 __all__ = ["OFFER", "GarbageNode", "garbage_node", "paid_offer"]
 
@@ -46,7 +46,8 @@ def paid_offer(account: LocalAccount, addresses: ChainAddresses, chain_id: int) 
 
 class GarbageNode:
     """An ASGI app: ``/.well-known/agoranet`` and ``/health`` answer well, the chat route
-    answers ``scenario``; ``served`` counts chat requests."""
+    answers ``scenario``, legacy completions a well-formed stream; ``served`` counts chat
+    requests."""
 
     def __init__(self, offer: Offer = OFFER) -> None:
         self.offer = offer.model_dump_json().encode()
@@ -66,6 +67,8 @@ class GarbageNode:
         if path.endswith("/chat/completions"):
             self.served += 1
             await self._answer(send, self.scenario)
+        elif path.endswith("/completions"):  # legacy completions: always well-formed
+            await self._answer(send, good_completion_scenario())
         elif path == "/.well-known/agoranet":
             await self._answer(send, NodeScenario(200, {}, self.offer, "application/json"))
         else:

@@ -312,6 +312,20 @@ def good_scenario() -> NodeScenario:
     return NodeScenario(body=_sse([*GOOD_STREAM, b"data: [DONE]\n\n"]))
 
 
+def _text_chunk(text: str | None, finish: str | None = None) -> dict[str, Any]:
+    return {"id": "c", "object": "text_completion", "created": 0, "model": "tiny",
+            "choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+
+
+GOOD_TEXT_STREAM = [_text_chunk("hello "), _text_chunk("world", "stop"),
+                    {**_text_chunk(None), "choices": [], "usage": USAGE}]
+
+
+def good_completion_scenario() -> NodeScenario:
+    """A well-formed streamed legacy completion (``/v1/completions``)."""
+    return NodeScenario(body=_sse([*GOOD_TEXT_STREAM, b"data: [DONE]\n\n"]))
+
+
 @st.composite
 def _bad_event(draw: st.DrawFn) -> Any:
     kind = draw(st.sampled_from(["value", "chunk", "field", "bytes", "error"]))

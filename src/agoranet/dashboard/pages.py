@@ -53,13 +53,15 @@ def _page(name: str, title: str, status: int = 200) -> Response:
 
 def dashboard_routes(gate: SecretGate, page: str, title: str,
                      data: Mapping[str, Data]) -> list[BaseRoute]:
-    """``/`` (``page``, or the login form with a 401), ``/login``, ``/logout``, the
+    """``/`` (``page``, or with a 401 the login form for a browser, the JSON error for
+    anything else), ``/login``, ``/logout``, the
     assets, and ``{DATA_PREFIX}/<name>.json`` for each of ``data``, all but the login form
     and the assets behind ``gate``."""
 
     async def index(request: Request) -> Response:
-        if not gate.allows(request):
-            return _page("login.html", title, status=401)
+        if not gate.allows(request):  # a browser gets the login form, a program the JSON
+            wants_html = "text/html" in request.headers.get("accept", "")
+            return _page("login.html", title, status=401) if wants_html else gate.denied()
         return _page(page, title)
 
     async def login_form(request: Request) -> Response:

@@ -32,6 +32,7 @@ import torch
 
 from agoranet.engines.base import Finish, StreamEvent
 from agoranet.engines.kvcache import SequenceCache
+from agoranet.engines.lean_pass import lean_pass
 from agoranet.engines.ragged import (
     InvariantLinear,
     RaggedBatch,
@@ -95,6 +96,10 @@ class BatchRunner:
         self._padding = RowPadding(loaded.model, max_rows) if self.invariant else None
         self._lone_is_invariant: bool | None = None  # for InvariantLinear, measured once
         self._slots: dict[DecodeJob, _Slot] = {}
+        # A ready 4D mask: transformers takes it as is and builds none per pass (the ragged
+        # attention ignores it: each sequence attends over exactly its own past)
+        self._no_mask = torch.zeros((1, 1, 1, 1), dtype=loaded.model.dtype, device=loaded.device)
+        self._lean = lean_pass(loaded.model)  # None: the model's full forward
 
     def release(self, job: DecodeJob) -> None:
         """Forget ``job`` and free its cache."""
@@ -188,15 +193,22 @@ class BatchRunner:
         if pool is not None:  # loads adapters if need be: outside inference mode
             idents = [entry.job.adapter for entry in entries for _ in entry.ids]
             adapters = pool.rows(idents + [None] * (rows - real))
+        batch = RaggedBatch(tuple(segments), decoding=real == len(segments))
         with adapters, torch.inference_mode(), mode:
-            output = self.loaded.model(
-                input_ids=torch.tensor(ids, dtype=torch.long, device=device).view(-1, 1),
-                position_ids=torch.tensor(positions, dtype=torch.long, device=device).view(-1, 1),
-                use_cache=False, output_hidden_states=hidden,
-                ragged_batch=RaggedBatch(tuple(segments)),
-            )
-        logits = output.logits[:, -1]
-        states = output.hidden_states[-1][:, -1] if hidden else None
+            inputs = torch.tensor((ids, positions), dtype=torch.long, device=device)
+            if self._lean is not None:  # the same modules, less per-call setup
+                logits, normed = self._lean(inputs[0].view(-1, 1), inputs[1].view(-1, 1),
+                                            ragged_batch=batch)
+                last = normed[:, -1] if hidden else None
+            else:
+                output = self.loaded.model(
+                    input_ids=inputs[0].view(-1, 1), position_ids=inputs[1].view(-1, 1),
+                    attention_mask=self._no_mask, use_cache=False, output_hidden_states=hidden,
+                    ragged_batch=batch)
+                logits = output.logits
+                last = output.hidden_states[-1][:, -1] if hidden else None
+        logits = logits[:, -1]
+        states = last
         results: dict[DecodeJob, Outcome] = {}
         for entry, segment in zip(entries, segments, strict=True):
             span = slice(segment.start, segment.start + segment.length)

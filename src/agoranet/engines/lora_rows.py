@@ -7,6 +7,9 @@ it with two batched matmuls, whatever the number of adapters in the batch (peft'
 own mixed batches loop over the adapters in every layer). The base layer runs with
 the adapters disabled and the hook adds ``scaling * B(A(x))`` row by row; each row's
 product is computed on its own, so a row gets the same bits alone or in any batch.
+While the rows keep their adapters from one pass to the next (most steps of a running
+batch), the gathered pairs are kept and reused (within :data:`CACHE_BYTES`): a step then
+copies no adapter weights at all, and the products are the same bits.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["GatheredLora", "gatherable"]
+__all__ = ["CACHE_BYTES", "GatheredLora", "gatherable"]
+
+# the most bytes of gathered per-row adapter weights kept from one pass to the next
+CACHE_BYTES = 64 * 2**20
 
 
 def gatherable(layers: Sequence[Any]) -> bool:
@@ -36,7 +42,8 @@ class GatheredLora:
 
     Per layer, ``A`` is stacked transposed (``[adapters + 1, in, rank]``) and ``B``
     transposed with the adapter's scaling folded in (``[adapters + 1, rank, out]``), so
-    a pass costs each layer two gathers and two batched products. The hooks stay
+    a pass costs each layer two gathers (none while the rows' adapters stay the same)
+    and two batched products (the second adding into the base output). The hooks stay
     registered while the layers stay the same; outside :meth:`rows` they add nothing.
     """
 
@@ -46,6 +53,12 @@ class GatheredLora:
         self._stacks: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._handles: list[Any] = []
         self._index: torch.Tensor | None = None  # each row's slot, during a pass
+        # Each layer's gathered (A, B) for the rows' slots of the last pass, reused while the
+        # rows keep their adapters (most steps of a running batch); kept only while their
+        # bytes stay within CACHE_BYTES
+        self._rows_key: tuple[Any, ...] = ()
+        self._gathered: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        self._keep = False
 
     def _prepare(self, layers: Sequence[Any], names: Sequence[str]) -> None:
         key = (tuple(id(layer) for layer in layers), tuple(names))
@@ -74,19 +87,28 @@ class GatheredLora:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        for layer, (a, b) in zip(layers, self._stacks, strict=True):
+        for place, (layer, (a, b)) in enumerate(zip(layers, self._stacks, strict=True)):
 
             def add(module: Any, args: tuple[Any, ...], output: torch.Tensor,
-                    a: torch.Tensor = a, b: torch.Tensor = b) -> torch.Tensor | None:
+                    a: torch.Tensor = a, b: torch.Tensor = b, place: int = place
+                    ) -> torch.Tensor | None:
                 index = self._index
                 if index is None:  # not a gathered pass
                     return None
+                pair = self._gathered[place]
+                if pair is None:  # each row's own A and B (copies: the same bits)
+                    pair = (a.index_select(0, index), b.index_select(0, index))
+                    if self._keep:
+                        self._gathered[place] = pair
                 x = args[0]
                 rows = x.reshape(index.shape[0], 1, x.shape[-1])
                 if rows.dtype != a.dtype:
                     rows = rows.to(a.dtype)
-                down = torch.bmm(rows, a.index_select(0, index))
-                up = torch.bmm(down, b.index_select(0, index))
+                down = torch.bmm(rows, pair[0])
+                if output.dtype == b.dtype:  # the base output plus each row's own product
+                    base = output.reshape(index.shape[0], 1, output.shape[-1])
+                    return torch.baddbmm(base, down, pair[1]).view(output.shape)
+                up = torch.bmm(down, pair[1])
                 return output + up.view(output.shape).to(output.dtype)
 
             self._handles.append(layer.register_forward_hook(add))
@@ -99,8 +121,15 @@ class GatheredLora:
         disabled meanwhile (the caller sets them again after)."""
         self._prepare(layers, loaded)
         device = layers[0].base_layer.weight.device if layers else None
-        self._index = torch.tensor([self._slots[i] if i is not None else 0 for i in idents],
-                                   dtype=torch.long, device=device)
+        slots = [self._slots[i] if i is not None else 0 for i in idents]
+        key = (self._key, tuple(slots))
+        if key != self._rows_key:  # other rows or other stacks: gather again
+            self._rows_key = key
+            self._gathered = [None] * len(self._stacks)
+            size = sum(len(slots) * (a[0].numel() + b[0].numel()) * a.element_size()
+                       for a, b in self._stacks)
+            self._keep = size <= CACHE_BYTES
+        self._index = torch.tensor(slots, dtype=torch.long, device=device)
         for layer in layers:
             layer._disable_adapters = True
         try:

@@ -25,6 +25,7 @@ operations each (:func:`_attend_one_each`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,7 @@ class RaggedBatch:
     """The sequences of one forward pass, in row order (passed as ``ragged_batch=``)."""
 
     segments: tuple[Segment, ...]
+    decoding: bool = False  # every segment one row, in row order from 0 (one new position each)
 
 
 def _attend(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -63,19 +65,25 @@ def _attend(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Te
     groups = query.shape[1] != key.shape[1]
     rows = query.shape[0]  # beyond the segments' rows: padding, its output zeros
     with torch._C.DisableTorchFunction():  # plain tensor ops: no InvariantLinear round trips
-        if all(segment.length == 1 for segment in batch.segments):
-            out = _attend_one_each(layer, query, key, value, batch, scaling, groups)
-        else:
-            out = _attend_spans(layer, query, key, value, batch, scaling, groups)
+        if batch.decoding:
+            return _attend_one_each(layer, query, key, value, batch, scaling, groups)
+        out = _attend_spans(layer, query, key, value, batch, scaling, groups)
         if out.shape[0] < rows:
             out = torch.cat([out, out.new_zeros((rows - out.shape[0], *out.shape[1:]))])
     return out
 
 
+@functools.lru_cache(maxsize=32)
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Padding rows' attention output, made once per shape (never written to)."""
+    with torch.inference_mode():
+        return torch.zeros(shape, dtype=dtype, device=device)
+
+
 def _attend_one_each(layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      batch: RaggedBatch, scaling: float | None, groups: bool) -> torch.Tensor:
     """Decoding: one new position per sequence (row ``i``: ``[1, heads, 1, dim]``, the
-    shapes it has alone)."""
+    shapes it has alone); padding rows after the sequences' get zeros."""
     queries = torch.split(query, 1)
     pairs = torch.stack((key, value), dim=1).unsqueeze(2).unbind(0)  # [2, 1, kv, 1, dim]
     outputs = []
@@ -83,6 +91,9 @@ def _attend_one_each(layer: int, query: torch.Tensor, key: torch.Tensor, value: 
         keys, values = segment.cache.append_one(layer, pairs[segment.start])
         outputs.append(F.scaled_dot_product_attention(
             queries[segment.start], keys, values, scale=scaling, enable_gqa=groups))
+    padding = query.shape[0] - len(outputs)
+    if padding:
+        outputs.append(_zeros((padding, *outputs[0].shape[1:]), query.dtype, query.device))
     return torch.cat(outputs).transpose(1, 2)  # [n, heads, 1, dim] -> [n, 1, heads, dim]
 
 
