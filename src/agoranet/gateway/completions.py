@@ -18,6 +18,7 @@ from typing import Any
 
 from agoranet.api.sse import DONE, sse_json
 from agoranet.errors import UpstreamError
+from agoranet.gateway.answer_fields import summary_of, usage_of
 from agoranet.gateway.completions_wire import COMPLETIONS, CompletionPlan, plan_completion
 from agoranet.gateway.keyaccess import KeyAccess
 from agoranet.gateway.relay import Piece, RelayResult, relay
@@ -103,8 +104,8 @@ def _completion(plan: CompletionPlan, answer: list[Piece], result: RelayResult
     choice = {"index": 0, "text": head + "".join(p.text for p in answer),
               "logprobs": logprobs, "finish_reason": result.finish_reason}
     return {"id": result.request_id, "object": "text_completion", "created": int(time.time()),
-            "model": plan.model, "choices": [choice], "usage": _usage(result),
-            "agoranet": _summary(result)}
+            "model": plan.model, "choices": [choice], "usage": usage_of(result),
+            "agoranet": summary_of(result)}
 
 
 async def _frames(service: GatewayService, plan: CompletionPlan, first: Piece | None,
@@ -132,24 +133,11 @@ async def _frames(service: GatewayService, plan: CompletionPlan, first: Piece | 
         yield chunk("", finish=result.finish_reason)
         service.served(plan.model, result)
         if plan.include_usage or result.commitments:  # commitments come even unasked-for usage
-            usage = {"usage": _usage(result)} if plan.include_usage else {}
-            yield event([], **usage, agoranet=_summary(result))
+            usage = {"usage": usage_of(result)} if plan.include_usage else {}
+            yield event([], **usage, agoranet=summary_of(result))
         yield DONE
     except UpstreamError as exc:  # every node failed mid-answer: say so in the stream
         yield sse_json({"error": {"message": str(exc), "type": "upstream_error",
                                   "param": None, "code": "no_node_available"}})
     finally:
         await pieces.aclose()
-
-
-def _usage(result: RelayResult) -> dict[str, int]:
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens}
-
-
-def _summary(result: RelayResult) -> dict[str, Any]:
-    summary: dict[str, Any] = {"request_id": result.request_id, "nodes": result.nodes,
-                               "amount": result.amount, "failovers": result.failovers}
-    if result.commitments:
-        summary["commitments"] = result.commitments
-    return summary

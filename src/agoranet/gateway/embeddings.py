@@ -40,6 +40,7 @@ from agoranet.errors import (
     RequestError,
     UpstreamError,
 )
+from agoranet.gateway.answer_fields import summary_of
 from agoranet.gateway.budget import Reserver
 from agoranet.gateway.capabilities import Needs
 from agoranet.gateway.keyaccess import KeyAccess
@@ -113,8 +114,7 @@ async def embed(service: GatewayService, body: dict[str, Any],
     budget = service.reserver(result, request.model, access)
     answer = await relay_embeddings(service.client, candidates, forward, ceiling, policy,
                                     budget, service.spend, result, service.payers)
-    answer["agoranet"] = {"request_id": result.request_id, "nodes": result.nodes,
-                          "amount": result.amount, "failovers": result.failovers}
+    answer["agoranet"] = summary_of(result)
     return answer, result
 
 

@@ -19,6 +19,7 @@ from agoranet.errors import (
     UpstreamError,
 )
 from agoranet.gateway.adapter_listing import adapter_entries
+from agoranet.gateway.answer_fields import summary_of, usage_of
 from agoranet.gateway.auditing import Auditor
 from agoranet.gateway.budget import Budget, Reserver
 from agoranet.gateway.capabilities import Needs, needs_of
@@ -237,7 +238,7 @@ class GatewayService:
             "id": result.request_id, "object": "chat.completion", "created": int(time.time()),
             "model": model,
             "choices": [choice],
-            "usage": _usage(result), "agoranet": _summary(result),
+            "usage": usage_of(result), "agoranet": summary_of(result),
         }
 
     async def _frames(self, model: str, first: Piece | None, pieces: AsyncGenerator[Piece, None],
@@ -261,10 +262,10 @@ class GatewayService:
             yield chunk({}, result.finish_reason)
             self._served(model, result)
             if include_usage or result.commitments:  # commitments come even unasked-for usage
-                usage = {"usage": _usage(result)} if include_usage else {}
+                usage = {"usage": usage_of(result)} if include_usage else {}
                 yield sse_json({"id": result.request_id, "object": "chat.completion.chunk",
                                 "created": created, "model": model, "choices": [], **usage,
-                                "agoranet": _summary(result)})
+                                "agoranet": summary_of(result)})
             yield DONE
         except UpstreamError as exc:  # every node failed mid-answer: say so in the stream
             yield sse_json({"error": {"message": str(exc), "type": "upstream_error",
@@ -296,16 +297,3 @@ _WHAT = {capabilities.TOOLS: "tool calls", capabilities.TOOL_CHOICE_AUTO: "tool_
          "logprobs", capabilities.EMBEDDINGS: "embeddings"}
 _HINTS = {capabilities.TOOL_CHOICE_AUTO: ": ask for tool_choice 'required' or a named function "
           "instead (the call is then generated under its schema)"}
-
-
-def _usage(result: RelayResult) -> dict[str, int]:
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens}
-
-
-def _summary(result: RelayResult) -> dict[str, Any]:
-    summary = {"request_id": result.request_id, "nodes": result.nodes, "amount": result.amount,
-               "failovers": result.failovers}
-    if result.commitments:
-        summary["commitments"] = result.commitments
-    return summary
