@@ -128,9 +128,10 @@ def nodes(tmp_path: Path) -> Iterator[Callable[[FakeTrainer], Node]]:
 
 def wait_ended(job: FineTuneJob) -> None:
     deadline = time.monotonic() + 20
-    while job.status not in ENDED or job.charged is None:  # the charge follows the status
+    while job.status not in ENDED:
         assert time.monotonic() < deadline, job.status
         time.sleep(0.01)
+    assert job.charged is not None  # an ended job shows what it was charged
 
 
 def receipt_of(job: FineTuneJob, node: str) -> Receipt:
@@ -185,6 +186,33 @@ def test_paid_job_is_charged_exactly_its_training_with_running_receipts_on_the_w
     assert (receipt.tokens_in, receipt.tokens_out) == (SIZE.tokens, 0)
     assert receipt.amount == job.charged == job.max_charge == 3003
     assert [r.request_id for r in node.receipts()] == ["req-1"]
+    assert_money(node, job)
+
+
+def test_an_ended_job_is_shown_only_with_its_charge_but_is_on_disk_before_it(
+        nodes: Any) -> None:
+    node: Node = nodes(FakeTrainer())
+    charging, go = threading.Event(), threading.Event()
+    charge = node.payments.charge
+
+    def slow_charge(job: FineTuneJob, tokens: int) -> dict[str, Any]:
+        charging.set()
+        assert go.wait(10)
+        return charge(job, tokens)
+
+    node.payments.charge = slow_charge  # type: ignore[method-assign]
+    job = node.create()
+    assert charging.wait(10)
+    # While the charge is being made, a reader still sees the job running, never
+    # "succeeded" without a charge; on disk the final status is already written.
+    seen = node.jobs.get_job("owner", job.id)
+    assert (seen.status, seen.charged) == ("running", None)
+    on_disk = {r["id"]: r for r in node.jobs._db.jobs()}[job.id]
+    assert on_disk["status"] == "succeeded" and on_disk["charged"] is None
+    go.set()
+    wait_ended(job)
+    assert (job.status, job.charged) == ("succeeded", 3003)
+    assert {r["id"]: r for r in node.jobs._db.jobs()}[job.id]["charged"] == 3003
     assert_money(node, job)
 
 

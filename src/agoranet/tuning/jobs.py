@@ -247,7 +247,8 @@ class JobManager:
             job.error = {"code": "node_restarted", "param": None,
                          "message": f"the node restarted while the job was {was}; it was "
                                     "charged only what it had receipted before"}
-            self._end(job, "failed")
+            job.status, job.finished_at = "failed", int(time.time())
+            self._db.put_job(job.record())
             self._log(job, f"Fine-tuning job failed: the node restarted while it was {was}",
                       level="error")
         if job.payment is not None and job.payment.get("status") == "held":
@@ -351,12 +352,9 @@ class JobManager:
             if job.status in ENDED:
                 raise TuningError(f"job {job_id} has already ended ({job.status})")
             job.cancel_requested.set()
-            queued = job.status == "queued"
-            if queued:  # the worker skips it; it trained nothing
-                self._end(job, "cancelled")
-        if queued:
-            self._log(job, "Fine-tuning job cancelled before it started")
-            self._charge(job, 0)
+            if job.status == "queued":  # the worker skips it; it trained nothing
+                self._log(job, "Fine-tuning job cancelled before it started")
+                self._finish(job, "cancelled", 0)
         return job
 
     def adapter_archive(self, owner: str, job_id: str) -> bytes:
@@ -385,29 +383,27 @@ class JobManager:
         job.events.append(event)
         self._db.add_event(job.id, dataclasses.asdict(event))
 
-    def _end(self, job: FineTuneJob, status: Status) -> None:
-        """The job's final status, on disk (before any charge)."""
-        job.status = status
+    def _finish(self, job: FineTuneJob, status: Status, tokens: int | None) -> None:
+        """End ``job`` with ``status``, charged for ``tokens`` trained (``None``: it failed,
+        and pays its last running receipt, else nothing; a free job costs nothing).
+
+        The final status is on disk before any charge, so a crash between the two costs
+        the node, never the buyer; readers see it only together with what it was charged
+        (the status is set last), never an ended job whose charge is not yet known."""
         job.finished_at = int(time.time())
-        self._db.put_job(job.record())
-
-    def _charge(self, job: FineTuneJob, tokens: int) -> None:
-        """Charge the ended ``job`` for ``tokens`` trained (a free job costs nothing)."""
-        job.trained_tokens = tokens
+        self._db.put_job({**job.record(), "status": status})
         if self.billing is not None and job.payment is not None:
-            job.payment = self.billing.charge(job, tokens)
+            if tokens is None:
+                job.payment = self.billing.release(job)
+            else:
+                job.trained_tokens = tokens
+                job.payment = self.billing.charge(job, tokens)
             job.charged = _charged(job.payment)
         else:
+            if tokens is not None:
+                job.trained_tokens = tokens
             job.charged = 0
-        self._db.put_job(job.record())
-
-    def _release(self, job: FineTuneJob) -> None:
-        """The failed ``job`` pays its last running receipt, else nothing."""
-        if self.billing is not None and job.payment is not None:
-            job.payment = self.billing.release(job)
-            job.charged = _charged(job.payment)
-        else:
-            job.charged = 0
+        job.status = status
         self._db.put_job(job.record())
 
     def _work(self) -> None:
@@ -424,8 +420,7 @@ class JobManager:
                 if job.status == "running":
                     job.error = {"code": "training_failed", "param": None,
                                  "message": "training failed on the node"}
-                    self._end(job, "failed")
-                    self._release(job)
+                    self._finish(job, "failed", None)
 
     def _run(self, job: FineTuneJob) -> None:
         self._db.put_job(job.record())
@@ -460,19 +455,16 @@ class JobManager:
                          "message": "the node shut down while the job was running; it was "
                                     "charged only what it had receipted before"}
             self._log(job, "Fine-tuning job failed: the node shut down", level="error")
-            self._end(job, "failed")
-            self._release(job)
+            self._finish(job, "failed", None)
             return
         except _Cancelled:
             self._log(job, f"Fine-tuning job cancelled after step {job.trained_steps}")
-            self._end(job, "cancelled")
-            self._charge(job, size.tokens_after(job.trained_steps))
+            self._finish(job, "cancelled", size.tokens_after(job.trained_steps))
             return
         except TuningError as exc:
             job.error = {"code": "invalid_training_file", "message": str(exc), "param": None}
             self._log(job, f"Fine-tuning job failed: {exc}", level="error")
-            self._end(job, "failed")
-            self._release(job)
+            self._finish(job, "failed", None)
             return
         job.adapter_dir = out
         job.trained_steps = report.steps
@@ -489,8 +481,7 @@ class JobManager:
                 self._log(job, f"The node could not serve the fine-tuned model: {exc}",
                           level="warn")
         self._log(job, "The job has successfully completed")
-        self._end(job, "succeeded")
-        self._charge(job, min(report.trained_tokens, size.tokens))
+        self._finish(job, "succeeded", min(report.trained_tokens, size.tokens))
 
 
 def _charged(payment: dict[str, Any]) -> int:
