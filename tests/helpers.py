@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from functools import partial
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from filelock import FileLock
 
 from agoranet.node.launcher import free_port, running_node
 
-__all__ = ["EMBED_DIR", "ROOT", "SMALL_DIR", "TINY_DIR", "ensure_embedding_model",
+__all__ = ["EMBED_DIR", "ROOT", "SMALL_DIR", "TINY_DIR", "bound_socket", "ensure_embedding_model",
            "ensure_small_model", "ensure_tiny_model", "free_port", "node_process",
            "rigged_node_process"]
 
@@ -22,6 +23,15 @@ node_process = running_node
 # The test-only node (python -m agoranet.testing node): cheats and chaos by name ("rigged":
 # not named test_*, which pytest would collect).
 rigged_node_process = partial(running_node, module="agoranet.testing")
+
+
+def bound_socket() -> socket.socket:
+    """A TCP socket bound to a free port on 127.0.0.1, for an in-process uvicorn server
+    (``server.serve(sockets=[sock])``): a port only found free (:func:`free_port`) can be
+    taken by another process before the server binds it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 def _ensure(directory: Path, size: str) -> Path:

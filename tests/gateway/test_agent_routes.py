@@ -22,17 +22,18 @@ from agoranet.gateway.app import build_service, create_gateway_app
 from agoranet.gateway.keystore import OWNER, KeyStore
 from agoranet.gateway.service import GatewayService
 from agoranet.node.app import create_app
-from agoranet.node.launcher import free_port
 from agoranet.registry.offer import FineTuningTerms, PaymentOffer
 from fakes import FakeEngine
+from helpers import bound_socket
 
 
 @asynccontextmanager
 async def served(app: Starlette) -> AsyncIterator[str]:
-    port = free_port()
+    sock = bound_socket()  # bound now: no other process can take it meanwhile
+    port = int(sock.getsockname()[1])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
             if task.done():

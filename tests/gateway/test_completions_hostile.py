@@ -17,8 +17,8 @@ from agoranet.config import GatewaySettings, NodeSettings
 from agoranet.engines.base import Prepared, StreamEvent
 from agoranet.gateway.app import build_service, create_gateway_app
 from agoranet.node.app import create_app
-from agoranet.node.launcher import free_port
 from fakes import FakeEngine
+from helpers import bound_socket
 
 TEXT = {"model": "fake", "prompt": "one two", "max_tokens": 3}
 
@@ -36,10 +36,11 @@ class CountingEngine(FakeEngine):
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, CountingEngine]]:
     engine = CountingEngine()
-    port = free_port()
+    sock = bound_socket()  # bound now: no other process can take it meanwhile
+    port = int(sock.getsockname()[1])
     server = uvicorn.Server(uvicorn.Config(create_app(engine, NodeSettings(
         fine_tuning=False, free=True)), host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
             task.result()

@@ -22,8 +22,8 @@ from agoranet.config import GatewaySettings, NodeSettings
 from agoranet.engines.base import Prepared, StreamEvent
 from agoranet.gateway.app import build_service, create_gateway_app
 from agoranet.node.app import create_app
-from agoranet.node.launcher import free_port
 from fakes import FakeEngine
+from helpers import bound_socket
 
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "one two"}], "max_tokens": 3}
 
@@ -42,10 +42,11 @@ class CountingEngine(FakeEngine):
 
 @asynccontextmanager
 async def served(app: Starlette) -> AsyncIterator[str]:
-    port = free_port()
+    sock = bound_socket()  # bound now: no other process can take it meanwhile
+    port = int(sock.getsockname()[1])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
             if task.done():

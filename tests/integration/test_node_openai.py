@@ -126,7 +126,7 @@ def test_client_disconnect_stops_generation(tiny_node: str) -> None:
         lines = response.iter_lines()
         for _ in range(6):
             next(lines)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # bounded: a loaded machine is slow to notice
     while time.monotonic() < deadline:
         after = httpx.get(f"{root}/health").json()
         if after["active"] == 0 and after["cancelled"] + after["completed"] > (

@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agoranet.node.launcher import free_port, running_command
-from helpers import node_process
+from agoranet.node.launcher import running_command
+from helpers import bound_socket, node_process
 
 pytestmark = pytest.mark.slow
 
@@ -49,10 +49,11 @@ def hostile_node(offer: dict[str, object], answer: str) -> Starlette:
 
 @contextmanager
 def serving(app: Starlette) -> Iterator[str]:
-    port = free_port()
+    sock = bound_socket()  # bound now: no other process can take it meanwhile
+    port = int(sock.getsockname()[1])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, args=([sock],), daemon=True)
     thread.start()
     try:
         while not server.started:

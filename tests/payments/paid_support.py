@@ -21,11 +21,11 @@ from x402.schemas import PaymentPayload, PaymentRequirements
 from agoranet.chain import compile_contract
 from agoranet.config import NodeSettings
 from agoranet.engines.base import Delta, Finish, Prepared, StreamEvent
-from agoranet.node.launcher import free_port
 from agoranet.node.payment_setup import NodePayments, build_payments
 from agoranet.payments import x402wire
 from agoranet.payments.channels import new_config, open_channel
 from fakes import FakeEngine
+from helpers import bound_socket
 
 PRICE_IN = 1_000_000_000  # 1000 base units per prompt token
 PRICE_OUT = 2_000_000_000  # 2000 per completion token
@@ -137,11 +137,13 @@ class _ShortJob:
 
 @asynccontextmanager
 async def served(app: Starlette) -> AsyncIterator[str]:
-    """``app`` behind a real uvicorn server on a free port; its root URL."""
-    port = free_port()
+    """``app`` behind a real uvicorn server on a free port; its root URL. (The port is
+    bound here and handed over: a port only found free could be taken meanwhile.)"""
+    sock = bound_socket()
+    port = int(sock.getsockname()[1])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
             if task.done():
@@ -150,4 +152,7 @@ async def served(app: Starlette) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        await task
+        try:
+            await task
+        finally:
+            sock.close()

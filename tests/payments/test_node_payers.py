@@ -59,9 +59,10 @@ class Node:
 async def node(env: Env, tmp_path: Path) -> AsyncIterator[Node]:
     account: LocalAccount = Account.from_key(env.dev.private_keys[6])
     ledger = tmp_path / "ledger.sqlite"
-    payments = node_payments(env.dev.rpc_url, ledger, account)
+    payments = node_payments(env.dev.rpc_url, ledger, account, settle_interval=0.3)
     app = create_app(ShortEngine(words=3, max_active=4, max_queue=16),
-                     paid_settings(env.dev.rpc_url, ledger), None, payments)
+                     paid_settings(env.dev.rpc_url, ledger, settle_interval=0.3), None,
+                     payments)
     async with served(app) as url:
         yield Node(url + "/v1", payments)
 
@@ -111,6 +112,12 @@ async def test_a_channel_is_opened_once_on_first_use_and_kept_across_a_restart(
     assert_money_invariants(q, HEADROOM)
     outcome = await asyncio.to_thread(q.withdraw)  # the channel takes no new vouchers now
     assert outcome.state == "pending"
+    # the node claims a channel being withdrawn (with every other unclaimed one, so this
+    # claim comes before the next channel has earned anything: it stays unclaimed below)
+    deadline = asyncio.get_running_loop().time() + 60
+    while (await asyncio.to_thread(q.onchain))[1] != q.state.charged:
+        assert asyncio.get_running_loop().time() < deadline, "the node never claimed"
+        await asyncio.sleep(0.1)
     again.close()
 
     # restarted once more, with a smaller deposit: the replacement channel gets it, and is

@@ -57,10 +57,12 @@ def _payer(env: Env, url: str, account: LocalAccount, folder: Path, deposit: int
 
 async def _settled(payments: Any, channel_id: str) -> None:
     """Wait until the node has let go of the channel, then make it claim on chain."""
-    for _ in range(200):
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
         record = payments.ledger.channel(channel_id)
         if record is not None and record.pending_request is None:
             break
+        assert asyncio.get_running_loop().time() < deadline, "the channel stayed busy"
         await asyncio.sleep(0.05)
     await asyncio.to_thread(payments.settler.tick, force=True)
 

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from eth_account import Account
 from web3 import HTTPProvider, Web3
@@ -26,6 +27,7 @@ from x402.mechanisms.evm.batch_settlement.constants import (
 )
 from x402.mechanisms.evm.constants import MULTICALL3_ADDRESS
 
+from agoranet.api.listening import listens
 from agoranet.chain.compiled import CompiledContract, load_artifact
 from agoranet.errors import DevChainError
 
@@ -139,42 +141,56 @@ def start_devchain(
     binary = anvil or find_anvil()
     if port:
         _check_port_free(host, port)  # else the chain already there answers as if ours
-    port = port or _free_port(host)
-    cmd = [
-        str(binary),
-        "--host", host,
-        "--port", str(port),
-        "--chain-id", str(chain_id),
-        "--accounts", str(accounts),
-        "--mnemonic", DEV_MNEMONIC,
-        "--hardfork", "prague",
-        "--silent",
-    ]  # fmt: skip
     if state_file is not None:
         state_file = state_file.resolve()
         state_file.parent.mkdir(parents=True, exist_ok=True)
-        cmd += ["--state", str(state_file)]
-    try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    except OSError as exc:
-        raise DevChainError(f"cannot start anvil ({binary}): {exc}") from exc
-    rpc_url = f"http://{host}:{port}"
     keys = tuple(_dev_key(i) for i in range(accounts))
-    chain = DevChain(
-        rpc_url=rpc_url,
-        chain_id=chain_id,
-        stablecoin=STABLECOIN_ADDRESS,
-        escrow=BATCH_SETTLEMENT_ADDRESS,
-        collector=ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
-        registry=REGISTRY_ADDRESS,
-        multicall=Web3.to_checksum_address(MULTICALL3_ADDRESS),
-        accounts=tuple(Account.from_key(k).address for k in keys),
-        private_keys=keys,
-        state_file=state_file,
-        process=proc,
-    )
+    # A port picked here is free only until anvil binds it: another process may take it
+    # meanwhile (then anvil fails to bind, and another port is tried).
+    for attempt in range(1 if port else _PORT_TRIES):
+        chosen = port or _free_port(host)
+        cmd = [
+            str(binary),
+            "--host", host,
+            "--port", str(chosen),
+            "--chain-id", str(chain_id),
+            "--accounts", str(accounts),
+            "--mnemonic", DEV_MNEMONIC,
+            "--hardfork", "prague",
+            "--silent",
+        ]  # fmt: skip
+        if state_file is not None:
+            cmd += ["--state", str(state_file)]
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except OSError as exc:
+            raise DevChainError(f"cannot start anvil ({binary}): {exc}") from exc
+        rpc_url = f"http://{host}:{chosen}"
+        chain = DevChain(
+            rpc_url=rpc_url,
+            chain_id=chain_id,
+            stablecoin=STABLECOIN_ADDRESS,
+            escrow=BATCH_SETTLEMENT_ADDRESS,
+            collector=ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+            registry=REGISTRY_ADDRESS,
+            multicall=Web3.to_checksum_address(MULTICALL3_ADDRESS),
+            accounts=tuple(Account.from_key(k).address for k in keys),
+            private_keys=keys,
+            state_file=state_file,
+            process=proc,
+        )
+        try:
+            w3 = _wait_ready(rpc_url, proc, startup_timeout)
+            break
+        except DevChainError as exc:
+            chain.stop()
+            if port or attempt + 1 == _PORT_TRIES or \
+                    "address already in use" not in str(exc).lower():
+                raise
+        except BaseException:
+            chain.stop()
+            raise
     try:
-        w3 = _wait_ready(rpc_url, proc, startup_timeout)
         if w3.eth.get_code(STABLECOIN_ADDRESS) == b"":
             install_contracts(w3, chain.accounts, mint=mint, from_source=from_source)
     except BaseException:
@@ -256,6 +272,9 @@ def _dev_key(index: int) -> str:
     return "0x" + bytes(acct.key).hex()
 
 
+_PORT_TRIES = 3
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -274,14 +293,15 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def _wait_ready(rpc_url: str, proc: subprocess.Popen[bytes], timeout: float) -> Web3:
+    port = urlsplit(rpc_url).port or 80
     w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": 5}))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
             raise DevChainError(f"anvil exited with {proc.returncode}: {err.strip()[-2000:]}")
-        try:
-            if w3.is_connected():
+        try:  # ours: not another chain on the port while ours fails to bind it
+            if w3.is_connected() and listens(proc.pid, port):
                 return w3
         except (OSError, ValueError):
             pass
