@@ -94,6 +94,10 @@ _LEDGER_TESTS = [  # the ledger on its own: a paid node's real-chain tests cost 
     "tests/payments/test_settler_reports.py",
     "tests/cli/test_node_earnings_cli.py",
 ]
+_WRITER_TESTS = [  # group commit (payments/ledger_writer.py and the group ledgers)
+    "tests/payments/test_ledger_writer.py",
+    "tests/payments/test_ledger_writer_requests.py",
+]
 _GATEWAY_TESTS = [
     "tests/gateway/test_relay_paid.py",
     "tests/gateway/test_relay.py",
@@ -175,6 +179,12 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_pg_ledger_sessions.py",
         "tests/payments/test_pg_ledger_settings.py",
     ]),
+    # group commit: the ledger's writes off the event loop, one sync per group (SQLite
+    # and PostgreSQL cases), and the paid requests that go through it
+    "ledger_writer": ("src/agoranet/payments/ledger_writer.py", _WRITER_TESTS),
+    "group_commit": ("src/agoranet/payments/group_commit.py", _WRITER_TESTS),
+    "sqlite_group": ("src/agoranet/payments/sqlite_group.py", _WRITER_TESTS),
+    "pg_group": ("src/agoranet/payments/pg_group.py", _WRITER_TESTS),
     # a fake facilitator in-process (a paid node's real-chain tests cost a minute a mutant)
     "settlement": ("src/agoranet/payments/settlement.py", [
         "tests/payments/test_settlement.py",
@@ -198,6 +208,34 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_hostile_payment_headers.py",
         "tests/payments/test_paid_node.py",
         "tests/payments/test_x402_client.py",  # the exact scheme, and deposits with a payment
+        "tests/payments/test_schemes_plugin.py",  # dispatch to a registered scheme's half
+    ]),
+    # payments/schemes/: the schemes' halves (the acceptor dispatches to the server halves)
+    "schemes_base": ("src/agoranet/payments/schemes/base.py", [
+        "tests/payments/test_acceptor_rules.py",
+        "tests/payments/test_schemes_plugin.py",
+    ]),
+    "schemes_registry": ("src/agoranet/payments/schemes/registry.py", [
+        "tests/payments/test_schemes_plugin.py",
+        "tests/payments/test_acceptor_rules.py",
+    ]),
+    "batch_settlement": ("src/agoranet/payments/schemes/batch_settlement.py", [
+        "tests/payments/test_acceptor_rules.py",
+        "tests/payments/test_schemes_plugin.py",
+        "tests/payments/test_schemes_batch_client.py",  # the client half's adapter
+        "tests/payments/test_payment_middleware_rules.py",
+        "tests/payments/test_hostile_payment_headers.py",
+        "tests/payments/test_paid_node.py",
+        "tests/payments/test_schemes_chain.py",  # the client half over a real Payer
+        "tests/payments/test_x402_client.py",  # deposits with a payment
+    ]),
+    "exact_scheme": ("src/agoranet/payments/schemes/exact.py", [
+        "tests/payments/test_acceptor_rules.py",
+        "tests/payments/test_schemes_exact_client.py",
+        "tests/payments/test_schemes_plugin.py",
+        "tests/payments/test_payment_middleware_rules.py",
+        "tests/payments/test_schemes_chain.py",  # the client half pays a node on chain
+        "tests/payments/test_x402_client.py",  # the SDK's exact client
     ]),
     "payment_middleware": ("src/agoranet/node/payment_middleware.py", [
         "tests/payments/test_payment_middleware_rules.py",
@@ -219,6 +257,32 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/gateway/test_relay_stall.py",
         "tests/gateway/test_budget_reservation.py",
         "tests/gateway/test_completions_wire.py",
+    ]),
+    # the gateway buying tools: a seller's receipt per call, and the budget / failover /
+    # accounting of one call (in process; tests/integration/test_tool_market.py is on chain)
+    "tool_payer": ("src/agoranet/gateway/tool_payer.py", [
+        "tests/gateway/test_tool_payer.py",
+        "tests/gateway/test_tool_buying.py",
+    ]),
+    "tool_buying": ("src/agoranet/gateway/tool_buying.py", [
+        "tests/gateway/test_tool_buying.py",
+        "tests/gateway/test_tool_directory.py",
+        "tests/gateway/test_tool_exact.py",
+    ]),
+    # ... from a seller taking only exact: one transfer a call, its receipt checked
+    "tool_exact": ("src/agoranet/gateway/tool_exact.py", [
+        "tests/gateway/test_tool_exact.py",
+    ]),
+    # the paid tool server: a call's payment checked against its tool and price, charged
+    # after the answer, released on a failure (in process; test_paid_tools.py is on chain)
+    "tool_payments": ("src/agoranet/tools/payments.py", [
+        "tests/tools/test_tool_payment_rules.py",
+        "tests/tools/test_paid_tools.py",
+    ]),
+    "tool_service": ("src/agoranet/tools/service.py", [
+        "tests/tools/test_tool_payment_rules.py",
+        "tests/tools/test_tool_definitions.py",
+        "tests/tools/test_paid_tools.py",
     ]),
 }
 

@@ -20,10 +20,13 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "agoranet"
 
 # Packages (first part below agoranet) by layer, lowest first.
-FOUNDATION = {"errors", "config", "market", "sqlite_store", "api", "proofs", "tinymodel"}
+FOUNDATION = {"errors", "config", "market", "sqlite_store", "sqlite_checkpoints", "api",
+              "proofs", "tinymodel"}
 LOWER = {"chain", "payments", "registry", "engines", "tuning", "verify"}
 COMPOSERS = {"node", "gateway"}
-SHELLS = {"cli", "agents", "dashboard", "demo", "__main__", "__init__"}
+# ``tools`` (the paid tool server) is the sellers' half of DESIGN's agents/: a shell over
+# the node's payment parts (acceptor, ledger, settlement loop), as agents is over the gateway.
+SHELLS = {"cli", "agents", "dashboard", "demo", "tools", "__main__", "__init__"}
 TESTING = "testing"
 # The demo is a scripted show of cheats and chaos being caught: it may use them.
 MAY_USE_TESTING = {TESTING, "demo"}

@@ -177,6 +177,8 @@ class GatewaySettings(BaseSettings):
     port: int = Field(default=8402, ge=0, le=65535)
     nodes: list[str] = Field(default_factory=list)
     registry_rpc_url: str | None = None  # discover nodes from the on-chain registry too
+    # Tool servers to buy paid tools from (their root URLs), beside the registry's.
+    tools: list[str] = Field(default_factory=list)
     # Paying: the chain, the wallet, and the deposit each node's channel opens with.
     rpc_url: str | None = None
     keystore: Path | None = None

@@ -11,6 +11,8 @@ Third-party errors are converted at the boundary with ``raise ... from exc``.
     │   ├── InvalidRequestError     400 invalid_request_error
     │   ├── ContextLengthError      400 context_length_exceeded
     │   ├── ModelNotFoundError      404 model_not_found
+    │   ├── ToolNotFoundError       404 tool_not_found: no paid tool of that name here
+    │   ├── ToolFailedError         422 tool_failed: a paid tool raised (nothing was charged)
     │   ├── PayloadTooLargeError    413
     │   ├── RequestTimeoutError     408: the body did not arrive in time
     │   ├── PaymentRequiredError    402 with the x402 payment requirements
@@ -44,6 +46,7 @@ Third-party errors are converted at the boundary with ``raise ... from exc``.
     └── PaymentError                x402 payments: ledger, receipts, payer, settlement
         ├── LedgerError             the node's ledger refused or failed an operation
         ├── CannotPayError          the payer cannot pay (its chain, channel or wallet): not the node's fault
+        ├── UnknownSchemeError      no payment scheme is registered under that name
         └── ReceiptError            a node's signed receipt does not match what was received
             └── ChargeDisputeError  a node claims a charge no receipt backs (the payer stops)
 """
@@ -87,8 +90,11 @@ __all__ = [
     "ReputationListError",
     "RequestError",
     "RequestTimeoutError",
+    "ToolFailedError",
+    "ToolNotFoundError",
     "TuningDataError",
     "TuningError",
+    "UnknownSchemeError",
     "UpstreamError",
     "WalletError",
     "WrongPasswordError",
@@ -131,6 +137,21 @@ class ModelNotFoundError(RequestError):
 
     status_code = 404
     code = "model_not_found"
+
+
+class ToolNotFoundError(RequestError):
+    """No paid tool of that name is served here."""
+
+    status_code = 404
+    code = "tool_not_found"
+
+
+class ToolFailedError(RequestError):
+    """A paid tool raised or returned what its output schema refuses: nothing was charged."""
+
+    status_code = 422
+    error_type = "tool_error"
+    code = "tool_failed"
 
 
 class PayloadTooLargeError(RequestError):
@@ -336,6 +357,11 @@ class PaymentError(AgoranetError):
 class CannotPayError(PaymentError):
     """The payer cannot pay: its chain cannot be read, its channel cannot be repaired or
     topped up. The buyer's trouble, never counted against the node."""
+
+
+class UnknownSchemeError(PaymentError):
+    """No payment scheme is registered under the name asked for (a node's settings or a
+    caller's lookup; a buyer's payment in an unknown scheme is a 402 instead)."""
 
 
 class LedgerError(PaymentError):

@@ -100,17 +100,18 @@ async def test_the_payer_refuses_a_receipt_that_breaks_exactly_one_check(
         acceptor.signer, case.lie, ReceiptSigner(bytes(Account.create().key))
         if case.other_key else None)
     if case.charged_amount_off or case.no_receipt:
-        honest = acceptor._voucher_response
+        batch: Any = acceptor.scheme("batch-settlement")  # its payment responses
+        honest = batch.voucher_response
 
-        def lying(auth: Any, receipt: Receipt) -> Any:
-            response = honest(auth, receipt)
+        def lying(network: str, auth: Any, receipt: Receipt) -> Any:
+            response = honest(network, auth, receipt)
             extra = {**(response.extra or {}),
                      "chargedAmount": str(receipt.amount + case.charged_amount_off)}
             if case.no_receipt:
                 del extra["receipt"]
             return response.model_copy(update={"extra": extra})
 
-        acceptor._voucher_response = lying  # type: ignore[method-assign]
+        batch.voucher_response = lying
     app = create_app(ShortEngine(words=3, max_active=4, max_queue=16),
                      paid_settings(env.dev.rpc_url, ledger, receipt_every=case.receipt_every),
                      None, payments)

@@ -60,6 +60,14 @@ class GatewayClient:
     async def fine_tune(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self.call("POST", "/agoranet/fine_tuning/jobs", json=body)
 
+    async def tools(self) -> list[dict[str, Any]]:
+        """The paid tools on offer to this key (``GET /agoranet/tools``)."""
+        return list((await self.call("GET", "/agoranet/tools"))["data"])
+
+    async def call_tool(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Buy one call of a paid tool (``POST /agoranet/tools/call``)."""
+        return await self.call("POST", "/agoranet/tools/call", json=body)
+
     async def fine_tune_status(self, job_id: str, node: str) -> dict[str, Any]:
         return await self.call("GET", f"/agoranet/fine_tuning/jobs/{quote(job_id, safe='')}",
                                params={"node": node})

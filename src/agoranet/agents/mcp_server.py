@@ -18,13 +18,16 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any, Final
 
+from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, InputRequiredResult
+from mcp_types import CallToolResult, InputRequiredResult, ListToolsResult, PaginatedRequestParams
+from mcp_types import Tool as MCPTool
 from pydantic import Field, ValidationError
 
 from agoranet import __version__
 from agoranet.agents.gateway_client import GatewayClient
+from agoranet.agents.mcp_market import PREFIX, call_market_tool, market_tools
 from agoranet.errors import GatewayCallError
 from agoranet.payments.amounts import format_amount
 
@@ -42,7 +45,9 @@ agoranet buys AI inference on an open market of nodes, paid per token from a bud
 what it cost; `budget` shows what this key has spent and has left; `create_subagent_key`
 gives a sub-agent a key with a budget carved out of this one; `list_models` lists the
 models on offer; `fine_tune` and `fine_tune_status` train a LoRA adapter from chat
-examples. Amounts are in the stablecoin's base units (1,000,000 = 1.00)."""
+examples. Tools named `tool__NAME` are paid tools sold on the market: each call is
+bought from the cheapest seller that answers, its price (in its description) charged to
+this key's budget. Amounts are in the stablecoin's base units (1,000,000 = 1.00)."""
 
 
 def _money(amount: int | None) -> str | None:
@@ -67,11 +72,38 @@ def _plain(name: str, exc: ValidationError) -> str:
 
 
 class _Server(MCPServer[Any]):
-    """The SDK's server, with bad arguments told in one plain line."""
+    """The SDK's server, with bad arguments told in one plain line, and the market's paid
+    tools (:mod:`agoranet.agents.mcp_market`) listed and called beside its own."""
+
+    clients: ClientSource | None = None  # where the market's tools are listed and bought
+
+    async def _handle_list_tools(self, ctx: ServerRequestContext[Any, Any],
+                                 params: PaginatedRequestParams | None) -> ListToolsResult:
+        listed = await super()._handle_list_tools(ctx, params)
+        market = await self._market_tools(Context(request_context=ctx, mcp_server=self))
+        return listed.model_copy(update={"tools": [*listed.tools, *market]})
+
+    async def _market_tools(self, ctx: Context[Any, Any]) -> list[MCPTool]:
+        if self.clients is None:
+            return []
+        async with self.clients(ctx) as gateway:
+            try:
+                return market_tools(await gateway.tools())
+            except GatewayCallError:  # no tools on this gateway, or none reachable
+                return []
 
     async def call_tool(self, name: str, arguments: dict[str, Any],
                         context: Context[Any, Any] | None = None
                         ) -> CallToolResult | InputRequiredResult:
+        if name.startswith(PREFIX) and self.clients is not None and context is not None \
+                and self._tool_manager.get_tool(name) is None:
+            async with self.clients(context) as gateway:
+                try:
+                    bought = await call_market_tool(gateway, name, arguments)
+                except GatewayCallError as exc:
+                    raise _refused(exc) from exc
+            if bought is not None:
+                return bought
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
@@ -90,6 +122,7 @@ def build_mcp_server(clients: ClientSource) -> MCPServer[Any]:
             logger.setLevel(logging.INFO)
     server = _Server("agoranet", version=__version__, instructions=_INSTRUCTIONS,
                      log_level="WARNING")
+    server.clients = clients
 
     async def ask(
         prompt: Annotated[str, Field(min_length=1, description="The question or task.")],

@@ -231,6 +231,17 @@ OPERATIONS: Mapping[tuple[str, str], Operation] = {
     ("GET", "/agoranet/fine_tuning/jobs/{job_id}"): Operation(
         "A job started through the gateway, from its node", response=_OBJECT,
         query=("node",), errors=(400, 401, 503)),
+    # Paid tools sold on the market (gateway.tool_routes), bought within the key's budget.
+    ("GET", "/agoranet/tools"): Operation(
+        "Paid tools on offer: each (name, schema hash, schemas, price) with its sellers",
+        response=_LIST, errors=(401,)),
+    ("POST", "/agoranet/tools/call"): Operation(
+        "Buy one call of a paid tool from the cheapest seller that answers, within the "
+        "key's budget; the result, its seller, its cost and the seller's signed receipt",
+        {"type": "object", "required": ["name"],
+         "properties": {"name": {"type": "string"}, "arguments": _OBJECT,
+                        "schema_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}},
+        response=_OBJECT, errors=(400, 401, 402, 404, 429, 502)),
     ("POST", "/mcp"): Operation("MCP over streamable HTTP: a JSON-RPC message (the MCP tools)",
                                 _OBJECT, response=_OBJECT, errors=(400, 401, 404, 406)),
     ("GET", "/mcp"): Operation("MCP over streamable HTTP: the server's event stream",

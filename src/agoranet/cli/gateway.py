@@ -22,6 +22,8 @@ console = Console()
 
 @click.command()
 @click.option("--node", "node_urls", multiple=True, help="A node's URL (repeatable).")
+@click.option("--tools", "tools", multiple=True, metavar="URL",
+              help="A paid tool server's URL to buy tools from (repeatable).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8402, show_default=True)
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -74,12 +76,14 @@ def gateway_settings(ctx: click.Context, options: dict[str, Any]) -> GatewaySett
     values = user_set(ctx, options)
     if "node_urls" in values:
         values["nodes"] = list(values.pop("node_urls"))
+    if "tools" in values:
+        values["tools"] = list(values["tools"])
     settings = GatewaySettings(**values)
     if trust:
         settings.reputation_trust = [*settings.reputation_trust, *trust]
     if trust_lists:
         settings.reputation_lists = [*settings.reputation_lists, *trust_lists]
-    if not settings.nodes and not settings.registry_rpc_url:
+    if not settings.nodes and not settings.registry_rpc_url and not settings.tools:
         raise ConfigError("give --node URL (repeatable) or --registry-rpc-url to discover nodes")
     return settings
 

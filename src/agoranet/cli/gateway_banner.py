@@ -41,9 +41,11 @@ def probe_nodes(settings: GatewaySettings) -> list[NodeProbe]:
     urls = [normalise_url(u) for u in settings.nodes]
     if settings.registry_rpc_url:
         from agoranet.registry.onchain import registry_at
+        from agoranet.registry.tool_offer import is_tool_url
 
-        try:
-            urls += [e.url for e in registry_at(settings.registry_rpc_url).entries()]
+        try:  # tool servers' entries are the tool market's (agoranet.gateway.tool_directory)
+            urls += [e.url for e in registry_at(settings.registry_rpc_url).entries()
+                     if not is_tool_url(e.url)]
         except AgoranetError as exc:
             return [*_probe_all(urls), NodeProbe("the registry", f"unavailable: {exc}")]
     return _probe_all(list(dict.fromkeys(urls)))

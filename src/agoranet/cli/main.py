@@ -19,6 +19,7 @@ from agoranet.cli.model import model
 from agoranet.cli.node import node
 from agoranet.cli.registry import registry
 from agoranet.cli.reputation import reputation
+from agoranet.cli.tools import tools
 from agoranet.cli.tune import adapter, tune
 from agoranet.cli.verify import verify
 from agoranet.cli.wallet import wallet
@@ -53,6 +54,7 @@ cli.add_command(reputation)
 cli.add_command(verify)
 cli.add_command(chain)
 cli.add_command(wallet)
+cli.add_command(tools)
 
 
 def main() -> None:

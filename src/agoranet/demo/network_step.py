@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,9 @@ from rich.text import Text
 from agoranet.node.launcher import running_command, running_node
 from agoranet.payments.amounts import format_amount
 
-__all__ = ["NODES", "DemoNetwork", "WithGateway", "audit_table", "ban_text", "dashboard_lines",
-           "network_step"]
+__all__ = ["GATEWAY_REFRESH_S", "NODES", "DemoMarket", "DemoNetwork", "WithGateway",
+           "audit_table", "ban_text", "dashboard_lines", "environment", "keystore_for",
+           "network_step", "wait_for_nodes"]
 
 PASSWORD = "agoranet-demo"  # dev-chain keys only
 QUESTIONS = ["Tell me a short story.", "What did Maya do yesterday?", "Tell me about the beach.",
@@ -54,6 +55,9 @@ NODES = (
     DemoNode("premium", 5, 10_000_000, 30_000_000),
 )
 BUYER = 6
+# How often the demo's gateways re-read the registry (nodes and tool servers), in seconds:
+# a tool server registered mid-demo is found within this.
+GATEWAY_REFRESH_S = "2"
 
 
 @dataclass
@@ -66,7 +70,8 @@ class Served:
     failovers: int
 
 
-def _keystore(chain: object, index: int, path: Path) -> Path:
+def keystore_for(chain: object, index: int, path: Path) -> Path:
+    """A keystore (the demo's password) for the dev chain's account ``index``."""
     from agoranet.payments.wallet import create_keystore
 
     key = chain.private_keys[index]  # type: ignore[attr-defined]
@@ -86,7 +91,23 @@ def _register(rpc_url: str, private_key: str, url: str) -> None:
     registry_at(rpc_url).register(Account.from_key(private_key), url, offer_hash(offer))
 
 
-def _wait_for_nodes(gateway: str, count: int) -> None:
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in the environment (for the processes started meanwhile), then as before."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def wait_for_nodes(gateway: str, count: int) -> None:
+    """Until the gateway at ``gateway`` (its /v1 URL) has ``count`` nodes with models."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         rows = httpx.get(gateway.removesuffix("/v1") + "/agoranet/nodes", timeout=5).json()
@@ -126,6 +147,20 @@ WithGateway = Callable[[str, str, Path], object]
 
 
 @dataclass(frozen=True)
+class DemoMarket:
+    """The running market as a later step trades on it: the dev chain, the buyer's gateway
+    (its root URL, owner key and spend log), each node's /v1 URL and ledger, a work folder."""
+
+    chain: Any  # agoranet.chain.devchain.DevChain
+    gateway: str
+    owner_key: str
+    spend_log: Path
+    nodes: dict[str, str]
+    ledgers: dict[str, Path]
+    work: Path
+
+
+@dataclass(frozen=True)
 class DemoNetwork:
     """The running network as its dashboards see it: the gateway's root URL and owner key,
     each node's root URL and operator secret (dev-chain demo only: never print real ones)."""
@@ -146,7 +181,8 @@ def dashboard_lines(network: DemoNetwork) -> list[str]:
 
 def network_step(model_dir: Path, work: Path, console: Console,
                  with_gateway: WithGateway | None = None,
-                 at_end: Callable[[DemoNetwork], object] | None = None) -> None:
+                 at_end: Callable[[DemoNetwork], object] | None = None,
+                 with_market: Callable[[DemoMarket], object] | None = None) -> None:
     from openai import OpenAI
 
     from agoranet.chain.addresses import resolve_addresses
@@ -166,7 +202,7 @@ def network_step(model_dir: Path, work: Path, console: Console,
         urls: dict[str, str] = {}
         for spec in NODES:
             with console.status(f"starting node '{spec.name}' and registering it on chain"):
-                keystore = _keystore(chain, spec.account, root / f"{spec.name}.json")
+                keystore = keystore_for(chain, spec.account, root / f"{spec.name}.json")
                 urls[spec.name] = stack.enter_context(running_node([
                     "--model", str(model_dir), "--served-model-name", "tiny",
                     "--price-in", str(spec.price_in), "--price-out", str(spec.price_out),
@@ -182,16 +218,17 @@ def network_step(model_dir: Path, work: Path, console: Console,
                    "buyer (gateway)": chain.accounts[BUYER]}
         before = {p: balances(chain.web3(), coin, a).stablecoin or 0 for p, a in parties.items()}
         with console.status("starting the gateway (discovers nodes from the registry)"):
-            buyer = _keystore(chain, BUYER, root / "buyer.json")
-            gateway = stack.enter_context(running_command([
-                "gateway", "--registry-rpc-url", rpc, "--rpc-url", rpc, "--keystore", str(buyer),
-                "--deposit", "200000", "--budget", "100000",
-                "--audit-reference", str(model_dir), "--audit-share", "1",
-                # A new gateway has spent too little for 2% of it to pay one audit: let
-                # audits spend up to 0.05 USDC up front, so the first nodes get checked.
-                "--audit-budget-floor", "50000",
-                "--spend-log", str(root / "gateway" / "spend.sqlite")]))
-            _wait_for_nodes(gateway, len(NODES))
+            buyer = keystore_for(chain, BUYER, root / "buyer.json")
+            with environment({"AGORANET_GATEWAY_REFRESH_S": GATEWAY_REFRESH_S}):
+                gateway = stack.enter_context(running_command([
+                    "gateway", "--registry-rpc-url", rpc, "--rpc-url", rpc, "--keystore",
+                    str(buyer), "--deposit", "200000", "--budget", "100000",
+                    "--audit-reference", str(model_dir), "--audit-share", "1",
+                    # A new gateway has spent too little for 2% of it to pay one audit: let
+                    # audits spend up to 0.05 USDC up front, so the first nodes get checked.
+                    "--audit-budget-floor", "50000",
+                    "--spend-log", str(root / "gateway" / "spend.sqlite")]))
+            wait_for_nodes(gateway, len(NODES))
         owner_key = root / "gateway" / "owner.key"  # written 0600 by the gateway's first start
         console.print(f"gateway at {gateway}: any OpenAI client works against it, with the "
                       f"owner's key (OPENAI_API_KEY=$(cat {owner_key}))\n")
@@ -214,6 +251,11 @@ def network_step(model_dir: Path, work: Path, console: Console,
         _balances_table(before, after, paid, console)
         if with_gateway is not None:
             with_gateway(gateway, owner_key.read_text().strip(), root / "gateway" / "keys.sqlite")
+        if with_market is not None:
+            with_market(DemoMarket(
+                chain, gateway.removesuffix("/v1"), owner_key.read_text().strip(),
+                root / "gateway" / "spend.sqlite", urls,
+                {s.name: root / f"{s.name}.ledger.sqlite" for s in NODES}, root))
         if at_end is not None:
             at_end(DemoNetwork(
                 gateway.removesuffix("/v1"), owner_key.read_text().strip(),

@@ -1,5 +1,6 @@
 """The demo's steps: a paid network with a gateway, an agent's key and its sub-agent's
-budget on that gateway, then a personal adapter."""
+budget on that gateway, agents trading (a buyer agent pays a tool that pays a node), then
+a personal adapter."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from rich.console import Console
 
 from agoranet.demo.adapter_step import adapter_step
 from agoranet.demo.keys_step import keys_step
-from agoranet.demo.network_step import DemoNetwork, dashboard_lines, network_step
+from agoranet.demo.network_step import DemoMarket, DemoNetwork, dashboard_lines, network_step
+from agoranet.demo.trade_step import trade_step
 from agoranet.errors import ConfigError
 from agoranet.node.launcher import running_node
 
@@ -41,8 +43,12 @@ def run_demo(model_dir: Path, console: Console, work_dir: Path | None = None) ->
         console.rule("2. agents: a key hands a sub-agent a budget; the sub-agent works to its cap")
         keys_step(gateway, owner_key, key_store, console)
 
+    def agents_trade(market: DemoMarket) -> None:
+        console.rule("3. agents trade: a buyer agent pays a tool that pays a node")
+        trade_step(market, console)
+
     def fine_tune_and_look(network: DemoNetwork) -> None:
-        console.rule("3. a personal fine-tune: train a LoRA adapter, upload it, use it")
+        console.rule("4. a personal fine-tune: train a LoRA adapter, upload it, use it")
         with ExitStack() as stack:
             with console.status("starting a node that takes adapters"):
                 base_url = stack.enter_context(running_node([
@@ -53,7 +59,7 @@ def run_demo(model_dir: Path, console: Console, work_dir: Path | None = None) ->
         show_dashboards(network, console)
 
     console.rule("1. the network: a dev chain, four paid nodes, a gateway that pays")
-    network_step(model_dir, work, console, agents, fine_tune_and_look)
+    network_step(model_dir, work, console, agents, fine_tune_and_look, agents_trade)
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s; every process stopped")
 
 

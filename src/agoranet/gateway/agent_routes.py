@@ -49,7 +49,8 @@ from agoranet.gateway.service import GatewayService
 __all__ = ["AGENT_PATHS", "agent_routes", "budget_view", "job_view", "models_view"]
 
 # Where the routes (and the MCP endpoint beside them) are: a keyed gateway needs a key there.
-AGENT_PATHS: Final = ("/agoranet/budget", "/agoranet/models", "/agoranet/fine_tuning", "/mcp")
+AGENT_PATHS: Final = ("/agoranet/budget", "/agoranet/models", "/agoranet/fine_tuning", "/mcp",
+                      "/agoranet/tools")
 
 _TUNE_FIELDS: Final = frozenset({"model", "examples", "epochs", "seed"})
 _MAX_EXAMPLES: Final = 10_000

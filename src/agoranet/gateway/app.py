@@ -48,6 +48,8 @@ from agoranet.gateway.responses_routes import responses_routes
 from agoranet.gateway.scorelist import check_list, read_list, verdicts
 from agoranet.gateway.service import GatewayService
 from agoranet.gateway.spendlog import SpendLog
+from agoranet.gateway.tool_market_setup import tool_market
+from agoranet.gateway.tool_routes import tool_routes
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -84,11 +86,15 @@ def build_service(settings: GatewaySettings, policy: Policy | None = None,
                             floor=settings.audit_budget_floor)
         auditor = Auditor(reference, reference.info.name, share=settings.audit_share,
                           payers=payers, limit=limit, spend=spend)
-    return GatewayService(
+    service = GatewayService(
         NodeDirectory(settings.nodes, client, settings.refresh_s, registry, reputation),
         _with_settings(policy or load_policy(settings.policy_file), settings),
         budget, spend, client, settings.default_max_tokens, payers, auditor,
     )
+    if settings.tools or registry is not None:
+        service.tools = tool_market(settings, client, budget, spend, reputation, registry,
+                                    account)
+    return service
 
 
 def _with_settings(policy: Policy, settings: GatewaySettings) -> Policy:
@@ -207,6 +213,8 @@ def create_gateway_app(service: GatewayService,
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service.directory.start()
+        if service.tools is not None:
+            service.tools.directory.start()
         try:
             async with mcp.running():
                 yield
@@ -230,6 +238,7 @@ def create_gateway_app(service: GatewayService,
             metrics_route(metrics.registry, owner_gate(keys)),
             *(key_routes(keys) if keys is not None else []),
             *agent_routes(service, keys, job_owner_salt(settings.job_salt_path())),
+            *(tool_routes(service.tools, service.budget, keys) if service.tools else []),
             Route(MCP_PATH, mcp, methods=["GET", "POST", "DELETE"]),
             _openapi_route(keyed=keys is not None),
         ],

@@ -17,6 +17,7 @@ from agoranet.gateway.adapter_listing import fetch_public_adapters
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.reputation import Reputation
 from agoranet.registry.offer import Offer
+from agoranet.registry.tool_offer import is_tool_url
 
 if TYPE_CHECKING:
     from agoranet.registry.onchain import RegistryEntry
@@ -70,6 +71,8 @@ class NodeDirectory:
             logger.warning("registry unavailable: %s", exc)
             return
         for entry in entries:
+            if is_tool_url(entry.url):  # a tool server's (agoranet.gateway.tool_directory)
+                continue
             node = self.add(entry.url)
             if node.registered != entry:
                 node.registered = entry

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from agoranet.errors import ReputationListError
+from agoranet.sqlite_checkpoints import BackgroundCheckpoints
 
 __all__ = [
     "AUDIT_BAN_CAP_S",
@@ -221,6 +222,10 @@ class Reputation:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        # Events are written at once (no fsync); the checkpoints, which fsync, run off the
+        # event loop on a thread of their own.
+        self._checkpoints = BackgroundCheckpoints(path, self._db,
+                                                  name="agoranet-reputation-checkpoints")
         self._lock = threading.Lock()
         self._records: dict[str, NodeRecord] = {}
         self._imported: list[tuple[ImportedVerdict, float]] = []
@@ -251,7 +256,8 @@ class Reputation:
             record.apply(kind, now, tokens=tokens, flagged=flagged)
             if kind in (EventKind.AUDIT_PASSED, EventKind.AUDIT_FAILED, EventKind.UNAUDITABLE):
                 record.last_verdict = detail or str(kind)
-            return record
+        self._checkpoints.wrote()
+        return record
 
     def record(self, node: str) -> NodeRecord:
         """``node``'s record (an empty one if it has no history); do not modify it."""
@@ -314,6 +320,7 @@ class Reputation:
             return list(self._imported)
 
     def close(self) -> None:
+        self._checkpoints.close()
         with self._lock:
             self._db.close()
 

@@ -31,6 +31,7 @@ from agoranet.gateway.policy import Policy
 from agoranet.gateway.ranking import Candidate, rank
 from agoranet.gateway.relay import Piece, RelayResult, new_request_id, relay
 from agoranet.gateway.spendlog import SpendLog
+from agoranet.gateway.tool_buying import ToolMarket
 from agoranet.gateway.toolcalls import join_call_deltas
 
 __all__ = ["GatewayService"]
@@ -51,12 +52,15 @@ class GatewayService:
         self.default_max_tokens = default_max_tokens
         self.payers = payers
         self.auditor = auditor
+        self.tools: ToolMarket | None = None  # paid tools (agoranet.gateway.tool_buying)
 
     async def aclose(self) -> None:
         """Stop and close what the service owns: the directory's refresh, the auditor, the
         HTTP client, the spend log, the reputation store and the node payers; each once,
         the rest even if one fails."""
         stops: list[Callable[[], Awaitable[None]]] = [self.directory.stop]
+        if self.tools is not None:
+            stops.append(self.tools.directory.stop)
         if self.auditor is not None:
             stops.append(self.auditor.stop)
         stops.append(self.client.aclose)
@@ -65,6 +69,8 @@ class GatewayService:
             closes.append(self.directory.reputation.close)
         if self.payers is not None:
             closes.append(self.payers.close)
+        if self.tools is not None and self.tools.payers is not None:
+            closes.append(self.tools.payers.close)
         failure: Exception | None = None
         for stop in stops:
             try:

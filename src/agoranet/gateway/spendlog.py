@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agoranet.sqlite_checkpoints import BackgroundCheckpoints
+
 __all__ = ["SpendLog", "SpendRow"]
 
 logger = logging.getLogger(__name__)
@@ -84,6 +86,10 @@ class SpendLog:
         if "key" not in columns:  # a log written before gateway keys
             self._db.execute("ALTER TABLE spend ADD COLUMN key TEXT")
         self._lock = threading.Lock()
+        # Rows are written at once (no fsync); the checkpoints, which fsync, run off the
+        # event loop on a thread of their own.
+        self._checkpoints = BackgroundCheckpoints(path, self._db,
+                                                  name="agoranet-spendlog-checkpoints")
         # Told of every row added, after it is written (metrics); one that fails is logged.
         self.listeners: list[Callable[[SpendRow], None]] = []
 
@@ -97,6 +103,7 @@ class SpendLog:
                  row.completion_tokens, row.amount, row.ttft_ms, row.duration_ms, row.outcome,
                  row.receipt, row.key),
             )
+        self._checkpoints.wrote()
         for listener in self.listeners:
             try:
                 listener(row)
@@ -112,6 +119,7 @@ class SpendLog:
                 "UPDATE spend SET outcome = ?, amount = ?, prompt_tokens = ?, duration_ms = ?,"
                 " receipt = ? WHERE request_id = ? AND outcome = 'held'",
                 (outcome, amount, tokens, duration_ms, receipt, request_id))
+        self._checkpoints.wrote()
 
     def total(self) -> int:
         with self._lock:
@@ -151,5 +159,6 @@ class SpendLog:
                 f" ELSE amount END) FROM spend{where} GROUP BY 1 ORDER BY 4 DESC")]
 
     def close(self) -> None:
+        self._checkpoints.close()
         with self._lock:
             self._db.close()

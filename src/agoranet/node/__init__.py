@@ -1,5 +1,8 @@
-"""The node: an ASGI app that sells inference from one engine."""
+"""The node: an ASGI app that sells inference from one engine (:mod:`agoranet.node.app`).
 
-from agoranet.node.app import create_app
+The package imports nothing itself, so that its payment parts (``payment_setup``,
+``settlement_loop``, ``upload_payments``) are used -- by ``agoranet tools serve`` -- without
+loading the engines and their libraries (torch).
+"""
 
-__all__ = ["create_app"]
+__all__: list[str] = []

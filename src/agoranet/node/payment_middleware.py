@@ -42,7 +42,7 @@ from agoranet.market import TokenPrices, cost, with_commitments, worst_case
 from agoranet.node.metering import Meter, metered
 from agoranet.node.service import InferenceService
 from agoranet.payments import x402wire
-from agoranet.payments.acceptor import SCHEME_EXACT, Authorization, PaymentAcceptor
+from agoranet.payments.acceptor import Authorization, PaymentAcceptor
 from agoranet.payments.receipts import Receipt
 
 __all__ = ["DEFAULT_PAID_PATHS", "PAYER_SCOPE_KEY", "RECEIPT_OBJECT", "RUNNING_RECEIPT_OBJECT",
@@ -97,8 +97,8 @@ class PaymentMiddleware:
         try:
             auth = await self.acceptor.authorize(
                 headers.get(x402wire.PAYMENT_SIGNATURE.lower()), worst, request_id)
-            if auth.scheme == SCHEME_EXACT and self.settle_exact_before:
-                await self.acceptor.settle_exact(auth)
+            if self.settle_exact_before:  # a scheme that settles per payment (exact) does now
+                await self.acceptor.settle(auth)
         except PaymentRequiredError as exc:
             await self._send_402(send, exc, worst, prices, scope)
             return
@@ -109,10 +109,12 @@ class PaymentMiddleware:
                      stream: bool) -> None:
         meter = Meter(prepared=prepared)
 
-        def charge(finish: Finish) -> dict[str, Any]:
+        writer = self.acceptor.writer  # the ledger's writes, off the event loop
+
+        async def charge(finish: Finish) -> dict[str, Any]:
             amount = cost(prices, finish.prompt_tokens, finish.completion_tokens)
-            _, response = self.acceptor.charge(auth, finish.prompt_tokens,
-                                               finish.completion_tokens, amount)
+            _, response = await writer.unsynced(lambda: self.acceptor.charge(
+                auth, finish.prompt_tokens, finish.completion_tokens, amount))
             return response.model_dump(by_alias=True, exclude_none=True, mode="json")
 
         def receipt_event(kind: str, response: dict[str, Any]) -> bytes:
@@ -131,7 +133,7 @@ class PaymentMiddleware:
             quoted = self.acceptor.quote(auth, finish.prompt_tokens, finish.completion_tokens,
                                          amount)
             if quoted is None:  # exact: a fixed amount, already paid
-                return [receipt_event(RECEIPT_OBJECT, charge(finish))]
+                return [receipt_event(RECEIPT_OBJECT, await charge(finish))]
             receipt, response = quoted
             frame = receipt_event(RECEIPT_OBJECT, response.model_dump(
                 by_alias=True, exclude_none=True, mode="json"))
@@ -146,7 +148,8 @@ class PaymentMiddleware:
                 return []
             receipted = sent
             prompt = prepared.prompt_tokens
-            response = self.acceptor.progress(auth, prompt, sent, cost(prices, prompt, sent))
+            response = await writer.unsynced(lambda: self.acceptor.progress(
+                auth, prompt, sent, cost(prices, prompt, sent)))
             return [] if response is None else [receipt_event(RUNNING_RECEIPT_OBJECT, response)]
 
         meter.stream_finish = stream_finish
@@ -156,9 +159,9 @@ class PaymentMiddleware:
         async def paid_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 if message["status"] != 200:
-                    self.acceptor.release(auth)
+                    await writer.unsynced(lambda: self.acceptor.release(auth))
                 elif meter.usage is not None and not stream:
-                    encoded = x402wire.encode_json(charge(meter.usage))
+                    encoded = x402wire.encode_json(await charge(meter.usage))
                     message = {**message, "headers": [
                         *message.get("headers", []),
                         (x402wire.PAYMENT_RESPONSE.lower().encode(), encoded.encode())]}
@@ -170,8 +173,9 @@ class PaymentMiddleware:
                 await send(message)
                 if not gone:
                     usage, receipt, _ = final
-                    self.acceptor.charge(auth, usage.prompt_tokens, usage.completion_tokens,
-                                         receipt.amount, quoted=receipt)
+                    await writer.unsynced(lambda: self.acceptor.charge(
+                        auth, usage.prompt_tokens, usage.completion_tokens, receipt.amount,
+                        quoted=receipt))
                 return
             await send(message)
 
@@ -190,15 +194,16 @@ class PaymentMiddleware:
                                paid_send)
         finally:
             if not auth.done:
-                kept = self.acceptor.release(auth)
+                kept = await writer.unsynced(lambda: self.acceptor.release(auth))
                 if kept is not None:
                     logger.info("%s ended early: charged %d for %d tokens by its running "
                                 "receipt", auth.request_id, kept.amount, kept.tokens_out)
-        if auth.scheme == SCHEME_EXACT and not self.settle_exact_before:
+        if not self.settle_exact_before:  # ... or after the answer
             try:
-                await self.acceptor.settle_exact(auth)
+                await self.acceptor.settle(auth)
             except PaymentRequiredError:
-                logger.warning("exact payment for %s failed after the answer", auth.request_id)
+                logger.warning("%s payment for %s failed after the answer", auth.scheme,
+                               auth.request_id)
 
     async def _prepare(self, path: str, body: bytes) -> tuple[Prepared, str, bool]:
         data = parse_json_object(body)

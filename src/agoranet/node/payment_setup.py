@@ -1,23 +1,21 @@
 """Assemble a paid node's payment parts from its settings and key.
 
 Connects to the chain, opens the ledger (releasing holds a killed process left),
-and builds the :class:`~agoranet.payments.acceptor.PaymentAcceptor`, the
+and builds the :class:`~agoranet.payments.acceptor.PaymentAcceptor` (with the server
+half of each scheme its terms name, from :mod:`agoranet.payments.schemes`), the
 :class:`~agoranet.payments.settlement.Settler` and the signed offer terms, with
 the x402 SDK's facilitators doing the on-chain work under the node's own key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from web3.logs import DISCARD
-from x402.mechanisms.evm.batch_settlement.authorizer_signer import LocalAuthorizerSigner
-from x402.mechanisms.evm.batch_settlement.constants import SCHEME_BATCH_SETTLEMENT
-from x402.mechanisms.evm.batch_settlement.facilitator.scheme import BatchSettlementEvmFacilitator
-from x402.mechanisms.evm.exact.facilitator import ExactEvmScheme
 from x402.mechanisms.evm.signers import FacilitatorWeb3Signer
 
 from agoranet.chain.addresses import resolve_addresses
@@ -28,8 +26,14 @@ from agoranet.errors import ConfigError
 from agoranet.payments.acceptor import PaymentAcceptor, PaymentTerms
 from agoranet.payments.ledger import Ledger
 from agoranet.payments.receipts import ReceiptSigner
+from agoranet.payments.schemes import (
+    SCHEME_BATCH_SETTLEMENT,
+    BatchSettlementServer,
+    ChainAccess,
+    scheme_server,
+)
 from agoranet.payments.settlement import ClaimPolicy, Settler
-from agoranet.payments.sqlite_ledger import SqliteLedger
+from agoranet.payments.sqlite_group import SqliteGroupLedger
 from agoranet.payments.verifier import StateCache, Web3StateReader
 
 __all__ = ["NodePayments", "build_payments", "ledger_path", "open_ledger"]
@@ -46,13 +50,13 @@ def open_ledger(settings: NodeSettings) -> Ledger:
     server cannot be reached (both before the model loads: the CLI opens it first).
     """
     if settings.ledger_url is None:
-        return SqliteLedger(ledger_path(settings))
+        return SqliteGroupLedger(ledger_path(settings))  # group commit: LedgerWriter
     try:
-        from agoranet.payments.pg_ledger import PgLedger  # psycopg: the `postgres` extra
+        from agoranet.payments.pg_group import PgGroupLedger  # psycopg: the `postgres` extra
     except ImportError as exc:
         raise ConfigError(f"a PostgreSQL ledger needs psycopg ({exc}): pip install "
                           "'agoranet[postgres]'") from exc
-    return PgLedger(settings.ledger_url, lease_s=settings.ledger_lease_s)
+    return PgGroupLedger(settings.ledger_url, lease_s=settings.ledger_lease_s)
 
 
 @dataclass
@@ -65,14 +69,17 @@ class NodePayments:
     settle_exact_before: bool
 
     def close(self) -> None:
+        self.acceptor.writer.close()  # its queued writes first
         self.ledger.close()
         self.acceptor.cache.executor.close()
 
 
 def build_payments(settings: NodeSettings, account: LocalAccount, *,
-                   ledger: Ledger | None = None) -> NodePayments:
+                   ledger: Ledger | None = None,
+                   schemes: tuple[str, ...] | None = None) -> NodePayments:
     """The node's payment parts; ``ledger`` replaces the one at the settings' path (tests
-    and demos: a cheating ledger from :mod:`agoranet.testing.payment_cheats`)."""
+    and demos: a cheating ledger from :mod:`agoranet.testing.payment_cheats`); ``schemes``
+    the ones it takes (default: every built-in; a tool server may take ``exact`` only)."""
     # Request-path chain calls: one short try each (no web3 retries), on a few
     # dedicated threads, so a frozen RPC costs a request seconds, not a minute.
     w3 = connect(settings.rpc_url, timeout=settings.chain_timeout_s, retry=False)
@@ -89,6 +96,8 @@ def build_payments(settings: NodeSettings, account: LocalAccount, *,
         withdraw_delay=settings.withdraw_delay,
         min_deposit=settings.min_deposit,
     )
+    if schemes:
+        terms = dataclasses.replace(terms, schemes=schemes)
     ledger = ledger or open_ledger(settings)
     ledger.recover()
     reader = Web3StateReader(w3, addresses)
@@ -101,13 +110,18 @@ def build_payments(settings: NodeSettings, account: LocalAccount, *,
     # The SDK's signer makes its own provider (30 s, 5 retries): bound it the same way.
     tx_signer._w3.provider = http_provider(settings.rpc_url, timeout=settings.chain_timeout_s,
                                            retry=False)
-    batch = BatchSettlementEvmFacilitator(tx_signer, authorizer_signer=LocalAuthorizerSigner(key))
-    exact = ExactEvmScheme(tx_signer)
-    acceptor = PaymentAcceptor(
-        terms, ledger, cache, ReceiptSigner(key),
-        deposits=batch.settle, deposit_verify=batch.verify,
-        exact=exact.settle, exact_verify=exact.verify,
-    )
+    # Each scheme the terms name, built by name from the registry, settling as this node.
+    chain = ChainAccess(tx_signer, key)
+    halves = [scheme_server(name, chain) for name in terms.schemes]
+    acceptor = PaymentAcceptor(terms, ledger, cache, ReceiptSigner(key), schemes=halves)
+    # The settlement loop claims channels through batch-settlement's facilitator; a node
+    # that takes no batch-settlement has none to claim (its loop finds nothing).
+    batch = (acceptor.scheme(SCHEME_BATCH_SETTLEMENT)
+             if SCHEME_BATCH_SETTLEMENT in terms.schemes
+             else scheme_server(SCHEME_BATCH_SETTLEMENT, chain))
+    if not isinstance(batch, BatchSettlementServer) or batch.deposits is None:
+        raise ConfigError("a paid node takes batch-settlement: the settlement loop claims "
+                          "its channels (through the facilitator that settles deposits)")
 
     def gas_of(tx_hash: str) -> int:
         if not tx_hash:
@@ -124,7 +138,7 @@ def build_payments(settings: NodeSettings, account: LocalAccount, *,
         return sum(int(e["args"]["amount"]) for e in events)
 
     settler = Settler(
-        ledger, batch.settle, terms.requirement(SCHEME_BATCH_SETTLEMENT, 0), reader,
+        ledger, batch.deposits, terms.requirement(SCHEME_BATCH_SETTLEMENT, 0), reader,
         ClaimPolicy(settings.claim_min_amount, settings.claim_max_requests,
                     settings.claim_max_age),
         on_state=cache.put, gas_of=gas_of, settled_of=settled_of,

@@ -57,9 +57,9 @@ class UploadPayments:
         return await self.acceptor.authorize(header, self.price(size), request_id)
 
     async def settle(self, auth: Authorization) -> None:
-        """Move an ``exact`` payment on chain before the adapter is stored."""
-        if auth.scheme == "exact":
-            await self.acceptor.settle_exact(auth)
+        """Move the payment on chain before the adapter is stored if its scheme settles
+        each payment (``exact``); a voucher is claimed later, in a batch."""
+        await self.acceptor.settle(auth)
 
     def payment_required(self, size: int, exc: PaymentRequiredError,
                          resource: str) -> PaymentRequired:

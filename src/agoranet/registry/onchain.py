@@ -2,6 +2,8 @@
 
 A gateway lists the entries, fetches each node's offer, and accepts it only if
 its hash matches the registered one and its signer is the registered address.
+Tool servers register the same way (their :class:`~agoranet.registry.tool_offer.
+ToolOffer`, under a URL ending in ``/tools``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from agoranet.chain.rpc import TxResult, send
 from agoranet.errors import OfferMismatchError
 from agoranet.registry.offer import Offer
 from agoranet.registry.signing import canonical_offer, offer_signer
+from agoranet.registry.tool_offer import ToolOffer
 
 __all__ = ["ProviderRegistry", "RegistryEntry", "check_offer", "offer_hash", "registry_at"]
 
@@ -33,12 +36,12 @@ class RegistryEntry:
     updated_at: int
 
 
-def offer_hash(offer: Offer) -> str:
+def offer_hash(offer: Offer | ToolOffer) -> str:
     """sha256 of the offer's canonical JSON (the bytes its signature covers)."""
     return "0x" + hashlib.sha256(canonical_offer(offer)).hexdigest()
 
 
-def check_offer(offer: Offer, entry: RegistryEntry) -> None:
+def check_offer(offer: Offer | ToolOffer, entry: RegistryEntry) -> None:
     """Raise :class:`OfferMismatchError` unless ``offer`` is the one ``entry`` registered."""
     if offer_hash(offer) != entry.offer_hash.lower():
         raise OfferMismatchError(f"{entry.url}: the offer's hash is not the registered one")

@@ -1,0 +1,88 @@
+"""The gateway's spend log and reputation events never checkpoint (fsync) on the caller's
+thread -- the event loop's: their connection's automatic checkpoint is off, and a
+thread of their own checkpoints every few hundred writes (agoranet/sqlite_checkpoints.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agoranet.gateway.reputation import EventKind, Reputation
+from agoranet.gateway.spendlog import SpendLog, SpendRow
+
+
+def wait_for(check: object, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def autocheckpoint(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+
+def test_the_spend_log_checkpoints_off_the_callers_thread(tmp_path: Path) -> None:
+    log = SpendLog(tmp_path / "spend.sqlite")
+    try:
+        assert autocheckpoint(log._db) == 0  # a row's commit never checkpoints
+        from agoranet.sqlite_checkpoints import CHECKPOINT_EVERY
+        for i in range(CHECKPOINT_EVERY + 5):
+            log.add(SpendRow(f"r{i}", "tiny", "http://node", 10, 1, 7, 1.0, 2.0, "ok"))
+        wait_for(lambda: log._checkpoints.checkpoints >= 1, "no background checkpoint")
+        assert "agoranet-spendlog-checkpoints" in {t.name for t in threading.enumerate()}
+        assert log.total() == 7 * (CHECKPOINT_EVERY + 5)
+    finally:
+        log.close()
+    assert not any(t.name == "agoranet-spendlog-checkpoints" for t in threading.enumerate())
+    reopened = SpendLog(tmp_path / "spend.sqlite")
+    try:
+        assert len(reopened.rows()) == CHECKPOINT_EVERY + 5
+    finally:
+        reopened.close()
+
+
+def test_reputation_events_checkpoint_off_the_callers_thread(tmp_path: Path) -> None:
+    reputation = Reputation(tmp_path / "reputation.sqlite")
+    try:
+        assert autocheckpoint(reputation._db) == 0
+        from agoranet.sqlite_checkpoints import CHECKPOINT_EVERY
+        for _ in range(CHECKPOINT_EVERY):
+            reputation.add("0xnode", "http://node", EventKind.SUCCESS, model="tiny")
+        wait_for(lambda: reputation._checkpoints.checkpoints >= 1, "no background checkpoint")
+    finally:
+        reputation.close()
+    again = Reputation(tmp_path / "reputation.sqlite")
+    try:
+        assert again.record("0xnode").successes == CHECKPOINT_EVERY
+    finally:
+        again.close()
+
+
+def test_checkpoints_move_the_log_into_the_database(tmp_path: Path) -> None:
+    from agoranet.sqlite_checkpoints import BackgroundCheckpoints
+
+    path = tmp_path / "x.sqlite"
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t (a)")
+    checkpoints = BackgroundCheckpoints(path, db, every=10)
+    try:
+        for i in range(9):
+            db.execute("INSERT INTO t VALUES (?)", (i,))
+            checkpoints.wrote()
+        assert checkpoints.checkpoints == 0  # not yet due: no thread either
+        assert path.stat().st_size <= 4096  # the table is only in the log so far
+        db.execute("INSERT INTO t VALUES (9)")
+        checkpoints.wrote()
+        wait_for(lambda: checkpoints.checkpoints == 1, "no checkpoint after 10 writes")
+        assert path.stat().st_size >= 2 * 4096  # the log's pages moved into the database
+    finally:
+        checkpoints.close()
+        db.close()
+    with pytest.raises(ValueError):
+        BackgroundCheckpoints(path, sqlite3.connect(path), every=0)
