@@ -51,7 +51,8 @@ def test_a_postgresql_ledger_without_psycopg_says_what_to_install(
     monkeypatch.setenv("AGORANET_HOME", str(home))
     monkeypatch.setenv("AGORANET_WALLET_PASSWORD", ENV["AGORANET_WALLET_PASSWORD"])
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
-    monkeypatch.delitem(sys.modules, "agoranet.payments.pg_ledger", raising=False)
+    for module in ("agoranet.payments.pg_ledger", "agoranet.payments.pg_group"):
+        monkeypatch.delitem(sys.modules, module, raising=False)  # imported by other tests
     result = run_inprocess(capsys, monkeypatch, "node", "--model", str(home / "empty-model"),
                            "--port", "0", "--price-out", "5", "--ledger",
                            "postgresql://127.0.0.1:1/ledger")

@@ -22,6 +22,7 @@ step: one decoding pass runs each row with its own adapter (peft's mixed batches
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from agoranet.engines.base import Finish, StreamEvent
+from agoranet.engines.base import StreamEvent
 from agoranet.engines.kvcache import SequenceCache
 from agoranet.engines.lean_pass import lean_pass
 from agoranet.engines.ragged import (
@@ -261,8 +262,8 @@ class BatchScheduler(StepScheduler):
         except Exception as exc:  # the whole pass failed: every sequence in it
             for handle in live:
                 self._runner.release(handle.job)  # type: ignore[arg-type]
-                handle.emit(exc)
                 self._finish(handle, "failed")
+                handle.emit(exc)
             return
         self.counters["steps"] += 1
         for handle in live:
@@ -271,14 +272,11 @@ class BatchScheduler(StepScheduler):
                 continue  # waiting for its prompt chunk
             if isinstance(outcome, Exception):
                 self._runner.release(handle.job)  # type: ignore[arg-type]
-                handle.emit(outcome)
                 self._finish(handle, "failed")
+                handle.emit(outcome)
                 continue
-            for event in outcome:
-                handle.emit(event)
-            if outcome and isinstance(outcome[-1], Finish):
-                self._runner.release(handle.job)  # type: ignore[arg-type]
-                self._finish(handle, "completed")
+            self._deliver(handle, outcome,
+                          functools.partial(self._runner.release, handle.job))  # type: ignore[arg-type]
 
 
 def use_threads(count: int) -> None:

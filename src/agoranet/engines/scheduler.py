@@ -140,14 +140,24 @@ class StepScheduler:
         try:
             events = handle.job.step()
         except Exception as exc:  # surfaced to the request that owns the job
-            handle.emit(exc)
             self._finish(handle, "failed")
+            handle.emit(exc)
             return
         self.counters["steps"] += 1
-        for event in events:
+        self._deliver(handle, events)
+
+    def _deliver(self, handle: _Handle, events: list[StreamEvent],
+                 release: Callable[[], None] | None = None) -> None:
+        """Hand a step's ``events`` to the request; a last :class:`Finish` ends the job,
+        counted (and ``release`` run) before the request can see its end."""
+        finished = bool(events) and isinstance(events[-1], Finish)
+        for event in events[:-1] if finished else events:
             handle.emit(event)
-        if events and isinstance(events[-1], Finish):
+        if finished:
+            if release is not None:
+                release()
             self._finish(handle, "completed")
+            handle.emit(events[-1])
 
     def _finish(self, handle: _Handle, outcome: str) -> None:
         with self._cond:
