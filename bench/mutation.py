@@ -97,6 +97,7 @@ _LEDGER_TESTS = [  # the ledger on its own: a paid node's real-chain tests cost 
 _WRITER_TESTS = [  # group commit (payments/ledger_writer.py and the group ledgers)
     "tests/payments/test_ledger_writer.py",
     "tests/payments/test_ledger_writer_requests.py",
+    "tests/payments/test_ledger_writer_channels.py",
 ]
 _GATEWAY_TESTS = [
     "tests/gateway/test_relay_paid.py",
@@ -239,6 +240,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     ]),
     "payment_middleware": ("src/agoranet/node/payment_middleware.py", [
         "tests/payments/test_payment_middleware_rules.py",
+        "tests/payments/test_failed_answer_release.py",
         "tests/payments/test_hostile_payment_headers.py",
         "tests/payments/test_paid_node.py",
     ]),
@@ -262,25 +264,34 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     # accounting of one call (in process; tests/integration/test_tool_market.py is on chain)
     "tool_payer": ("src/agoranet/gateway/tool_payer.py", [
         "tests/gateway/test_tool_payer.py",
+        "tests/gateway/test_tool_payer_accounting.py",
+        "tests/payments/test_tool_payers_chain.py",  # opening channels on the dev chain
         "tests/gateway/test_tool_buying.py",
     ]),
     "tool_buying": ("src/agoranet/gateway/tool_buying.py", [
         "tests/gateway/test_tool_buying.py",
+        "tests/gateway/test_tool_listing_view.py",
+        "tests/gateway/test_tool_buying_outcomes.py",
+        "tests/gateway/test_tool_call_record.py",
         "tests/gateway/test_tool_directory.py",
         "tests/gateway/test_tool_exact.py",
     ]),
     # ... from a seller taking only exact: one transfer a call, its receipt checked
     "tool_exact": ("src/agoranet/gateway/tool_exact.py", [
         "tests/gateway/test_tool_exact.py",
+        "tests/gateway/test_tool_exact_outcomes.py",
     ]),
     # the paid tool server: a call's payment checked against its tool and price, charged
     # after the answer, released on a failure (in process; test_paid_tools.py is on chain)
     "tool_payments": ("src/agoranet/tools/payments.py", [
         "tests/tools/test_tool_payment_rules.py",
+        "tests/tools/test_tool_payment_checks.py",
+        "tests/payments/test_tool_payment_corrective.py",  # the node's real acceptor
         "tests/tools/test_paid_tools.py",
     ]),
     "tool_service": ("src/agoranet/tools/service.py", [
         "tests/tools/test_tool_payment_rules.py",
+        "tests/tools/test_tool_service_outcomes.py",
         "tests/tools/test_tool_definitions.py",
         "tests/tools/test_paid_tools.py",
     ]),

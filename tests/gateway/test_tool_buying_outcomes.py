@@ -84,6 +84,7 @@ def test_a_free_tool_is_called_with_the_arguments_and_costs_nothing(build: Build
     (request,) = free.requests
     assert str(request.url) == f"{free.root}/tools/echo"
     assert json.loads(request.content) == {"text": "hello"}
+    assert request.method == "POST" and request.headers["content-type"] == "application/json"
     assert x402wire.PAYMENT_SIGNATURE not in request.headers
     assert m.budget.spent == 0  # type: ignore[attr-defined]
 
@@ -156,3 +157,27 @@ def test_the_sellers_400_after_payment_is_the_buyers_mistake(build: Build) -> No
     assert str(refused.value) == "the tool refused the arguments: 400: 'text': too long"
     assert m.events(odd) == (0, 0, 0) and m.budget.spent == 0  # type: ignore[attr-defined]
 
+
+
+class EverCorrective(Seller):
+    """Answers every paid call with a corrective 402 from a charged total behind ours."""
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if x402wire.PAYMENT_SIGNATURE not in request.headers:
+            return super().handle(request)
+        self.requests.append(request)
+        self.charged -= 100  # it lost a charge again
+        return self._required(1000, "invalid_batch_settlement_evm_cumulative_mismatch",
+                              {"channelState": {"channelId": self.channel,
+                                                "chargedCumulativeAmount": str(self.charged)}})
+
+
+@pytest.mark.timeout(20)
+def test_a_seller_that_keeps_correcting_is_paid_again_once_then_left(build: Build) -> None:
+    odd, good = EverCorrective("odd", 1000), Seller("zgood", 1000)
+    m = build(odd, good, limit=100_000)
+    answer = m.call()  # type: ignore[attr-defined]
+    assert answer["seller"] == good.root
+    assert len(odd.requests) == 2  # the first payment, and one more after following it
+    (tried,) = answer["tried"]
+    assert tried["seller"] == odd.root and tried["error"].startswith("402: ")

@@ -58,3 +58,14 @@ def test_a_seller_without_a_score_shows_the_neutral_one(build: Callable[..., Mar
     shown: dict[str, Any] = listing.view({})  # the store has never seen it
     assert [s["score"] for s in shown["sellers"]] == [0.5]
     assert listing.view({seller.account.address: 0.123456})["sellers"][0]["score"] == 0.1235
+
+
+def test_fixed_prices_come_first_then_varying_ones_by_bound_unbounded_last(
+        build: Callable[..., Market]) -> None:
+    unbounded = Seller("aunbounded", {"varies": True})
+    bounded = Seller("bbounded", {"varies": True, "max_amount": 600})
+    fixed = Seller("cfixed", 1000)
+    m = build(unbounded, bounded, fixed)
+    (listing,) = m.market.listing()
+    assert [s.root for s, _ in listing.sellers] == [fixed.root, bounded.root, unbounded.root]
+    assert listing.tool.price.amount == 1000  # described by the first
