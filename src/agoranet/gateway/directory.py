@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -15,6 +14,7 @@ from agoranet.api import jsonlimits
 from agoranet.errors import AgoranetError, InvalidJSONError, OfferMismatchError
 from agoranet.gateway.adapter_listing import fetch_public_adapters
 from agoranet.gateway.nodes import NodeState
+from agoranet.gateway.refresh_loop import RefreshLoop
 from agoranet.gateway.reputation import Reputation
 from agoranet.registry.offer import Offer
 from agoranet.registry.tool_offer import is_tool_url
@@ -47,9 +47,8 @@ class NodeDirectory:
         for url in urls:
             self.add(url)
         self._client = client
-        self._refresh_s = refresh_s
         self._registry = registry
-        self._task: asyncio.Task[None] | None = None
+        self._refresher = RefreshLoop(self, refresh_s)
 
     def add(self, url: str) -> NodeState:
         url = normalise_url(url)
@@ -106,23 +105,7 @@ class NodeDirectory:
     def start(self, retry_s: float = 2.0) -> None:
         """Refresh now, then every ``refresh_s`` seconds (nodes without an offer yet
         every ``retry_s``), until :meth:`stop`."""
-
-        async def loop() -> None:
-            await self.refresh()
-            last = asyncio.get_running_loop().time()
-            while True:
-                await asyncio.sleep(min(retry_s, self._refresh_s))
-                now = asyncio.get_running_loop().time()
-                if now - last >= self._refresh_s:
-                    await self.refresh()
-                    last = now
-                else:
-                    await self.refresh(missing_only=True)
-
-        self._task = asyncio.create_task(loop())
+        self._refresher.start(retry_s)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._refresher.stop()

@@ -17,7 +17,6 @@ A forged or tampered offer is refused with a warning in the log and the seller's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from web3 import Web3
 from agoranet.api import jsonlimits
 from agoranet.errors import AgoranetError, InvalidJSONError, OfferMismatchError
 from agoranet.gateway.directory import MAX_OFFER_BYTES
+from agoranet.gateway.refresh_loop import RefreshLoop
 from agoranet.registry.signing import offer_signer
 from agoranet.registry.tool_offer import ToolOffer, is_tool_url, tool_root
 
@@ -92,9 +92,8 @@ class ToolDirectory:
         for url in urls:
             self.add(url)
         self._client = client
-        self._refresh_s = refresh_s
         self._registry = registry
-        self._task: asyncio.Task[None] | None = None
+        self._refresher = RefreshLoop(self, refresh_s)
 
     def add(self, url: str) -> ToolSeller:
         root = tool_root(url)
@@ -144,23 +143,7 @@ class ToolDirectory:
     def start(self, retry_s: float = 2.0) -> None:
         """Refresh now, then every ``refresh_s`` seconds (sellers without an offer every
         ``retry_s``), until :meth:`stop`."""
-
-        async def loop() -> None:
-            await self.refresh()
-            last = asyncio.get_running_loop().time()
-            while True:
-                await asyncio.sleep(min(retry_s, self._refresh_s))
-                now = asyncio.get_running_loop().time()
-                if now - last >= self._refresh_s:
-                    await self.refresh()
-                    last = now
-                else:
-                    await self.refresh(missing_only=True)
-
-        self._task = asyncio.create_task(loop())
+        self._refresher.start(retry_s)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._refresher.stop()
