@@ -33,11 +33,7 @@ MAY_USE_TESTING = {TESTING, "demo"}
 
 # Edges that break the order today, each a known defect to remove (the test fails once
 # one is gone, so the list cannot go stale).
-KNOWN_VIOLATIONS = {
-    # The gateway's /mcp endpoint lives with the MCP server in agents, which in turn
-    # imports the gateway's key store: agents is no thin shell over the gateway yet.
-    ("agoranet.gateway.app", "agoranet.agents.mcp_http"),
-}
+KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:

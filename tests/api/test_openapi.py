@@ -12,6 +12,7 @@ from openapi_spec_validator import validate
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from agoranet.agents.mcp_http import create_agent_gateway_app
 from agoranet.api.openapi import OPENAPI_PATH, generic_routes, openapi_document
 from agoranet.config import GatewaySettings, NodeSettings
 from agoranet.gateway.app import build_service, create_gateway_app
@@ -84,9 +85,12 @@ async def test_node_documents_every_route_it_serves(tmp_path: Path) -> None:
     assert document["paths"]["/v1/files/{file_id}"]["get"]["parameters"][0]["name"] == "file_id"
 
 
-async def test_gateway_documents_every_route_and_its_policy_field(tmp_path: Path) -> None:
+@pytest.mark.parametrize("with_mcp", [False, True], ids=["gateway", "gateway+mcp"])
+async def test_gateway_documents_every_route_and_its_policy_field(
+        tmp_path: Path, with_mcp: bool) -> None:
+    """The gateway documents /mcp exactly when the agents' MCP endpoint is mounted on it."""
     service = build_service(GatewaySettings(spend_log=tmp_path / "spend.sqlite"))
-    app = create_gateway_app(service)
+    app = (create_agent_gateway_app if with_mcp else create_gateway_app)(service)
     try:
         document = await fetch(app)
     finally:
@@ -104,6 +108,7 @@ async def test_gateway_documents_every_route_and_its_policy_field(tmp_path: Path
     assert policy["anyOf"][0] == {"$ref": "#/components/schemas/Policy"}
     assert "prefer" in schemas["Policy"]["properties"]
     assert "security" not in chat  # an open gateway takes no key
+    assert ("/mcp" in document["paths"]) is with_mcp
 
 
 async def test_a_keyed_gateway_documents_its_key_routes_and_that_keys_are_needed(

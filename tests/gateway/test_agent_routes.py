@@ -17,8 +17,9 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 
+from agoranet.agents.mcp_http import create_agent_gateway_app
 from agoranet.config import GatewaySettings, NodeSettings
-from agoranet.gateway.app import build_service, create_gateway_app
+from agoranet.gateway.app import build_service
 from agoranet.gateway.keystore import OWNER, KeyStore
 from agoranet.gateway.service import GatewayService
 from agoranet.node.app import create_app
@@ -72,7 +73,7 @@ async def _gateway(tmp_path: Path, *, keyed: bool) -> AsyncIterator[Setup]:
             secrets["agent"] = keys.create("agent", parent="team", budget=7,
                                            models=["other*"]).secret
             secrets["peer"] = keys.create("peer", parent="team", budget=7).secret
-        app = create_gateway_app(service, keys=keys)
+        app = create_agent_gateway_app(service, keys=keys)
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw",
                                      timeout=30) as client:

@@ -15,27 +15,33 @@ from typing import Any, Final
 
 import httpx
 from mcp.server.mcpserver import Context
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agoranet.agents.gateway_client import GatewayClient
 from agoranet.agents.mcp_server import build_mcp_server
 from agoranet.api.errors import error_from_exception
+from agoranet.config import GatewaySettings
 from agoranet.errors import AuthenticationError, ConfigError
+from agoranet.gateway.agent_routes import MCP_PATH
+from agoranet.gateway.app import create_gateway_app
 from agoranet.gateway.keyaccess import bearer
 from agoranet.gateway.keystore import KeyStore
+from agoranet.gateway.service import GatewayService
 
-__all__ = ["PATH", "McpEndpoint"]
+__all__ = ["PATH", "McpEndpoint", "create_agent_gateway_app"]
 
-PATH: Final = "/mcp"
+PATH: Final = MCP_PATH
 _LOOPBACK: Final = ("127.0.0.1", "localhost", "::1")
 _CALL_TIMEOUT: Final = httpx.Timeout(600.0)
 
 
 class McpEndpoint:
-    """The ASGI app at ``/mcp``; :meth:`bind` it to the gateway's app, and run it in the
-    gateway's lifespan (:meth:`running`)."""
+    """The ASGI app at ``/mcp``: a gateway extension (:class:`GatewayExtension`), bound to
+    the gateway's app and run in its lifespan (:meth:`running`)."""
 
     def __init__(self, keys: KeyStore | None, *, host: str = "127.0.0.1") -> None:
         self._keys = keys
@@ -45,6 +51,9 @@ class McpEndpoint:
         # rebinding); one listening wider is reached under names it cannot know.
         self._app = self.server.streamable_http_app(streamable_http_path=PATH, host=(
             host if host in _LOOPBACK else "0.0.0.0"))
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route(PATH, self, methods=["GET", "POST", "DELETE"])]
 
     def bind(self, gateway: ASGIApp) -> None:
         """The gateway's app, which the tools call in process."""
@@ -78,3 +87,11 @@ class McpEndpoint:
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway",
                                      headers=headers, timeout=_CALL_TIMEOUT) as http:
             yield GatewayClient(http)
+
+
+def create_agent_gateway_app(service: GatewayService, settings: GatewaySettings | None = None,
+                             keys: KeyStore | None = None) -> Starlette:
+    """The gateway's app (:func:`create_gateway_app`) with its MCP endpoint at ``/mcp``."""
+    settings = settings or GatewaySettings()
+    return create_gateway_app(service, settings, keys,
+                              extensions=[McpEndpoint(keys, host=settings.host)])

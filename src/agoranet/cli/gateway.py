@@ -91,11 +91,12 @@ def gateway_settings(ctx: click.Context, options: dict[str, Any]) -> GatewaySett
 def serve_gateway(settings: GatewaySettings) -> None:
     """Check the port, the wallet and its chain, probe the nodes (all before a reference
     model loads), then build the gateway, print its banner and serve."""
+    from agoranet.agents.mcp_http import create_agent_gateway_app
     from agoranet.api.logformat import configure_logging
     from agoranet.api.server import ServerLimits, serve
     from agoranet.cli.gateway_banner import gateway_banner, probe_nodes
     from agoranet.cli.preflight import check_port_free, connect_chain_or_hint
-    from agoranet.gateway.app import build_service, create_gateway_app
+    from agoranet.gateway.app import build_service
 
     configure_logging(settings.log_format)
     check_port_free(settings.host, settings.port, "gateway")
@@ -116,7 +117,7 @@ def serve_gateway(settings: GatewaySettings) -> None:
         if started.lost:
             console.print(f"settled {started.lost} base units reserved by a gateway that died "
                           "(spend log: outcome 'lost')")
-    app = create_gateway_app(service, settings, keys)
+    app = create_agent_gateway_app(service, settings, keys)
     from agoranet.dashboard import mount_gateway_dashboard
 
     mount_gateway_dashboard(app, service, keys, settings.spend_log_path())

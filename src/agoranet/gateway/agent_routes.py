@@ -46,10 +46,12 @@ from agoranet.gateway.keystore import KeyStore
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.service import GatewayService
 
-__all__ = ["AGENT_PATHS", "agent_routes", "budget_view", "job_view", "models_view"]
+__all__ = ["AGENT_PATHS", "MCP_PATH", "agent_routes", "budget_view", "job_view", "models_view"]
 
+# Where the agents' MCP endpoint (agoranet.agents.mcp_http) is mounted, when it is.
+MCP_PATH: Final = "/mcp"
 # Where the routes (and the MCP endpoint beside them) are: a keyed gateway needs a key there.
-AGENT_PATHS: Final = ("/agoranet/budget", "/agoranet/models", "/agoranet/fine_tuning", "/mcp",
+AGENT_PATHS: Final = ("/agoranet/budget", "/agoranet/models", "/agoranet/fine_tuning", MCP_PATH,
                       "/agoranet/tools")
 
 _TUNE_FIELDS: Final = frozenset({"model", "examples", "epochs", "seed"})

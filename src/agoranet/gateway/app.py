@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -14,11 +14,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from agoranet import __version__
-from agoranet.agents.mcp_http import PATH as MCP_PATH
-from agoranet.agents.mcp_http import McpEndpoint
 from agoranet.api.handlers import http_error, openai_errors, read_json
 from agoranet.api.limits import BodyLimitMiddleware
 from agoranet.api.metrics_route import metrics_route
@@ -27,13 +25,14 @@ from agoranet.api.requestlog import RequestObserver
 from agoranet.api.streaming import EventStreamResponse
 from agoranet.config import GatewaySettings
 from agoranet.errors import ConfigError, ModelNotFoundError, ReputationListError
-from agoranet.gateway.agent_routes import AGENT_PATHS, agent_routes
+from agoranet.gateway.agent_routes import AGENT_PATHS, MCP_PATH, agent_routes
 from agoranet.gateway.audit_budget import AuditBudget
 from agoranet.gateway.auditing import Auditor
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.completions import complete
 from agoranet.gateway.directory import NodeDirectory
 from agoranet.gateway.embeddings import embed
+from agoranet.gateway.extension import GatewayExtension
 from agoranet.gateway.key_routes import key_routes
 from agoranet.gateway.keyaccess import authenticate
 from agoranet.gateway.keysetup import job_owner_salt
@@ -151,10 +150,12 @@ def _node_rows(service: GatewayService) -> list[dict[str, Any]]:
 
 def create_gateway_app(service: GatewayService,
                        settings: GatewaySettings | None = None,
-                       keys: KeyStore | None = None) -> Starlette:
+                       keys: KeyStore | None = None,
+                       extensions: Sequence[GatewayExtension] = ()) -> Starlette:
     """The gateway's routes over ``service``; request bodies within ``settings``' limits.
     With ``keys``, OpenAI's routes need a valid gateway key (``/agoranet/keys`` manages
-    them); without, the gateway is open, the global budget alone applies."""
+    them); without, the gateway is open, the global budget alone applies. ``extensions``
+    (the agents' MCP endpoint) add routes, run in the app's lifespan and are bound to it."""
     settings = settings or GatewaySettings()
     @openai_errors
     async def chat(request: Request) -> Response:
@@ -208,7 +209,6 @@ def create_gateway_app(service: GatewayService,
 
     metrics = GatewayMetrics()  # /metrics and one log line per request
     metrics.attach(service)
-    mcp = McpEndpoint(keys, host=settings.host)  # the MCP tools, as the caller's key
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -216,7 +216,9 @@ def create_gateway_app(service: GatewayService,
         if service.tools is not None:
             service.tools.directory.start()
         try:
-            async with mcp.running():
+            async with AsyncExitStack() as running:
+                for extension in extensions:
+                    await running.enter_async_context(extension.running())
                 yield
         finally:
             try:
@@ -225,23 +227,25 @@ def create_gateway_app(service: GatewayService,
                 if keys is not None:
                     keys.close()
 
+    routes: list[BaseRoute] = [
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", model, methods=["GET"]),
+        *responses_routes(service, keys, ResponseStore()),
+        Route("/agoranet/nodes", nodes, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        metrics_route(metrics.registry, owner_gate(keys)),
+        *(key_routes(keys) if keys is not None else []),
+        *agent_routes(service, keys, job_owner_salt(settings.job_salt_path())),
+        *(tool_routes(service.tools, service.budget, keys) if service.tools else []),
+        *(route for extension in extensions for route in extension.routes()),
+    ]
+    served = {route.path for route in routes if isinstance(route, Route)}
+    routes.append(_openapi_route(keyed=keys is not None, served=served))
     app = Starlette(
-        routes=[
-            Route("/v1/chat/completions", chat, methods=["POST"]),
-            Route("/v1/completions", completions, methods=["POST"]),
-            Route("/v1/embeddings", embeddings, methods=["POST"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/v1/models/{model_id:path}", model, methods=["GET"]),
-            *responses_routes(service, keys, ResponseStore()),
-            Route("/agoranet/nodes", nodes, methods=["GET"]),
-            Route("/health", health, methods=["GET"]),
-            metrics_route(metrics.registry, owner_gate(keys)),
-            *(key_routes(keys) if keys is not None else []),
-            *agent_routes(service, keys, job_owner_salt(settings.job_salt_path())),
-            *(tool_routes(service.tools, service.budget, keys) if service.tools else []),
-            Route(MCP_PATH, mcp, methods=["GET", "POST", "DELETE"]),
-            _openapi_route(keyed=keys is not None),
-        ],
+        routes=routes,
         exception_handlers={HTTPException: http_error},
         middleware=[Middleware(RequestObserver, paths=OBSERVED_PATHS,
                                on_start=metrics.request_started,
@@ -250,17 +254,19 @@ def create_gateway_app(service: GatewayService,
                                body_timeout_s=settings.body_timeout_s)],
         lifespan=lifespan,
     )
-    mcp.bind(app)
+    for extension in extensions:
+        extension.bind(app)
     app.state.metrics = metrics
     return app
 
 
-def _openapi_route(*, keyed: bool) -> Route:
+def _openapi_route(*, keyed: bool, served: set[str]) -> Route:
     """``/openapi.json``; the chat request's ``agoranet`` field is the gateway's policy, and
     with keys OpenAI's routes take one (``Authorization: Bearer agn-...``)."""
     chat, models = ("POST", "/v1/chat/completions"), ("GET", "/v1/models")
     text, responses = ("POST", "/v1/completions"), ("POST", "/v1/responses")
-    agents = [(m, p) for m, p in OPERATIONS if p.startswith(AGENT_PATHS)]
+    agents = [(m, p) for m, p in OPERATIONS if p.startswith(AGENT_PATHS)
+              and (p != MCP_PATH or p in served)]
     openai = [(m, p) for m, p in OPERATIONS if p.startswith(("/v1/responses", "/v1/models/"))]
     vectors = ("POST", "/v1/embeddings")
     return openapi_route(title="agoranet gateway", version=__version__, operations={
