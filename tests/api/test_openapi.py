@@ -109,6 +109,8 @@ async def test_gateway_documents_every_route_and_its_policy_field(
     assert "prefer" in schemas["Policy"]["properties"]
     assert "security" not in chat  # an open gateway takes no key
     assert ("/mcp" in document["paths"]) is with_mcp
+    metrics = document["paths"]["/metrics"]["get"]
+    assert "security" not in metrics and "401" not in metrics["responses"]  # open, as served
 
 
 async def test_a_keyed_gateway_documents_its_key_routes_and_that_keys_are_needed(
@@ -127,6 +129,7 @@ async def test_a_keyed_gateway_documents_its_key_routes_and_that_keys_are_needed
     validate(document)  # type: ignore[arg-type]
     assert documented(document) == served(app)
     assert generic_routes(app.routes) == []
+    assert "security" in document["paths"]["/metrics"]["get"]  # the owner's key
     assert {p for p in document["paths"] if p.startswith("/agoranet/keys")} == {
         "/agoranet/keys", "/agoranet/keys/{name}", "/agoranet/keys/{name}/top_up",
         "/agoranet/keys/{name}/rotate", "/agoranet/keys/{name}/revoke"}

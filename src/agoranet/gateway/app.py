@@ -269,7 +269,10 @@ def _openapi_route(*, keyed: bool, served: set[str]) -> Route:
               and (p != MCP_PATH or p in served)]
     openai = [(m, p) for m, p in OPERATIONS if p.startswith(("/v1/responses", "/v1/models/"))]
     vectors = ("POST", "/v1/embeddings")
+    metrics = ("GET", "/metrics")  # the owner's key on a keyed gateway; open on an open one
     return openapi_route(title="agoranet gateway", version=__version__, operations={
+        metrics: dataclasses.replace(OPERATIONS[metrics], bearer=keyed,
+                                     errors=OPERATIONS[metrics].errors if keyed else ()),
         chat: dataclasses.replace(OPERATIONS[chat], fields={"agoranet": Policy}, bearer=keyed),
         text: dataclasses.replace(OPERATIONS[text], fields={"agoranet": Policy}, bearer=keyed),
         vectors: dataclasses.replace(OPERATIONS[vectors], fields={"agoranet": Policy},
