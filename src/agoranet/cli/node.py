@@ -217,6 +217,7 @@ def serve(settings: NodeSettings, *, adapters: bool = True, hooks: NodeHooks | N
     from agoranet.api import server
     from agoranet.api.logformat import configure_logging
     from agoranet.api.secret_gate import load_or_create_secret
+    from agoranet.cli.engine_options import check_engine_options
     from agoranet.cli.node_banner import node_banner
     from agoranet.cli.preflight import check_model_dir, check_port_free
     from agoranet.node.app import create_app
@@ -225,6 +226,7 @@ def serve(settings: NodeSettings, *, adapters: bool = True, hooks: NodeHooks | N
     hooks = hooks or NodeHooks()
 
     configure_logging(settings.log_format)
+    check_engine_options(settings)
     check_port_free(settings.host, settings.port, "node or server")
     if settings.engine == "transformers":
         check_model_dir(settings.model)
