@@ -179,6 +179,9 @@ class GatewaySettings(BaseSettings):
     registry_rpc_url: str | None = None  # discover nodes from the on-chain registry too
     # Tool servers to buy paid tools from (their root URLs), beside the registry's.
     tools: list[str] = Field(default_factory=list)
+    # Channels one tool seller is paid over at once, each opened with ``deposit`` when
+    # calls first need it (a channel pays one call at a time; more calls wait).
+    tool_channels: int = Field(default=4, ge=1, le=64)
     # Paying: the chain, the wallet, and the deposit each node's channel opens with.
     rpc_url: str | None = None
     keystore: Path | None = None

@@ -141,9 +141,8 @@ class _Payers(ToolPayers):
                          spend, reputation=reputation)
         self.sellers = sellers
 
-    def _new_payer(self, seller: ToolSeller, offer: Any) -> ToolPayer:
-        payer = ToolPayer(offer, Web3(), ADDRESSES, account=self.account,
-                          state_dir=self.state_root / seller.root.split("//")[1])
+    def _new_payer(self, seller: ToolSeller, offer: Any, folder: Path) -> ToolPayer:
+        payer = ToolPayer(offer, Web3(), ADDRESSES, account=self.account, state_dir=folder)
         payer.state = ChannelState(self.sellers[seller.root].channel, {}, deposited=100_000,
                                    charged=START, voucher=START)
         return payer

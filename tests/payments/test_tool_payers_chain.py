@@ -1,15 +1,18 @@
-"""The gateway's tool payers on the real dev chain, in process: one channel per seller.
+"""The gateway's tool payers on the real dev chain, in process: a seller's channels.
 
 :class:`ToolPayers` reads our chain's token once, opens a seller's channel with the
-deposit on first use (its state in a folder named for the seller), keeps one payer per
-seller (a call at a time under the seller's lock), and on a new offer from the same seller
-keeps the channel (checked on chain) under the new terms. Its chain reads are one short
+deposit on first use (its state in a folder named for the seller), reuses it for the
+next call, opens a second channel (its own folder, deposit and id) only for a call made
+while the first is paying one, makes a call beyond ``channels`` wait for one handed back,
+and on a new offer from the same seller keeps the channel (checked on chain) under the
+new terms. Its chain reads are one short
 try each (they run on a call's path). Disputes and resynced receipts
 are wired to the payer (their accounting: tests/gateway/test_tool_payer_accounting.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
@@ -42,18 +45,15 @@ def _offer(env: Env, receiver: LocalAccount, price: int, root: str) -> ToolOffer
     return build_tool_offer(root, [echo], terms)
 
 
-async def test_one_channel_per_seller_opened_with_the_deposit_and_kept_across_offers(
+async def test_a_seller_s_channels_opened_as_calls_need_them_and_kept_across_offers(
         env: Env, payer: LocalAccount, receiver: LocalAccount, tmp_path: Path) -> None:
     spend = SpendLog(tmp_path / "spend.sqlite")
     payers = ToolPayers(env.dev.rpc_url, payer, tmp_path / "channels", DEPOSIT, Budget(None),
-                        spend, chain_timeout_s=5.0)
+                        spend, chain_timeout_s=5.0, channels=2)
     assert await payers.stablecoin() == env.addresses.require_stablecoin()
     seller = ToolSeller("http://seller.test", _offer(env, receiver, 1000, "http://seller.test"))
-    other = ToolSeller("http://other.test", _offer(env, receiver, 1000, "http://other.test"))
-    assert payers.lock(seller) is payers.lock(seller)
-    assert payers.lock(seller) is not payers.lock(other)
 
-    first = await payers.payer(seller)
+    first = await payers.take(seller)
     assert first.state is not None and first.state.deposited == DEPOSIT
     assert first.top_up_amount == DEPOSIT and first.tool_offer == seller.offer
     assert first.chain_id == env.addresses.chain_id
@@ -61,22 +61,37 @@ async def test_one_channel_per_seller_opened_with_the_deposit_and_kept_across_of
     provider = first.w3.provider
     assert provider.get_request_kwargs()["timeout"] == 5.0  # type: ignore[attr-defined]
     assert provider.exception_retry_configuration is None  # type: ignore[attr-defined]
-    folder = tmp_path / "channels" / hashlib.sha256(b"http://seller.test").hexdigest()[:16]
+    name = hashlib.sha256(b"http://seller.test").hexdigest()[:16]
+    folder = tmp_path / "channels" / name
     assert first.state_dir == folder and folder.is_dir()
     assert first.on_dispute is not None and first.on_resync is not None
     assert first.on_dispute.args == (seller,) and first.on_resync.args == (seller,)
-    assert await payers.payer(seller) is first  # the same offer: the same payer
-    assert payers.payers() == [first]
-
     pending = first.pay(1000, "call-1")  # it pays from the channel opened
     assert pending.voucher == 1000 and pending.max_amount == 1000
+    payers.give_back(seller, first)
+    assert await payers.take(seller) is first  # idle again: the same channel, no new one
+
+    second = await payers.take(seller)  # the first is still paying a call: a second one
+    assert second is not first and second.state is not None
+    assert second.state_dir == tmp_path / "channels" / f"{name}-1"
+    assert second.state.channel_id != first.state.channel_id
+    assert second.state.deposited == DEPOSIT
+    assert sorted(p.state_dir.name for p in payers.payers()) == [name, f"{name}-1"]
+
+    third = asyncio.ensure_future(payers.take(seller))  # two channels at most: it waits
+    await asyncio.sleep(0.05)
+    assert not third.done()
+    payers.give_back(seller, second)
+    assert await asyncio.wait_for(third, 5) is second
+    payers.give_back(seller, second)
+    payers.give_back(seller, first)
 
     seller.offer = _offer(env, receiver, 2000, "http://seller.test")  # a new price
-    second = await payers.payer(seller)
-    assert second is not first and second.tool_offer == seller.offer
-    assert second.state is not None
-    assert second.state.channel_id == first.state.channel_id  # the same channel, checked
-    assert second.state.deposited == DEPOSIT
-    assert payers.payers() == [second]
+    renewed = await payers.take(seller)
+    assert renewed not in (first, second) and renewed.tool_offer == seller.offer
+    assert renewed.state is not None
+    assert renewed.state.channel_id == first.state.channel_id  # the same channel, checked
+    assert renewed.state.deposited == DEPOSIT
+    assert len(payers.payers()) == 2 and renewed in payers.payers()
     payers.close()
     spend.close()

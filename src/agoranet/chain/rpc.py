@@ -7,6 +7,7 @@ URL. web3 and transport errors are converted here into :class:`ChainError` and
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -24,6 +25,7 @@ __all__ = [
     "http_provider",
     "increase_time",
     "send",
+    "sending",
     "transfer_native",
 ]
 
@@ -76,21 +78,23 @@ def send(w3: Web3, account: LocalAccount, call: Any, what: str, *, value: int = 
     A revert (at gas estimation or in the mined block) becomes :class:`ContractError`
     naming ``what`` and the contract's reason.
     """
-    try:
-        tx = call.build_transaction(
-            {
-                "from": account.address,
-                "nonce": w3.eth.get_transaction_count(account.address, "pending"),
-                "chainId": w3.eth.chain_id,
-                "value": value,
-            }
-        )
-        tx["gas"] = _with_margin(w3, int(tx["gas"]))
-    except ContractLogicError as exc:
-        raise ContractError(f"{what} reverted: {_reason(exc)}") from exc
-    except (OSError, ValueError, Web3Exception) as exc:
-        raise ChainError(f"{what} failed: {_short(exc)}") from exc
-    return _sign_and_wait(w3, account, tx, what)
+    with sending(account.address):
+        try:
+            tx = call.build_transaction(
+                {
+                    "from": account.address,
+                    "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+                    "chainId": w3.eth.chain_id,
+                    "value": value,
+                }
+            )
+            tx["gas"] = _with_margin(w3, int(tx["gas"]))
+        except ContractLogicError as exc:
+            raise ContractError(f"{what} reverted: {_reason(exc)}") from exc
+        except (OSError, ValueError, Web3Exception) as exc:
+            raise ChainError(f"{what} failed: {_short(exc)}") from exc
+        tx_hash = _sign_and_send(w3, account, tx, what)
+    return _wait(w3, tx_hash, what)
 
 
 def _with_margin(w3: Web3, estimate: int) -> int:
@@ -108,20 +112,22 @@ def _with_margin(w3: Web3, estimate: int) -> int:
 
 def transfer_native(w3: Web3, account: LocalAccount, to: str, amount: int) -> TxResult:
     """Send ``amount`` wei from ``account`` to ``to``."""
-    tx: dict[str, Any] = {
-        "from": account.address,
-        "to": to,
-        "value": amount,
-        "nonce": w3.eth.get_transaction_count(account.address, "pending"),
-        "chainId": w3.eth.chain_id,
-        "gas": 21_000,
-    }
-    try:
-        fees = _fees(w3)
-    except (OSError, ValueError, Web3Exception) as exc:
-        raise ChainError(f"native transfer failed: {_short(exc)}") from exc
-    tx.update(fees)
-    return _sign_and_wait(w3, account, tx, "native transfer")
+    with sending(account.address):
+        tx: dict[str, Any] = {
+            "from": account.address,
+            "to": to,
+            "value": amount,
+            "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+            "chainId": w3.eth.chain_id,
+            "gas": 21_000,
+        }
+        try:
+            fees = _fees(w3)
+        except (OSError, ValueError, Web3Exception) as exc:
+            raise ChainError(f"native transfer failed: {_short(exc)}") from exc
+        tx.update(fees)
+        tx_hash = _sign_and_send(w3, account, tx, "native transfer")
+    return _wait(w3, tx_hash, "native transfer")
 
 
 def dev_rpc(w3: Web3, method: str, params: list[Any]) -> Any:
@@ -144,10 +150,29 @@ def increase_time(w3: Web3, seconds: int) -> None:
     dev_rpc(w3, "evm_mine", [])
 
 
-def _sign_and_wait(w3: Web3, account: LocalAccount, tx: dict[str, Any], what: str) -> TxResult:
+_senders: dict[str, threading.Lock] = {}
+_senders_lock = threading.Lock()
+
+
+def sending(address: str) -> threading.Lock:
+    """Held by whoever picks ``address``'s next nonce in this process until the transaction
+    is sent: two threads sending from one account at once (a gateway opening channels to
+    several sellers) would otherwise both take the same pending nonce."""
+    with _senders_lock:
+        return _senders.setdefault(address.lower(), threading.Lock())
+
+
+def _sign_and_send(w3: Web3, account: LocalAccount, tx: dict[str, Any], what: str) -> Any:
     try:
-        signed = account.sign_transaction(tx)
-        tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+        return w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
+    except ContractLogicError as exc:
+        raise ContractError(f"{what} reverted: {_reason(exc)}") from exc
+    except (OSError, ValueError, Web3Exception) as exc:
+        raise ChainError(f"{what} failed: {_short(exc)}") from exc
+
+
+def _wait(w3: Web3, tx_hash: Any, what: str) -> TxResult:
+    try:
         receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
     except ContractLogicError as exc:
         raise ContractError(f"{what} reverted: {_reason(exc)}") from exc

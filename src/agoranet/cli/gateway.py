@@ -94,7 +94,7 @@ def serve_gateway(settings: GatewaySettings) -> None:
     from agoranet.agents.mcp_http import create_agent_gateway_app
     from agoranet.api.logformat import configure_logging
     from agoranet.api.server import ServerLimits, serve
-    from agoranet.cli.gateway_banner import gateway_banner, probe_nodes
+    from agoranet.cli.gateway_banner import gateway_banner, probe_nodes, probe_tool_sellers
     from agoranet.cli.preflight import check_port_free, connect_chain_or_hint
     from agoranet.gateway.app import build_service
 
@@ -107,6 +107,7 @@ def serve_gateway(settings: GatewaySettings) -> None:
         account = unlock_wallet(settings.keystore)
         connect_chain_or_hint(settings.rpc_url)
     probes = probe_nodes(settings)
+    tool_probes = probe_tool_sellers(settings)
     service = build_service(settings, account=account)
     keys = None
     if not settings.open:
@@ -123,7 +124,8 @@ def serve_gateway(settings: GatewaySettings) -> None:
     mount_gateway_dashboard(app, service, keys, settings.spend_log_path())
     gateway_banner(console, settings, payer=account.address if account else None,
                    spent=service.budget.spent, probes=probes,
-                   owner_key=started.owner_key if keys is not None else None)
+                   owner_key=started.owner_key if keys is not None else None,
+                   tool_probes=tool_probes)
     serve(app, settings.host, settings.port, ServerLimits(
         settings.header_timeout_s, settings.keep_alive_s, settings.max_connections))
 

@@ -1,13 +1,16 @@
-"""What ``agoranet gateway`` checks and says at start: which nodes answer, which it
-can pay, and a banner with the paying address, budget, spend log and nodes found.
+"""What ``agoranet gateway`` checks and says at start: which nodes and tool sellers
+answer, which it can pay, and a banner with the paying address, budget, spend log and
+the nodes and tool sellers found.
 
-Nodes are probed once before anything slow loads (a node that does not answer
-is still kept: the gateway retries it), so an operator sees at once that the
-only node is down, or that paid nodes wait on a wallet the gateway lacks.
+Nodes and tool sellers (``--tools`` and the registry's) are probed once before anything
+slow loads (one that does not answer is still kept: the gateway retries it), so an
+operator sees at once that the only node is down, that a tool seller's offer would be
+refused, or that paid ones wait on a wallet the gateway lacks.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +24,8 @@ from rich.text import Text
 
 from agoranet.config import GatewaySettings
 
-__all__ = ["NodeProbe", "gateway_banner", "probe_nodes"]
+__all__ = ["NodeProbe", "ToolProbe", "gateway_banner", "probe_nodes",
+           "probe_tool_sellers"]
 
 _PROBE_TIMEOUT_S: Final = 3.0
 
@@ -31,6 +35,14 @@ class NodeProbe:
     url: str
     error: str | None = None  # why its offer could not be read, or None
     paid: bool = False  # its offer asks payment (x402)
+
+
+@dataclass(frozen=True)
+class ToolProbe:
+    url: str  # the seller's root URL
+    error: str | None = None  # why its offer could not be read or would be refused
+    tools: int = 0  # tools on offer
+    paid: bool = False  # it sells for payment (x402)
 
 
 def probe_nodes(settings: GatewaySettings) -> list[NodeProbe]:
@@ -58,6 +70,47 @@ def _probe_all(urls: list[str]) -> list[NodeProbe]:
         return list(pool.map(_probe, urls))
 
 
+def probe_tool_sellers(settings: GatewaySettings) -> list[ToolProbe]:
+    """Read and check the offer of each ``--tools`` seller and each registered one, a few
+    seconds at most (a registry that does not answer is the node probes' warning)."""
+    from agoranet.errors import AgoranetError
+    from agoranet.registry.tool_offer import is_tool_url, tool_root
+
+    roots = [tool_root(u) for u in settings.tools]
+    if settings.registry_rpc_url:
+        from agoranet.registry.onchain import registry_at
+
+        with contextlib.suppress(AgoranetError):  # the node probes say it is unavailable
+            roots += [tool_root(e.url) for e in registry_at(settings.registry_rpc_url).entries()
+                      if is_tool_url(e.url)]
+    roots = list(dict.fromkeys(roots))
+    if not roots:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(roots))) as pool:
+        return list(pool.map(_probe_tools, roots))
+
+
+def _probe_tools(root: str) -> ToolProbe:
+    from pydantic import ValidationError
+
+    from agoranet.errors import OfferMismatchError
+    from agoranet.gateway.tool_directory import verify_tool_offer
+    from agoranet.registry.tool_offer import ToolOffer
+
+    try:
+        response = httpx.get(root + "/.well-known/agoranet", timeout=_PROBE_TIMEOUT_S)
+        response.raise_for_status()
+        offer = ToolOffer.model_validate_json(response.content)
+        verify_tool_offer(offer, root, None)
+    except httpx.HTTPError as exc:
+        return ToolProbe(root, f"does not answer ({type(exc).__name__}: {exc})")
+    except ValidationError as exc:
+        return ToolProbe(root, f"sends no valid tool offer ({exc.error_count()} error(s))")
+    except OfferMismatchError as exc:
+        return ToolProbe(root, f"sends an offer the gateway refuses ({exc})")
+    return ToolProbe(root, tools=len(offer.tools), paid=offer.payment is not None)
+
+
 def _probe(url: str) -> NodeProbe:
     from pydantic import ValidationError
 
@@ -76,7 +129,8 @@ def _probe(url: str) -> NodeProbe:
 
 
 def gateway_banner(console: Console, settings: GatewaySettings, *, payer: str | None,
-                   spent: int, probes: Sequence[NodeProbe], owner_key: Path | None) -> None:
+                   spent: int, probes: Sequence[NodeProbe], owner_key: Path | None,
+                   tool_probes: Sequence[ToolProbe] = ()) -> None:
     """Print the gateway's banner and a warning line per problem found (fits 80 columns)."""
     base = f"http://{settings.host}:{settings.port}/v1"
     table = Table(title=f"agoranet gateway on {base}", show_header=False)
@@ -103,6 +157,13 @@ def gateway_banner(console: Console, settings: GatewaySettings, *, payer: str | 
     if settings.registry_rpc_url:
         nodes += f"; registry at {settings.registry_rpc_url}"
     table.add_row("nodes", Text(nodes))
+    selling = [p for p in tool_probes if p.error is None]
+    if tool_probes or settings.registry_rpc_url:
+        tools = sum(p.tools for p in selling)
+        table.add_row("tool sellers", Text(
+            f"{len(selling)} of {len(tool_probes)} answering, {tools} tool"
+            f"{'' if tools == 1 else 's'} ({sum(p.paid for p in selling)} paid, "
+            f"{sum(not p.paid for p in selling)} free)"))
     if settings.audit_reference:
         table.add_row("audits", Text(f"against {settings.audit_reference}, "
                                      f"{settings.audit_share:.0%} of requests"))
@@ -115,6 +176,13 @@ def gateway_banner(console: Console, settings: GatewaySettings, *, payer: str | 
                   "will not be used (give --rpc-url, and --keystore)")
     if not answering:
         _warn(console, "no node answers yet: requests fail until one does")
+    for tool_probe in tool_probes:
+        if tool_probe.error is not None:
+            _warn(console, f"tool seller {tool_probe.url} {tool_probe.error}; the gateway "
+                  "keeps checking it")
+        elif tool_probe.paid and payer is None:
+            _warn(console, f"tool seller {tool_probe.url} asks payment and this gateway has "
+                  "no wallet: its paid tools cannot be bought (give --rpc-url, and --keystore)")
 
 
 def _warn(console: Console, text: str) -> None:

@@ -21,6 +21,7 @@ from agoranet.cli.output import money
 from agoranet.config import GatewaySettings
 from agoranet.errors import ConfigError, RequestError
 from agoranet.gateway.key_routes import key_json
+from agoranet.gateway.keyaccess import check_key_policy
 from agoranet.gateway.keysetup import ensure_owner, write_secret
 from agoranet.gateway.keystore import OWNER, KeyRecord, KeyStore
 from agoranet.payments.amounts import parse_amount
@@ -109,15 +110,27 @@ def keys() -> None:
               help="Policy: highest output price, base units per million tokens.")
 @click.option("--prefer", type=click.Choice(["cheapest", "fastest", "balanced"]), default=None,
               help="Policy: what to prefer among allowed nodes.")
+@click.option("--tools", "tools", multiple=True, metavar="GLOB",
+              help="Market tools it may call, as glob patterns (repeatable) [default: all].")
+@click.option("--tool-seller", "tool_sellers", multiple=True, metavar="URL|ADDRESS",
+              help="Tool sellers it may pay: root URL (a glob) or address (repeatable) "
+                   "[default: all].")
+@click.option("--max-tool-price", type=click.IntRange(min=0), default=None,
+              help="The most one tool call may cost, base units.")
 @_store_option
 def create(name: str, budget: str, per_day: str | None, models: tuple[str, ...],
            expires: str | None, parent: str, max_price_in: int | None,
-           max_price_out: int | None, prefer: str | None, key_store: Path | None) -> None:
+           max_price_out: int | None, prefer: str | None, tools: tuple[str, ...],
+           tool_sellers: tuple[str, ...], max_tool_price: int | None,
+           key_store: Path | None) -> None:
     """Create a key; its secret is printed once, here."""
     policy = {k: v for k, v in (("max_price_in", max_price_in), ("max_price_out", max_price_out),
-                                ("prefer", prefer)) if v is not None}
+                                ("prefer", prefer), ("tools", list(tools) or None),
+                                ("tool_sellers", list(tool_sellers) or None),
+                                ("max_tool_price", max_tool_price)) if v is not None}
     store, _ = _store(key_store)
     try:
+        policy = check_key_policy(policy)  # the tool patterns' limits, as over the API
         new = store.create(
             name, parent=parent, budget=parse_amount(budget, allow_zero=True, what="--budget"),
             per_day=(parse_amount(per_day, allow_zero=True, what="--per-day")

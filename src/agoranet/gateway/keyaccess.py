@@ -20,13 +20,15 @@ from agoranet.errors import InvalidRequestError, PermissionDeniedError
 from agoranet.gateway.budget import Budget, Reservation
 from agoranet.gateway.keystore import KeyRecord, KeyStore
 from agoranet.gateway.policy import Policy
+from agoranet.gateway.tool_limits import TOOL_FIELDS, ToolLimits, check_tool_fields
 
 __all__ = ["POLICY_FIELDS", "KeyAccess", "KeyReservation", "KeyedBudget", "authenticate",
            "bearer", "check_key_policy"]
 
-# The policy fields a key may carry: each narrows (prices, nodes) or only steers (prefer).
+# The policy fields a key may carry: each narrows (prices, nodes) or only steers (prefer);
+# and what it may buy from the tool market (agoranet.gateway.tool_limits).
 POLICY_FIELDS: Final = frozenset({"max_price_in", "max_price_out", "prefer", "allow", "deny",
-                                  "commitments"})
+                                  "commitments", *TOOL_FIELDS})
 
 
 def bearer(request: Request) -> str | None:
@@ -54,8 +56,16 @@ def check_key_policy(policy: object) -> dict[str, Any]:
     if unknown:
         raise InvalidRequestError(f"a key's policy cannot set {', '.join(unknown)} (it may set "
                                   f"{', '.join(sorted(POLICY_FIELDS))})", param="policy")
-    Policy().narrowed(policy)  # the values' own checks
+    check_tool_fields(policy)
+    Policy().narrowed(_routing(policy))  # the values' own checks
     return dict(policy)
+
+
+def _routing(policy: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A key's policy without its tool fields: what narrows the routing policy."""
+    if not policy:
+        return None
+    return {k: v for k, v in policy.items() if k not in TOOL_FIELDS} or None
 
 
 @dataclass(frozen=True)
@@ -84,8 +94,12 @@ class KeyAccess:
     def narrow(self, policy: Policy) -> Policy:
         """``policy`` narrowed by each key of the chain, the root's first."""
         for key in reversed(self.chain):
-            policy = policy.narrowed(key.policy or None)
+            policy = policy.narrowed(_routing(key.policy))
         return policy
+
+    def tool_limits(self) -> ToolLimits:
+        """What the chain lets the key buy from the tool market."""
+        return ToolLimits.of(self.chain)
 
     def budget(self, budget: Budget, request_id: str, model: str) -> KeyedBudget:
         return KeyedBudget(self.store, self.key.id, budget, request_id, model)

@@ -12,8 +12,9 @@ then best reputation; banned sellers skipped):
    bound);
 2. it is reserved from the caller's budget (its key's chain, then the gateway's): a
    call over budget is refused (402 ``budget_exceeded``) before any payment;
-3. the seller is paid over its batch-settlement channel (:class:`~agoranet.gateway.
-   tool_payer.ToolPayer`: the voucher saved before it leaves), or, if it takes only
+3. the seller is paid over one of its batch-settlement channels, held for the call
+   (:class:`~agoranet.gateway.tool_payer.ToolPayers`: calls at once to one seller use
+   several; the voucher saved before it leaves), or, if it takes only
    ``exact``, with one transfer from the gateway's wallet (:mod:`.tool_exact`), and its
    signed receipt checked (its payee's signature, this call, exactly the price);
 4. the reservation is settled at what the receipt says, and the spend log gets a row
@@ -29,6 +30,7 @@ seller's 400) are the buyer's mistake: passed back at once, held against no one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -54,6 +56,7 @@ from agoranet.gateway.reputation import EventKind, Reputation
 from agoranet.gateway.spendlog import SpendLog, SpendRow
 from agoranet.gateway.tool_directory import ToolDirectory, ToolSeller
 from agoranet.gateway.tool_exact import ExactBuyer, exact_only
+from agoranet.gateway.tool_limits import ToolLimits
 from agoranet.gateway.tool_outcome import (
     MAX_RESULT_BYTES,
     CallOutcome,
@@ -63,6 +66,7 @@ from agoranet.gateway.tool_outcome import (
 )
 from agoranet.gateway.tool_payer import ToolPayer, ToolPayers
 from agoranet.payments import x402wire
+from agoranet.payments.httpx_auth import BUSY_RETRIES_S
 from agoranet.payments.payer import PendingPayment
 from agoranet.registry.tool_offer import OfferedTool
 
@@ -110,8 +114,8 @@ class ToolMarket:
         self.spend = spend
         self.payers = payers
         self.reputation = reputation
-        self.exact = ExactBuyer(payers.account, payers.stablecoin, self._post) \
-            if payers is not None else None
+        self.exact = ExactBuyer(payers.account, payers.stablecoin, self._post,
+                                payers.cancel_exact) if payers is not None else None
 
     # ------------------------------------------------------------ listing
 
@@ -140,9 +144,12 @@ class ToolMarket:
         return sorted(groups.values(), key=lambda g: (g.name, -len(g.sellers),
                                                        _rank_price(g.tool)))
 
-    def view(self) -> list[dict[str, Any]]:
-        """``GET /agoranet/tools``: each tool with its sellers and prices."""
+    def view(self, limits: ToolLimits | None = None) -> list[dict[str, Any]]:
+        """``GET /agoranet/tools``: each tool with its sellers and prices (with a key's
+        ``limits``: only the tools and sellers it may buy)."""
         listed = self.listing()
+        if limits is not None:
+            listed = [g for g in (_within(g, limits) for g in listed) if g is not None]
         scores = {s.identity: self._score(s) for g in listed for s, _ in g.sellers}
         return [g.view(scores) for g in listed]
 
@@ -161,14 +168,20 @@ class ToolMarket:
 
     async def call(self, name: str, arguments: dict[str, Any], reserver: Reserver | None = None,
                    *, key: str | None = None, schema_sha256: str | None = None,
-                   request_id: str | None = None) -> dict[str, Any]:
+                   request_id: str | None = None,
+                   limits: ToolLimits | None = None) -> dict[str, Any]:
         """Buy one call of ``name`` with ``arguments``, reserving from ``reserver`` (the
-        gateway's budget if None); the result, who sold it, what it cost."""
+        gateway's budget if None), within the calling key's ``limits`` (a 403 before
+        anything is reserved for a tool, seller or price they rule out); the result, who
+        sold it, what it cost."""
+        limits = limits or ToolLimits()
+        limits.check_tool(name)
         listing = self.find(name, schema_sha256)
+        sellers = limits.usable(name, listing.sellers)
         request_id = request_id or f"toolcall-{uuid.uuid4().hex}"
-        reserver = reserver or self.budget
+        reserver = limits.reserver(reserver or self.budget)
         tried: list[dict[str, Any]] = []
-        for seller, tool in listing.sellers:
+        for seller, tool in sellers:
             if seller.offer is None or seller.offer.tool(name) != tool:
                 continue  # its offer changed or was refused since the listing
             started = time.monotonic()
@@ -228,12 +241,14 @@ class ToolMarket:
         reservation = await reserver.reserve(price)  # over budget: refused, nothing paid
         outcome = CallOutcome()
         try:
-            async with self.payers.lock(seller):
-                try:
-                    payer = await self.payers.payer(seller)
-                except AgoranetError as exc:  # its channel could not be opened
-                    return CallOutcome(error=f"cannot pay this seller: {exc}", blameless=True)
+            try:  # a channel of its own for this call (calls at once: several channels)
+                payer = await self.payers.take(seller)
+            except AgoranetError as exc:  # its channel could not be opened
+                return CallOutcome(error=f"cannot pay this seller: {exc}", blameless=True)
+            try:
                 outcome = await self._paid(payer, url, arguments, price, request_id)
+            finally:
+                self.payers.give_back(seller, payer)
         finally:
             reservation.release(outcome.amount)
         return outcome
@@ -268,8 +283,12 @@ class ToolMarket:
 
     async def _paid(self, payer: ToolPayer, url: str, arguments: dict[str, Any], price: int,
                     request_id: str) -> CallOutcome:
-        """Pay ``price`` for the call and check the receipt (the seller's lock held)."""
+        """Pay ``price`` for the call and check the receipt (``payer``'s channel ours). A
+        seller still holding the channel for an earlier call of ours (one we stopped
+        waiting for) is asked again after short pauses, as a node is; then this call is
+        not its failure."""
         retried = False
+        pauses = iter(BUSY_RETRIES_S)
         while True:
             try:
                 pending = payer.pay(price, request_id)
@@ -280,6 +299,13 @@ class ToolMarket:
                     x402wire.PAYMENT_SIGNATURE: pending.header, "x-request-id": request_id})
             except httpx.HTTPError as exc:
                 return CallOutcome(error=f"no answer after payment ({type(exc).__name__})")
+            if response.status_code == 402 and _busy(response):
+                pause = next(pauses, None)
+                if pause is None:
+                    return CallOutcome(error="its channel is still busy with an earlier call "
+                                             "of ours", blameless=True)
+                await asyncio.sleep(pause)
+                continue
             if response.status_code == 402 and not retried:
                 retried = True
                 if self._repaired(payer, response):
@@ -321,6 +347,28 @@ class ToolMarket:
             except PaymentError:
                 return False
         return False
+
+
+def _within(listing: ToolListing, limits: ToolLimits) -> ToolListing | None:
+    """``listing`` with only the sellers ``limits`` allow (None: none, or a tool they rule
+    out)."""
+    if not limits.allows_tool(listing.name):
+        return None
+    sellers = [(s, t) for s, t in listing.sellers if limits.allows_seller(s) and
+               (t.price.amount is None or limits.allows_price(t.price.amount))]
+    if not sellers:
+        return None
+    return ToolListing(listing.name, listing.schema_sha256, sellers[0][1], sellers)
+
+
+def _busy(response: httpx.Response) -> bool:
+    """A 402 because the seller still holds the channel for an earlier call of ours."""
+    try:
+        required = x402wire.decode_payment_required(
+            response.headers.get(x402wire.PAYMENT_REQUIRED, ""))
+    except PaymentError:
+        return False
+    return required.error == bs_errors.ERR_CHANNEL_BUSY
 
 
 def _rank_price(tool: OfferedTool) -> tuple[int, int]:

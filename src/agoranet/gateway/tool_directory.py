@@ -17,6 +17,7 @@ A forged or tampered offer is refused with a warning in the log and the seller's
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,10 +59,16 @@ class ToolSeller:
         """Who it is in the reputation store: its registered address, else its payee,
         else its URL."""
         if self.registered is not None:
-            return Web3.to_checksum_address(self.registered.provider)
+            return _checksummed(self.registered.provider)
         if self.offer is not None and self.offer.payment is not None:
-            return Web3.to_checksum_address(self.offer.payment.pay_to)
+            return _checksummed(self.offer.payment.pay_to)
         return self.root
+
+
+@functools.lru_cache(maxsize=4096)
+def _checksummed(address: str) -> str:
+    """``address`` checksummed (a keccak each time: cached, as it is asked on every call)."""
+    return Web3.to_checksum_address(address)
 
 
 def verify_tool_offer(offer: ToolOffer, root: str, registered: RegistryEntry | None) -> None:

@@ -16,15 +16,19 @@ gateway's wallet account, per call, under the caller's budget like any other (se
    transfer, for exactly the amount), and the reservation settled at what moved.
 
 A paid answer without a believable receipt counts the whole price as spent (the signed
-transfer is the seller's to settle) and as a receipt disagreement; no answer at all
-counts it as spent too (a plain failure: the seller may still settle the transfer); an
-error without a payment response moved nothing and is a plain
-failure; a 400 is the buyer's mistake.
+transfer is the seller's to settle) and as a receipt disagreement; no answer at all is a
+plain failure, and counts the price as spent too -- the seller holds a valid transfer
+until its ``validBefore`` -- unless the buyer's ``cancel`` (the token's EIP-3009
+``cancelAuthorization``, :mod:`agoranet.payments.exact_cancel`) gets its nonce cancelled
+on chain first: then the transfer can never happen and nothing is spent (a cancel that
+finds the nonce used, or a chain that cannot say, leaves it spent); an error without a
+payment response moved nothing and is a plain failure; a 400 is the buyer's mistake.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +50,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ExactBuyer", "Post", "exact_only"]
 
+logger = logging.getLogger(__name__)
+
 # POST the arguments (with these headers) to a tool's URL; the answer read into memory.
 Post = Callable[[str, dict[str, Any], "dict[str, str] | None"], Awaitable[httpx.Response]]
 
@@ -62,10 +68,11 @@ class ExactBuyer:
     ``stablecoin`` is our chain's token (the only one paid in), ``post`` sends a call."""
 
     def __init__(self, account: LocalAccount, stablecoin: Callable[[], Awaitable[str]],
-                 post: Post) -> None:
+                 post: Post, cancel: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self.account = account
         self.stablecoin = stablecoin
         self.post = post
+        self.cancel = cancel  # cancels a transfer's nonce on chain: True if it was unused
 
     async def buy(self, seller: ToolSeller, tool: OfferedTool, url: str,
                   arguments: dict[str, Any], reserver: Reserver,
@@ -105,13 +112,30 @@ class ExactBuyer:
                     x402wire.PAYMENT_SIGNATURE: payment.header,
                     "x-request-id": payment.request_id})
             except httpx.HTTPError as exc:  # the transfer is signed: the seller may settle it
-                outcome = CallOutcome(error=f"no answer after payment ({type(exc).__name__})",
-                                      amount=price)
+                error = f"no answer after payment ({type(exc).__name__})"
+                if await self._cancelled(payment):
+                    outcome = CallOutcome(error=f"{error}; its transfer was cancelled on chain "
+                                                "before the seller settled it: nothing paid")
+                else:
+                    outcome = CallOutcome(error=error, amount=price)
                 return outcome
             outcome = _settled(client, payment, response)
             return outcome
         finally:
             reservation.release(outcome.amount)
+
+
+    async def _cancelled(self, payment: ClientPayment) -> bool:
+        """Whether ``payment``'s transfer was cancelled on chain unused (False: it was
+        used, or the chain could not say)."""
+        if self.cancel is None:
+            return False
+        try:
+            return await self.cancel(str(payment.state["nonce"]))
+        except (AgoranetError, OSError, ValueError) as exc:
+            logger.warning("could not cancel the exact payment %s: %s", payment.request_id,
+                           exc)
+            return False
 
 
 def _requirement(response: httpx.Response, tool: OfferedTool) -> PaymentRequirements | CallOutcome:

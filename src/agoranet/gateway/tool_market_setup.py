@@ -28,11 +28,13 @@ def tool_market(settings: GatewaySettings, client: httpx.AsyncClient, budget: Bu
                 registry: Callable[[], list[RegistryEntry]] | None,
                 account: LocalAccount | None) -> ToolMarket:
     """The tool sellers of ``settings.tools`` and the registry's; paid from ``account``'s
-    channels (under ``channels/tools`` beside the spend log) when there is a wallet."""
+    channels (under ``channels/tools`` beside the spend log; ``settings.tool_channels`` a
+    seller at most) when there is a wallet."""
     payers = None
     if account is not None and settings.rpc_url:
         payers = ToolPayers(settings.rpc_url, account, settings.channels_dir() / "tools",
                             settings.deposit, budget, spend,
-                            chain_timeout_s=settings.chain_timeout_s, reputation=reputation)
+                            chain_timeout_s=settings.chain_timeout_s, reputation=reputation,
+                            channels=settings.tool_channels)
     directory = ToolDirectory(settings.tools, client, settings.refresh_s, registry)
     return ToolMarket(directory, client, budget, spend, payers, reputation)

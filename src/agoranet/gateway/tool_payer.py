@@ -8,18 +8,28 @@ call instead of token prices (:meth:`ToolPayer.check_call`): signed by the selle
 payee, for this request (the ``x-request-id`` sent), channel and chain, never above
 the voucher, in step with
 what was charged before, and exactly the price (a price that varies with the
-arguments: at most its stated maximum). :class:`ToolPayers` keeps one per seller,
-opened on first use, its disputes and resynced receipts counted in the budget and the
-spend log like a node's; a dispute (a charged total no receipt backs) is also a
-``dispute`` event in the reputation store, which bans the seller for a week.
+arguments: at most its stated maximum). :class:`ToolPayers` keeps a seller's payers,
+its disputes and resynced receipts counted in the budget and the spend log like a
+node's; a dispute (a charged total no receipt backs) is also a ``dispute`` event in
+the reputation store, which bans the seller for a week.
+
+A channel pays one call at a time (a voucher's cumulative amount follows the receipt
+of the call before), so calls to one seller at once go over several channels:
+:meth:`ToolPayers.take` gives a call an idle channel of the seller, else opens another
+(each with the deposit) while the seller has fewer than ``channels``, else waits for
+the first one handed back (:meth:`ToolPayers.give_back`), in order of arrival. A
+seller's first channel is kept in the folder named by its URL's hash, the others in
+``HASH-1``, ``HASH-2``...; each is opened when calls first need it and reused after.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,12 +111,50 @@ class ToolPayer(Payer):
         return receipt
 
 
+@dataclass
+class _Channels:
+    """One seller's payers by slot (its channel's folder): idle, or paying a call."""
+
+    members: dict[int, ToolPayer] = field(default_factory=dict)
+    idle: list[ToolPayer] = field(default_factory=list)
+    opening: set[int] = field(default_factory=set)  # slots whose channel is being opened
+    # calls waiting for a channel, first come first served: each is handed a channel given
+    # back, or None when a slot is free again (it then looks for itself)
+    waiters: collections.deque[asyncio.Future[ToolPayer | None]] = field(
+        default_factory=collections.deque)
+
+    def taken(self) -> int:
+        return len(self.members) + len(self.opening)
+
+    def free_slot(self) -> int:
+        return min(set(range(self.taken() + 1)) - set(self.members) - self.opening)
+
+    def slot_of(self, payer: ToolPayer) -> int:
+        return next(slot for slot, member in self.members.items() if member is payer)
+
+    def hand(self, payer: ToolPayer | None) -> bool:
+        """Give ``payer`` (None: a free slot) to the longest waiting call, if any."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(payer)
+                return True
+        return False
+
+    def give_back(self, payer: ToolPayer) -> None:
+        if not self.hand(payer):
+            self.idle.append(payer)
+
+
 class ToolPayers:
-    """One :class:`ToolPayer` per seller (keyed by root URL), opened on first use."""
+    """A seller's :class:`ToolPayer` channels (keyed by root URL), at most ``channels``
+    at once, opened as calls need them (see the module's docstring)."""
 
     def __init__(self, rpc_url: str, account: LocalAccount, state_root: Path, deposit: int,
                  budget: Budget, spend: SpendLog, *, chain_timeout_s: float = 10.0,
-                 reputation: Reputation | None = None) -> None:
+                 reputation: Reputation | None = None, channels: int = 4) -> None:
+        if channels < 1:
+            raise ValueError("a seller needs at least one channel")
         self.rpc_url = rpc_url
         self.account = account
         self.state_root = state_root
@@ -114,8 +162,8 @@ class ToolPayers:
         self.budget, self.spend = budget, spend
         self.chain_timeout_s = chain_timeout_s
         self.reputation = reputation
-        self._payers: dict[str, ToolPayer] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.channels = channels
+        self._sellers: dict[str, _Channels] = {}
         self._stablecoin: str | None = None
 
     async def stablecoin(self) -> str:
@@ -131,28 +179,95 @@ class ToolPayers:
         w3 = connect(self.rpc_url, timeout=self.chain_timeout_s, retry=False)
         return resolve_addresses(int(w3.eth.chain_id)).require_stablecoin()
 
-    def lock(self, seller: ToolSeller) -> asyncio.Lock:
-        """Held for a whole call: one call at a time on a seller's channel."""
-        return self._locks.setdefault(seller.root, asyncio.Lock())
+    async def cancel_exact(self, nonce: str) -> bool:
+        """Cancel the wallet's unused ``exact`` transfer ``nonce`` on chain: True if it was
+        cancelled (nothing moved, nothing can), False if it was used (ChainError: the chain
+        could not say)."""
+        return await asyncio.to_thread(self._cancel_exact, nonce)
 
-    async def payer(self, seller: ToolSeller) -> ToolPayer:
-        """The payer of ``seller`` (whose offer was checked); opens its channel if new.
-        Call it holding :meth:`lock`."""
-        found = self._payers.get(seller.root)
-        if found is not None and found.tool_offer == seller.offer:
-            return found
+    def _cancel_exact(self, nonce: str) -> bool:
+        from agoranet.chain.addresses import resolve_addresses
+        from agoranet.chain.rpc import connect
+        from agoranet.payments.exact_cancel import cancel_authorization
+
+        w3 = connect(self.rpc_url, timeout=self.chain_timeout_s, retry=False)
+        return cancel_authorization(w3, resolve_addresses(int(w3.eth.chain_id)), self.account,
+                                    nonce)
+
+    async def take(self, seller: ToolSeller) -> ToolPayer:
+        """A payer of ``seller`` (whose offer was checked) for one call, on a channel no
+        other call uses until :meth:`give_back`: an idle one (on the offer's terms: one
+        made for an older offer is reopened, same channel, new terms), else a new channel
+        while the seller has fewer than ``channels``, else the first one handed back.
+        AgoranetError if a channel cannot be opened (nothing is held then)."""
         assert seller.offer is not None
-        if found is not None:  # a new offer: the same channel (same folder), new terms
-            del self._payers[seller.root]
-            found.close()
-        payer = await asyncio.to_thread(self._open, seller, seller.offer)
-        self._payers[seller.root] = payer
+        pool = self._sellers.setdefault(seller.root, _Channels())
+        while True:
+            if pool.idle:
+                payer: ToolPayer | None = pool.idle.pop()
+            elif pool.taken() < self.channels:
+                return await self._open_slot(pool, seller, seller.offer, pool.free_slot())
+            else:
+                payer = await self._wait(pool)
+            if payer is None:
+                continue  # a slot is free again
+            if payer.tool_offer == seller.offer:
+                return payer
+            slot = pool.slot_of(payer)  # a new offer: the same channel, new terms
+            del pool.members[slot]
+            payer.close()
+            return await self._open_slot(pool, seller, seller.offer, slot)
+
+    @staticmethod
+    async def _wait(pool: _Channels) -> ToolPayer | None:
+        """The channel the next call gives back, or None when a slot is free again."""
+        waiter: asyncio.Future[ToolPayer | None] = asyncio.get_running_loop().create_future()
+        pool.waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed over, then cancelled
+                handed = waiter.result()
+                if handed is None:
+                    pool.hand(None)
+                else:
+                    pool.give_back(handed)
+            raise
+
+    async def _open_slot(self, pool: _Channels, seller: ToolSeller, offer: ToolOffer,
+                         slot: int) -> ToolPayer:
+        pool.opening.add(slot)
+        opening = asyncio.ensure_future(asyncio.to_thread(self._open, seller, offer, slot))
+        try:
+            payer = await asyncio.shield(opening)
+        except asyncio.CancelledError:  # the channel is still being opened: kept, idle
+            opening.add_done_callback(functools.partial(self._opened_late, pool, slot))
+            raise
+        except BaseException:
+            pool.opening.discard(slot)
+            pool.hand(None)
+            raise
+        pool.opening.discard(slot)
+        pool.members[slot] = payer
         return payer
 
-    def _open(self, seller: ToolSeller, offer: ToolOffer) -> ToolPayer:
-        """``seller``'s payer, told where disputes and resynced receipts count, its channel
-        opened or checked on chain. Blocking."""
-        payer = self._new_payer(seller, offer)
+    @staticmethod
+    def _opened_late(pool: _Channels, slot: int, opening: asyncio.Future[ToolPayer]) -> None:
+        pool.opening.discard(slot)
+        if not opening.cancelled() and opening.exception() is None:
+            pool.members[slot] = opening.result()
+            pool.give_back(opening.result())
+        else:
+            pool.hand(None)
+
+    def give_back(self, seller: ToolSeller, payer: ToolPayer) -> None:
+        """``payer``'s call is over: its channel pays the next call of its seller."""
+        self._sellers[seller.root].give_back(payer)
+
+    def _open(self, seller: ToolSeller, offer: ToolOffer, slot: int = 0) -> ToolPayer:
+        """``seller``'s payer on its channel ``slot``, told where disputes and resynced
+        receipts count, its channel opened or checked on chain. Blocking."""
+        payer = self._new_payer(seller, offer, self.folder(seller, slot))
         payer.on_dispute = functools.partial(self._disputed, seller)
         payer.on_resync = functools.partial(self._resynced, seller)
         try:
@@ -162,13 +277,17 @@ class ToolPayers:
             raise
         return payer
 
-    def _new_payer(self, seller: ToolSeller, offer: ToolOffer) -> ToolPayer:
+    def folder(self, seller: ToolSeller, slot: int = 0) -> Path:
+        """Where ``seller``'s channel ``slot`` is kept."""
+        name = hashlib.sha256(seller.root.encode()).hexdigest()[:16]
+        return self.state_root / (f"{name}-{slot}" if slot else name)
+
+    def _new_payer(self, seller: ToolSeller, offer: ToolOffer, folder: Path) -> ToolPayer:
         from agoranet.chain.addresses import resolve_addresses
         from agoranet.chain.rpc import connect
 
         w3 = connect(self.rpc_url, timeout=self.chain_timeout_s, retry=False)
         addresses = resolve_addresses(int(w3.eth.chain_id))
-        folder = self.state_root / hashlib.sha256(seller.root.encode()).hexdigest()[:16]
         return ToolPayer(offer, w3, addresses, account=self.account, state_dir=folder,
                          top_up=self.deposit)
 
@@ -196,9 +315,10 @@ class ToolPayers:
         self.budget.release(0, counted)
 
     def payers(self) -> list[ToolPayer]:
-        return list(self._payers.values())
+        """Every seller's open payers, idle or paying."""
+        return [payer for pool in self._sellers.values() for payer in pool.members.values()]
 
     def close(self) -> None:
-        for payer in self._payers.values():
+        for payer in self.payers():
             payer.close()
 

@@ -7,8 +7,10 @@
   tool_buying.ToolMarket`), paid under the key's budget chain and the gateway's budget;
   the answer says what it cost and carries the seller's signed receipt.
 
-On a keyed gateway both need a key (``Authorization: Bearer``); errors are OpenAI's
-error JSON (a call over budget: 402 ``budget_exceeded``, nothing paid).
+On a keyed gateway both need a key (``Authorization: Bearer``), and see and buy only
+what its tool limits allow (:mod:`~agoranet.gateway.tool_limits`: a tool, seller or
+price they rule out is a 403, nothing reserved or paid); errors are OpenAI's error JSON
+(a call over budget: 402 ``budget_exceeded``, nothing paid).
 """
 
 from __future__ import annotations
@@ -59,9 +61,9 @@ def tool_routes(market: ToolMarket, budget: Budget, keys: KeyStore | None) -> li
 
     @openai_errors
     async def listing(request: Request) -> Response:
-        if keys is not None:
-            authenticate(keys, request)
-        return JSONResponse({"object": "list", "data": market.view()})
+        access = authenticate(keys, request) if keys is not None else None
+        limits = access.tool_limits() if access is not None else None
+        return JSONResponse({"object": "list", "data": market.view(limits)})
 
     @openai_errors
     async def call(request: Request) -> Response:
@@ -73,7 +75,8 @@ def tool_routes(market: ToolMarket, budget: Budget, keys: KeyStore | None) -> li
             reserver = access.budget(budget, request_id, f"tool:{name}")
         answer = await market.call(name, arguments, reserver,
                                    key=access.name if access is not None else None,
-                                   schema_sha256=schema, request_id=request_id)
+                                   schema_sha256=schema, request_id=request_id,
+                                   limits=access.tool_limits() if access is not None else None)
         return JSONResponse(answer)
 
     return [Route(TOOLS_PATH, listing, methods=["GET"]),
