@@ -20,8 +20,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "agoranet"
 
 # Packages (first part below agoranet) by layer, lowest first.
-FOUNDATION = {"errors", "config", "market", "sqlite_store", "sqlite_checkpoints", "api",
-              "proofs", "tinymodel"}
+FOUNDATION = {"errors", "config", "market", "request_ids", "sqlite_store",
+              "sqlite_checkpoints", "api", "proofs", "tinymodel"}
 LOWER = {"chain", "payments", "registry", "engines", "tuning", "verify"}
 COMPOSERS = {"node", "gateway"}
 # ``tools`` (the paid tool server) is the sellers' half of DESIGN's agents/: a shell over

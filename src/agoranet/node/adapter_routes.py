@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +33,8 @@ from agoranet.node.adapter_access import missing_adapter
 from agoranet.node.adapter_owners import AdapterOwners, owner_id, owner_token, payer_owner
 from agoranet.node.finetune_routes import owner_of
 from agoranet.node.routes import openai_errors, read_json
+from agoranet.request_ids import REQUEST_ID_HEADER
+from agoranet.request_ids import request_id as checked_request_id
 from agoranet.tuning.adapter import Adapter, adapter_model_name, unpack_adapter
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def adapter_routes(host: AdapterHost, base_name: str, max_bytes: int,
         auth = None
         if paid:
             assert payments is not None
-            request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+            request_id = checked_request_id(request.headers.get(REQUEST_ID_HEADER))  # bad: 400
             try:
                 auth = await payments.authorize(request.headers.get("payment-signature"),
                                                 len(archive), request_id)
@@ -103,13 +104,13 @@ def adapter_routes(host: AdapterHost, base_name: str, max_bytes: int,
             adapter = await asyncio.to_thread(host.add_adapter, archive, max_bytes)
         except BaseException as exc:
             if auth is not None and payments is not None:
-                payments.release(auth)  # not stored: nothing charged
+                await payments.release(auth)  # not stored: nothing charged
             if isinstance(exc, AdapterError):
                 raise InvalidRequestError(str(exc)) from exc
             raise
         headers = {}
         if auth is not None and payments is not None:
-            headers = payments.charge(auth, len(archive))
+            headers = await payments.charge(auth, len(archive))
             await asyncio.to_thread(owners.add, adapter.id, payer_owner(auth.signer))
         await asyncio.to_thread(owners.add, adapter.id, owner)
         if public or private:

@@ -1,13 +1,14 @@
 """The payment middleware, also pricing ``POST /v1/embeddings``.
 
-:class:`~agoranet.node.payment_middleware.PaymentMiddleware` prices a chat or text
-completion by preparing it once; this subclass prepares an embeddings request the same
-way (:meth:`~agoranet.node.embeddings.EmbeddingService.prepare`: checked and tokenised,
-400s before any payment), as a request with ``max_tokens`` 0. Everything else is the
-middleware's own path: the worst case (the input tokens at the model's input price)
-must be covered by the voucher, which is persisted before the model runs; the usage
-the service records is charged and the signed receipt goes back in
-``PAYMENT-RESPONSE``; a failed request is charged nothing.
+:class:`~agoranet.node.payment_middleware.PaymentMiddleware` with the node's
+:class:`~agoranet.node.embeddings.EmbeddingService`: the paid-inference service
+(:mod:`agoranet.node.paid_inference`) prepares an embeddings request once
+(:meth:`~agoranet.node.embeddings.EmbeddingService.prepare`: checked and tokenised, 400s
+before any payment), as a request with ``max_tokens`` 0. Everything else is the paid
+path of every route: the worst case (the input tokens at the model's input price) must
+be covered by the voucher, which is persisted before the model runs; the usage the
+service records is charged and the signed receipt goes back in ``PAYMENT-RESPONSE``; a
+failed request is charged nothing.
 """
 
 from __future__ import annotations
@@ -16,17 +17,13 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp
 
-from agoranet.api.embeddings import EmbeddingRequest
-from agoranet.api.handlers import parse_json_object
-from agoranet.engines.base import Prepared
 from agoranet.node.embeddings import EmbeddingService
-from agoranet.node.payment_middleware import DEFAULT_PAID_PATHS, PaymentMiddleware, PriceBook
+from agoranet.node.paid_inference import DEFAULT_PAID_PATHS, EMBEDDINGS_PATH, PriceBook
+from agoranet.node.payment_middleware import PaymentMiddleware
 from agoranet.node.service import InferenceService
 from agoranet.payments.acceptor import PaymentAcceptor
 
 __all__ = ["EMBEDDINGS_PATH", "EmbeddingPaymentMiddleware"]
-
-EMBEDDINGS_PATH = "/v1/embeddings"
 
 
 class EmbeddingPaymentMiddleware(PaymentMiddleware):
@@ -39,11 +36,5 @@ class EmbeddingPaymentMiddleware(PaymentMiddleware):
                  commitment_price: int = 0) -> None:
         super().__init__(app, acceptor=acceptor, service=service, prices=prices,
                          paid_paths=paid_paths, settle_exact_before=settle_exact_before,
-                         receipt_every=receipt_every, commitment_price=commitment_price)
-        self.embeddings = embeddings
-
-    async def _prepare(self, path: str, body: bytes) -> tuple[Prepared, str, bool]:
-        if path != EMBEDDINGS_PATH:
-            return await super()._prepare(path, body)
-        request = EmbeddingRequest.model_validate(parse_json_object(body))
-        return await self.embeddings.prepare(request), request.model, False
+                         receipt_every=receipt_every, commitment_price=commitment_price,
+                         embeddings=embeddings)

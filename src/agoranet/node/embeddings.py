@@ -3,10 +3,10 @@
 A model is embedded only where its engine says so (the ``embeddings`` capability in
 :meth:`~agoranet.engines.base.Engine.models`, which the offer publishes); a request
 for any other model is a 400. A paid node prices the request's input tokens at the
-model's input price (:mod:`agoranet.node.embedding_payments`): the middleware
-prepares it once to price it and leaves the result in the request's
-:class:`~agoranet.node.metering.Meter` (as the ``payload`` of a
-:class:`~agoranet.engines.base.Prepared` with no tokens to generate), and the usage
+model's input price (:mod:`agoranet.node.paid_inference`): the middleware prepares it
+once to price it and hands it to the route with the request's
+:class:`~agoranet.node.metering.Metering` (as the ``payload`` of a
+:class:`~agoranet.engines.base.Prepared` with no tokens to generate); the usage
 recorded there is what is charged.
 """
 
@@ -30,7 +30,7 @@ from agoranet.engines.base import Engine, Finish, GenerationRequest, Prepared
 from agoranet.engines.embeddings import Embedder, EmbeddingJob, PreparedEmbeddings
 from agoranet.errors import InvalidRequestError, ModelNotFoundError
 from agoranet.market import ModelName
-from agoranet.node.metering import current_meter
+from agoranet.node.metering import Metering, metered_request
 from agoranet.node.metrics import note_finished, note_started
 
 __all__ = ["EmbeddingService", "as_prepared", "embedding_routes"]
@@ -73,26 +73,28 @@ class EmbeddingService:
         job = EmbeddingJob(request.model, request.inputs(), request.dimensions)
         return as_prepared(await embedder.prepare_embeddings(job), context)
 
-    async def create(self, request: EmbeddingRequest) -> EmbeddingList:
-        meter = current_meter()
-        shared = meter.take_prepared() if meter is not None else None
+    async def create(self, request: EmbeddingRequest, *, prepared: Prepared | None = None,
+                     metering: Metering | None = None) -> EmbeddingList:
+        """Embed ``request`` (``prepared``: as :meth:`prepare` made it, if it was already);
+        the usage is recorded in ``metering``."""
+        shared = prepared
         if shared is None or not isinstance(shared.payload, PreparedEmbeddings):
             shared = await self.prepare(request)
-        prepared = shared.payload
-        if not isinstance(prepared, PreparedEmbeddings):
+        job = shared.payload
+        if not isinstance(job, PreparedEmbeddings):
             raise TypeError("the prepared request is not an embeddings request")
         note_started(shared)  # the request's model, in its metrics and log line
         embedder, _ = self._embedder(request.model)
-        result = await embedder.embed(prepared)
-        if len(result.vectors) != len(prepared.job.inputs):
+        result = await embedder.embed(job)
+        if len(result.vectors) != len(job.job.inputs):
             raise RuntimeError(f"the engine returned {len(result.vectors)} vectors for "
-                               f"{len(prepared.job.inputs)} inputs")
+                               f"{len(job.job.inputs)} inputs")
         # Never more than was priced: the voucher covered the prepared count.
-        tokens = min(result.prompt_tokens, prepared.prompt_tokens)
+        tokens = min(result.prompt_tokens, job.prompt_tokens)
         usage = Finish("stop", tokens, 0)
         note_finished(usage)
-        if meter is not None:
-            meter.usage = usage
+        if metering is not None:
+            metering.usage = usage
         data = [Embedding(index=i, embedding=encode_vector(v, request.encoding_format))
                 for i, v in enumerate(result.vectors)]
         return EmbeddingList(data=data, model=request.model,
@@ -102,8 +104,13 @@ class EmbeddingService:
 def embedding_routes(service: EmbeddingService) -> list[Route]:
     @openai_errors
     async def embeddings(request: Request) -> Response:
-        body = EmbeddingRequest.model_validate(await read_json(request))
+        metered = metered_request(request.scope, EmbeddingRequest)
+        if metered is None:
+            body = EmbeddingRequest.model_validate(await read_json(request))
+            log_unknown_fields(body, "embeddings")
+            return respond(await service.create(body))
+        body, prepared, metering = metered
         log_unknown_fields(body, "embeddings")
-        return respond(await service.create(body))
+        return respond(await service.create(body, prepared=prepared, metering=metering))
 
     return [Route("/v1/embeddings", embeddings, methods=["POST"])]

@@ -22,7 +22,6 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import UploadFile
@@ -34,6 +33,8 @@ from agoranet.api.errors import error_body
 from agoranet.errors import InvalidRequestError, PaymentRequiredError, RequestError, TuningError
 from agoranet.node.routes import openai_errors, read_json
 from agoranet.payments import x402wire
+from agoranet.request_ids import REQUEST_ID_HEADER
+from agoranet.request_ids import request_id as checked_request_id
 from agoranet.tuning.jobs import FineTuneJob, JobManager, JobPlan, StoredFile
 
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ def finetune_routes(manager: JobManager, payments: JobPayments | None = None) ->
             job = await asyncio.to_thread(manager.create_job,
                                           dataclasses.replace(plan, amount=0))
             return JSONResponse(job_object(job, manager.price_per_million))
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = checked_request_id(request.headers.get(REQUEST_ID_HEADER))  # bad: a 400
         try:
             auth = await payments.authorize(
                 request.headers.get(x402wire.PAYMENT_SIGNATURE), plan.amount, request_id)
@@ -168,7 +169,7 @@ def finetune_routes(manager: JobManager, payments: JobPayments | None = None) ->
         try:  # the voucher is held in the ledger: now the job may exist
             job = await asyncio.to_thread(manager.create_job, plan, payments.held(auth))
         except BaseException:
-            payments.abandon(auth)
+            await payments.abandon(auth)
             raise
         paid = x402wire.encode_json(payments.held_response(auth, job.id))
         return JSONResponse(job_object(job, manager.price_per_million),
@@ -188,7 +189,8 @@ def finetune_routes(manager: JobManager, payments: JobPayments | None = None) ->
     @openai_errors
     async def cancel_job(request: Request) -> Response:
         try:
-            job = manager.cancel(owner_of(request), request.path_params["job_id"])
+            job = await asyncio.to_thread(  # a queued job is charged (a zero receipt) now
+                manager.cancel, owner_of(request), request.path_params["job_id"])
         except TuningError as exc:
             raise as_request_error(exc) from exc
         return JSONResponse(job_object(job, manager.price_per_million))

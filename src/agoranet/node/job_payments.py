@@ -65,9 +65,10 @@ class JobPayments:
     async def authorize(self, header: str | None, amount: int,
                         request_id: str) -> Authorization:
         """Accept and hold the buyer's voucher for a job costing at most ``amount``."""
-        auth = await self.acceptor.authorize(header, amount, request_id)
-        if auth.scheme != SCHEME_BATCH_SETTLEMENT:
-            self.acceptor.release(auth)  # an exact payment is only verified so far
+        acceptor = self.acceptor
+        auth = await acceptor.authorize(header, amount, request_id)
+        if auth.scheme != SCHEME_BATCH_SETTLEMENT:  # an exact payment is only verified so far
+            await acceptor.writer.unsynced(lambda: acceptor.release(auth))
             raise PaymentRequiredError(
                 "fine-tuning jobs are paid over a batch-settlement channel (a job that ends "
                 "early is charged only what it trained)", reason="unsupported_scheme")
@@ -97,11 +98,13 @@ class JobPayments:
                 "extra": {"held": True, "requestId": auth.request_id,
                           "maxAmount": str(auth.max_amount), "job": job_id}}
 
-    def abandon(self, auth: Authorization) -> None:
-        """The job could not be created: nothing is charged."""
+    async def abandon(self, auth: Authorization) -> None:
+        """The job could not be created: nothing is charged (the hold released through the
+        ledger's writer, as a paid request's)."""
         with self._lock:
             self._auths.pop(auth.request_id, None)
-        self.acceptor.release(auth)
+        acceptor = self.acceptor
+        await acceptor.writer.unsynced(lambda: acceptor.release(auth))
 
     # ------------------------------------------------------------ Billing
 

@@ -1,59 +1,56 @@
-"""What the payment middleware and the inference service share for one request.
+"""What a paid request's generation is metered with, passed explicitly (no ambient state).
 
-The middleware tokenises the request once to price it and puts the result in a
-:class:`Meter` in a context variable; the service takes the prepared request
-from there instead of tokenising again, records the usage when generation
-finishes, asks for running-receipt frames as content frames go out
-(``stream_progress``, given how many were sent), and for the final SSE frames
-(the signed receipt) before ``data: [DONE]``.
+The node's paid inference (:mod:`agoranet.node.paid_inference`) parses and prepares a
+paid request once, accepts its payment, and hands the app below the payment middleware
+a :class:`MeteredRequest` in the request's ASGI scope (:data:`METERED_SCOPE_KEY`): the
+parsed request, the prepared one and the :class:`Metering` of this request. The routes
+take it from there (:func:`metered_request`) instead of reading and tokenising the body
+again, and pass the prepared request and the metering to the service as arguments. The
+service records the usage in the metering when generation finishes, asks it for
+running-receipt frames as content frames go out (``stream_progress``, given how many
+were sent), and for the final SSE frames (the signed receipt) before ``data: [DONE]``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from agoranet.engines.base import Finish, Prepared
 
-__all__ = ["Meter", "current_meter", "metered"]
+__all__ = ["METERED_SCOPE_KEY", "MeteredRequest", "Metering", "metered_request"]
 
 FinishFrames = Callable[[Finish], Awaitable[list[bytes]]]
 ProgressFrames = Callable[[int], Awaitable[list[bytes]]]
+_R = TypeVar("_R")
+
+METERED_SCOPE_KEY = "agoranet.metered"  # the MeteredRequest of a paid request, in its scope
 
 
 @dataclass
-class Meter:
-    prepared: Prepared | None = None
+class Metering:
+    """One request's meter: the usage generation reports, and the payment's frames."""
+
     usage: Finish | None = None
     stream_finish: FinishFrames | None = None
     stream_progress: ProgressFrames | None = None
-    taken: bool = field(default=False)
-
-    def take_prepared(self) -> Prepared | None:
-        """The prepared request, once (a second prepare in the same request tokenises)."""
-        if self.taken:
-            return None
-        self.taken = True
-        return self.prepared
 
 
-_METER: ContextVar[Meter | None] = ContextVar("agoranet_meter", default=None)
+@dataclass(frozen=True)
+class MeteredRequest:
+    """A request parsed and prepared once (to price it), and the metering it runs with."""
+
+    request: Any  # the parsed wire request (chat, completion or embeddings)
+    prepared: Prepared
+    metering: Metering
 
 
-def current_meter() -> Meter | None:
-    return _METER.get()
-
-
-class metered:
-    """``with metered(meter):`` makes ``meter`` current for the code inside."""
-
-    def __init__(self, meter: Meter) -> None:
-        self.meter = meter
-
-    def __enter__(self) -> Meter:
-        self._token = _METER.set(self.meter)
-        return self.meter
-
-    def __exit__(self, *exc: object) -> None:
-        _METER.reset(self._token)
+def metered_request(scope: Mapping[str, Any], kind: type[_R]
+                    ) -> tuple[_R, Prepared, Metering] | None:
+    """The parsed ``kind`` request, its prepared form and its metering, if the payment
+    middleware left them in ``scope`` for a request of that kind; else None."""
+    found = scope.get(METERED_SCOPE_KEY)
+    if isinstance(found, MeteredRequest) and isinstance(found.request, kind):
+        return found.request, found.prepared, found.metering
+    return None

@@ -1,4 +1,8 @@
-"""Thin HTTP routes of the node; the logic lives in :mod:`agoranet.node.service`."""
+"""Thin HTTP routes of the node; the logic lives in :mod:`agoranet.node.service`.
+
+A paid request arrives parsed and prepared already (the payment middleware priced it):
+the route takes it, and its metering, from the scope (:mod:`agoranet.node.metering`)
+rather than reading the body again."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from agoranet.api.types import (
     TokenizeRequest,
     log_unknown_fields,
 )
+from agoranet.node.metering import metered_request
 from agoranet.node.service import InferenceService
 from agoranet.registry.offer import Offer
 
@@ -22,15 +27,25 @@ __all__ = ["http_error", "openai_errors", "read_json", "routes"]
 def routes(service: InferenceService, offer: Offer) -> list[Route]:
     @openai_errors
     async def chat_completions(request: Request) -> Response:
-        body = ChatCompletionRequest.model_validate(await read_json(request))
+        metered = metered_request(request.scope, ChatCompletionRequest)
+        if metered is None:
+            body = ChatCompletionRequest.model_validate(await read_json(request))
+            log_unknown_fields(body, "chat.completions")
+            return respond(await service.chat(body))
+        body, prepared, metering = metered
         log_unknown_fields(body, "chat.completions")
-        return respond(await service.chat(body))
+        return respond(await service.chat(body, prepared=prepared, metering=metering))
 
     @openai_errors
     async def completions(request: Request) -> Response:
-        body = CompletionRequest.model_validate(await read_json(request))
+        metered = metered_request(request.scope, CompletionRequest)
+        if metered is None:
+            body = CompletionRequest.model_validate(await read_json(request))
+            log_unknown_fields(body, "completions")
+            return respond(await service.completion(body))
+        body, prepared, metering = metered
         log_unknown_fields(body, "completions")
-        return respond(await service.completion(body))
+        return respond(await service.completion(body, prepared=prepared, metering=metering))
 
     @openai_errors
     async def models(request: Request) -> Response:

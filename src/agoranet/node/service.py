@@ -40,7 +40,7 @@ from agoranet.engines.structured import join_tool_calls
 from agoranet.errors import ContextLengthError, InvalidRequestError, ModelNotFoundError
 from agoranet.market import ModelName
 from agoranet.node import convert
-from agoranet.node.metering import current_meter
+from agoranet.node.metering import Metering
 from agoranet.node.metrics import note_finished, note_started
 
 __all__ = ["InferenceService", "Started"]
@@ -123,16 +123,7 @@ class InferenceService:
                                  param="model")
 
     async def prepare(self, request: GenerationRequest, requested: int | None) -> Prepared:
-        """Tokenise once, check the context, and fix ``max_tokens``.
-
-        When the payment middleware already prepared this request (to price it),
-        that result is used instead of tokenising again.
-        """
-        meter = current_meter()
-        if meter is not None:
-            shared = meter.take_prepared()
-            if shared is not None:
-                return shared
+        """Tokenise once, check the context, and fix ``max_tokens``."""
         info = self.model_info(request.model)
         if request.commitments and info.commitments is None:
             raise InvalidRequestError(
@@ -183,14 +174,18 @@ class InferenceService:
             convert.from_completion(request, request.max_tokens or 1), request.max_tokens
         )
 
-    async def chat(self, request: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[bytes]:
-        prepared = await self.prepare_chat(request)
+    async def chat(self, request: ChatCompletionRequest, *, prepared: Prepared | None = None,
+                   metering: Metering | None = None) -> ChatCompletion | AsyncIterator[bytes]:
+        """Answer ``request``; ``prepared``: its prepared form if it was prepared already (to
+        price it); ``metering``: what a paid request's usage and receipt frames go through."""
+        if prepared is None:
+            prepared = await self.prepare_chat(request)
         started = await self.start(prepared)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return self._chat_stream(request, started, include_usage)
+            return self._chat_stream(request, started, include_usage, metering)
         calls: list[ToolCallDelta] = []
-        text, tokens, finish = await _drain(started, calls)
+        text, tokens, finish = await _drain(started, metering, calls)
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if calls:  # OpenAI's shape of a call: no content, the calls
             message = {"role": "assistant", "content": text or None,
@@ -211,7 +206,8 @@ class InferenceService:
         )
 
     async def _chat_stream(
-        self, request: ChatCompletionRequest, started: Started, include_usage: bool
+        self, request: ChatCompletionRequest, started: Started, include_usage: bool,
+        metering: Metering | None,
     ) -> AsyncIterator[bytes]:
         ident, created = convert.new_id("chatcmpl"), convert.now()
 
@@ -248,19 +244,23 @@ class InferenceService:
                 out.append(chunk(None, finish))
             return out
 
-        async for piece in _frames(started, on_delta, on_finish):
+        async for piece in _frames(started, on_delta, on_finish, metering):
             yield piece
 
     # ---------------------------------------------------------- completions
 
-    async def completion(self, request: CompletionRequest) -> Completion | AsyncIterator[bytes]:
-        prepared = await self.prepare_completion(request)
+    async def completion(self, request: CompletionRequest, *, prepared: Prepared | None = None,
+                         metering: Metering | None = None
+                         ) -> Completion | AsyncIterator[bytes]:
+        """As :meth:`chat`, for a text completion."""
+        if prepared is None:
+            prepared = await self.prepare_completion(request)
         started = await self.start(prepared)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return self._completion_stream(request, started, include_usage)
+            return self._completion_stream(request, started, include_usage, metering)
         deltas: list[Delta] = []
-        text, _, finish = await _drain(started, deltas=deltas)
+        text, _, finish = await _drain(started, metering, deltas=deltas)
         return Completion(
             id=convert.new_id("cmpl"),
             created=convert.now(),
@@ -279,7 +279,8 @@ class InferenceService:
         )
 
     async def _completion_stream(
-        self, request: CompletionRequest, started: Started, include_usage: bool
+        self, request: CompletionRequest, started: Started, include_usage: bool,
+        metering: Metering | None,
     ) -> AsyncIterator[bytes]:
         ident, created = convert.new_id("cmpl"), convert.now()
         offset = 0
@@ -309,15 +310,16 @@ class InferenceService:
                 out.append(chunk([], finish))
             return out
 
-        async for piece in _frames(started, on_delta, on_finish):
+        async for piece in _frames(started, on_delta, on_finish, metering):
             yield piece
 
 
-async def _drain(started: Started, calls: list[ToolCallDelta] | None = None,
+async def _drain(started: Started, metering: Metering | None,
+                 calls: list[ToolCallDelta] | None = None,
                  deltas: list[Delta] | None = None
                  ) -> tuple[str, list[TokenLogprob], Finish]:
-    """The whole answer; tool-call pieces, if any, are added to ``calls``, and each
-    delta to ``deltas``."""
+    """The whole answer (its usage recorded in ``metering``); tool-call pieces, if any,
+    are added to ``calls``, and each delta to ``deltas``."""
 
     async def recorded() -> AsyncIterator[StreamEvent]:
         events = started.events()
@@ -333,9 +335,8 @@ async def _drain(started: Started, calls: list[ToolCallDelta] | None = None,
 
     text, tokens, finish = await collect(recorded())
     note_finished(finish)
-    meter = current_meter()
-    if meter is not None:
-        meter.usage = finish
+    if metering is not None:
+        metering.usage = finish
     return text, tokens, finish
 
 
@@ -343,13 +344,14 @@ async def _frames(
     started: Started,
     on_delta: Callable[[Delta], bytes],
     on_finish: Callable[[Finish], list[bytes]],
+    metering: Metering | None,
 ) -> AsyncIterator[bytes]:
-    """SSE frames for a started generation, ending in ``[DONE]`` or an error event."""
+    """SSE frames for a started generation, ending in ``[DONE]`` or an error event; a
+    paid one's usage, running receipts and final receipt go through ``metering``."""
     events = started.events()
-    meter = current_meter()
     try:
         finished: Finish | None = None
-        progress = meter.stream_progress if meter is not None else None
+        progress = metering.stream_progress if metering is not None else None
         sent = 0
         async for event in events:
             if isinstance(event, Delta):
@@ -365,10 +367,10 @@ async def _frames(
                     yield frame
         if finished is not None:
             note_finished(finished)
-        if meter is not None and finished is not None:
-            meter.usage = finished
-            if meter.stream_finish is not None:  # the payment receipt, before [DONE]
-                for frame in await meter.stream_finish(finished):
+        if metering is not None and finished is not None:
+            metering.usage = finished
+            if metering.stream_finish is not None:  # the payment receipt, before [DONE]
+                for frame in await metering.stream_finish(finished):
                     yield frame
         yield DONE
     except Exception as exc:  # headers are gone: report the failure in the stream

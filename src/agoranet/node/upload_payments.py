@@ -79,12 +79,15 @@ class UploadPayments:
                         media_type="application/json",
                         headers={x402wire.PAYMENT_REQUIRED: x402wire.encode_model(required)})
 
-    def charge(self, auth: Authorization, size: int) -> dict[str, str]:
-        """Charge the upload's price; the ``PAYMENT-RESPONSE`` header with its receipt."""
-        _, response = self.acceptor.charge(auth, megabytes(size), 0, self.price(size))
+    async def charge(self, auth: Authorization, size: int) -> dict[str, str]:
+        """Charge the upload's price (through the ledger's writer, as a paid request's
+        charge); the ``PAYMENT-RESPONSE`` header with its receipt."""
+        acceptor, mb, price = self.acceptor, megabytes(size), self.price(size)
+        _, response = await acceptor.writer.unsynced(lambda: acceptor.charge(auth, mb, 0, price))
         settle = response.model_dump(by_alias=True, exclude_none=True, mode="json")
         return {x402wire.PAYMENT_RESPONSE: x402wire.encode_json(settle)}
 
-    def release(self, auth: Authorization) -> None:
+    async def release(self, auth: Authorization) -> None:
         """The upload failed after its payment was accepted: nothing is charged."""
-        self.acceptor.release(auth)
+        acceptor = self.acceptor
+        await acceptor.writer.unsynced(lambda: acceptor.release(auth))

@@ -43,11 +43,12 @@ __all__ = [
     "RefusalReason",
     "VoucherRefused",
     "check_amount",
+    "request_id_in_use",
 ]
 
 MAX_AMOUNT: Final = 2**63 - 1  # SQLite INTEGER, PostgreSQL BIGINT; far above any real deposit
 
-RefusalReason = Literal["busy", "mismatch", "charged", "unknown-channel"]
+RefusalReason = Literal["busy", "mismatch", "charged", "unknown-channel", "request-id-in-use"]
 
 
 class VoucherRefused(LedgerError):
@@ -148,7 +149,10 @@ class Ledger(Protocol):
 
         Accepted iff the channel is not held and ``voucher_amount`` equals
         ``charged + max_amount`` (the x402 ``batch-settlement`` EVM rule; a voucher
-        below an earlier one is fine, since only ``charged`` is ever claimed).
+        below an earlier one is fine, since only ``charged`` is ever claimed), and
+        ``request_id`` names no request of another channel (``request-id-in-use``,
+        which tells nothing of that channel; on its own channel a charged request is
+        refused as ``charged`` with its receipt, a released one may be held again).
         """
         ...
 
@@ -205,6 +209,13 @@ class Ledger(Protocol):
     def receipts(self, channel_id: str | None = None) -> list[Receipt]: ...
 
     def close(self) -> None: ...
+
+
+def request_id_in_use(request_id: str) -> VoucherRefused:
+    """The refusal of ``request_id`` on a channel when another channel's request has it: it
+    carries nothing of that channel (no receipt, no state), and nothing is held."""
+    return VoucherRefused("request-id-in-use", f"request id {request_id} is taken by a request on "
+                          "another channel: choose another request id (one per request)")
 
 
 def check_amount(value: int, what: str) -> int:

@@ -56,6 +56,7 @@ from agoranet.payments.ledger import (
     Hold,
     VoucherRefused,
     check_amount,
+    request_id_in_use,
 )
 from agoranet.payments.ledger_url import redact_url
 from agoranet.payments.receipts import Receipt
@@ -431,8 +432,10 @@ class PgLedger:
             self._release(cur, ch.pending_request)
             ch = self._channel_row(cur, channel_id)
             assert ch is not None
-        prior = self._one(cur, "SELECT status FROM vouchers WHERE request_id = %s",
+        prior = self._one(cur, "SELECT status, channel_id FROM vouchers WHERE request_id = %s",
                           (request_id,))
+        if prior is not None and prior[1] != ch.channel_id:
+            return request_id_in_use(request_id)  # another buyer's: nothing of it is revealed
         if prior is not None and prior[0] == "charged":
             return VoucherRefused("charged", f"request {request_id} was already served and "
                                   "charged", ch, self._receipt(cur, request_id))

@@ -38,6 +38,7 @@ from agoranet.payments.ledger import (
     Hold,
     VoucherRefused,
     check_amount,
+    request_id_in_use,
 )
 from agoranet.payments.receipts import Receipt
 from agoranet.sqlite_store import SqliteStore
@@ -260,8 +261,10 @@ class SqliteLedger(SqliteStore):
             ch = self._channel_row(db, channel_id)
             if ch is None:
                 raise VoucherRefused("unknown-channel", f"channel {channel_id} is not known")
-            prior = db.execute("SELECT status FROM vouchers WHERE request_id = ?",
+            prior = db.execute("SELECT status, channel_id FROM vouchers WHERE request_id = ?",
                                (request_id,)).fetchone()
+            if prior is not None and prior[1] != channel_id:
+                raise request_id_in_use(request_id)  # another buyer's: nothing of it is revealed
             if prior is not None and prior[0] == "charged":
                 receipt = self._receipt(db, request_id)
                 raise VoucherRefused("charged", f"request {request_id} was already served "

@@ -6,33 +6,15 @@ one the tool server names the call itself. A request id is at most
 :data:`MAX_REQUEST_ID` characters of letters, digits and ``._:-``; any other is a 400
 before any payment is looked at (nothing is charged). A request id that a running call
 uses is refused too (:class:`~agoranet.tools.payments.ToolPayments`): one call, one receipt.
+The check itself is the one the node uses too (:mod:`agoranet.request_ids`).
 """
 
 from __future__ import annotations
 
-import re
-import uuid
 from typing import Final
 
-from agoranet.errors import InvalidRequestError
+from agoranet.request_ids import MAX_REQUEST_ID, REQUEST_ID_HEADER, request_id
 
 __all__ = ["MAX_REQUEST_ID", "REQUEST_ID_HEADER", "REQUEST_ID_META", "request_id"]
 
-REQUEST_ID_HEADER: Final = "x-request-id"
 REQUEST_ID_META: Final = "agoranet/request-id"
-MAX_REQUEST_ID: Final = 200
-_ALLOWED: Final = re.compile(r"[A-Za-z0-9._:\-]+")
-
-
-def request_id(sent: object | None) -> str:
-    """The call's request id: the buyer's ``sent`` one checked, or a fresh one if None."""
-    if sent is None:
-        return uuid.uuid4().hex
-    if not isinstance(sent, str):
-        raise InvalidRequestError(f"the request id must be a string, not "
-                                  f"{type(sent).__name__}", param="request_id")
-    if not sent or len(sent) > MAX_REQUEST_ID or not _ALLOWED.fullmatch(sent):
-        raise InvalidRequestError(
-            f"the request id {sent[:80]!r} must be 1 to {MAX_REQUEST_ID} letters, digits "
-            "or '._:-'", param="request_id")
-    return sent

@@ -194,6 +194,8 @@ def _refused(exc: VoucherRefused, voucher: Voucher, state: OnchainState) -> Paym
     if exc.reason == "charged":
         return PaymentRequiredError(str(exc), reason="request_already_charged",
                                     status_code=409)
+    if exc.reason == "request-id-in-use":  # the buyer picks another id; nothing held
+        return PaymentRequiredError(str(exc), reason="request_id_in_use", status_code=409)
     corrective: dict[str, Any] | None = None
     if exc.channel is not None:
         corrective = {"channelState": {**state.snapshot(exc.channel.channel_id),
