@@ -23,14 +23,13 @@ from agoranet.api.embeddings import (
     EmbeddingUsage,
     encode_vector,
 )
-from agoranet.api.handlers import openai_errors, read_json, respond
-from agoranet.api.types import log_unknown_fields
+from agoranet.api.handlers import openai_errors, respond
 from agoranet.engines import capabilities
 from agoranet.engines.base import Engine, Finish, GenerationRequest, Prepared
 from agoranet.engines.embeddings import Embedder, EmbeddingJob, PreparedEmbeddings
 from agoranet.errors import InvalidRequestError, ModelNotFoundError
 from agoranet.market import ModelName
-from agoranet.node.metering import Metering, metered_request
+from agoranet.node.metering import Metering, route_request
 from agoranet.node.metrics import note_finished, note_started
 
 __all__ = ["EmbeddingService", "as_prepared", "embedding_routes"]
@@ -104,13 +103,7 @@ class EmbeddingService:
 def embedding_routes(service: EmbeddingService) -> list[Route]:
     @openai_errors
     async def embeddings(request: Request) -> Response:
-        metered = metered_request(request.scope, EmbeddingRequest)
-        if metered is None:
-            body = EmbeddingRequest.model_validate(await read_json(request))
-            log_unknown_fields(body, "embeddings")
-            return respond(await service.create(body))
-        body, prepared, metering = metered
-        log_unknown_fields(body, "embeddings")
+        body, prepared, metering = await route_request(request, EmbeddingRequest, "embeddings")
         return respond(await service.create(body, prepared=prepared, metering=metering))
 
     return [Route("/v1/embeddings", embeddings, methods=["POST"])]

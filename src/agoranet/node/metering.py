@@ -17,13 +17,20 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
+from starlette.requests import Request
+
+from agoranet.api.handlers import read_json
+from agoranet.api.types import log_unknown_fields
 from agoranet.engines.base import Finish, Prepared
 
-__all__ = ["METERED_SCOPE_KEY", "MeteredRequest", "Metering", "metered_request"]
+__all__ = ["METERED_SCOPE_KEY", "MeteredRequest", "Metering", "metered_request",
+           "route_request"]
 
 FinishFrames = Callable[[Finish], Awaitable[list[bytes]]]
 ProgressFrames = Callable[[int], Awaitable[list[bytes]]]
 _R = TypeVar("_R")
+_M = TypeVar("_M", bound=BaseModel)
 
 METERED_SCOPE_KEY = "agoranet.metered"  # the MeteredRequest of a paid request, in its scope
 
@@ -54,3 +61,17 @@ def metered_request(scope: Mapping[str, Any], kind: type[_R]
     if isinstance(found, MeteredRequest) and isinstance(found.request, kind):
         return found.request, found.prepared, found.metering
     return None
+
+
+async def route_request(request: Request, kind: type[_M], route: str
+                        ) -> tuple[_M, Prepared | None, Metering | None]:
+    """A route's ``kind`` request with its prepared form and metering: as the payment
+    middleware left them in the scope, or else parsed from the body (a free request,
+    prepared by the service); unknown fields are logged under ``route``."""
+    metered = metered_request(request.scope, kind)
+    if metered is None:
+        body, prepared, metering = kind.model_validate(await read_json(request)), None, None
+    else:
+        body, prepared, metering = metered
+    log_unknown_fields(body, route)
+    return body, prepared, metering

@@ -15,9 +15,8 @@ from agoranet.api.types import (
     ChatCompletionRequest,
     CompletionRequest,
     TokenizeRequest,
-    log_unknown_fields,
 )
-from agoranet.node.metering import metered_request
+from agoranet.node.metering import route_request
 from agoranet.node.service import InferenceService
 from agoranet.registry.offer import Offer
 
@@ -27,24 +26,14 @@ __all__ = ["http_error", "openai_errors", "read_json", "routes"]
 def routes(service: InferenceService, offer: Offer) -> list[Route]:
     @openai_errors
     async def chat_completions(request: Request) -> Response:
-        metered = metered_request(request.scope, ChatCompletionRequest)
-        if metered is None:
-            body = ChatCompletionRequest.model_validate(await read_json(request))
-            log_unknown_fields(body, "chat.completions")
-            return respond(await service.chat(body))
-        body, prepared, metering = metered
-        log_unknown_fields(body, "chat.completions")
+        body, prepared, metering = await route_request(request, ChatCompletionRequest,
+                                                       "chat.completions")
         return respond(await service.chat(body, prepared=prepared, metering=metering))
 
     @openai_errors
     async def completions(request: Request) -> Response:
-        metered = metered_request(request.scope, CompletionRequest)
-        if metered is None:
-            body = CompletionRequest.model_validate(await read_json(request))
-            log_unknown_fields(body, "completions")
-            return respond(await service.completion(body))
-        body, prepared, metering = metered
-        log_unknown_fields(body, "completions")
+        body, prepared, metering = await route_request(request, CompletionRequest,
+                                                       "completions")
         return respond(await service.completion(body, prepared=prepared, metering=metering))
 
     @openai_errors
