@@ -16,7 +16,7 @@ from agoranet.gateway.budget import Budget
 from agoranet.gateway.completions_wire import COMPLETIONS, logprobs_ok, plan_completion
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.policy import Policy
-from agoranet.gateway.relay import RelayResult, relay
+from agoranet.gateway.relay import Relay, RelayResult
 from agoranet.gateway.spendlog import SpendLog
 from agoranet.registry.offer import ModelOffer, Offer, Price
 
@@ -153,12 +153,13 @@ FINISH = {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}
 async def _relay(handler: Any, tmp_path: Path, body: dict[str, Any]
                  ) -> tuple[list[Any], RelayResult, SpendLog]:
     spend = SpendLog(tmp_path / "spend.sqlite")
-    result = RelayResult("cmpl-1")
     nodes = [_node("http://a/v1"), _node("http://b/v1")]
     candidates = [(n, n.offer.models[0]) for n in nodes]  # type: ignore[union-attr]
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        pieces = [p async for p in relay(client, candidates, body, 40, 10, Policy(),
-                                         Budget(limit=1000), spend, result, wire=COMPLETIONS)]
+        relay = Relay(client, candidates, body, 40, 10, Policy(), spend, request_id="cmpl-1",
+                      wire=COMPLETIONS)
+        result = relay.result
+        pieces = [p async for p in relay.pieces(Budget(limit=1000))]
     return pieces, result, spend
 
 
@@ -210,14 +211,14 @@ async def test_the_logprobs_of_a_token_without_text_are_relayed(tmp_path: Path) 
             {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}])
 
     spend = SpendLog(tmp_path / "spend.sqlite")
-    result = RelayResult("req-1")
     node = _node("http://a/v1")
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        pieces = [p async for p in relay(client, [(node, node.offer.models[0])],  # type: ignore[union-attr]
-                                         {"model": "m", "messages": [{"role": "user",
-                                                                      "content": "x"}],
-                                          "logprobs": True, "max_tokens": 5}, 40, 5,
-                                         Policy(), Budget(limit=1000), spend, result)]
+        relay = Relay(client, [(node, node.offer.models[0])],  # type: ignore[union-attr]
+                      {"model": "m", "messages": [{"role": "user", "content": "x"}],
+                       "logprobs": True, "max_tokens": 5}, 40, 5, Policy(), spend,
+                      request_id="req-1")
+        result = relay.result
+        pieces = [p async for p in relay.pieces(Budget(limit=1000))]
     assert [p.text for p in pieces] == ["Hi", ""]
     assert pieces[1].logprobs == end
     # each piece names its node (a completion's text offsets are moved per node)

@@ -13,7 +13,7 @@ from agoranet.errors import PaymentError, RequestError, UpstreamError
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.policy import Policy
-from agoranet.gateway.relay import RelayResult, relay
+from agoranet.gateway.relay import Relay, RelayResult
 from agoranet.gateway.spendlog import SpendLog
 from agoranet.registry.offer import ModelOffer, Offer, Price
 
@@ -41,11 +41,12 @@ def sse(words: list[str], *, finish: bool = True, usage: tuple[int, int] | None 
 async def run(handler: Any, nodes: list[NodeState], tmp_path: Path, budget: Budget,
               payers: Any = None) -> tuple[str, RelayResult, SpendLog]:
     spend = SpendLog(tmp_path / "spend.sqlite")
-    result = RelayResult("req-1")
     candidates = [(n, n.offer.models[0]) for n in nodes]  # type: ignore[union-attr]
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        text = "".join([p.text async for p in relay(client, candidates, BODY, 40, 10, Policy(),
-                                                   budget, spend, result, payers)])
+        relay = Relay(client, candidates, BODY, 40, 10, Policy(), spend, payers,
+                      request_id="req-1")
+        result = relay.result
+        text = "".join([p.text async for p in relay.pieces(budget)])
     return text, result, spend
 
 
@@ -88,7 +89,7 @@ async def test_a_client_fault_is_not_the_nodes_fault(tmp_path: Path) -> None:
 
 async def test_a_node_the_gateway_cannot_pay_is_skipped(tmp_path: Path) -> None:
     class Payers:
-        async def auth(self, n: NodeState) -> httpx.Auth | None:
+        async def paid(self, n: NodeState, max_amount: int) -> httpx.Auth | None:
             if n.url == "http://a/v1":
                 raise PaymentError("cannot open a channel")
             return None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,12 @@ from agoranet.errors import AgoranetError
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.policy import Policy
-from agoranet.gateway.relay import RelayResult, new_request_id, relay
+from agoranet.gateway.relay import RelayResult, new_request_id
 from agoranet.gateway.spendlog import SpendLog, SpendRow
 from agoranet.payments.receipts import Receipt
 from agoranet.registry.offer import AdapterTerms, CommitmentTerms, ModelOffer, Offer, Price
+from fake_payers import FakePaid, Paying
+from relaying import relay_into
 from simnodes import BODY, Delayed, Stalling, event_stream, node, sse, token
 
 pytestmark = pytest.mark.timeout(20)
@@ -78,9 +79,7 @@ class Run:
 
         candidates = [(n, n.offer.models[0]) for n in nodes]  # type: ignore[union-attr]
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            answer = "".join([p.text async for p in relay(
-                client, candidates, body or BODY, 40, 10, policy or Policy(), self.budget,
-                self.spend, self.result, payers)])
+            answer = "".join([p.text async for p in relay_into(self.result, client, candidates, body or BODY, 40, 10, policy or Policy(), self.spend, payers).pieces(self.budget)])
         assert self.budget.reserved == 0
         assert self.budget.spent == self.spend.total() == self.result.amount
         return answer
@@ -216,30 +215,10 @@ async def test_a_token_deadline_the_request_set_is_not_the_nodes_fault(
     assert a.failures == 0
 
 
-class Paying(httpx.Auth):
-    """Stands in for the payer: notes each request's maximum, answers with a receipt."""
-
-    def __init__(self) -> None:
-        self.maxima: list[int] = []
-
-    async def async_auth_flow(
-        self, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        self.maxima.append(request.extensions["agoranet_max_amount"])
-        response = yield request
-        response.extensions["agoranet_receipt"] = Receipt(
-            "req-1", "0x" + "ab" * 32, 3, 1, 4, 4, 31337, "0xnode", "0xsig")
-
-
 async def test_a_paid_request_may_cost_up_to_its_reservation(tmp_path: Path) -> None:
-    paying = Paying()
-
-    class Payers:
-        async def auth(self, n: NodeState) -> httpx.Auth:
-            return paying
-
+    paying = Paying(default=4)  # stands in for the payer: notes maxima, answers with receipts
     run = Run(tmp_path)
-    await run({"a": sse(["ok"], usage=(3, 1))}, [node("http://a/v1")], payers=Payers())
+    await run({"a": sse(["ok"], usage=(3, 1))}, [node("http://a/v1")], payers=paying)
     assert paying.maxima == [58]  # (40 + 8) prompt + 10 completion tokens at 1 each
     [row] = run.rows()
     assert row.amount == 4 and json.loads(row.receipt or "{}")["amount"] == "4"
@@ -261,9 +240,7 @@ async def test_pieces_carry_their_node_and_logprobs_and_the_answer_its_finish(
 
     a = node("http://a/v1")
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        pieces = [p async for p in relay(client, [(a, a.offer.models[0])],  # type: ignore[union-attr]
-                                         {**BODY, "stream": False}, 40, 10, Policy(),
-                                         Budget(limit=1000), spend, result)]
+        pieces = [p async for p in relay_into(result, client, [(a, a.offer.models[0])], {**BODY, "stream": False}, 40, 10, Policy(), spend).pieces(Budget(limit=1000))]
     assert [(p.text, p.node, p.logprobs, p.tool_calls) for p in pieces] == \
         [("Hi", a.url, logprobs, None)]
     assert result.finish_reason == "length"
@@ -277,22 +254,6 @@ def test_request_ids_are_openai_shaped_and_unique() -> None:
     assert all(re.fullmatch(r"chatcmpl-[0-9a-f]{32}", i) for i in ids)
 
 
-class Cut(httpx.Auth):
-    """Stands in for the payer of a stream cut before its final receipt: the last running
-    receipt (if any) and what it counted for the tokens that arrived after it."""
-
-    def __init__(self, running: Receipt | None, beyond: int) -> None:
-        self.running, self.beyond = running, beyond
-
-    async def async_auth_flow(
-        self, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        response = yield request
-        response.extensions["agoranet_unreceipted"] = self.beyond
-        if self.running is not None:
-            response.extensions["agoranet_receipt"] = self.running
-
-
 @pytest.mark.parametrize(("running", "beyond"), [(9, 6), (None, 5)])
 async def test_a_cut_paid_stream_costs_its_last_receipt_and_what_arrived_after_it(
         running: int | None, beyond: int, tmp_path: Path) -> None:
@@ -300,8 +261,10 @@ async def test_a_cut_paid_stream_costs_its_last_receipt_and_what_arrived_after_i
         "req-1", "0x" + "ab" * 32, 3, 1, running, running, 31337, "0xnode", "0xsig")
 
     class Payers:
-        async def auth(self, n: NodeState) -> httpx.Auth | None:
-            return Cut(held, beyond) if n.url == "http://a/v1" else None
+        async def paid(self, n: NodeState, max_amount: int) -> httpx.Auth | None:
+            # the payer of a stream cut before its final receipt: the last running receipt
+            # (if any) and what it counted for the tokens that arrived after it
+            return FakePaid(max_amount, held, beyond) if n.url == "http://a/v1" else None
 
     a, b = node("http://a/v1"), node("http://b/v1")
     run = Run(tmp_path)

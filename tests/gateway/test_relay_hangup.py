@@ -22,7 +22,7 @@ import pytest
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.policy import Policy
-from agoranet.gateway.relay import Piece, RelayResult, relay
+from agoranet.gateway.relay import Piece, Relay, RelayResult
 from agoranet.gateway.spendlog import SpendLog
 from simnodes import BODY, Delayed, Stalling, event_stream, node, sse, token
 
@@ -86,10 +86,11 @@ async def test_a_client_hanging_up_releases_the_reservation(name: str, hang_up: 
     nodes = [node(f"http://{host}/v1") for host in scenario.bodies]
     budget = Budget(limit=10_000)
     spend = SpendLog(tmp_path / "spend.sqlite")
-    result = RelayResult("req-1")
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        stream = relay(client, [(n, n.offer.models[0]) for n in nodes],  # type: ignore[union-attr]
-                       BODY, 40, 10, scenario.policy, budget, spend, result)
+        relay = Relay(client, [(n, n.offer.models[0]) for n in nodes],  # type: ignore[union-attr]
+                      BODY, 40, 10, scenario.policy, spend, request_id="req-1")
+        result = relay.result
+        stream = relay.pieces(budget)
 
         async def read() -> None:
             try:
@@ -145,10 +146,10 @@ async def test_a_hedge_the_budget_cannot_cover_waits_for_the_first_node(tmp_path
     nodes = [node("http://a/v1"), node("http://b/v1")]
     budget = Budget(limit=100)
     spend = SpendLog(tmp_path / "spend.sqlite")
-    result = RelayResult("req-1")
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        text = "".join([p.text async for p in relay(
-            client, [(n, n.offer.models[0]) for n in nodes],  # type: ignore[union-attr]
-            BODY, 40, 10, Policy(hedge_after_ms=10), budget, spend, result)])
+        relay = Relay(client, [(n, n.offer.models[0]) for n in nodes],  # type: ignore[union-attr]
+                      BODY, 40, 10, Policy(hedge_after_ms=10), spend, request_id="req-1")
+        result = relay.result
+        text = "".join([p.text async for p in relay.pieces(budget)])
     assert text == "late answer" and asked == ["a"]
     assert budget.reserved == 0 and budget.spent == spend.total() == result.amount == 7

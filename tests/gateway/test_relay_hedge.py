@@ -21,8 +21,9 @@ from agoranet.errors import CannotPayError, RequestError, UpstreamError
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.policy import Policy
-from agoranet.gateway.relay import RelayResult, relay
+from agoranet.gateway.relay import Relay, RelayResult
 from agoranet.gateway.spendlog import SpendLog
+from agoranet.payments.httpx_auth import Payment
 from simnodes import BODY, Delayed, Stalling, event_stream, node, sse
 
 pytestmark = pytest.mark.timeout(20)
@@ -47,11 +48,13 @@ class Race:
             return reply if isinstance(reply, httpx.Response) else event_stream(reply)
 
         candidates = [(n, n.offer.models[0]) for n in self.nodes]  # type: ignore[union-attr]
+        client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        relay = Relay(client, candidates, BODY, 40, 10, policy, self.spend, payers,
+                      request_id="req-1")
+        self.result = relay.result
         try:
-            async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-                return "".join([p.text async for p in relay(
-                    client, candidates, BODY, 40, 10, policy, self.budget, self.spend,
-                    self.result, payers)])
+            async with client:
+                return "".join([p.text async for p in relay.pieces(self.budget)])
         finally:
             assert self.budget.reserved == 0
             assert self.budget.spent == self.spend.total() == self.result.amount
@@ -119,6 +122,9 @@ async def test_a_rival_that_does_not_serve_the_model_is_not_blamed(tmp_path: Pat
 
 
 class CannotPay(httpx.Auth):
+    def __init__(self) -> None:
+        self.payment = Payment()
+
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
@@ -127,7 +133,7 @@ class CannotPay(httpx.Auth):
 
 
 class Payers:
-    async def auth(self, n: NodeState) -> httpx.Auth | None:
+    async def paid(self, n: NodeState, max_amount: int) -> httpx.Auth | None:
         return CannotPay() if n.url == "http://b/v1" else None
 
 

@@ -5,7 +5,6 @@ failure (the client keeps the answer; the node is banned)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import httpx
@@ -14,35 +13,24 @@ import pytest
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.policy import Policy
-from agoranet.gateway.relay import RelayResult, relay
+from agoranet.gateway.relay import Relay, RelayResult
 from agoranet.gateway.spendlog import SpendLog
 from agoranet.payments.receipts import Receipt
+from fake_payers import FakePaid
 from simnodes import BODY, event_stream, node, sse
 
 pytestmark = pytest.mark.timeout(20)
 
 
-class Paying(httpx.Auth):
-    """Stands in for the payer: hands the relay the node's receipt, if the node sent one."""
-
-    def __init__(self, receipt: Receipt | None) -> None:
-        self.receipt = receipt
-
-    async def async_auth_flow(
-        self, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        response = yield request
-        if self.receipt is not None:
-            response.extensions["agoranet_receipt"] = self.receipt
-
-
 class Payers:
+    """Stand in for the payer: hand the relay the node's receipt, if the node sent one."""
+
     def __init__(self, receipts: dict[str, Receipt | None]) -> None:
         self.receipts = receipts
 
-    async def auth(self, n: NodeState) -> httpx.Auth | None:
+    async def paid(self, n: NodeState, max_amount: int) -> httpx.Auth | None:
         host = n.url.split("/")[2]
-        return Paying(self.receipts[host]) if host in self.receipts else None
+        return FakePaid(max_amount, self.receipts[host]) if host in self.receipts else None
 
 
 def receipt(amount: int) -> Receipt:
@@ -53,15 +41,16 @@ async def run(bodies: dict[str, bytes], payers: Payers, tmp_path: Path,
               budget: Budget) -> tuple[str, RelayResult, list[NodeState], SpendLog]:
     nodes = [node(f"http://{host}/v1") for host in bodies]
     spend = SpendLog(tmp_path / "spend.sqlite")
-    result = RelayResult("req-1")
 
     def handler(request: httpx.Request) -> httpx.Response:
         return event_stream(bodies[request.url.host])
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        text = "".join([p.text async for p in relay(
-            client, [(n, n.offer.models[0]) for n in nodes],  # type: ignore[union-attr]
-            BODY, 40, 10, Policy(), budget, spend, result, payers)])  # type: ignore[arg-type]
+        relay = Relay(client, [(n, n.offer.models[0]) for n in nodes],  # type: ignore[union-attr]
+                      BODY, 40, 10, Policy(), spend, payers,  # type: ignore[arg-type]
+                      request_id="req-1")
+        result = relay.result
+        text = "".join([p.text async for p in relay.pieces(budget)])
     return text, result, nodes, spend
 
 

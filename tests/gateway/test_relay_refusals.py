@@ -29,8 +29,9 @@ from agoranet.errors import (
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.policy import Policy
-from agoranet.gateway.relay import RelayResult, relay
+from agoranet.gateway.relay import Relay, RelayResult
 from agoranet.gateway.spendlog import SpendLog
+from agoranet.payments.httpx_auth import Payment
 from agoranet.registry.offer import Offer, PaymentOffer
 from simnodes import BODY, Stalling, event_stream, node, sse
 
@@ -62,7 +63,7 @@ class Payers:
         self.refuse = refuse or {}
         self.auths = auths or {}
 
-    async def auth(self, n: NodeState) -> httpx.Auth | None:
+    async def paid(self, n: NodeState, max_amount: int) -> httpx.Auth | None:
         host = n.url.split("/")[2]
         if host in self.refuse:
             raise self.refuse[host]
@@ -74,6 +75,7 @@ class BadReceipt(httpx.Auth):
 
     def __init__(self, message: str) -> None:
         self.message = message
+        self.payment = Payment()
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -88,13 +90,14 @@ async def run(handler: Handler, nodes: list[NodeState], tmp_path: Path,
               ) -> tuple[str, RelayResult, Budget]:
     budget = Budget(limit=10_000)
     spend = SpendLog(tmp_path / "spend.sqlite")
-    result = RelayResult("req-1")
     candidates = [(n, n.offer.models[0]) for n in nodes]  # type: ignore[union-attr]
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    relay = Relay(client, candidates, BODY, 40, 10, policy or Policy(), spend, payers,
+                  request_id="req-1")
+    result = relay.result
     try:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            text = "".join([p.text async for p in relay(client, candidates, BODY, 40, 10,
-                                                       policy or Policy(), budget, spend,
-                                                       result, payers)])
+        async with client:
+            text = "".join([p.text async for p in relay.pieces(budget)])
     finally:
         assert budget.reserved == 0  # every way out releases the reservation
         assert budget.spent == spend.total() == result.amount

@@ -20,10 +20,12 @@ from agoranet.errors import CannotPayError, NodesDeclinedError, UpstreamError
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.policy import Policy
-from agoranet.gateway.relay import RelayResult, relay
+from agoranet.gateway.relay import Relay, RelayResult
 from agoranet.gateway.spendlog import SpendLog
-from agoranet.payments.receipts import Receipt
+from agoranet.payments.httpx_auth import Payment
 from agoranet.registry.offer import AdapterTerms, CommitmentTerms, ModelOffer, Offer, Price
+from fake_payers import Paying
+from relaying import relay_into
 from simnodes import BODY, Delayed, event_stream, node, sse
 
 pytestmark = pytest.mark.timeout(20)
@@ -47,9 +49,7 @@ async def run(replies: dict[str, Reply], tmp_path: Path, policy: Policy | None =
 
     try:
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            text = "".join([p.text async for p in relay(
-                client, [(n, n.offer.models[0]) for n in nodes],  # type: ignore[union-attr]
-                BODY, 40, 10, policy or Policy(), budget, spend, result, payers)])
+            text = "".join([p.text async for p in relay_into(result, client, [(n, n.offer.models[0]) for n in nodes], BODY, 40, 10, policy or Policy(), spend, payers).pieces(budget)])
     finally:
         assert budget.reserved == 0 and budget.spent == spend.total() == result.amount
         spend.close()
@@ -98,30 +98,12 @@ async def test_a_rival_the_budget_could_not_cover_is_next_in_line(tmp_path: Path
     assert text == "ok" and asked == ["a", "b"] and a.failures == 1
 
 
-class Paying(httpx.Auth):
-    def __init__(self) -> None:
-        self.maxima: list[int] = []
-
-    async def async_auth_flow(
-        self, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        self.maxima.append(request.extensions["agoranet_max_amount"])
-        response = yield request
-        amount = 2 if request.url.host == "a" else 3
-        response.extensions["agoranet_receipt"] = Receipt(
-            "req-1", "0x" + "ab" * 32, 3, 1, amount, amount, 31337, "0xnode", "0xsig")
-
-
 async def test_a_continuations_reservation_counts_the_text_so_far_as_prompt(
         tmp_path: Path) -> None:
-    paying = Paying()
-
-    class Payers:
-        async def auth(self, n: NodeState) -> httpx.Auth:
-            return paying
+    paying = Paying({"a": 2}, default=3)
 
     text, _, _, result = await run({"a": sse(["Hello", " there"], finish=False),
-                                    "b": sse(["!"], usage=(20, 1))}, tmp_path, payers=Payers())
+                                    "b": sse(["!"], usage=(20, 1))}, tmp_path, payers=paying)
     assert text == "Hello there!" and result.amount == 2 + 3
     # a: (40 + 8) prompt + 10 completion; b: (40 + 11 bytes + 8) prompt + 8 completion
     assert paying.maxima == [58, 67]
@@ -139,9 +121,7 @@ async def test_a_tool_call_piece_carries_no_text(tmp_path: Path) -> None:
     result = RelayResult("req-1")
     async with httpx.AsyncClient(transport=httpx.MockTransport(
             lambda request: event_stream(body))) as client:
-        pieces = [p async for p in relay(client, [(a, a.offer.models[0])],  # type: ignore[union-attr]
-                                         BODY, 40, 10, Policy(), Budget(limit=1000), spend,
-                                         result)]
+        pieces = [p async for p in relay_into(result, client, [(a, a.offer.models[0])], BODY, 40, 10, Policy(), spend).pieces(Budget(limit=1000))]
     assert [(p.text, p.node, p.tool_calls) for p in pieces] == [("", a.url, call)]
     assert result.finish_reason == "tool_calls"
 
@@ -165,39 +145,24 @@ def surcharged(url: str) -> NodeState:
 ])
 async def test_the_reservation_covers_the_surcharges_asked_for(
         model: str, commitments: bool, worst: int, tmp_path: Path) -> None:
-    paying = Paying()
-
-    class Payers:
-        async def auth(self, n: NodeState) -> httpx.Auth:
-            return paying
+    paying = Paying({"a": 2}, default=3)
 
     a = surcharged("http://a/v1")
     async with httpx.AsyncClient(transport=httpx.MockTransport(
             lambda request: event_stream(sse(["ok"], usage=(3, 1))))) as client:
-        [_ async for _ in relay(client, [(a, a.offer.models[0])],  # type: ignore[union-attr]
-                                {**BODY, "model": model}, 40, 10,
-                                Policy(commitments=commitments), Budget(limit=10_000),
-                                SpendLog(tmp_path / "spend.sqlite"), RelayResult("req-1"),
-                                Payers())]  # type: ignore[arg-type]
+        [_ async for _ in Relay(client, [(a, a.offer.models[0])], {**BODY, "model": model}, 40, 10, Policy(commitments=commitments), SpendLog(tmp_path / "spend.sqlite"), paying, request_id="req-1").pieces(Budget(limit=10_000))]
     assert paying.maxima == [worst]
 
 
 async def test_a_constrained_answer_restarted_whole_reserves_for_all_of_it(
         tmp_path: Path) -> None:
-    paying = Paying()
-
-    class Payers:
-        async def auth(self, n: NodeState) -> httpx.Auth:
-            return paying
+    paying = Paying({"a": 2}, default=3)
 
     replies = {"a": sse(['{"x"', ": 1"], finish=False), "b": sse(['{"x": 1}'], usage=(5, 1))}
     nodes = [node("http://a/v1"), node("http://b/v1")]
     async with httpx.AsyncClient(transport=httpx.MockTransport(
             lambda request: event_stream(replies[request.url.host]))) as client:
-        text = "".join([p.text async for p in relay(
-            client, [(n, n.offer.models[0]) for n in nodes],  # type: ignore[union-attr]
-            BODY, 40, 10, Policy(), Budget(limit=10_000), SpendLog(tmp_path / "spend.sqlite"),
-            RelayResult("req-1"), Payers(), constrained=True)])  # type: ignore[arg-type]
+        text = "".join([p.text async for p in Relay(client, [(n, n.offer.models[0]) for n in nodes], BODY, 40, 10, Policy(), SpendLog(tmp_path / "spend.sqlite"), paying, request_id="req-1", constrained=True).pieces(Budget(limit=10_000))])
     assert text == '{"x": 1}'
     assert paying.maxima == [58, 58]  # b answers from the start: all 10 tokens
 
@@ -215,7 +180,7 @@ async def test_a_client_hanging_up_while_a_channel_opens_releases_the_reservatio
     opening = asyncio.Event()
 
     class Payers:
-        async def auth(self, n: NodeState) -> httpx.Auth | None:
+        async def paid(self, n: NodeState, max_amount: int) -> httpx.Auth | None:
             opening.set()
             await asyncio.Event().wait()  # a deposit being mined, for ever
             return None
@@ -227,9 +192,7 @@ async def test_a_client_hanging_up_while_a_channel_opens_releases_the_reservatio
     async def ask() -> None:
         async with httpx.AsyncClient(transport=httpx.MockTransport(
                 lambda request: event_stream(sse(["never"])))) as client:
-            async for _ in relay(client, [(a, a.offer.models[0])],  # type: ignore[union-attr]
-                                 BODY, 40, 10, Policy(), budget, spend, RelayResult("req-1"),
-                                 Payers()):  # type: ignore[arg-type]
+            async for _ in Relay(client, [(a, a.offer.models[0])], BODY, 40, 10, Policy(), spend, Payers(), request_id="req-1").pieces(budget):  # type: ignore[arg-type]
                 pass
 
     task = asyncio.ensure_future(ask())
@@ -263,10 +226,7 @@ async def test_each_continuation_carries_all_the_text_so_far(tmp_path: Path) -> 
         return event_stream(replies[request.url.host])
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        text = "".join([p.text async for p in relay(
-            client, [(n, n.offer.models[0]) for n in nodes],  # type: ignore[union-attr]
-            BODY, 40, 10, Policy(), Budget(limit=10_000), SpendLog(tmp_path / "spend.sqlite"),
-            RelayResult("req-1"))])
+        text = "".join([p.text async for p in Relay(client, [(n, n.offer.models[0]) for n in nodes], BODY, 40, 10, Policy(), SpendLog(tmp_path / "spend.sqlite"), request_id="req-1").pieces(Budget(limit=10_000))])
     assert text == "One two three."
     assert [s["messages"][-1]["content"] for s in seen[1:]] == ["One", "One two"]
     assert [s["max_tokens"] for s in seen[1:]] == [9, 8]
@@ -275,7 +235,7 @@ async def test_each_continuation_carries_all_the_text_so_far(tmp_path: Path) -> 
 async def test_a_node_the_gateway_cannot_pay_mid_request_is_a_503_naming_why(
         tmp_path: Path) -> None:
     class Payers:
-        async def auth(self, n: NodeState) -> httpx.Auth:
+        async def paid(self, n: NodeState, max_amount: int) -> httpx.Auth:
             return CannotPay()
 
     with pytest.raises(NodesDeclinedError) as caught:
@@ -286,6 +246,9 @@ async def test_a_node_the_gateway_cannot_pay_mid_request_is_a_503_naming_why(
 
 
 class CannotPay(httpx.Auth):
+    def __init__(self) -> None:
+        self.payment = Payment()
+
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
@@ -295,7 +258,7 @@ class CannotPay(httpx.Auth):
 
 async def test_racers_that_both_decline_tell_the_client_why(tmp_path: Path) -> None:
     class Payers:
-        async def auth(self, n: NodeState) -> httpx.Auth | None:
+        async def paid(self, n: NodeState, max_amount: int) -> httpx.Auth | None:
             return CannotPay() if n.url == "http://b/v1" else None
 
     def slow_404() -> httpx.Response:  # its body comes late: the hedge is sent meanwhile

@@ -14,7 +14,7 @@ import pytest
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.policy import Policy
-from agoranet.gateway.relay import RelayResult, relay
+from agoranet.gateway.relay import Relay, RelayResult
 from agoranet.gateway.spendlog import SpendLog
 from simnodes import BODY, Stalling, event_stream, node, sse, token
 
@@ -52,11 +52,12 @@ async def run(bodies: dict[str, bytes | httpx.AsyncByteStream], policy: Policy, 
     nodes = [node(f"http://{host}/v1") for host in bodies]
     budget = Budget(limit=10_000)
     spend = SpendLog(tmp_path / "spend.sqlite")
-    result = RelayResult("req-1")
     text = ""
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        async for piece in relay(client, [(n, n.offer.models[0]) for n in nodes],  # type: ignore[union-attr]
-                                 BODY, 40, 10, policy, budget, spend, result):
+        relay = Relay(client, [(n, n.offer.models[0]) for n in nodes],  # type: ignore[union-attr]
+                      BODY, 40, 10, policy, spend, request_id="req-1")
+        result = relay.result
+        async for piece in relay.pieces(budget):
             text += piece.text
             await asyncio.sleep(read_pause_s)
     return text, result, nodes, budget, spend, seen

@@ -18,7 +18,7 @@ from agoranet.gateway.capabilities import needs_of
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.policy import Policy
 from agoranet.gateway.ranking import rank
-from agoranet.gateway.relay import Piece, RelayResult, relay
+from agoranet.gateway.relay import Piece, Relay, RelayResult
 from agoranet.gateway.spendlog import SpendLog
 from agoranet.gateway.toolcalls import join_call_deltas
 from agoranet.registry.offer import ModelOffer, Offer, Price
@@ -60,11 +60,12 @@ async def run(handler: Any, nodes: list[NodeState], tmp_path: Path, budget: Budg
               constrained: bool, body: dict[str, Any] | None = None
               ) -> tuple[list[Piece], RelayResult, SpendLog]:
     spend = SpendLog(tmp_path / "spend.sqlite")
-    result = RelayResult("req-1")
     candidates = [(n, n.offer.models[0]) for n in nodes]  # type: ignore[union-attr]
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        pieces = [p async for p in relay(client, candidates, body or BODY, 40, 10, Policy(),
-                                         budget, spend, result, constrained=constrained)]
+        relay = Relay(client, candidates, body or BODY, 40, 10, Policy(), spend,
+                      request_id="req-1", constrained=constrained)
+        result = relay.result
+        pieces = [p async for p in relay.pieces(budget)]
     return pieces, result, spend
 
 

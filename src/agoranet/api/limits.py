@@ -48,8 +48,9 @@ class BodyLimitMiddleware:
             nonlocal seen, complete
             if complete or self.body_timeout_s is None:  # e.g. waiting for a disconnect
                 return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            try:  # asyncio.timeout, not wait_for: no task (and loop turn) per receive
+                async with asyncio.timeout(self.body_timeout_s):
+                    message = await receive()
             except TimeoutError:
                 raise RequestTimeoutError(
                     f"the request body did not arrive within {self.body_timeout_s:g} s"

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -38,6 +37,7 @@ from agoranet.gateway.keyaccess import authenticate
 from agoranet.gateway.keysetup import job_owner_salt
 from agoranet.gateway.keystore import KeyStore
 from agoranet.gateway.metrics import OBSERVED_PATHS, GatewayMetrics
+from agoranet.gateway.node_client import node_client
 from agoranet.gateway.owner_gate import owner_gate
 from agoranet.gateway.paying import NodePayers
 from agoranet.gateway.policy import Policy, load_policy
@@ -59,9 +59,7 @@ __all__ = ["build_service", "create_gateway_app", "open_reputation"]
 def build_service(settings: GatewaySettings, policy: Policy | None = None,
                   account: LocalAccount | None = None) -> GatewayService:
     """The gateway's parts; with ``account`` (and ``settings.rpc_url``) it pays paid nodes."""
-    client = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=5.0),
-                               limits=httpx.Limits(max_connections=512,
-                                                   max_keepalive_connections=128))
+    client = node_client()
     spend = SpendLog(settings.spend_log_path())
     reputation = open_reputation(settings)
     registry = None

@@ -21,7 +21,7 @@ from agoranet.errors import UpstreamError
 from agoranet.gateway.answer_fields import summary_of, usage_of
 from agoranet.gateway.completions_wire import COMPLETIONS, CompletionPlan, plan_completion
 from agoranet.gateway.keyaccess import KeyAccess
-from agoranet.gateway.relay import Piece, RelayResult, relay
+from agoranet.gateway.relay import Piece, Relay, RelayResult
 from agoranet.gateway.service import GatewayService
 
 __all__ = ["complete", "new_completion_id"]
@@ -49,13 +49,13 @@ async def complete(service: GatewayService, body: dict[str, Any],
     ceiling = len(plan.prompt.encode()) + 16
     candidates, limit = service.candidates(plan.model, estimate, plan.max_tokens, policy,
                                            plan.needs)
-    result = RelayResult(new_completion_id())
-    budget = service.reserver(result, plan.model, access)
     # Explicit (OpenAI's default of 16 if unset), as a continuation takes off it; an
     # explicit null lets each node fill its own context, as a chat without a limit does.
     request = {**plan.body, "max_tokens": plan.max_tokens}
-    pieces = relay(service.client, candidates, request, ceiling, limit, policy, budget,
-                   service.spend, result, service.payers, wire=COMPLETIONS)
+    relay = Relay(service.client, candidates, request, ceiling, limit, policy, service.spend,
+                  service.payers, request_id=new_completion_id(), wire=COMPLETIONS)
+    result = relay.result
+    pieces = relay.pieces(service.reserver(result, plan.model, access))
     try:
         first = await anext(pieces)
     except StopAsyncIteration:

@@ -184,16 +184,15 @@ async def _ask(client: httpx.AsyncClient, attempt: _Attempt, body: dict[str, Any
                         "wallet to pay it: start the gateway with --keystore and --rpc-url "
                         "(and a --deposit), or allow only free nodes")
     try:
-        auth = await payers.auth(node) if payers is not None else None
+        paid = await payers.paid(node, worst) if payers is not None else None
     except AgoranetError as exc:
         raise CannotPayError(str(exc)) from exc
-    attempt.paid = auth is not None
+    attempt.paid = paid is not None
     with anyio.fail_after(policy.first_token_timeout_s):  # the whole answer is its first
         response = await client.post(f"{node.url}/embeddings", json=body,
-                                     auth=auth or httpx.USE_CLIENT_DEFAULT,
-                                     extensions={"agoranet_max_amount": worst})
+                                     auth=paid or httpx.USE_CLIENT_DEFAULT)
     attempt.answered = time.perf_counter()
-    attempt.receipt = response.extensions.get("agoranet_receipt")
+    attempt.receipt = paid.payment.receipt if paid is not None else None
     if response.status_code != 200:
         message = _error_message(response)
         if response.status_code in (400, 413, 422):

@@ -154,11 +154,12 @@ class JobPayments:
         folder = None
         try:
             folder, payer = await self._channel(node)
-            from agoranet.payments.httpx_auth import PayerAuth
+            from agoranet.payments.httpx_auth import PayerAuth, Payment
 
+            payment = Payment(amount)  # what came of it: the node's hold
             reply = await self._post(
                 node, url, json=job, headers={**headers, "x-request-id": request_id},
-                auth=PayerAuth(payer), extensions={"agoranet_max_amount": amount})
+                auth=PayerAuth(payer).paying(payment))
         except UpstreamError:
             if folder is not None and _signed(self._payers.get(folder), request_id):
                 # the voucher may have reached the node: the worst case counts, and the
@@ -174,7 +175,7 @@ class JobPayments:
             if folder is not None:
                 self._busy.discard(folder)
             raise
-        if reply.status_code != 200 or reply.extensions.get("agoranet_held") is None:
+        if reply.status_code != 200 or payment.held is None:
             reservation.release(0)  # the node created nothing, or nothing it charges for
             self._busy.discard(folder)
             if reply.status_code != 200:

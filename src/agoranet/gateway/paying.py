@@ -33,8 +33,6 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
-
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.spendlog import SpendLog, SpendRow
@@ -42,7 +40,8 @@ from agoranet.gateway.spendlog import SpendLog, SpendRow
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
-    from agoranet.payments.httpx_auth import PayerAuth
+    from agoranet.gateway.node_payer import NodePayer
+    from agoranet.payments.httpx_auth import PaidRequest, PayerAuth
     from agoranet.payments.payer import Dispute, Payer
     from agoranet.payments.receipts import Receipt
 
@@ -58,6 +57,7 @@ class NodePayers:
         self.state_root = state_root
         self.deposit = deposit
         self._auths: dict[str, PayerAuth] = {}
+        self._node_payers: dict[str, NodePayer] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.budget: Budget | None = None  # where disputed amounts are counted (count_in)
         self.spend: SpendLog | None = None
@@ -71,7 +71,21 @@ class NodePayers:
     def address(self) -> str:
         return str(self.account.address)
 
-    async def auth(self, node: NodeState) -> httpx.Auth | None:
+    async def paid(self, node: NodeState, max_amount: int) -> PaidRequest | None:
+        """How to pay one request to ``node`` of at most ``max_amount`` (None for a free
+        node): its :class:`~agoranet.payments.httpx_auth.Payment` gets the receipt. Opens
+        the channel on first use; tops it up ahead of need (``agoranet.gateway.node_payer``)."""
+        auth = await self.auth(node)
+        if auth is None:
+            return None
+        payer = self._node_payers.get(node.url)
+        if payer is None:
+            from agoranet.gateway.node_payer import NodePayer
+
+            payer = self._node_payers[node.url] = NodePayer(auth, self.deposit)
+        return await payer.paid(max_amount)
+
+    async def auth(self, node: NodeState) -> PayerAuth | None:
         """How to pay ``node`` (None for a free node); opens its channel on first use."""
         if node.offer is None or node.offer.payment is None:
             return None
@@ -141,6 +155,15 @@ class NodePayers:
 
     def payers(self) -> list[Payer]:
         return [auth.payer for auth in self._auths.values()]
+
+    async def aclose(self) -> None:
+        """Wait for the top-ups under way (their deposits are on chain either way), then
+        close every payer."""
+        try:
+            for payer in self._node_payers.values():
+                await payer.aclose()
+        finally:
+            self.close()
 
     def close(self) -> None:
         for auth in self._auths.values():

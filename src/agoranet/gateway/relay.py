@@ -37,7 +37,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -64,7 +64,10 @@ from agoranet.gateway.wire import Wire
 from agoranet.payments.receipts import Receipt
 from agoranet.registry.offer import ModelOffer
 
-__all__ = ["Piece", "RelayResult", "new_request_id", "relay"]
+if TYPE_CHECKING:
+    from agoranet.payments.httpx_auth import PaidRequest
+
+__all__ = ["Piece", "Relay", "RelayResult", "new_request_id"]
 
 
 class _NodeFailed(Exception):
@@ -161,14 +164,12 @@ def _continuation(body: dict[str, Any], produced: str, tokens_done: int) -> dict
 
 
 async def _segment_events(client: httpx.AsyncClient, segment: _Segment, body: dict[str, Any],
-                          policy: Policy, auth: httpx.Auth | None,
-                          max_amount: int, wire: Wire | None = None
+                          policy: Policy, paid: PaidRequest | None, wire: Wire | None = None
                           ) -> AsyncGenerator[Piece, None]:
     url = segment.node.url + (wire.path if wire is not None else "/chat/completions")
-    response: httpx.Response | None = None
     try:
-        async with client.stream("POST", url, json=body, auth=auth or httpx.USE_CLIENT_DEFAULT,
-                                 extensions={"agoranet_max_amount": max_amount}) as response:
+        async with client.stream("POST", url, json=body,
+                                 auth=paid or httpx.USE_CLIENT_DEFAULT) as response:
             if response.status_code != 200:
                 await response.aread()
                 message = _error_message(response)
@@ -176,7 +177,7 @@ async def _segment_events(client: httpx.AsyncClient, segment: _Segment, body: di
                     raise _ClientFault(response.status_code, message)
                 if response.status_code == 404:  # not served there; another node may
                     raise _NotTheNode(404, "model_not_found", message)
-                if response.status_code == 402 and auth is None:
+                if response.status_code == 402 and paid is None:
                     raise _unpayable(segment.node.url)
                 raise _NodeFailed(f"HTTP {response.status_code}: {message}")
             async for piece in _pieces(segment, iter_sse_data(response), policy, wire):
@@ -184,12 +185,12 @@ async def _segment_events(client: httpx.AsyncClient, segment: _Segment, body: di
     finally:
         # Set by the payer once the stream is over: the final receipt, or the last
         # running one if the stream broke off (the node is owed what it receipted).
-        if response is not None:
-            segment.receipt = response.extensions.get("agoranet_receipt")
-            segment.unreceipted = int(response.extensions.get("agoranet_unreceipted", 0))
+        if paid is not None:
+            segment.receipt = paid.payment.receipt
+            segment.unreceipted = paid.payment.unreceipted
             if segment.receipt is not None:
                 segment.charged = int(segment.receipt.amount)
-    if auth is not None and segment.receipt is None:
+    if paid is not None and segment.receipt is None:
         raise _NodeFailed("a paid answer came without a receipt")
     if segment.finish is None:
         raise _NodeFailed("stream ended before the answer did")
@@ -207,8 +208,8 @@ async def _pieces(segment: _Segment, lines: AsyncIterator[str],
     while True:
         first = segment.first_token is None
         wait = policy.first_token_timeout_s if first else policy.token_timeout_s
-        try:
-            with anyio.fail_after(max(0.0, since + wait - time.perf_counter())):
+        try:  # asyncio's own timer: a tenth of anyio's cost per event, on the hot path
+            async with asyncio.timeout(max(0.0, since + wait - time.perf_counter())):
                 data = await anext(lines)
         except StopAsyncIteration:
             return
@@ -345,65 +346,119 @@ class _Attempt:
             raise cancelled
 
 
-async def relay(
-    client: httpx.AsyncClient,
-    candidates: list[Candidate],
-    body: dict[str, Any],
-    prompt_ceiling: int,
-    limit: int,
-    policy: Policy,
-    budget: Reserver,
-    spend: SpendLog,
-    result: RelayResult,
-    payers: NodePayers | None = None,
-    *,
-    constrained: bool = False,
-    wire: Wire | None = None,
-) -> AsyncGenerator[Piece, None]:
-    """Yield the answer's pieces from the best node, failing over; fill ``result``.
+class Relay:
+    """One request relayed from ranked nodes, failing over; its state is this object's.
 
-    With ``policy.hedge_after_ms``, a request whose first node has produced no
-    token by then is also sent to the next node; the first to answer wins and
-    the other is cancelled. A ``constrained`` answer (a tool call, JSON) comes from
-    one node, whole: see the module's docstring. With a ``wire``, another endpoint than
-    chat completions (text completions) is relayed the same way.
+    :meth:`pieces` yields the answer's pieces from the best node, failing over, and
+    fills :attr:`result` (what it cost, who answered). With ``policy.hedge_after_ms``, a
+    request whose first node has produced no token by then is also sent to the next
+    node; the first to answer wins and the other is cancelled. A ``constrained`` answer
+    (a tool call, JSON) comes from one node, whole: see the module's docstring. With a
+    ``wire``, another endpoint than chat completions (text completions) is relayed the
+    same way. A paid node is paid through ``payers``: per attempt a
+    :class:`~agoranet.payments.httpx_auth.PaidRequest` whose payment carries the receipt.
     """
-    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
-    body.pop("agoranet", None)
-    if policy.commitments:  # the node's own option of the same name
-        body["agoranet"] = {"commitments": True}
-    adapter = is_adapter(str(body["model"]))
-    produced = ""
-    errors: list[str] = []
-    queue = list(candidates[: policy.max_attempts])
-    attempts: list[_Attempt] = []  # every attempt started, each finished exactly once
-    declined: list[_NotTheNode] = []  # refusals that were not the nodes' fault
 
-    async def start(candidate: Candidate) -> _Attempt:
+    def __init__(self, client: httpx.AsyncClient, candidates: list[Candidate],
+                 body: dict[str, Any], prompt_ceiling: int, limit: int, policy: Policy,
+                 spend: SpendLog, payers: NodePayers | None = None, *,
+                 request_id: str | None = None, constrained: bool = False,
+                 wire: Wire | None = None) -> None:
+        self.client, self.policy, self.spend, self.payers = client, policy, spend, payers
+        self.prompt_ceiling, self.limit = prompt_ceiling, limit
+        self.constrained, self.wire = constrained, wire
+        self.result = RelayResult(request_id or new_request_id())
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        body.pop("agoranet", None)
+        if policy.commitments:  # the node's own option of the same name
+            body["agoranet"] = {"commitments": True}
+        self.body = body
+        self.adapter = is_adapter(str(body["model"]))
+        self.produced = ""  # the answer's text so far
+        self.errors: list[str] = []
+        self.queue = list(candidates[: policy.max_attempts])
+        self.attempts: list[_Attempt] = []  # every attempt started, each finished exactly once
+        self.declined: list[_NotTheNode] = []  # refusals that were not the nodes' fault
+        self.budget: Reserver | None = None
+
+    async def pieces(self, budget: Reserver) -> AsyncGenerator[Piece, None]:
+        """Yield the answer's pieces, reserving each attempt's worst case from ``budget``."""
+        self.budget = budget
+        result, policy = self.result, self.policy
+        try:
+            while self.queue:
+                attempt = await self.start(self.queue.pop(0))
+                first: Piece | None = None
+                try:
+                    hedge = policy.hedge_after_ms if not self.produced and self.queue else None
+                    attempt, first = await _first_piece(attempt, hedge, self.queue, self.start,
+                                                         self.finish)
+                    if attempt.failed is not None:
+                        continue  # the finally below accounts for it
+                    if first is not None:
+                        self.produced += first.text
+                        yield first
+                    async for piece in attempt.events:
+                        self.produced += piece.text
+                        yield piece
+                except _NotTheNode as exc:
+                    attempt.failed, attempt.declined = str(exc), exc
+                except CannotPayError as exc:  # the gateway's trouble, not the node's
+                    attempt.declined = _cannot_pay(attempt.node, exc)
+                    attempt.failed = str(attempt.declined)
+                except _FAILURES as exc:
+                    attempt.failed = _describe(exc)
+                finally:
+                    await self.finish(attempt)
+                if attempt.failed is not None and attempt.segment.finish is not None:
+                    # The answer was whole (e.g. a bad receipt came after it): the node is
+                    # banned, the client keeps its answer.
+                    result.finish_reason = attempt.segment.finish
+                    return
+                if attempt.failed is None:
+                    segment = attempt.segment
+                    attempt.node.record_success(
+                        _ms(segment.first_token, segment.started) or 0.0, segment.tokens,
+                        time.perf_counter() - (segment.first_token or segment.started))
+                    result.finish_reason = segment.finish or "stop"
+                    return
+            if self.declined and not self.errors:
+                raise _declined_error(self.declined)
+            self.errors += [str(d) for d in self.declined]
+            raise UpstreamError("no node could answer: "
+                                + ("; ".join(self.errors) or "none available"), status_code=503)
+        finally:  # however the request ends (a client hanging up too): release every attempt
+            await _finish_all(self.attempts, self.finish)
+
+    async def start(self, candidate: Candidate) -> _Attempt:
+        """Reserve ``candidate``'s worst case and open its attempt (not sent until read)."""
+        assert self.budget is not None
         node, model = candidate
-        done = 0 if constrained else result.completion_tokens  # a restart asks for all
-        request = wire.continuation(body, produced, done) if wire is not None else \
-            _continuation(body, produced, done)
-        worst = expected_cost(model, prompt_ceiling + len(produced.encode()) + 8,
-                              limit - done, adapter=adapter, commitments=policy.commitments)
+        done = 0 if self.constrained else self.result.completion_tokens  # a restart asks all
+        request = self.wire.continuation(self.body, self.produced, done) \
+            if self.wire is not None else _continuation(self.body, self.produced, done)
+        worst = expected_cost(model, self.prompt_ceiling + len(self.produced.encode()) + 8,
+                              self.limit - done, adapter=self.adapter,
+                              commitments=self.policy.commitments)
         segment = _Segment(node, time.perf_counter())
-        attempt = _Attempt(node, model, await budget.reserve(worst), segment, _unsent())
-        attempts.append(attempt)
-        if payers is None and node.offer is not None and node.offer.payment is not None:
+        attempt = _Attempt(node, model, await self.budget.reserve(worst), segment, _unsent())
+        self.attempts.append(attempt)
+        if self.payers is None and node.offer is not None and node.offer.payment is not None:
             attempt.events = _raising(_unpayable(node.url))  # not sent: it would be a 402
             return attempt
         try:
-            auth = await payers.auth(node) if payers is not None else None
+            paid = await self.payers.paid(node, worst) if self.payers is not None else None
         except AgoranetError as exc:  # the gateway cannot pay it: not the node's fault
             attempt.events = _raising(_cannot_pay(node, exc))
             return attempt
-        segment.paid = auth is not None
-        attempt.events = _segment_events(client, segment, request, policy, auth, worst, wire)
-        if constrained:
+        segment.paid = paid is not None
+        attempt.events = _segment_events(self.client, segment, request, self.policy, paid,
+                                         self.wire)
+        if self.constrained:
             attempt.events = _whole(attempt.events, segment)
         return attempt
 
-    async def finish(attempt: _Attempt) -> None:
+    async def finish(self, attempt: _Attempt) -> None:
         """Close the node's stream and account for it, exactly once per attempt."""
         if attempt.closed:
             return
@@ -412,61 +467,17 @@ async def relay(
             await attempt.close()
         finally:  # without an await: nothing can keep the reservation from being released
             try:
-                _account(attempt, body, prompt_ceiling, spend, result)
+                _account(attempt, self.body, self.prompt_ceiling, self.spend, self.result)
             finally:
                 attempt.reservation.release(0)  # only if accounting broke before it released
             if isinstance(attempt.declined, _NotTheNode):
-                declined.append(attempt.declined)
+                self.declined.append(attempt.declined)
             elif attempt.failed is not None:
-                attempt.node.record_failure(attempt.failed, policy.ban_base_s,
-                                            policy.ban_cap_s)
-                errors.append(f"{attempt.node.url}: {attempt.failed}")
+                attempt.node.record_failure(attempt.failed, self.policy.ban_base_s,
+                                            self.policy.ban_cap_s)
+                self.errors.append(f"{attempt.node.url}: {attempt.failed}")
                 if attempt.segment.finish is None:
-                    result.failovers += 1
-
-    try:
-        while queue:
-            attempt = await start(queue.pop(0))
-            first: Piece | None = None
-            try:
-                hedge = policy.hedge_after_ms if not produced and queue else None
-                attempt, first = await _first_piece(attempt, hedge, queue, start, finish)
-                if attempt.failed is not None:
-                    continue  # the finally below accounts for it
-                if first is not None:
-                    produced += first.text
-                    yield first
-                async for piece in attempt.events:
-                    produced += piece.text
-                    yield piece
-            except _NotTheNode as exc:
-                attempt.failed, attempt.declined = str(exc), exc
-            except CannotPayError as exc:  # the gateway's trouble, not the node's
-                attempt.declined = _cannot_pay(attempt.node, exc)
-                attempt.failed = str(attempt.declined)
-            except _FAILURES as exc:
-                attempt.failed = _describe(exc)
-            finally:
-                await finish(attempt)
-            if attempt.failed is not None and attempt.segment.finish is not None:
-                # The answer was whole (e.g. a bad receipt came after it): the node is
-                # banned, the client keeps its answer.
-                result.finish_reason = attempt.segment.finish
-                return
-            if attempt.failed is None:
-                segment = attempt.segment
-                attempt.node.record_success(
-                    _ms(segment.first_token, segment.started) or 0.0, segment.tokens,
-                    time.perf_counter() - (segment.first_token or segment.started))
-                result.finish_reason = segment.finish or "stop"
-                return
-        if declined and not errors:
-            raise _declined_error(declined)
-        errors += [str(d) for d in declined]
-        raise UpstreamError("no node could answer: "
-                            + ("; ".join(errors) or "none available"), status_code=503)
-    finally:  # however the request ends (a client hanging up too): release every attempt
-        await _finish_all(attempts, finish)
+                    self.result.failovers += 1
 
 
 _FAILURES = (_NodeFailed, httpx.HTTPError, json.JSONDecodeError, PaymentError)

@@ -29,7 +29,7 @@ from agoranet.gateway.metrics import track_relay
 from agoranet.gateway.paying import NodePayers
 from agoranet.gateway.policy import Policy
 from agoranet.gateway.ranking import Candidate, rank
-from agoranet.gateway.relay import Piece, RelayResult, new_request_id, relay
+from agoranet.gateway.relay import Piece, Relay, RelayResult
 from agoranet.gateway.spendlog import SpendLog
 from agoranet.gateway.tool_buying import ToolMarket
 from agoranet.gateway.toolcalls import join_call_deltas
@@ -56,19 +56,19 @@ class GatewayService:
 
     async def aclose(self) -> None:
         """Stop and close what the service owns: the directory's refresh, the auditor, the
-        HTTP client, the spend log, the reputation store and the node payers; each once,
-        the rest even if one fails."""
+        node payers (after their top-ups under way), the HTTP client, the spend log and the
+        reputation store; each once, the rest even if one fails."""
         stops: list[Callable[[], Awaitable[None]]] = [self.directory.stop]
         if self.tools is not None:
             stops.append(self.tools.directory.stop)
         if self.auditor is not None:
             stops.append(self.auditor.stop)
+        if self.payers is not None:  # its top-ups under way end first, then its channels
+            stops.append(self.payers.aclose)
         stops.append(self.client.aclose)
         closes: list[Callable[[], None]] = [self.spend.close]
         if self.directory.reputation is not None:
             closes.append(self.directory.reputation.close)
-        if self.payers is not None:
-            closes.append(self.payers.close)
         if self.tools is not None and self.tools.payers is not None:
             closes.append(self.tools.payers.close)
         failure: Exception | None = None
@@ -130,10 +130,10 @@ class GatewayService:
         ceiling = sum(len(t.encode()) + 8 for t in texts) + 16 + tooling
         candidates, limit = self.candidates(request.model, estimate,
                                             request.completion_limit(), policy, needs)
-        result = RelayResult(new_request_id())
-        budget = self.reserver(result, request.model, access)
-        pieces = relay(self.client, candidates, body, ceiling, limit, policy, budget,
-                       self.spend, result, self.payers, constrained=needs.constrained)
+        relay = Relay(self.client, candidates, body, ceiling, limit, policy, self.spend,
+                      self.payers, constrained=needs.constrained)
+        result = relay.result
+        pieces = relay.pieces(self.reserver(result, request.model, access))
         try:
             first = await anext(pieces)
         except StopAsyncIteration:

@@ -13,19 +13,28 @@ stream's running receipts are checked as they come (never more tokens than have
 arrived); if the stream breaks before its final receipt, the last running one is
 what the request is believed to owe, and what the node can charge for the tokens
 that arrived after it is counted as spent (:meth:`~agoranet.payments.payer.Payer.
-cut`; the amount in ``response.extensions["agoranet_unreceipted"]``). The verified
-receipt is left in ``response.extensions["agoranet_receipt"]``.
-Requests on one channel go one at a time (the lock is held until the receipt); a
-request that follows one the client hung up on may find the node still holding
-the channel, and is resent after short pauses (``BUSY_RETRIES_S``).
+cut`).
+What came of a request is a typed :class:`Payment`: a caller that holds one (the
+gateway's relay) sends its request with :meth:`PayerAuth.paying` and reads the
+verified receipt, and what a cut stream counted beyond it, from that object; no
+payment data crosses in httpx's ``extensions``. Only a client that cannot hold a
+per-request object (``auth=PayerAuth(...)`` on any httpx or ``openai`` client) gets
+the outcome mirrored into ``response.extensions`` (``agoranet_receipt``,
+``agoranet_unreceipted``, ``agoranet_held``) and may cap a request with
+``extensions={"agoranet_max_amount": ...}``.
+Requests on one channel go one at a time (the lock is held until the receipt; an
+event-loop task waits for it without polling); a request that follows one the
+client hung up on may find the node still holding the channel, and is resent after
+short pauses (``BUSY_RETRIES_S``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -39,7 +48,7 @@ from agoranet.payments import x402wire
 from agoranet.payments.payer import Payer, PendingPayment
 from agoranet.payments.receipts import Receipt
 
-__all__ = ["BUSY_RETRIES_S", "PayerAuth"]
+__all__ = ["BUSY_RETRIES_S", "PaidRequest", "PayerAuth", "Payment"]
 
 # Pauses before resending a payment the node refused as "channel busy" (1.3 s in all).
 BUSY_RETRIES_S = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
@@ -51,6 +60,67 @@ _CHANNEL_STATE_ERRORS = frozenset({
     "invalid_batch_settlement_evm_channel_withdrawing"})
 
 
+@dataclass
+class Payment:
+    """One request's payment: the caller's cap on it, then what came of it (typed, per
+    request; see :meth:`PayerAuth.paying`)."""
+
+    max_amount: int | None = None  # the request's own maximum and hard cap (None: the auth's)
+    # The verified receipt: the final one, or for a stream cut before it the last running one.
+    receipt: Receipt | None = None
+    # A stream cut before its final receipt: what the payer counted as spent beyond ``receipt``
+    # for the tokens that arrived after it (the node may hold a receipt for them).
+    unreceipted: int = 0
+    held: PendingPayment | None = None  # a fine-tuning job's voucher the node holds
+    pending: PendingPayment | None = None  # the voucher the request carried (None: unpaid)
+    body: dict[str, Any] = field(default_factory=dict, repr=False)  # the request's JSON
+
+
+class _ChannelLock:
+    """One request at a time on a channel: a thread blocks on it; an event-loop task
+    awaits a wake-up from the release (no polling)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._guard = threading.Lock()
+
+    def acquire(self, blocking: bool = True) -> bool:
+        return self._lock.acquire(blocking)
+
+    async def acquire_async(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            waiter: asyncio.Future[None] = loop.create_future()
+            with self._guard:  # registered before trying: a release in between wakes it
+                self._waiters.append((loop, waiter))
+            try:
+                if self._lock.acquire(blocking=False):
+                    return
+                await waiter
+            finally:
+                with self._guard:  # (gone already if a release found its loop closed)
+                    if (loop, waiter) in self._waiters:
+                        self._waiters.remove((loop, waiter))
+
+    def release(self) -> None:
+        self._lock.release()
+        with self._guard:
+            waiters = list(self._waiters)
+        for loop, waiter in waiters:  # each tries again; all but one wait once more
+            try:
+                loop.call_soon_threadsafe(_wake, waiter)
+            except RuntimeError:  # its loop is closed: nobody is waiting there any more
+                with self._guard:
+                    if (loop, waiter) in self._waiters:
+                        self._waiters.remove((loop, waiter))
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class PayerAuth(httpx.Auth):
     """Pays each request through ``payer``; requests need a JSON body with ``model``."""
 
@@ -59,16 +129,36 @@ class PayerAuth(httpx.Auth):
     def __init__(self, payer: Payer, *, max_per_request: int | None = None) -> None:
         self.payer = payer
         self.max_per_request = max_per_request or payer.max_per_request or 0
-        self._lock = threading.Lock()
+        self._lock = _ChannelLock()
+        # Awaited (by an event-loop request, with the channel held) before each voucher of
+        # that amount is signed: makes the deposit cover it, by a top-up on a task of its
+        # own (agoranet.gateway.node_payer). Without it, or for a thread's request, the
+        # payer tops up itself when it must (Payer.pay).
+        self.cover: Callable[[int], Awaitable[None]] | None = None
+
+    def paying(self, payment: Payment) -> PaidRequest:
+        """The auth for one request, paid within ``payment.max_amount``; what came of it
+        is filled into ``payment`` (its receipt once the answer, or its stream, is read)."""
+        return PaidRequest(self, payment)
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        return self._sync_flow(request, _mirrored(request), True)
+
+    def async_auth_flow(self, request: httpx.Request
+                        ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        return self._async_flow(request, _mirrored(request), True)
+
+    def _sync_flow(self, request: httpx.Request, payment: Payment, mirror: bool
+                   ) -> Generator[httpx.Request, httpx.Response, None]:
         self._lock.acquire()
-        flow = self._locked_flow(request)
+        flow = self._locked_flow(request, payment, mirror)
         try:
             step = next(flow)
             while True:
                 if isinstance(step, float):  # a pause the flow asked for
                     time.sleep(step)
+                    step = flow.send(None)
+                elif isinstance(step, _Cover):  # left to the payer (Payer.pay)
                     step = flow.send(None)
                 else:
                     step = flow.send((yield step))
@@ -77,18 +167,20 @@ class PayerAuth(httpx.Auth):
         finally:
             flow.close()
 
-    async def async_auth_flow(
-        self, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        # The payer's state is guarded by a thread lock taken without blocking the loop.
-        while not self._lock.acquire(blocking=False):
-            await anyio.sleep(0.001)
-        flow = self._locked_flow(request)
+    async def _async_flow(self, request: httpx.Request, payment: Payment, mirror: bool
+                          ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        # The payer's state is guarded by a lock awaited without blocking the loop.
+        await self._lock.acquire_async()
+        flow = self._locked_flow(request, payment, mirror)
         try:
             step = next(flow)
             while True:
                 if isinstance(step, float):  # a pause the flow asked for
                     await anyio.sleep(step)
+                    step = flow.send(None)
+                elif isinstance(step, _Cover):  # the deposit for the next voucher
+                    if self.cover is not None:
+                        await self.cover(step.amount)
                     step = flow.send(None)
                 else:
                     step = flow.send((yield step))
@@ -97,40 +189,41 @@ class PayerAuth(httpx.Auth):
         finally:
             flow.close()  # runs the flow's own finally: the lock is released on any exit
 
-    def _locked_flow(self, request: httpx.Request) -> _Flow[None]:
+    def _locked_flow(self, request: httpx.Request, payment: Payment, mirror: bool) -> _Flow[None]:
         """Pay, retry once on a 402, check the receipt; the lock (already held) is released
-        here, or by the response stream once its receipt has been read."""
+        here, or by the response stream once its receipt has been read. With ``mirror``,
+        the outcome is copied into ``response.extensions`` (see the module's docstring)."""
         released = False
         try:
-            response = yield from self._flow(request)
-            released = self._finish(request, response)
+            response = yield from self._flow(request, payment)
+            released = self._finish(request, response, payment, mirror)
         finally:
             if not released:
                 self._lock.release()
 
     # ------------------------------------------------------------ shared logic
 
-    def _flow(self, request: httpx.Request) -> _Flow[httpx.Response]:
+    def _flow(self, request: httpx.Request, payment: Payment) -> _Flow[httpx.Response]:
         """Send ``request`` paid; yields requests to send, or pauses (seconds) to wait."""
         if request.method != "POST" or \
                 not request.headers.get("content-type", "").startswith("application/json") \
                 or not request.read():
             # Only JSON POSTs are paid: reads, uploads and cancels go unpaid.
-            request.extensions["agoranet_pending"] = None
+            payment.pending = None
             return (yield from _send(request))
         body = _json(request)
         # A caller may set the request's own maximum (and hard cap) per request.
-        cap = request.extensions.get("agoranet_max_amount")
+        cap = payment.max_amount
         amount = int(cap) if cap else self.max_per_request
         retried = False
         while True:
             pending = None
             if amount > 0:
+                yield _Cover(amount)  # a top-up is awaited here, never run (see ``cover``)
                 pending = self.payer.pay(amount, request.headers.get("x-request-id"))
                 request.headers[x402wire.PAYMENT_SIGNATURE] = pending.header
                 request.headers["x-request-id"] = pending.request_id
-            request.extensions["agoranet_pending"] = pending
-            request.extensions["agoranet_body"] = body
+            payment.pending, payment.body = pending, body
             response = yield from _send(request)
             for delay in BUSY_RETRIES_S:  # the node still holds the channel for our last request
                 if not _busy(response):
@@ -159,10 +252,11 @@ class PayerAuth(httpx.Auth):
             amount = max(amount, needed)
             request.headers.pop("x-request-id", None)
 
-    def _finish(self, request: httpx.Request, response: httpx.Response) -> bool:
-        """Check the receipt; True if the lock will be released by the stream instead."""
-        pending: PendingPayment | None = request.extensions.get("agoranet_pending")
-        body: dict[str, Any] = request.extensions.get("agoranet_body") or {}
+    def _finish(self, request: httpx.Request, response: httpx.Response, payment: Payment,
+                mirror: bool = False) -> bool:
+        """Check the receipt into ``payment``; True if the lock will be released by the
+        stream instead."""
+        pending, body = payment.pending, payment.body
         if pending is None or response.status_code != 200:
             return False
         terms = _Terms(str(body.get("model", "")), _completion_limit(request, body),
@@ -177,16 +271,54 @@ class PayerAuth(httpx.Auth):
             extra = settle.get("extra")
             if isinstance(extra, dict) and extra.get("held"):  # a fine-tuning job's voucher
                 self.payer.hold(pending, settle)  # until the job ends (Payer.settle_job)
-                response.extensions["agoranet_held"] = pending
+                payment.held = pending
+                _mirror(payment, response if mirror else None)
                 return False
-            response.extensions["agoranet_receipt"] = self.payer.settle(
+            payment.receipt = self.payer.settle(
                 pending, settle, terms.model, max_tokens=terms.max_tokens,
                 commitments=terms.commitments)
+            _mirror(payment, response if mirror else None)
             return False
         if "text/event-stream" not in response.headers.get("content-type", ""):
             raise PaymentError("the node answered a paid request without a receipt")
-        response.stream = _ReceiptTap(response.stream, self, pending, terms, response)
+        response.stream = _ReceiptTap(response.stream, self, pending, terms, payment,
+                                      response if mirror else None)
         return True
+
+
+class PaidRequest(httpx.Auth):
+    """The auth of one request paid through a :class:`PayerAuth`: what came of it is in
+    ``payment`` (nothing in the response's ``extensions``)."""
+
+    requires_request_body = True
+
+    def __init__(self, auth: PayerAuth, payment: Payment) -> None:
+        self.auth, self.payment = auth, payment
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        return self.auth._sync_flow(request, self.payment, False)
+
+    def async_auth_flow(self, request: httpx.Request
+                        ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        return self.auth._async_flow(request, self.payment, False)
+
+
+def _mirrored(request: httpx.Request) -> Payment:
+    """A request's payment for a client without a :class:`Payment` of its own: its cap
+    from ``extensions["agoranet_max_amount"]``, its outcome mirrored back (:func:`_mirror`)."""
+    cap = request.extensions.get("agoranet_max_amount")
+    return Payment(int(cap) if cap else None)
+
+
+def _mirror(payment: Payment, response: httpx.Response | None) -> None:
+    """Copy what came of ``payment`` into ``response.extensions`` (None: a caller holding
+    its :class:`Payment` reads it there; nothing is copied)."""
+    if response is None:
+        return
+    if payment.receipt is not None:
+        response.extensions["agoranet_receipt"] = payment.receipt
+    if payment.held is not None:
+        response.extensions["agoranet_held"] = payment.held
 
 
 @dataclass(frozen=True)
@@ -199,12 +331,13 @@ class _Terms:
 
 
 class _ReceiptTap(httpx.AsyncByteStream, httpx.SyncByteStream):
-    """Passes a stream through, finds the receipt event, checks it, then frees the lock."""
+    """Passes a stream through, finds the receipt event, checks it into ``payment``, then
+    frees the lock; with a ``response``, mirrors the outcome into its ``extensions``."""
 
     def __init__(self, inner: Any, auth: PayerAuth, pending: PendingPayment, terms: _Terms,
-                 response: httpx.Response) -> None:
+                 payment: Payment, response: httpx.Response | None) -> None:
         self.inner, self.auth, self.pending = inner, auth, pending
-        self.terms, self.response = terms, response
+        self.terms, self.payment, self.response = terms, payment, response
         self.buffer = b""
         self.chunks = 0
         self.done = False
@@ -228,10 +361,11 @@ class _ReceiptTap(httpx.AsyncByteStream, httpx.SyncByteStream):
             if kind == "agoranet.receipt":
                 settle = _payment_response(obj)  # none: the stream is cut before its receipt
                 self.final = True
-                self.response.extensions["agoranet_receipt"] = self.auth.payer.settle(
+                self.payment.receipt = self.auth.payer.settle(
                     self.pending, settle, self.terms.model,
                     max_tokens=self.terms.max_tokens, min_tokens_out=self.chunks,
                     commitments=self.terms.commitments)
+                _mirror(self.payment, self.response)
             elif kind == "agoranet.receipt.running":
                 receipt = self.auth.payer.check(
                     self.pending, _payment_response(obj), self.terms.model,
@@ -250,12 +384,15 @@ class _ReceiptTap(httpx.AsyncByteStream, httpx.SyncByteStream):
         self.done = True
         try:
             if not self.final:  # broken off: what was receipted, and what arrived after it
-                self.response.extensions["agoranet_unreceipted"] = self.auth.payer.cut(
+                self.payment.unreceipted = self.auth.payer.cut(
                     self.pending, self.running, self.terms.model, arrived=self.chunks,
                     usage=self.usage, max_tokens=self.terms.max_tokens,
                     commitments=self.terms.commitments)
+                if self.response is not None:
+                    self.response.extensions["agoranet_unreceipted"] = self.payment.unreceipted
                 if self.running is not None:
-                    self.response.extensions["agoranet_receipt"] = self.running
+                    self.payment.receipt = self.running
+                    _mirror(self.payment, self.response)
         finally:
             self.auth._lock.release()
 
@@ -290,7 +427,14 @@ class _ReceiptTap(httpx.AsyncByteStream, httpx.SyncByteStream):
 
 _T = TypeVar("_T")
 # A payment flow: yields a request to send (and gets its response) or a pause in seconds.
-_Flow = Generator["httpx.Request | float", "httpx.Response | None", _T]
+_Flow = Generator["httpx.Request | float | _Cover", "httpx.Response | None", _T]
+
+
+@dataclass(frozen=True)
+class _Cover:
+    """A step of the flow: the deposit must cover a voucher for ``amount`` more."""
+
+    amount: int
 
 
 def _send(request: httpx.Request) -> _Flow[httpx.Response]:

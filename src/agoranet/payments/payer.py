@@ -233,6 +233,14 @@ class Payer:
         self._save()
         return self.state.channel_id
 
+    def credit(self, deposit: int) -> None:
+        """Count ``deposit``, already paid into the channel on chain (``open_channel``: a
+        top-up run off this thread, see ``agoranet.gateway.node_payer``), in its state."""
+        if self.state is None:
+            raise PaymentError("no channel: call open(deposit) first")
+        self.state.deposited += deposit
+        self._save()
+
     def reconcile(self, *, unreadable_ok: bool = False) -> str | None:
         """Compare the channel on chain with the store and repair a disagreement: a channel
         without a deposit (gone with a chain reset, refunded, never funded) or with a

@@ -1,0 +1,29 @@
+"""The gateway's HTTP client to nodes (and tool sellers): pooled, with the gateway's
+timeouts, and keeping no cookies: a node's ``Set-Cookie`` would otherwise follow the
+gateway's requests to it (and cost parsing on every answer, on the relay's hot path)."""
+
+from __future__ import annotations
+
+from http.cookiejar import CookieJar
+from typing import Any
+
+import httpx
+
+__all__ = ["node_client"]
+
+
+class _NoCookies(CookieJar):
+    """A cookie jar that keeps nothing."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return
+
+    def set_cookie(self, cookie: Any) -> None:
+        return
+
+
+def node_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=5.0),
+                             limits=httpx.Limits(max_connections=512,
+                                                 max_keepalive_connections=128),
+                             cookies=_NoCookies())
