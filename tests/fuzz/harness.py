@@ -60,7 +60,7 @@ from agoranet.errors import PaymentError
 from agoranet.node.launcher import free_port
 from agoranet.payments import x402wire
 from agoranet.payments.channels import read_channel
-from agoranet.payments.httpx_auth import PayerAuth
+from agoranet.payments.httpx_auth import PayerAuth, Payment
 from agoranet.payments.payer import Payer, PendingPayment
 from agoranet.payments.wallet import PASSWORD_ENV_VAR, create_keystore, fund_dev
 
@@ -340,8 +340,9 @@ class Fuzzer:
         self.gateway_http = httpx.Client(
             base_url=live.gateway.url, timeout=TIMEOUT,
             headers={"authorization": f"Bearer {live.gateway_key}"} if live.gateway_key else {})
+        self.paying_auth = PayerAuth(live.body_payer)
         self.paying_http = httpx.Client(base_url=live.node.url, timeout=TIMEOUT,
-                                        auth=PayerAuth(live.body_payer))
+                                        auth=self.paying_auth)
         self._schemas: dict[str, Any] = {}
 
     def close(self) -> None:
@@ -395,11 +396,13 @@ class Fuzzer:
 
     def _exchange(self, target: str, client: httpx.Client, request: httpx.Request,
                   given: Any, *, client_input: bool = True,
-                  allow_503: Callable[[httpx.Request, bytes], bool] | None = None
-                  ) -> httpx.Response | None:
-        """Send ``request``, read the whole answer, judge it; the response (read)."""
+                  allow_503: Callable[[httpx.Request, bytes], bool] | None = None,
+                  auth: httpx.Auth | None = None) -> httpx.Response | None:
+        """Send ``request`` (with ``auth``, or the client's), read the whole answer, judge
+        it; the response (read)."""
         try:
-            response = client.send(request, stream=True)
+            response = client.send(request, stream=True,
+                                   auth=httpx.USE_CLIENT_DEFAULT if auth is None else auth)
         except httpx.LocalProtocolError:
             return None  # not sendable over HTTP at all (h11 refused it): not an input
         except (httpx.TimeoutException, httpx.TransportError) as exc:
@@ -497,18 +500,19 @@ class Fuzzer:
             (path, body), content_type = given
             rid = self._rid(target)
             headers = {"x-request-id": rid, "content-type": "application/json"}
+            paid = None
             if isinstance(body, dict) and path in PAID_PATHS:
                 client = self.paying_http  # the real payer pays what is worth paying
                 request = client.build_request(
-                    "POST", path, content=json.dumps(body).encode(), headers=headers,
-                    extensions={"agoranet_max_amount": CAP})
+                    "POST", path, content=json.dumps(body).encode(), headers=headers)
+                paid = self.paying_auth.paying(Payment(CAP))
             else:
                 client = self.node_http
                 content = body if isinstance(body, bytes) else json.dumps(body).encode()
                 headers["content-type"] = content_type
                 request = client.build_request("POST", path, content=content, headers=headers)
             try:
-                response = self._exchange(target, client, request, given)
+                response = self._exchange(target, client, request, given, auth=paid)
             except Exception as exc:  # the payer refused the node's answer (receipt)
                 self._record(target, None, f"payer: {type(exc).__name__}: {exc}", given)
                 return

@@ -43,7 +43,7 @@ from agoranet.errors import PaymentError
 from agoranet.node.launcher import free_port
 from agoranet.payments import x402wire
 from agoranet.payments.channels import escrow_contract
-from agoranet.payments.httpx_auth import PayerAuth
+from agoranet.payments.httpx_auth import PayerAuth, Payment
 from agoranet.payments.payer import Payer
 from agoranet.payments.wallet import PASSWORD_ENV_VAR, create_keystore, fund_dev
 from agoranet.testing.invariants import (
@@ -243,15 +243,19 @@ def body(i: int, *, stream: bool, max_tokens: int | None = None) -> dict[str, An
 
 def ask(http: httpx.Client, i: int, *, stream: bool) -> int:
     """One paid request through the payer; the charged amount from its checked receipt."""
+    assert isinstance(http.auth, PayerAuth)
+    paid = http.auth.paying(payment := Payment())
     if not stream:
-        response = http.post("/v1/chat/completions", json=body(i, stream=False))
+        response = http.post("/v1/chat/completions", json=body(i, stream=False), auth=paid)
         assert response.status_code == 200, response.text
     else:
-        with http.stream("POST", "/v1/chat/completions", json=body(i, stream=True)) as response:
+        with http.stream("POST", "/v1/chat/completions", json=body(i, stream=True),
+                         auth=paid) as response:
             assert response.status_code == 200, response.read()
             lines = [line for line in response.iter_lines() if line]
         assert lines[-1] == "data: [DONE]"
-    return int(response.extensions["agoranet_receipt"].amount)
+    assert payment.receipt is not None
+    return int(payment.receipt.amount)
 
 
 def paid_client(s: Scenario) -> httpx.Client:
@@ -311,16 +315,18 @@ def test_sigkill_mid_stream_then_restart(world: World, honest: PaidNode) -> None
     with paid_client(s) as http:
         ask(http, 0, stream=False)
         running = 0
+        assert isinstance(http.auth, PayerAuth)
+        cut = Payment()
         with pytest.raises(httpx.HTTPError), http.stream(
-                "POST", "/v1/chat/completions",
-                json=body(1, stream=True, max_tokens=200)) as response:
+                "POST", "/v1/chat/completions", json=body(1, stream=True, max_tokens=200),
+                auth=http.auth.paying(cut)) as response:
             assert response.status_code == 200
             for line in response.iter_lines():
                 if '"agoranet.receipt.running"' in line:
                     running += 1  # the buyer holds a running receipt for 8 tokens:
                     honest.process.kill()  # the next is 8 frames (80 ms and more) away
         assert running == 1
-        assert response.extensions["agoranet_receipt"].tokens_out == 8
+        assert cut.receipt is not None and cut.receipt.tokens_out == 8
         held = _rows(honest.ledger, "SELECT COUNT(*) FROM vouchers WHERE status = 'held'")
         assert held == [(1,)]  # killed mid-answer: the voucher is still held
         honest.process.start()  # recovers on its ledger: charges the last running receipt
@@ -381,8 +387,11 @@ def test_stream_cut_after_its_last_token(world: World, honest: PaidNode) -> None
     s = scenario(world, honest, "cut")
     with paid_client(s) as http:
         ask(http, 0, stream=False)
+        assert isinstance(http.auth, PayerAuth)
+        cut = Payment()
         with http.stream("POST", "/v1/chat/completions",
-                         json=body(1, stream=True, max_tokens=10)) as response:
+                         json=body(1, stream=True, max_tokens=10),
+                         auth=http.auth.paying(cut)) as response:
             assert response.status_code == 200
             for line in response.iter_lines():
                 if not line.startswith("data: {"):
@@ -391,7 +400,7 @@ def test_stream_cut_after_its_last_token(world: World, honest: PaidNode) -> None
                 if any(c.get("finish_reason") for c in frame.get("choices", [])):
                     break  # the last token has arrived; the receipt frame comes next
         # the buyer holds the running receipt for 8 of its 10 tokens: that is its charge
-        assert response.extensions["agoranet_receipt"].tokens_out == 8
+        assert cut.receipt is not None and cut.receipt.tokens_out == 8
         ask(http, 2, stream=False)  # the channel goes on
     s.check()
 

@@ -35,7 +35,7 @@ from agoranet.config import ChainSettings
 from agoranet.errors import DevChainError
 from agoranet.node.launcher import free_port
 from agoranet.payments.channels import read_channel
-from agoranet.payments.httpx_auth import PayerAuth
+from agoranet.payments.httpx_auth import PayerAuth, Payment
 from agoranet.payments.payer import Payer
 from agoranet.payments.wallet import (
     PASSWORD_ENV_VAR,
@@ -147,15 +147,18 @@ def ask(http: httpx.Client, i: int, *, stream: bool) -> int:
     """One paid request; the charged amount from the checked receipt."""
     body = {"model": "tiny", "max_tokens": 3 + i % 4, "temperature": 0, "stream": stream,
             "messages": [{"role": "user", "content": f"Tell me about day {i}."}]}
+    assert isinstance(http.auth, PayerAuth)
+    paid = http.auth.paying(payment := Payment())
     if not stream:
-        response = http.post("/v1/chat/completions", json=body)
+        response = http.post("/v1/chat/completions", json=body, auth=paid)
         assert response.status_code == 200, response.text
     else:
-        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        with http.stream("POST", "/v1/chat/completions", json=body, auth=paid) as response:
             assert response.status_code == 200, response.read()
             lines = [line for line in response.iter_lines() if line]
         assert lines[-1] == "data: [DONE]"
-    receipt = response.extensions["agoranet_receipt"]
+    receipt = payment.receipt
+    assert receipt is not None
     return int(receipt.amount)
 
 

@@ -42,7 +42,7 @@ from agoranet.config import ChainSettings
 from agoranet.node.launcher import free_port
 from agoranet.payments import x402wire
 from agoranet.payments.channels import escrow_contract
-from agoranet.payments.httpx_auth import PayerAuth
+from agoranet.payments.httpx_auth import PayerAuth, Payment
 from agoranet.payments.payer import Payer
 from agoranet.payments.wallet import PASSWORD_ENV_VAR, create_keystore, fund_dev
 from agoranet.testing.invariants import (
@@ -263,15 +263,19 @@ def body(i: int, *, stream: bool, max_tokens: int | None = None) -> dict[str, An
 
 def ask(http: httpx.Client, i: int, *, stream: bool) -> int:
     """One paid request; the amount of its checked receipt."""
+    assert isinstance(http.auth, PayerAuth)
+    paid = http.auth.paying(payment := Payment())
     if not stream:
-        response = http.post("/v1/chat/completions", json=body(i, stream=False))
+        response = http.post("/v1/chat/completions", json=body(i, stream=False), auth=paid)
         assert response.status_code == 200, response.text
     else:
-        with http.stream("POST", "/v1/chat/completions", json=body(i, stream=True)) as response:
+        with http.stream("POST", "/v1/chat/completions", json=body(i, stream=True),
+                         auth=paid) as response:
             assert response.status_code == 200, response.read()
             lines = [line for line in response.iter_lines() if line]
         assert lines[-1] == "data: [DONE]"
-    return int(response.extensions["agoranet_receipt"].amount)
+    assert payment.receipt is not None
+    return int(payment.receipt.amount)
 
 
 def _ledger_rows(url: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
@@ -388,9 +392,11 @@ def test_sigkill_of_one_replica_loses_nothing(cluster: Cluster) -> None:
     with b.client() as http:
         ask(http, 0, stream=False)
         running = 0
+        assert isinstance(http.auth, PayerAuth)
+        paid = Payment()
         with pytest.raises(httpx.HTTPError), http.stream(
-                "POST", "/v1/chat/completions",
-                json=body(1, stream=True, max_tokens=200)) as response:
+                "POST", "/v1/chat/completions", json=body(1, stream=True, max_tokens=200),
+                auth=http.auth.paying(paid)) as response:
             assert response.status_code == 200
             victim = cluster.replicas[int(response.headers["x-front-backend"])]
             for line in response.iter_lines():
@@ -398,8 +404,8 @@ def test_sigkill_of_one_replica_loses_nothing(cluster: Cluster) -> None:
                     running += 1  # the buyer holds a running receipt for 8 tokens:
                     victim.kill()  # the next is 8 frames (80 ms and more) away
         assert running == 1
-        cut = response.extensions["agoranet_receipt"]
-        assert cut.tokens_out == 8
+        cut = paid.receipt
+        assert cut is not None and cut.tokens_out == 8
         [(status,)] = _ledger_rows(cluster.ledger, "SELECT status FROM vouchers WHERE "
                                    "request_id = %s", cut.request_id)
         assert status == "held"  # killed mid-answer: its replica's hold outlives it

@@ -19,7 +19,7 @@ from x402.schemas import PaymentRequired, PaymentRequirements
 
 from agoranet.errors import PaymentError
 from agoranet.payments import httpx_auth, x402wire
-from agoranet.payments.httpx_auth import PayerAuth
+from agoranet.payments.httpx_auth import PayerAuth, Payment
 from agoranet.payments.payer import Payer, PendingPayment
 
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
@@ -72,7 +72,8 @@ def _node(*answers: httpx.Response, seen: list[httpx.Headers]) -> httpx.MockTran
     return httpx.MockTransport(answer)
 
 
-def _client(auth: PayerAuth, transport: httpx.MockTransport) -> httpx.Client:
+def _client(auth: httpx.Auth, transport: httpx.MockTransport) -> httpx.Client:
+    """A client for one request when ``auth`` is one request's (``PayerAuth.paying``)."""
     return httpx.Client(base_url="http://node", auth=auth, transport=transport)
 
 
@@ -108,14 +109,15 @@ def test_only_json_posts_with_a_body_are_paid(send: Callable[[httpx.Client], htt
                                               pauses: list[float]) -> None:
     """Reads, uploads, cancels and anything not declared a JSON body go out unpaid, and
     their answer needs no receipt."""
-    payer, seen = _Payer(), []
+    payer, seen, payment = _Payer(), [], Payment()
     auth = PayerAuth(cast(Payer, payer))
-    with _client(auth, _node(httpx.Response(200, json={"ok": True}), seen=seen)) as http:
+    with _client(auth.paying(payment), _node(httpx.Response(200, json={"ok": True}),
+                                             seen=seen)) as http:
         response = send(http)
     assert response.status_code == 200 and response.json() == {"ok": True}
     assert len(seen) == 1 and x402wire.PAYMENT_SIGNATURE not in seen[0]
     assert payer.signed == [] and payer.calls == []
-    assert "agoranet_receipt" not in response.extensions
+    assert payment.receipt is None
     assert _free(auth)
 
 
@@ -123,11 +125,12 @@ def test_only_json_posts_with_a_body_are_paid(send: Callable[[httpx.Client], htt
 def test_a_request_pays_the_maximum_under_the_callers_request_id(maximum: int) -> None:
     """The voucher allows the auth's maximum (one base unit is a maximum too), for the
     request id the caller gave; the receipt is checked for that payment."""
-    payer, seen = _Payer(max_per_request=maximum), []
+    payer, seen, payment = _Payer(max_per_request=maximum), [], Payment()
     auth = PayerAuth(cast(Payer, payer))
-    with _client(auth, _node(httpx.Response(200, json={}, headers=RECEIPT), seen=seen)) as http:
+    with _client(auth.paying(payment),
+                 _node(httpx.Response(200, json={}, headers=RECEIPT), seen=seen)) as http:
         response = http.post("/v1/chat/completions", json=BODY, headers={"x-request-id": "abc"})
-    assert response.status_code == 200 and response.extensions["agoranet_receipt"] == "receipt"
+    assert response.status_code == 200 and payment.receipt == "receipt"
     assert [(p.request_id, p.max_amount) for p in payer.signed] == [("abc", maximum)]
     assert seen[0][x402wire.PAYMENT_SIGNATURE] == "voucher-0"
     assert seen[0]["x-request-id"] == "abc"
@@ -138,13 +141,13 @@ def test_without_a_maximum_the_first_request_goes_unpaid_and_the_node_names_the_
         pauses: list[float]) -> None:
     """With no maximum set, nothing is signed until the node's 402 names the price: then
     exactly that is paid, as a request of its own (a fresh request id)."""
-    payer, seen = _Payer(max_per_request=None), []
+    payer, seen, payment = _Payer(max_per_request=None), [], Payment()
     auth = PayerAuth(cast(Payer, payer))
     node = _node(httpx.Response(402, headers={x402wire.PAYMENT_REQUIRED: _required(300)}),
                  httpx.Response(200, json={}, headers=RECEIPT), seen=seen)
-    with _client(auth, node) as http:
+    with _client(auth.paying(payment), node) as http:
         response = http.post("/v1/chat/completions", json=BODY)
-    assert response.status_code == 200 and response.extensions["agoranet_receipt"] == "receipt"
+    assert response.status_code == 200 and payment.receipt == "receipt"
     assert len(seen) == 2 and x402wire.PAYMENT_SIGNATURE not in seen[0]
     assert [(p.request_id, p.max_amount) for p in payer.signed] == [("r0", 300)]
     assert seen[1][x402wire.PAYMENT_SIGNATURE] == "voucher-0"
@@ -155,13 +158,14 @@ def test_without_a_maximum_the_first_request_goes_unpaid_and_the_node_names_the_
 def test_a_node_that_serves_for_free_is_not_paid() -> None:
     """With no maximum set, a node that answers the unpaid request is owed nothing: no
     voucher, and no receipt is asked for."""
-    payer, seen = _Payer(max_per_request=None), []
+    payer, seen, payment = _Payer(max_per_request=None), [], Payment()
     auth = PayerAuth(cast(Payer, payer))
-    with _client(auth, _node(httpx.Response(200, json={"ok": True}), seen=seen)) as http:
+    with _client(auth.paying(payment),
+                 _node(httpx.Response(200, json={"ok": True}), seen=seen)) as http:
         response = http.post("/v1/chat/completions", json=BODY)
     assert response.status_code == 200 and response.json() == {"ok": True}
     assert payer.signed == [] and payer.calls == [] and len(seen) == 1
-    assert "agoranet_receipt" not in response.extensions and _free(auth)
+    assert payment.receipt is None and _free(auth)
 
 
 # ------------------------------------------------------------ a node's 402
@@ -271,31 +275,31 @@ def test_a_fine_tuning_jobs_voucher_is_held_not_settled() -> None:
     """A node that holds the voucher for a job answers with ``extra.held``: the payment is
     handed to the payer to hold until the job ends (no receipt yet), left in the
     response for the caller, and the channel is free for the next request."""
-    payer, seen = _Payer(), []
+    payer, seen, payment = _Payer(), [], Payment()
     auth = PayerAuth(cast(Payer, payer))
     settle = {"success": True, "extra": {"held": True, "requestId": "r0", "maxAmount": str(MAX)}}
     node = _node(httpx.Response(200, json={"id": "ftjob-1"}, headers={
         x402wire.PAYMENT_RESPONSE: x402wire.encode_json(settle)}), seen=seen)
-    with _client(auth, node) as http:
+    with _client(auth.paying(payment), node) as http:
         response = http.post("/v1/fine_tuning/jobs", json=BODY)
     assert response.status_code == 200
     assert payer.calls == [("hold", payer.signed[0], settle)]
-    assert response.extensions["agoranet_held"] is payer.signed[0]
-    assert "agoranet_receipt" not in response.extensions
+    assert payment.held is payer.signed[0]
+    assert payment.receipt is None
     assert _free(auth)
 
 
 @pytest.mark.parametrize("extra", [{}, {"held": False}, {"note": "x"}])
 def test_an_answer_that_holds_nothing_is_settled(extra: dict[str, Any]) -> None:
-    payer, seen = _Payer(), []
+    payer, seen, payment = _Payer(), [], Payment()
     auth = PayerAuth(cast(Payer, payer))
     settle = {"success": True, "extra": extra}
     node = _node(httpx.Response(200, json={}, headers={
         x402wire.PAYMENT_RESPONSE: x402wire.encode_json(settle)}), seen=seen)
-    with _client(auth, node) as http:
-        response = http.post("/v1/chat/completions", json=BODY)
+    with _client(auth.paying(payment), node) as http:
+        http.post("/v1/chat/completions", json=BODY)
     assert [c[:2] for c in payer.calls] == [("settle", "r0")]
-    assert "agoranet_held" not in response.extensions and _free(auth)
+    assert payment.held is None and _free(auth)
 
 
 # ------------------------------------------------------------ the terms a receipt is checked at
@@ -319,10 +323,11 @@ def test_an_answer_that_holds_nothing_is_settled(extra: dict[str, Any]) -> None:
 ])
 def test_a_receipt_is_checked_at_the_terms_the_node_reads_from_the_body(
         path: str, body: Any, model: str, limit: int | None, commitments: bool) -> None:
-    payer, seen = _Payer(), []
+    payer, seen, payment = _Payer(), [], Payment()
     auth = PayerAuth(cast(Payer, payer))
-    with _client(auth, _node(httpx.Response(200, json={}, headers=RECEIPT), seen=seen)) as http:
-        response = http.post(path, json=body)
-    assert response.extensions["agoranet_receipt"] == "receipt"
+    with _client(auth.paying(payment),
+                 _node(httpx.Response(200, json={}, headers=RECEIPT), seen=seen)) as http:
+        http.post(path, json=body)
+    assert payment.receipt == "receipt"
     assert payer.calls == [("settle", "r0", model,
                             [("commitments", commitments), ("max_tokens", limit)])]

@@ -18,7 +18,7 @@ from x402.mechanisms.evm.batch_settlement.errors import ERR_CHANNEL_BUSY
 from x402.schemas import PaymentRequired
 
 from agoranet.payments import httpx_auth, x402wire
-from agoranet.payments.httpx_auth import BUSY_RETRIES_S, PayerAuth
+from agoranet.payments.httpx_auth import BUSY_RETRIES_S, PayerAuth, Payment
 from agoranet.payments.payer import Payer, PendingPayment
 
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
@@ -58,7 +58,7 @@ def _node(busy: int, seen: list[httpx.Request]) -> httpx.MockTransport:
     return httpx.MockTransport(answer)
 
 
-def _post(mode: str, auth: PayerAuth, transport: httpx.MockTransport) -> httpx.Response:
+def _post(mode: str, auth: httpx.Auth, transport: httpx.MockTransport) -> httpx.Response:
     if mode == "sync":
         with httpx.Client(base_url="http://node", auth=auth, transport=transport) as http:
             return http.post("/v1/chat/completions", json=BODY)
@@ -89,9 +89,10 @@ def test_a_busy_refusal_is_paid_again_with_the_same_voucher_after_a_pause(
         mode: str, busy: int, pauses: list[float]) -> None:
     payer, seen = _Payer(), []
     auth = PayerAuth(cast(Payer, payer))
-    response = _post(mode, auth, _node(busy, seen))
+    payment = Payment()
+    response = _post(mode, auth.paying(payment), _node(busy, seen))
     assert response.status_code == 200
-    assert response.extensions["agoranet_receipt"] == "receipt"
+    assert payment.receipt == "receipt"
     assert pauses == list(BUSY_RETRIES_S[:busy])  # a pause before each resend, growing
     assert len(seen) == busy + 1
     assert [r.headers[x402wire.PAYMENT_SIGNATURE] for r in seen] == ["voucher-0"] * (busy + 1)

@@ -27,6 +27,7 @@ from agoranet.gateway.spendlog import SpendLog
 from agoranet.node.app import create_app
 from agoranet.node.payment_setup import NodePayments, build_payments
 from agoranet.payments import x402wire
+from agoranet.payments.httpx_auth import PayerAuth, Payment
 from agoranet.registry.offer import Offer
 
 from .conftest import Env
@@ -67,11 +68,14 @@ async def node(env: Env, tmp_path: Path) -> AsyncIterator[Node]:
         yield Node(url + "/v1", payments)
 
 
-async def _ask(url: str, auth: httpx.Auth | None, *, stream: bool = False) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=url, auth=auth, timeout=30) as http:
-        # the relay sets each request's maximum (its worst case), as here
+async def _ask(url: str, auth: PayerAuth | None, *, stream: bool = False,
+               payment: Payment | None = None) -> httpx.Response:
+    """One request paid through ``auth`` with ``payment`` (by default a fresh one); the relay
+    sets each request's maximum (its worst case), as here."""
+    paid = auth.paying(payment or Payment(HEADROOM)) if auth is not None else None
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         async with http.stream("POST", "/chat/completions", json={**BODY, "stream": stream},
-                               extensions={"agoranet_max_amount": HEADROOM}) as answer:
+                               auth=paid) as answer:
             await answer.aread()
         return answer
 
@@ -92,9 +96,11 @@ async def test_a_channel_is_opened_once_on_first_use_and_kept_across_a_restart(
     [p] = payers.payers()
     assert p.state is not None and p.state.deposited == DEPOSIT
     assert (root / hashlib.sha256(node.url.encode()).hexdigest()[:16]).is_dir()
-    paid = await _ask(node.url, auths[0])
+    payment = Payment(HEADROOM)
+    paid = await _ask(node.url, auths[0], payment=payment)
     assert paid.status_code == 200, paid.text
-    assert p.state.charged == paid.extensions["agoranet_receipt"].amount > 0
+    assert payment.receipt is not None
+    assert p.state.charged == payment.receipt.amount > 0
     assert await asyncio.to_thread(token_balance, env.w3, env.addresses,
                                    payer.address) == wallet - DEPOSIT
     channel = p.state.channel_id
@@ -133,10 +139,14 @@ async def test_a_channel_is_opened_once_on_first_use_and_kept_across_a_restart(
     assert len(state.events) == 1 and "has a withdrawal under way" in state.events[0]
     assert state.failures == 0 and not state.banned()  # the node did nothing wrong
     # requests racing on the channel go one at a time, streamed ones too
-    answers = await asyncio.gather(*(_ask(node.url, auth) for _ in range(3)),
-                                   *(_ask(node.url, auth, stream=True) for _ in range(2)))
+    payments = [Payment(HEADROOM) for _ in range(5)]
+    answers = await asyncio.gather(*(_ask(node.url, auth, payment=payments[i])
+                                     for i in range(3)),
+                                   *(_ask(node.url, auth, stream=True, payment=payments[i])
+                                     for i in range(3, 5)))
     assert [a.status_code for a in answers] == [200] * 5
-    receipts = sorted((a.extensions["agoranet_receipt"] for a in answers),
+    assert all(payment.receipt is not None for payment in payments)
+    receipts = sorted((payment.receipt for payment in payments if payment.receipt),
                       key=lambda receipt: receipt.cumulative)
     assert [x.cumulative for x in receipts] == [9_000 * n for n in range(1, 6)]
     assert r.state.charged == r.state.spent == 45_000

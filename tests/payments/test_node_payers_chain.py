@@ -28,6 +28,7 @@ from web3 import HTTPProvider
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.paying import NodePayers
 from agoranet.node.app import create_app
+from agoranet.payments.httpx_auth import PayerAuth, Payment
 from agoranet.registry.offer import Offer
 
 from .conftest import Env
@@ -111,10 +112,13 @@ async def _state(url: str) -> NodeState:
     return NodeState(url, offer=Offer.model_validate_json(offer.content))
 
 
-async def _ask(url: str, auth: httpx.Auth | None) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=url, auth=auth, timeout=30) as http:
-        async with http.stream("POST", "/chat/completions", json=BODY,
-                               extensions={"agoranet_max_amount": HEADROOM}) as answer:
+async def _ask(url: str, auth: PayerAuth | None, payment: Payment | None = None
+               ) -> httpx.Response:
+    """One request paid through ``auth`` with ``payment`` (by default a fresh one), within
+    the relay's maximum for it."""
+    paid = auth.paying(payment or Payment(HEADROOM)) if auth is not None else None
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        async with http.stream("POST", "/chat/completions", json=BODY, auth=paid) as answer:
             await answer.aread()
         return answer
 
@@ -147,9 +151,11 @@ async def test_chain_calls_are_one_short_try_and_an_unreadable_chain_keeps_the_s
         assert (q.state.channel_id, q.state.deposited, q.state.charged) == \
             (channel, DEPOSIT, charged)  # the saved channel, as it was
         assert state.events == [] and state.failures == 0 and not state.banned()
-        answer = await _ask(node_url, auth)  # the node checks the voucher on its own chain
+        payment = Payment(HEADROOM)  # the node checks the voucher on its own chain:
+        answer = await _ask(node_url, auth, payment)
         assert answer.status_code == 200, answer.text
-        assert q.state.charged == charged + answer.extensions["agoranet_receipt"].amount
+        assert payment.receipt is not None
+        assert q.state.charged == charged + payment.receipt.amount
         rpc.failing = False
         assert_money_invariants(q, HEADROOM)
         again.close()

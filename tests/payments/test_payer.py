@@ -23,7 +23,7 @@ from agoranet.errors import ReceiptError
 from agoranet.node.app import create_app
 from agoranet.node.payment_setup import NodePayments
 from agoranet.payments import x402wire
-from agoranet.payments.httpx_auth import PayerAuth
+from agoranet.payments.httpx_auth import PayerAuth, Payment
 from agoranet.payments.payer import Payer
 from agoranet.payments.receipts import Receipt
 
@@ -61,15 +61,19 @@ def make_payer(env: Env, node: Served, payer: LocalAccount, tmp: Path, **kw: int
 
 
 def post(http: httpx.Client, stream: bool = False) -> Receipt:
+    """One request paid through the client's :class:`PayerAuth`; its verified receipt."""
+    assert isinstance(http.auth, PayerAuth)
+    paid = http.auth.paying(payment := Payment())
     if not stream:
-        response = http.post("/v1/chat/completions", json=BODY)
+        response = http.post("/v1/chat/completions", json=BODY, auth=paid)
         assert response.status_code == 200, response.text
     else:
-        with http.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True}) as response:
+        with http.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True},
+                         auth=paid) as response:
             assert response.status_code == 200
             response.read()
-    receipt: Receipt = response.extensions["agoranet_receipt"]
-    return receipt
+    assert payment.receipt is not None
+    return payment.receipt
 
 
 async def test_receipts_resync_and_top_up(env: Env, node: Served, payer: LocalAccount,
@@ -174,20 +178,24 @@ async def test_a_broken_stream_costs_its_last_running_receipt(
             p = Payer(url, env.w3, env.addresses, account=payer, state_dir=tmp_path / "payer",
                       max_per_request=200_000)
             p.open(1_000_000)
-            with httpx.Client(base_url=url, auth=PayerAuth(p), timeout=30) as http:
-                with http.stream("POST", "/v1/chat/completions", json=body) as whole:
+            auth, whole_paid, cut_paid = PayerAuth(p), Payment(), Payment()
+            with httpx.Client(base_url=url, auth=auth, timeout=30) as http:
+                with http.stream("POST", "/v1/chat/completions", json=body,
+                                 auth=auth.paying(whole_paid)) as whole:
                     frames = [line for line in whole.iter_lines() if line]
                 running = sum('"agoranet.receipt.running"' in f for f in frames)
                 assert running == 10  # every 4 of 40 tokens, then the final receipt
-                final: Receipt = whole.extensions["agoranet_receipt"]
-                assert final.tokens_out == 40
-                with http.stream("POST", "/v1/chat/completions", json=body) as cut:
+                final = whole_paid.receipt
+                assert final is not None and final.tokens_out == 40
+                with http.stream("POST", "/v1/chat/completions", json=body,
+                                 auth=auth.paying(cut_paid)) as cut:
                     words = 0
                     for line in cut.iter_lines():
                         words += '"content":"w' in line
                         if words == 10:
                             break  # the buyer hangs up after 10 tokens
-                broken: Receipt = cut.extensions["agoranet_receipt"]
+                broken = cut_paid.receipt
+                assert broken is not None
             return p, final, broken
 
         p, final, broken = await asyncio.to_thread(run)
@@ -256,19 +264,19 @@ async def test_commitments_are_priced_by_the_offer_and_receipted(
             p = Payer(url, env.w3, env.addresses, account=payer, state_dir=tmp_path / "p",
                       max_per_request=200_000)
             p.open(1_000_000)
-            found = []
-            with httpx.Client(base_url=url, auth=PayerAuth(p), timeout=60) as http:
-                plain = http.post("/v1/chat/completions", json=ask)
-                found.append(plain.extensions["agoranet_receipt"])
+            auth, payments = PayerAuth(p), [Payment(), Payment(), Payment()]
+            with httpx.Client(base_url=url, auth=auth, timeout=60) as http:
+                http.post("/v1/chat/completions", json=ask, auth=auth.paying(payments[0]))
                 proved = http.post("/v1/chat/completions",
-                                   json={**ask, "agoranet": {"commitments": True}})
+                                   json={**ask, "agoranet": {"commitments": True}},
+                                   auth=auth.paying(payments[1]))
                 assert proved.json()["agoranet"]["commitments"]["proofs"]
-                found.append(proved.extensions["agoranet_receipt"])
                 with http.stream("POST", "/v1/chat/completions",
                                  json={**ask, "stream": True,
-                                       "agoranet": {"commitments": True}}) as streamed:
+                                       "agoranet": {"commitments": True}},
+                                 auth=auth.paying(payments[2])) as streamed:
                     streamed.read()
-                found.append(streamed.extensions["agoranet_receipt"])
+            found = [payment.receipt for payment in payments]
             return p, found
 
         p, (plain, proved, streamed) = await asyncio.to_thread(run)

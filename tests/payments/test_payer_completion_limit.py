@@ -17,7 +17,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from agoranet.node.app import create_app
-from agoranet.payments.httpx_auth import PayerAuth
+from agoranet.payments.httpx_auth import PayerAuth, Payment
 from agoranet.payments.payer import Payer
 from agoranet.payments.receipts import Receipt
 
@@ -45,11 +45,14 @@ async def test_a_completions_max_completion_tokens_is_not_its_limit(
                        max_per_request=20_000)
         paying.open(100_000)
         try:
-            with httpx.Client(base_url=url, auth=PayerAuth(paying), timeout=30) as http, \
+            payment = Payment()
+            with httpx.Client(base_url=url, auth=PayerAuth(paying).paying(payment),
+                              timeout=30) as http, \
                     http.stream("POST", "/v1/completions", json=body) as response:
                 assert response.status_code == 200
                 response.read()
-            receipt: Receipt = response.extensions["agoranet_receipt"]
+            receipt = payment.receipt
+            assert receipt is not None
             assert paying.state is not None and paying.state.charged == receipt.amount
             return receipt
         finally:

@@ -24,7 +24,7 @@ from eth_account.signers.local import LocalAccount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agoranet.node.app import create_app
-from agoranet.payments.httpx_auth import PayerAuth
+from agoranet.payments.httpx_auth import PayerAuth, Payment
 from agoranet.payments.payer import Payer
 
 from .conftest import Env
@@ -96,30 +96,31 @@ def _payer(env: Env, url: str, account: LocalAccount, folder: Path) -> Payer:
     return p
 
 
-def _cut(p: Payer, url: str) -> tuple[int, httpx.Response]:
-    """Stream BODY until the connection drops: (content tokens that arrived, the response)."""
-    words = 0
-    with httpx.Client(base_url=url, auth=PayerAuth(p), timeout=30) as http:
+def _cut(p: Payer, url: str) -> tuple[int, Payment]:
+    """Stream BODY until the connection drops: (content tokens that arrived, its payment)."""
+    words, payment = 0, Payment()
+    with httpx.Client(base_url=url, auth=PayerAuth(p).paying(payment), timeout=30) as http:
         try:
             with http.stream("POST", "/v1/chat/completions", json=BODY) as cut:
                 for line in cut.iter_lines():
                     words += '"content":"w' in line
         except httpx.HTTPError:
             pass  # the connection was dropped
-    return words, cut
+    return words, payment
 
 
-async def _acut(p: Payer, url: str) -> tuple[int, httpx.Response]:
+async def _acut(p: Payer, url: str) -> tuple[int, Payment]:
     """:func:`_cut` through an async client (the gateway's way)."""
-    words = 0
-    async with httpx.AsyncClient(base_url=url, auth=PayerAuth(p), timeout=30) as http:
+    words, payment = 0, Payment()
+    async with httpx.AsyncClient(base_url=url, auth=PayerAuth(p).paying(payment),
+                                 timeout=30) as http:
         try:
             async with http.stream("POST", "/v1/chat/completions", json=BODY) as cut:
                 async for line in cut.aiter_lines():
                     words += '"content":"w' in line
         except httpx.HTTPError:
             pass
-    return words, cut
+    return words, payment
 
 
 async def _settled(payments: Any, channel_id: str) -> int:
@@ -150,13 +151,14 @@ async def test_tokens_after_the_last_receipt_the_buyer_got_are_counted_as_spent(
             words, cut = await _acut(p, url)
         assert p.state is not None
         claimed_by_node = await _settled(payments, p.state.channel_id)
-    held = cut.extensions["agoranet_receipt"]
+    held = cut.receipt
+    assert held is not None
     assert words == 10 and held.tokens_out == 4  # the receipt for 8 never came
     assert claimed_by_node == price(3, 8)  # the node charged the receipt it recorded
     claimed, _ = assert_money_invariants(p, HEADROOM)  # recorded spend >= claimed
     assert claimed == claimed_by_node
     beyond = price(3, 10) - price(3, 4)  # the 6 tokens after the receipt held
-    assert cut.extensions["agoranet_unreceipted"] == beyond
+    assert cut.unreceipted == beyond
     assert p.state.charged == held.cumulative == price(3, 4)  # owed: its receipts only
     assert p.state.spent == price(3, 10)
     assert p.state.unreceipted == {held.request_id: beyond}
@@ -175,10 +177,10 @@ async def test_without_any_running_receipt_the_prompt_is_bounded_by_the_voucher(
         words, cut = await asyncio.to_thread(_cut, p, url)
         assert p.state is not None
         claimed_by_node = await _settled(payments, p.state.channel_id)
-    assert words == 5 and "agoranet_receipt" not in cut.extensions
+    assert words == 5 and cut.receipt is None
     assert claimed_by_node == price(3, 4)
     assert_money_invariants(p, HEADROOM)
-    assert cut.extensions["agoranet_unreceipted"] == price(6, 5) <= HEADROOM
+    assert cut.unreceipted == price(6, 5) <= HEADROOM
     assert p.state.charged == 0 and p.state.spent == price(6, 5)
     p.close()
 
@@ -197,10 +199,10 @@ async def test_a_cut_right_after_a_receipt_counts_only_what_arrived(
         claimed_by_node = await _settled(payments, p.state.channel_id)
     assert words == 8 and claimed_by_node == price(3, 8)
     assert_money_invariants(p, HEADROOM)
-    assert cut.extensions["agoranet_unreceipted"] == beyond
+    assert cut.unreceipted == beyond
     assert p.state.spent == price(3, 8) == claimed_by_node  # exactly what the node charged
-    assert p.state.unreceipted == ({} if not drop else {cut.extensions[
-        "agoranet_receipt"].request_id: beyond})
+    assert p.state.unreceipted == ({} if not drop else {
+        cut.receipt.request_id if cut.receipt is not None else None: beyond})
     p.close()
 
 
@@ -215,14 +217,17 @@ async def test_the_receipt_shown_later_in_a_corrective_402_is_not_counted_twice(
         await asyncio.to_thread(_cut, p, url)
         assert p.state is not None and p.state.spent == price(3, 10)
 
+        paid = Payment()
+
         def again() -> httpx.Response:
-            with httpx.Client(base_url=url, auth=PayerAuth(p), timeout=30) as http:
+            with httpx.Client(base_url=url, auth=PayerAuth(p).paying(paid), timeout=30) as http:
                 return http.post("/v1/chat/completions", json={**BODY, "stream": False})
 
         after = await asyncio.to_thread(again)
         assert after.status_code == 200, after.text
         claimed_by_node = await _settled(payments, p.state.channel_id)
-    answer = after.extensions["agoranet_receipt"].amount
+    assert paid.receipt is not None
+    answer = paid.receipt.amount
     assert answer == price(3, 12)
     assert claimed_by_node == price(3, 8) + answer
     assert p.state.charged == claimed_by_node and p.state.disputed == 0  # resynced

@@ -29,7 +29,7 @@ from agoranet.errors import PaymentError
 from agoranet.node.app import create_app
 from agoranet.node.payment_setup import build_payments
 from agoranet.payments import x402wire
-from agoranet.payments.httpx_auth import PayerAuth
+from agoranet.payments.httpx_auth import PayerAuth, Payment
 from agoranet.payments.payer import Payer
 from agoranet.payments.receipts import Receipt
 from agoranet.testing.chaos import ConnectionCut
@@ -185,8 +185,8 @@ async def test_a_stream_cut_before_its_final_receipt_costs_its_last_running_rece
 
         def run() -> tuple[Payer, int, Receipt]:
             p = _payer(env, url, payer, tmp_path / "payer", 1_000_000, STREAM_HEADROOM)
-            words = 0
-            with httpx.Client(base_url=url, auth=PayerAuth(p), timeout=30) as http:
+            words, payment = 0, Payment()
+            with httpx.Client(base_url=url, auth=PayerAuth(p).paying(payment), timeout=30) as http:
                 try:
                     with http.stream("POST", "/v1/chat/completions", json=body) as cut:
                         for line in cut.iter_lines():
@@ -195,7 +195,8 @@ async def test_a_stream_cut_before_its_final_receipt_costs_its_last_running_rece
                                 running.append(json.loads(line.removeprefix("data: ")))
                 except httpx.HTTPError:
                     pass  # the connection was dropped
-            return p, words, cut.extensions["agoranet_receipt"]
+            assert payment.receipt is not None
+            return p, words, payment.receipt
 
         p, words, held = await asyncio.to_thread(run)
         # each running receipt goes out as an x402 payment response, marked running
@@ -230,15 +231,19 @@ async def test_a_final_receipt_the_buyer_did_not_read_comes_back_in_the_correcti
     async with served(app) as url:
         def run() -> Payer:
             p = _payer(env, url, payer, tmp_path / "payer", 1_000_000, STREAM_HEADROOM)
-            with httpx.Client(base_url=url, auth=PayerAuth(p), timeout=30) as http:
+            auth = PayerAuth(p)
+            with httpx.Client(base_url=url, auth=auth, timeout=30) as http:
                 for _ in range(3):
-                    with http.stream("POST", "/v1/chat/completions", json=body) as cut:
+                    payment = Payment()
+                    with http.stream("POST", "/v1/chat/completions", json=body,
+                                     auth=auth.paying(payment)) as cut:
                         words = 0
                         for line in cut.iter_lines():
                             words += '"content":"w' in line
                             if words == 10:
                                 break  # hang up after the last token
-                    assert cut.extensions["agoranet_receipt"].tokens_out in (8, 10)
+                    assert payment.receipt is not None
+                    assert payment.receipt.tokens_out in (8, 10)
                 after = http.post("/v1/chat/completions", json=BODY)
                 assert after.status_code == 200, after.text
             return p

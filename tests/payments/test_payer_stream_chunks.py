@@ -20,7 +20,7 @@ from eth_account.signers.local import LocalAccount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agoranet.node.app import create_app
-from agoranet.payments.httpx_auth import PayerAuth
+from agoranet.payments.httpx_auth import PayerAuth, Payment
 from agoranet.payments.payer import Payer
 from agoranet.payments.receipts import Receipt
 
@@ -83,12 +83,15 @@ async def test_the_receipt_is_found_however_the_stream_is_cut(
                       max_per_request=HEADROOM)
             p.open(200_000)
             receipts, pieces = [], []
-            with httpx.Client(base_url=url, auth=PayerAuth(p), timeout=30) as http:
+            auth = PayerAuth(p)
+            with httpx.Client(base_url=url, auth=auth, timeout=30) as http:
                 for _ in range(2):  # the second is paid only if the first was settled
-                    with http.stream("POST", "/v1/chat/completions", json=BODY) as answer:
+                    payment = Payment()
+                    with http.stream("POST", "/v1/chat/completions", json=BODY,
+                                     auth=auth.paying(payment)) as answer:
                         assert answer.status_code == 200
                         pieces = list(answer.iter_raw())
-                    receipts.append(answer.extensions["agoranet_receipt"])
+                    receipts.append(payment.receipt)
             return p, receipts, pieces
 
         p, receipts, pieces = await asyncio.to_thread(run)

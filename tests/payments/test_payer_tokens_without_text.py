@@ -20,7 +20,7 @@ from eth_account.signers.local import LocalAccount
 
 from agoranet.engines.base import Delta, Finish, Prepared, StreamEvent, TokenLogprob
 from agoranet.node.app import create_app
-from agoranet.payments.httpx_auth import PayerAuth
+from agoranet.payments.httpx_auth import PayerAuth, Payment
 from agoranet.payments.payer import Payer
 from agoranet.payments.receipts import Receipt
 
@@ -74,13 +74,16 @@ async def test_a_token_without_text_counts_as_arrived(env: Env, payer: LocalAcco
                        max_per_request=20_000)
         paying.open(100_000)
         try:
-            with httpx.Client(base_url=url, auth=PayerAuth(paying), timeout=30) as http, \
+            payment = Payment()
+            with httpx.Client(base_url=url, auth=PayerAuth(paying).paying(payment),
+                              timeout=30) as http, \
                     http.stream("POST", path, json=body) as response:
                 assert response.status_code == 200
                 frames = [line for line in response.iter_lines() if line]
             assert frames[-1] == "data: [DONE]"
             assert any('"agoranet.receipt.running"' in f for f in frames)  # checked on arrival
-            receipt: Receipt = response.extensions["agoranet_receipt"]
+            receipt = payment.receipt
+            assert receipt is not None
             assert paying.state is not None and paying.state.charged == receipt.amount
             return receipt
         finally:

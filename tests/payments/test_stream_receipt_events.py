@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from agoranet.errors import ReceiptError
-from agoranet.payments.httpx_auth import PayerAuth
+from agoranet.payments.httpx_auth import PayerAuth, Payment
 from agoranet.payments.payer import Payer, PendingPayment
 
 BODY = {"model": "fake", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
@@ -61,19 +61,21 @@ def _stream(*events: dict[str, Any]) -> httpx.MockTransport:
 def test_a_receipt_event_without_a_payment_response_is_refused(kind: str, carried: Any) -> None:
     payer = _Payer()
     auth = PayerAuth(cast(Payer, payer))
+    payment = Payment()
     event: dict[str, Any] = {"object": kind}
     if carried is not None:
         event["x402_payment_response"] = carried
     chunk = {"object": "chat.completion.chunk", "choices": [{"delta": {"content": "hi"}}]}
-    http = httpx.Client(base_url="http://node", auth=auth, transport=_stream(chunk, event))
+    http = httpx.Client(base_url="http://node", auth=auth.paying(payment),
+                        transport=_stream(chunk, event))
     with http, http.stream("POST", "/v1/chat/completions", json=BODY) as response, \
             pytest.raises(ReceiptError,
                           match=r"^the node's receipt event has no payment response$"):
         response.read()
     # nothing checked or believed: a stream cut before its receipt, what arrived is spent
     assert payer.calls == ["cut after 1 tokens"]
-    assert response.extensions["agoranet_unreceipted"] == 7
-    assert "agoranet_receipt" not in response.extensions
+    assert payment.unreceipted == 7
+    assert payment.receipt is None
     assert auth._lock.acquire(blocking=False)  # the channel's lock was let go
 
 
@@ -104,12 +106,14 @@ def test_a_cut_stream_hands_the_payer_the_token_counts_it_saw(
     (they bound what the node can charge beyond the last receipt)."""
     payer = _Payer()
     auth = PayerAuth(cast(Payer, payer))
-    with httpx.Client(base_url="http://node", auth=auth, transport=_stream(*events)) as http:
+    payment = Payment()
+    with httpx.Client(base_url="http://node", auth=auth.paying(payment),
+                        transport=_stream(*events)) as http:
         response = http.post("/v1/chat/completions", json=BODY)
     assert response.status_code == 200
     assert payer.calls == ["cut after 2 tokens"] and payer.usage == usage
     assert payer.cut_terms == (None, "fake", [("commitments", False), ("max_tokens", None)])
-    assert response.extensions["agoranet_unreceipted"] == 7
+    assert payment.unreceipted == 7
     assert auth._lock.acquire(blocking=False)
 
 
@@ -125,12 +129,14 @@ def test_a_streams_receipts_are_checked_against_its_terms_and_what_arrived(
     surcharge when it asked for them)."""
     payer = _Payer()
     auth = PayerAuth(cast(Payer, payer))
+    payment = Payment()
     events = [_chunk("a"), {"object": "agoranet.receipt.running",
                             "x402_payment_response": {"receipt": 10}},
               _chunk("b"), _chunk("c"), {"object": "agoranet.receipt.running",
                                          "x402_payment_response": {"receipt": 30}},
               {"object": "agoranet.receipt", "x402_payment_response": {"receipt": 40}}]
-    with httpx.Client(base_url="http://node", auth=auth, transport=_stream(*events)) as http:
+    with httpx.Client(base_url="http://node", auth=auth.paying(payment),
+                        transport=_stream(*events)) as http:
         response = http.post("/v1/chat/completions", json=BODY | extra)
     assert response.status_code == 200
     terms = [("commitments", commitments), ("max_tokens", limit)]
@@ -139,8 +145,8 @@ def test_a_streams_receipts_are_checked_against_its_terms_and_what_arrived(
         f"check 30 for fake: {sorted([*terms, ('max_tokens_out', 3)])}",
         f"settle 40 for fake: {sorted([*terms, ('min_tokens_out', 3)])}",
     ]
-    assert response.extensions["agoranet_receipt"] == "final 40"
-    assert "agoranet_unreceipted" not in response.extensions  # not cut: nothing counted
+    assert payment.receipt == "final 40"
+    assert payment.unreceipted == 0  # not cut: nothing counted
     assert auth._lock.acquire(blocking=False)
 
 
@@ -150,12 +156,14 @@ def test_a_running_receipt_may_stay_level_but_never_go_down() -> None:
     running receipt that was believed, at the request's terms."""
     payer = _Payer()
     auth = PayerAuth(cast(Payer, payer))
+    payment = Payment()
 
     def running(amount: int) -> dict[str, Any]:
         return {"object": "agoranet.receipt.running", "x402_payment_response": {"receipt": amount}}
 
     events = [_chunk("a"), running(10), running(10), _chunk("b"), running(9), _chunk("c")]
-    http = httpx.Client(base_url="http://node", auth=auth, transport=_stream(*events))
+    http = httpx.Client(base_url="http://node", auth=auth.paying(payment),
+                        transport=_stream(*events))
     body = BODY | {"max_tokens": 5, "agoranet": {"commitments": True}}
     with http, http.stream("POST", "/v1/chat/completions", json=body) as response, \
             pytest.raises(ReceiptError, match=r"^running receipt r0 went down$"):
@@ -165,8 +173,8 @@ def test_a_running_receipt_may_stay_level_but_never_go_down() -> None:
         + [f"check 9 for fake: {sorted([*terms, ('max_tokens_out', 2)])}", "cut after 2 tokens"]
     kept, model, cut_terms = payer.cut_terms
     assert (kept.amount, model, cut_terms) == (10, "fake", terms)
-    assert response.extensions["agoranet_receipt"] is kept  # the last one believed
-    assert response.extensions["agoranet_unreceipted"] == 7
+    assert payment.receipt is kept  # the last one believed
+    assert payment.unreceipted == 7
     assert auth._lock.acquire(blocking=False)
 
 

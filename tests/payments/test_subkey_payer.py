@@ -16,7 +16,7 @@ from eth_account.signers.local import LocalAccount
 
 from agoranet.errors import PaymentError
 from agoranet.node.app import create_app
-from agoranet.payments.httpx_auth import PayerAuth
+from agoranet.payments.httpx_auth import PayerAuth, Payment
 from agoranet.payments.payer import Payer
 from agoranet.payments.subkeys import create_subkey
 
@@ -62,11 +62,15 @@ async def test_a_subkey_payer_pays_from_the_subkeys_channel(
         assert (p.state.channel_id, p.state.deposited, p.state.charged) == (
             subkey.channel_id.lower(), DEPOSIT, 0)
         assert p.state.config == subkey.config.to_dict()
-        with httpx.Client(base_url=url, auth=PayerAuth(p), timeout=30) as http:
+        auth = PayerAuth(p)
+        with httpx.Client(base_url=url, auth=auth, timeout=30) as http:
             for _ in range(2):
-                response = http.post("/v1/chat/completions", json=BODY)
+                payment = Payment()
+                response = http.post("/v1/chat/completions", json=BODY,
+                                     auth=auth.paying(payment))
                 assert response.status_code == 200, response.text
-                receipt = response.extensions["agoranet_receipt"]
+                receipt = payment.receipt
+                assert receipt is not None
                 assert receipt.channel_id == subkey.channel_id.lower()
         with pytest.raises(PaymentError,
                            match=r"^a sub-key's channel is funded by its owner's wallet$"):

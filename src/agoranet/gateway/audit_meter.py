@@ -1,10 +1,12 @@
 """What an audit cost: an ``httpx.Auth`` around the node's payer that notes each answer.
 
 The auditor asks its challenges through a plain (synchronous) httpx client; this
-auth pays through the node's :class:`~agoranet.payments.httpx_auth.PayerAuth`
-when it has one (or sends the request as is for a free node) and keeps, per
-answered challenge, its token usage and the node's verified signed receipt, so
-the audit's spend can be logged and counted against the audit budget.
+auth pays each through the node's :class:`~agoranet.payments.httpx_auth.PayerAuth`
+when it has one (a typed :class:`~agoranet.payments.httpx_auth.Payment` per
+challenge, :meth:`~agoranet.payments.httpx_auth.PayerAuth.paying`), or sends the
+request as is for a free node, and keeps, per answered challenge, its token usage
+and the node's verified signed receipt (from that payment), so the audit's spend can
+be logged and counted against the audit budget.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from agoranet.api import jsonlimits
+from agoranet.payments.httpx_auth import PayerAuth, Payment
 
 if TYPE_CHECKING:
     from agoranet.payments.receipts import Receipt
@@ -41,7 +44,7 @@ class AuditMeter(httpx.Auth):
 
     requires_request_body = True
 
-    def __init__(self, inner: httpx.Auth | None) -> None:
+    def __init__(self, inner: PayerAuth | None) -> None:
         self.inner = inner
         self.charges: list[Charge] = []
         self._lock = threading.Lock()
@@ -55,10 +58,11 @@ class AuditMeter(httpx.Auth):
         if request.method != "POST":  # reading the node's offer: nothing to pay or count
             yield request
             return
+        payment = Payment()
         if self.inner is None:
             response = yield request
         else:
-            flow = self.inner.sync_auth_flow(request)
+            flow = self.inner.paying(payment).sync_auth_flow(request)
             try:
                 outgoing = next(flow)
                 while True:
@@ -72,7 +76,7 @@ class AuditMeter(httpx.Auth):
         if response.status_code == 200:
             response.read()
             prompt, completion = _usage(response)
-            charge = Charge(prompt, completion, response.extensions.get("agoranet_receipt"),
+            charge = Charge(prompt, completion, payment.receipt,
                             (time.perf_counter() - started) * 1000)
             with self._lock:
                 self.charges.append(charge)

@@ -14,14 +14,13 @@ arrived); if the stream breaks before its final receipt, the last running one is
 what the request is believed to owe, and what the node can charge for the tokens
 that arrived after it is counted as spent (:meth:`~agoranet.payments.payer.Payer.
 cut`).
-What came of a request is a typed :class:`Payment`: a caller that holds one (the
-gateway's relay) sends its request with :meth:`PayerAuth.paying` and reads the
-verified receipt, and what a cut stream counted beyond it, from that object; no
-payment data crosses in httpx's ``extensions``. Only a client that cannot hold a
-per-request object (``auth=PayerAuth(...)`` on any httpx or ``openai`` client) gets
-the outcome mirrored into ``response.extensions`` (``agoranet_receipt``,
-``agoranet_unreceipted``, ``agoranet_held``) and may cap a request with
-``extensions={"agoranet_max_amount": ...}``.
+What came of a request is a typed :class:`Payment`: a caller sends its request with
+``auth=auth.paying(payment)`` (:meth:`PayerAuth.paying`; the gateway's relay, the
+auditor, any httpx client) to cap it (``payment.max_amount``) and to read the verified
+receipt, a held voucher, and what a cut stream counted beyond its receipt, from that
+object. ``auth=PayerAuth(...)`` on a whole client (an ``openai`` client's
+``http_client``) pays each request within the auth's maximum, its outcome kept only in
+the payer's state. No payment data crosses in httpx's ``extensions``.
 Requests on one channel go one at a time (the lock is held until the receipt; an
 event-loop task waits for it without polling); a request that follows one the
 client hung up on may find the node still holding the channel, and is resent after
@@ -142,16 +141,16 @@ class PayerAuth(httpx.Auth):
         return PaidRequest(self, payment)
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        return self._sync_flow(request, _mirrored(request), True)
+        return self._sync_flow(request, Payment())
 
     def async_auth_flow(self, request: httpx.Request
                         ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        return self._async_flow(request, _mirrored(request), True)
+        return self._async_flow(request, Payment())
 
-    def _sync_flow(self, request: httpx.Request, payment: Payment, mirror: bool
+    def _sync_flow(self, request: httpx.Request, payment: Payment
                    ) -> Generator[httpx.Request, httpx.Response, None]:
         self._lock.acquire()
-        flow = self._locked_flow(request, payment, mirror)
+        flow = self._locked_flow(request, payment)
         try:
             step = next(flow)
             while True:
@@ -167,11 +166,11 @@ class PayerAuth(httpx.Auth):
         finally:
             flow.close()
 
-    async def _async_flow(self, request: httpx.Request, payment: Payment, mirror: bool
+    async def _async_flow(self, request: httpx.Request, payment: Payment
                           ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         # The payer's state is guarded by a lock awaited without blocking the loop.
         await self._lock.acquire_async()
-        flow = self._locked_flow(request, payment, mirror)
+        flow = self._locked_flow(request, payment)
         try:
             step = next(flow)
             while True:
@@ -189,14 +188,13 @@ class PayerAuth(httpx.Auth):
         finally:
             flow.close()  # runs the flow's own finally: the lock is released on any exit
 
-    def _locked_flow(self, request: httpx.Request, payment: Payment, mirror: bool) -> _Flow[None]:
-        """Pay, retry once on a 402, check the receipt; the lock (already held) is released
-        here, or by the response stream once its receipt has been read. With ``mirror``,
-        the outcome is copied into ``response.extensions`` (see the module's docstring)."""
+    def _locked_flow(self, request: httpx.Request, payment: Payment) -> _Flow[None]:
+        """Pay, retry once on a 402, check the receipt into ``payment``; the lock (already
+        held) is released here, or by the response stream once its receipt has been read."""
         released = False
         try:
             response = yield from self._flow(request, payment)
-            released = self._finish(request, response, payment, mirror)
+            released = self._finish(request, response, payment)
         finally:
             if not released:
                 self._lock.release()
@@ -252,8 +250,8 @@ class PayerAuth(httpx.Auth):
             amount = max(amount, needed)
             request.headers.pop("x-request-id", None)
 
-    def _finish(self, request: httpx.Request, response: httpx.Response, payment: Payment,
-                mirror: bool = False) -> bool:
+    def _finish(self, request: httpx.Request, response: httpx.Response, payment: Payment
+                ) -> bool:
         """Check the receipt into ``payment``; True if the lock will be released by the
         stream instead."""
         pending, body = payment.pending, payment.body
@@ -272,23 +270,20 @@ class PayerAuth(httpx.Auth):
             if isinstance(extra, dict) and extra.get("held"):  # a fine-tuning job's voucher
                 self.payer.hold(pending, settle)  # until the job ends (Payer.settle_job)
                 payment.held = pending
-                _mirror(payment, response if mirror else None)
                 return False
             payment.receipt = self.payer.settle(
                 pending, settle, terms.model, max_tokens=terms.max_tokens,
                 commitments=terms.commitments)
-            _mirror(payment, response if mirror else None)
             return False
         if "text/event-stream" not in response.headers.get("content-type", ""):
             raise PaymentError("the node answered a paid request without a receipt")
-        response.stream = _ReceiptTap(response.stream, self, pending, terms, payment,
-                                      response if mirror else None)
+        response.stream = _ReceiptTap(response.stream, self, pending, terms, payment)
         return True
 
 
 class PaidRequest(httpx.Auth):
     """The auth of one request paid through a :class:`PayerAuth`: what came of it is in
-    ``payment`` (nothing in the response's ``extensions``)."""
+    ``payment``."""
 
     requires_request_body = True
 
@@ -296,29 +291,11 @@ class PaidRequest(httpx.Auth):
         self.auth, self.payment = auth, payment
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        return self.auth._sync_flow(request, self.payment, False)
+        return self.auth._sync_flow(request, self.payment)
 
     def async_auth_flow(self, request: httpx.Request
                         ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        return self.auth._async_flow(request, self.payment, False)
-
-
-def _mirrored(request: httpx.Request) -> Payment:
-    """A request's payment for a client without a :class:`Payment` of its own: its cap
-    from ``extensions["agoranet_max_amount"]``, its outcome mirrored back (:func:`_mirror`)."""
-    cap = request.extensions.get("agoranet_max_amount")
-    return Payment(int(cap) if cap else None)
-
-
-def _mirror(payment: Payment, response: httpx.Response | None) -> None:
-    """Copy what came of ``payment`` into ``response.extensions`` (None: a caller holding
-    its :class:`Payment` reads it there; nothing is copied)."""
-    if response is None:
-        return
-    if payment.receipt is not None:
-        response.extensions["agoranet_receipt"] = payment.receipt
-    if payment.held is not None:
-        response.extensions["agoranet_held"] = payment.held
+        return self.auth._async_flow(request, self.payment)
 
 
 @dataclass(frozen=True)
@@ -332,12 +309,12 @@ class _Terms:
 
 class _ReceiptTap(httpx.AsyncByteStream, httpx.SyncByteStream):
     """Passes a stream through, finds the receipt event, checks it into ``payment``, then
-    frees the lock; with a ``response``, mirrors the outcome into its ``extensions``."""
+    frees the lock."""
 
     def __init__(self, inner: Any, auth: PayerAuth, pending: PendingPayment, terms: _Terms,
-                 payment: Payment, response: httpx.Response | None) -> None:
+                 payment: Payment) -> None:
         self.inner, self.auth, self.pending = inner, auth, pending
-        self.terms, self.payment, self.response = terms, payment, response
+        self.terms, self.payment = terms, payment
         self.buffer = b""
         self.chunks = 0
         self.done = False
@@ -365,7 +342,6 @@ class _ReceiptTap(httpx.AsyncByteStream, httpx.SyncByteStream):
                     self.pending, settle, self.terms.model,
                     max_tokens=self.terms.max_tokens, min_tokens_out=self.chunks,
                     commitments=self.terms.commitments)
-                _mirror(self.payment, self.response)
             elif kind == "agoranet.receipt.running":
                 receipt = self.auth.payer.check(
                     self.pending, _payment_response(obj), self.terms.model,
@@ -388,11 +364,8 @@ class _ReceiptTap(httpx.AsyncByteStream, httpx.SyncByteStream):
                     self.pending, self.running, self.terms.model, arrived=self.chunks,
                     usage=self.usage, max_tokens=self.terms.max_tokens,
                     commitments=self.terms.commitments)
-                if self.response is not None:
-                    self.response.extensions["agoranet_unreceipted"] = self.payment.unreceipted
                 if self.running is not None:
                     self.payment.receipt = self.running
-                    _mirror(self.payment, self.response)
         finally:
             self.auth._lock.release()
 

@@ -21,7 +21,7 @@ from agoranet.engines.base import GenerationRequest
 from agoranet.market import worst_case
 
 if TYPE_CHECKING:
-    from agoranet.payments.httpx_auth import PayerAuth
+    from agoranet.payments.httpx_auth import PaidRequest, PayerAuth
     from agoranet.payments.payer import Payer
 
 __all__ = ["AuditPayment"]
@@ -47,6 +47,13 @@ class AuditPayment:
     def spent(self) -> int:
         """What this audit has spent so far, by the node's checked receipts."""
         return (self.payer.state.spent if self.payer.state is not None else 0) - self._start
+
+    def paying(self, worst: int | None) -> PaidRequest:
+        """The auth for one challenge, its voucher capped at ``worst`` (None: the
+        payer's maximum); its verified receipt is checked into the payer's state."""
+        from agoranet.payments.httpx_auth import Payment
+
+        return self.auth.paying(Payment(worst))
 
     def worst(self, request: GenerationRequest) -> int:
         """The most ``request`` can cost at the node's prices (a token is at least a byte)."""

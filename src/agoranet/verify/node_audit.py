@@ -153,7 +153,9 @@ def audit_node(node_url: str, model: str, reference: Any, *, rounds: int = 1,
                         break
                     ids, logprobs, proofs = asked
                 else:
-                    ids, logprobs, proofs = _ask(http, node_url, request, worst)
+                    ids, logprobs, proofs = _ask(
+                        http, node_url, request,
+                        payment.paying(worst) if payment is not None else None)
             finally:
                 audit.spent = (payment.spent if payment is not None
                                else gateway.spent if gateway is not None else 0)
@@ -219,15 +221,15 @@ def _body(request: GenerationRequest) -> dict[str, Any]:
 
 
 def _ask(http: httpx.Client, node_url: str, request: GenerationRequest,
-         max_amount: int | None = None
+         auth: httpx.Auth | None = None
          ) -> tuple[list[int], list[float], Commitments | None]:
+    """Ask one challenge; ``auth`` pays it (None: the client's own auth)."""
     body = _body(request)
     if request.commitments:
         body["agoranet"] = {"commitments": True}
-    extensions = {"agoranet_max_amount": max_amount} if max_amount else None
     try:
         response = http.post(f"{node_url.rstrip('/')}/chat/completions", json=body,
-                             extensions=extensions)
+                             auth=httpx.USE_CLIENT_DEFAULT if auth is None else auth)
         if response.status_code == 402:
             raise AuditError(f"{node_url} sells for payment and the audit could not pay it "
                              f"({_message(response)}): give a wallet (--rpc-url, --keystore) "
