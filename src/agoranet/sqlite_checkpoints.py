@@ -1,7 +1,7 @@
 """WAL checkpoints of a SQLite file on a thread of their own.
 
-A store in WAL mode with ``synchronous=NORMAL`` (the gateway's spend log and
-reputation events) writes each row without an fsync: its WAL frames reach the
+A store in WAL mode with ``synchronous=NORMAL`` (the gateway's spend log,
+reputation events and key store, the payer's store) writes each row without an fsync: its WAL frames reach the
 operating system, which is what survives a crash of the process. The fsyncs
 come with *checkpoints*, which SQLite runs inside whichever commit first finds
 the log over 1,000 pages -- a write on the event loop that then stalls it for

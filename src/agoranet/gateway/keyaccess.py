@@ -119,7 +119,7 @@ class KeyReservation(Reservation):
             return
         self.released = True
         try:
-            self._store.settle(self._held, actual)
+            self._store.settle_later(self._held, actual)  # off the loop, in order
         finally:
             self._inner.release(actual)
 
@@ -136,10 +136,12 @@ class KeyedBudget:
         self.model = model
 
     async def reserve(self, amount: int) -> Reservation:
-        held = self.store.reserve(self.key_id, amount, self.request_id, self.model)
-        try:
-            inner = await self.budget.reserve(amount)
-        except BaseException:
-            self.store.settle(held, 0)
-            raise
+        async with self.store.reserving:  # the key's hold, then the global one, as one step
+            held = await self.store.reserve_async(self.key_id, amount, self.request_id,
+                                                  self.model)
+            try:
+                inner = await self.budget.reserve(amount)
+            except BaseException:
+                self.store.settle_later(held, 0)  # before any later request's hold
+                raise
         return KeyReservation(inner, self.store, held)

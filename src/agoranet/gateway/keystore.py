@@ -26,6 +26,7 @@ Amounts are integers in base units; ``None`` as a budget means no cap of its own
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import hashlib
@@ -45,6 +46,8 @@ from typing import Any, Final
 
 from agoranet.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
 from agoranet.gateway.budget import BudgetExceededError
+from agoranet.sqlite_checkpoints import BackgroundCheckpoints
+from agoranet.store_writer import StoreWriter
 
 __all__ = [
     "OWNER",
@@ -226,10 +229,23 @@ class KeyStore:
         self._db.executescript(_SCHEMA)
         with contextlib.suppress(OSError):  # the store holds hashes, not secrets
             path.chmod(0o600)
-        self._lock = threading.Lock()
         self.holder = secrets.token_hex(8)
+        # Its commits do not sync; the checkpoints, which do, run on a thread of their own.
+        self._checkpoints = BackgroundCheckpoints(path, self._db,
+                                                  name="agoranet-keystore-checkpoints")
+        # The request path's writes, off the event loop (a commit may wait up to
+        # ``busy_timeout_s`` for another process's): :meth:`reserve_async` and
+        # :meth:`settle_later`. Every other use of the connection first waits for the
+        # writes handed over before it (the lock flushes), so it sees them, in order.
+        self._writer = StoreWriter("agoranet-keystore-writer")
+        self._lock = _AfterWrites(self._writer)
+        # Held by a request from its key's hold to its global budget's (keyaccess): as when
+        # both ran on the loop, no other request's key hold comes between them.
+        self.reserving = asyncio.Lock()
 
     def close(self) -> None:
+        self._writer.close()
+        self._checkpoints.close()
         with self._lock:
             self._db.close()
 
@@ -244,6 +260,7 @@ class KeyStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+        self._checkpoints.wrote()
 
     # -- reading ---------------------------------------------------------------------
 
@@ -469,6 +486,29 @@ class KeyStore:
                 (key_id, amount, day, self.holder, os.getpid(), request_id, model, time.time()))
             return int(cursor.lastrowid or 0)
 
+    async def reserve_async(self, key_id: int, amount: int, request_id: str, model: str) -> int:
+        """:meth:`reserve` on the store's writer thread: the hold is committed on return, and
+        the event loop serves other requests meanwhile. A caller cancelled meanwhile leaves
+        no hold: it is settled at 0 once made."""
+        made = asyncio.ensure_future(
+            self._writer.call(lambda: self.reserve(key_id, amount, request_id, model)))
+        try:
+            return await asyncio.shield(made)
+        except asyncio.CancelledError:
+            made.add_done_callback(self._drop_hold)
+            raise
+
+    def _drop_hold(self, made: asyncio.Future[int]) -> None:
+        if not made.cancelled() and made.exception() is None:
+            self.settle_later(made.result(), 0)
+
+    def settle_later(self, reservation: int, actual: int) -> None:
+        """:meth:`settle` on the store's writer thread, after every write handed over before
+        (its reservation's); returns at once. Until it is written, every other use of the
+        store waits for it; if the gateway dies first, the hold is left and the next start
+        settles it at its full amount (:meth:`recover`): more spent, never less."""
+        self._writer.submit(lambda: self.settle(reservation, actual))
+
     def settle(self, reservation: int, actual: int) -> None:
         """Replace the hold by what was spent, along the chain; a second call does nothing."""
         with self._write() as db:
@@ -509,6 +549,22 @@ class KeyStore:
         """How many reservations are held (by any process)."""
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM reservations").fetchone()[0])
+
+
+class _AfterWrites:
+    """The store's lock, taken once the writes handed to its writer have run (at once on
+    the writer's own thread)."""
+
+    def __init__(self, writer: StoreWriter) -> None:
+        self._writer = writer
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._writer.flush()
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 def _fits(chain: list[KeyRecord], budget: int | None, per_day: int | None,

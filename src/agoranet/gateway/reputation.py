@@ -49,6 +49,7 @@ from typing import Any
 
 from agoranet.errors import ReputationListError
 from agoranet.sqlite_checkpoints import BackgroundCheckpoints
+from agoranet.store_writer import StoreWriter
 
 __all__ = [
     "AUDIT_BAN_CAP_S",
@@ -222,11 +223,15 @@ class Reputation:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        # Events are written at once (no fsync); the checkpoints, which fsync, run off the
-        # event loop on a thread of their own.
+        # Events are written (no fsync) on a writer thread, fire-and-forget: the scores and
+        # bans are the in-memory records, updated at once; the file only rebuilds them on the
+        # next start, and close() writes every event handed over. The checkpoints, which
+        # fsync, run on a thread of their own.
         self._checkpoints = BackgroundCheckpoints(path, self._db,
                                                   name="agoranet-reputation-checkpoints")
-        self._lock = threading.Lock()
+        self._writer = StoreWriter("agoranet-reputation-writer")
+        self._lock = threading.Lock()  # the records (and, taken first, the connection)
+        self._db_lock = threading.Lock()  # the connection: the writer thread takes only it
         self._records: dict[str, NodeRecord] = {}
         self._imported: list[tuple[ImportedVerdict, float]] = []
         self._version = -1
@@ -244,20 +249,29 @@ class Reputation:
         now = time.time() if ts is None else ts
         with self._lock:
             record = self._records.setdefault(node, NodeRecord(node))
-            self._db.execute(
-                "INSERT INTO events (ts, node, url, kind, model, tokens, flagged, detail)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                (now, node, url, str(kind), model, tokens, flagged, detail))
             names = sorted(set(models) | ({model} if model else set()) | set(record.models))
+            listing = None
             if url != record.url or names != record.models:
-                self._db.execute("INSERT OR REPLACE INTO nodes (node, url, models) VALUES (?,?,?)",
-                                 (node, url, json.dumps(names)))
+                listing = (node, url, json.dumps(names))
                 record.url, record.models = url, names
             record.apply(kind, now, tokens=tokens, flagged=flagged)
             if kind in (EventKind.AUDIT_PASSED, EventKind.AUDIT_FAILED, EventKind.UNAUDITABLE):
                 record.last_verdict = detail or str(kind)
-        self._checkpoints.wrote()
+        event = (now, node, url, str(kind), model, tokens, flagged, detail)
+        self._writer.submit(lambda: self._write_event(event, listing))
         return record
+
+    def _write_event(self, event: tuple[object, ...],
+                     listing: tuple[str, str, str] | None) -> None:
+        """On the writer thread: one event (and the node's new listing) in the file."""
+        with self._db_lock:
+            self._db.execute(
+                "INSERT INTO events (ts, node, url, kind, model, tokens, flagged, detail)"
+                " VALUES (?,?,?,?,?,?,?,?)", event)
+            if listing is not None:
+                self._db.execute("INSERT OR REPLACE INTO nodes (node, url, models) VALUES (?,?,?)",
+                                 listing)
+        self._checkpoints.wrote()
 
     def record(self, node: str) -> NodeRecord:
         """``node``'s record (an empty one if it has no history); do not modify it."""
@@ -291,7 +305,7 @@ class Reputation:
                         verdicts: list[ImportedVerdict], now: float | None = None) -> None:
         """Replace ``signer``'s earlier list; an older list than the one held is refused."""
         now = time.time() if now is None else now
-        with self._lock:
+        with self._lock, self._db_lock:
             row = self._db.execute("SELECT issued_at FROM lists WHERE signer = ?",
                                    (signer,)).fetchone()
             if row is not None and int(row[0]) > issued_at:
@@ -319,9 +333,14 @@ class Reputation:
             self._sync(time.time(), force=True)
             return list(self._imported)
 
+    def flush(self) -> None:
+        """Wait until every event recorded so far is in the file."""
+        self._writer.flush()
+
     def close(self) -> None:
+        self._writer.close()  # every event handed over is written first
         self._checkpoints.close()
-        with self._lock:
+        with self._lock, self._db_lock:
             self._db.close()
 
     # ---------------------------------------------------------------- internal
@@ -354,5 +373,6 @@ class Reputation:
         if not force and now - self._synced < _SYNC_EVERY_S:
             return
         self._synced = now
-        if int(self._db.execute("PRAGMA data_version").fetchone()[0]) != self._version:
-            self._load_imports()
+        with self._db_lock:
+            if int(self._db.execute("PRAGMA data_version").fetchone()[0]) != self._version:
+                self._load_imports()

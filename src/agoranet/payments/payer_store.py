@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from agoranet.errors import PaymentError
 from agoranet.payments.receipts import Receipt
+from agoranet.sqlite_checkpoints import BackgroundCheckpoints
 
 __all__ = ["ChannelState", "PayerStore"]
 
@@ -89,6 +90,10 @@ class PayerStore:
         except sqlite3.Error as exc:
             raise PaymentError(f"cannot open the payer's store {self.path}: {exc}") from exc
         self._lock = threading.Lock()
+        # Its commits do not sync; the checkpoints, which do, run on a thread of their own
+        # (not inside a save on the event loop).
+        self._checkpoints = BackgroundCheckpoints(self.path, self._db,
+                                                  name="agoranet-payer-checkpoints")
         if fresh:
             self._import_files(folder)
 
@@ -112,6 +117,7 @@ class PayerStore:
             except sqlite3.Error as exc:
                 self._db.execute("ROLLBACK")
                 raise PaymentError(f"cannot save the payer's state: {exc}") from exc
+        self._checkpoints.wrote()
 
     def replace(self, old: ChannelState, reason: str, new: ChannelState) -> None:
         """Retire ``old`` (kept, with ``reason``, in :meth:`retired`; its receipts stay) and
@@ -140,6 +146,7 @@ class PayerStore:
         return [Receipt.from_json(json.loads(r[0])) for r in rows]
 
     def close(self) -> None:
+        self._checkpoints.close()
         with self._lock:
             self._db.close()
 
