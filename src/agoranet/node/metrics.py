@@ -6,8 +6,9 @@ Built beside the money path, never inside it:
   outside the payment middleware) moves the request counter, the latency histogram and,
   for a stream, the time-to-first-byte histogram; the service notes the model and the
   tokens (:func:`note_started`, :func:`note_finished`) and the receipt that went out with
-  the answer (its ``PAYMENT-RESPONSE`` header, or a stream's last receipt event) gives
-  what the request was charged;
+  the answer (its ``PAYMENT-RESPONSE``, noted by the paid path before it is encoded:
+  :func:`note_payment_response`; or a stream's last receipt event) gives what the
+  request was charged;
 * at scrape time the ledger gives the earnings (charged, claimed, settled: counters in
   base units, exactly what the ledger holds), what is unclaimed and the channels, and
   the engine its active sequences and queue depth;
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -33,13 +34,13 @@ from starlette.types import Message
 from agoranet.api.logformat import log_event
 from agoranet.api.requestlog import RequestRecord, current_request
 from agoranet.engines.base import Engine, Finish, Prepared
-from agoranet.payments import x402wire
 from agoranet.payments.ledger import Ledger
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-__all__ = ["OBSERVED_PATHS", "NodeMetrics", "note_finished", "note_started"]
+__all__ = ["OBSERVED_PATHS", "NodeMetrics", "note_finished", "note_payment_response",
+           "note_started"]
 
 # The routes whose requests are counted and logged.
 OBSERVED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
@@ -47,7 +48,6 @@ OBSERVED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _RECEIPT_MARK = b'"agoranet_receipt"'
-_PAYMENT_RESPONSE = x402wire.PAYMENT_RESPONSE.lower().encode()
 
 
 def note_started(prepared: Prepared) -> None:
@@ -55,6 +55,17 @@ def note_started(prepared: Prepared) -> None:
     record = current_request()
     if record is not None:
         record.model = prepared.request.model
+
+
+def note_payment_response(response: dict[str, Any]) -> None:
+    """The request being observed (if any) goes out with ``response`` (the payment
+    response of its ``PAYMENT-RESPONSE`` header, before encoding): its receipt says what
+    the request is charged (read here, not decoded back from the header)."""
+    record = current_request()
+    if record is not None:
+        extra = response.get("extra")
+        _charged(record, _receipt_of(extra.get("receipt")) if isinstance(extra, dict)
+                 else None)
 
 
 def note_finished(finish: Finish) -> None:
@@ -102,11 +113,7 @@ class NodeMetrics:
 
     def message(self, record: RequestRecord, message: Message) -> None:
         """A message of the response: the amount of a receipt in it, if any."""
-        if message["type"] == "http.response.start":
-            for name, value in message.get("headers", []):
-                if name.lower() == _PAYMENT_RESPONSE:
-                    _charged(record, _receipt_amount_of_header(value))
-        elif message["type"] == "http.response.body":
+        if message["type"] == "http.response.body":
             body = message.get("body", b"")
             if _RECEIPT_MARK in body:
                 _charged(record, _receipt_amount_of_events(body))
@@ -146,15 +153,6 @@ def _receipt_of(data: object) -> tuple[str, int] | None:
         return str(data["requestId"]), int(data["amount"])
     except (KeyError, TypeError, ValueError):
         return None
-
-
-def _receipt_amount_of_header(value: bytes) -> tuple[str, int] | None:
-    try:
-        response = x402wire.decode_json(value.decode("latin-1"), x402wire.PAYMENT_RESPONSE)
-    except ValueError:
-        return None
-    extra = response.get("extra")
-    return _receipt_of(extra.get("receipt")) if isinstance(extra, dict) else None
 
 
 def _receipt_amount_of_events(body: bytes) -> tuple[str, int] | None:

@@ -50,6 +50,7 @@ from agoranet.errors import PaymentRequiredError
 from agoranet.market import TokenPrices, cost, with_commitments, worst_case
 from agoranet.node.embeddings import EmbeddingService
 from agoranet.node.metering import MeteredRequest, Metering
+from agoranet.node.metrics import note_payment_response
 from agoranet.node.service import InferenceService
 from agoranet.payments.acceptor import Authorization, PaymentAcceptor
 from agoranet.payments.receipts import Receipt
@@ -229,7 +230,9 @@ class PaidCall:
             await self._write(lambda: acceptor.release(auth))
             return None
         if self.metering.usage is not None and not self.priced.stream:
-            return await self.charge(self.metering.usage)
+            response = await self.charge(self.metering.usage)
+            note_payment_response(response)  # the request's metrics, without decoding it
+            return response
         return None
 
     def is_final(self, body: bytes | None) -> bool:

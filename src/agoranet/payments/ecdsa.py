@@ -29,6 +29,7 @@ __all__ = [
     "canonical_signature",
     "keccak",
     "recover_address",
+    "recover_address_bytes",
     "signature_problem",
 ]
 
@@ -82,6 +83,14 @@ def canonical_signature(signature: bytes) -> bytes | None:
 def recover_address(digest: bytes, signature: bytes) -> str | None:
     """The checksummed address that signed ``digest``, or None unless ``signature`` is
     valid and canonical (:func:`signature_problem`)."""
+    raw = recover_address_bytes(digest, signature)
+    return None if raw is None else Web3.to_checksum_address(raw)
+
+
+def recover_address_bytes(digest: bytes, signature: bytes) -> bytes | None:
+    """The 20 bytes of the address that signed ``digest``, or None unless ``signature``
+    is valid and canonical (:func:`signature_problem`): :func:`recover_address` without
+    the checksum (a comparison of bytes needs none)."""
     if len(digest) != 32 or signature_problem(signature) is not None:
         return None
     try:
@@ -89,4 +98,4 @@ def recover_address(digest: bytes, signature: bytes) -> str | None:
             signature[:64] + bytes([signature[64] - 27]), digest, hasher=None)
     except ValueError:
         return None
-    return Web3.to_checksum_address(keccak(public.format(compressed=False)[1:])[-20:])
+    return keccak(public.format(compressed=False)[1:])[-20:]

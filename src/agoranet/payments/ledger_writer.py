@@ -41,15 +41,16 @@ from typing import Any, Final, TypeVar
 
 from agoranet.errors import LedgerError
 from agoranet.payments.group_commit import GroupCommitLedger
-from agoranet.payments.ledger import ChannelRecord, Hold, Ledger
+from agoranet.payments.ledger import ChannelRecord, Hold, Ledger, VoucherRefused
 from agoranet.payments.receipts import Receipt
 from agoranet.sqlite_store import SqliteStore
 
-__all__ = ["MAX_GROUP", "LedgerWriter"]
+__all__ = ["MAX_CHANNELS_SEEN", "MAX_GROUP", "LedgerWriter"]
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 MAX_GROUP: Final = 256  # writes in one group at most (bounds the first caller's wait)
+MAX_CHANNELS_SEEN: Final = 100_000  # channels remembered as known to the ledger at most
 
 
 @dataclass(eq=False)
@@ -80,6 +81,7 @@ class LedgerWriter:
         self._sync_thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
+        self._channels: set[str] = set()  # ledger rows known to exist (writer thread only)
         self.groups = 0  # groups written (each one sync at most)
         self.writes = 0  # writes in them
         self.syncs = 0  # group syncs made
@@ -103,12 +105,29 @@ class LedgerWriter:
 
         With ``channel`` (``config, payer, baseline``) the channel is first created if the
         ledger does not know it (:meth:`~Ledger.ensure_channel`), in the same trip to the
-        writer thread."""
+        writer thread. A channel this writer has accepted a voucher on is not looked up
+        again (rows are never deleted; if the ledger says it does not know the channel
+        after all, it is created and the voucher accepted once more)."""
+        key = channel_id.lower()
+
         def accept() -> Hold:
-            if channel is not None:
+            seen = key in self._channels
+            if channel is not None and not seen:
                 self.ledger.ensure_channel(channel_id, *channel)
-            return self.ledger.accept_voucher(request_id, channel_id, voucher_amount,
-                                              signature, max_amount)
+            try:
+                hold = self.ledger.accept_voucher(request_id, channel_id, voucher_amount,
+                                                  signature, max_amount)
+            except VoucherRefused as exc:
+                if channel is None or not seen or exc.reason != "unknown-channel":
+                    raise
+                self._channels.discard(key)
+                self.ledger.ensure_channel(channel_id, *channel)
+                hold = self.ledger.accept_voucher(request_id, channel_id, voucher_amount,
+                                                  signature, max_amount)
+            if len(self._channels) >= MAX_CHANNELS_SEEN:
+                self._channels.clear()
+            self._channels.add(key)
+            return hold
 
         future = self._submit(accept)
         try:

@@ -42,7 +42,12 @@ from agoranet.chain.addresses import ChainAddresses
 from agoranet.chain.executor import ChainExecutor
 from agoranet.errors import ChainError, PaymentRequiredError
 from agoranet.payments import payload_shapes
-from agoranet.payments.ecdsa import keccak, recover_address, signature_problem
+from agoranet.payments.ecdsa import (
+    keccak,
+    recover_address,
+    recover_address_bytes,
+    signature_problem,
+)
 from agoranet.payments.ledger import MAX_AMOUNT
 
 __all__ = [
@@ -288,8 +293,13 @@ def check_signature(voucher: Voucher, chain_id: int) -> None:
         raise _refuse(f"the voucher's signature is not one the escrow contract accepts: "
                       f"{problem}; sign with a standard Ethereum wallet (low s, v 27 or 28)",
                       bs_errors.ERR_INVALID_VOUCHER_SIGNATURE)
-    if voucher_signer(voucher.channel_id, voucher.amount, voucher.signature, chain_id) != \
-            Web3.to_checksum_address(voucher.config.payer_authorizer):
+    try:  # the 20 bytes compared: no checksummed spelling needed on either side
+        signer = recover_address_bytes(
+            voucher_digest(voucher.channel_id, voucher.amount, chain_id), raw)
+        authorizer = bytes.fromhex(voucher.config.payer_authorizer.removeprefix("0x"))
+    except ValueError:
+        signer, authorizer = None, b""
+    if signer is None or signer != authorizer:
         raise _refuse("the voucher is not signed by the channel's payer authorizer "
                       f"{voucher.config.payer_authorizer}", bs_errors.ERR_INVALID_VOUCHER_SIGNATURE)
 
