@@ -203,8 +203,8 @@ def paid_targets(stack: ExitStack, model: str) -> dict[str, Target]:
 
     from agoranet.chain.addresses import resolve_addresses
     from agoranet.chain.devchain import start_devchain
-    from agoranet.payments.httpx_auth import PayerAuth
-    from agoranet.payments.payer import Payer
+    from agoranet.payments.pay.httpx_auth import PayerAuth
+    from agoranet.payments.pay.payer import Payer
     from agoranet.payments.wallet import create_keystore
 
     os.environ.setdefault("AGORANET_WALLET_PASSWORD", "bench")

@@ -14,9 +14,21 @@ to it below; mutmut then picks, per mutant, the tests that call the mutated func
 The survivors' diffs are written to ``build/mutation/<module>/survivors.diff``; the
 verdicts to ``build/mutation/<module>.results.json`` (``--survivors-only`` re-runs just
 the survivors after tests were added; ``--resume`` also the mutants a cut-short run never
-reached). Both keep the other verdicts only while the module's source is the one they were
-measured on; after it changed, the module runs in full. Inspect one:
-``cd build/mutation/<module> && python -m mutmut show <name>``.
+reached). Inspect one: ``cd build/mutation/<module> && python -m mutmut show <name>``.
+
+Verdicts are kept per function. mutmut names a mutant after its function and numbers the
+mutations within it (``x_func__mutmut_3``, ``xǁClassǁmethod__mutmut_5``), so with each run
+``build/mutation/<module>.functions.json`` stores a hash of every function's code (its syntax
+tree without docstring, see :func:`function_hashes`). After the source changed,
+``--resume`` and ``--survivors-only`` keep the verdicts of the functions whose code is the
+same (:func:`carry_verdicts`) and also run every mutant of a changed or new function; a
+removed function's verdicts go. The verdicts belong to the module's name in ``MODULES``,
+not to its path: a module moved to another file (same functions) keeps them. Carried
+verdicts count in the table like fresh ones; what they assume is that a mutant's verdict
+depends on its own function and the mapped tests, so after a change elsewhere (a module
+constant, a class attribute, tests removed) run the module without either option for a
+fresh measure. ``--report-only`` marks a module whose functions changed since its verdicts
+"stale".
 
 Why mutmut 3 (not cosmic-ray): it runs the tests in-process and forks per mutant, with
 every mutant compiled in behind a switch, and it knows which tests call which function;
@@ -36,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import os
 import re
@@ -89,15 +102,22 @@ _LEDGER_TESTS = [  # the ledger on its own: a paid node's real-chain tests cost 
     "tests/payments/test_ledger_refusal_texts.py",
     "tests/payments/test_ledger_file_errors.py",
     "tests/payments/test_ledger_earnings_rows.py",
+    "tests/payments/test_ledger_request_id_channels.py",  # one request id, two channels
     "tests/payments/test_settlement.py",
     "tests/payments/test_settle_restarts.py",
     "tests/payments/test_settler_reports.py",
     "tests/cli/test_node_earnings_cli.py",
 ]
-_WRITER_TESTS = [  # group commit (payments/ledger_writer.py and the group ledgers)
+_WRITER_TESTS = [  # group commit (payments/accept/ledger_writer.py and the group ledgers)
     "tests/payments/test_ledger_writer.py",
     "tests/payments/test_ledger_writer_requests.py",
     "tests/payments/test_ledger_writer_channels.py",
+    "tests/payments/test_ledger_writer_rules.py",
+    "tests/payments/test_group_commit_deferral.py",
+    "tests/payments/test_sqlite_group_sync.py",
+    "tests/payments/test_pg_group_session.py",
+    "tests/payments/test_ledger_writer_known_channels.py",
+    "tests/payments/test_pg_group_sync_session.py",
 ]
 _GATEWAY_TESTS = [
     "tests/gateway/test_relay_paid.py",
@@ -129,6 +149,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     ]),
     "ecdsa": ("src/agoranet/payments/ecdsa.py", [
         "tests/payments/test_signature_rules.py",
+        "tests/payments/test_voucher_signer_bytes.py",
         "tests/payments/test_verifier.py",
         "tests/payments/test_pricing_receipts.py",
         "tests/payments/test_receipt_checks.py",
@@ -144,18 +165,19 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_ledger.py",
         "tests/payments/test_paid_node.py",
     ]),
-    "payer_store": ("src/agoranet/payments/payer_store.py", [  # the store on its own
+    "payer_store": ("src/agoranet/payments/pay/payer_store.py", [  # the store on its own
         "tests/payments/test_payer_store_records.py",
         "tests/payments/test_payer_store_failures.py",
         "tests/payments/test_payer_store_location.py",
     ]),
-    "payer": ("src/agoranet/payments/payer.py", _PAYER_TESTS),
+    "payer": ("src/agoranet/payments/pay/payer.py", _PAYER_TESTS),
     # the stream reader and auth flow only: test_payer.py (a 6 s module fixture) and the
     # receipt-check matrix (~10 s a run) test the payer's rules, kept in payer's list
-    "httpx_auth": ("src/agoranet/payments/httpx_auth.py", [
+    "httpx_auth": ("src/agoranet/payments/pay/httpx_auth.py", [
         "tests/payments/test_auth_flow_rules.py",
         "tests/payments/test_busy_channel_retry.py",
         "tests/payments/test_stream_receipt_events.py",
+        "tests/payments/test_payer_auth_typed_outcome.py",  # the typed outcome, the cap
         "tests/payments/test_payer_cut_streams.py",
         "tests/payments/test_payer_stream_chunks.py",
         "tests/payments/test_payer_tokens_without_text.py",
@@ -163,39 +185,42 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_payer_disputes.py",
         "tests/payments/test_subkey_payer.py",
         "tests/payments/test_node_payers.py",  # the gateway's async path
+        "tests/gateway/test_node_payer.py",  # the channel lock, the top-up awaited in the flow
     ]),
-    "ledger": ("src/agoranet/payments/ledger.py", _LEDGER_TESTS),
-    "sqlite_ledger": ("src/agoranet/payments/sqlite_ledger.py", _LEDGER_TESTS),
+    "ledger": ("src/agoranet/payments/accept/ledger.py", _LEDGER_TESTS),
+    "sqlite_ledger": ("src/agoranet/payments/accept/sqlite_ledger.py", _LEDGER_TESTS),
     "sqlite_store": ("src/agoranet/sqlite_store.py", _LEDGER_TESTS),
     # the ledger conformance suite's PostgreSQL cases, and what only a shared ledger has
     # (replicas); one server for the whole run (_start_postgresql)
-    "pg_ledger": ("src/agoranet/payments/pg_ledger.py", [
+    "pg_ledger": ("src/agoranet/payments/accept/pg_ledger.py", [
         "tests/payments/test_ledger.py",
         "tests/payments/test_ledger_amount_bounds.py",
         "tests/payments/test_ledger_release_and_failures.py",
         "tests/payments/test_ledger_transaction_count.py",
         "tests/payments/test_ledger_refusal_texts.py",
         "tests/payments/test_ledger_earnings_rows.py",
+        "tests/payments/test_ledger_request_id_channels.py",
         "tests/payments/test_pg_ledger.py",
         "tests/payments/test_pg_ledger_sessions.py",
         "tests/payments/test_pg_ledger_settings.py",
     ]),
     # group commit: the ledger's writes off the event loop, one sync per group (SQLite
     # and PostgreSQL cases), and the paid requests that go through it
-    "ledger_writer": ("src/agoranet/payments/ledger_writer.py", _WRITER_TESTS),
-    "group_commit": ("src/agoranet/payments/group_commit.py", _WRITER_TESTS),
-    "sqlite_group": ("src/agoranet/payments/sqlite_group.py", _WRITER_TESTS),
-    "pg_group": ("src/agoranet/payments/pg_group.py", _WRITER_TESTS),
+    "ledger_writer": ("src/agoranet/payments/accept/ledger_writer.py", _WRITER_TESTS),
+    "group_commit": ("src/agoranet/payments/accept/group_commit.py", _WRITER_TESTS),
+    "sqlite_group": ("src/agoranet/payments/accept/sqlite_group.py", _WRITER_TESTS),
+    "pg_group": ("src/agoranet/payments/accept/pg_group.py", _WRITER_TESTS),
     # a fake facilitator in-process (a paid node's real-chain tests cost a minute a mutant)
-    "settlement": ("src/agoranet/payments/settlement.py", [
+    "settlement": ("src/agoranet/payments/accept/settlement.py", [
         "tests/payments/test_settlement.py",
         "tests/payments/test_settler_reports.py",
         "tests/payments/test_settle_restarts.py",
     ]),
     # the node's accepting side: fast in-process tests only (the frozen-RPC, dispute and
     # receipt-check files take ~20 s a run and add no kill the focused files miss)
-    "verifier": ("src/agoranet/payments/verifier.py", [
+    "verifier": ("src/agoranet/payments/accept/verifier.py", [
         "tests/payments/test_voucher_checks.py",
+        "tests/payments/test_voucher_signer_bytes.py",
         "tests/payments/test_verifier.py",
         "tests/payments/test_state_cache.py",
         "tests/payments/test_state_cache_bound.py",
@@ -203,7 +228,14 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_hostile_payment_headers.py",
         "tests/payments/test_paid_node.py",
     ]),
-    "acceptor": ("src/agoranet/payments/acceptor.py", [
+    # a voucher's EIP-712 digest and signer (both sides; was in verifier.py)
+    "vouchers": ("src/agoranet/payments/vouchers.py", [
+        "tests/payments/test_verifier.py",
+        "tests/payments/test_voucher_checks.py",
+        "tests/payments/test_voucher_signer_bytes.py",
+        "tests/payments/test_payer_channel_terms.py",
+    ]),
+    "acceptor": ("src/agoranet/payments/accept/acceptor.py", [
         "tests/payments/test_acceptor_rules.py",
         "tests/payments/test_payment_middleware_rules.py",
         "tests/payments/test_hostile_payment_headers.py",
@@ -229,6 +261,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_paid_node.py",
         "tests/payments/test_schemes_chain.py",  # the client half over a real Payer
         "tests/payments/test_x402_client.py",  # deposits with a payment
+        "tests/payments/test_node_request_ids.py",  # a request id in use: its 409
     ]),
     "exact_scheme": ("src/agoranet/payments/schemes/exact.py", [
         "tests/payments/test_acceptor_rules.py",
@@ -243,10 +276,28 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_failed_answer_release.py",
         "tests/payments/test_hostile_payment_headers.py",
         "tests/payments/test_paid_node.py",
+        "tests/payments/test_node_request_ids.py",  # request ids: checked, in use
+        "tests/payments/test_paid_inference_once.py",  # parsed once, metering passed on
+    ]),
+    # the node's paid-inference service behind that middleware (price once, authorize,
+    # meter, charge): in-process tests only (fake chain, real ledger)
+    "paid_inference": ("src/agoranet/node/paid_inference.py", [
+        "tests/payments/test_payment_middleware_rules.py",
+        "tests/payments/test_failed_answer_release.py",
+        "tests/payments/test_paid_embeddings_rules.py",
+        "tests/payments/test_paid_inference_once.py",
+    ]),
+    # the buyer's request id, checked where a node or tool server reads it
+    "request_ids": ("src/agoranet/request_ids.py", [
+        "tests/node/test_paid_route_request_ids.py",
+        "tests/payments/test_node_request_ids.py",
     ]),
     "paying": ("src/agoranet/gateway/paying.py", [
         *_GATEWAY_TESTS, "tests/payments/test_node_payers_chain.py"]),
     "budget": ("src/agoranet/gateway/budget.py", _GATEWAY_TESTS),
+    # the gateway's payer of one node: top-ups on a task of their own, ahead of need
+    "node_payer": ("src/agoranet/gateway/node_payer.py", [
+        "tests/gateway/test_node_payer.py", "tests/payments/test_node_payers.py"]),
     "relay": ("src/agoranet/gateway/relay.py", [  # in-process simulated nodes only
         "tests/gateway/test_relay_paid.py",
         "tests/gateway/test_relay.py",
@@ -267,19 +318,33 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/gateway/test_tool_payer_accounting.py",
         "tests/payments/test_tool_payers_chain.py",  # opening channels on the dev chain
         "tests/gateway/test_tool_buying.py",
+        "tests/gateway/test_tool_channels.py",  # a seller's channels, calls at once
     ]),
     "tool_buying": ("src/agoranet/gateway/tool_buying.py", [
         "tests/gateway/test_tool_buying.py",
         "tests/gateway/test_tool_listing_view.py",
         "tests/gateway/test_tool_buying_outcomes.py",
+        "tests/gateway/test_tool_buying_rules.py",
         "tests/gateway/test_tool_call_record.py",
         "tests/gateway/test_tool_directory.py",
         "tests/gateway/test_tool_exact.py",
+        "tests/gateway/test_tool_key_limits.py",
+        "tests/gateway/test_tool_busy_channel.py",
+        "tests/gateway/test_tool_exact_cancel.py",
+    ]),
+    # what a key may buy from the tool market: tools, sellers, a price cap per call
+    "tool_limits": ("src/agoranet/gateway/tool_limits.py", [
+        "tests/gateway/test_tool_key_limits.py",
     ]),
     # ... from a seller taking only exact: one transfer a call, its receipt checked
     "tool_exact": ("src/agoranet/gateway/tool_exact.py", [
         "tests/gateway/test_tool_exact.py",
         "tests/gateway/test_tool_exact_outcomes.py",
+        "tests/gateway/test_tool_exact_cancel.py",
+    ]),
+    # an unanswered exact transfer cancelled on chain (EIP-3009), or found settled
+    "exact_cancel": ("src/agoranet/payments/pay/exact_cancel.py", [
+        "tests/payments/test_exact_cancel_chain.py",
     ]),
     # the paid tool server: a call's payment checked against its tool and price, charged
     # after the answer, released on a failure (in process; test_paid_tools.py is on chain)
@@ -305,6 +370,10 @@ LEFT_OUT = [
     # order: it claims what the module's earlier tests charged, so run alone (mutmut runs
     # only the tests that reach a mutant) it finds nothing to claim
     "tests/payments/test_paid_node.py::test_settlement_claims_what_receipts_cover",
+    # the run's PostgreSQL server does not fsync (fsync = off, _start_postgresql): the WAL
+    # flush position these read is not the durability they check (they run in make test)
+    "tests/payments/test_pg_group_sync_session.py::test_a_lone_request_never_switches_the_session",
+    "tests/payments/test_pg_group_sync_session.py::test_a_sync_after_a_synchronous_write_still_syncs",
 ]
 
 # mutmut's exit code per mutant -> our column.
@@ -328,7 +397,7 @@ class Score:
     survivors: list[str] = field(default_factory=list)
     equivalent: int = 0  # survivors no test can tell: SQL letter case, or judged so
     acceptable: int = 0  # survivors judged not worth a test (bench/mutation_judged/<module>.txt)
-    stale: bool = False  # verdicts of an older source (--report-only): run it again
+    stale: int = 0  # functions changed since the verdicts (--report-only): run it again
 
     @property
     def score(self) -> float:
@@ -563,12 +632,14 @@ def _write_survivors(work: Path, source: str, score: Score, env: dict[str, str])
 
 
 def _judged_equivalent(name: str) -> set[str]:
-    """The survivors the last run's ``survivors.diff`` marks equivalent (SQL case, or judged
-    so): re-running them would cost every test that reaches them, and none can kill them."""
+    """The functions' mutants (``x_f__mutmut_3``, without the module) that the last run's
+    ``survivors.diff`` marks equivalent (SQL case, or judged so): re-running them would cost
+    every test that reaches them, and none can kill them."""
     diffs = WORK / name / "survivors.diff"
     if not diffs.exists():
         return set()
-    return set(re.findall(r"^### (\S+) \(equivalent: ", diffs.read_text(), flags=re.MULTILINE))
+    return {_mangled(m) for m in re.findall(r"^### (\S+) \(equivalent: ", diffs.read_text(),
+                                            flags=re.MULTILINE)}
 
 
 def _settled(code: int | None) -> bool:
@@ -576,52 +647,176 @@ def _settled(code: int | None) -> bool:
     return code in _KILLED | _TIMEOUT
 
 
-def _code_of(path: Path) -> str:
-    """The module's code as mutmut sees it: its syntax tree without top-level imports or
-    comments (mutmut mutates no import, so moving a name to another module changes no
-    mutant); unparsable source compares by its text."""
-    text = path.read_text()
+def _mangled(mutant: str) -> str:
+    """A mutant's name without its module: ``x_f__mutmut_3`` / ``xǁClassǁmethod__mutmut_5``."""
+    return mutant.rpartition(".")[2]
+
+
+def function_of(mutant: str) -> str:
+    """The function a mutant belongs to, as mutmut names it: ``x_f`` or ``xǁClassǁmethod``."""
+    return _mangled(mutant).partition("__mutmut_")[0]
+
+
+def function_hashes(text: str) -> dict[str, str]:
+    """A hash of each function mutmut mutates in module ``text`` (the top-level functions and
+    the methods of top-level classes), by mutmut's name for it (``x_f``, ``xǁClassǁmethod``):
+    its syntax tree with decorators, without docstring, comments or line numbers (but with
+    its ``pragma: no mutate`` comments, which change its mutants), so editing one function,
+    or moving it, changes only its own hash. Empty when ``text`` does not parse."""
     try:
         tree = ast.parse(text)
     except SyntaxError:
-        return text
-    tree.body = [node for node in tree.body if not isinstance(node, ast.Import | ast.ImportFrom)]
-    return ast.dump(tree)
+        return {}
+    lines = text.splitlines()
+    hashes: dict[str, str] = {}
+
+    def add(node: ast.FunctionDef | ast.AsyncFunctionDef, key: str) -> None:
+        pragmas = [line.strip() for line in lines[node.lineno - 1:node.end_lineno]
+                   if "no mutate" in line]
+        body = node.body
+        if (len(body) > 1 and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node = type(node)(**{**vars(node), "body": body[1:]})  # the docstring is no code
+        code = ast.dump(node) + "".join(pragmas)
+        hashes[key] = hashlib.sha256(code.encode()).hexdigest()[:16]
+
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            add(node, f"x_{node.name}")
+        elif isinstance(node, ast.ClassDef):
+            for method in node.body:
+                if isinstance(method, ast.FunctionDef | ast.AsyncFunctionDef):
+                    add(method, f"x\u01c1{node.name}\u01c1{method.name}")
+    return hashes
 
 
-def _unchanged_since_last_run(name: str, source: str) -> bool:
-    """Whether the module's code is the one its last run mutated (its snapshot's copy):
-    mutant names number the mutations of each function, so old verdicts fit no other.
-    Top-level imports may differ (see :func:`_code_of`)."""
-    snapshot = WORK / name / source
-    return snapshot.exists() and _code_of(snapshot) == _code_of(ROOT / source)
+def carry_verdicts(previous: dict[str, int | None], old_hashes: dict[str, str],
+                   new_hashes: dict[str, str], module: str) -> dict[str, int | None]:
+    """The verdicts of ``previous`` that still hold for the module's new code: those of the
+    mutants of every function whose hash is the same in ``old_hashes`` (the code they were
+    measured on) and ``new_hashes`` (the code now), renamed into ``module`` (the dotted name
+    of the module's file now, which may have moved). A changed, new or removed function
+    carries nothing: its mutants are other ones (mutmut numbers them within the function)."""
+    carried: dict[str, int | None] = {}
+    for mutant, code in previous.items():
+        function = function_of(mutant)
+        if function in old_hashes and old_hashes[function] == new_hashes.get(function):
+            carried[f"{module}.{_mangled(mutant)}"] = code
+    return carried
+
+
+def changed_functions(old_hashes: dict[str, str], new_hashes: dict[str, str]) -> set[str]:
+    """The functions changed, added or removed between two :func:`function_hashes`."""
+    return {f for f in old_hashes.keys() | new_hashes.keys() if old_hashes.get(f) != new_hashes.get(f)}
+
+
+def dotted_module(source: str) -> str:
+    """The module name mutmut gives ``source`` (``src/agoranet/market.py`` -> ``agoranet.market``)."""
+    name = source.removeprefix("src/").removesuffix(".py").replace("/", ".")
+    return name.removesuffix(".__init__")
+
+
+_HASHES_VERSION = 2  # of function_hashes: stored hashes of another version are recomputed
+
+
+def _functions_file(name: str) -> Path:
+    return WORK / f"{name}.functions.json"
+
+
+@dataclass(frozen=True)
+class LastRun:
+    """What module ``name``'s stored verdicts were measured on."""
+    snapshot: str  # the source's path in build/mutation/<name>/ (its mutants give the diffs)
+    hashes: dict[str, str]  # function_hashes of the code the verdicts belong to
+
+
+def _last_run(name: str, previous: dict[str, int | None]) -> LastRun | None:
+    """The code module ``name``'s verdicts ``previous`` belong to: from its functions file, or
+    (verdicts stored before there was one) from its snapshot, the copy its last run mutated."""
+    if _functions_file(name).exists():
+        stored = json.loads(_functions_file(name).read_text())
+        if stored.get("version") == _HASHES_VERSION:
+            return LastRun(snapshot=stored["snapshot"], hashes=stored["hashes"])
+        snapshot = WORK / name / stored["snapshot"]  # hashed otherwise then: hash it again
+        if snapshot.exists():
+            return LastRun(stored["snapshot"], function_hashes(snapshot.read_text()))
+    modules = {mutant.rpartition(".")[0] for mutant in previous}
+    if len(modules) != 1:
+        return None
+    stem = "src/" + modules.pop().replace(".", "/")
+    for snapshot in (stem + ".py", stem + "/__init__.py"):
+        if (WORK / name / snapshot).exists():
+            return LastRun(snapshot, function_hashes((WORK / name / snapshot).read_text()))
+    return None
+
+
+def _save_last_run(name: str, last: LastRun) -> None:
+    _functions_file(name).write_text(json.dumps(
+        {"version": _HASHES_VERSION, "snapshot": last.snapshot, "hashes": last.hashes},
+        indent=1, sort_keys=True))
+
+
+def _mutant_names(source: str, text: str) -> list[str]:
+    """Every mutant mutmut makes of ``text`` (the code of ``source``), by its full name."""
+    from mutmut.mutation.file_mutation import mutate_file_contents
+
+    module = dotted_module(source)
+    return [f"{module}.{mutant}" for mutant in mutate_file_contents(source, text).mutant_names]
+
+
+def merge_verdicts(previous: dict[str, int | None], run: dict[str, int | None],
+                   retried: list[str]) -> dict[str, int | None]:
+    """The verdicts after running ``retried`` again: theirs from ``run`` (mutmut's), the
+    others' from ``previous`` (carried); a retried mutant the run gave no verdict (cut
+    short, or mutmut failed) keeps its previous one (none for a new mutant: unrun)."""
+    again = set(retried)
+    return {m: run[m] if m in again and run.get(m) is not None else previous.get(m)
+            for m in run.keys() | previous.keys() | again}
 
 
 def run_module(name: str, jobs: int, module_timeout: float, verbose: bool,
                again: str = "") -> Score:
     """Run ``name``'s mutants: all, or with ``again`` "survivors" only those the last run
     left alive (survived, no test reached them), with "resume" every one it did not
-    settle (also those a cut-short run never reached, or that crashed)."""
+    settle (also those a cut-short run never reached, or that crashed); with either, also
+    every mutant of a function changed since (see :func:`carry_verdicts`)."""
     source, tests = MODULES[name]
+    text = (ROOT / source).read_text()  # the code run: other people may edit it meanwhile
+    hashes = function_hashes(text)
     previous: dict[str, int | None] = {}
+    last: LastRun | None = None
+    retry: list[str] = []
     if again and _results_file(name).exists():
-        if _unchanged_since_last_run(name, source):
-            previous = json.loads(_results_file(name).read_text())
+        stored: dict[str, int | None] = json.loads(_results_file(name).read_text())
+        last = _last_run(name, stored)
+        if last is None:
+            print(f"{name}: no record of the code its verdicts were measured on; "
+                  "running all its mutants", flush=True)
         else:
-            print(f"{name}: {source} changed since its last run; running all its mutants",
-                  flush=True)
-    if again == "resume":
-        retry = sorted(m for m, code in previous.items() if not _settled(code))
-    else:
-        retry = sorted(m for m, code in previous.items() if code in _SURVIVED | _NO_TESTS)
-    if previous:  # survivors no test can tell from the original stay survivors: not re-run
-        equivalent = _judged_equivalent(name)
-        retry = [m for m in retry if m not in equivalent]
-    if previous and not retry:
-        score = _score(name, previous)
-        _write_survivors(WORK / name, source, score, _environment())
-        return score
+            mutants = _mutant_names(source, text)
+            carried = carry_verdicts(stored, last.hashes, hashes, dotted_module(source))
+            previous = {m: carried[m] for m in mutants if m in carried}
+            fresh = [m for m in mutants if m not in carried]
+            changed = changed_functions(last.hashes, hashes)
+            if changed:
+                print(f"{name}: {len(changed)} function(s) changed since its verdicts; "
+                      f"{len(previous)} verdicts carried, {len(fresh)} mutants to run afresh",
+                      flush=True)
+            if again == "resume":
+                retry = [m for m, code in previous.items() if not _settled(code)]
+            else:
+                retry = [m for m, code in previous.items() if code in _SURVIVED | _NO_TESTS]
+            # survivors no test can tell from the original stay survivors: not re-run
+            equivalent = _judged_equivalent(name)
+            retry = sorted({m for m in retry if _mangled(m) not in equivalent} | set(fresh))
+            if not retry:
+                _results_file(name).write_text(json.dumps(previous, indent=1, sort_keys=True))
+                _save_last_run(name, LastRun(last.snapshot, hashes))
+                score = _score(name, previous)
+                _write_survivors(WORK / name, last.snapshot, score, _environment())
+                return score
     work = _prepare(name, source, tests)
+    (work / source).write_text(text)
     env = _environment()
     log = (work / "mutmut.log").open("w")
     started = time.monotonic()
@@ -643,13 +838,11 @@ def run_module(name: str, jobs: int, module_timeout: float, verbose: bool,
     finally:
         log.close()
     codes = _codes(work, source)
-    if previous:  # only some were run again: the others keep their verdicts, for the
-        # mutants of this source (one the last run did not have stays unrun: --resume)
-        again_run = set(retry)
-        codes = {m: code if m in again_run else previous.get(m)
-                 for m, code in (codes or previous).items()}
+    if last is not None:  # only some were run again: the others keep their verdicts
+        codes = merge_verdicts(previous, codes, retry)
     if codes:
         _results_file(name).write_text(json.dumps(codes, indent=1, sort_keys=True))
+        _save_last_run(name, LastRun(source, hashes))
     score = _score(name, codes)
     score.seconds = time.monotonic() - started
     if cut_short or proc.returncode != 0:
@@ -667,9 +860,9 @@ def _table(scores: list[Score], threshold: float) -> str:
     for s in scores:
         flag = "" if s.complete else "  (cut short)"
         if s.stale:
-            flag = "  (stale: source changed)"
+            flag = f"  (stale: {s.stale} function(s) changed)"
         if s.complete and s.score_without_equivalent < threshold:
-            flag = f"  < {threshold:.0f} %"
+            flag = f"  < {threshold:.0f} %" + flag
         lines.append(f"{s.module:<20} {s.mutants:>7} {s.killed:>6} {s.survived:>5} {s.timeout:>7} "
                      f"{s.no_tests:>7} {s.other:>5} {s.score:>6.1f}% {s.equivalent:>6} "
                      f"{s.score_without_equivalent:>6.1f}% {s.seconds:>6.0f}s{flag}")
@@ -690,11 +883,13 @@ def main() -> int:
     parser.add_argument("--survivors-only", action="store_true",
                         help="run again only the mutants the last run of a module left alive "
                              "(after adding tests); the others keep their verdicts (mutants "
-                             "a cut-short run never reached stay unchecked)")
+                             "a cut-short run never reached stay unchecked), and every "
+                             "mutant of a function changed since")
     parser.add_argument("--resume", action="store_true",
                         help="run again every mutant the last run of a module did not kill: "
                              "the survivors and those a cut-short run never reached (or "
-                             "that crashed); the killed keep their verdicts")
+                             "that crashed), and every mutant of a function changed since; "
+                             "the killed keep their verdicts")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: the table of the last runs' verdicts")
     parser.add_argument("-v", "--verbose", action="store_true", help="show mutmut's output")
@@ -712,10 +907,14 @@ def main() -> int:
         if args.report_only:
             if not _results_file(name).exists():
                 continue
-            score = _score(name, json.loads(_results_file(name).read_text()))
+            stored = json.loads(_results_file(name).read_text())
+            score = _score(name, stored)
             score.complete = score.other == 0
-            score.stale = not _unchanged_since_last_run(name, MODULES[name][0])
-            _write_survivors(WORK / name, MODULES[name][0], score, _environment())
+            last = _last_run(name, stored)
+            now = function_hashes((ROOT / MODULES[name][0]).read_text())
+            score.stale = len(changed_functions(last.hashes, now)) if last else len(now) or 1
+            _write_survivors(WORK / name, last.snapshot if last else MODULES[name][0], score,
+                             _environment())
         else:
             again = "resume" if args.resume else "survivors" if args.survivors_only else ""
             score = run_module(name, args.jobs, args.module_timeout, args.verbose, again)

@@ -16,7 +16,7 @@ Prints, in one run:
   (``fdatasync`` of a small write, what durably accepting one voucher costs at
   least), and ``--concurrency`` requests at once, each on its own channel (accept
   a voucher, then charge it), with the ledger called on the event loop as before
-  and through :class:`~agoranet.payments.ledger_writer.LedgerWriter` (one sync per
+  and through :class:`~agoranet.payments.accept.ledger_writer.LedgerWriter` (one sync per
   group, off the loop): median latency, requests per second, syncs, and the
   longest time the event loop could not run anything else;
 - on-chain transactions per 1,000 paid requests (claims + settles) with the node's
@@ -65,14 +65,14 @@ from agoranet.chain.devchain import start_devchain
 from agoranet.chain.rpc import connect
 from agoranet.config import ChainSettings, NodeSettings
 from agoranet.node.launcher import running_node
-from agoranet.payments.httpx_auth import PayerAuth
-from agoranet.payments.ledger import Ledger
-from agoranet.payments.ledger_writer import LedgerWriter
-from agoranet.payments.payer import Payer
+from agoranet.payments.accept.ledger import Ledger
+from agoranet.payments.accept.ledger_writer import LedgerWriter
+from agoranet.payments.accept.sqlite_group import SqliteGroupLedger
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
+from agoranet.payments.pay.httpx_auth import PayerAuth
+from agoranet.payments.pay.payer import Payer
 from agoranet.payments.receipts import Receipt, ReceiptSigner, verify_receipt
-from agoranet.payments.sqlite_group import SqliteGroupLedger
-from agoranet.payments.sqlite_ledger import SqliteLedger
-from agoranet.payments.verifier import voucher_signer
+from agoranet.payments.vouchers import voucher_signer
 from agoranet.payments.wallet import PASSWORD_ENV_VAR, create_keystore, fund_dev
 
 PRICE_IN, PRICE_OUT = 100_000, 400_000  # 0.10 / 0.40 stablecoin per million tokens
@@ -195,8 +195,8 @@ def group_commit_rows(concurrency: int, n: int, pg_url: str | None) -> list[tupl
                              f"{got['rate']:,.0f}", f"{got['syncs']:.2f}" if writer else "1",
                              f"{got['stall']:.1f}"))
     if pg_url is not None:
-        from agoranet.payments.pg_group import PgGroupLedger
-        from agoranet.payments.pg_ledger import PgLedger
+        from agoranet.payments.accept.pg_group import PgGroupLedger
+        from agoranet.payments.accept.pg_ledger import PgLedger
 
         for label, writer, pg_make in (
                 ("PostgreSQL, ledger on the event loop", False, PgLedger),
@@ -263,7 +263,7 @@ def crypto_rates(n: int, postgres_url: str | None = None) -> dict[str, float]:
         "ledger: running receipt mid-stream (persist + sign)": running_rate,
     }
     if postgres_url is not None:
-        from agoranet.payments.pg_ledger import PgLedger
+        from agoranet.payments.accept.pg_ledger import PgLedger
 
         pg_rate, pg_running = ledger_rates(PgLedger(postgres_url), node, n)
         rates["ledger (PostgreSQL): accept (fsync'd) + charge, one request"] = pg_rate

@@ -1,5 +1,5 @@
 """Stand-ins for the gateway's node payers in relay tests: per request an ``httpx.Auth``
-whose typed :class:`~agoranet.payments.httpx_auth.Payment` gets what a real payer would
+whose typed :class:`~agoranet.payments.pay.httpx_auth.Payment` gets what a real payer would
 put there (a receipt; for a cut stream, what was counted beyond it)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator
 
 import httpx
 
-from agoranet.payments.httpx_auth import Payment
+from agoranet.payments.pay.httpx_auth import Payment
 from agoranet.payments.receipts import Receipt
 
 __all__ = ["FakePaid", "Paying"]

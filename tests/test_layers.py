@@ -170,3 +170,17 @@ def test_the_checker_sees_lazy_imports() -> None:
     assert ("agoranet.cli.node", "agoranet.node.app") in EDGES  # imported inside serve()
     assert "agoranet.testing.node" in MODULES and ("agoranet.testing.node",
                                                    "agoranet.cli.node") in EDGES
+
+
+def test_the_two_sides_of_payments_are_independent() -> None:
+    """``payments.accept`` (a seller's: vouchers checked, held, charged, claimed) and
+    ``payments.pay`` (a buyer's: vouchers signed, receipts checked) share only what lies
+    beside them in ``payments`` (amounts, receipts, the wire, channels, vouchers, schemes)."""
+    sides = {"agoranet.payments.accept", "agoranet.payments.pay"}
+
+    def side(module: str) -> str | None:
+        return next((s for s in sides if module == s or module.startswith(s + ".")), None)
+
+    crossing = sorted((a, b) for a, b in EDGES
+                      if side(a) and side(b) and side(a) != side(b))
+    assert not crossing, crossing

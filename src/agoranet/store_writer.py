@@ -12,7 +12,7 @@ is on disk once the store is closed.
 
 A submitted write that fails is logged (nothing waits for it to report to).
 The node's ledger has its own writer with group commit
-(:class:`~agoranet.payments.ledger_writer.LedgerWriter`); this one is for the
+(:class:`~agoranet.payments.accept.ledger_writer.LedgerWriter`); this one is for the
 gateway's stores, whose commits do not sync (WAL, ``synchronous=NORMAL``).
 """
 

@@ -72,7 +72,7 @@ def test_importing_web3_through_agoranet_keeps_the_recursion_limit() -> None:
     C code recursing on a deep value overflows the stack and kills the process."""
     done = run_python(
         "import sys; before = sys.getrecursionlimit()\n"
-        "import agoranet.payments.verifier, agoranet.payments.x402wire, web3, eth_account\n"
+        "import agoranet.payments.accept.verifier, agoranet.payments.x402wire, web3, eth_account\n"
         "import py_ecc\n"
         "print(before, sys.getrecursionlimit())")
     assert done.returncode == 0, done.stderr

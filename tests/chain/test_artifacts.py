@@ -42,7 +42,7 @@ RUNTIME = textwrap.dedent("""
     import sys
     import agoranet.cli.main, agoranet.node.app, agoranet.node.payment_setup
     import agoranet.gateway.app, agoranet.gateway.paying, agoranet.registry.onchain
-    import agoranet.payments.channels, agoranet.payments.wallet, agoranet.payments.payer
+    import agoranet.payments.channels, agoranet.payments.wallet, agoranet.payments.pay.payer
     from agoranet.chain.addresses import resolve_addresses
     from agoranet.chain.devchain import start_devchain
     from agoranet.payments.channels import escrow_contract

@@ -2,7 +2,7 @@
 
 For random valid and mutated vouchers (signature malleability, ``v`` values,
 foreign keys, amounts around the deposit and what is already claimed, channel
-configs), the node's check (:mod:`agoranet.payments.verifier`: config,
+configs), the node's check (:mod:`agoranet.payments.accept.verifier`: config,
 signature, on-chain state) is run next to the real ``BatchSettlement`` claim
 the node's settler would send (``claimWithSignature``, signed by the node's
 receiver authorizer) on titanoboa. The invariant: every voucher the node
@@ -26,13 +26,13 @@ from x402.schemas import PaymentRequirements
 
 from agoranet.chain import compile_contract
 from agoranet.errors import PaymentRequiredError
-from agoranet.payments.ecdsa import SECP256K1_N, canonical_signature
-from agoranet.payments.verifier import (
+from agoranet.payments.accept.verifier import (
     OnchainState,
     check_state,
     check_voucher,
     parse_voucher,
 )
+from agoranet.payments.ecdsa import SECP256K1_N, canonical_signature
 
 from .helpers import (
     AUTH,

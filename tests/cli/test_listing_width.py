@@ -22,8 +22,8 @@ from agoranet.chain.devchain import DevChain, start_devchain
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.reputation import Reputation
 from agoranet.gateway.spendlog import SpendLog, SpendRow
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from agoranet.payments.receipts import ReceiptSigner
-from agoranet.payments.sqlite_ledger import SqliteLedger
 from agoranet.registry.onchain import registry_at
 from payments.support import ANVIL_MISSING
 

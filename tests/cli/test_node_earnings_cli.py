@@ -11,8 +11,8 @@ import pytest
 from clirun import assert_one_line_error, run_inprocess
 from eth_account import Account
 
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from agoranet.payments.receipts import ReceiptSigner
-from agoranet.payments.sqlite_ledger import SqliteLedger
 
 SIGNER = ReceiptSigner(bytes(Account.create().key))
 

@@ -51,7 +51,7 @@ def test_a_postgresql_ledger_without_psycopg_says_what_to_install(
     monkeypatch.setenv("AGORANET_HOME", str(home))
     monkeypatch.setenv("AGORANET_WALLET_PASSWORD", ENV["AGORANET_WALLET_PASSWORD"])
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
-    for module in ("agoranet.payments.pg_ledger", "agoranet.payments.pg_group"):
+    for module in ("agoranet.payments.accept.pg_ledger", "agoranet.payments.accept.pg_group"):
         monkeypatch.delitem(sys.modules, module, raising=False)  # imported by other tests
     result = run_inprocess(capsys, monkeypatch, "node", "--model", str(home / "empty-model"),
                            "--port", "0", "--price-out", "5", "--ledger",
@@ -64,7 +64,7 @@ def test_earnings_read_a_postgresql_ledger(pg_server: str, capsys: pytest.Captur
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from eth_account import Account
 
-    from agoranet.payments.pg_ledger import PgLedger
+    from agoranet.payments.accept.pg_ledger import PgLedger
     from agoranet.payments.receipts import ReceiptSigner
 
     url = fresh_database(pg_server)

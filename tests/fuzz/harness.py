@@ -3,7 +3,7 @@
 :func:`live_network` starts the real parts: a dev chain (anvil with our contracts),
 a paid ``agoranet node`` process serving the tiny model (its settlement loop idle,
 so the chain moves only if a payment moves it), two payers with open channels
-(the real :class:`~agoranet.payments.payer.Payer`), two :class:`GarbageNode` (one
+(the real :class:`~agoranet.payments.pay.payer.Payer`), two :class:`GarbageNode` (one
 free, one paid on the dev chain), and an ``agoranet gateway`` process with a
 wallet in front of those two. :class:`Fuzzer` sends generated inputs at them, one
 at a time, target by target (:data:`TARGETS`), and keeps the verdicts;
@@ -60,8 +60,8 @@ from agoranet.errors import PaymentError
 from agoranet.node.launcher import free_port
 from agoranet.payments import x402wire
 from agoranet.payments.channels import read_channel
-from agoranet.payments.httpx_auth import PayerAuth, Payment
-from agoranet.payments.payer import Payer, PendingPayment
+from agoranet.payments.pay.httpx_auth import PayerAuth, Payment
+from agoranet.payments.pay.payer import Payer, PendingPayment
 from agoranet.payments.wallet import PASSWORD_ENV_VAR, create_keystore, fund_dev
 
 from .garbage_node import GarbageNode, garbage_node, paid_offer

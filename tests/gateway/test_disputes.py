@@ -24,7 +24,7 @@ from agoranet.gateway.reputation import (
     Reputation,
 )
 from agoranet.gateway.spendlog import SpendLog, SpendRow
-from agoranet.payments.payer import Dispute
+from agoranet.payments.pay.payer import Dispute
 
 
 def test_a_dispute_is_spent_logged_and_banned_for_long_across_a_restart(

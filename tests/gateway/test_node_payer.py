@@ -20,8 +20,8 @@ import pytest
 from agoranet.errors import CannotPayError, ChainError, PaymentError
 from agoranet.gateway import node_payer
 from agoranet.gateway.node_payer import NodePayer
-from agoranet.payments.httpx_auth import PayerAuth
-from agoranet.payments.payer_store import ChannelState, PayerStore
+from agoranet.payments.pay.httpx_auth import PayerAuth
+from agoranet.payments.pay.payer_store import ChannelState, PayerStore
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -23,7 +23,7 @@ from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.policy import Policy
 from agoranet.gateway.relay import Relay, RelayResult
 from agoranet.gateway.spendlog import SpendLog
-from agoranet.payments.httpx_auth import Payment
+from agoranet.payments.pay.httpx_auth import Payment
 from simnodes import BODY, Delayed, Stalling, event_stream, node, sse
 
 pytestmark = pytest.mark.timeout(20)

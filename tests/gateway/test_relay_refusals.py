@@ -31,7 +31,7 @@ from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.policy import Policy
 from agoranet.gateway.relay import Relay, RelayResult
 from agoranet.gateway.spendlog import SpendLog
-from agoranet.payments.httpx_auth import Payment
+from agoranet.payments.pay.httpx_auth import Payment
 from agoranet.registry.offer import Offer, PaymentOffer
 from simnodes import BODY, Stalling, event_stream, node, sse
 

@@ -22,7 +22,7 @@ from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.policy import Policy
 from agoranet.gateway.relay import Relay, RelayResult
 from agoranet.gateway.spendlog import SpendLog
-from agoranet.payments.httpx_auth import Payment
+from agoranet.payments.pay.httpx_auth import Payment
 from agoranet.registry.offer import AdapterTerms, CommitmentTerms, ModelOffer, Offer, Price
 from fake_payers import Paying
 from relaying import relay_into

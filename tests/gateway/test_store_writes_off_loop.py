@@ -22,7 +22,7 @@ from agoranet.gateway.budget import Budget
 from agoranet.gateway.keyaccess import KeyedBudget
 from agoranet.gateway.keystore import OWNER, KeyQuotaError, KeyStore
 from agoranet.gateway.reputation import EventKind, Reputation
-from agoranet.payments.payer_store import ChannelState, PayerStore
+from agoranet.payments.pay.payer_store import ChannelState, PayerStore
 from agoranet.store_writer import StoreWriter
 
 

@@ -43,7 +43,7 @@ from agoranet.gateway.tool_buying import MAX_RESULT_BYTES, ToolMarket
 from agoranet.gateway.tool_directory import ToolDirectory, ToolSeller
 from agoranet.gateway.tool_payer import ToolPayer, ToolPayers
 from agoranet.payments import x402wire
-from agoranet.payments.payer_store import ChannelState
+from agoranet.payments.pay.payer_store import ChannelState
 from agoranet.payments.receipts import Receipt, ReceiptSigner
 from agoranet.registry.offer import PaymentOffer
 from agoranet.registry.signing import sign_offer

@@ -32,7 +32,7 @@ from agoranet.gateway.budget import Budget
 from agoranet.gateway.spendlog import SpendLog
 from agoranet.gateway.tool_directory import ToolSeller
 from agoranet.gateway.tool_payer import ToolPayer, ToolPayers
-from agoranet.payments.payer_store import ChannelState
+from agoranet.payments.pay.payer_store import ChannelState
 
 pytestmark = pytest.mark.timeout(30)
 

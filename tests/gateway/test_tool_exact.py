@@ -32,7 +32,7 @@ from agoranet.gateway.tool_buying import ToolMarket
 from agoranet.gateway.tool_directory import ToolDirectory
 from agoranet.gateway.tool_payer import ToolPayers
 from agoranet.payments import x402wire
-from agoranet.payments.acceptor import PaymentTerms
+from agoranet.payments.accept.acceptor import PaymentTerms
 from agoranet.payments.receipts import Receipt, ReceiptSigner
 from agoranet.registry.offer import PaymentOffer
 from agoranet.registry.signing import sign_offer

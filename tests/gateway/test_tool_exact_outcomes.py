@@ -24,7 +24,7 @@ from agoranet.gateway.tool_directory import ToolSeller
 from agoranet.gateway.tool_exact import ExactBuyer, exact_only
 from agoranet.gateway.tool_outcome import CallOutcome
 from agoranet.payments import x402wire
-from agoranet.payments.acceptor import PaymentTerms
+from agoranet.payments.accept.acceptor import PaymentTerms
 from agoranet.payments.receipts import Receipt, ReceiptSigner
 from agoranet.registry.offer import PaymentOffer
 from agoranet.registry.tool_offer import ToolOffer, build_tool_offer

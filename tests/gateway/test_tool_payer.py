@@ -22,7 +22,7 @@ from web3 import Web3
 from agoranet.chain.addresses import ChainAddresses
 from agoranet.errors import PaymentError, ReceiptError
 from agoranet.gateway.tool_payer import ToolPayer
-from agoranet.payments.payer_store import ChannelState
+from agoranet.payments.pay.payer_store import ChannelState
 from agoranet.payments.receipts import Receipt, ReceiptSigner
 from agoranet.registry.offer import PaymentOffer
 from agoranet.registry.tool_offer import ToolOffer, build_tool_offer

@@ -24,7 +24,7 @@ from agoranet.gateway.reputation import EventKind, Reputation
 from agoranet.gateway.spendlog import SpendLog, SpendRow
 from agoranet.gateway.tool_directory import ToolSeller
 from agoranet.gateway.tool_payer import ToolPayer, ToolPayers
-from agoranet.payments.payer import Dispute
+from agoranet.payments.pay.payer import Dispute
 from agoranet.payments.receipts import Receipt, ReceiptSigner
 
 CHEAT_CHANNEL = "0x" + "ab" * 32

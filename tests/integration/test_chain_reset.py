@@ -23,7 +23,7 @@ from agoranet.chain.devchain import DevChain, find_anvil, start_devchain
 from agoranet.errors import DevChainError
 from agoranet.gateway.spendlog import SpendLog
 from agoranet.node.launcher import free_port, running_command
-from agoranet.payments.payer_store import PayerStore
+from agoranet.payments.pay.payer_store import PayerStore
 from agoranet.payments.wallet import create_keystore
 from agoranet.testing.invariants import BuyerBook, assert_money_invariants, chain_snapshot
 from agoranet.testing.settle import force_settlement

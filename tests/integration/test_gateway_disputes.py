@@ -49,7 +49,7 @@ def _claimed(chain: DevChain, channel_id: str) -> int:
 def test_a_node_claiming_unreceipted_charges_is_counted_banned_and_left(
         chain: DevChain, tiny_model: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from agoranet.payments.payer_store import PayerStore
+    from agoranet.payments.pay.payer_store import PayerStore
 
     monkeypatch.setenv("AGORANET_WALLET_PASSWORD", PASSWORD)
     spend_path = tmp_path / "gw" / "spend.sqlite"

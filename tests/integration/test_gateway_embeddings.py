@@ -66,8 +66,8 @@ def test_embeddings_through_the_gateway_are_the_nodes_paid_and_receipted(
     from agoranet.chain.addresses import resolve_addresses
     from agoranet.chain.rpc import connect
     from agoranet.config import ChainSettings
-    from agoranet.payments.httpx_auth import PayerAuth
-    from agoranet.payments.payer import Payer
+    from agoranet.payments.pay.httpx_auth import PayerAuth
+    from agoranet.payments.pay.payer import Payer
     from agoranet.testing.invariants import BuyerBook, assert_money_invariants, chain_snapshot
     from agoranet.testing.settle import force_settlement
 

@@ -100,7 +100,7 @@ def test_gateway_pays_nodes_and_nodes_settle_what_the_receipts_say(
 
 
 def _receipts(root: Path) -> list[dict[str, object]]:
-    from agoranet.payments.payer_store import PayerStore
+    from agoranet.payments.pay.payer_store import PayerStore
 
     found: list[dict[str, object]] = []
     for path in root.rglob("payer.sqlite"):

@@ -43,8 +43,8 @@ from agoranet.errors import PaymentError
 from agoranet.node.launcher import free_port
 from agoranet.payments import x402wire
 from agoranet.payments.channels import escrow_contract
-from agoranet.payments.httpx_auth import PayerAuth, Payment
-from agoranet.payments.payer import Payer
+from agoranet.payments.pay.httpx_auth import PayerAuth, Payment
+from agoranet.payments.pay.payer import Payer
 from agoranet.payments.wallet import PASSWORD_ENV_VAR, create_keystore, fund_dev
 from agoranet.testing.invariants import (
     BuyerBook,

@@ -26,8 +26,8 @@ from agoranet.chain.rpc import connect
 from agoranet.config import ChainSettings
 from agoranet.node.launcher import free_port
 from agoranet.payments.channels import read_channel
-from agoranet.payments.httpx_auth import PayerAuth
-from agoranet.payments.payer import Payer
+from agoranet.payments.pay.httpx_auth import PayerAuth
+from agoranet.payments.pay.payer import Payer
 from agoranet.payments.wallet import (
     PASSWORD_ENV_VAR,
     create_keystore,

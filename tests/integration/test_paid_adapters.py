@@ -1,7 +1,7 @@
 """Adapter uploads on a paid node are paid, and private adapters stay private (issue #15, 7).
 
 Real processes: a dev chain, a paid node with a storage price in its offer, buyers
-paying through :class:`~agoranet.payments.payer.Payer`. An upload without payment is
+paying through :class:`~agoranet.payments.pay.payer.Payer`. An upload without payment is
 a 402 quoting the price and stores nothing; a bad archive is a 400 before any payment;
 a paid upload is charged its megabytes at the storage price, in a receipt the payer
 checks, and its adapter belongs to the paying address too: marked private, it is
@@ -27,9 +27,9 @@ from agoranet.chain.addresses import resolve_addresses
 from agoranet.chain.devchain import DevChain
 from agoranet.chain.rpc import connect
 from agoranet.config import ChainSettings
-from agoranet.payments.adapter_uploads import upload_adapter
-from agoranet.payments.httpx_auth import PayerAuth
-from agoranet.payments.payer import Payer
+from agoranet.payments.pay.adapter_uploads import upload_adapter
+from agoranet.payments.pay.httpx_auth import PayerAuth
+from agoranet.payments.pay.payer import Payer
 from agoranet.payments.wallet import create_keystore, fund_dev
 from agoranet.testing.invariants import BuyerBook, assert_money_invariants, chain_snapshot
 from agoranet.testing.settle import force_settlement

@@ -1,6 +1,6 @@
 """Paid fine-tuning on real processes: a dev chain, a paid node, the official openai client.
 
-The buyer pays through :class:`~agoranet.payments.httpx_auth.PayerAuth` plugged into
+The buyer pays through :class:`~agoranet.payments.pay.httpx_auth.PayerAuth` plugged into
 the ``openai`` client: a job without payment is a 402 and no job; a paid job holds
 its voucher until it ends and is charged what it trained, in a signed receipt the
 buyer checks and adopts; a cancelled job costs at most what it trained; a node
@@ -34,8 +34,8 @@ from agoranet.config import ChainSettings
 from agoranet.market import TokenPrices, cost
 from agoranet.node.launcher import free_port
 from agoranet.payments.channels import read_channel
-from agoranet.payments.httpx_auth import PayerAuth
-from agoranet.payments.payer import Payer
+from agoranet.payments.pay.httpx_auth import PayerAuth
+from agoranet.payments.pay.payer import Payer
 from agoranet.payments.receipts import Receipt, verify_receipt
 from agoranet.payments.wallet import PASSWORD_ENV_VAR, create_keystore, fund_dev
 from agoranet.tuning.housestyle import write_house_style

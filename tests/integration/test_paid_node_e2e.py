@@ -1,6 +1,6 @@
 """Real processes: a dev chain, a paid ``agoranet node`` serving the tiny model, a payer.
 
-The payer is :class:`agoranet.payments.payer.Payer` behind its httpx auth. The
+The payer is :class:`agoranet.payments.pay.payer.Payer` behind its httpx auth. The
 node claims through its own settlement loop (a request-count threshold, and a
 pending withdrawal), the payer's withdrawal returns the rest, and every sum is
 checked against the chain: claimed == the node's receipts == the payer's
@@ -35,8 +35,8 @@ from agoranet.config import ChainSettings
 from agoranet.errors import DevChainError
 from agoranet.node.launcher import free_port
 from agoranet.payments.channels import read_channel
-from agoranet.payments.httpx_auth import PayerAuth, Payment
-from agoranet.payments.payer import Payer
+from agoranet.payments.pay.httpx_auth import PayerAuth, Payment
+from agoranet.payments.pay.payer import Payer
 from agoranet.payments.wallet import (
     PASSWORD_ENV_VAR,
     create_keystore,

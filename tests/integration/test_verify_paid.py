@@ -12,7 +12,7 @@ import pytest
 
 from agoranet.chain.addresses import resolve_addresses
 from agoranet.chain.devchain import DevChain
-from agoranet.payments.payer_store import PayerStore
+from agoranet.payments.pay.payer_store import PayerStore
 from agoranet.payments.wallet import create_keystore
 from agoranet.testing.invariants import BuyerBook, assert_money_invariants, chain_snapshot
 from agoranet.testing.settle import force_settlement

@@ -14,8 +14,8 @@ from agoranet.api.logformat import EVENTS_LOGGER, JsonFormatter
 from agoranet.errors import PaymentError
 from agoranet.node.metrics import NodeMetrics
 from agoranet.node.settlement_report import SettlementReport
-from agoranet.payments.ledger import ClaimCandidate
-from agoranet.payments.settlement import SettleOutcome
+from agoranet.payments.accept.ledger import ClaimCandidate
+from agoranet.payments.accept.settlement import SettleOutcome
 from fakes import FakeEngine
 from promtext import Scrape
 

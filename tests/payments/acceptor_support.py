@@ -16,10 +16,10 @@ from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse, Ve
 
 from agoranet.chain.executor import ChainExecutor
 from agoranet.payments import x402wire
-from agoranet.payments.acceptor import PaymentAcceptor, PaymentTerms
+from agoranet.payments.accept.acceptor import PaymentAcceptor, PaymentTerms
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
+from agoranet.payments.accept.verifier import OnchainState, StateCache
 from agoranet.payments.receipts import ReceiptSigner
-from agoranet.payments.sqlite_ledger import SqliteLedger
-from agoranet.payments.verifier import OnchainState, StateCache
 
 CHAIN = 31337
 NETWORK = f"eip155:{CHAIN}"

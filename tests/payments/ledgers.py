@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agoranet.payments.sqlite_ledger import SqliteLedger
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from pg_testserver import fresh_database, pg_server
 
 __all__ = ["BACKENDS", "LEASE_S", "Ledgers", "fresh_database", "ledgers", "pg_server"]
@@ -38,7 +38,7 @@ class Ledgers:
         if self.backend == "sqlite":
             book: Any = SqliteLedger(self.where)
         else:
-            from agoranet.payments.pg_ledger import PgLedger
+            from agoranet.payments.accept.pg_ledger import PgLedger
 
             book = PgLedger(self.where, lease_s=LEASE_S)
         self.opened.append(book)

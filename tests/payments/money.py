@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agoranet.payments.payer import Payer
+from agoranet.payments.pay.payer import Payer
 
 __all__ = ["assert_money_invariants", "receipted"]
 

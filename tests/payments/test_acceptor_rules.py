@@ -23,10 +23,10 @@ from agoranet.chain.executor import ChainExecutor
 from agoranet.errors import ChainError, LedgerError, PaymentRequiredError
 from agoranet.market import TokenPrices
 from agoranet.payments import x402wire
-from agoranet.payments.acceptor import Authorization, PaymentAcceptor, PaymentTerms
-from agoranet.payments.ledger import MAX_AMOUNT
+from agoranet.payments.accept.acceptor import Authorization, PaymentAcceptor, PaymentTerms
+from agoranet.payments.accept.ledger import MAX_AMOUNT
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from agoranet.payments.receipts import Receipt, verify_receipt
-from agoranet.payments.sqlite_ledger import SqliteLedger
 
 from .acceptor_support import (
     BATCH,
@@ -573,8 +573,8 @@ async def test_a_chain_with_every_worker_busy_refuses_at_once_saying_what_waited
 async def test_half_configured_settlers_take_no_payment(
         chain: Chain, ledger: SqliteLedger, executor: ChainExecutor) -> None:
     """A node needs both the verifier and the settler of a scheme to take it."""
+    from agoranet.payments.accept.verifier import StateCache
     from agoranet.payments.receipts import ReceiptSigner
-    from agoranet.payments.verifier import StateCache
 
     cache = StateCache(chain.read, ttl=60.0, executor=executor)
     only_settlers = PaymentAcceptor(TERMS, ledger, cache, ReceiptSigner(bytes(NODE.key)),
@@ -604,7 +604,7 @@ async def test_a_malformed_payload_the_sdk_trips_on_is_logged_with_its_error(
         chain: Chain, ledger: SqliteLedger, executor: ChainExecutor,
         caplog: pytest.LogCaptureFixture) -> None:
     chain.verify = ValueError("odd field")
-    with caplog.at_level(logging.INFO, logger="agoranet.payments.acceptor"):
+    with caplog.at_level(logging.INFO, logger="agoranet.payments.accept.acceptor"):
         await refusal(acceptor(chain, ledger, executor), pay(MAX, kind="deposit"))
     assert [r.getMessage() for r in caplog.records] == [
         "verifying the deposit: malformed payload (ValueError: odd field)"]

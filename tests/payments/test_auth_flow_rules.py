@@ -18,9 +18,10 @@ from x402.mechanisms.evm.batch_settlement import errors as bs_errors
 from x402.schemas import PaymentRequired, PaymentRequirements
 
 from agoranet.errors import PaymentError
-from agoranet.payments import httpx_auth, x402wire
-from agoranet.payments.httpx_auth import PayerAuth, Payment
-from agoranet.payments.payer import Payer, PendingPayment
+from agoranet.payments import x402wire
+from agoranet.payments.pay import httpx_auth
+from agoranet.payments.pay.httpx_auth import PayerAuth, Payment
+from agoranet.payments.pay.payer import Payer, PendingPayment
 
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 MAX = 5_000

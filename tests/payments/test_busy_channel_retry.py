@@ -17,9 +17,10 @@ import pytest
 from x402.mechanisms.evm.batch_settlement.errors import ERR_CHANNEL_BUSY
 from x402.schemas import PaymentRequired
 
-from agoranet.payments import httpx_auth, x402wire
-from agoranet.payments.httpx_auth import BUSY_RETRIES_S, PayerAuth, Payment
-from agoranet.payments.payer import Payer, PendingPayment
+from agoranet.payments import x402wire
+from agoranet.payments.pay import httpx_auth
+from agoranet.payments.pay.httpx_auth import BUSY_RETRIES_S, PayerAuth, Payment
+from agoranet.payments.pay.payer import Payer, PendingPayment
 
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 MAX = 5_000

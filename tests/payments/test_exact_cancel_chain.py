@@ -1,7 +1,7 @@
 """Cancelling an unanswered ``exact`` payment on the real dev chain (EIP-3009).
 
 The gateway's wallet signs a transfer for an ``exact`` seller; if the seller never
-answers, :func:`~agoranet.payments.exact_cancel.cancel_authorization` decides on chain
+answers, :func:`~agoranet.payments.pay.exact_cancel.cancel_authorization` decides on chain
 whether the money moved: an unused authorization is cancelled (True) and the seller's
 later settlement of it reverts, nothing moved; one the seller settled first is not
 (False), and the money it moved stays moved. ``ToolPayers.cancel_exact`` does it with the
@@ -23,7 +23,7 @@ from agoranet.gateway.budget import Budget
 from agoranet.gateway.spendlog import SpendLog
 from agoranet.gateway.tool_payer import ToolPayers
 from agoranet.payments import x402wire
-from agoranet.payments.exact_cancel import authorization_used, cancel_authorization
+from agoranet.payments.pay.exact_cancel import authorization_used, cancel_authorization
 from agoranet.payments.schemes import SCHEME_EXACT, scheme_client
 from agoranet.payments.wallet import stablecoin_contract
 

@@ -9,9 +9,9 @@ import pytest
 from eth_account import Account
 
 from agoranet.errors import LedgerError
-from agoranet.payments.ledger import MAX_AMOUNT, VoucherRefused
+from agoranet.payments.accept.ledger import MAX_AMOUNT, VoucherRefused
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from agoranet.payments.receipts import ReceiptSigner
-from agoranet.payments.sqlite_ledger import SqliteLedger
 
 from .ledgers import Ledgers
 

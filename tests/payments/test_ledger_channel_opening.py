@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agoranet.payments.ledger import ChannelRecord
-from agoranet.payments.sqlite_ledger import SqliteLedger
+from agoranet.payments.accept.ledger import ChannelRecord
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 
 CID = "0x" + "ab" * 32
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from eth_account import Account
 
-from agoranet.payments.ledger import Earnings
+from agoranet.payments.accept.ledger import Earnings
 from agoranet.payments.receipts import ReceiptSigner
 
 from .ledgers import Ledgers

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agoranet.errors import LedgerError
-from agoranet.payments.sqlite_ledger import SqliteLedger
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 
 CID = "0x" + "15" * 32
 

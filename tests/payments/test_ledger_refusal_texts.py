@@ -9,7 +9,7 @@ import pytest
 from eth_account import Account
 
 from agoranet.errors import LedgerError
-from agoranet.payments.ledger import Hold, VoucherRefused
+from agoranet.payments.accept.ledger import Hold, VoucherRefused
 from agoranet.payments.receipts import ReceiptSigner
 
 from .ledgers import Ledgers

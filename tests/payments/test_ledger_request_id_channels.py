@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from eth_account import Account
 
-from agoranet.payments.ledger import VoucherRefused
+from agoranet.payments.accept.ledger import VoucherRefused
 from agoranet.payments.receipts import ReceiptSigner
 
 from .ledgers import Ledgers

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from eth_account import Account
 
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from agoranet.payments.receipts import ReceiptSigner
-from agoranet.payments.sqlite_ledger import SqliteLedger
 
 SIGNER = ReceiptSigner(bytes(Account.create().key))
 CID = "0x" + "0d" * 32

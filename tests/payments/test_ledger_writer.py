@@ -1,7 +1,7 @@
-"""The ledger writer (payments/ledger_writer.py): writes off the event loop, group commit.
+"""The ledger writer (payments/accept/ledger_writer.py): writes off the event loop, group commit.
 
-Against SQLite and PostgreSQL (the group-commit ledgers, payments/sqlite_group.py and
-payments/pg_group.py): a voucher's caller is answered only after the sync that makes it
+Against SQLite and PostgreSQL (the group-commit ledgers, payments/accept/sqlite_group.py and
+payments/accept/pg_group.py): a voucher's caller is answered only after the sync that makes it
 durable (and a killed process finds it on disk), many vouchers share one sync, a failed
 sync fails (and releases) what it should have made durable, and concurrent paid requests
 keep every money rule: one request per channel at a time, charged = receipted, claimed
@@ -23,14 +23,16 @@ import pytest
 from eth_account import Account
 
 from agoranet.errors import LedgerError
-from agoranet.payments.group_commit import GroupCommitLedger
-from agoranet.payments.ledger import Hold, VoucherRefused
-from agoranet.payments.ledger_writer import LedgerWriter
+from agoranet.payments.accept.group_commit import GroupCommitLedger
+from agoranet.payments.accept.ledger import Hold, VoucherRefused
+from agoranet.payments.accept.ledger_writer import LedgerWriter
+from agoranet.payments.accept.sqlite_group import SqliteGroupLedger
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from agoranet.payments.receipts import ReceiptSigner
-from agoranet.payments.sqlite_group import SqliteGroupLedger
-from agoranet.payments.sqlite_ledger import SqliteLedger
 
 from .ledgers import BACKENDS, LEASE_S, fresh_database
+
+pytestmark = pytest.mark.timeout(60)  # each takes a second or two (a server start aside)
 
 NODE = ReceiptSigner(bytes(Account.create().key))
 CHAIN = 31337
@@ -52,7 +54,7 @@ class Book:
         if self.backend == "sqlite":
             book: Any = SqliteGroupLedger(self.where)
         else:
-            from agoranet.payments.pg_group import PgGroupLedger
+            from agoranet.payments.accept.pg_group import PgGroupLedger
 
             book = PgGroupLedger(self.where, lease_s=LEASE_S)
         self.opened.append(book)
@@ -360,13 +362,13 @@ async def test_concurrent_paid_requests_keep_the_money_rules(store: Book) -> Non
 
 _KILLED_AFTER_ACCEPT = """
 import asyncio, os, signal, sys
-from agoranet.payments.ledger_writer import LedgerWriter
+from agoranet.payments.accept.ledger_writer import LedgerWriter
 backend, where = sys.argv[1], sys.argv[2]
 if backend == "sqlite":
-    from agoranet.payments.sqlite_group import SqliteGroupLedger as Book
+    from agoranet.payments.accept.sqlite_group import SqliteGroupLedger as Book
     book = Book(where)
 else:
-    from agoranet.payments.pg_group import PgGroupLedger as Book
+    from agoranet.payments.accept.pg_group import PgGroupLedger as Book
     book = Book(where, lease_s=2.0)
 
 async def main():

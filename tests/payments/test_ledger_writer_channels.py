@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agoranet.payments.ledger_writer import LedgerWriter
-from agoranet.payments.sqlite_group import SqliteGroupLedger
-from agoranet.payments.sqlite_ledger import SqliteLedger
+from agoranet.payments.accept.ledger_writer import LedgerWriter
+from agoranet.payments.accept.sqlite_group import SqliteGroupLedger
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,4 +1,4 @@
-"""The ledger writer remembers the channels it accepted vouchers on (payments/ledger_writer.py).
+"""The ledger writer remembers the channels it accepted vouchers on (payments/accept/ledger_writer.py).
 
 A voucher on a channel the writer has already accepted one on skips the ledger's
 ``ensure_channel`` look-up (the row exists: rows are never deleted). What that memory must
@@ -23,11 +23,11 @@ from x402.mechanisms.evm.batch_settlement import errors as bs_errors
 
 from agoranet.chain.executor import ChainExecutor
 from agoranet.errors import PaymentRequiredError
-from agoranet.payments.ledger import ChannelRecord
-from agoranet.payments.ledger_writer import LedgerWriter
-from agoranet.payments.sqlite_group import SqliteGroupLedger
-from agoranet.payments.sqlite_ledger import SqliteLedger
-from agoranet.payments.verifier import OnchainState
+from agoranet.payments.accept.ledger import ChannelRecord
+from agoranet.payments.accept.ledger_writer import LedgerWriter
+from agoranet.payments.accept.sqlite_group import SqliteGroupLedger
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
+from agoranet.payments.accept.verifier import OnchainState
 
 from .acceptor_support import CID, MAX, WORST, Chain, acceptor, pay
 from .test_ledger_writer import CHAIN, NODE, cid

@@ -1,4 +1,4 @@
-"""Paid requests through the acceptor's ledger writer (payments/ledger_writer.py): the
+"""Paid requests through the acceptor's ledger writer (payments/accept/ledger_writer.py): the
 event loop keeps running while a voucher is made durable, and many paid requests at once
 -- on many channels, and crowding one -- share group commits without breaking a money
 rule (one request per channel at a time, every charge receipted, claimed <= receipted).
@@ -21,9 +21,9 @@ from x402.mechanisms.evm.signers import EthAccountSigner
 from agoranet.chain.executor import ChainExecutor
 from agoranet.errors import LedgerError, PaymentRequiredError
 from agoranet.payments import x402wire
-from agoranet.payments.ledger import Hold
+from agoranet.payments.accept.ledger import Hold
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from agoranet.payments.receipts import verify_receipt
-from agoranet.payments.sqlite_ledger import SqliteLedger
 
 from .acceptor_support import (
     CHAIN,
@@ -109,7 +109,7 @@ async def test_many_paid_requests_at_once_keep_the_money_rules(
     """Six channels with a stream of requests each and twelve requests crowding a seventh,
     all at once through one acceptor (group commit): authorize, then charge or release
     (as the payment middleware does)."""
-    from agoranet.payments.sqlite_group import SqliteGroupLedger
+    from agoranet.payments.accept.sqlite_group import SqliteGroupLedger
 
     ledger = SqliteGroupLedger(tmp_path / "ledger.sqlite")
     node = acceptor(Chain(), ledger, executor)

@@ -19,7 +19,7 @@ from eth_account.signers.local import LocalAccount
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.paying import NodePayers
 from agoranet.node.app import create_app
-from agoranet.payments.httpx_auth import PaidRequest
+from agoranet.payments.pay.httpx_auth import PaidRequest
 from agoranet.registry.offer import Offer
 
 from .conftest import Env

@@ -27,7 +27,7 @@ from agoranet.gateway.spendlog import SpendLog
 from agoranet.node.app import create_app
 from agoranet.node.payment_setup import NodePayments, build_payments
 from agoranet.payments import x402wire
-from agoranet.payments.httpx_auth import PayerAuth, Payment
+from agoranet.payments.pay.httpx_auth import PayerAuth, Payment
 from agoranet.registry.offer import Offer
 
 from .conftest import Env

@@ -28,7 +28,7 @@ from web3 import HTTPProvider
 from agoranet.gateway.nodes import NodeState
 from agoranet.gateway.paying import NodePayers
 from agoranet.node.app import create_app
-from agoranet.payments.httpx_auth import PayerAuth, Payment
+from agoranet.payments.pay.httpx_auth import PayerAuth, Payment
 from agoranet.registry.offer import Offer
 
 from .conftest import Env

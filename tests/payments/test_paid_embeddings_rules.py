@@ -27,9 +27,9 @@ from agoranet.node.embedding_payments import EMBEDDINGS_PATH, EmbeddingPaymentMi
 from agoranet.node.embeddings import EmbeddingService
 from agoranet.node.service import InferenceService
 from agoranet.payments import x402wire
-from agoranet.payments.acceptor import PaymentAcceptor
+from agoranet.payments.accept.acceptor import PaymentAcceptor
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from agoranet.payments.receipts import Receipt, verify_receipt
-from agoranet.payments.sqlite_ledger import SqliteLedger
 
 from .acceptor_support import CID, MAX, NODE, Chain, acceptor, pay
 

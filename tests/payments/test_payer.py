@@ -23,8 +23,8 @@ from agoranet.errors import ReceiptError
 from agoranet.node.app import create_app
 from agoranet.node.payment_setup import NodePayments
 from agoranet.payments import x402wire
-from agoranet.payments.httpx_auth import PayerAuth, Payment
-from agoranet.payments.payer import Payer
+from agoranet.payments.pay.httpx_auth import PayerAuth, Payment
+from agoranet.payments.pay.payer import Payer
 from agoranet.payments.receipts import Receipt
 
 from .conftest import Env
@@ -216,8 +216,8 @@ def test_the_store_keeps_state_and_receipts_together_and_imports_old_files(
         tmp_path: Path) -> None:
     import json
 
-    from agoranet.payments.payer import ChannelState
-    from agoranet.payments.payer_store import PayerStore
+    from agoranet.payments.pay.payer import ChannelState
+    from agoranet.payments.pay.payer_store import PayerStore
     from agoranet.payments.receipts import ReceiptSigner
 
     signer = ReceiptSigner(bytes(Account.create().key))

@@ -18,8 +18,8 @@ from x402.schemas import PaymentRequired, PaymentRequirements
 
 from agoranet.gateway.audit_meter import AuditMeter
 from agoranet.payments import x402wire
-from agoranet.payments.httpx_auth import PayerAuth, Payment
-from agoranet.payments.payer import Payer, PendingPayment
+from agoranet.payments.pay.httpx_auth import PayerAuth, Payment
+from agoranet.payments.pay.payer import Payer, PendingPayment
 from agoranet.verify.audit_payment import AuditPayment
 
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}

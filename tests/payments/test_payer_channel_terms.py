@@ -18,8 +18,8 @@ from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
 
 from agoranet.errors import CannotPayError
 from agoranet.payments.channels import new_config, read_channel
-from agoranet.payments.payer import ChannelState, Payer
-from agoranet.payments.verifier import voucher_signer
+from agoranet.payments.pay.payer import ChannelState, Payer
+from agoranet.payments.vouchers import voucher_signer
 from agoranet.payments.x402wire import decode_payment_payload
 
 from .conftest import Env

@@ -14,8 +14,8 @@ import pytest
 from eth_account import Account
 
 from agoranet.errors import ChargeDisputeError
-from agoranet.payments.payer import ChannelState, Dispute, Payer
-from agoranet.payments.payer_store import PayerStore
+from agoranet.payments.pay.payer import ChannelState, Dispute, Payer
+from agoranet.payments.pay.payer_store import PayerStore
 from agoranet.payments.receipts import Receipt, ReceiptSigner
 
 CID = "0x" + "cd" * 32

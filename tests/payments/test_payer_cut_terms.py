@@ -10,8 +10,8 @@ from pathlib import Path
 
 from eth_account import Account
 
-from agoranet.payments.payer import ChannelState, Payer, PendingPayment
-from agoranet.payments.payer_store import PayerStore
+from agoranet.payments.pay.payer import ChannelState, Payer, PendingPayment
+from agoranet.payments.pay.payer_store import PayerStore
 from agoranet.payments.receipts import Receipt, ReceiptSigner
 from agoranet.registry.offer import ModelOffer, Offer, Price
 

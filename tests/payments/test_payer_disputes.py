@@ -29,8 +29,8 @@ from agoranet.errors import PaymentError
 from agoranet.node.app import create_app
 from agoranet.node.payment_setup import build_payments
 from agoranet.payments import x402wire
-from agoranet.payments.httpx_auth import PayerAuth, Payment
-from agoranet.payments.payer import Payer
+from agoranet.payments.pay.httpx_auth import PayerAuth, Payment
+from agoranet.payments.pay.payer import Payer
 from agoranet.payments.receipts import Receipt
 from agoranet.testing.chaos import ConnectionCut
 
@@ -127,8 +127,8 @@ class _OfferOnly(httpx.BaseTransport):
 def test_a_corrective_402_without_a_backing_receipt_is_a_dispute(tmp_path: Path) -> None:
     """#21: a node's ``chargedCumulativeAmount`` up to its own ``totalClaimed``, or with a
     receipt for a request the payer never paid, raises nothing the payer owes."""
-    from agoranet.payments.payer import ChannelState
-    from agoranet.payments.payer_store import PayerStore
+    from agoranet.payments.pay.payer import ChannelState
+    from agoranet.payments.pay.payer_store import PayerStore
     from agoranet.payments.receipts import ReceiptSigner
 
     node = ReceiptSigner(bytes(Account.create().key))

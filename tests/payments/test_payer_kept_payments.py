@@ -12,8 +12,8 @@ from pathlib import Path
 
 from eth_account.signers.local import LocalAccount
 
-from agoranet.payments.payer import Payer
-from agoranet.payments.payer_store import PayerStore
+from agoranet.payments.pay.payer import Payer
+from agoranet.payments.pay.payer_store import PayerStore
 
 from .conftest import Env
 from .offered_node import offered_node  # noqa: F401  (fixture)

@@ -33,9 +33,9 @@ from agoranet.errors import CannotPayError, PaymentError
 from agoranet.node.app import create_app
 from agoranet.node.payment_setup import NodePayments
 from agoranet.payments.channels import new_config, open_channel
-from agoranet.payments.httpx_auth import PayerAuth
-from agoranet.payments.payer import Payer
-from agoranet.payments.payer_store import ChannelState
+from agoranet.payments.pay.httpx_auth import PayerAuth
+from agoranet.payments.pay.payer import Payer
+from agoranet.payments.pay.payer_store import ChannelState
 from agoranet.registry.offer import Offer
 from agoranet.registry.signing import sign_offer
 
@@ -246,7 +246,7 @@ async def test_a_channel_the_chain_no_longer_backs_is_replaced_or_refused_with_w
         gone = p.state.channel_id
         done = p.reconcile()
         assert [(r.levelname, r.getMessage()) for r in caplog.records
-                if r.name == "agoranet.payments.payer"] == [("WARNING", f"payer for {p.root}: {done}")]
+                if r.name == "agoranet.payments.pay.payer"] == [("WARNING", f"payer for {p.root}: {done}")]
         assert p.state.channel_id != gone and p.state.deposited == 40_000
         assert done == (f"channel {gone[:10]}… holds no deposit on chain (the chain was "
                         "reset, or the channel was never funded): retired (its 1 receipts "
@@ -274,7 +274,7 @@ async def test_a_channel_the_chain_no_longer_backs_is_replaced_or_refused_with_w
         q.w3 = Web3(http_provider("http://127.0.0.1:9", timeout=2, retry=False))  # no chain
         caplog.clear()
         assert q.reconcile(unreadable_ok=True) is None  # loading: used as saved, and said
-        [said] = [r.getMessage() for r in caplog.records if r.name == "agoranet.payments.payer"]
+        [said] = [r.getMessage() for r in caplog.records if r.name == "agoranet.payments.pay.payer"]
         assert said.startswith(f"payer for {q.root}: cannot check its channel on chain (")
         assert "cannot read the channel: " in said  # the chain's error, said
         assert said.endswith("); the saved channel is used as it is")

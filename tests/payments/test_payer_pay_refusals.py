@@ -11,8 +11,8 @@ import pytest
 from eth_account import Account
 
 from agoranet.errors import CannotPayError, ChargeDisputeError, PaymentError
-from agoranet.payments.payer import ChannelState, Payer
-from agoranet.payments.payer_store import PayerStore
+from agoranet.payments.pay.payer import ChannelState, Payer
+from agoranet.payments.pay.payer_store import PayerStore
 
 CID = "0x" + "ef" * 32
 

@@ -17,8 +17,8 @@ from eth_account import Account
 
 from agoranet.errors import PaymentError
 from agoranet.market import TokenPrices
-from agoranet.payments.payer import ChannelState, Payer, PendingPayment
-from agoranet.payments.payer_store import PayerStore
+from agoranet.payments.pay.payer import ChannelState, Payer, PendingPayment
+from agoranet.payments.pay.payer_store import PayerStore
 from agoranet.payments.receipts import Receipt, ReceiptSigner
 from agoranet.registry.offer import (
     AdapterTerms,

@@ -15,8 +15,8 @@ import pytest
 from eth_account import Account
 
 from agoranet.errors import ReceiptError
-from agoranet.payments.payer import ChannelState, Payer
-from agoranet.payments.payer_store import PayerStore
+from agoranet.payments.pay.payer import ChannelState, Payer
+from agoranet.payments.pay.payer_store import PayerStore
 from agoranet.payments.receipts import Receipt, ReceiptSigner
 
 CID = "0x" + "ab" * 32

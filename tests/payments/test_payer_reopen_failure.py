@@ -18,8 +18,8 @@ from eth_account.signers.local import LocalAccount
 
 from agoranet.errors import CannotPayError
 from agoranet.node.app import create_app
-from agoranet.payments.httpx_auth import PayerAuth
-from agoranet.payments.payer import Payer
+from agoranet.payments.pay.httpx_auth import PayerAuth
+from agoranet.payments.pay.payer import Payer
 
 from .conftest import Env
 from .money import assert_money_invariants

@@ -10,7 +10,7 @@ import pytest
 from eth_account import Account
 
 from agoranet.errors import PaymentError
-from agoranet.payments.payer_store import ChannelState, PayerStore
+from agoranet.payments.pay.payer_store import ChannelState, PayerStore
 from agoranet.payments.receipts import Receipt, ReceiptSigner
 
 CID = "0x" + "ab" * 32

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agoranet.payments.payer_store import ChannelState, PayerStore
+from agoranet.payments.pay.payer_store import ChannelState, PayerStore
 
 
 def test_the_store_is_created_under_missing_folders_and_found_again(tmp_path: Path) -> None:

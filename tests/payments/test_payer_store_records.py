@@ -1,4 +1,4 @@
-"""The payer's own record of what it paid (payments/payer_store.py): state and receipts
+"""The payer's own record of what it paid (payments/pay/payer_store.py): state and receipts
 saved together and read back in order, retired channels kept with why, the files of
 earlier versions imported once, a store that cannot be opened or written a PaymentError
 that names it, and WAL with ``synchronous=NORMAL`` (no fsync per request)."""
@@ -15,7 +15,7 @@ import pytest
 from eth_account import Account
 
 from agoranet.errors import PaymentError
-from agoranet.payments.payer_store import ChannelState, PayerStore
+from agoranet.payments.pay.payer_store import ChannelState, PayerStore
 from agoranet.payments.receipts import Receipt, ReceiptSigner
 
 CID, NEW_CID = "0x" + "ab" * 32, "0x" + "cd" * 32

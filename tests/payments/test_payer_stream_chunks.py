@@ -1,7 +1,7 @@
 """A paid stream's receipt is found however the network cuts the stream into pieces.
 
 TCP and proxies split and merge a stream's bytes as they like: an event may arrive in
-several pieces, or many events in one. The payer (:class:`~agoranet.payments.httpx_auth.
+several pieces, or many events in one. The payer (:class:`~agoranet.payments.pay.httpx_auth.
 PayerAuth`) must still count every token and find the node's final receipt, and a line
 that is not JSON (a keep-alive comment, even one with bytes that are not UTF-8, or a
 broken event) must not stop it. Against a served in-process node on the dev chain, behind a proxy that re-cuts
@@ -20,8 +20,8 @@ from eth_account.signers.local import LocalAccount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agoranet.node.app import create_app
-from agoranet.payments.httpx_auth import PayerAuth, Payment
-from agoranet.payments.payer import Payer
+from agoranet.payments.pay.httpx_auth import PayerAuth, Payment
+from agoranet.payments.pay.payer import Payer
 from agoranet.payments.receipts import Receipt
 
 from .conftest import Env

@@ -20,8 +20,8 @@ from eth_account.signers.local import LocalAccount
 
 from agoranet.engines.base import Delta, Finish, Prepared, StreamEvent, TokenLogprob
 from agoranet.node.app import create_app
-from agoranet.payments.httpx_auth import PayerAuth, Payment
-from agoranet.payments.payer import Payer
+from agoranet.payments.pay.httpx_auth import PayerAuth, Payment
+from agoranet.payments.pay.payer import Payer
 from agoranet.payments.receipts import Receipt
 
 from .conftest import Env

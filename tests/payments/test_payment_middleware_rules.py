@@ -34,9 +34,9 @@ from agoranet.node.payment_middleware import (
 )
 from agoranet.node.service import InferenceService
 from agoranet.payments import x402wire
-from agoranet.payments.acceptor import PaymentAcceptor
+from agoranet.payments.accept.acceptor import PaymentAcceptor
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from agoranet.payments.receipts import Receipt, verify_receipt
-from agoranet.payments.sqlite_ledger import SqliteLedger
 
 from .acceptor_support import CID, MAX, NETWORK, NODE, PAYER, WORST, Chain, acceptor, exact_pay, pay
 from .paid_support import BODY, CountingEngine

@@ -1,5 +1,5 @@
 """A PostgreSQL group sync leaves the request session as the deferred writes want it
-(payments/pg_group.py): the group's one synchronous commit is set for its own transaction
+(payments/accept/pg_group.py): the group's one synchronous commit is set for its own transaction
 only (``SET LOCAL``), so a lone paid request -- voucher deferred, group sync, charge --
 switches ``synchronous_commit`` no more (two round trips fewer per request), and the WAL
 is flushed past every write committed before the sync once it returns."""
@@ -24,7 +24,7 @@ SIGNER = ReceiptSigner(bytes(Account.create().key))
 
 @pytest.fixture
 def book(pg_server: str) -> Iterator[Any]:
-    from agoranet.payments.pg_group import PgGroupLedger
+    from agoranet.payments.accept.pg_group import PgGroupLedger
 
     url = fresh_database(pg_server)
     ledger = PgGroupLedger(url, lease_s=LEASE_S)

@@ -14,7 +14,7 @@ import pytest
 from eth_account import Account
 
 from agoranet.errors import LedgerError
-from agoranet.payments.ledger import VoucherRefused
+from agoranet.payments.accept.ledger import VoucherRefused
 from agoranet.payments.receipts import ReceiptSigner
 
 from .ledgers import Ledgers, fresh_database
@@ -115,7 +115,7 @@ def test_a_closed_replica_gives_its_lease_up(pg: Ledgers) -> None:
 
 
 def test_an_unreachable_server_is_a_clear_error() -> None:
-    from agoranet.payments.pg_ledger import PgLedger
+    from agoranet.payments.accept.pg_ledger import PgLedger
 
     url = "postgresql://agoranet:s3cret@127.0.0.1:9/ledger"  # port 9: nothing listens
     with pytest.raises(LedgerError, match="cannot reach the PostgreSQL ledger") as info:

@@ -14,7 +14,7 @@ import pytest
 from eth_account import Account
 
 from agoranet.errors import LedgerError
-from agoranet.payments.ledger import VoucherRefused
+from agoranet.payments.accept.ledger import VoucherRefused
 from agoranet.payments.receipts import ReceiptSigner
 
 from .ledgers import Ledgers, fresh_database
@@ -43,7 +43,7 @@ def _end_session(pg: Ledgers, conn: Any) -> None:
 
 
 def test_a_lease_must_be_positive() -> None:
-    from agoranet.payments.pg_ledger import PgLedger
+    from agoranet.payments.accept.pg_ledger import PgLedger
 
     with pytest.raises(LedgerError, match=r"^the ledger lease must be positive, not 0$"):
         PgLedger("postgresql://127.0.0.1:9/ledger", lease_s=0)
@@ -95,7 +95,7 @@ def test_a_closed_ledger_says_so(pg: Ledgers) -> None:
 def test_the_lease_is_renewed_while_a_request_streams(pg_server: str) -> None:
     """A request that streams for longer than a lease keeps its hold: its replica renews
     the lease (every third of it), so no other replica releases the hold."""
-    from agoranet.payments.pg_ledger import PgLedger
+    from agoranet.payments.accept.pg_ledger import PgLedger
 
     url = fresh_database(pg_server)
     a, b = PgLedger(url, lease_s=2.0), PgLedger(url, lease_s=2.0)
@@ -183,17 +183,17 @@ def test_the_claimer_says_so_and_a_lost_session_is_a_clear_error(
         pg_server: str, caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
-    from agoranet.payments.pg_ledger import PgLedger
+    from agoranet.payments.accept.pg_ledger import PgLedger
 
     book = PgLedger(fresh_database(pg_server), lease_s=60.0)  # no renewal during the test
     try:
         _end_session_of(book._side, pg_server)
         with pytest.raises(LedgerError, match=r"^ledger is unavailable: (?!None)\S"):
             book.is_claimer()
-        caplog.set_level(logging.INFO, logger="agoranet.payments.pg_ledger")
+        caplog.set_level(logging.INFO, logger="agoranet.payments.accept.pg_ledger")
         assert book.is_claimer()  # a new session: it takes the claim lock
         assert [r.getMessage() for r in caplog.records
-                if r.name == "agoranet.payments.pg_ledger"] == [
+                if r.name == "agoranet.payments.accept.pg_ledger"] == [
             f"replica {book.replica_name} claims for the ledger {book.path}"]
     finally:
         book.close()
@@ -278,21 +278,21 @@ def test_a_lease_that_cannot_be_given_up_is_logged(
         pg_server: str, caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
-    from agoranet.payments.pg_ledger import PgLedger
+    from agoranet.payments.accept.pg_ledger import PgLedger
 
     book = PgLedger(fresh_database(pg_server), lease_s=60.0)  # no renewal during the test
     _end_session_of(book._side, pg_server)
-    caplog.set_level(logging.WARNING, logger="agoranet.payments.pg_ledger")
+    caplog.set_level(logging.WARNING, logger="agoranet.payments.accept.pg_ledger")
     book.close()  # still closes: the lease runs out on its own
     [message] = [r.getMessage() for r in caplog.records
-                 if r.name == "agoranet.payments.pg_ledger"]
+                 if r.name == "agoranet.payments.accept.pg_ledger"]
     assert message.startswith("could not give the ledger lease up: ") and len(message) > 40
 
 
 def test_a_lease_that_cannot_be_renewed_says_why(pg_server: str) -> None:
     import re
 
-    from agoranet.payments.pg_ledger import PgLedger
+    from agoranet.payments.accept.pg_ledger import PgLedger
 
     book = PgLedger(fresh_database(pg_server), lease_s=60.0)  # no renewal during the test
     try:
@@ -313,8 +313,8 @@ def test_a_dead_replicas_hold_released_by_a_voucher_is_logged(
     a.ensure_channel(CID, "{}", "0xp", 0)
     a.accept_voucher("r1", CID, 100, "0xs1", 100)
     pg.crash(a)
-    caplog.set_level(logging.INFO, logger="agoranet.payments.pg_ledger")
+    caplog.set_level(logging.INFO, logger="agoranet.payments.accept.pg_ledger")
     b.accept_voucher("r2", CID, 100, "0xs2", 100)
     assert [r.getMessage() for r in caplog.records
-            if r.name == "agoranet.payments.pg_ledger"] == [
+            if r.name == "agoranet.payments.accept.pg_ledger"] == [
         f"released hold r1 on channel {CID}: its replica's lease ran out"]

@@ -17,7 +17,7 @@ import pytest
 from eth_account import Account
 
 from agoranet.errors import LedgerError
-from agoranet.payments.ledger_url import redact_url
+from agoranet.payments.accept.ledger_url import redact_url
 from agoranet.payments.receipts import ReceiptSigner
 
 from .ledgers import fresh_database
@@ -27,7 +27,7 @@ SIGNER = ReceiptSigner(bytes(Account.create().key))
 
 
 def _open(url: str, **kwargs: Any) -> Any:
-    from agoranet.payments.pg_ledger import PgLedger
+    from agoranet.payments.accept.pg_ledger import PgLedger
 
     return PgLedger(url, **kwargs)
 
@@ -127,7 +127,7 @@ def test_a_refused_renewal_says_how_long_the_holds_last(
     renew the lease, and when this replica's holds expire without it."""
     url = fresh_database(pg_server)
     name = _dbname(url)
-    caplog.set_level(logging.WARNING, logger="agoranet.payments.pg_ledger")
+    caplog.set_level(logging.WARNING, logger="agoranet.payments.accept.pg_ledger")
     book = _open(url, lease_s=1.2)  # renewed every 0.4 s
     try:
         with psycopg.connect(pg_server, autocommit=True) as admin:
@@ -137,7 +137,7 @@ def test_a_refused_renewal_says_how_long_the_holds_last(
         messages: list[str] = []
         for _ in range(200):  # bounded: a renewal is due every 0.4 s
             messages = [r.getMessage() for r in caplog.records
-                        if r.name == "agoranet.payments.pg_ledger"
+                        if r.name == "agoranet.payments.accept.pg_ledger"
                         and r.levelno == logging.WARNING]
             if any(m.startswith(refused) for m in messages):
                 break
@@ -187,10 +187,10 @@ def test_a_dead_replicas_hold_released_by_recover_is_logged(
         a.ensure_channel(CID, "{}", "0xp", 0)
         a.accept_voucher("r1", CID, 100, "0xs1", 100)
         a.close()  # gives its lease up: its hold is a dead replica's
-        caplog.set_level(logging.INFO, logger="agoranet.payments.pg_ledger")
+        caplog.set_level(logging.INFO, logger="agoranet.payments.accept.pg_ledger")
         assert b.recover() == 1
         assert [r.getMessage() for r in caplog.records
-                if r.name == "agoranet.payments.pg_ledger"] == [
+                if r.name == "agoranet.payments.accept.pg_ledger"] == [
             f"released hold r1 on channel {CID}: its replica's lease ran out"]
         ch = b.channel(CID)
         assert ch.pending_request is None and ch.charged == 0 and ch.claimed == 0

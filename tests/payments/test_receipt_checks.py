@@ -2,7 +2,7 @@
 
 Each case serves an in-process paid node on the dev chain whose receipts tell one
 lie (the signature stays valid: the node signs its lie), pays it through
-:class:`~agoranet.payments.httpx_auth.PayerAuth`, and expects the payer to refuse
+:class:`~agoranet.payments.pay.httpx_auth.PayerAuth`, and expects the payer to refuse
 the receipt for that reason and believe nothing of it.
 """
 
@@ -20,8 +20,8 @@ from eth_account.signers.local import LocalAccount
 
 from agoranet.errors import ReceiptError
 from agoranet.node.app import create_app
-from agoranet.payments.httpx_auth import PayerAuth
-from agoranet.payments.payer import Payer
+from agoranet.payments.pay.httpx_auth import PayerAuth
+from agoranet.payments.pay.payer import Payer
 from agoranet.payments.receipts import Receipt, ReceiptSigner
 
 from .conftest import Env

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from x402.schemas import PaymentRequired
 
-from agoranet.payments.payer import PendingPayment
+from agoranet.payments.pay.payer import PendingPayment
 from agoranet.payments.receipts import Receipt
 from agoranet.payments.schemes import (
     SCHEME_BATCH_SETTLEMENT,

@@ -27,7 +27,7 @@ from agoranet.errors import PaymentError
 from agoranet.node.app import create_app
 from agoranet.node.payment_setup import NodePayments
 from agoranet.payments import x402wire
-from agoranet.payments.payer import Payer
+from agoranet.payments.pay.payer import Payer
 from agoranet.payments.schemes import (
     SCHEME_BATCH_SETTLEMENT,
     SCHEME_EXACT,

@@ -19,7 +19,9 @@ from agoranet.chain.executor import ChainExecutor
 from agoranet.errors import PaymentRequiredError, UnknownSchemeError
 from agoranet.market import TokenPrices
 from agoranet.payments import x402wire
-from agoranet.payments.acceptor import PaymentAcceptor
+from agoranet.payments.accept.acceptor import PaymentAcceptor
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
+from agoranet.payments.accept.verifier import StateCache
 from agoranet.payments.receipts import Receipt, ReceiptSigner, verify_receipt
 from agoranet.payments.schemes import (
     SCHEME_BATCH_SETTLEMENT,
@@ -44,8 +46,6 @@ from agoranet.payments.schemes import (
     scheme_server,
     unregister_scheme,
 )
-from agoranet.payments.sqlite_ledger import SqliteLedger
-from agoranet.payments.verifier import StateCache
 
 from .acceptor_support import (
     CHAIN,

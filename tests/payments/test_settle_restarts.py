@@ -18,10 +18,10 @@ from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
 
 from agoranet.errors import PaymentError
+from agoranet.payments.accept.settlement import ClaimPolicy, Settler
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
+from agoranet.payments.accept.verifier import OnchainState
 from agoranet.payments.receipts import ReceiptSigner
-from agoranet.payments.settlement import ClaimPolicy, Settler
-from agoranet.payments.sqlite_ledger import SqliteLedger
-from agoranet.payments.verifier import OnchainState
 
 SIGNER = ReceiptSigner(bytes(Account.create().key))
 ADDR = [Account.create().address for _ in range(3)]
@@ -156,7 +156,7 @@ def test_failed_claims_and_settles_are_logged_with_channel_count_wait_and_reason
     ledger, chain, settler, now = _setup(tmp_path, start=1000.0)
     chain.refuse_claims = True
     _serve(ledger, 10)
-    caplog.set_level(logging.INFO, logger="agoranet.payments.settlement")
+    caplog.set_level(logging.INFO, logger="agoranet.payments.accept.settlement")
     with pytest.raises(PaymentError):
         settler.tick()
     now[0] = 1010.0
@@ -168,7 +168,7 @@ def test_failed_claims_and_settles_are_logged_with_channel_count_wait_and_reason
     outcome = settler.tick()
     assert outcome is not None and outcome.claimed == {CID: 10} and outcome.settle_error
     assert [r.getMessage() for r in caplog.records
-            if r.name == "agoranet.payments.settlement"] == [
+            if r.name == "agoranet.payments.accept.settlement"] == [
         f"claim for channel {CID} failed (1 in a row), set aside for 10 s: "
         "claim failed: reverted",
         f"claim for channel {CID} failed (2 in a row), set aside for 20 s: "

@@ -15,10 +15,10 @@ from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
 
 from agoranet.errors import PaymentError
 from agoranet.node.settlement_loop import SettlementLoop
+from agoranet.payments.accept.settlement import ClaimPolicy, Settler
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
+from agoranet.payments.accept.verifier import OnchainState
 from agoranet.payments.receipts import ReceiptSigner
-from agoranet.payments.settlement import ClaimPolicy, Settler
-from agoranet.payments.sqlite_ledger import SqliteLedger
-from agoranet.payments.verifier import OnchainState
 
 SIGNER = ReceiptSigner(bytes(Account.create().key))
 ADDR = [Account.create().address for _ in range(4)]

@@ -14,7 +14,7 @@ import pytest
 
 from agoranet.chain.executor import ChainExecutor
 from agoranet.errors import ChainBusyError, ChainError, ChainTimeoutError, PaymentRequiredError
-from agoranet.payments.verifier import OnchainState, StateCache
+from agoranet.payments.accept.verifier import OnchainState, StateCache
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from agoranet.payments.verifier import OnchainState, StateCache
+from agoranet.payments.accept.verifier import OnchainState, StateCache
 
 
 def channel(n: int) -> str:

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from agoranet.errors import ReceiptError
-from agoranet.payments.httpx_auth import PayerAuth, Payment
-from agoranet.payments.payer import Payer, PendingPayment
+from agoranet.payments.pay.httpx_auth import PayerAuth, Payment
+from agoranet.payments.pay.payer import Payer, PendingPayment
 
 BODY = {"model": "fake", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 

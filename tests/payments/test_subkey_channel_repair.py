@@ -17,9 +17,9 @@ from eth_account.signers.local import LocalAccount
 
 from agoranet.errors import CannotPayError
 from agoranet.node.app import create_app
-from agoranet.payments.httpx_auth import PayerAuth
-from agoranet.payments.payer import Payer
-from agoranet.payments.subkeys import create_subkey, revoke
+from agoranet.payments.pay.httpx_auth import PayerAuth
+from agoranet.payments.pay.payer import Payer
+from agoranet.payments.pay.subkeys import create_subkey, revoke
 
 from .conftest import Env
 from .money import assert_money_invariants

@@ -16,9 +16,9 @@ from eth_account.signers.local import LocalAccount
 
 from agoranet.errors import PaymentError
 from agoranet.node.app import create_app
-from agoranet.payments.httpx_auth import PayerAuth, Payment
-from agoranet.payments.payer import Payer
-from agoranet.payments.subkeys import create_subkey
+from agoranet.payments.pay.httpx_auth import PayerAuth, Payment
+from agoranet.payments.pay.payer import Payer
+from agoranet.payments.pay.subkeys import create_subkey
 
 from .conftest import Env
 from .money import assert_money_invariants, receipted

@@ -26,7 +26,7 @@ from agoranet.payments.channels import (
     find_channels,
     initiate_withdraw,
 )
-from agoranet.payments.subkeys import create_subkey, read_subkey, revoke, write_subkey
+from agoranet.payments.pay.subkeys import create_subkey, read_subkey, revoke, write_subkey
 
 from .conftest import Env
 from .support import channel_state, claim, needs_anvil, settle, token_balance
@@ -168,7 +168,7 @@ def test_revoke_survives_a_claim_landing_between_its_read_and_its_transaction(
 ) -> None:
     """The node's settlement loop may claim while the payer withdraws: the payer's first
     ``initiateWithdraw`` then asks for more than is left and reverts; it reads again."""
-    from agoranet.payments import subkeys
+    from agoranet.payments.pay import subkeys
 
     w3, addrs = env.w3, env.addresses
     sk, _ = create_subkey(w3, addrs, payer, receiver=receiver.address, deposit=DEPOSIT)

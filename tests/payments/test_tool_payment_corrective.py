@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from agoranet.chain.executor import ChainExecutor
-from agoranet.payments.sqlite_ledger import SqliteLedger
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from agoranet.tools import ToolServer
 from agoranet.tools.payments import ToolPayments
 from agoranet.tools.service import Answer, ToolService, Unpaid

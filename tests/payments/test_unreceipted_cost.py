@@ -1,5 +1,5 @@
 """What a stream cut before its final receipt may cost beyond its last receipt (the rule of
-:mod:`agoranet.payments.unreceipted`, without a node or a chain): the tokens that arrived
+:mod:`agoranet.payments.pay.unreceipted`, without a node or a chain): the tokens that arrived
 after the receipt at the listed prices, the answer's usage when it came, the largest
 prompt the voucher and the context allow when no receipt says it, never beyond the
 voucher and never for tokens that did not arrive."""
@@ -9,8 +9,8 @@ from __future__ import annotations
 from eth_account import Account
 
 from agoranet.market import TokenPrices
+from agoranet.payments.pay.unreceipted import unreceipted_cost
 from agoranet.payments.receipts import Receipt, ReceiptSigner
-from agoranet.payments.unreceipted import unreceipted_cost
 
 PRICES = TokenPrices(1_000_000_000, 2_000_000_000)  # 1,000 a prompt token, 2,000 an answer's
 NODE = ReceiptSigner(bytes(Account.create().key))

@@ -16,6 +16,7 @@ from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 from x402.mechanisms.evm.signers import EthAccountSigner
 
 from agoranet.errors import PaymentRequiredError, ReceiptError
+from agoranet.payments.accept.verifier import Voucher, check_signature
 from agoranet.payments.ecdsa import (
     SECP256K1_N,
     SECP256K1_N_HALF,
@@ -25,7 +26,7 @@ from agoranet.payments.ecdsa import (
     signature_problem,
 )
 from agoranet.payments.receipts import Receipt, ReceiptSigner, verify_receipt
-from agoranet.payments.verifier import Voucher, check_signature, voucher_digest, voucher_signer
+from agoranet.payments.vouchers import voucher_digest, voucher_signer
 
 _ADDR = Account.create().address
 CONFIG = ChannelConfig.from_dict({"payer": _ADDR, "payerAuthorizer": _ADDR, "receiver": _ADDR,
@@ -90,7 +91,7 @@ def test_digest_signer_matches_eth_account() -> None:
 
 def test_payer_vouchers_are_the_sdks_bytes() -> None:
     """The payer signs vouchers through libsecp256k1; the SDK would sign the same bytes."""
-    from agoranet.payments.verifier import voucher_digest
+    from agoranet.payments.vouchers import voucher_digest
 
     rng = random.Random(13)
     key = Account.create()

@@ -22,8 +22,8 @@ from x402.schemas import PaymentRequirements
 
 from agoranet.chain.executor import ChainExecutor
 from agoranet.errors import ChainError, PaymentRequiredError
-from agoranet.payments.ledger import MAX_AMOUNT
-from agoranet.payments.verifier import (
+from agoranet.payments.accept.ledger import MAX_AMOUNT
+from agoranet.payments.accept.verifier import (
     ZERO_ADDRESS,
     ConfigCache,
     OnchainState,
@@ -34,8 +34,8 @@ from agoranet.payments.verifier import (
     check_state,
     check_voucher,
     parse_voucher,
-    voucher_digest,
 )
+from agoranet.payments.vouchers import voucher_digest
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -367,7 +367,7 @@ class Clock:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    from agoranet.payments import verifier
+    from agoranet.payments.accept import verifier
 
     fake = Clock(0.5)  # a monotonic clock may start anywhere, near zero too
     monkeypatch.setattr(verifier, "time", fake)
@@ -432,7 +432,7 @@ def test_a_chain_that_does_not_answer_is_a_chain_error_naming_the_channel() -> N
 
     from agoranet.chain.addresses import ChainAddresses
     from agoranet.node.launcher import free_port
-    from agoranet.payments.verifier import Web3StateReader
+    from agoranet.payments.accept.verifier import Web3StateReader
 
     w3 = Web3(Web3.HTTPProvider(f"http://127.0.0.1:{free_port()}",
                                 request_kwargs={"timeout": 2}))

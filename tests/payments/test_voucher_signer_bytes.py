@@ -1,5 +1,5 @@
 """The voucher's signer is compared with the channel's payer authorizer as 20 bytes
-(payments/verifier.py, payments/ecdsa.py): any letter case of the authorizer is the same
+(payments/accept/verifier.py, payments/ecdsa.py): any letter case of the authorizer is the same
 address, one byte off is another, and the bytes recovered are the checksummed address's."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ import pytest
 from eth_account import Account
 from x402.mechanisms.evm.batch_settlement import errors as bs_errors
 
+from agoranet.payments.accept.verifier import check_signature, parse_voucher
 from agoranet.payments.ecdsa import recover_address, recover_address_bytes
-from agoranet.payments.verifier import check_signature, parse_voucher, voucher_digest
+from agoranet.payments.vouchers import voucher_digest
 
 from .test_voucher_checks import CHAIN, PAYER, config, payload, refusal
 

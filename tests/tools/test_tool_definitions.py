@@ -24,7 +24,7 @@ from agoranet.errors import (
     ToolFailedError,
     ToolNotFoundError,
 )
-from agoranet.payments.ledger import MAX_AMOUNT
+from agoranet.payments.accept.ledger import MAX_AMOUNT
 from agoranet.tools import Tool, ToolServer
 from agoranet.tools.app import create_tool_app
 from agoranet.tools.limits import ArgumentLimits

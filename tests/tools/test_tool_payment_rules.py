@@ -18,7 +18,7 @@ from x402.schemas import PaymentPayload, PaymentRequired, SettleResponse
 
 from agoranet.errors import InvalidRequestError, PaymentRequiredError, ToolFailedError
 from agoranet.payments import x402wire
-from agoranet.payments.acceptor import Authorization, PaymentTerms
+from agoranet.payments.accept.acceptor import Authorization, PaymentTerms
 from agoranet.tools import ToolServer
 from agoranet.tools.payments import ToolPayments
 from agoranet.tools.service import Answer, ToolService, Unpaid

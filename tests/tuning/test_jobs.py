@@ -21,10 +21,10 @@ from eth_account import Account
 from agoranet.errors import InvalidRequestError, ModelNotFoundError, TuningError
 from agoranet.market import TokenPrices, cost, training_cost
 from agoranet.node.job_payments import JobPayments
-from agoranet.payments.acceptor import Authorization, PaymentAcceptor, PaymentTerms
+from agoranet.payments.accept.acceptor import Authorization, PaymentAcceptor, PaymentTerms
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
+from agoranet.payments.accept.verifier import OnchainState
 from agoranet.payments.receipts import Receipt, ReceiptSigner, verify_receipt
-from agoranet.payments.sqlite_ledger import SqliteLedger
-from agoranet.payments.verifier import OnchainState
 from agoranet.tuning.config import TuneConfig
 from agoranet.tuning.data import Example
 from agoranet.tuning.housestyle import write_house_style

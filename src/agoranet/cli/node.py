@@ -21,7 +21,7 @@ from agoranet.engines.toolparsers import tool_parser_names
 if TYPE_CHECKING:
     from agoranet.cli.node_banner import PaidSetup
     from agoranet.node.hooks import NodeHooks
-    from agoranet.payments.pg_ledger import PgLedger
+    from agoranet.payments.accept.pg_ledger import PgLedger
     from agoranet.tuning.jobs import JobManager
 from agoranet.tuning.jobs import JobManager
 
@@ -122,7 +122,7 @@ def node(ctx: click.Context, /, **options: Any) -> None:
 def node_settings(ctx: click.Context, options: dict[str, Any]) -> NodeSettings:
     """The node's settings: the options the user gave over the ``AGORANET_NODE_*``
     environment over the defaults (an option's own default never hides the environment)."""
-    from agoranet.payments.ledger_url import is_postgres_url
+    from agoranet.payments.accept.ledger_url import is_postgres_url
 
     renamed = {"model_ref": "model", "ledger": "ledger_path"}
     values = {renamed.get(k, k): v for k, v in user_set(ctx, options).items()}
@@ -152,8 +152,8 @@ def earnings(ctx: click.Context, ledger: str | None, listing: Listing) -> None:
     """
     from agoranet.errors import ConfigError
     from agoranet.node.payment_setup import ledger_path, open_ledger
-    from agoranet.payments.ledger_url import is_postgres_url, redact_url
-    from agoranet.payments.sqlite_ledger import SqliteLedger
+    from agoranet.payments.accept.ledger_url import is_postgres_url, redact_url
+    from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 
     where = str(ledger or (ctx.obj or {}).get("ledger") or ledger_path(NodeSettings()))
     book: SqliteLedger | PgLedger
@@ -291,7 +291,7 @@ def _paid_setup(settings: NodeSettings, hooks: NodeHooks) -> PaidSetup:
     )
     from agoranet.errors import ConfigError
     from agoranet.node.payment_setup import build_payments, ledger_path, open_ledger
-    from agoranet.payments.ledger_url import redact_url
+    from agoranet.payments.accept.ledger_url import redact_url
 
     account = unlock_wallet(settings.keystore)
     if settings.ledger_url is not None:  # shared by replicas: PostgreSQL locks per channel

@@ -33,8 +33,8 @@ def claim(ctx: click.Context, ledger: str | None, keystore: Path | None, rpc_url
     from agoranet.cli.preflight import connect_chain_or_hint, gas_cost, hold_ledger, native_balance
     from agoranet.errors import ConfigError
     from agoranet.node.payment_setup import build_payments, ledger_path
+    from agoranet.payments.accept.ledger_url import is_postgres_url, redact_url
     from agoranet.payments.amounts import format_amount
-    from agoranet.payments.ledger_url import is_postgres_url, redact_url
 
     where = str(ledger or (ctx.obj or {}).get("ledger") or ledger_path(NodeSettings()))
     lock = None

@@ -44,7 +44,7 @@ def new(deposit_text: str, base_units: bool, receiver_text: str, authorizer_text
     from agoranet.config import default_home
     from agoranet.errors import WalletError
     from agoranet.payments.amounts import format_amount, parse_address, parse_amount
-    from agoranet.payments.subkeys import create_subkey, write_subkey
+    from agoranet.payments.pay.subkeys import create_subkey, write_subkey
 
     deposit = parse_amount(deposit_text, base_units=base_units, what="--deposit")
     receiver = parse_address(receiver_text, what="--receiver")
@@ -82,8 +82,8 @@ def revoke(target: str, wait: bool, from_block: int, keystore: Path | None, rpc_
     from agoranet.chain.rpc import DEV_CHAIN_ID
     from agoranet.errors import ConfigError, WalletError
     from agoranet.payments.channels import find_channel
-    from agoranet.payments.subkeys import read_subkey
-    from agoranet.payments.subkeys import revoke as revoke_channel
+    from agoranet.payments.pay.subkeys import read_subkey
+    from agoranet.payments.pay.subkeys import revoke as revoke_channel
 
     w3, addresses = connect_chain(rpc_url)
     if wait and addresses.chain_id != DEV_CHAIN_ID:

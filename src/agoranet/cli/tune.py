@@ -185,8 +185,8 @@ def _paid_upload(node_url: str, rpc_url: str, keystore: Path | None, deposit: in
     from agoranet.chain.rpc import connect
     from agoranet.cli.wallet_common import unlock_wallet
     from agoranet.config import default_home
-    from agoranet.payments.adapter_uploads import upload_adapter
-    from agoranet.payments.payer import Payer
+    from agoranet.payments.pay.adapter_uploads import upload_adapter
+    from agoranet.payments.pay.payer import Payer
 
     account = unlock_wallet(keystore)
     w3 = connect(rpc_url)

@@ -19,7 +19,7 @@ from rich.table import Table
 __all__ = ["verify"]
 
 if TYPE_CHECKING:
-    from agoranet.payments.payer import Payer
+    from agoranet.payments.pay.payer import Payer
     from agoranet.verify.commitment_audit import CommitmentResult
 
 console = Console()
@@ -140,7 +140,7 @@ def _payer(node_url: str, rpc_url: str, keystore: Path | None, deposit: int,
     from agoranet.chain.rpc import connect
     from agoranet.cli.wallet_common import unlock_wallet
     from agoranet.config import default_home
-    from agoranet.payments.payer import Payer
+    from agoranet.payments.pay.payer import Payer
 
     account = unlock_wallet(keystore)
     w3 = connect(rpc_url)

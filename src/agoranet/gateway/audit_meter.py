@@ -1,9 +1,9 @@
 """What an audit cost: an ``httpx.Auth`` around the node's payer that notes each answer.
 
 The auditor asks its challenges through a plain (synchronous) httpx client; this
-auth pays each through the node's :class:`~agoranet.payments.httpx_auth.PayerAuth`
-when it has one (a typed :class:`~agoranet.payments.httpx_auth.Payment` per
-challenge, :meth:`~agoranet.payments.httpx_auth.PayerAuth.paying`), or sends the
+auth pays each through the node's :class:`~agoranet.payments.pay.httpx_auth.PayerAuth`
+when it has one (a typed :class:`~agoranet.payments.pay.httpx_auth.Payment` per
+challenge, :meth:`~agoranet.payments.pay.httpx_auth.PayerAuth.paying`), or sends the
 request as is for a free node, and keeps, per answered challenge, its token usage
 and the node's verified signed receipt (from that payment), so the audit's spend can
 be logged and counted against the audit budget.
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from agoranet.api import jsonlimits
-from agoranet.payments.httpx_auth import PayerAuth, Payment
+from agoranet.payments.pay.httpx_auth import PayerAuth, Payment
 
 if TYPE_CHECKING:
     from agoranet.payments.receipts import Receipt

@@ -7,7 +7,7 @@ without payment, and the node's 402 names the job's maximum (the amount of its
 maximum is reserved against the caller key's chain and the global budget (a 429 or a
 402 ``insufficient_quota`` when it does not fit, and the node never gets the job), and
 the job is asked for again, paid like the CLI's: through
-:class:`~agoranet.payments.httpx_auth.PayerAuth`, a voucher for exactly that maximum,
+:class:`~agoranet.payments.pay.httpx_auth.PayerAuth`, a voucher for exactly that maximum,
 which the node holds until the job ends. The job is then a spend-log row (request id:
 the job's id, the caller's key) with outcome ``held`` and amount 0.
 
@@ -19,7 +19,7 @@ request id, the maximum reserved and the key.
 
 When the job has ended (:meth:`JobPayments.settle`, called by the status route, which
 ``fine_tune_status`` polls), the job's final receipt is checked and adopted
-(:meth:`~agoranet.payments.payer.Payer.settle_job`), the reservation is settled at the
+(:meth:`~agoranet.payments.pay.payer.Payer.settle_job`), the reservation is settled at the
 receipted amount, and the spend row is rewritten (``ok``, the amount, the trained tokens,
 the receipt). A receipt that fails its checks counts the whole maximum as spent, logged
 ``disputed``, and the node gets a dispute. Nothing settles a job nobody asks about: its
@@ -57,7 +57,7 @@ from agoranet.gateway.paying import NodePayers
 from agoranet.gateway.spendlog import SpendLog, SpendRow
 
 if TYPE_CHECKING:
-    from agoranet.payments.payer import Payer
+    from agoranet.payments.pay.payer import Payer
 
 __all__ = ["JobPayments", "job_request_id"]
 
@@ -154,7 +154,7 @@ class JobPayments:
         folder = None
         try:
             folder, payer = await self._channel(node)
-            from agoranet.payments.httpx_auth import PayerAuth, Payment
+            from agoranet.payments.pay.httpx_auth import PayerAuth, Payment
 
             payment = Payment(amount)  # what came of it: the node's hold
             reply = await self._post(

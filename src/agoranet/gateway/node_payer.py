@@ -1,5 +1,5 @@
 """The gateway's typed payer of one node: per request a :class:`~agoranet.payments.
-httpx_auth.PaidRequest` whose :class:`~agoranet.payments.httpx_auth.Payment` carries the
+httpx_auth.PaidRequest` whose :class:`~agoranet.payments.pay.httpx_auth.Payment` carries the
 verified :class:`~agoranet.payments.receipts.Receipt`, and a channel deposit kept ahead of
 the vouchers by a top-up on a task of its own.
 
@@ -9,7 +9,7 @@ left after the vouchers signed so far falls under a few requests' worth
 (``LOW_WATER_REQUESTS`` requests of the size just asked for), a task tops it up with the
 gateway's deposit while requests go on. A request whose voucher the deposit cannot cover
 waits for that task (an asyncio event): before it holds the channel if it can tell then,
-else in its auth flow with the channel held (:attr:`~agoranet.payments.httpx_auth.
+else in its auth flow with the channel held (:attr:`~agoranet.payments.pay.httpx_auth.
 PayerAuth.cover`, checked just before the voucher is signed, when what is owed is known
 exactly). The transaction runs on a worker thread; the channel's state is credited back
 on the event loop's thread, where the payer's other state changes happen.
@@ -22,8 +22,8 @@ import logging
 
 from agoranet.errors import CannotPayError
 from agoranet.payments.channels import open_channel
-from agoranet.payments.httpx_auth import PaidRequest, PayerAuth, Payment
-from agoranet.payments.payer import Payer
+from agoranet.payments.pay.httpx_auth import PaidRequest, PayerAuth, Payment
+from agoranet.payments.pay.payer import Payer
 
 __all__ = ["LOW_WATER_REQUESTS", "NodePayer"]
 

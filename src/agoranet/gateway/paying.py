@@ -1,14 +1,14 @@
 """Paying nodes from the owner's wallet: one channel per node, opened lazily.
 
-Each paid node gets a :class:`~agoranet.payments.payer.Payer` with its own
+Each paid node gets a :class:`~agoranet.payments.pay.payer.Payer` with its own
 batch-settlement channel (deposit sized by the gateway's settings), driven
-through :class:`~agoranet.payments.httpx_auth.PayerAuth`: every request carries
+through :class:`~agoranet.payments.pay.httpx_auth.PayerAuth`: every request carries
 the next cumulative voucher for its worst case, and every answer's signed
 receipt is checked against what was streamed before the payer believes it.
 Channel state and receipts live on disk under ``state_root``, one folder a node.
 
 A node whose corrective 402 claims a charged total no receipt backs (see
-:meth:`~agoranet.payments.payer.Payer.resync`) is a dispute: what it can claim
+:meth:`~agoranet.payments.pay.payer.Payer.resync`) is a dispute: what it can claim
 beyond the receipts is counted in the budget and in the spend log (a row with
 outcome ``disputed``, no receipt), the node gets a long ban in the reputation
 store, and its channel pays it no more. A receipt adopted from a corrective 402
@@ -18,7 +18,7 @@ request when its stream was cut (an ``unreceipted`` row, see
 ``agoranet.gateway.relay``).
 
 A saved channel is checked on chain when it is loaded, and again when a node says
-it holds no deposit (:meth:`~agoranet.payments.payer.Payer.reconcile`): one the
+it holds no deposit (:meth:`~agoranet.payments.pay.payer.Payer.reconcile`): one the
 chain no longer backs (a dev chain restarted without its state, a refund) is
 retired with its receipts kept and a new one opened; what was done is logged
 and noted in the node's events, and counts nothing against the node.
@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
     from agoranet.gateway.node_payer import NodePayer
-    from agoranet.payments.httpx_auth import PaidRequest, PayerAuth
-    from agoranet.payments.payer import Dispute, Payer
+    from agoranet.payments.pay.httpx_auth import PaidRequest, PayerAuth
+    from agoranet.payments.pay.payer import Dispute, Payer
     from agoranet.payments.receipts import Receipt
 
 __all__ = ["NodePayers"]
@@ -73,7 +73,7 @@ class NodePayers:
 
     async def paid(self, node: NodeState, max_amount: int) -> PaidRequest | None:
         """How to pay one request to ``node`` of at most ``max_amount`` (None for a free
-        node): its :class:`~agoranet.payments.httpx_auth.Payment` gets the receipt. Opens
+        node): its :class:`~agoranet.payments.pay.httpx_auth.Payment` gets the receipt. Opens
         the channel on first use; tops it up ahead of need (``agoranet.gateway.node_payer``)."""
         auth = await self.auth(node)
         if auth is None:
@@ -94,7 +94,7 @@ class NodePayers:
             return found
         async with self._locks.setdefault(node.url, asyncio.Lock()):
             if node.url not in self._auths:
-                from agoranet.payments.httpx_auth import PayerAuth
+                from agoranet.payments.pay.httpx_auth import PayerAuth
 
                 payer = await asyncio.to_thread(self._open, node)
                 self._auths[node.url] = PayerAuth(payer)
@@ -111,7 +111,7 @@ class NodePayers:
     def _open(self, node: NodeState, folder: Path | None = None) -> Payer:
         from agoranet.chain.addresses import resolve_addresses
         from agoranet.chain.rpc import connect
-        from agoranet.payments.payer import Payer
+        from agoranet.payments.pay.payer import Payer
 
         # one short try per JSON-RPC call: a frozen RPC fails opening the channel (and the
         # request) in seconds instead of web3's retries adding up to about a minute

@@ -65,7 +65,7 @@ from agoranet.payments.receipts import Receipt
 from agoranet.registry.offer import ModelOffer
 
 if TYPE_CHECKING:
-    from agoranet.payments.httpx_auth import PaidRequest
+    from agoranet.payments.pay.httpx_auth import PaidRequest
 
 __all__ = ["Piece", "Relay", "RelayResult", "new_request_id"]
 
@@ -356,7 +356,7 @@ class Relay:
     (a tool call, JSON) comes from one node, whole: see the module's docstring. With a
     ``wire``, another endpoint than chat completions (text completions) is relayed the
     same way. A paid node is paid through ``payers``: per attempt a
-    :class:`~agoranet.payments.httpx_auth.PaidRequest` whose payment carries the receipt.
+    :class:`~agoranet.payments.pay.httpx_auth.PaidRequest` whose payment carries the receipt.
     """
 
     def __init__(self, client: httpx.AsyncClient, candidates: list[Candidate],

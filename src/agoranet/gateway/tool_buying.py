@@ -66,8 +66,8 @@ from agoranet.gateway.tool_outcome import (
 )
 from agoranet.gateway.tool_payer import ToolPayer, ToolPayers
 from agoranet.payments import x402wire
-from agoranet.payments.httpx_auth import BUSY_RETRIES_S
-from agoranet.payments.payer import PendingPayment
+from agoranet.payments.pay.httpx_auth import BUSY_RETRIES_S
+from agoranet.payments.pay.payer import PendingPayment
 from agoranet.registry.tool_offer import OfferedTool
 
 __all__ = ["MAX_RESULT_BYTES", "CallOutcome", "ToolListing", "ToolMarket"]

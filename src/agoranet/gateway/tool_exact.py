@@ -19,7 +19,7 @@ A paid answer without a believable receipt counts the whole price as spent (the 
 transfer is the seller's to settle) and as a receipt disagreement; no answer at all is a
 plain failure, and counts the price as spent too -- the seller holds a valid transfer
 until its ``validBefore`` -- unless the buyer's ``cancel`` (the token's EIP-3009
-``cancelAuthorization``, :mod:`agoranet.payments.exact_cancel`) gets its nonce cancelled
+``cancelAuthorization``, :mod:`agoranet.payments.pay.exact_cancel`) gets its nonce cancelled
 on chain first: then the transfer can never happen and nothing is spent (a cancel that
 finds the nonce used, or a chain that cannot say, leaves it spent); an error without a
 payment response moved nothing and is a plain failure; a 400 is the buyer's mistake.

@@ -1,6 +1,6 @@
 """Paying tool servers: the node payer's batch-settlement channel, priced per call.
 
-A :class:`ToolPayer` is a :class:`~agoranet.payments.payer.Payer` (one channel, the
+A :class:`ToolPayer` is a :class:`~agoranet.payments.pay.payer.Payer` (one channel, the
 voucher saved before it leaves, corrective 402s, disputes, reconciling with the chain)
 whose terms come from a checked :class:`~agoranet.registry.tool_offer.ToolOffer`
 instead of a node's offer, and whose receipts are checked against a tool's price per
@@ -37,7 +37,7 @@ from agoranet.errors import PaymentError, ReceiptError
 from agoranet.gateway.budget import Budget
 from agoranet.gateway.reputation import EventKind, Reputation
 from agoranet.gateway.spendlog import SpendLog, SpendRow
-from agoranet.payments.payer import Payer, PendingPayment
+from agoranet.payments.pay.payer import Payer, PendingPayment
 from agoranet.payments.receipts import Receipt, verify_receipt
 from agoranet.registry.offer import Offer
 from agoranet.registry.tool_offer import ToolOffer
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from agoranet.chain.addresses import ChainAddresses
     from agoranet.gateway.tool_directory import ToolSeller
-    from agoranet.payments.payer import Dispute
+    from agoranet.payments.pay.payer import Dispute
 
 __all__ = ["ToolPayer", "ToolPayers"]
 
@@ -188,7 +188,7 @@ class ToolPayers:
     def _cancel_exact(self, nonce: str) -> bool:
         from agoranet.chain.addresses import resolve_addresses
         from agoranet.chain.rpc import connect
-        from agoranet.payments.exact_cancel import cancel_authorization
+        from agoranet.payments.pay.exact_cancel import cancel_authorization
 
         w3 = connect(self.rpc_url, timeout=self.chain_timeout_s, retry=False)
         return cancel_authorization(w3, resolve_addresses(int(w3.eth.chain_id)), self.account,

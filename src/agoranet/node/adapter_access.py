@@ -51,7 +51,7 @@ def claimed_payer(header: str | None) -> str | None:
         return None
     # Only paid nodes call this: the payment modules need the optional 'chain' extra.
     from agoranet.payments import x402wire
-    from agoranet.payments.verifier import parse_voucher
+    from agoranet.payments.accept.verifier import parse_voucher
 
     try:
         payment = x402wire.decode_payment_payload(header)

@@ -21,7 +21,7 @@ from agoranet.node.embeddings import EmbeddingService
 from agoranet.node.paid_inference import DEFAULT_PAID_PATHS, EMBEDDINGS_PATH, PriceBook
 from agoranet.node.payment_middleware import PaymentMiddleware
 from agoranet.node.service import InferenceService
-from agoranet.payments.acceptor import PaymentAcceptor
+from agoranet.payments.accept.acceptor import PaymentAcceptor
 
 __all__ = ["EMBEDDINGS_PATH", "EmbeddingPaymentMiddleware"]
 

@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from agoranet.engines.base import Engine
 
 if TYPE_CHECKING:
-    from agoranet.payments.sqlite_ledger import SqliteLedger
+    from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 
 __all__ = ["NodeHooks"]
 

@@ -11,7 +11,7 @@ the job is created; the creation answer's ``PAYMENT-RESPONSE`` says so
 (``extra.held``: the request id and maximum, no charge yet).
 
 A job is charged only when it ends, in one receipt, by the usual ledger
-operations (:class:`~agoranet.payments.acceptor.PaymentAcceptor`): trained to
+operations (:class:`~agoranet.payments.accept.acceptor.PaymentAcceptor`): trained to
 the end, the whole training (which is the maximum); cancelled, the steps it
 trained pro rata (a zero receipt if it never started); failed, its last
 running receipt or nothing. While it trains, running receipts for the part
@@ -41,7 +41,7 @@ from x402.schemas import PaymentRequired
 
 from agoranet.errors import PaymentRequiredError
 from agoranet.market import TokenPrices, cost
-from agoranet.payments.acceptor import Authorization, PaymentAcceptor
+from agoranet.payments.accept.acceptor import Authorization, PaymentAcceptor
 from agoranet.payments.receipts import Receipt
 
 if TYPE_CHECKING:

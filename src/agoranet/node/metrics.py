@@ -34,7 +34,7 @@ from starlette.types import Message
 from agoranet.api.logformat import log_event
 from agoranet.api.requestlog import RequestRecord, current_request
 from agoranet.engines.base import Engine, Finish, Prepared
-from agoranet.payments.ledger import Ledger
+from agoranet.payments.accept.ledger import Ledger
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric

@@ -8,7 +8,7 @@ completions, embeddings). It knows nothing of ASGI:
    the parsed request and the prepared one travel on to generation
    (:class:`~agoranet.node.metering.MeteredRequest`), never parsed again.
 2. :meth:`PaidInference.authorize` accepts the payment for that worst case through
-   the node's :class:`~agoranet.payments.acceptor.PaymentAcceptor` (a voucher is
+   the node's :class:`~agoranet.payments.accept.acceptor.PaymentAcceptor` (a voucher is
    durable in the ledger before it returns; a scheme that settles per payment,
    ``exact``, settles now unless told to after the answer), or raises
    :class:`~agoranet.errors.PaymentRequiredError`, whose 402
@@ -24,7 +24,7 @@ completions, embeddings). It knows nothing of ASGI:
    (:meth:`PaidCall.settle_after` settles an ``exact`` payment told to wait for the
    answer).
 
-The ledger's writes go through its :class:`~agoranet.payments.ledger_writer.LedgerWriter`
+The ledger's writes go through its :class:`~agoranet.payments.accept.ledger_writer.LedgerWriter`
 (off the event loop where they wait for a disk or a database). The ASGI layer
 (:mod:`agoranet.node.payment_middleware`) only reads the body, maps errors to OpenAI's
 JSON, and puts the payment headers on the answer.
@@ -52,7 +52,7 @@ from agoranet.node.embeddings import EmbeddingService
 from agoranet.node.metering import MeteredRequest, Metering
 from agoranet.node.metrics import note_payment_response
 from agoranet.node.service import InferenceService
-from agoranet.payments.acceptor import Authorization, PaymentAcceptor
+from agoranet.payments.accept.acceptor import Authorization, PaymentAcceptor
 from agoranet.payments.receipts import Receipt
 
 __all__ = [

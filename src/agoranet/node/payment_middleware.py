@@ -42,7 +42,7 @@ from agoranet.node.paid_inference import (
 )
 from agoranet.node.service import InferenceService
 from agoranet.payments import x402wire
-from agoranet.payments.acceptor import PaymentAcceptor
+from agoranet.payments.accept.acceptor import PaymentAcceptor
 from agoranet.request_ids import request_id as checked_request_id
 
 __all__ = ["DEFAULT_PAID_PATHS", "PAYER_SCOPE_KEY", "RECEIPT_OBJECT", "RUNNING_RECEIPT_OBJECT",

@@ -1,9 +1,9 @@
 """Assemble a paid node's payment parts from its settings and key.
 
 Connects to the chain, opens the ledger (releasing holds a killed process left),
-and builds the :class:`~agoranet.payments.acceptor.PaymentAcceptor` (with the server
+and builds the :class:`~agoranet.payments.accept.acceptor.PaymentAcceptor` (with the server
 half of each scheme its terms name, from :mod:`agoranet.payments.schemes`), the
-:class:`~agoranet.payments.settlement.Settler` and the signed offer terms, with
+:class:`~agoranet.payments.accept.settlement.Settler` and the signed offer terms, with
 the x402 SDK's facilitators doing the on-chain work under the node's own key.
 """
 
@@ -23,8 +23,11 @@ from agoranet.chain.executor import ChainExecutor
 from agoranet.chain.rpc import connect, http_provider
 from agoranet.config import ChainSettings, NodeSettings, default_home
 from agoranet.errors import ConfigError
-from agoranet.payments.acceptor import PaymentAcceptor, PaymentTerms
-from agoranet.payments.ledger import Ledger
+from agoranet.payments.accept.acceptor import PaymentAcceptor, PaymentTerms
+from agoranet.payments.accept.ledger import Ledger
+from agoranet.payments.accept.settlement import ClaimPolicy, Settler
+from agoranet.payments.accept.sqlite_group import SqliteGroupLedger
+from agoranet.payments.accept.verifier import StateCache, Web3StateReader
 from agoranet.payments.receipts import ReceiptSigner
 from agoranet.payments.schemes import (
     SCHEME_BATCH_SETTLEMENT,
@@ -32,9 +35,6 @@ from agoranet.payments.schemes import (
     ChainAccess,
     scheme_server,
 )
-from agoranet.payments.settlement import ClaimPolicy, Settler
-from agoranet.payments.sqlite_group import SqliteGroupLedger
-from agoranet.payments.verifier import StateCache, Web3StateReader
 
 __all__ = ["NodePayments", "build_payments", "ledger_path", "open_ledger"]
 
@@ -52,7 +52,7 @@ def open_ledger(settings: NodeSettings) -> Ledger:
     if settings.ledger_url is None:
         return SqliteGroupLedger(ledger_path(settings))  # group commit: LedgerWriter
     try:
-        from agoranet.payments.pg_group import PgGroupLedger  # psycopg: the `postgres` extra
+        from agoranet.payments.accept.pg_group import PgGroupLedger  # psycopg: the `postgres` extra
     except ImportError as exc:
         raise ConfigError(f"a PostgreSQL ledger needs psycopg ({exc}): pip install "
                           "'agoranet[postgres]'") from exc

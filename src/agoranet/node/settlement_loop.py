@@ -1,6 +1,6 @@
 """The node's settlement loop: an asyncio task that claims and settles in batches.
 
-Every ``interval`` seconds it asks the :class:`~agoranet.payments.settlement.Settler`
+Every ``interval`` seconds it asks the :class:`~agoranet.payments.accept.settlement.Settler`
 (in a worker thread, since chain I/O blocks) whether a claim is due -- a
 threshold reached or a withdrawal pending on a channel -- and claims and
 settles if so, and retries a settle that failed after its claim. A failure is
@@ -17,7 +17,7 @@ import logging
 
 from agoranet.errors import AgoranetError
 from agoranet.node.settlement_report import SettlementReport
-from agoranet.payments.settlement import Settler
+from agoranet.payments.accept.settlement import Settler
 
 __all__ = ["SettlementLoop"]
 

@@ -1,6 +1,6 @@
 """A log line per claim and settle transaction of the node, and their counters.
 
-:meth:`SettlementReport.tick` runs one :meth:`~agoranet.payments.settlement.Settler.tick`
+:meth:`SettlementReport.tick` runs one :meth:`~agoranet.payments.accept.settlement.Settler.tick`
 (in the settlement loop's worker thread) and reports what it did: per channel claimed,
 the amount that claim moved (the channel's claimed total before and after), the
 transaction and ``ok``; per channel whose claim failed, ``failed``; the settle's amount
@@ -13,7 +13,7 @@ from __future__ import annotations
 from agoranet.api.logformat import log_event
 from agoranet.errors import AgoranetError
 from agoranet.node.metrics import NodeMetrics
-from agoranet.payments.settlement import SettleOutcome, Settler
+from agoranet.payments.accept.settlement import SettleOutcome, Settler
 
 __all__ = ["SettlementReport"]
 

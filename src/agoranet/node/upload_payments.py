@@ -11,7 +11,7 @@ price in the body's ``agoranet`` object) and stores nothing. A malformed archive
 A paid upload's voucher is held in the ledger (persisted) while the adapter is
 checked and stored, then charged the whole price in one receipt whose ``tokensIn``
 counts the megabytes (``tokensOut`` is 0), priced at the storage price per
-megabyte -- :meth:`~agoranet.payments.payer.Payer.storage_prices` checks it that
+megabyte -- :meth:`~agoranet.payments.pay.payer.Payer.storage_prices` checks it that
 way. An upload that fails after its payment was accepted (an adapter for other
 base weights) is released and costs nothing.
 """
@@ -27,7 +27,7 @@ from agoranet.api.errors import error_body
 from agoranet.errors import PaymentRequiredError
 from agoranet.market import TokenPrices
 from agoranet.payments import x402wire
-from agoranet.payments.acceptor import Authorization, PaymentAcceptor
+from agoranet.payments.accept.acceptor import Authorization, PaymentAcceptor
 
 __all__ = ["MEGABYTE", "UploadPayments", "megabytes"]
 

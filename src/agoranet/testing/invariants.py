@@ -42,9 +42,9 @@ from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 from agoranet.chain.addresses import ChainAddresses
 from agoranet.chain.compiled import load_artifact
 from agoranet.errors import ReceiptError
+from agoranet.payments.accept.ledger_url import is_postgres_url
 from agoranet.payments.channels import config_tuple, escrow_contract
-from agoranet.payments.ledger_url import is_postgres_url
-from agoranet.payments.payer_store import PayerStore
+from agoranet.payments.pay.payer_store import PayerStore
 from agoranet.payments.receipts import Receipt, verify_receipt
 from agoranet.payments.wallet import stablecoin_contract
 

@@ -28,7 +28,7 @@ from agoranet.cli.node import node as production_node
 from agoranet.cli.node import node_settings, serve
 from agoranet.errors import ConfigError
 from agoranet.node.hooks import NodeHooks
-from agoranet.payments.sqlite_ledger import SqliteLedger
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from agoranet.testing.chaos import chaos_middleware
 from agoranet.testing.cheats import cheating_engine, make_cheat
 from agoranet.testing.payment_cheats import PAYMENT_CHEATS, cheating_ledger

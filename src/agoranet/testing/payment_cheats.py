@@ -1,6 +1,6 @@
 """Dishonest payment behaviour of a node, for money tests and the demo only.
 
-Each cheat is a ledger (a :class:`~agoranet.payments.sqlite_ledger.SqliteLedger`
+Each cheat is a ledger (a :class:`~agoranet.payments.accept.sqlite_ledger.SqliteLedger`
 subclass) registered by name; the node's acceptor and settlement loop use it
 unchanged, so the node serves, signs and claims on chain as a real one would:
 
@@ -23,9 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agoranet.errors import ConfigError
-from agoranet.payments.ledger import Hold
+from agoranet.payments.accept.ledger import Hold
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from agoranet.payments.receipts import Receipt
-from agoranet.payments.sqlite_ledger import SqliteLedger
 
 __all__ = ["PAYMENT_CHEATS", "ResyncCheatLedger", "cheating_ledger"]
 

@@ -1,9 +1,9 @@
 """Force a node's claim and settlement now, from outside its process (tests only).
 
-A node claims when its :class:`~agoranet.payments.settlement.ClaimPolicy` says so;
+A node claims when its :class:`~agoranet.payments.accept.settlement.ClaimPolicy` says so;
 a test that wants every charge on chain before it checks the money opens the
 node's ledger file (SQLite, shared safely with the running node) and runs the
-same :class:`~agoranet.payments.settlement.Settler` with ``force=True``, signed
+same :class:`~agoranet.payments.accept.settlement.Settler` with ``force=True``, signed
 with the node's key through the x402 SDK's facilitator, exactly as the node's
 own settlement loop does. It does not release holds (the running node owns
 them): a request still streaming stays out of the claim.
@@ -26,12 +26,12 @@ from agoranet.chain.addresses import resolve_addresses
 from agoranet.chain.rpc import connect
 from agoranet.config import ChainSettings
 from agoranet.errors import PaymentError
-from agoranet.payments.acceptor import PaymentTerms
-from agoranet.payments.ledger import Ledger
-from agoranet.payments.ledger_url import is_postgres_url
-from agoranet.payments.settlement import SettleOutcome, Settler
-from agoranet.payments.sqlite_ledger import SqliteLedger
-from agoranet.payments.verifier import Web3StateReader
+from agoranet.payments.accept.acceptor import PaymentTerms
+from agoranet.payments.accept.ledger import Ledger
+from agoranet.payments.accept.ledger_url import is_postgres_url
+from agoranet.payments.accept.settlement import SettleOutcome, Settler
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
+from agoranet.payments.accept.verifier import Web3StateReader
 
 __all__ = ["force_settlement"]
 
@@ -62,7 +62,7 @@ def force_settlement(rpc_url: str, ledger_path: Path | str, node_key: str) -> Se
 
     ledger: Ledger
     if is_postgres_url(str(ledger_path)):
-        from agoranet.payments.pg_ledger import PgLedger  # psycopg: the `postgres` extra
+        from agoranet.payments.accept.pg_ledger import PgLedger  # psycopg: the `postgres` extra
 
         ledger = PgLedger(str(ledger_path))
     else:

@@ -27,7 +27,7 @@ import jsonschema
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
 from agoranet.errors import ConfigError, InvalidRequestError, ToolFailedError
-from agoranet.payments.ledger import MAX_AMOUNT
+from agoranet.payments.accept.ledger import MAX_AMOUNT
 
 __all__ = ["MAX_NAME", "Price", "Tool", "ToolCall", "wrap_output"]
 

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from agoranet.api.errors import error_body, error_from_exception
 from agoranet.errors import AgoranetError, PayloadTooLargeError
 from agoranet.payments import x402wire
-from agoranet.payments.acceptor import PaymentTerms
+from agoranet.payments.accept.acceptor import PaymentTerms
 from agoranet.tools.request_ids import REQUEST_ID_HEADER
 from agoranet.tools.service import Answer, ToolService, Unpaid
 

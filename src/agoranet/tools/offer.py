@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from eth_account.signers.local import LocalAccount
 
-from agoranet.payments.acceptor import PaymentTerms
+from agoranet.payments.accept.acceptor import PaymentTerms
 from agoranet.registry.offer import PaymentOffer
 from agoranet.registry.signing import sign_offer
 from agoranet.registry.tool_offer import ToolOffer, build_tool_offer

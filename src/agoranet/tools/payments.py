@@ -32,7 +32,7 @@ from x402.schemas import PaymentPayload, PaymentRequired, ResourceInfo
 
 from agoranet.errors import InvalidRequestError, PaymentRequiredError
 from agoranet.payments import x402wire
-from agoranet.payments.acceptor import SCHEME_EXACT, Authorization, PaymentAcceptor
+from agoranet.payments.accept.acceptor import SCHEME_EXACT, Authorization, PaymentAcceptor
 
 __all__ = ["CALLS_PER_RECEIPT", "MCP_RESOURCE", "ToolPayments", "resource_tool"]
 

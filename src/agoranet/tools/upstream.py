@@ -27,7 +27,7 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from agoranet.errors import ConfigError, ToolFailedError
-from agoranet.payments.ledger import MAX_AMOUNT
+from agoranet.payments.accept.ledger import MAX_AMOUNT
 from agoranet.tools.definition import Tool
 
 __all__ = ["DEFAULT_PRICE", "PriceList", "Upstream", "connect_upstream"]

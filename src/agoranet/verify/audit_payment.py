@@ -1,9 +1,9 @@
 """Paying a paid node for audit challenges, within a stated audit budget.
 
-The auditor pays as the gateway does: a :class:`~agoranet.payments.payer.Payer`
+The auditor pays as the gateway does: a :class:`~agoranet.payments.pay.payer.Payer`
 with its own channel to the node (state and receipts kept on disk, a saved
-channel checked on chain first: see :meth:`~agoranet.payments.payer.Payer.
-reconcile`), driven through :class:`~agoranet.payments.httpx_auth.PayerAuth`, so
+channel checked on chain first: see :meth:`~agoranet.payments.pay.payer.Payer.
+reconcile`), driven through :class:`~agoranet.payments.pay.httpx_auth.PayerAuth`, so
 every answer's signed receipt is checked before it is believed.
 
 The budget is a hard cap on what the audit can cost: each challenge's voucher allows
@@ -21,8 +21,8 @@ from agoranet.engines.base import GenerationRequest
 from agoranet.market import worst_case
 
 if TYPE_CHECKING:
-    from agoranet.payments.httpx_auth import PaidRequest, PayerAuth
-    from agoranet.payments.payer import Payer
+    from agoranet.payments.pay.httpx_auth import PaidRequest, PayerAuth
+    from agoranet.payments.pay.payer import Payer
 
 __all__ = ["AuditPayment"]
 
@@ -38,7 +38,7 @@ class AuditPayment:
 
     @classmethod
     def over(cls, payer: Payer, budget: int) -> AuditPayment:
-        from agoranet.payments.httpx_auth import PayerAuth
+        from agoranet.payments.pay.httpx_auth import PayerAuth
 
         start = payer.state.spent if payer.state is not None else 0
         return cls(payer, budget, PayerAuth(payer), start)
@@ -51,7 +51,7 @@ class AuditPayment:
     def paying(self, worst: int | None) -> PaidRequest:
         """The auth for one challenge, its voucher capped at ``worst`` (None: the
         payer's maximum); its verified receipt is checked into the payer's state."""
-        from agoranet.payments.httpx_auth import Payment
+        from agoranet.payments.pay.httpx_auth import Payment
 
         return self.auth.paying(Payment(worst))
 

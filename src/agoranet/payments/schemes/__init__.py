@@ -4,7 +4,7 @@ Built in: ``batch-settlement`` (:mod:`.batch_settlement`: payment channels, vouc
 running receipts, claims in batches) and ``exact`` (:mod:`.exact`: one EIP-3009 transfer
 per payment). Importing this package registers both.
 
-Server side: a :class:`~agoranet.payments.acceptor.PaymentAcceptor` holds one server half
+Server side: a :class:`~agoranet.payments.accept.acceptor.PaymentAcceptor` holds one server half
 per scheme the node takes and dispatches each payment to the half registered under its
 ``accepted.scheme``; a name it holds no half of is a 402 (``unsupported_scheme``) whose
 requirements list the schemes it does take. Build the halves by name::

@@ -7,7 +7,7 @@ does with a payment in that scheme) and of its **client half**
 (:class:`SchemeClient`: what a buyer does to pay in it).
 
 The server half does the scheme's own work for a
-:class:`~agoranet.payments.acceptor.PaymentAcceptor`, which checks what every scheme
+:class:`~agoranet.payments.accept.acceptor.PaymentAcceptor`, which checks what every scheme
 shares first (a payment header, the network, token and receiver, the amount against the
 request's worst case) and then dispatches by the payment's scheme name. The acceptor
 is the half's :class:`ServerContext`: the node's terms, ledger, chain-state cache,
@@ -16,7 +16,7 @@ serialised by one lock where money moves).
 
 :class:`PaymentTerms` (what a node accepts) and :class:`Authorization` (a payment
 accepted for one request) live here so that both the acceptor and the schemes use them
-without importing each other; :mod:`agoranet.payments.acceptor` re-exports them.
+without importing each other; :mod:`agoranet.payments.accept.acceptor` re-exports them.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from agoranet.market import TokenPrices
 from agoranet.payments.schemes import registry
 
 if TYPE_CHECKING:
-    from agoranet.payments.ledger import Hold, Ledger
-    from agoranet.payments.ledger_writer import LedgerWriter
+    from agoranet.payments.accept.ledger import Hold, Ledger
+    from agoranet.payments.accept.ledger_writer import LedgerWriter
+    from agoranet.payments.accept.verifier import OnchainState, StateCache
     from agoranet.payments.receipts import Receipt, ReceiptSigner
-    from agoranet.payments.verifier import OnchainState, StateCache
 
 __all__ = ["Authorization", "ChainAccess", "ClientPayment", "Paid", "PaymentTerms", "Scheme",
            "SchemeClient", "SchemeServer", "ServerContext"]

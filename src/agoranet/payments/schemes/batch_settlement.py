@@ -9,10 +9,10 @@ in the node's ledger before the request runs; the actual usage is charged after 
 a long stream gets running receipts for what it has sent so far. ``deposit`` payloads
 (the SDK client's first request) are settled on chain through the SDK's facilitator,
 then treated as vouchers. The channels are claimed later, in batches, by
-:class:`~agoranet.payments.settlement.Settler`.
+:class:`~agoranet.payments.accept.settlement.Settler`.
 
 Client half (:class:`BatchSettlementClient`): a thin adapter over the mutation-tested
-:class:`~agoranet.payments.payer.Payer` (which signs the vouchers, checks receipts and
+:class:`~agoranet.payments.pay.payer.Payer` (which signs the vouchers, checks receipts and
 follows a corrective 402 under the rule in its docstring); :mod:`agoranet.payments.
 httpx_auth` plugs the same payer into an httpx client.
 """
@@ -32,8 +32,16 @@ from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements, S
 
 from agoranet.errors import LedgerError, PaymentError, PaymentRequiredError
 from agoranet.market import TokenPrices
-from agoranet.payments.ledger import VoucherRefused
-from agoranet.payments.payer import Payer
+from agoranet.payments.accept.ledger import VoucherRefused
+from agoranet.payments.accept.verifier import (
+    ConfigCache,
+    OnchainState,
+    Voucher,
+    check_signature,
+    check_state,
+    parse_voucher,
+)
+from agoranet.payments.pay.payer import Payer
 from agoranet.payments.receipts import Receipt
 from agoranet.payments.schemes.base import (
     Authorization,
@@ -45,14 +53,6 @@ from agoranet.payments.schemes.base import (
     ServerContext,
 )
 from agoranet.payments.schemes.registry import register_scheme
-from agoranet.payments.verifier import (
-    ConfigCache,
-    OnchainState,
-    Voucher,
-    check_signature,
-    check_state,
-    parse_voucher,
-)
 
 __all__ = ["BATCH_SETTLEMENT", "SCHEME_BATCH_SETTLEMENT", "BatchSettlementClient",
            "BatchSettlementServer", "ChainSettler", "requirement_extra"]
@@ -222,7 +222,7 @@ def _exactly(sent: Receipt) -> Callable[[Receipt], Receipt]:
 
 
 class BatchSettlementClient:
-    """The buyer's half for one node: ``payer`` (a :class:`~agoranet.payments.payer.Payer`
+    """The buyer's half for one node: ``payer`` (a :class:`~agoranet.payments.pay.payer.Payer`
     on an open channel to it) signs, checks and resyncs."""
 
     name: Final = SCHEME_BATCH_SETTLEMENT

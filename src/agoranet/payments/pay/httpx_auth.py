@@ -1,18 +1,18 @@
-"""An ``httpx.Auth`` that pays a node with a :class:`~agoranet.payments.payer.Payer`.
+"""An ``httpx.Auth`` that pays a node with a :class:`~agoranet.payments.pay.payer.Payer`.
 
 Any httpx-based client (the ``openai`` client included, through its
 ``http_client``) then pays transparently: each request goes out with the next
 voucher; a 402 is answered once (a larger maximum, or a resync from the node's
 corrective 402, believed only as far as a receipt backs it, or a channel the node
 finds unfunded checked on chain and repaired first, see
-:meth:`~agoranet.payments.payer.Payer.reconcile`; and
-:meth:`~agoranet.payments.payer.Payer.resync`, which raises
+:meth:`~agoranet.payments.pay.payer.Payer.reconcile`; and
+:meth:`~agoranet.payments.pay.payer.Payer.resync`, which raises
 :class:`~agoranet.errors.ChargeDisputeError` otherwise); the receipt is checked from ``PAYMENT-RESPONSE`` or, for a
 stream, from its final receipt event, read as the stream passes through. A
 stream's running receipts are checked as they come (never more tokens than have
 arrived); if the stream breaks before its final receipt, the last running one is
 what the request is believed to owe, and what the node can charge for the tokens
-that arrived after it is counted as spent (:meth:`~agoranet.payments.payer.Payer.
+that arrived after it is counted as spent (:meth:`~agoranet.payments.pay.payer.Payer.
 cut`).
 What came of a request is a typed :class:`Payment`: a caller sends its request with
 ``auth=auth.paying(payment)`` (:meth:`PayerAuth.paying`; the gateway's relay, the
@@ -44,7 +44,7 @@ from x402.mechanisms.evm.batch_settlement.errors import ERR_CHANNEL_BUSY
 from agoranet.api import jsonlimits
 from agoranet.errors import PaymentError, ReceiptError
 from agoranet.payments import x402wire
-from agoranet.payments.payer import Payer, PendingPayment
+from agoranet.payments.pay.payer import Payer, PendingPayment
 from agoranet.payments.receipts import Receipt
 
 __all__ = ["BUSY_RETRIES_S", "PaidRequest", "PayerAuth", "Payment"]

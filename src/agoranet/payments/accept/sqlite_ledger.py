@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from agoranet.errors import LedgerError
-from agoranet.payments.ledger import (
+from agoranet.payments.accept.ledger import (
     ChannelRecord,
     ClaimCandidate,
     ClaimFailure,
@@ -175,7 +175,7 @@ def _check_existing(path: Path, db: sqlite3.Connection) -> None:
 
 
 class SqliteLedger(SqliteStore):
-    """:class:`~agoranet.payments.ledger.Ledger` in a SQLite file (or ``:memory:``)."""
+    """:class:`~agoranet.payments.accept.ledger.Ledger` in a SQLite file (or ``:memory:``)."""
 
     _store_name = "ledger"
     _error = LedgerError

@@ -6,7 +6,7 @@ killed (the data is in the WAL, handed to the OS) without an fsync per request,
 which would cost more than the rest of the payment. After a power loss the last
 commits may be gone; the node's corrective 402 then brings the charged total
 back, and the payer only adopts a higher one when the node's receipt in it backs
-it (:meth:`~agoranet.payments.payer.Payer.resync`; the voucher the receipt is
+it (:meth:`~agoranet.payments.pay.payer.Payer.resync`; the voucher the receipt is
 matched against is saved before it is sent).
 
 A channel whose on-chain state the payer found unusable (gone after a chain reset,

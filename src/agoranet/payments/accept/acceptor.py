@@ -32,13 +32,13 @@ from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements, S
 from agoranet.errors import ChainError, PaymentRequiredError
 from agoranet.market import TokenPrices
 from agoranet.payments import payload_shapes, x402wire
-from agoranet.payments.ledger import MAX_AMOUNT, Ledger
-from agoranet.payments.ledger_writer import LedgerWriter
+from agoranet.payments.accept.ledger import MAX_AMOUNT, Ledger
+from agoranet.payments.accept.ledger_writer import LedgerWriter
+from agoranet.payments.accept.verifier import StateCache
 from agoranet.payments.receipts import Receipt, ReceiptSigner
 from agoranet.payments.schemes.base import Authorization, PaymentTerms, SchemeServer
 from agoranet.payments.schemes.batch_settlement import BatchSettlementServer, ChainSettler
 from agoranet.payments.schemes.exact import SCHEME_EXACT, ExactServer
-from agoranet.payments.verifier import StateCache
 
 __all__ = ["SCHEME_EXACT", "Authorization", "ChainSettler", "PaymentAcceptor", "PaymentTerms"]
 

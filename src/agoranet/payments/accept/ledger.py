@@ -15,8 +15,8 @@ buyer and the node agree on every charge: each is backed by a receipt the
 buyer holds. Every money value is an ``int`` in base units; every operation on
 one channel is atomic, so two requests can never spend the same headroom.
 
-Implementations: :class:`~agoranet.payments.sqlite_ledger.SqliteLedger`
-(one file per node) and :class:`~agoranet.payments.pg_ledger.PgLedger`
+Implementations: :class:`~agoranet.payments.accept.sqlite_ledger.SqliteLedger`
+(one file per node) and :class:`~agoranet.payments.accept.pg_ledger.PgLedger`
 (PostgreSQL, shared by replicas of one node: ``SELECT ... FOR UPDATE`` on the
 channel's row in place of SQLite's write lock, and a lease per replica so a
 dead replica's holds are released by the others). One conformance suite

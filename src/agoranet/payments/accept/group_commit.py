@@ -4,7 +4,7 @@ A ledger that writes an accepted voucher syncs it to disk before the call
 returns (SQLite's ``synchronous=FULL``, PostgreSQL's ``synchronous_commit=on``):
 one device flush per request. A ledger that supports group commit
 (:class:`GroupCommitLedger`) lets one thread -- the
-:class:`~agoranet.payments.ledger_writer.LedgerWriter` -- run several writes with
+:class:`~agoranet.payments.accept.ledger_writer.LedgerWriter` -- run several writes with
 their syncs *deferred* (each is still its own transaction, committed, visible
 and safe against a process crash), then make all of them durable with one
 :meth:`GroupCommitLedger.sync` before any of their callers is answered. What a
@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
 
-from agoranet.payments.ledger import Ledger
+from agoranet.payments.accept.ledger import Ledger
 
 __all__ = ["Deferral", "GroupCommitLedger"]
 

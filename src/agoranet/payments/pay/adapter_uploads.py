@@ -1,4 +1,4 @@
-"""Paying a node for an adapter upload, from a :class:`~agoranet.payments.payer.Payer`.
+"""Paying a node for an adapter upload, from a :class:`~agoranet.payments.pay.payer.Payer`.
 
 A paid node prices uploads in its offer (``adapters.storage_price_per_mb``, see
 :mod:`agoranet.node.upload_payments`): the payer pays exactly that for the archive's
@@ -7,7 +7,7 @@ size, in one voucher, and checks the signed receipt the node returns in
 archive's megabytes (as ``tokensIn``) at the offer's storage price, no more than
 the voucher allowed. A node that refuses the upload (a 4xx) charges nothing, and no
 receipt is adopted. A channel the chain no longer backs is repaired once
-(:meth:`~agoranet.payments.payer.Payer.reconcile`) and the upload paid again.
+(:meth:`~agoranet.payments.pay.payer.Payer.reconcile`) and the upload paid again.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from x402.mechanisms.evm.batch_settlement import errors as bs_errors
 from agoranet.errors import PaymentError
 from agoranet.market import TokenPrices
 from agoranet.payments import x402wire
-from agoranet.payments.payer import Payer, PendingPayment
+from agoranet.payments.pay.payer import Payer, PendingPayment
 from agoranet.payments.receipts import Receipt
 from agoranet.registry.offer import AdapterTerms
 

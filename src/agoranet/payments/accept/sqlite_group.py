@@ -1,6 +1,6 @@
-"""The SQLite ledger with group commit (see :mod:`agoranet.payments.group_commit`).
+"""The SQLite ledger with group commit (see :mod:`agoranet.payments.accept.group_commit`).
 
-:class:`SqliteGroupLedger` is :class:`~agoranet.payments.sqlite_ledger.SqliteLedger`
+:class:`SqliteGroupLedger` is :class:`~agoranet.payments.accept.sqlite_ledger.SqliteLedger`
 with one difference: on a thread that defers its syncs, a write that would
 commit with ``synchronous=FULL`` commits with ``NORMAL`` instead (its WAL frames
 written, not yet flushed) and owes a sync; :meth:`SqliteGroupLedger.sync` then
@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agoranet.errors import LedgerError
-from agoranet.payments.group_commit import Deferral
-from agoranet.payments.sqlite_ledger import SqliteLedger
+from agoranet.payments.accept.group_commit import Deferral
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from agoranet.sqlite_checkpoints import BackgroundCheckpoints
 
 __all__ = ["SqliteGroupLedger"]

@@ -42,9 +42,9 @@ from x402.mechanisms.evm.batch_settlement.types import (
 from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
 
 from agoranet.errors import PaymentError
+from agoranet.payments.accept.ledger import ClaimCandidate, Ledger
+from agoranet.payments.accept.verifier import OnchainState
 from agoranet.payments.ecdsa import canonical_signature
-from agoranet.payments.ledger import ClaimCandidate, Ledger
-from agoranet.payments.verifier import OnchainState
 
 __all__ = ["ClaimPolicy", "SettleOutcome", "Settler"]
 

@@ -25,16 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from eth_account.messages import encode_typed_data
 from web3 import Web3
 from web3.exceptions import Web3Exception
 from x402.mechanisms.evm.batch_settlement import errors as bs_errors
-from x402.mechanisms.evm.batch_settlement.constants import VOUCHER_TYPES
 from x402.mechanisms.evm.batch_settlement.facilitator.utils import validate_channel_config
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 from x402.mechanisms.evm.batch_settlement.utils import (
     channel_id_binding_error,
-    get_batch_settlement_eip712_domain,
 )
 from x402.schemas import PaymentRequirements
 
@@ -42,13 +39,9 @@ from agoranet.chain.addresses import ChainAddresses
 from agoranet.chain.executor import ChainExecutor
 from agoranet.errors import ChainError, PaymentRequiredError
 from agoranet.payments import payload_shapes
-from agoranet.payments.ecdsa import (
-    keccak,
-    recover_address,
-    recover_address_bytes,
-    signature_problem,
-)
-from agoranet.payments.ledger import MAX_AMOUNT
+from agoranet.payments.accept.ledger import MAX_AMOUNT
+from agoranet.payments.ecdsa import recover_address_bytes, signature_problem
+from agoranet.payments.vouchers import voucher_digest
 
 __all__ = [
     "ZERO_ADDRESS",
@@ -62,8 +55,6 @@ __all__ = [
     "check_state",
     "check_voucher",
     "parse_voucher",
-    "voucher_digest",
-    "voucher_signer",
 ]
 
 ZERO_ADDRESS: Final = "0x0000000000000000000000000000000000000000"
@@ -325,37 +316,6 @@ class ConfigCache:
         if len(self._ok) >= self.limit:
             self._ok.clear()
         self._ok[voucher.channel_id] = key
-
-
-_VOUCHER_TYPEHASH: Final = keccak(b"Voucher(bytes32 channelId,uint128 maxClaimableAmount)")
-
-
-@functools.lru_cache(maxsize=16)
-def _domain_separator(chain_id: int) -> bytes:
-    """The x402 batch-settlement EIP-712 domain separator (from the SDK's domain)."""
-    signable = encode_typed_data(
-        domain_data=get_batch_settlement_eip712_domain(chain_id), message_types=VOUCHER_TYPES,
-        message_data={"channelId": b"\0" * 32, "maxClaimableAmount": 0})
-    return bytes(signable.header)
-
-
-def voucher_digest(channel_id: str, amount: int, chain_id: int) -> bytes:
-    """The EIP-712 digest a payer signs for a voucher (same as the SDK's typed data)."""
-    cid = bytes.fromhex(channel_id.removeprefix("0x"))
-    if len(cid) != 32 or not 0 <= amount < 2**128:
-        raise ValueError("channel id must be 32 bytes and the amount a uint128")
-    struct = keccak(_VOUCHER_TYPEHASH + cid + amount.to_bytes(32, "big"))
-    return keccak(b"\x19\x01" + _domain_separator(chain_id) + struct)
-
-
-def voucher_signer(channel_id: str, amount: int, signature: str, chain_id: int) -> str | None:
-    """The checksummed address that signed a voucher, or None if the signature is invalid."""
-    try:
-        raw = bytes.fromhex(signature.removeprefix("0x"))
-        digest = voucher_digest(channel_id, amount, chain_id)
-    except ValueError:
-        return None
-    return recover_address(digest, raw)
 
 
 def check_state(voucher: Voucher, state: OnchainState) -> None:

@@ -7,7 +7,7 @@ between the two leaves the node holding a receipt for tokens that arrived while
 the receipt did not; the node charges it when it releases the request (or
 restarts) and can claim it on chain. The payer believes it *owes* only what its
 receipts say, so it cannot adopt that charge; it counts it as *spent* instead
-(:meth:`agoranet.payments.payer.Payer.cut`), so that its recorded spend covers
+(:meth:`agoranet.payments.pay.payer.Payer.cut`), so that its recorded spend covers
 every claim. :func:`unreceipted_cost` is that amount: what the node can charge,
 at the prices of its offer, for the tokens that arrived beyond the payer's last
 receipt of the request:

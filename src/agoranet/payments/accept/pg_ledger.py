@@ -6,7 +6,7 @@ and "one request per channel at a time" holds across them. Each channel
 operation is one transaction that first locks the channel's row
 (``SELECT ... FOR UPDATE``), so two replicas can never spend the same headroom;
 it is the same protocol and the same rules as
-:class:`~agoranet.payments.sqlite_ledger.SqliteLedger` (the shared conformance
+:class:`~agoranet.payments.accept.sqlite_ledger.SqliteLedger` (the shared conformance
 suite runs against both).
 
 Holds and replicas. Every replica registers itself with a *lease* (a row in
@@ -48,7 +48,7 @@ from typing import Any, Final, cast
 import psycopg
 
 from agoranet.errors import LedgerError
-from agoranet.payments.ledger import (
+from agoranet.payments.accept.ledger import (
     ChannelRecord,
     ClaimCandidate,
     ClaimFailure,
@@ -58,7 +58,7 @@ from agoranet.payments.ledger import (
     check_amount,
     request_id_in_use,
 )
-from agoranet.payments.ledger_url import redact_url
+from agoranet.payments.accept.ledger_url import redact_url
 from agoranet.payments.receipts import Receipt
 
 __all__ = ["DEFAULT_LEASE_S", "PgLedger"]
@@ -165,7 +165,7 @@ Cursor = psycopg.Cursor[tuple[Any, ...]]
 
 
 class PgLedger:
-    """:class:`~agoranet.payments.ledger.Ledger` in a PostgreSQL database at ``url``.
+    """:class:`~agoranet.payments.accept.ledger.Ledger` in a PostgreSQL database at ``url``.
 
     ``lease_s``: how long this replica's holds outlive it (renewed every third of it).
     LedgerError if the server cannot be reached within ``connect_timeout`` seconds.

@@ -1,6 +1,6 @@
-"""The PostgreSQL ledger with group commit (see :mod:`agoranet.payments.group_commit`).
+"""The PostgreSQL ledger with group commit (see :mod:`agoranet.payments.accept.group_commit`).
 
-:class:`PgGroupLedger` is :class:`~agoranet.payments.pg_ledger.PgLedger` with one
+:class:`PgGroupLedger` is :class:`~agoranet.payments.accept.pg_ledger.PgLedger` with one
 difference: on a thread that defers its syncs, a write that would commit with
 ``synchronous_commit=on`` commits with ``off`` (committed, its row locks
 released, visible to every replica; its WAL record not flushed yet) and owes a
@@ -21,8 +21,8 @@ from contextlib import contextmanager
 
 from psycopg import sql
 
-from agoranet.payments.group_commit import Deferral
-from agoranet.payments.pg_ledger import DEFAULT_LEASE_S, Cursor, PgLedger
+from agoranet.payments.accept.group_commit import Deferral
+from agoranet.payments.accept.pg_ledger import DEFAULT_LEASE_S, Cursor, PgLedger
 
 __all__ = ["PgGroupLedger"]
 

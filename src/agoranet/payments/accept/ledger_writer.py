@@ -1,6 +1,6 @@
 """The node's request-path ledger writes, off the event loop, with group commit.
 
-:class:`LedgerWriter` runs a :class:`~agoranet.payments.ledger.Ledger`'s writes
+:class:`LedgerWriter` runs a :class:`~agoranet.payments.accept.ledger.Ledger`'s writes
 on one writer thread and gives the event loop ``async`` methods that await
 them: a request waiting for its voucher to reach the disk no longer stops every
 other request on the loop.
@@ -8,7 +8,7 @@ other request on the loop.
 The writer runs the queued writes one after the other, each still its own
 transaction, so every per-channel rule -- one request per channel at a time,
 the compare-and-set of a voucher -- is the ledger's, unchanged. If the ledger
-supports group commit (:class:`~agoranet.payments.group_commit.GroupCommitLedger`)
+supports group commit (:class:`~agoranet.payments.accept.group_commit.GroupCommitLedger`)
 the writes that would have synced (an accepted voucher) defer it: with nothing
 else queued the writer syncs them at once (one sync for all), else a second
 thread does, making every such write committed since its last sync durable with
@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from agoranet.errors import LedgerError
-from agoranet.payments.group_commit import GroupCommitLedger
-from agoranet.payments.ledger import ChannelRecord, Hold, Ledger, VoucherRefused
+from agoranet.payments.accept.group_commit import GroupCommitLedger
+from agoranet.payments.accept.ledger import ChannelRecord, Hold, Ledger, VoucherRefused
 from agoranet.payments.receipts import Receipt
 from agoranet.sqlite_store import SqliteStore
 

@@ -8,8 +8,8 @@ node's signed receipt (signer, channel, request id, price of the tokens, never
 above the maximum, cumulative in step) before it believes it -- for a stream
 that breaks, its last running receipt, which never counts more tokens than
 arrived -- keeps its state
-and every receipt on disk (:mod:`agoranet.payments.payer_store`), tops up when the deposit runs short, and withdraws
-what is left at the end. :mod:`agoranet.payments.httpx_auth` plugs it into any
+and every receipt on disk (:mod:`agoranet.payments.pay.payer_store`), tops up when the deposit runs short, and withdraws
+what is left at the end. :mod:`agoranet.payments.pay.httpx_auth` plugs it into any
 httpx client.
 
 What the payer owes, and a node's corrective 402
@@ -47,7 +47,7 @@ A stream cut before its final receipt (:meth:`Payer.cut`) is charged by the node
 its last *recorded* running receipt, which may be one the payer never got: a node
 records each before it sends it. So the payer believes the last running receipt it
 holds, and counts as spent -- not owed -- what the node can charge beyond it for
-the tokens that arrived after it (:mod:`agoranet.payments.unreceipted`), remembered
+the tokens that arrived after it (:mod:`agoranet.payments.pay.unreceipted`), remembered
 by request (``ChannelState.unreceipted``) until a receipt for it turns up.
 
 So a node can claim at most the payer's receipts plus one request's headroom,
@@ -97,11 +97,11 @@ from agoranet.market import ModelName, TokenPrices, cost
 from agoranet.payments import x402wire
 from agoranet.payments.channels import new_config, open_channel, read_channel
 from agoranet.payments.ecdsa import DigestSigner
-from agoranet.payments.payer_store import ChannelState, PayerStore
+from agoranet.payments.pay.payer_store import ChannelState, PayerStore
+from agoranet.payments.pay.subkeys import RevokeOutcome, SubKey, revoke
+from agoranet.payments.pay.unreceipted import unreceipted_cost
 from agoranet.payments.receipts import Receipt, verify_receipt
-from agoranet.payments.subkeys import RevokeOutcome, SubKey, revoke
-from agoranet.payments.unreceipted import unreceipted_cost
-from agoranet.payments.verifier import voucher_digest
+from agoranet.payments.vouchers import voucher_digest
 from agoranet.registry.offer import Offer
 from agoranet.registry.signing import offer_signer
 
@@ -461,7 +461,7 @@ class Payer:
         tokens (``usage``: the answer's (prompt, completion) tokens, if they came): its last
         running receipt, if any, is believed (as :meth:`adopt` with ``final=False``), and
         what the node can charge beyond it for the tokens that arrived
-        (:func:`~agoranet.payments.unreceipted.unreceipted_cost`, at the offer's prices,
+        (:func:`~agoranet.payments.pay.unreceipted.unreceipted_cost`, at the offer's prices,
         within the voucher) is counted as spent, never as owed: the node may hold a
         receipt for them that never arrived. It is remembered for the request, so a receipt
         for it shown later (a corrective 402) counts only the rest. The amount counted

@@ -1,6 +1,6 @@
 """Telling a PostgreSQL ledger's URL from a SQLite ledger's path, and showing it safely.
 
-Kept apart from :mod:`agoranet.payments.pg_ledger` so that the CLI and the node's
+Kept apart from :mod:`agoranet.payments.accept.pg_ledger` so that the CLI and the node's
 settings can tell the two apart without psycopg (an optional extra) installed.
 """
 
