@@ -66,6 +66,7 @@ WORK = ROOT / "build" / "mutation"
 # Test files per module group (paths relative to the repository root).
 _PAYER_TESTS = [
     "tests/payments/test_payer.py",
+    "tests/gateway/test_node_payer.py",  # Payer.credit (a top-up credited on the loop)
     "tests/payments/test_receipt_checks.py",
     "tests/payments/test_payer_disputes.py",
     "tests/payments/test_payer_completion_limit.py",
@@ -293,7 +294,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_node_request_ids.py",
     ]),
     "paying": ("src/agoranet/gateway/paying.py", [
-        *_GATEWAY_TESTS, "tests/payments/test_node_payers_chain.py"]),
+        *_GATEWAY_TESTS, "tests/payments/test_node_payers_chain.py",
+        "tests/gateway/test_node_payer.py", "tests/payments/test_node_payer_topups.py"]),
     "budget": ("src/agoranet/gateway/budget.py", _GATEWAY_TESTS),
     # the gateway's payer of one node: top-ups on a task of their own, ahead of need
     "node_payer": ("src/agoranet/gateway/node_payer.py", [

@@ -51,7 +51,9 @@ def refused_in_use(book: Any, request_id: str = "shared") -> VoucherRefused:
     exc = refused.value
     assert exc.reason == "request-id-in-use"
     assert exc.channel is None and exc.receipt is None  # nothing of the other channel
-    assert "choose another request id" in str(exc) and FIRST not in str(exc)
+    assert str(exc) == (f"request id {request_id} is taken by a request on another channel: "
+                        "choose another request id (one per request)")  # what the buyer reads
+    assert FIRST not in str(exc)
     return exc
 
 
