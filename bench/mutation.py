@@ -290,6 +290,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     ]),
     # the buyer's request id, checked where a node or tool server reads it
     "request_ids": ("src/agoranet/request_ids.py", [
+        "tests/test_request_ids.py",
         "tests/node/test_paid_route_request_ids.py",
         "tests/payments/test_node_request_ids.py",
     ]),
