@@ -337,6 +337,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     ]),
     # what a key may buy from the tool market: tools, sellers, a price cap per call
     "tool_limits": ("src/agoranet/gateway/tool_limits.py", [
+        "tests/gateway/test_tool_policy_fields.py",
         "tests/gateway/test_tool_key_limits.py",
     ]),
     # ... from a seller taking only exact: one transfer a call, its receipt checked
