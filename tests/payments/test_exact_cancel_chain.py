@@ -95,3 +95,37 @@ def test_the_gateway_s_payers_cancel_with_its_wallet(env: Env, payer: LocalAccou
     finally:
         payers.close()
         spend.close()
+
+
+def test_a_transfer_settled_while_the_cancel_is_on_its_way_is_not_cancelled(
+        env: Env, payer: LocalAccount, receiver: LocalAccount,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seller settles between our check and our cancel: the cancel reverts, the chain
+    is asked again, and the answer is "it moved" (False), never an error or a False True."""
+    from agoranet.payments.pay import exact_cancel
+
+    signed = _signed(env, payer, receiver)
+    before = _balance(env, payer.address)
+    real = exact_cancel.authorization_used
+    asked: list[bool] = []
+
+    def checked_before_the_seller(*args: object) -> bool:
+        if not asked:  # our first look: the seller has not settled yet ...
+            asked.append(False)
+            _settle(env, receiver, signed)  # ... and does so right after it
+            return False
+        asked.append(real(*args))  # type: ignore[arg-type]
+        return asked[-1]
+
+    monkeypatch.setattr(exact_cancel, "authorization_used", checked_before_the_seller)
+    assert cancel_authorization(env.w3, env.addresses, payer, signed["nonce"]) is False
+    assert asked == [False, True]
+    assert _balance(env, payer.address) == before - PRICE
+
+
+@pytest.mark.parametrize("nonce", ["0x" + "ab" * 31, "0x" + "ab" * 33])
+def test_a_nonce_of_another_length_is_refused_before_anything_is_sent(nonce: str) -> None:
+    from agoranet.payments.pay.exact_cancel import _bytes32
+
+    with pytest.raises(ValueError, match=f"^an EIP-3009 nonce is 32 bytes, not {len(nonce) // 2 - 1}$"):
+        _bytes32(nonce)
