@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import httpx
 import uvicorn
+from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from starlette.applications import Starlette
 from x402.mechanisms.evm.batch_settlement.client.voucher import sign_voucher
@@ -21,6 +23,7 @@ from x402.schemas import PaymentPayload, PaymentRequirements
 from agoranet.chain import compile_contract
 from agoranet.config import NodeSettings
 from agoranet.engines.base import Delta, Finish, Prepared, StreamEvent
+from agoranet.node.app import create_app
 from agoranet.node.payment_setup import NodePayments, build_payments
 from agoranet.payments import x402wire
 from agoranet.payments.channels import new_config, open_channel
@@ -156,3 +159,40 @@ async def served(app: Starlette) -> AsyncIterator[str]:
             await task
         finally:
             sock.close()
+
+
+E = TypeVar("E", bound=FakeEngine)
+
+
+@dataclass
+class InProcessNode(Generic[E]):
+    """A paid node's app on the dev chain, driven in process (its code is the test's)."""
+
+    app: Starlette
+    engine: E
+    payments: NodePayments
+    address: str
+    asset: str
+
+
+@contextmanager
+def in_process_node(env: Any, folder: Path, engine: E) -> Iterator[InProcessNode[E]]:
+    """A paid node serving ``engine`` with its ledger in ``folder`` (the dev chain's third
+    account is its wallet); its payments are closed on exit."""
+    account: LocalAccount = Account.from_key(env.dev.private_keys[2])
+    ledger = folder / "ledger.sqlite"
+    payments = node_payments(env.dev.rpc_url, ledger, account)
+    app = create_app(engine, paid_settings(env.dev.rpc_url, ledger), None, payments)
+    try:
+        yield InProcessNode(app, engine, payments, account.address,
+                            env.addresses.require_stablecoin())
+    finally:
+        payments.close()
+
+
+@asynccontextmanager
+async def asgi_client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client calling ``app`` in process."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+        yield client

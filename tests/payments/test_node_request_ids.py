@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from starlette.applications import Starlette
 
 from agoranet.engines.base import Prepared, StreamEvent
-from agoranet.node.app import create_app
-from agoranet.node.payment_setup import NodePayments
 from agoranet.payments import x402wire
 from agoranet.payments.receipts import Receipt, verify_receipt
 from agoranet.payments.wallet import fund_dev
@@ -33,10 +29,11 @@ from .paid_support import (
     WORST,
     Channel,
     CountingEngine,
+    InProcessNode,
+    asgi_client,
     header,
-    node_payments,
+    in_process_node,
     open_test_channel,
-    paid_settings,
 )
 from .support import channel_state, needs_anvil
 
@@ -69,30 +66,19 @@ class GatedEngine(CountingEngine):
         return gated()
 
 
-@dataclass
-class Node:
-    app: Starlette
-    engine: GatedEngine
-    payments: NodePayments
-    address: str
-    asset: str
+Node = InProcessNode[GatedEngine]
 
 
 @pytest.fixture(scope="module")
 def node(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    account: LocalAccount = Account.from_key(env.dev.private_keys[2])
-    ledger = tmp_path_factory.mktemp("ledger") / "ledger.sqlite"
-    payments = node_payments(env.dev.rpc_url, ledger, account)
     engine = GatedEngine(delay=0.0, max_active=8, max_queue=64)
-    app = create_app(engine, paid_settings(env.dev.rpc_url, ledger), None, payments)
-    yield Node(app, engine, payments, account.address, env.addresses.require_stablecoin())
-    payments.close()
+    with in_process_node(env, tmp_path_factory.mktemp("ledger"), engine) as started:
+        yield started
 
 
 @pytest.fixture
 async def client(node: Node) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=node.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://node") as c:
+    async with asgi_client(node.app) as c:
         yield c
 
 

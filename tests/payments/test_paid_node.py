@@ -9,18 +9,14 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from starlette.applications import Starlette
 from x402.mechanisms.evm.batch_settlement import errors as bs_errors
 
-from agoranet.node.app import create_app
-from agoranet.node.payment_setup import NodePayments
 from agoranet.payments import x402wire
 from agoranet.payments.channels import initiate_withdraw
 from agoranet.payments.ecdsa import SECP256K1_N, signature_problem
@@ -33,11 +29,13 @@ from .paid_support import (
     BODY,
     WORST,
     CountingEngine,
+    InProcessNode,
+    asgi_client,
     header,
+    in_process_node,
     node_payments,
     open_test_channel,
     other_token,
-    paid_settings,
 )
 from .support import channel_state, needs_anvil
 
@@ -46,30 +44,19 @@ pytestmark = needs_anvil
 ALLOWANCE = 20_000  # the payer's per-request maximum (above the worst case 13000)
 
 
-@dataclass
-class Node:
-    app: Starlette
-    engine: CountingEngine
-    payments: NodePayments
-    address: str
-    asset: str
+Node = InProcessNode[CountingEngine]
 
 
 @pytest.fixture(scope="module")
 def node(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    account: LocalAccount = Account.from_key(env.dev.private_keys[2])
-    ledger = tmp_path_factory.mktemp("ledger") / "ledger.sqlite"
-    payments = node_payments(env.dev.rpc_url, ledger, account)
     engine = CountingEngine(delay=0.0, max_active=8, max_queue=64)
-    app = create_app(engine, paid_settings(env.dev.rpc_url, ledger), None, payments)
-    yield Node(app, engine, payments, account.address, env.addresses.require_stablecoin())
-    payments.close()
+    with in_process_node(env, tmp_path_factory.mktemp("ledger"), engine) as started:
+        yield started
 
 
 @pytest.fixture
 async def client(node: Node) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=node.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://node") as c:
+    async with asgi_client(node.app) as c:
         yield c
 
 
