@@ -4,6 +4,8 @@ Prints, in one run:
 - voucher sign and verify operations per second (the x402 SDK's EIP-712 code),
   receipt sign / verify per second (ours), and running receipts (persisted and
   signed mid-stream, one every ``--receipt-every`` tokens by default 16) per second;
+  and their sum for one request (voucher check, durable accept, charge and receipt,
+  in one thread): the least payment adds to a lone request, whatever the server;
 - the node's median and p99 latency for the same request (tiny model, one output
   token) unpaid (``--free``) and paid (a ``batch-settlement`` voucher per request,
   persisted in the ledger, a signed receipt back), interleaved, and the ratio; the
@@ -279,6 +281,16 @@ def crypto_rates(n: int, postgres_url: str | None = None) -> dict[str, float]:
     }
 
 
+FLOOR_PARTS = ("ledger: accept (fsync'd) + charge, one request",  # the receipt signed in it
+               "voucher verify (node's check, same digest)")
+
+
+def own_work_ms(crypto: dict[str, float]) -> float:
+    """What a lone paid request costs the node at least, in one thread with no wait
+    overlapped: its voucher checked, accepted durably, charged and receipted (ms)."""
+    return sum(1000 / crypto[part] for part in FLOOR_PARTS)
+
+
 class Timer:
     """httpx event hooks: request handed over (after auth signed it) -> headers back."""
 
@@ -338,6 +350,10 @@ def run(args: argparse.Namespace, console: Console, pg_url: str | None) -> None:
     for name, value in crypto.items():
         table.add_row(name, f"{value:,.0f}")
     console.print(table)
+    floor = own_work_ms(crypto)
+    console.print(f"the payment's own work for one request (voucher check, durable accept, "
+                  f"charge and receipt, one thread): {floor:.2f} ms -- the least it adds to a "
+                  "lone request on this machine unless overlapped with the request's own work")
     with console.status("ledger writes: on the event loop vs group commit"):
         rows = group_commit_rows(args.concurrency, min(args.paid, 20 * args.concurrency),
                                  pg_url)
@@ -423,6 +439,7 @@ def run(args: argparse.Namespace, console: Console, pg_url: str | None) -> None:
     table.add_row("paid / unpaid", f"{med_paid / med_free:.3f}",
                   f"{pct(paid_ms, 0.99) / pct(unpaid_ms, 0.99):.3f}")
     table.add_row("payment adds (goal <= 0.5 ms)", f"{med_paid - med_free:.2f}", "")
+    table.add_row("  its own work (floor, above)", f"{floor:.2f}", "")
     if pg_ms:
         med_pg = pct(pg_ms, 0.5)
         table.add_row("paid, PostgreSQL ledger", f"{med_pg:.2f}", f"{pct(pg_ms, 0.99):.2f}")
