@@ -58,39 +58,46 @@ __all__ = ["build_service", "create_gateway_app", "open_reputation"]
 
 def build_service(settings: GatewaySettings, policy: Policy | None = None,
                   account: LocalAccount | None = None) -> GatewayService:
-    """The gateway's parts; with ``account`` (and ``settings.rpc_url``) it pays paid nodes."""
-    client = node_client()
-    spend = SpendLog(settings.spend_log_path())
-    reputation = open_reputation(settings)
-    registry = None
-    if settings.registry_rpc_url:
-        from agoranet.registry.onchain import registry_at
+    """The gateway's parts; with ``account`` (and ``settings.rpc_url``) it pays paid nodes.
+    If a part cannot be built (a bad reputation list, an unreachable registry, a reference
+    model that does not load), those built before it are closed again."""
+    with contextlib.ExitStack() as built:
+        client = node_client()
+        spend = SpendLog(settings.spend_log_path())
+        built.callback(spend.close)
+        reputation = open_reputation(settings)
+        built.callback(reputation.close)
+        registry = None
+        if settings.registry_rpc_url:
+            from agoranet.registry.onchain import registry_at
 
-        registry = registry_at(settings.registry_rpc_url).entries
-    payers = None
-    if account is not None and settings.rpc_url:
-        payers = NodePayers(settings.rpc_url, account, settings.channels_dir(), settings.deposit,
-                            chain_timeout_s=settings.chain_timeout_s)
-    budget = Budget(settings.budget, spent=spend.total())
-    if payers is not None:
-        payers.count_in(budget, spend)  # a node's unreceipted claim is spent too
-    auditor = None
-    if settings.audit_reference:
-        from agoranet.engines.hf import load_model
+            registry = registry_at(settings.registry_rpc_url).entries
+        payers = None
+        if account is not None and settings.rpc_url:
+            payers = NodePayers(settings.rpc_url, account, settings.channels_dir(),
+                                settings.deposit, chain_timeout_s=settings.chain_timeout_s)
+            built.callback(payers.close)
+        budget = Budget(settings.budget, spent=spend.total())
+        if payers is not None:
+            payers.count_in(budget, spend)  # a node's unreceipted claim is spent too
+        auditor = None
+        if settings.audit_reference:
+            from agoranet.engines.hf import load_model
 
-        reference = load_model(settings.audit_reference)
-        limit = AuditBudget(settings.audit_budget_share, budget, spend.audit_total(),
-                            floor=settings.audit_budget_floor)
-        auditor = Auditor(reference, reference.info.name, share=settings.audit_share,
-                          payers=payers, limit=limit, spend=spend)
-    service = GatewayService(
-        NodeDirectory(settings.nodes, client, settings.refresh_s, registry, reputation),
-        _with_settings(policy or load_policy(settings.policy_file), settings),
-        budget, spend, client, settings.default_max_tokens, payers, auditor,
-    )
-    if settings.tools or registry is not None:
-        service.tools = tool_market(settings, client, budget, spend, reputation, registry,
-                                    account)
+            reference = load_model(settings.audit_reference)
+            limit = AuditBudget(settings.audit_budget_share, budget, spend.audit_total(),
+                                floor=settings.audit_budget_floor)
+            auditor = Auditor(reference, reference.info.name, share=settings.audit_share,
+                              payers=payers, limit=limit, spend=spend)
+        service = GatewayService(
+            NodeDirectory(settings.nodes, client, settings.refresh_s, registry, reputation),
+            _with_settings(policy or load_policy(settings.policy_file), settings),
+            budget, spend, client, settings.default_max_tokens, payers, auditor,
+        )
+        if settings.tools or registry is not None:
+            service.tools = tool_market(settings, client, budget, spend, reputation,
+                                        registry, account)
+        built.pop_all()  # the service owns them now (GatewayService.aclose)
     return service
 
 
