@@ -208,6 +208,19 @@ def test_an_embedding_model_states_its_own_pooling(embedding_model: Path) -> Non
         transformers_engine(str(embedding_model), embedding_pooling="last")
 
 
+@pytest.mark.parametrize(("options", "flag"), [
+    ({"tool_call_parser": "hermes"}, "--tool-call-parser"), ({"batching": False}, "--no-batching")])
+def test_generation_options_on_an_embedding_model_are_refused(
+        embedding_model: Path, options: dict[str, Any], flag: str) -> None:
+    with pytest.raises(ConfigError, match=f"embedding model: it does not use {flag}"):
+        transformers_engine(str(embedding_model), **options)
+
+
+def test_their_defaults_on_an_embedding_model_are_fine(embedding_model: Path) -> None:
+    engine = transformers_engine(str(embedding_model), tool_call_parser=None, batching=True)
+    assert isinstance(engine, TransformersEmbeddingEngine)
+
+
 # -------------------------------------------------------------- wire types
 
 

@@ -60,8 +60,20 @@ def transformers_engine(model: str | None = None, **options: Any
             if options.get("embedding_pooling"):
                 raise ConfigError(f"{model} states its own pooling (1_Pooling/config.json): "
                                   "leave out --embedding-pooling")
+            _refuse_chat_options(str(model), options)
             return TransformersEmbeddingEngine(model, **options)
     return TransformersEngine(model, **options)
+
+
+def _refuse_chat_options(model: str, options: dict[str, Any]) -> None:
+    """ConfigError naming the generation options set away from their defaults for an
+    embedding model (it would ignore them: it serves ``/v1/embeddings`` only)."""
+    unused = [flag for flag, is_set in (
+        ("--tool-call-parser", options.get("tool_call_parser") is not None),
+        ("--no-batching", options.get("batching") is False)) if is_set]
+    if unused:
+        raise ConfigError(f"{model} is an embedding model: it does not use "
+                          f"{', '.join(unused)} (leave it out)")
 
 
 class TransformersEngine:
