@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
+import uvicorn
 from filelock import FileLock
 
 from agoranet.node.launcher import free_port, running_node
 
 __all__ = ["EMBED_DIR", "ROOT", "SMALL_DIR", "TINY_DIR", "bound_socket", "ensure_embedding_model",
            "ensure_small_model", "ensure_tiny_model", "free_port", "node_process",
-           "rigged_node_process"]
+           "rigged_node_process", "served"]
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DIR = Path(os.environ.get("AGORANET_TINY_MODEL", ROOT / "models" / "tiny"))
@@ -65,3 +70,27 @@ def ensure_embedding_model() -> Path:
 def ensure_small_model() -> Path:
     """A smaller model trained the same way (same tokenizer and corpus): the "smaller" cheat."""
     return _ensure(SMALL_DIR, "small")
+
+
+@asynccontextmanager
+async def served(app: Any) -> AsyncIterator[str]:
+    """``app`` (an ASGI app, its lifespan run) behind a real uvicorn server in this process,
+    on a port bound here first (:func:`bound_socket`); its root URL. On exit the server
+    stops after its open responses (a stream the app kept open would hang it here)."""
+    sock = bound_socket()
+    port = int(sock.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        try:
+            await task
+        finally:
+            sock.close()

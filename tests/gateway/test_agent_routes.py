@@ -5,17 +5,13 @@ chain and models."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from starlette.applications import Starlette
 
 from agoranet.agents.mcp_http import create_agent_gateway_app
 from agoranet.config import GatewaySettings, NodeSettings
@@ -25,25 +21,7 @@ from agoranet.gateway.service import GatewayService
 from agoranet.node.app import create_app
 from agoranet.registry.offer import FineTuningTerms, PaymentOffer
 from fakes import FakeEngine
-from helpers import bound_socket
-
-
-@asynccontextmanager
-async def served(app: Starlette) -> AsyncIterator[str]:
-    sock = bound_socket()  # bound now: no other process can take it meanwhile
-    port = int(sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+from helpers import served
 
 
 @dataclass

@@ -9,13 +9,11 @@ in-process under uvicorn.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 
 from agoranet.config import GatewaySettings, NodeSettings
@@ -25,30 +23,12 @@ from agoranet.gateway.service import GatewayService
 from agoranet.node.app import create_app
 from agoranet.testing.chaos import chaos_middleware
 from fakes import FakeEngine
-from helpers import bound_socket
+from helpers import served
 
 pytestmark = pytest.mark.timeout(60)
 
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "one two"}],
         "max_tokens": 8, "stream": True}
-
-
-@asynccontextmanager
-async def served(app: Starlette) -> AsyncIterator[str]:
-    sock = bound_socket()  # bound now: no other process can take it meanwhile
-    port = int(sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:  # waits for its open responses: a node stream the gateway kept would hang here
-        server.should_exit = True
-        await task
 
 
 def stalling_node(price: int, stall_after: int) -> Starlette:

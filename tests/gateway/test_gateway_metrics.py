@@ -5,18 +5,14 @@ without its prompt or any key."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from starlette.applications import Starlette
 
 from agoranet.api.logformat import EVENTS_LOGGER, JsonFormatter
 from agoranet.config import GatewaySettings, NodeSettings
@@ -24,29 +20,11 @@ from agoranet.gateway.app import build_service, create_gateway_app
 from agoranet.gateway.keystore import OWNER, KeyStore
 from agoranet.node.app import create_app
 from fakes import FakeEngine
-from helpers import bound_socket
+from helpers import served
 from promtext import Scrape
 
 PROMPT = "tell me the secret recipe of the harbour soup"
 CHAT = "/v1/chat/completions"
-
-
-@asynccontextmanager
-async def served(app: Starlette) -> AsyncIterator[str]:
-    sock = bound_socket()  # bound now: no other process can take it meanwhile
-    port = int(sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 @pytest.fixture

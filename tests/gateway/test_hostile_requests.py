@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 
 from agoranet.config import GatewaySettings, NodeSettings
@@ -23,7 +21,7 @@ from agoranet.engines.base import Prepared, StreamEvent
 from agoranet.gateway.app import build_service, create_gateway_app
 from agoranet.node.app import create_app
 from fakes import FakeEngine
-from helpers import bound_socket
+from helpers import served
 
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "one two"}], "max_tokens": 3}
 
@@ -38,24 +36,6 @@ class CountingEngine(FakeEngine):
     def stream(self, prepared: Prepared) -> AsyncIterator[StreamEvent]:
         self.calls += 1
         return super().stream(prepared)
-
-
-@asynccontextmanager
-async def served(app: Starlette) -> AsyncIterator[str]:
-    sock = bound_socket()  # bound now: no other process can take it meanwhile
-    port = int(sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 @pytest.fixture

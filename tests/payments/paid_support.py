@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -10,7 +9,6 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import httpx
-import uvicorn
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from starlette.applications import Starlette
@@ -28,7 +26,7 @@ from agoranet.node.payment_setup import NodePayments, build_payments
 from agoranet.payments import x402wire
 from agoranet.payments.channels import new_config, open_channel
 from fakes import FakeEngine
-from helpers import bound_socket
+from helpers import served as served  # the payment tests take it from here
 
 PRICE_IN = 1_000_000_000  # 1000 base units per prompt token
 PRICE_OUT = 2_000_000_000  # 2000 per completion token
@@ -136,29 +134,6 @@ class _ShortJob:
             reason = "stop" if limit < self.prepared.request.max_tokens else "length"
             events.append(Finish(reason, self.prepared.prompt_tokens, self.sent))
         return events
-
-
-@asynccontextmanager
-async def served(app: Starlette) -> AsyncIterator[str]:
-    """``app`` behind a real uvicorn server on a free port; its root URL. (The port is
-    bound here and handed over: a port only found free could be taken meanwhile.)"""
-    sock = bound_socket()
-    port = int(sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        try:
-            await task
-        finally:
-            sock.close()
 
 
 E = TypeVar("E", bound=FakeEngine)
