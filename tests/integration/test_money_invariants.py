@@ -16,11 +16,7 @@ the escrow (and claimed once forced).
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +36,6 @@ from agoranet.chain.devchain import DevChain
 from agoranet.chain.rpc import connect
 from agoranet.config import ChainSettings
 from agoranet.errors import PaymentError
-from agoranet.node.launcher import free_port
 from agoranet.payments import x402wire
 from agoranet.payments.channels import escrow_contract
 from agoranet.payments.pay.httpx_auth import PayerAuth, Payment
@@ -55,6 +50,7 @@ from agoranet.testing.invariants import (
     voucher_claim_error,
 )
 from agoranet.testing.settle import force_settlement
+from integration.node_process import NodeProcess
 
 pytestmark = pytest.mark.slow
 
@@ -63,55 +59,6 @@ PRICE_IN, PRICE_OUT = 1_000_000, 3_000_000  # 1 and 3 base units per token
 HEADROOM = 2_000  # the payer's per-request maximum: above any worst case here
 DEPOSIT = 1_000_000
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-
-
-class NodeProcess:
-    """``agoranet node`` on a fixed port and ledger, which a test may SIGKILL and restart."""
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.args, self.log, self.port = args, log, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.spawn()
-        self.wait_ready()
-
-    def spawn(self) -> None:
-        env = {**os.environ, PASSWORD_ENV_VAR: PASSWORD, "OMP_NUM_THREADS": "1"}
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(  # the test-only node: chaos delay, payment cheats
-                [sys.executable, "-m", "agoranet.testing", "node", *self.args, "--port",
-                 str(self.port)],
-                stdout=out, stderr=subprocess.STDOUT, env=env)
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"node exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, self.log.read_text()[-3000:]
-            time.sleep(0.2)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @dataclass
@@ -149,7 +96,8 @@ class World:
             "--price-out", str(PRICE_OUT), "--rpc-url", self.dev.rpc_url,
             "--keystore", str(keystore), "--ledger", str(ledger), "--no-fine-tuning",
             "--no-adapters", "--receipt-every", "8", "--chaos-delay-ms", "10",
-            "--chain-state-ttl", "1", *extra], self.root / f"{name}.log")
+            "--chain-state-ttl", "1", *extra], self.root / f"{name}.log",
+            module="agoranet.testing", env={PASSWORD_ENV_VAR: PASSWORD})
         process.spawn()  # started, not yet ready: see PaidNode.ready
         return PaidNode(process, ledger, key, account.address)
 

@@ -11,10 +11,6 @@ and the buyer's receipts, and nothing was lost or overcharged.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,13 +28,13 @@ from agoranet.chain.devchain import DevChain
 from agoranet.chain.rpc import connect
 from agoranet.config import ChainSettings
 from agoranet.market import TokenPrices, cost
-from agoranet.node.launcher import free_port
 from agoranet.payments.channels import read_channel
 from agoranet.payments.pay.httpx_auth import PayerAuth
 from agoranet.payments.pay.payer import Payer
 from agoranet.payments.receipts import Receipt, verify_receipt
 from agoranet.payments.wallet import PASSWORD_ENV_VAR, create_keystore, fund_dev
 from agoranet.tuning.housestyle import write_house_style
+from integration.node_process import NodeProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -48,7 +44,7 @@ DEPOSIT = 5_000_000
 ENDED = ("succeeded", "failed", "cancelled")
 
 
-class Node:
+class Node(NodeProcess):
     """A paid ``agoranet node`` on a fixed port and its own state, which may be SIGKILLed."""
 
     def __init__(self, dev: DevChain, model: Path, tmp: Path, key_index: int) -> None:
@@ -56,46 +52,13 @@ class Node:
         keystore = tmp / "node-key.json"
         create_keystore(keystore, PASSWORD, private_key=bytes(self.account.key), scrypt_n=2**10)
         self.ledger = tmp / "ledger.sqlite"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp / "node.log"
-        self.env = {**os.environ, PASSWORD_ENV_VAR: PASSWORD, "OMP_NUM_THREADS": "1",
-                    "AGORANET_NODE_FINE_TUNING_DIR": str(tmp / "tuning")}
-        self.args = ["--model", str(model), "--price-in", "1000000", "--price-out", "3000000",
-                     "--price-training", str(PRICE_TRAINING), "--rpc-url", dev.rpc_url,
-                     "--keystore", str(keystore), "--ledger", str(self.ledger), "--no-adapters",
-                     "--settle-interval", "0.2", "--chain-state-ttl", "1",
-                     "--port", str(self.port)]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "agoranet", "node", *self.args],
-                                            stdout=out, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + 120
-        while True:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, self.log.read_text()[-3000:]
-            time.sleep(0.2)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        super().__init__(
+            ["--model", str(model), "--price-in", "1000000", "--price-out", "3000000",
+             "--price-training", str(PRICE_TRAINING), "--rpc-url", dev.rpc_url,
+             "--keystore", str(keystore), "--ledger", str(self.ledger), "--no-adapters",
+             "--settle-interval", "0.2", "--chain-state-ttl", "1"], tmp / "node.log",
+            env={PASSWORD_ENV_VAR: PASSWORD,
+                 "AGORANET_NODE_FINE_TUNING_DIR": str(tmp / "tuning")})
 
     def receipts_total(self) -> int:
         import sqlite3

@@ -10,11 +10,7 @@ a paid stream loses no accepted voucher.
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +29,6 @@ from agoranet.chain.rpc import connect
 from agoranet.cli.node import node as node_cli
 from agoranet.config import ChainSettings
 from agoranet.errors import DevChainError
-from agoranet.node.launcher import free_port
 from agoranet.payments.channels import read_channel
 from agoranet.payments.pay.httpx_auth import PayerAuth, Payment
 from agoranet.payments.pay.payer import Payer
@@ -43,6 +38,7 @@ from agoranet.payments.wallet import (
     fund_dev,
     stablecoin_contract,
 )
+from integration.node_process import NodeProcess
 
 try:
     find_anvil()
@@ -78,47 +74,6 @@ def chain() -> Iterator[Chain]:
         yield Chain(dev, w3, resolve_addresses(dev.chain_id, ChainSettings(rpc_url=dev.rpc_url)))
 
 
-class NodeProcess:
-    """``agoranet node`` on a fixed port, which a test may SIGKILL and start again."""
-
-    def __init__(self, args: list[str], port: int, log: Path) -> None:
-        self.args, self.port, self.log = args, port, log
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"http://127.0.0.1:{port}"
-
-    def start(self, timeout: float = 120.0) -> None:
-        env = {**os.environ, PASSWORD_ENV_VAR: PASSWORD, "OMP_NUM_THREADS": "1"}
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "agoranet", "node", *self.args, "--port", str(self.port)],
-                stdout=out, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"node exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, self.log.read_text()[-3000:]
-            time.sleep(0.2)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 def start_node(chain: Chain, tiny_model: Path, tmp: Path, key_index: int,
                *extra: str) -> tuple[NodeProcess, Path, LocalAccount]:
     account: LocalAccount = Account.from_key(chain.dev.private_keys[key_index])
@@ -129,7 +84,8 @@ def start_node(chain: Chain, tiny_model: Path, tmp: Path, key_index: int,
         "--model", str(tiny_model), "--price-in", str(PRICE_IN), "--price-out", str(PRICE_OUT),
         "--rpc-url", chain.dev.rpc_url, "--keystore", str(keystore), "--ledger", str(ledger),
         "--no-fine-tuning", "--no-adapters", "--settle-interval", "0.2",
-        "--chain-state-ttl", "1", *extra], free_port(), tmp / "node.log")
+        "--chain-state-ttl", "1", *extra], tmp / "node.log",
+        env={PASSWORD_ENV_VAR: PASSWORD})
     node.start()
     return node, ledger, account
 

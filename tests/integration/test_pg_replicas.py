@@ -12,10 +12,6 @@ alternate replicas. After each scenario the replicas' own claims are awaited and
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -52,6 +48,7 @@ from agoranet.testing.invariants import (
     chain_snapshot,
 )
 from cli.clirun import assert_one_line_error, run_subprocess
+from integration.node_process import NodeProcess
 from pg_testserver import fresh_database, pg_server  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow
@@ -63,45 +60,14 @@ DEPOSIT = 1_000_000
 LEASE_S = "2"
 
 
-class Replica:
-    """One ``agoranet node`` process on the shared ledger; a test may SIGKILL it."""
+class Replica(NodeProcess):
+    """One test-only node process (its chaos delays streams) on the shared ledger, started
+    at once; a test may SIGKILL it."""
 
     def __init__(self, args: list[str], log: Path) -> None:
-        self.args, self.log, self.port = args, log, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, PASSWORD_ENV_VAR: PASSWORD, "OMP_NUM_THREADS": "1",
-               "AGORANET_NODE_LEDGER_LEASE_S": LEASE_S}
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(  # the test-only node: its chaos delays streams
-                [sys.executable, "-m", "agoranet.testing", "node", *args, "--port",
-                 str(self.port)],
-                stdout=out, stderr=subprocess.STDOUT, env=env)
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"replica exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, self.log.read_text()[-3000:]
-            time.sleep(0.2)
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        super().__init__(args, log, module="agoranet.testing", env={
+            PASSWORD_ENV_VAR: PASSWORD, "AGORANET_NODE_LEDGER_LEASE_S": LEASE_S})
+        self.spawn()
 
 
 class Front:
