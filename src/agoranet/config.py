@@ -68,6 +68,9 @@ class NodeSettings(BaseSettings):
     body_timeout_s: float = Field(default=30.0, gt=0)
     keep_alive_s: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=1000, ge=1)
+    # The HTTP/1.1 parser that serves (agoranet.api.server): httptools where installed
+    # ("auto", on uvloop's event loop where installed too), else h11; set one to force it.
+    http_protocol: Literal["auto", "h11", "httptools"] = "auto"
     # LoRA adapters: where uploads live, how many stay loaded, how large one may be,
     # and the surcharge per million tokens on top of the base prices.
     adapters_dir: Path | None = None
@@ -207,6 +210,7 @@ class GatewaySettings(BaseSettings):
     body_timeout_s: float = Field(default=30.0, gt=0)
     keep_alive_s: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=1000, ge=1)
+    http_protocol: Literal["auto", "h11", "httptools"] = "auto"  # as for a node
     # The longest wait for an answer's next token before failing over (the policy's
     # ``token_timeout_s`` unless set).
     token_timeout_s: float | None = Field(default=None, gt=0)

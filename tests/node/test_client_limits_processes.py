@@ -4,7 +4,8 @@ Sockets that never send a request, headers that never finish and a body shorter
 than its Content-Length used to be held forever, and any number of them. Now the
 headers are due within ``header_timeout_s``, a stalled body is answered 408 after
 ``body_timeout_s``, and connections over ``max_connections`` are closed at once.
-The limits are set short here through the environment of the processes.
+The limits are set short here through the environment of the processes, which serve
+with each HTTP parser in turn (h11, httptools).
 """
 
 from __future__ import annotations
@@ -57,8 +58,16 @@ def read_response(sock: socket.socket) -> tuple[int, bytes]:
     return status, body
 
 
+@pytest.fixture(params=["h11", "httptools"])
+def protocol(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The HTTP parser the processes serve with (the same limits hold for both)."""
+    for who in ("GATEWAY", "NODE"):
+        monkeypatch.setenv(f"AGORANET_{who}_HTTP_PROTOCOL", request.param)
+    return str(request.param)
+
+
 @pytest.fixture
-def short_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+def short_limits(protocol: str, monkeypatch: pytest.MonkeyPatch) -> None:
     for who in ("GATEWAY", "NODE"):
         monkeypatch.setenv(f"AGORANET_{who}_HEADER_TIMEOUT_S", "1")
         monkeypatch.setenv(f"AGORANET_{who}_BODY_TIMEOUT_S", "1")
@@ -104,7 +113,7 @@ def test_node_drops_idle_slow_and_short_clients(short_limits: None, tiny_model: 
         check_client_limits(url)
 
 
-def test_connections_over_the_limit_are_closed(monkeypatch: pytest.MonkeyPatch,
+def test_connections_over_the_limit_are_closed(protocol: str, monkeypatch: pytest.MonkeyPatch,
                                                tmp_path: Path) -> None:
     monkeypatch.setenv("AGORANET_GATEWAY_MAX_CONNECTIONS", "20")
     monkeypatch.setenv("AGORANET_GATEWAY_HEADER_TIMEOUT_S", "120")  # not what closes them

@@ -127,7 +127,8 @@ def serve_gateway(settings: GatewaySettings) -> None:
                    owner_key=started.owner_key if keys is not None else None,
                    tool_probes=tool_probes)
     serve(app, settings.host, settings.port, ServerLimits(
-        settings.header_timeout_s, settings.keep_alive_s, settings.max_connections))
+        settings.header_timeout_s, settings.keep_alive_s, settings.max_connections),
+        settings.http_protocol)
 
 
 @click.command()

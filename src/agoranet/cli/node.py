@@ -262,7 +262,8 @@ def serve(settings: NodeSettings, *, adapters: bool = True, hooks: NodeHooks | N
                      operator_secret=operator_secret)
     _mount_dashboard(app, settings, engine, jobs, payments, operator_secret)
     server.serve(app, settings.host, settings.port, server.ServerLimits(
-        settings.header_timeout_s, settings.keep_alive_s, settings.max_connections))
+        settings.header_timeout_s, settings.keep_alive_s, settings.max_connections),
+        settings.http_protocol)
 
 
 def _mount_dashboard(app: Any, settings: NodeSettings, engine: Any, jobs: JobManager | None,

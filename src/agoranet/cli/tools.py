@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +73,7 @@ def serve(target: str | None, upstream_command: str | None, upstream_url: str | 
     exact (one on-chain transfer per call) and batch-settlement (channels, claimed on
     chain in batches), or those of --schemes; receipts count one call and the price.
     """
+    from agoranet.api.server import run
     from agoranet.cli.preflight import check_port_free
     from agoranet.tools.app import serve_tools
     from agoranet.tools.limits import ArgumentLimits
@@ -105,9 +105,8 @@ def serve(target: str | None, upstream_command: str | None, upstream_url: str | 
         console.print(Text(f"serving tools FREE at {where}/tools and {where}/mcp",
                            style="bold yellow"))
     try:
-        asyncio.run(serve_tools(server, payments, host=options["host"], port=options["port"],
-                                limits=limits, upstream=upstream,
-                                public_url=options["public_url"]))
+        run(serve_tools(server, payments, host=options["host"], port=options["port"],
+                        limits=limits, upstream=upstream, public_url=options["public_url"]))
     except BaseExceptionGroup as group:  # the upstream's task group wraps what it raised
         first = _first_error(group)
         if first is None:

@@ -22,8 +22,15 @@ class _NoCookies(CookieJar):
         return
 
 
+# An idle connection is dropped before a node drops it (after 5 s: agoranet's and uvicorn's
+# default keep-alive), so a request is not sent on one the node is closing at that moment
+# (it would fail, and count against the node).
+_KEEP_ALIVE_S = 4.0
+
+
 def node_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=5.0),
                              limits=httpx.Limits(max_connections=512,
-                                                 max_keepalive_connections=128),
+                                                 max_keepalive_connections=128,
+                                                 keepalive_expiry=_KEEP_ALIVE_S),
                              cookies=_NoCookies())
