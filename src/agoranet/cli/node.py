@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from agoranet.cli.claim_options import claim_options
 from agoranet.cli.node_claim import claim
 from agoranet.cli.output import Col, Listing, emit, listing_options, say, when
 from agoranet.cli.user_options import user_set
@@ -85,14 +86,7 @@ console = Console()
 @click.option("--ledger", "ledger", metavar="PATH|URL", default=None,
               help="The node's ledger: a SQLite file [default: ~/.agoranet/node/ledger.sqlite] "
               "or a PostgreSQL URL (postgresql://...), which replicas of the node share.")
-@click.option("--settle-interval", type=click.FloatRange(min=0.05), default=5.0,
-              show_default=True, help="Seconds between checks whether a claim is due.")
-@click.option("--claim-min-amount", type=click.IntRange(min=0), default=1_000_000,
-              show_default=True, help="Claim once this much (base units) is unclaimed.")
-@click.option("--claim-max-requests", type=click.IntRange(min=1), default=1_000,
-              show_default=True, help="Claim once this many paid requests are unclaimed.")
-@click.option("--claim-max-age", type=click.FloatRange(min=0), default=3600.0,
-              show_default=True, help="Claim once the oldest unclaimed charge is this old (s).")
+@claim_options("requests")
 @click.option("--chain-state-ttl", type=click.FloatRange(min=0), default=30.0,
               show_default=True, help="Seconds a channel's on-chain state is cached.")
 @click.option("--chain-timeout", "chain_timeout_s", type=click.FloatRange(min=0, min_open=True,

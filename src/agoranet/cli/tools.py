@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from agoranet.cli.claim_options import claim_options
 from agoranet.cli.wallet_common import keystore_option, rpc_option, unlock_wallet
 from agoranet.errors import AgoranetError, ConfigError
 
@@ -50,14 +51,7 @@ def tools() -> None:
 @click.option("--ledger", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The SQLite ledger of vouchers and receipts "
                    "[default: ~/.agoranet/tools/ledger.sqlite].")
-@click.option("--settle-interval", type=click.FloatRange(min=0.05), default=5.0,
-              show_default=True, help="Seconds between checks for a claim that is due.")
-@click.option("--claim-min-amount", type=click.IntRange(min=0), default=1_000_000,
-              show_default=True, help="Claim a channel once this much is unclaimed.")
-@click.option("--claim-max-requests", type=click.IntRange(min=1), default=1_000,
-              show_default=True, help="...or once this many calls are unclaimed.")
-@click.option("--claim-max-age", type=click.FloatRange(min=0), default=3600.0,
-              show_default=True, help="...or once the oldest unclaimed call is this old (s).")
+@claim_options("calls")
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1024 * 1024,
               show_default=True, help="Largest arguments of one call.")
 @click.option("--max-depth", type=click.IntRange(min=1, max=200), default=32,
