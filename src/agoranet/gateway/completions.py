@@ -22,7 +22,7 @@ from agoranet.gateway.answer_fields import summary_of, usage_of
 from agoranet.gateway.completions_wire import COMPLETIONS, CompletionPlan, plan_completion
 from agoranet.gateway.keyaccess import KeyAccess
 from agoranet.gateway.relay import Piece, Relay, RelayResult
-from agoranet.gateway.service import GatewayService
+from agoranet.gateway.service import GatewayService, first_piece
 
 __all__ = ["complete", "new_completion_id"]
 
@@ -56,13 +56,7 @@ async def complete(service: GatewayService, body: dict[str, Any],
                   service.payers, request_id=new_completion_id(), wire=COMPLETIONS)
     result = relay.result
     pieces = relay.pieces(service.reserver(result, plan.model, access))
-    try:
-        first = await anext(pieces)
-    except StopAsyncIteration:
-        first = None
-    except BaseException:
-        await pieces.aclose()
-        raise
+    first = await first_piece(pieces)
     if plan.stream:
         return _frames(service, plan, first, pieces, result), result
     answer = [first] if first else []

@@ -34,10 +34,23 @@ from agoranet.gateway.spendlog import SpendLog
 from agoranet.gateway.tool_buying import ToolMarket
 from agoranet.gateway.toolcalls import join_call_deltas
 
-__all__ = ["GatewayService"]
+__all__ = ["GatewayService", "first_piece"]
 
 _CHARS_PER_TOKEN = 4
 _TOOLS_PREAMBLE_BYTES = 1024  # a chat template's words around tools, at most (bytes)
+
+
+async def first_piece(pieces: AsyncGenerator[Piece, None]) -> Piece | None:
+    """The first piece of an answer (None if it has none): the relay has found a node that
+    answers. If that fails the relay is closed (its reservation released) before the
+    error goes on."""
+    try:
+        return await anext(pieces)
+    except StopAsyncIteration:
+        return None
+    except BaseException:
+        await pieces.aclose()
+        raise
 
 
 class GatewayService:
@@ -134,13 +147,7 @@ class GatewayService:
                       self.payers, constrained=needs.constrained)
         result = relay.result
         pieces = relay.pieces(self.reserver(result, request.model, access))
-        try:
-            first = await anext(pieces)
-        except StopAsyncIteration:
-            first = None
-        except BaseException:
-            await pieces.aclose()
-            raise
+        first = await first_piece(pieces)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return self._frames(request.model, first, pieces, result, include_usage), result
