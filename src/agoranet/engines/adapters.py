@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from agoranet.engines.lora_rows import GatheredLora, gatherable
-from agoranet.errors import AdapterError, ModelNotFoundError
+from agoranet.errors import AdapterError, InvalidRequestError, ModelNotFoundError
 from agoranet.tuning.adapter import Adapter, read_adapter, unpack_adapter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AdapterHost", "AdapterPool"]
+__all__ = ["AdapterHost", "AdapterPool", "PooledAdapters"]
 
 
 @runtime_checkable
@@ -42,6 +42,25 @@ class AdapterHost(Protocol):
     def accepts_adapters(self) -> bool:
         """Whether uploads are taken (an adapter store is configured)."""
         ...
+
+
+class PooledAdapters:
+    """The :class:`AdapterHost` methods of an engine whose adapters are kept in
+    ``self.adapters`` (None: the engine takes no uploads)."""
+
+    adapters: AdapterPool | None
+
+    def add_adapter(self, archive: bytes, max_bytes: int) -> Adapter:
+        """Store an uploaded adapter (the node's ``POST /v1/adapters``)."""
+        if self.adapters is None:
+            raise InvalidRequestError("this node does not accept adapters")
+        return self.adapters.add(archive, max_bytes)
+
+    def accepts_adapters(self) -> bool:
+        return self.adapters is not None
+
+    def list_adapters(self) -> list[Adapter]:
+        return self.adapters.known() if self.adapters is not None else []
 
 
 class AdapterPool:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agoranet.engines import capabilities
-from agoranet.engines.adapters import AdapterPool
+from agoranet.engines.adapters import AdapterPool, PooledAdapters
 from agoranet.engines.base import GenerationRequest, ModelInfo, Prepared, StreamEvent
 from agoranet.engines.batch import engine_scheduler
 from agoranet.engines.constrained import CallFormat, CompiledOutput, GrammarBook
@@ -41,7 +41,7 @@ from agoranet.engines.toolparsers import (
     tool_parser,
 )
 from agoranet.errors import AdapterError, ConfigError, InvalidRequestError, ModelNotFoundError
-from agoranet.tuning.adapter import Adapter, parse_model_name
+from agoranet.tuning.adapter import parse_model_name
 
 __all__ = ["LoadedModel", "TransformersEngine", "load_model", "resolve_model_dir",
            "transformers_engine"]
@@ -76,7 +76,7 @@ def _refuse_chat_options(model: str, options: dict[str, Any]) -> None:
                           f"{', '.join(unused)} (leave it out)")
 
 
-class TransformersEngine:
+class TransformersEngine(PooledAdapters):
     """Serves one causal LM through ``transformers`` (and embeds with it, mean- or
     last-token-pooled and normalised, when ``embedding_pooling`` is stated)."""
 
@@ -302,18 +302,6 @@ class TransformersEngine:
         events = self._scheduler.run(DecodeJob(self.loaded, generated, ids, activate,
                                                adapter=adapter))
         return parsed_tool_calls(events, parser)
-
-    def add_adapter(self, archive: bytes, max_bytes: int) -> Adapter:
-        """Store an uploaded adapter (the node's ``POST /v1/adapters``)."""
-        if self.adapters is None:
-            raise InvalidRequestError("this node does not accept adapters")
-        return self.adapters.add(archive, max_bytes)
-
-    def accepts_adapters(self) -> bool:
-        return self.adapters is not None
-
-    def list_adapters(self) -> list[Adapter]:
-        return self.adapters.known() if self.adapters is not None else []
 
     def stats(self) -> dict[str, int]:
         stats = self._scheduler.stats()

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from agoranet.engines import capabilities
-from agoranet.engines.adapters import AdapterPool
+from agoranet.engines.adapters import AdapterPool, PooledAdapters
 from agoranet.engines.base import (
     Delta,
     Finish,
@@ -117,7 +117,7 @@ async def _start_engine(vllm: Any, args: Any) -> Any:
 
 
 @register_engine("vllm")
-class VllmEngine:
+class VllmEngine(PooledAdapters):
     """Serves one model directory (or Hub id) through vLLM on a CUDA GPU."""
 
     name = "vllm"
@@ -343,20 +343,6 @@ class VllmEngine:
         if text is None:
             text = self._texts[token_id] = str(self._tokenizer.decode([token_id]))
         return text
-
-    # --------------------------------------------------------------- adapters
-
-    def add_adapter(self, archive: bytes, max_bytes: int) -> Adapter:
-        """Store an uploaded adapter (the node's ``POST /v1/adapters``)."""
-        if self.adapters is None:
-            raise InvalidRequestError("this node does not accept adapters")
-        return self.adapters.add(archive, max_bytes)
-
-    def accepts_adapters(self) -> bool:
-        return self.adapters is not None
-
-    def list_adapters(self) -> list[Adapter]:
-        return self.adapters.known() if self.adapters is not None else []
 
     # --------------------------------------------------------------- lifecycle
 
