@@ -131,8 +131,9 @@ class PaidInference:
         if prepared.request.commitments:  # the offer's surcharge on every token
             prices = with_commitments(prices, self.commitment_price)
         worst = worst_case(prices, prepared.prompt_tokens, prepared.request.max_tokens)
-        return Priced(request, prepared, model, bool(getattr(request, "stream", False)),
-                      prices, worst)
+        # only completions stream: an embeddings body's "stream" is an unknown extra field
+        stream = isinstance(request, ChatCompletionRequest | CompletionRequest) and request.stream
+        return Priced(request, prepared, model, stream, prices, worst)
 
     # ------------------------------------------------------------ authorize
 
