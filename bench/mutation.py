@@ -66,7 +66,7 @@ WORK = ROOT / "build" / "mutation"
 # Test files per module group (paths relative to the repository root).
 _PAYER_TESTS = [
     "tests/payments/test_payer.py",
-    "tests/gateway/test_node_payer.py",  # Payer.credit (a top-up credited on the loop)
+    "tests/payments/test_payer_credit.py",  # Payer.credit (test_node_payer.py uses a double)
     "tests/payments/test_receipt_checks.py",
     "tests/payments/test_payer_disputes.py",
     "tests/payments/test_payer_completion_limit.py",
@@ -170,6 +170,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_payer_store_records.py",
         "tests/payments/test_payer_store_failures.py",
         "tests/payments/test_payer_store_location.py",
+        "tests/payments/test_payer_store_checkpoints.py",  # its checkpoint thread
     ]),
     "payer": ("src/agoranet/payments/pay/payer.py", _PAYER_TESTS),
     # the stream reader and auth flow only: test_payer.py (a 6 s module fixture) and the
@@ -177,6 +178,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "httpx_auth": ("src/agoranet/payments/pay/httpx_auth.py", [
         "tests/payments/test_auth_flow_rules.py",
         "tests/payments/test_busy_channel_retry.py",
+        "tests/payments/test_channel_lock.py",  # one request at a time, no waiter left
         "tests/payments/test_stream_receipt_events.py",
         "tests/payments/test_payer_auth_typed_outcome.py",  # the typed outcome, the cap
         "tests/payments/test_payer_cut_streams.py",
@@ -221,6 +223,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     # receipt-check files take ~20 s a run and add no kill the focused files miss)
     "verifier": ("src/agoranet/payments/accept/verifier.py", [
         "tests/payments/test_voucher_checks.py",
+        "tests/payments/test_voucher_signature_shape.py",  # a hand-built voucher: a 402
         "tests/payments/test_voucher_signer_bytes.py",
         "tests/payments/test_verifier.py",
         "tests/payments/test_state_cache.py",
@@ -279,6 +282,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_paid_node.py",
         "tests/payments/test_node_request_ids.py",  # request ids: checked, in use
         "tests/payments/test_paid_inference_once.py",  # parsed once, metering passed on
+        "tests/payments/test_payment_middleware_asgi.py",  # a bare-ASGI app below it
+        "tests/payments/test_paid_embeddings_rules.py",  # the embeddings it is given
     ]),
     # the node's paid-inference service behind that middleware (price once, authorize,
     # meter, charge): in-process tests only (fake chain, real ledger)
@@ -287,6 +292,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_failed_answer_release.py",
         "tests/payments/test_paid_embeddings_rules.py",
         "tests/payments/test_paid_inference_once.py",
+        "tests/payments/test_payment_middleware_asgi.py",  # a bare-ASGI app below it
+        "tests/payments/test_paid_embeddings_stream_field.py",  # an extra "stream": charged
     ]),
     # the buyer's request id, checked where a node or tool server reads it
     "request_ids": ("src/agoranet/request_ids.py", [
@@ -296,11 +303,13 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     ]),
     "paying": ("src/agoranet/gateway/paying.py", [
         *_GATEWAY_TESTS, "tests/payments/test_node_payers_chain.py",
-        "tests/gateway/test_node_payer.py", "tests/payments/test_node_payer_topups.py"]),
+        "tests/gateway/test_node_payer.py", "tests/payments/test_node_payer_topups.py",
+        "tests/gateway/test_node_payers_one_per_node.py"]),  # one node payer per node
     "budget": ("src/agoranet/gateway/budget.py", _GATEWAY_TESTS),
     # the gateway's payer of one node: top-ups on a task of their own, ahead of need
     "node_payer": ("src/agoranet/gateway/node_payer.py", [
-        "tests/gateway/test_node_payer.py", "tests/payments/test_node_payers.py"]),
+        "tests/gateway/test_node_payer.py", "tests/payments/test_node_payers.py",
+        "tests/gateway/test_node_payer_rules.py"]),  # the top-up's amounts and thresholds
     "relay": ("src/agoranet/gateway/relay.py", [  # in-process simulated nodes only
         "tests/gateway/test_relay_paid.py",
         "tests/gateway/test_relay.py",
@@ -322,6 +331,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_tool_payers_chain.py",  # opening channels on the dev chain
         "tests/gateway/test_tool_buying.py",
         "tests/gateway/test_tool_channels.py",  # a seller's channels, calls at once
+        "tests/gateway/test_tool_channel_pool.py",  # a channel never paying two calls
+        "tests/payments/test_exact_cancel_chain.py",  # ToolPayers.cancel_exact on chain
     ]),
     "tool_buying": ("src/agoranet/gateway/tool_buying.py", [
         "tests/gateway/test_tool_buying.py",
