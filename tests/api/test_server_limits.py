@@ -74,17 +74,6 @@ def connect(address: tuple[str, int]) -> socket.socket:
     return socket.create_connection(address, timeout=WAIT)
 
 
-def read_all(sock: socket.socket) -> bytes:
-    """Everything until the server closes the connection (or WAIT passes)."""
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except (TimeoutError, ConnectionResetError):
-        pass
-    return data
-
-
 def read_until_closed(sock: socket.socket) -> tuple[bytes, bool]:
     """What the server sent, and whether it closed the connection (within WAIT)."""
     data = b""
@@ -96,6 +85,11 @@ def read_until_closed(sock: socket.socket) -> tuple[bytes, bool]:
     except TimeoutError:
         return data, False
     return data, True
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes the connection (or WAIT passes)."""
+    return read_until_closed(sock)[0]
 
 
 def status_of(data: bytes) -> int:
