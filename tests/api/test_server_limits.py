@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import sys
 import threading
@@ -151,16 +152,36 @@ def test_run_is_on_uvloop_where_installed() -> None:
     assert run(loop_module()).startswith("uvloop")
 
 
+def error_code(response: bytes) -> str:
+    """The ``code`` of the OpenAI error JSON a refusal carries (its content type checked)."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), response
+    return str(json.loads(body)["error"]["code"])
+
+
 def test_a_request_line_that_is_not_http_is_answered_400(server: tuple[str, int]) -> None:
     with closing(connect(server)) as sock:
         sock.sendall(b"this is not http at all\r\n\r\n")
-        assert status_of(read_all(sock)) == 400
+        answer = read_all(sock)
+    assert status_of(answer) == 400 and error_code(answer) == "invalid_http_request"
     assert status_of(get(server)) == 200  # and the server goes on serving
+
+
+def test_a_header_with_control_bytes_is_answered_400_in_json(
+        server: tuple[str, int], request: pytest.FixtureRequest) -> None:
+    # what a fuzzed payment header looked like: a control byte and bytes over 0x7f
+    answer = get(server, b"Payment-Signature: \x18\xb0\xedx\xd8S\xe9\xc8\r\n")
+    if request.node.callspec.params["server"] == "h11":  # h11 takes it: the app answers
+        assert status_of(answer) == 200, answer
+    else:
+        assert status_of(answer) == 400 and error_code(answer) == "invalid_http_request"
+    assert status_of(get(server)) == 200
 
 
 def test_headers_over_the_bound_are_answered_431(server: tuple[str, int]) -> None:
     big = b"X-Big: " + b"a" * (LIMITS.max_header_bytes + 1024) + b"\r\n"
-    assert status_of(get(server, big)) == 431
+    answer = get(server, big)
+    assert status_of(answer) == 431 and error_code(answer) == "headers_too_large"
     many = b"".join(b"X-H%d: %s\r\n" % (i, b"b" * 100) for i in range(200))  # ~21 KiB
     assert status_of(get(server, many)) == 431
     assert status_of(get(server, b"X-Fine: " + b"c" * 4096 + b"\r\n")) == 200

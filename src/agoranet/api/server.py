@@ -19,6 +19,7 @@ time by :class:`~agoranet.api.limits.BodyLimitMiddleware`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from agoranet.api.errors import error_body
 from agoranet.errors import ConfigError
 
 __all__ = ["HttpProtocol", "ServerLimits", "guarded_protocol", "http_parser", "run", "serve",
@@ -51,10 +53,19 @@ class ServerLimits:
     max_header_bytes: int = 16 * 1024  # the request line and headers (h11's own default)
 
 
-_TOO_LARGE = b"Request headers too large."
-_REFUSAL = (b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-            b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(_TOO_LARGE), _TOO_LARGE))
+def _refusal(status: str, message: str, code: str) -> bytes:
+    """A whole response, in OpenAI's error JSON, to a request no app sees (the connection
+    is closed after it)."""
+    body = json.dumps(error_body(message, code=code)).encode()
+    head = (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+            f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+_REFUSAL = _refusal("431 Request Header Fields Too Large",
+                    "the request's line and headers are too large", "headers_too_large")
+_UNREADABLE = _refusal("400 Bad Request", "the request is not valid HTTP/1.1 (its request "
+                       "line or a header is malformed)", "invalid_http_request")
 
 
 class _Guard(asyncio.Protocol):
@@ -96,6 +107,14 @@ class _Guard(asyncio.Protocol):
                 return
             self._header_bytes = head if end < 0 else 0
         super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        """The parser could not read the request (uvicorn's answer is plain text): 400 in
+        OpenAI's error JSON, and the connection closed."""
+        logger.debug("unreadable request: %s", msg)
+        self._disarm()
+        self.transport.write(_UNREADABLE)
+        self.transport.close()
 
     def _headers_pending(self) -> bool:
         raise NotImplementedError
