@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ChainSettings", "GatewaySettings", "NodeSettings", "default_home"]
+__all__ = ["ChainSettings", "GatewaySettings", "HttpProtocol", "NodeSettings", "default_home"]
 
 
 def default_home() -> Path:
@@ -22,6 +22,10 @@ def default_home() -> Path:
     if override:
         return Path(override).expanduser()
     return Path.home() / ".agoranet"
+
+
+# The HTTP/1.1 parser a server uses (agoranet.api.server): auto, or one forced.
+HttpProtocol = Literal["auto", "h11", "httptools"]
 
 
 class NodeSettings(BaseSettings):
@@ -70,7 +74,7 @@ class NodeSettings(BaseSettings):
     max_connections: int = Field(default=1000, ge=1)
     # The HTTP/1.1 parser that serves (agoranet.api.server): httptools where installed
     # ("auto", on uvloop's event loop where installed too), else h11; set one to force it.
-    http_protocol: Literal["auto", "h11", "httptools"] = "auto"
+    http_protocol: HttpProtocol = "auto"
     # LoRA adapters: where uploads live, how many stay loaded, how large one may be,
     # and the surcharge per million tokens on top of the base prices.
     adapters_dir: Path | None = None
@@ -210,7 +214,7 @@ class GatewaySettings(BaseSettings):
     body_timeout_s: float = Field(default=30.0, gt=0)
     keep_alive_s: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=1000, ge=1)
-    http_protocol: Literal["auto", "h11", "httptools"] = "auto"  # as for a node
+    http_protocol: HttpProtocol = "auto"  # as for a node
     # The longest wait for an answer's next token before failing over (the policy's
     # ``token_timeout_s`` unless set).
     token_timeout_s: float | None = Field(default=None, gt=0)

@@ -31,6 +31,7 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from agoranet.api.errors import error_body
+from agoranet.config import HttpProtocol
 from agoranet.errors import ConfigError
 
 __all__ = ["HttpProtocol", "ServerLimits", "guarded_protocol", "http_parser", "run", "serve",
@@ -38,7 +39,6 @@ __all__ = ["HttpProtocol", "ServerLimits", "guarded_protocol", "http_parser", "r
 
 logger = logging.getLogger(__name__)
 
-HttpProtocol = Literal["auto", "h11", "httptools"]
 _T = TypeVar("_T")
 
 
@@ -62,7 +62,7 @@ def _refusal(status: str, message: str, code: str) -> bytes:
     return head.encode() + body
 
 
-_REFUSAL = _refusal("431 Request Header Fields Too Large",
+_HEAD_TOO_LARGE = _refusal("431 Request Header Fields Too Large",
                     "the request's line and headers are too large", "headers_too_large")
 _UNREADABLE = _refusal("400 Bad Request", "the request is not valid HTTP/1.1 (its request "
                        "line or a header is malformed)", "invalid_http_request")
@@ -102,7 +102,7 @@ class _Guard(asyncio.Protocol):
             head = self._header_bytes + (len(data) if end < 0 else end + 4)
             if head > self.limits.max_header_bytes:
                 self._disarm()
-                self.transport.write(_REFUSAL)
+                self.transport.write(_HEAD_TOO_LARGE)
                 self.transport.close()
                 return
             self._header_bytes = head if end < 0 else 0
