@@ -86,3 +86,33 @@ def test_checkpoints_move_the_log_into_the_database(tmp_path: Path) -> None:
         db.close()
     with pytest.raises(ValueError):
         BackgroundCheckpoints(path, sqlite3.connect(path), every=0)
+
+
+def test_the_log_restarts_under_steady_writes(tmp_path: Path) -> None:
+    """A store written without pause (a busy node's ledger) still reuses its log: each
+    checkpoint leaves it free to start again from its beginning, so it stays as small as
+    the writes between two checkpoints, not one frame per page written since the store
+    opened (44 KB a paid request on the ledger). A checkpoint that only copies the log
+    (``PASSIVE``) while writes go on never found it fully copied, and it grew forever."""
+    from agoranet.sqlite_checkpoints import BackgroundCheckpoints
+
+    path = tmp_path / "busy.sqlite"
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, blob BLOB)")
+    checkpoints = BackgroundCheckpoints(path, db, every=50)
+    log = Path(f"{path}-wal")
+    largest = 0
+    try:
+        for _ in range(3000):
+            db.execute("INSERT INTO t (blob) VALUES (?)", (bytes(1000),))
+            checkpoints.wrote()
+            largest = max(largest, log.stat().st_size)
+            time.sleep(0.0002)  # a server's next request comes (the checkpoints' thread runs)
+        assert checkpoints.checkpoints >= 30
+    finally:
+        checkpoints.close()
+        db.close()
+    # ~3 MB of pages were written; 50 writes between checkpoints are ~100 frames (400 KB)
+    assert largest < 1_500_000, f"the log grew to {largest} bytes"
