@@ -104,12 +104,22 @@ def instant_upstream() -> Iterator[str]:
         process.wait(timeout=20)
 
 
+def logs(stack: ExitStack) -> Path:
+    """A folder for the servers' output (their per-request log lines among it): written to
+    files, not drained by a thread of this process, which would take the measuring loop's
+    CPU and GIL each time a line arrives and count it against the server that logged it."""
+    folder = Path(tempfile.mkdtemp(prefix="agoranet-bench-gw-"))
+    stack.callback(shutil.rmtree, folder, True)
+    return folder
+
+
 def proxies(stack: ExitStack, upstream: str, litellm: str | None, label: str = ""
             ) -> dict[str, Target]:
     """Direct, the bare proxy, the gateway and (if installed) LiteLLM, all before ``upstream``."""
-    spend = Path(tempfile.mkdtemp(prefix="agoranet-bench-gw-")) / "spend.sqlite"
+    work = logs(stack)
     gateway = stack.enter_context(running_command(
-        ["gateway", "--open", "--node", upstream, "--spend-log", str(spend)]))
+        ["gateway", "--open", "--node", upstream, "--spend-log", str(work / "spend.sqlite")],
+        output=work / "gateway.log"))
     targets: dict[str, Target] = {
         f"{label}direct": (upstream, []),
         f"{label}bare proxy (floor)": (stack.enter_context(bare_proxy(upstream)), []),
@@ -221,10 +231,11 @@ def paid_targets(stack: ExitStack, model: str) -> dict[str, Target]:
         ["--model", model, "--served-model-name", "tiny", "--max-active", "32",
          "--max-queue", "256", "--no-fine-tuning", "--no-adapters", "--price-in", "1000000",
          "--price-out", "3000000", "--rpc-url", chain.rpc_url, "--keystore", str(keys["node"]),
-         "--ledger", str(work / "ledger.sqlite")]))
+         "--ledger", str(work / "ledger.sqlite")], output=work / "node.log"))
     gateway = stack.enter_context(running_command(
         ["gateway", "--open", "--node", node, "--rpc-url", chain.rpc_url, "--keystore",
-         str(keys["gateway"]), "--deposit", "50000000", "--spend-log", str(work / "spend.sqlite")]))
+         str(keys["gateway"]), "--deposit", "50000000", "--spend-log", str(work / "spend.sqlite")],
+        output=work / "gateway.log"))
     auths: list[httpx.Auth] = []
     for index in range(STREAMS):  # a channel carries one request at a time
         payer = Payer(node, chain.web3(), resolve_addresses(chain.chain_id),
@@ -255,7 +266,8 @@ def main() -> None:
         with console.status("nodes, proxies, gateways"):
             node = stack.enter_context(running_node(
                 ["--model", args.model, "--served-model-name", "tiny", "--free", "--max-active",
-                 "32", "--max-queue", "256", "--no-fine-tuning", "--no-adapters"]))
+                 "32", "--max-queue", "256", "--no-fine-tuning", "--no-adapters"],
+                output=logs(stack) / "node.log"))
             targets = proxies(stack, node, litellm)
             targets.update(proxies(stack, stack.enter_context(instant_upstream()), litellm,
                                    INSTANT))

@@ -31,13 +31,15 @@ def free_port() -> int:
 
 def running_node(
     args: Sequence[str], *, port: int | None = None, timeout: float = 120.0,
-    module: str = "agoranet",
+    module: str = "agoranet", output: Path | None = None,
 ) -> AbstractContextManager[str]:
     """Run ``agoranet node ARGS``; yield its ``http://127.0.0.1:PORT/v1`` URL; stop it after.
 
     ``module`` is the command's module (``python -m MODULE``): tests and the demo start
-    the test-only node of ``agoranet.testing`` (cheats, chaos) this way."""
-    return running_command(["node", *args], port=port, timeout=timeout, module=module)
+    the test-only node of ``agoranet.testing`` (cheats, chaos) this way; ``output``: as for
+    :func:`running_command`."""
+    return running_command(["node", *args], port=port, timeout=timeout, module=module,
+                           output=output)
 
 
 @contextmanager
