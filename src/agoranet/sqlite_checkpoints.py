@@ -10,17 +10,17 @@ checkpoint off on the writing connection and runs a checkpoint on its own
 connection and thread every ``every`` writes, so the writing connection's commits
 never sync.
 
-The checkpoint is a ``RESTART`` one: it holds writers back while it copies the log
-(about a millisecond for a few hundred writes' pages) and until no reader is still
-reading the log, so the next write starts the log again from its beginning,
-overwriting it in place. A ``PASSIVE`` checkpoint, which never waits, never finds
-the log fully copied while writes go on: the log of a store written without pause
-(a busy node's ledger) then grew by every page written since the store opened, and
-each sync of it appended instead of overwriting, which costs the disk two or three
-times as much. The wait is bounded (:data:`CHECKPOINT_WAIT_S`): a reader that keeps
-the log (another process holding a read open) makes the checkpoint give up
-restarting after that time and copy what it can, as ``PASSIVE`` would, and writers
-wait at most that long.
+A checkpoint copies the log into the database without waiting for anyone
+(``PASSIVE``), then tries to *restart* it (``RESTART``, without a busy wait: if a
+write or a reader is in the way it gives up at once, and tries again a few times a
+millisecond apart): holding writers back only while it copies the few frames
+written meanwhile, it leaves the log free to start again from its beginning, so the
+next write overwrites it in place. A ``PASSIVE`` checkpoint alone never finds the
+log fully copied while writes go on: the log of a store written without pause (a
+busy node's ledger) then grew by every page written since the store opened, and
+each sync of it appended to the file instead of overwriting it, which costs the
+disk two to three times as much. A reader that keeps the log (another process
+holding a read open) only keeps it from restarting, as before.
 """
 
 from __future__ import annotations
@@ -28,15 +28,16 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Final
 
-__all__ = ["CHECKPOINT_EVERY", "CHECKPOINT_WAIT_S", "BackgroundCheckpoints"]
+__all__ = ["CHECKPOINT_EVERY", "RESTART_TRIES", "BackgroundCheckpoints"]
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY: Final = 500  # writes between checkpoints (SQLite's own: 1,000 pages)
-CHECKPOINT_WAIT_S: Final = 0.05  # the longest a checkpoint waits for a writer or a reader
+RESTART_TRIES: Final = 5  # tries to restart the log after each checkpoint, 1 ms apart
 
 
 class BackgroundCheckpoints:
@@ -50,6 +51,7 @@ class BackgroundCheckpoints:
         self.path = path
         self.every = every
         self.checkpoints = 0  # done so far
+        self.restarts = 0  # checkpoints that left the log to start again from its beginning
         self._name = name
         self._writes = 0
         self._wake = threading.Event()
@@ -70,8 +72,9 @@ class BackgroundCheckpoints:
         self._wake.set()
 
     def _run(self) -> None:
+        # No busy wait: a restart that meets a writer or a reader gives up at once.
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                             timeout=CHECKPOINT_WAIT_S)
+                             timeout=0)
         try:
             while True:
                 self._wake.wait()
@@ -79,8 +82,14 @@ class BackgroundCheckpoints:
                 if self._stopping:
                     return
                 try:
-                    db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.checkpoints += 1
+                    for _ in range(RESTART_TRIES):
+                        busy = db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+                        if not busy:
+                            self.restarts += 1
+                            break
+                        time.sleep(0.001)
                 except sqlite3.Error as exc:  # the next one tries again; the log just grows
                     logger.warning("checkpoint of %s failed: %s", self.path, exc)
         finally:
