@@ -1,6 +1,9 @@
 """The gateway's HTTP client to nodes (and tool sellers): pooled, with the gateway's
-timeouts, and keeping no cookies: a node's ``Set-Cookie`` would otherwise follow the
-gateway's requests to it (and cost parsing on every answer, on the relay's hot path)."""
+timeouts, on :class:`~agoranet.api.lean_transport.LeanTransport` (plain-HTTP nodes over
+httptools: about 0.3 ms less a request than httpx's own transport, which still serves
+``https://`` nodes), and keeping no cookies: a node's ``Set-Cookie`` would otherwise
+follow the gateway's requests to it (and cost parsing on every answer, on the relay's
+hot path)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from http.cookiejar import CookieJar
 from typing import Any
 
 import httpx
+
+from agoranet.api.lean_transport import LeanTransport
 
 __all__ = ["node_client"]
 
@@ -30,7 +35,7 @@ _KEEP_ALIVE_S = 4.0
 
 def node_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=5.0),
-                             limits=httpx.Limits(max_connections=512,
-                                                 max_keepalive_connections=128,
-                                                 keepalive_expiry=_KEEP_ALIVE_S),
+                             transport=LeanTransport(max_connections=512,
+                                                     max_keepalive_connections=128,
+                                                     keepalive_expiry=_KEEP_ALIVE_S),
                              cookies=_NoCookies())
