@@ -1,8 +1,8 @@
 """The floor under any gateway built on this stack: a bare streaming proxy, no logic.
 
-Starlette + uvicorn in front, an httpx client behind, exactly the parts the
-agoranet gateway uses, and nothing else: no ranking, budget, payment, receipt
-checks, spend log or failover. ``bench/gateway.py`` runs it beside the gateway
+Starlette + uvicorn in front, an httpx client on agoranet's ``LeanTransport``
+behind, exactly the parts the agoranet gateway uses, and nothing else: no ranking,
+budget, payment, receipt checks, spend log or failover. ``bench/gateway.py`` runs it beside the gateway
 so the gateway's own cost reads as "gateway minus bare proxy" on any machine.
 
 Usage: python bench/bare_proxy.py UPSTREAM_V1_URL --port PORT
@@ -20,11 +20,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from agoranet.api.lean_transport import LeanTransport
+
 
 def create_app(upstream: str) -> Starlette:
     client = httpx.AsyncClient(base_url=upstream.rstrip("/"), timeout=120,
-                               limits=httpx.Limits(max_connections=256,
-                                                   max_keepalive_connections=256))
+                               transport=LeanTransport(max_connections=256,
+                                                       max_keepalive_connections=256))
 
     async def chat(request: Request) -> Response:
         body = await request.body()

@@ -1,8 +1,8 @@
 """The gateway's overhead against a direct request, and against LiteLLM's proxy.
 
 One node serves the tiny model. In one run, the same requests go (1) straight to
-the node, (2) through a bare Starlette+httpx proxy (`bench/bare_proxy.py`, the
-floor of this stack), (3) through `agoranet gateway`, and (4) through LiteLLM's
+the node, (2) through a bare Starlette+httpx proxy on the gateway's own transport
+(`bench/bare_proxy.py`, the floor of this stack), (3) through `agoranet gateway`, and (4) through LiteLLM's
 proxy in front of the same node, interleaved round by round so drift hits all:
 
 - added latency, p50 and p99, of a 1-token non-streamed request;
@@ -306,7 +306,7 @@ def summarise(console: Console, results: dict[str, dict[str, float]], label: str
     upstream = "instant upstream" if label else "tiny model node"
     console.print(f"{upstream}: gateway req/s vs direct {gw['rps'] / direct['rps']:.2f}; the "
                   f"gateway's own logic adds {gw['p50'] - bare['p50']:.2f} ms at p50 over a bare "
-                  f"Starlette+httpx proxy, which adds {bare['p50'] - direct['p50']:.2f} ms")
+                  f"proxy on the same stack, which adds {bare['p50'] - direct['p50']:.2f} ms")
     lite = results.get(f"{label}LiteLLM proxy")
     if lite is not None:
         added_gw, added_lite = gw["p50"] - direct["p50"], lite["p50"] - direct["p50"]
