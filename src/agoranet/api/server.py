@@ -31,6 +31,7 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from agoranet.api.errors import error_body
+from agoranet.api.queued_logging import logging_off_the_loop
 from agoranet.config import HttpProtocol
 from agoranet.errors import ConfigError
 
@@ -213,8 +214,9 @@ def uvicorn_config(app: ASGIApp, host: str, port: int, limits: ServerLimits,
 
 def serve(app: ASGIApp, host: str, port: int, limits: ServerLimits,
           http: HttpProtocol = "auto") -> None:
-    """Run ``app`` until interrupted."""
-    uvicorn.Server(uvicorn_config(app, host, port, limits, http)).run()
+    """Run ``app`` until interrupted, its log lines written off the event loop."""
+    with logging_off_the_loop():
+        uvicorn.Server(uvicorn_config(app, host, port, limits, http)).run()
 
 
 def run(main: Coroutine[Any, Any, _T]) -> _T:

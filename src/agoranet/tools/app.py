@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from agoranet.api.errors import error_body
 from agoranet.api.handlers import http_error
+from agoranet.api.queued_logging import logging_off_the_loop
 from agoranet.api.server import ServerLimits, uvicorn_config
 from agoranet.node.payment_setup import NodePayments
 from agoranet.node.settlement_loop import SettlementLoop
@@ -98,4 +99,5 @@ async def serve_tools(server: ToolServer, payments: NodePayments | None, *, host
                 server.add_tool(tool)
         app = create_tool_app(server, payments, host=host, limits=limits,
                               public_url=public_url)
-        await uvicorn.Server(uvicorn_config(app, host, port, ServerLimits())).serve()
+        with logging_off_the_loop():
+            await uvicorn.Server(uvicorn_config(app, host, port, ServerLimits())).serve()
