@@ -181,6 +181,26 @@ def test_a_body_until_close_and_a_closed_keep_alive(run_on: Callable[[Scenario],
     run_on(scenario)
 
 
+def test_an_interim_response_is_skipped(run_on: Callable[[Scenario], None]) -> None:
+    async def scenario() -> None:
+        async def continues(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                            ) -> None:
+            while True:
+                await read_head(reader)
+                writer.write(b"HTTP/1.1 100 Continue\r\nx-interim: yes\r\n\r\n")
+                await writer.drain()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal")
+
+        transport = LeanTransport()
+        async with raw_server(continues) as url, client(transport) as http:
+            for _ in range(2):
+                response = await http.get(url)
+                assert (response.status_code, response.text) == (200, "final")
+                assert "x-interim" not in response.headers
+        assert transport.opened == 1
+    run_on(scenario)
+
+
 def test_failures_are_httpx_exceptions(run_on: Callable[[Scenario], None]) -> None:
     async def scenario() -> None:
         async def cut_short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter

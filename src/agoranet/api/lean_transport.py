@@ -104,7 +104,9 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
-        if self.status in (204, 304) or 100 <= self.status < 200:
+        if 100 <= self.status < 200:  # interim (100 Continue...): the answer comes after it
+            return
+        if self.status in (204, 304):
             self.delimited = True  # no body
         self.keep_alive = self.parser.should_keep_alive()  # llhttp knows it here, not after
         self.head_done = True
@@ -117,6 +119,9 @@ class _Connection(asyncio.Protocol):
             self.paused = True
 
     def on_message_complete(self) -> None:
+        if not self.head_done:  # an interim response ended: forget it, the answer follows
+            self.headers.clear()
+            return
         self.done = True
 
     # ------------------------------------------------------------------ the caller's side
