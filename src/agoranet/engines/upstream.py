@@ -154,7 +154,8 @@ class UpstreamEngine:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._models = self._discover(headers, model, served_model_name)
         # A plain-HTTP upstream (the usual: vLLM or Ollama beside the node) over
-        # LeanTransport, about 0.3 ms less per request than httpx's own; https goes to httpx's.
+        # LeanTransport: the node added 1.37 ms to a request instead of 2.10 ms on httpx's
+        # own transport (bench: instant upstream); https goes to httpx's.
         self._client = httpx.AsyncClient(
             base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0),
             transport=transport or LeanTransport(max_connections=256, keepalive_expiry=4.0),
