@@ -175,7 +175,7 @@ def test_a_body_until_close_and_a_closed_keep_alive(run_on: Callable[[Scenario],
             assert (await http.get(first)).text == "hello"
             assert transport.opened == 2
             assert (await http.get(second)).text == "ok"
-            await asyncio.sleep(0.1)  # its close reaches the idle connection
+            await asyncio.sleep(0.3)  # its close reaches the idle connection
             assert (await http.get(second)).text == "ok"
             assert transport.opened == 4
     run_on(scenario)
@@ -264,7 +264,7 @@ def test_bytes_nobody_asked_for_drop_an_idle_connection(run_on: Callable[[Scenar
 
 def test_pool_limit_and_idle_expiry(run_on: Callable[[Scenario], None]) -> None:
     async def scenario() -> None:
-        transport = LeanTransport(max_connections=1, keepalive_expiry=0.05)
+        transport = LeanTransport(max_connections=1, keepalive_expiry=1.0)
         async with served(APP) as url, client(transport) as http:
             async with http.stream("GET", f"{url}/events?n=50"):  # holds the one slot
                 with pytest.raises(httpx.PoolTimeout):
@@ -272,7 +272,7 @@ def test_pool_limit_and_idle_expiry(run_on: Callable[[Scenario], None]) -> None:
             assert (await http.get(f"{url}/echo")).status_code == 200  # the slot is free
             assert (await http.get(f"{url}/echo")).status_code == 200
             assert transport.opened == 2  # the stream's (closed half-read), then one reused
-            await asyncio.sleep(0.1)  # idle past keepalive_expiry: dropped, not reused
+            await asyncio.sleep(1.2)  # idle past keepalive_expiry: dropped, not reused
             assert (await http.get(f"{url}/echo")).status_code == 200
         assert transport.opened == 3
     run_on(scenario)
