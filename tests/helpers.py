@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -17,7 +18,7 @@ from filelock import FileLock
 from agoranet.node.launcher import free_port, running_node
 
 __all__ = ["EMBED_DIR", "ROOT", "SMALL_DIR", "TINY_DIR", "bound_socket", "ensure_embedding_model",
-           "ensure_small_model", "ensure_tiny_model", "free_port", "node_process",
+           "ensure_small_model", "ensure_tiny_model", "free_port", "logged", "node_process",
            "rigged_node_process", "served"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +38,19 @@ def bound_socket() -> socket.socket:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     return sock
+
+
+def logged(log: Path, holds: Callable[[str], bool], what: str, timeout: float = 20.0) -> str:
+    """The text of a running server's log once ``holds`` it: a server writes its log lines
+    on a thread of its own (``agoranet.api.queued_logging``), so a line logged before an
+    answer may reach the file just after the answer reaches the client."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_text(encoding="utf-8")
+        if holds(text):
+            return text
+        assert time.monotonic() < deadline, f"never logged: {what}\n{text[-3000:]}"
+        time.sleep(0.05)
 
 
 def _ensure(directory: Path, size: str) -> Path:

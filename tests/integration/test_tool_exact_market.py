@@ -44,6 +44,7 @@ from agoranet.payments.wallet import PASSWORD_ENV_VAR, create_keystore, stableco
 from agoranet.registry.tool_offer import ToolOffer
 from agoranet.testing.tool_cheats import CHEAP_ECHO_PRICE, CHEAT_ENV
 from agoranet.testing.tool_kit import ECHO_PRICE, PER_CHAR
+from helpers import logged
 from tools.support import PASSWORD, Chain, ledger_receipts, serve_tools, token_balance
 
 __all__ = ["dev", "gateway_args"]  # (fixtures shared with test_tool_market)
@@ -93,7 +94,10 @@ def test_a_seller_taking_only_exact_is_paid_by_transfer(dev: Chain, tmp_path: Pa
             answers.append(answer)
         assert answers[0]["result"] == {"result": "hihi"}
         assert answers[1]["result"] == {"words": 2, "characters": 11}
-        log = (tmp_path / "exact" / "tools.log").read_text()
+        log = logged(tmp_path / "exact" / "tools.log",
+                     lambda text: len(re.findall(rf"{wallet}\s+paid \d+ \(exact\)", text,
+                                                 re.I)) >= len(answers),
+                     "a 'paid N (exact)' line for each call")
 
     total = ECHO_PRICE + PER_CHAR * 11
     usdc = stablecoin_contract(dev.w3, dev.addresses)
