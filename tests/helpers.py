@@ -19,7 +19,7 @@ from agoranet.node.launcher import free_port, running_node
 
 __all__ = ["EMBED_DIR", "ROOT", "SMALL_DIR", "TINY_DIR", "bound_socket", "ensure_embedding_model",
            "ensure_small_model", "ensure_tiny_model", "free_port", "logged", "node_process",
-           "rigged_node_process", "served"]
+           "rigged_node_process", "served", "wait_until"]
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DIR = Path(os.environ.get("AGORANET_TINY_MODEL", ROOT / "models" / "tiny"))
@@ -40,17 +40,27 @@ def bound_socket() -> socket.socket:
     return sock
 
 
+def wait_until(check: Callable[[], object], what: str = "a condition", timeout: float = 30.0,
+               every: float = 0.2, detail: Callable[[], str] | None = None) -> None:
+    """Poll ``check`` until it holds; the test fails after ``timeout`` seconds, saying
+    ``what`` it waited for (and ``detail()``, if given)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}" + (
+            f"\n{detail()}" if detail is not None else "")
+        time.sleep(every)
+
+
 def logged(log: Path, holds: Callable[[str], bool], what: str, timeout: float = 20.0) -> str:
     """The text of a running server's log once ``holds`` it: a server writes its log lines
     on a thread of its own (``agoranet.api.queued_logging``), so a line logged before an
     answer may reach the file just after the answer reaches the client."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = log.read_text(encoding="utf-8")
-        if holds(text):
-            return text
-        assert time.monotonic() < deadline, f"never logged: {what}\n{text[-3000:]}"
-        time.sleep(0.05)
+    def text() -> str:
+        return log.read_text(encoding="utf-8")
+
+    wait_until(lambda: holds(text()), f"a log line: {what}", timeout, every=0.05,
+               detail=lambda: text()[-3000:])
+    return text()
 
 
 def _ensure(directory: Path, size: str) -> Path:

@@ -13,13 +13,7 @@ import pytest
 
 from agoranet.gateway.reputation import EventKind, Reputation
 from agoranet.gateway.spendlog import SpendLog, SpendRow
-
-
-def wait_for(check: object, what: str) -> None:
-    deadline = time.monotonic() + 20
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
+from helpers import wait_until
 
 
 def autocheckpoint(db: sqlite3.Connection) -> int:
@@ -33,7 +27,8 @@ def test_the_spend_log_checkpoints_off_the_callers_thread(tmp_path: Path) -> Non
         from agoranet.sqlite_checkpoints import CHECKPOINT_EVERY
         for i in range(CHECKPOINT_EVERY + 5):
             log.add(SpendRow(f"r{i}", "tiny", "http://node", 10, 1, 7, 1.0, 2.0, "ok"))
-        wait_for(lambda: log._checkpoints.checkpoints >= 1, "no background checkpoint")
+        wait_until(lambda: log._checkpoints.checkpoints >= 1, "a background checkpoint",
+                   timeout=20, every=0.01)
         assert "agoranet-spendlog-checkpoints" in {t.name for t in threading.enumerate()}
         assert log.total() == 7 * (CHECKPOINT_EVERY + 5)
     finally:
@@ -53,7 +48,8 @@ def test_reputation_events_checkpoint_off_the_callers_thread(tmp_path: Path) -> 
         from agoranet.sqlite_checkpoints import CHECKPOINT_EVERY
         for _ in range(CHECKPOINT_EVERY):
             reputation.add("0xnode", "http://node", EventKind.SUCCESS, model="tiny")
-        wait_for(lambda: reputation._checkpoints.checkpoints >= 1, "no background checkpoint")
+        wait_until(lambda: reputation._checkpoints.checkpoints >= 1, "a background checkpoint",
+                   timeout=20, every=0.01)
     finally:
         reputation.close()
     again = Reputation(tmp_path / "reputation.sqlite")
@@ -79,7 +75,8 @@ def test_checkpoints_move_the_log_into_the_database(tmp_path: Path) -> None:
         assert path.stat().st_size <= 4096  # the table is only in the log so far
         db.execute("INSERT INTO t VALUES (9)")
         checkpoints.wrote()
-        wait_for(lambda: checkpoints.checkpoints == 1, "no checkpoint after 10 writes")
+        wait_until(lambda: checkpoints.checkpoints == 1, "a checkpoint after 10 writes",
+                   timeout=20, every=0.01)
         assert path.stat().st_size >= 2 * 4096  # the log's pages moved into the database
     finally:
         checkpoints.close()

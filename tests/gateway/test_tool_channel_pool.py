@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from eth_account import Account
-from test_tool_channels import Payers, _seller, _settle
+from test_tool_channels import Payers, _opening_and_waiting, _seller, _settle
 from test_tool_payer import _offer
 
 from agoranet.gateway.budget import Budget
@@ -88,12 +88,7 @@ async def test_a_failed_opening_after_its_call_was_cancelled_frees_the_slot(
     the slot is free again, and the call waiting for the seller's one channel opens it."""
     p = payers(1)
     seller = _seller()
-    p.gate = threading.Event()
-    p.fail = True
-    opening = asyncio.ensure_future(p.take(seller))
-    await asyncio.sleep(0.05)
-    waiting = asyncio.ensure_future(p.take(seller))
-    await _settle()
+    opening, waiting = await _opening_and_waiting(p, seller, fails=True)
     opening.cancel()
     with pytest.raises(asyncio.CancelledError):
         await opening

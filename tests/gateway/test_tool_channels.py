@@ -87,6 +87,19 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+async def _opening_and_waiting(p: Payers, seller: ToolSeller, *, fails: bool = False
+                               ) -> tuple[asyncio.Future[Any], asyncio.Future[Any]]:
+    """A call whose channel is being opened (held at ``p.gate``; the opening then fails if
+    ``fails``), and a second call waiting for the one slot."""
+    p.gate = threading.Event()
+    p.fail = fails
+    opening = asyncio.ensure_future(p.take(seller))
+    await asyncio.sleep(0.05)
+    waiting = asyncio.ensure_future(p.take(seller))
+    await _settle()
+    return opening, waiting
+
+
 async def test_channels_opened_as_calls_need_them_then_waited_for(payers: Any) -> None:
     p: Payers = payers(2)
     seller = _seller()
@@ -130,11 +143,7 @@ async def test_a_waiter_cancelled_after_it_was_handed_a_channel_passes_it_on(
 async def test_a_call_cancelled_while_its_channel_opens_leaves_it_idle(payers: Any) -> None:
     p: Payers = payers(1)
     seller = _seller()
-    p.gate = threading.Event()
-    opening = asyncio.ensure_future(p.take(seller))
-    await asyncio.sleep(0.05)
-    waiting = asyncio.ensure_future(p.take(seller))  # the one slot is being opened
-    await _settle()
+    opening, waiting = await _opening_and_waiting(p, seller)  # the one slot is being opened
     opening.cancel()
     with pytest.raises(asyncio.CancelledError):
         await opening
@@ -147,12 +156,7 @@ async def test_a_call_cancelled_while_its_channel_opens_leaves_it_idle(payers: A
 async def test_a_channel_that_cannot_be_opened_frees_its_slot(payers: Any) -> None:
     p: Payers = payers(1)
     seller = _seller()
-    p.gate = threading.Event()
-    p.fail = True
-    failing = asyncio.ensure_future(p.take(seller))
-    await asyncio.sleep(0.05)
-    waiting = asyncio.ensure_future(p.take(seller))
-    await _settle()
+    failing, waiting = await _opening_and_waiting(p, seller, fails=True)
     p.gate.set()
     with pytest.raises(PaymentError, match="refused the deposit"):
         await failing

@@ -8,8 +8,6 @@ keeps a clean record and serves the next valid request.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from openai import OpenAI
 from agoranet.chain.devchain import DevChain
 from agoranet.node.launcher import running_command
 from agoranet.payments.wallet import create_keystore
-from helpers import node_process
+from helpers import node_process, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -32,13 +30,6 @@ PASSWORD = "buyer-mistakes-test"
 def _rows(gateway: str) -> list[dict[str, Any]]:
     root = gateway.removesuffix("/v1")
     return list(httpx.get(f"{root}/agoranet/nodes", timeout=10).json()["nodes"])
-
-
-def _wait(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.2)
 
 
 def _clean(row: dict[str, Any]) -> None:
@@ -58,7 +49,7 @@ def test_an_adapter_the_node_lacks_is_a_404_and_leaves_the_node_clean(
                        "--adapters-dir", str(tmp_path / "adapters")]) as node, \
             running_command(["gateway", "--open", "--node", node, "--spend-log",
                              str(tmp_path / "gw" / "spend.sqlite")]) as gateway:
-        _wait(lambda: bool(_rows(gateway)[0]["models"]))
+        wait_until(lambda: bool(_rows(gateway)[0]["models"]))
         client = OpenAI(base_url=gateway, api_key="x", max_retries=0)
         with pytest.raises(openai.NotFoundError) as caught:
             client.chat.completions.create(model="tiny@adapter:" + "1" * 64,
@@ -88,7 +79,7 @@ def test_a_paid_node_behind_a_gateway_without_a_wallet_is_a_402_not_a_ban(
                        "--no-adapters"]) as node, \
             running_command(["gateway", "--open", "--node", node, "--spend-log",
                              str(tmp_path / "gw" / "spend.sqlite")]) as gateway:
-        _wait(lambda: bool(_rows(gateway)[0]["models"]))
+        wait_until(lambda: bool(_rows(gateway)[0]["models"]))
         client = OpenAI(base_url=gateway, api_key="x", max_retries=0)
         for _ in range(2):  # the same answer every time: the node was never banned
             with pytest.raises(openai.APIStatusError) as caught:

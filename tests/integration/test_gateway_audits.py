@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -10,7 +9,7 @@ import pytest
 from openai import OpenAI
 
 from agoranet.node.launcher import running_command
-from helpers import node_process, rigged_node_process
+from helpers import node_process, rigged_node_process, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -27,10 +26,10 @@ def test_a_cheating_node_is_caught_banned_and_dropped(tiny_model: Path, tmp_path
             root = gateway.removesuffix("/v1")
             client = OpenAI(base_url=gateway, api_key="x", max_retries=0)
             for url in (honest, cheat):  # each node serves once, and so gets audited
-                _wait(lambda u=url: any(r["url"] == u and r["models"] for r in _rows(root)))
+                wait_until(lambda u=url: any(r["url"] == u and r["models"] for r in _rows(root)))
                 client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=4,
                                                extra_body={"agoranet": {"allow": [url]}})
-            _wait(lambda: all(r["audits"] for r in _rows(root)), timeout=120)
+            wait_until(lambda: all(r["audits"] for r in _rows(root)), timeout=120)
             rows = {r["url"]: r for r in _rows(root)}
             after = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=4)
     assert rows[cheat]["audits"][-1].startswith("FAILED") and rows[cheat]["banned"]
@@ -40,11 +39,3 @@ def test_a_cheating_node_is_caught_banned_and_dropped(tiny_model: Path, tmp_path
 
 def _rows(root: str) -> list[dict[str, object]]:
     return list(httpx.get(f"{root}/agoranet/nodes", timeout=10).json()["nodes"])
-
-
-def _wait(condition: object, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.3)

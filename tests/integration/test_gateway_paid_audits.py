@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,7 @@ from agoranet.node.launcher import running_command
 from agoranet.payments.receipts import Receipt, verify_receipt
 from agoranet.payments.wallet import create_keystore
 from agoranet.verify.node_audit import PER_ROUND
-from helpers import node_process
+from helpers import node_process, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -49,11 +48,11 @@ def test_a_paid_audit_is_paid_by_channel_and_logged_within_its_share(
             str(tiny_model), "--audit-share", "1"]) as gateway:
         root = gateway.removesuffix("/v1")
         client = OpenAI(base_url=gateway, api_key="x", max_retries=0)
-        _wait(lambda: bool(_nodes(root)["nodes"][0]["models"]))
+        wait_until(lambda: bool(_nodes(root)["nodes"][0]["models"]))
         reply = client.chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "Hello!"}], max_tokens=8)
         assert reply.model_extra["agoranet"]["amount"] > 0  # type: ignore[index]
-        _wait(lambda: bool(_nodes(root)["nodes"][0]["audits"]), timeout=180)
+        wait_until(lambda: bool(_nodes(root)["nodes"][0]["audits"]), timeout=180)
         state = _nodes(root)
     row, audits_status = state["nodes"][0], state["audits"]
     assert row["audits"][-1].startswith("passed") and row["audits_passed"] == 1
@@ -80,11 +79,3 @@ def test_a_paid_audit_is_paid_by_channel_and_logged_within_its_share(
 
 def _nodes(root: str) -> dict[str, object]:
     return dict(httpx.get(f"{root}/agoranet/nodes", timeout=10).json())
-
-
-def _wait(condition: object, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.3)

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from openai import OpenAI
 from agoranet.gateway.spendlog import SpendLog, SpendRow
 from agoranet.node.launcher import running_command
 from agoranet.verify.node_audit import PER_ROUND
-from helpers import node_process, rigged_node_process
+from helpers import node_process, rigged_node_process, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -37,9 +36,9 @@ def test_a_failed_audit_outlives_a_gateway_restart(tiny_model: Path, tmp_path: P
                    "--audit-share", "1", "--spend-log", log]
         with running_command(audited) as gateway:
             root = gateway.removesuffix("/v1")
-            _wait(lambda: bool(_rows(root)[0]["models"]))
+            wait_until(lambda: bool(_rows(root)[0]["models"]))
             _ask(gateway)
-            _wait(lambda: bool(_rows(root)[0]["audits"]), timeout=120)
+            wait_until(lambda: bool(_rows(root)[0]["audits"]), timeout=120)
             first = _rows(root)[0]
         assert first["audits"][-1].startswith("FAILED") and first["banned"]
 
@@ -47,7 +46,7 @@ def test_a_failed_audit_outlives_a_gateway_restart(tiny_model: Path, tmp_path: P
         with running_command(["gateway", "--open", "--node", honest, "--node", cheat,
                                "--spend-log", log]) as gateway:
             root = gateway.removesuffix("/v1")
-            _wait(lambda: all(r["models"] for r in _rows(root)))
+            wait_until(lambda: all(r["models"] for r in _rows(root)))
             rows = {r["url"]: r for r in _rows(root)}
             served = _ask(gateway)
             table = _cli("nodes", "--gateway", root, "--wide")
@@ -75,7 +74,7 @@ def test_audits_start_only_within_their_share_of_spend(tiny_model: Path,
                 "--audit-share", "1", "--spend-log", str(log_path)]
         with running_command(args) as gateway:
             root = gateway.removesuffix("/v1")
-            _wait(lambda: bool(_rows(root)[0]["models"]))
+            wait_until(lambda: bool(_rows(root)[0]["models"]))
             _ask(gateway)
             status = _status(root)
             time.sleep(1)
@@ -86,9 +85,9 @@ def test_audits_start_only_within_their_share_of_spend(tiny_model: Path,
         _earlier(log_path, node, 1_000_000)  # now 2% is over 20,000
         with running_command(args) as gateway:
             root = gateway.removesuffix("/v1")
-            _wait(lambda: bool(_rows(root)[0]["models"]))
+            wait_until(lambda: bool(_rows(root)[0]["models"]))
             _ask(gateway)
-            _wait(lambda: bool(_rows(root)[0]["audits"]), timeout=120)
+            wait_until(lambda: bool(_rows(root)[0]["audits"]), timeout=120)
             status = _status(root)
             verdict = _rows(root)[0]["audits"][-1]
         spent = _cli("spend", "--spend-log", str(log_path))
@@ -140,11 +139,3 @@ def _rows(root: str) -> list[dict[str, Any]]:
 
 def _status(root: str) -> dict[str, Any]:
     return dict(httpx.get(f"{root}/agoranet/nodes", timeout=10).json()["audits"])
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import httpx
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from starlette.applications import Starlette
+from starlette.types import Message, Receive, Scope
 from x402.mechanisms.evm.batch_settlement.client.voucher import sign_voucher
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
@@ -33,6 +35,31 @@ PRICE_OUT = 2_000_000_000  # 2000 per completion token
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "one two three"}],
         "max_tokens": 5}
 WORST = 3 * 1000 + 5 * 2000  # 13000
+
+
+def paid_chat_scope(request_id: str, payment: str) -> Scope:
+    """The ASGI scope of a chat completion POSTed to a node, paid with ``payment``."""
+    return {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+            "scheme": "http", "query_string": b"", "root_path": "", "http_version": "1.1",
+            "server": ("node", 80), "client": ("127.0.0.1", 5),
+            "headers": [(b"host", b"node"), (b"content-type", b"application/json"),
+                        (b"x-request-id", request_id.encode()),
+                        (x402wire.PAYMENT_SIGNATURE.lower().encode(), payment.encode())]}
+
+
+def body_then_disconnect(body: bytes, gone: asyncio.Event) -> Receive:
+    """An ASGI ``receive``: the whole ``body`` at once, then a disconnect once ``gone``."""
+    first = True
+
+    async def receive() -> Message:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 class CountingEngine(FakeEngine):

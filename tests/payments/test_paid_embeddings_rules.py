@@ -86,6 +86,21 @@ async def post(node: Node, body: dict[str, Any], **headers: str) -> httpx.Respon
         return await client.post(EMBEDDINGS_PATH, json=body, headers=headers)
 
 
+def assert_charged_input_tokens(node: Node, paid: httpx.Response, request_id: str,
+                                tokens: int) -> None:
+    """A paid embeddings answer of two vectors for ``tokens`` input tokens, with its signed
+    receipt (1,000 a token, no output) and the same charge in the ledger; the invariants."""
+    assert paid.json()["usage"]["prompt_tokens"] == tokens
+    assert len(paid.json()["data"]) == 2
+    settle = x402wire.decode_json(paid.headers[x402wire.PAYMENT_RESPONSE], "x")
+    receipt = Receipt.from_json(settle["extra"]["receipt"])
+    verify_receipt(receipt, NODE.address)
+    assert (receipt.request_id, receipt.tokens_in, receipt.tokens_out, receipt.amount) == \
+        (request_id, tokens, 0, 1000 * tokens)
+    assert node.charged() == 1000 * tokens
+    invariants(node)
+
+
 def invariants(node: Node) -> None:
     record = node.ledger.channel(CID)
     if record is not None:
@@ -106,15 +121,7 @@ async def test_an_embeddings_request_costs_its_input_tokens_and_is_prepared_once
                                      "x-request-id": "emb-1"})
     assert paid.status_code == 200, paid.text
     assert node.prepares == [tokens, tokens]  # once per request: priced and run alike
-    assert paid.json()["usage"]["prompt_tokens"] == tokens
-    assert len(paid.json()["data"]) == 2
-    settle = x402wire.decode_json(paid.headers[x402wire.PAYMENT_RESPONSE], "x")
-    receipt = Receipt.from_json(settle["extra"]["receipt"])
-    verify_receipt(receipt, NODE.address)
-    assert (receipt.request_id, receipt.tokens_in, receipt.tokens_out, receipt.amount) == \
-        ("emb-1", tokens, 0, 1000 * tokens)
-    assert node.charged() == 1000 * tokens
-    invariants(node)
+    assert_charged_input_tokens(node, paid, "emb-1", tokens)
 
 
 @pytest.mark.parametrize(("body", "status"), [

@@ -10,10 +10,9 @@ from __future__ import annotations
 import pytest
 
 from agoranet.payments import x402wire
-from agoranet.payments.receipts import Receipt, verify_receipt
 
-from .acceptor_support import CID, MAX, NODE, pay
-from .test_paid_embeddings_rules import BODY, Node, invariants, node, post
+from .acceptor_support import CID, MAX, pay
+from .test_paid_embeddings_rules import BODY, Node, assert_charged_input_tokens, node, post
 
 __all__ = ["node"]  # the fixture, shared
 
@@ -26,12 +25,5 @@ async def test_an_embeddings_request_saying_stream_is_charged_its_input_tokens(
                       **{x402wire.PAYMENT_SIGNATURE: pay(MAX), "x-request-id": "emb-s"})
     assert paid.status_code == 200, paid.text
     (tokens,) = node.prepares
-    assert paid.json()["usage"]["prompt_tokens"] == tokens and len(paid.json()["data"]) == 2
-    settle = x402wire.decode_json(paid.headers[x402wire.PAYMENT_RESPONSE], "x")
-    receipt = Receipt.from_json(settle["extra"]["receipt"])
-    verify_receipt(receipt, NODE.address)
-    assert (receipt.request_id, receipt.tokens_in, receipt.tokens_out, receipt.amount) == \
-        ("emb-s", tokens, 0, 1000 * tokens)
-    assert node.charged() == 1000 * tokens
+    assert_charged_input_tokens(node, paid, "emb-s", tokens)
     assert [r.amount for r in node.ledger.receipts(CID)] == [1000 * tokens]
-    invariants(node)

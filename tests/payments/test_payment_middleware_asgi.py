@@ -37,7 +37,7 @@ from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from agoranet.payments.receipts import Receipt, verify_receipt
 
 from .acceptor_support import CID, MAX, NODE, Chain, acceptor, pay
-from .paid_support import BODY, CountingEngine
+from .paid_support import BODY, CountingEngine, body_then_disconnect, paid_chat_scope
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -93,26 +93,12 @@ async def call(app: PaymentMiddleware, request_id: str, *, stream: bool = False,
     After the body, ``receive`` answers a disconnect once ``hung_up`` is set."""
     body = json.dumps({**BODY, "stream": stream}).encode()
     sent: list[Message] = []
-    first = True
-
-    async def receive() -> Message:
-        nonlocal first
-        if first:
-            first = False
-            return {"type": "http.request", "body": body, "more_body": False}
-        await (hung_up or asyncio.Event()).wait()
-        return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
-             "scheme": "http", "query_string": b"", "root_path": "", "http_version": "1.1",
-             "server": ("node", 80), "client": ("127.0.0.1", 5),
-             "headers": [(b"host", b"node"), (b"content-type", b"application/json"),
-                         (b"x-request-id", request_id.encode()),
-                         (x402wire.PAYMENT_SIGNATURE.lower().encode(), pay(MAX).encode())]}
-    await asyncio.wait_for(app(scope, receive, send), 20)
+    await asyncio.wait_for(app(paid_chat_scope(request_id, pay(MAX)),
+                               body_then_disconnect(body, hung_up or asyncio.Event()), send), 20)
     return sent
 
 

@@ -39,7 +39,7 @@ from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from agoranet.payments.receipts import Receipt, verify_receipt
 
 from .acceptor_support import CID, MAX, NETWORK, NODE, PAYER, WORST, Chain, acceptor, exact_pay, pay
-from .paid_support import BODY, CountingEngine
+from .paid_support import BODY, CountingEngine, body_then_disconnect, paid_chat_scope
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -351,15 +351,6 @@ async def test_a_stream_the_client_leaves_is_charged_its_last_running_receipt(
     body = json.dumps({**BODY, "stream": True, "max_tokens": 40}).encode()
     left = asyncio.Event()
     sent: list[bytes] = []
-    first = True
-
-    async def receive() -> Message:
-        nonlocal first
-        if first:
-            first = False
-            return {"type": "http.request", "body": body, "more_body": False}
-        await left.wait()
-        return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
         if message["type"] == "http.response.body":
@@ -367,15 +358,9 @@ async def test_a_stream_the_client_leaves_is_charged_its_last_running_receipt(
             if RUNNING_RECEIPT_OBJECT.encode() in message.get("body", b""):
                 left.set()
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
-             "scheme": "http", "query_string": b"", "root_path": "", "http_version": "1.1",
-             "server": ("node", 80), "client": ("127.0.0.1", 5),
-             "headers": [(b"host", b"node"), (b"content-type", b"application/json"),
-                         (b"x-request-id", b"s-left"),
-                         (x402wire.PAYMENT_SIGNATURE.lower().encode(),
-                          pay(100_000, 100_000).encode())]}
+    scope = paid_chat_scope("s-left", pay(100_000, 100_000))
     with caplog.at_level(logging.INFO, logger="agoranet.node.payment_middleware"):
-        await asyncio.wait_for(app(scope, receive, send), 20)
+        await asyncio.wait_for(app(scope, body_then_disconnect(body, left), send), 20)
     frames = [json.loads(chunk.removeprefix(b"data: ")) for raw in sent
               for chunk in raw.split(b"\n\n") if chunk.startswith(b"data: {")]
     running = receipts_in(frames, RUNNING_RECEIPT_OBJECT)
