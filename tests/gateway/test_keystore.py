@@ -17,7 +17,7 @@ from agoranet.gateway.keyaccess import KeyAccess, check_key_policy
 from agoranet.gateway.keysetup import ensure_owner, start_keys
 from agoranet.gateway.keystore import OWNER, KeyQuotaError, KeyStore
 from agoranet.gateway.policy import Policy
-from agoranet.gateway.spendlog import SpendLog
+from agoranet.gateway.spendlog import SpendLog, SpendRow
 
 
 @pytest.fixture
@@ -166,6 +166,33 @@ def test_a_dead_gateways_reservations_are_settled_in_full(tmp_path: Path) -> Non
     agent = started.store.get("agent")
     assert (agent.spent, agent.reserved) == (43, 7)
     assert start_keys(_settings(tmp_path), spend, budget).lost == 0  # settled once
+
+
+def test_a_dead_gateways_answered_request_is_not_logged_twice(tmp_path: Path) -> None:
+    """The gateway logged an answer, then died before the key store's settlement reached the
+    disk: the key is settled in full, and the spend log keeps the one row it has."""
+    path = tmp_path / "keys.sqlite"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = KeyStore(path)
+    ensure_owner(dead, tmp_path / "owner.key")
+    key = dead.create("agent", parent=OWNER, budget=100).record
+    answered = dead.reserve(key.id, 4, "chatcmpl-answered", "tiny")
+    cut = dead.reserve(key.id, 6, "chatcmpl-cut", "tiny")
+    for held in (answered, cut):
+        dead._db.execute("UPDATE reservations SET pid = ? WHERE id = ?", (gone.pid, held))
+    spend = SpendLog(tmp_path / "spend.sqlite")
+    spend.add(SpendRow("chatcmpl-answered", "tiny", "http://node", 3, 1, 4, 1.0, 2.0, "ok",
+                       key="agent"))
+    spend.add(SpendRow("chatcmpl-cut", "tiny", "http://node", 3, 1, 2, 1.0, 2.0, "partial",
+                       key="agent"))
+    budget = Budget(1000, spent=spend.total())
+    started = start_keys(_settings(tmp_path), spend, budget)
+    assert started.lost == 6 and budget.spent == 4 + 2 + 6 == spend.total()
+    assert [(r.request_id, r.outcome, r.amount) for r in spend.rows()] == [
+        ("chatcmpl-answered", "ok", 4), ("chatcmpl-cut", "partial", 2),
+        ("chatcmpl-cut", "lost", 6)]
+    assert started.store.get("agent").spent == 10  # both settled in full: never less
 
 
 def _settings(tmp_path: Path):  # type: ignore[no-untyped-def]

@@ -3,7 +3,10 @@ owner key.
 
 Reservations of a gateway whose process is gone are settled at their full amounts
 (:meth:`KeyStore.recover`); each becomes a spend-log row with outcome ``lost`` and is
-counted in the global budget, so a restart forgets no money in flight. The owner key
+counted in the global budget, so a restart forgets no money in flight -- unless its
+request's answer is in the spend log already (an ``ok`` row: the gateway died after
+logging it, before the key store's settlement reached the disk), whose rows hold what it
+cost and are counted in the budget once. The owner key
 (the tree's root, no cap of its own: the global budget applies) is created on the
 first start and written, mode 0600, to ``settings.owner_key_path()``; if that file is
 gone, a new secret is issued for it. Its secret is never printed: only its path.
@@ -69,6 +72,8 @@ def start_keys(settings: GatewaySettings, spend: SpendLog, budget: Budget) -> Ke
     store = KeyStore(settings.key_store_path())
     lost = 0
     for reservation in store.recover():
+        if spend.answered(reservation.request_id):
+            continue  # logged whole before the gateway died: not spent twice in the log
         spend.add(SpendRow(reservation.request_id, reservation.model, "-", 0, 0,
                            reservation.amount, None, 0.0, "lost", key=reservation.key))
         lost += reservation.amount

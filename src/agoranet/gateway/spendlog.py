@@ -121,6 +121,13 @@ class SpendLog:
                 (outcome, amount, tokens, duration_ms, receipt, request_id))
         self._checkpoints.wrote()
 
+    def answered(self, request_id: str) -> bool:
+        """Whether ``request_id``'s answer was logged whole (a row with outcome ``ok``): its
+        rows then hold all it cost."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM spend WHERE request_id = ? AND outcome = 'ok'"
+                                    " LIMIT 1", (request_id,)).fetchone() is not None
+
     def total(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COALESCE(SUM(amount), 0) FROM spend").fetchone()[0])
