@@ -6,6 +6,9 @@ app below it may leave out or do late does not change what is charged or sent.
 - A final receipt frame the app writes after the client hung up (the disconnect read
   first) is neither sent nor charged: the request costs its last running receipt, here
   none, so nothing.
+- A plain answer's receipt goes out in its headers and is charged once its body has
+  been handed over (on a ledger written on the event loop); one whose body never goes
+  out is not charged.
 
 The app below the middleware plays generation: it records the usage in the request's
 metering (as the node's service does) and asks the metering for the final receipt frame.
@@ -33,6 +36,7 @@ from agoranet.node.payment_middleware import RECEIPT_OBJECT, PaymentMiddleware
 from agoranet.node.service import InferenceService
 from agoranet.payments import x402wire
 from agoranet.payments.accept.acceptor import PaymentAcceptor
+from agoranet.payments.accept.ledger_writer import LedgerWriter
 from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from agoranet.payments.receipts import Receipt, verify_receipt
 
@@ -166,6 +170,67 @@ async def test_a_final_receipt_written_after_the_client_hung_up_is_not_sent_nor_
     receipt = Receipt.from_json(json.loads(final.removeprefix(b"data: "))["agoranet_receipt"])
     assert (receipt.request_id, receipt.amount) == ("stay-1", COST)
     assert node.charged() == COST and node.ledger.receipts(CID) == [receipt]
+    node.invariants()
+
+
+@pytest.mark.parametrize("inline", [True, False])
+async def test_a_plain_answer_is_charged_its_receipt_once_its_body_has_gone_out(
+        node: Paying, inline: bool) -> None:
+    """The receipt goes out in the answer's headers; on a ledger written on the event loop
+    (a SQLite file, ``inline``) the charge is written after the body has been handed
+    over (off the path to the buyer), exactly that receipt. A ledger written off the loop
+    (PostgreSQL) charges before the headers go out: the buyer could otherwise pay its
+    next request on the channel while it is still held."""
+    node.acceptor.writer.close()
+    node.acceptor.writer = LedgerWriter(node.ledger, inline=inline)
+    seen: list[tuple[str, int, str | None]] = []  # (message, charged, pending) as sent
+
+    async def below(metered: MeteredRequest, receive: Receive, send: Send) -> None:
+        metered.metering.usage = USAGE
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{", "more_body": True})
+        await send({"type": "http.response.body", "body": b"}"})
+
+    app = node.app(below)
+
+    async def watched(scope: Scope, receive: Receive, send: Send) -> None:
+        async def watching(message: Message) -> None:
+            record = node.ledger.channel(CID)
+            assert record is not None
+            seen.append((message["type"], record.charged, record.pending_request))
+            await send(message)
+
+        await app(scope, receive, watching)
+
+    sent: list[Message] = []
+
+    async def collect(message: Message) -> None:
+        sent.append(message)
+
+    await watched(paid_chat_scope("late-1", pay(MAX)),
+                  body_then_disconnect(json.dumps(BODY).encode(), asyncio.Event()), collect)
+    if inline:  # held until the body is out
+        assert seen == [("http.response.start", 0, "late-1"),
+                        ("http.response.body", 0, "late-1"), ("http.response.body", 0, "late-1")]
+    else:  # charged as the headers go out
+        assert seen == [("http.response.start", COST, None), ("http.response.body", COST, None),
+                        ("http.response.body", COST, None)]
+    [(_, value)] = sent[0]["headers"]
+    receipt = Receipt.from_json(x402wire.decode_json(value.decode(), "x")["extra"]["receipt"])
+    assert node.ledger.receipts(CID) == [receipt] and node.charged() == COST
+    node.invariants()
+
+
+async def test_a_plain_answer_whose_body_never_goes_out_is_not_charged(
+        node: Paying) -> None:
+    async def below(metered: MeteredRequest, receive: Receive, send: Send) -> None:
+        metered.metering.usage = USAGE
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("the answer broke after its headers")
+
+    with pytest.raises(RuntimeError):
+        await call(node.app(below), "broke-1")
+    assert node.charged() == 0 and node.ledger.receipts(CID) == []
     node.invariants()
 
 

@@ -90,6 +90,9 @@ class IouServer:
                     corrective: dict[str, Any] | None) -> PaymentRequirements:
         return ctx.terms.requirement(IOU, amount, prices)
 
+    def holds_ahead(self, payment: PaymentPayload) -> bool:
+        return False  # it wants to be told each request's worst case
+
     async def authorize(self, ctx: ServerContext, payment: PaymentPayload, max_amount: int,
                         worst: int, request_id: str) -> Authorization:
         self.worst.append(worst)

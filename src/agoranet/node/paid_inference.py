@@ -3,16 +3,18 @@
 :class:`PaidInference` is the one service behind every paid route (chat and text
 completions, embeddings). It knows nothing of ASGI:
 
-1. :meth:`PaidInference.price` parses the body and prepares the request once
-   (tokenised, context checked: a 4xx before any payment) and prices its worst case;
-   the parsed request and the prepared one travel on to generation
+1. :meth:`PaidInference.admit` parses the body and prepares the request once
+   (tokenised, context checked: a 4xx before any payment is charged) and prices its
+   worst case; the parsed request and the prepared one travel on to generation
    (:class:`~agoranet.node.metering.MeteredRequest`), never parsed again.
-2. :meth:`PaidInference.authorize` accepts the payment for that worst case through
-   the node's :class:`~agoranet.payments.accept.acceptor.PaymentAcceptor` (a voucher is
-   durable in the ledger before it returns; a scheme that settles per payment,
-   ``exact``, settles now unless told to after the answer), or raises
-   :class:`~agoranet.errors.PaymentRequiredError`, whose 402
-   (:meth:`PaidInference.payment_required`) names the worst case.
+2. It accepts the payment for that worst case through the node's
+   :class:`~agoranet.payments.accept.acceptor.PaymentAcceptor` (a voucher is durable in
+   the ledger before any inference; a scheme that settles per payment, ``exact``,
+   settles now unless told to after the answer), or refuses it with a 402
+   (:meth:`PaidInference.payment_required`) naming the worst case. A voucher is checked
+   and handed to the ledger before the request is tokenised, so its trip to the disk
+   and the tokenising overlap; a request that fails to prepare, or whose voucher is
+   short of its worst case, has it retracted (as if never offered).
 3. :class:`PaidCall` is one accepted request: its explicit
    :class:`~agoranet.node.metering.Metering` (generation records the usage there and
    asks it for running and final receipt frames), its charge when the answer's status
@@ -32,6 +34,7 @@ JSON, and puts the payment headers on the answer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -46,7 +49,7 @@ from agoranet.api.handlers import parse_json_object
 from agoranet.api.sse import sse_json
 from agoranet.api.types import ChatCompletionRequest, CompletionRequest
 from agoranet.engines.base import Finish, Prepared
-from agoranet.errors import PaymentRequiredError
+from agoranet.errors import InvalidRequestError, PaymentRequiredError
 from agoranet.market import TokenPrices, cost, with_commitments, worst_case
 from agoranet.node.embeddings import EmbeddingService
 from agoranet.node.metering import MeteredRequest, Metering
@@ -54,6 +57,7 @@ from agoranet.node.metrics import note_payment_response
 from agoranet.node.service import InferenceService
 from agoranet.payments.accept.acceptor import Authorization, PaymentAcceptor
 from agoranet.payments.receipts import Receipt
+from agoranet.request_ids import request_id as checked_request_id
 
 __all__ = [
     "CHAT_PATH",
@@ -62,8 +66,10 @@ __all__ = [
     "EMBEDDINGS_PATH",
     "RECEIPT_OBJECT",
     "RUNNING_RECEIPT_OBJECT",
+    "Admission",
     "PaidCall",
     "PaidInference",
+    "Parsed",
     "PriceBook",
     "Priced",
 ]
@@ -78,6 +84,14 @@ DEFAULT_PAID_PATHS = (CHAT_PATH, COMPLETIONS_PATH)
 RECEIPT_OBJECT = "agoranet.receipt"  # the final receipt of a stream
 RUNNING_RECEIPT_OBJECT = "agoranet.receipt.running"  # for the part already sent
 PriceBook = Callable[[str], TokenPrices]
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A paid route's body, parsed (not prepared yet)."""
+
+    request: BaseModel
+    model: str
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,16 @@ class Priced:
         return self.prices.is_free
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What :meth:`PaidInference.admit` made of a request: free (no ``call``), paid
+    (``call``), or refused (``refused``: the 402 to send, for ``priced``)."""
+
+    priced: Priced
+    call: PaidCall | None = None
+    refused: PaymentRequiredError | None = None
+
+
 class PaidInference:
     """Paid requests over ``service`` (and ``embeddings``, if the node sells them)."""
 
@@ -109,42 +133,108 @@ class PaidInference:
         self.settle_exact_before = settle_exact_before
         self.receipt_every = receipt_every
         self.commitment_price = commitment_price
+        self._retracting: set[asyncio.Future[Any]] = set()  # of payments held ahead
 
-    # ------------------------------------------------------------ parse, prepare, price
+    # ------------------------------------------------------------ admit a request
 
-    async def price(self, path: str, body: bytes) -> Priced:
-        """Parse and prepare the request once, and price its worst case (a bad body, an
-        unknown model or a context too long raise here, before any payment)."""
+    async def admit(self, path: str, body: bytes, header: str | None,
+                    request_id: str | None) -> Admission:
+        """Price ``body`` and accept its payment (``header``, for request id
+        ``request_id``, unchecked): an :class:`Admission` that is free, paid (its voucher
+        durable), or refused (the 402 to send). A bad body, an unknown model, a context too
+        long (and then a bad request id) raise before any payment is taken.
+
+        A payment that can be held before the request's worst case is known (a voucher,
+        not a deposit) is checked and handed to the ledger first, so that its durable
+        write overlaps the tokenising. A request that then fails, or whose voucher is
+        short of its worst case (a 402), is charged nothing and leaves nothing: its
+        voucher is retracted from the ledger, the channel's voucher is what it was."""
+        parsed = self.parse(path, body)
+        try:
+            checked: str | BaseException = checked_request_id(request_id)
+        except InvalidRequestError as exc:
+            checked = exc
+        ahead: asyncio.Future[Authorization | None] | None = None
+        if header and isinstance(checked, str) and not self.prices(parsed.model).is_free:
+            ahead = asyncio.ensure_future(self.acceptor.authorize_ahead(header, checked))
+            await asyncio.sleep(0)  # it runs up to its ledger write, then tokenising starts
+        try:
+            priced = await self.prepare(parsed)
+        except Exception:  # the channel is free again before the buyer hears
+            if ahead is not None:
+                await self._give_back(ahead)
+            raise
+        except BaseException:  # cancelled: retracted once it is held
+            if ahead is not None:
+                self._drop(ahead)
+            raise
+        if priced.free:  # (nothing is held ahead for a model whose tokens are free)
+            return Admission(priced)
+        if isinstance(checked, BaseException):
+            raise checked
+        try:
+            auth = None if ahead is None else await ahead
+            if auth is None:
+                auth = await self.acceptor.authorize(header, priced.worst, checked)
+            else:
+                await self.acceptor.require(auth, priced.worst)
+            if self.settle_exact_before:  # a scheme that settles per payment (exact) does now
+                await self.acceptor.settle(auth)
+        except PaymentRequiredError as exc:
+            return Admission(priced, refused=exc)
+        return Admission(priced, PaidCall(self, priced, auth))
+
+    def parse(self, path: str, body: bytes) -> Parsed:
+        """The wire request in ``body`` (a bad body raises)."""
         data = parse_json_object(body)
-        request: BaseModel
         if path == EMBEDDINGS_PATH and self.embeddings is not None:
-            embedding = EmbeddingRequest.model_validate(data)
-            request, prepared = embedding, await self.embeddings.prepare(embedding)
+            request: BaseModel = EmbeddingRequest.model_validate(data)
         elif path.endswith("/chat/completions"):
-            chat = ChatCompletionRequest.model_validate(data)
-            request, prepared = chat, await self.service.prepare_chat(chat)
+            request = ChatCompletionRequest.model_validate(data)
         else:
-            completion = CompletionRequest.model_validate(data)
-            request, prepared = completion, await self.service.prepare_completion(completion)
-        model = str(getattr(request, "model", ""))
-        prices = self.prices(model)
+            request = CompletionRequest.model_validate(data)
+        return Parsed(request, str(getattr(request, "model", "")))
+
+    async def prepare(self, parsed: Parsed) -> Priced:
+        """Prepare the request once (tokenised, context checked: an unknown model or a
+        context too long raise here) and price its worst case."""
+        request = parsed.request
+        if isinstance(request, EmbeddingRequest):
+            assert self.embeddings is not None
+            prepared = await self.embeddings.prepare(request)
+        elif isinstance(request, ChatCompletionRequest):
+            prepared = await self.service.prepare_chat(request)
+        else:
+            assert isinstance(request, CompletionRequest)
+            prepared = await self.service.prepare_completion(request)
+        prices = self.prices(parsed.model)
         if prepared.request.commitments:  # the offer's surcharge on every token
             prices = with_commitments(prices, self.commitment_price)
         worst = worst_case(prices, prepared.prompt_tokens, prepared.request.max_tokens)
         # only completions stream: an embeddings body's "stream" is an unknown extra field
         stream = isinstance(request, ChatCompletionRequest | CompletionRequest) and request.stream
-        return Priced(request, prepared, model, stream, prices, worst)
+        return Priced(request, prepared, parsed.model, stream, prices, worst)
 
-    # ------------------------------------------------------------ authorize
+    async def _give_back(self, ahead: asyncio.Future[Authorization | None]) -> None:
+        """A payment held ahead for a request that failed before it was served: retracted,
+        as if never offered (its refusal, if it was refused, is nobody's: the request's own
+        error is told)."""
+        try:
+            auth = await ahead
+        except Exception:  # refused: nothing was held
+            return
+        if auth is not None:
+            try:
+                await self.acceptor.writer.unsynced(lambda: self.acceptor.retract(auth))
+            except Exception as exc:  # the next restart's recover() releases it
+                logger.warning("retracting the payment held for %s failed: %s",
+                               auth.request_id, exc)
 
-    async def authorize(self, priced: Priced, header: str | None,
-                        request_id: str) -> PaidCall:
-        """Accept the payment in ``header`` for ``priced`` (durable before this returns);
-        PaymentRequiredError if it is refused."""
-        auth = await self.acceptor.authorize(header, priced.worst, request_id)
-        if self.settle_exact_before:  # a scheme that settles per payment (exact) does now
-            await self.acceptor.settle(auth)
-        return PaidCall(self, priced, auth)
+    def _drop(self, ahead: asyncio.Future[Authorization | None]) -> None:
+        """:meth:`_give_back`, on a task of its own, for a request cancelled meanwhile."""
+        task = asyncio.ensure_future(self._give_back(ahead))
+        self._retracting.add(task)
+        task.add_done_callback(self._retracting.discard)
 
     def payment_required(self, priced: Priced, exc: PaymentRequiredError,
                          resource: str) -> PaymentRequired:
@@ -167,7 +257,9 @@ class PaidCall:
         self.metering = Metering(stream_finish=self._stream_finish)
         if paid.receipt_every > 0:
             self.metering.stream_progress = self._stream_progress
-        self.final: tuple[Finish, Receipt, bytes] | None = None  # (usage, receipt, frame)
+        # The final receipt, sent and not charged yet, and the stream's frame that carries
+        # it (None for a plain answer's, in its PAYMENT-RESPONSE).
+        self.final: tuple[Receipt, bytes | None] | None = None
         self._receipted = 0  # content frames covered by the last running receipt
 
     @property
@@ -208,7 +300,7 @@ class PaidCall:
             return [self._receipt_event(RECEIPT_OBJECT, await self.charge(finish))]
         receipt, response = quoted
         frame = self._receipt_event(RECEIPT_OBJECT, _dump(response))
-        self.final = (finish, receipt, frame)
+        self.final = (receipt, frame)
         return [frame]
 
     async def _stream_progress(self, sent: int) -> list[bytes]:
@@ -224,30 +316,51 @@ class PaidCall:
 
     async def answered(self, status: int) -> dict[str, Any] | None:
         """The answer's status is going out: a failure is released first (nothing charged,
-        the channel free before the buyer hears); a plain answer is charged its usage and
-        its payment response returned (for ``PAYMENT-RESPONSE``); a stream, None."""
+        the channel free before the buyer hears); a plain answer's payment response is
+        returned (for ``PAYMENT-RESPONSE``) with its receipt signed, charged once the
+        answer's body has gone out (:meth:`final_sent`) where the ledger's write is done
+        before the event loop reads anything more (a local file), else now, as a fixed
+        amount (``exact``) is; a stream, None."""
         if status != 200:
             acceptor, auth = self.paid.acceptor, self.auth
             await self._write(lambda: acceptor.release(auth))
             return None
-        if self.metering.usage is not None and not self.priced.stream:
-            response = await self.charge(self.metering.usage)
-            note_payment_response(response)  # the request's metrics, without decoding it
-            return response
-        return None
+        usage = self.metering.usage
+        if usage is None or self.priced.stream:
+            return None
+        acceptor = self.paid.acceptor
+        quoted = None
+        if acceptor.writer.inline:  # else the buyer could pay its next request on the
+            # channel before a write after the body landed (a database off the loop)
+            amount = self._cost(usage.prompt_tokens, usage.completion_tokens)
+            quoted = acceptor.quote(self.auth, usage.prompt_tokens, usage.completion_tokens,
+                                    amount)
+        if quoted is None:  # or exact: a fixed amount, already paid
+            response = await self.charge(usage)
+        else:
+            receipt, settle = quoted
+            self.final = (receipt, None)
+            response = _dump(settle)
+        note_payment_response(response)  # the request's metrics, without decoding it
+        return response
 
-    def is_final(self, body: bytes | None) -> bool:
-        """Whether ``body`` is the stream's final receipt frame, not charged yet."""
-        return self.final is not None and not self.auth.done and body == self.final[2]
+    def is_final(self, body: bytes | None, *, last: bool) -> bool:
+        """Whether sending ``body`` (``last``: the answer's last) completes what the final
+        receipt was sent for, not charged yet: a stream's final receipt frame, or the end
+        of a plain answer."""
+        if self.final is None or self.auth.done:
+            return False
+        frame = self.final[1]
+        return last if frame is None else body == frame
 
     async def final_sent(self) -> None:
-        """The final receipt's frame has gone out: charge exactly that receipt."""
+        """What the final receipt was sent for has gone out (a stream's receipt frame, a
+        plain answer's body): charge exactly that receipt (what it says)."""
         assert self.final is not None
-        usage, receipt, _ = self.final
+        receipt, _ = self.final
         acceptor, auth = self.paid.acceptor, self.auth
         await self._write(lambda: acceptor.charge(
-            auth, usage.prompt_tokens, usage.completion_tokens, receipt.amount,
-            quoted=receipt))
+            auth, receipt.tokens_in, receipt.tokens_out, receipt.amount, quoted=receipt))
 
     async def close(self) -> None:
         """The request is over: if it was neither charged nor released it failed or was

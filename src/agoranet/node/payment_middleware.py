@@ -8,14 +8,16 @@ payment ends in a 402 with the x402 requirements: the engine never runs. With on
 request goes on to the routes with its parsed and prepared form and its metering in the
 scope (:mod:`agoranet.node.metering`, never parsed again) and the paying address under
 :data:`PAYER_SCOPE_KEY`. The middleware puts the signed receipt of a plain answer in
-``PAYMENT-RESPONSE``; a stream carries it in a final SSE event before ``data: [DONE]``
-(charged once that frame has been sent, not when the client had hung up by then), and
-every ``receipt_every`` content frames a running receipt (object
+``PAYMENT-RESPONSE`` (charged once the answer's body has been handed over, so the
+ledger's write is not on the way to the buyer); a stream carries it in a final SSE event
+before ``data: [DONE]`` (charged once that frame has been sent, not when the client had
+hung up by then), and every ``receipt_every`` content frames a running receipt (object
 ``agoranet.receipt.running``) for the tokens sent so far, persisted before it goes out.
 A request that fails or is abandoned is charged its last running receipt, or nothing if
 it got none: the buyer holds a signed receipt for every charge, and a node that dies
-mid-stream is paid for what it had receipted. (A final frame written just as the client
-hung up may never be read: the node's corrective 402 then carries that receipt.)
+mid-stream is paid for what it had receipted. (A final receipt sent just as the client
+hung up, or the node died, may never be charged: the node's loss, never the buyer's;
+one the buyer never read is in the node's corrective 402.)
 Responses are never buffered.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agoranet.api.asgi_body import read_body, replay_body
 from agoranet.api.errors import error_body, error_from_exception
-from agoranet.errors import InvalidRequestError, PaymentRequiredError
+from agoranet.errors import PaymentRequiredError
 from agoranet.node.embeddings import EmbeddingService
 from agoranet.node.metering import METERED_SCOPE_KEY, MeteredRequest, Metering
 from agoranet.node.paid_inference import (
@@ -43,7 +45,6 @@ from agoranet.node.paid_inference import (
 from agoranet.node.service import InferenceService
 from agoranet.payments import x402wire
 from agoranet.payments.accept.acceptor import PaymentAcceptor
-from agoranet.request_ids import request_id as checked_request_id
 
 __all__ = ["DEFAULT_PAID_PATHS", "PAYER_SCOPE_KEY", "RECEIPT_OBJECT", "RUNNING_RECEIPT_OBJECT",
            "PaymentMiddleware", "PriceBook"]
@@ -80,28 +81,23 @@ class PaymentMiddleware:
             await self.app(scope, receive, send)
             return
         body = await read_body(receive)
-        try:
-            priced = await self.paid.price(scope["path"], body)
-        except Exception as exc:  # bad body, unknown model, context too long: no inference
+        headers = _headers(scope)
+        try:  # bad body, unknown model, context too long, bad request id: no inference
+            admission = await self.paid.admit(scope["path"], body,
+                                              headers.get(_PAYMENT_SIGNATURE),
+                                              headers.get(REQUEST_ID_HEADER))
+        except Exception as exc:
             await _send_error(send, exc)
             return
         replay = replay_body(body, receive)
-        if priced.free:
+        if admission.refused is not None:
+            await self._send_402(send, admission.refused, admission.priced, scope, headers)
+        elif admission.call is None:  # free
+            priced = admission.priced
             metered = MeteredRequest(priced.request, priced.prepared, Metering())
             await self.app({**scope, METERED_SCOPE_KEY: metered}, replay, send)
-            return
-        headers = _headers(scope)
-        try:  # a bad request id is a 400 before any payment is looked at
-            request_id = checked_request_id(headers.get(REQUEST_ID_HEADER))
-        except InvalidRequestError as exc:
-            await _send_error(send, exc)
-            return
-        try:
-            call = await self.paid.authorize(priced, headers.get(_PAYMENT_SIGNATURE), request_id)
-        except PaymentRequiredError as exc:
-            await self._send_402(send, exc, priced, scope, headers)
-            return
-        await self._serve(scope, replay, send, call)
+        else:
+            await self._serve(scope, replay, send, admission.call)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, call: PaidCall) -> None:
         gone = False  # the client hung up
@@ -113,9 +109,11 @@ class PaymentMiddleware:
                     encoded = x402wire.encode_json(response)
                     message = {**message, "headers": [
                         *message.get("headers", []), (_PAYMENT_RESPONSE, encoded.encode())]}
-            elif call.is_final(message.get("body")):
-                # The final receipt is charged only once it has gone out; a stream cut
-                # before that is charged its last running receipt (PaidCall.close).
+            elif call.is_final(message.get("body"), last=message["type"] == "http.response.body"
+                               and not message.get("more_body", False)):
+                # The final receipt is charged only once what it is for has gone out; an
+                # answer cut before that is charged its last running receipt (or nothing:
+                # PaidCall.close).
                 if gone:
                     return
                 await send(message)

@@ -98,6 +98,33 @@ class PaymentAcceptor:
 
     async def authorize(self, header: str | None, worst: int, request_id: str) -> Authorization:
         """Check the payment in ``header`` for a request costing at most ``worst``."""
+        payment, scheme, max_amount = self._checked(header, worst)
+        return await scheme.authorize(self, payment, max_amount, worst, request_id)
+
+    async def authorize_ahead(self, header: str, request_id: str) -> Authorization | None:
+        """:meth:`authorize` before the request's worst case is known, so that holding
+        the payment (a voucher reaching the disk) overlaps the work of pricing the
+        request (tokenising it). The authorization pays for no work until :meth:`require`
+        has checked it against the worst case. None, with nothing done, if its scheme
+        does not hold a payment ahead (one that moves money on chain to be accepted, a
+        deposit): authorize it once the worst case is known."""
+        payment, scheme, max_amount = self._checked(header, None)
+        if not scheme.holds_ahead(payment):
+            return None
+        return await scheme.authorize(self, payment, max_amount, max_amount, request_id)
+
+    async def require(self, auth: Authorization, worst: int) -> None:
+        """Unless ``auth`` (from :meth:`authorize_ahead`) authorizes ``worst``: the payment
+        is retracted (:meth:`retract`) and PaymentRequiredError raised, as
+        :meth:`authorize` refuses it."""
+        if auth.max_amount < worst:
+            await self.writer.unsynced(lambda: self.retract(auth))
+            raise _insufficient(auth.max_amount, worst)
+
+    def _checked(self, header: str | None, worst: int | None
+                 ) -> tuple[PaymentPayload, SchemeServer, int]:
+        """The payment in ``header`` with what every scheme shares checked (and its amount
+        against ``worst``, if known): its payload, its scheme's half, what it authorizes."""
         if not header:
             raise PaymentRequiredError(
                 f"this request costs up to {worst} base units: pay with x402 "
@@ -124,14 +151,12 @@ class PaymentAcceptor:
         except ValueError as exc:
             raise PaymentRequiredError(f"{exc} (at most {MAX_AMOUNT})",
                                        reason="invalid_payload") from None
-        if max_amount < worst:
-            raise PaymentRequiredError(
-                f"payment authorizes {max_amount} base units but this request may cost "
-                f"{worst}", reason="insufficient_amount")
+        if worst is not None and max_amount < worst:
+            raise _insufficient(max_amount, worst)
         if not scheme.offered:
             raise PaymentRequiredError(f"this node does not take {scheme.name} payments",
                                        reason="unsupported_scheme")
-        return await scheme.authorize(self, payment, max_amount, worst, request_id)
+        return payment, scheme, max_amount
 
     async def settle(self, auth: Authorization) -> SettleResponse | None:
         """Move the payment's money on chain now if its scheme does that per payment
@@ -207,9 +232,24 @@ class PaymentAcceptor:
         auth.done = True
         return self._scheme_of(auth).release(self, auth)
 
+    def retract(self, auth: Authorization) -> None:
+        """A payment taken for a request refused before it was served (the request's own
+        fault, or its client gone): as if it had never been offered, a voucher it holds
+        leaves the ledger (:meth:`~agoranet.payments.accept.ledger.Ledger.retract`)."""
+        if auth.done:
+            return
+        auth.done = True
+        if auth.hold is not None:
+            self.ledger.retract(auth.hold)
+
     def _scheme_of(self, auth: Authorization) -> SchemeServer:
         """The half that accepted ``auth`` (the acceptor made it, so it has one)."""
         return self._schemes[auth.scheme]
+
+
+def _insufficient(max_amount: int, worst: int) -> PaymentRequiredError:
+    return PaymentRequiredError(f"payment authorizes {max_amount} base units but this request "
+                                f"may cost {worst}", reason="insufficient_amount")
 
 
 def _short(exc: BaseException) -> str:

@@ -178,6 +178,15 @@ class Ledger(Protocol):
         else nothing, and the previous voucher becomes current."""
         ...
 
+    def retract(self, hold: Hold) -> None:
+        """Undo the hold of a request refused before it was served (its own fault: a body
+        found bad while it was priced, a voucher short of what it may cost; or its client
+        gone) as if the voucher had never been offered: its row is deleted, the previous
+        voucher becomes current, and a channel row made for it alone is deleted too (it
+        holds no voucher, receipt or claim). Nothing if the request holds nothing; a hold
+        that sent a running receipt was served, and is released instead."""
+        ...
+
     def recover(self) -> int:
         """After a restart: release every hold left by the previous process; how many."""
         ...

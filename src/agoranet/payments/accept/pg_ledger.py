@@ -556,6 +556,36 @@ class PgLedger:
             (amount, prev_amount, amount, prev_sig, time.time(), channel_id, request_id))
         return None
 
+    def retract(self, hold: Hold) -> None:
+        channel_id = hold.channel_id.lower()
+        with self._write(fsync=False) as cur:
+            self._channel_row(cur, channel_id, lock=True)
+            row = self._one(cur, "SELECT status, voucher_amount, previous_amount, "
+                            "previous_signature FROM vouchers WHERE request_id = %s AND "
+                            "channel_id = %s", (hold.request_id, channel_id))
+            if row is None or row[0] != "held":
+                return
+            if self._one(cur, "SELECT 1 FROM running_receipts WHERE request_id = %s",
+                         (hold.request_id,)) is not None:
+                self._release(cur, hold.request_id)  # served in part: what it receipted
+                return
+            _, amount, prev_amount, prev_sig = row
+            cur.execute("DELETE FROM vouchers WHERE request_id = %s", (hold.request_id,))
+            cur.execute(
+                "UPDATE channels SET voucher_amount = CASE WHEN voucher_amount = %s THEN %s "
+                "ELSE voucher_amount END, voucher_signature = CASE WHEN voucher_amount = %s "
+                "THEN %s ELSE voucher_signature END, pending_request = NULL, updated_at = %s "
+                "WHERE channel_id = %s AND pending_request = %s",
+                (amount, prev_amount, amount, prev_sig, time.time(), channel_id,
+                 hold.request_id))
+            cur.execute(
+                "DELETE FROM channels WHERE channel_id = %s AND pending_request IS NULL AND "
+                "NOT EXISTS (SELECT 1 FROM vouchers WHERE channel_id = %s) AND "
+                "NOT EXISTS (SELECT 1 FROM receipts WHERE channel_id = %s) AND "
+                "NOT EXISTS (SELECT 1 FROM claims WHERE channel_id = %s) AND "
+                "NOT EXISTS (SELECT 1 FROM claim_failures WHERE channel_id = %s)",
+                (channel_id,) * 5)
+
     def recover(self) -> int:
         """Release every hold whose replica is gone (its lease ran out); how many.
 

@@ -378,6 +378,34 @@ class SqliteLedger(SqliteStore):
         )
         return None
 
+    def retract(self, hold: Hold) -> None:
+        with self._write(fsync=False) as db:
+            row = db.execute("SELECT status, voucher_amount, previous_amount, "
+                             "previous_signature FROM vouchers WHERE request_id = ? AND "
+                             "channel_id = ?", (hold.request_id, hold.channel_id)).fetchone()
+            if row is None or row[0] != "held":
+                return
+            if db.execute("SELECT 1 FROM running_receipts WHERE request_id = ?",
+                          (hold.request_id,)).fetchone() is not None:
+                self._release(db, hold.request_id)  # served in part: what it receipted
+                return
+            _, amount, prev_amount, prev_sig = row
+            db.execute("DELETE FROM vouchers WHERE request_id = ?", (hold.request_id,))
+            db.execute(
+                "UPDATE channels SET voucher_amount = CASE WHEN voucher_amount = ? THEN ? "
+                "ELSE voucher_amount END, voucher_signature = CASE WHEN voucher_amount = ? "
+                "THEN ? ELSE voucher_signature END, pending_request = NULL, updated_at = ? "
+                "WHERE channel_id = ? AND pending_request = ?",
+                (amount, prev_amount, amount, prev_sig, time.time(), hold.channel_id,
+                 hold.request_id))
+            db.execute(
+                "DELETE FROM channels WHERE channel_id = ? AND pending_request IS NULL AND "
+                "NOT EXISTS (SELECT 1 FROM vouchers WHERE channel_id = ?) AND "
+                "NOT EXISTS (SELECT 1 FROM receipts WHERE channel_id = ?) AND "
+                "NOT EXISTS (SELECT 1 FROM claims WHERE channel_id = ?) AND "
+                "NOT EXISTS (SELECT 1 FROM claim_failures WHERE channel_id = ?)",
+                (hold.channel_id,) * 5)
+
     def recover(self) -> int:
         with self._write() as db:
             held = [r[0] for r in db.execute(

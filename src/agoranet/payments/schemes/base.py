@@ -157,10 +157,17 @@ class SchemeServer(Protocol):
         ``corrective`` is the state a refusal of this scheme's payment carries."""
         ...
 
+    def holds_ahead(self, payment: PaymentPayload) -> bool:
+        """Whether :meth:`authorize` may accept ``payment`` before the request's worst case
+        is known (the node prices a request while its payment is held; one that ends up
+        short is released): only if accepting it moves no money on chain."""
+        ...
+
     async def authorize(self, ctx: ServerContext, payment: PaymentPayload, max_amount: int,
                         worst: int, request_id: str) -> Authorization:
         """Check and accept ``payment`` (its shared fields checked already) for a request
-        costing at most ``worst`` (``max_amount``: what it authorizes, at least that);
+        costing at most ``worst`` (``max_amount``: what it authorizes, at least that; the
+        same as ``max_amount`` when the payment is held ahead, :meth:`holds_ahead`);
         PaymentRequiredError if it is refused. Money the scheme holds is persisted before
         this returns."""
         ...

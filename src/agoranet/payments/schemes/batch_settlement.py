@@ -92,6 +92,9 @@ class BatchSettlementServer:
                     corrective: dict[str, Any] | None) -> PaymentRequirements:
         return ctx.terms.requirement(self.name, amount, prices, corrective)
 
+    def holds_ahead(self, payment: PaymentPayload) -> bool:
+        return payment.payload.get("type") != "deposit"  # a deposit goes on chain first
+
     async def authorize(self, ctx: ServerContext, payment: PaymentPayload, max_amount: int,
                         worst: int, request_id: str) -> Authorization:
         voucher = parse_voucher(payment.payload)

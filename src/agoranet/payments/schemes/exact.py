@@ -76,6 +76,9 @@ class ExactServer:
                     corrective: dict[str, Any] | None) -> PaymentRequirements:
         return ctx.terms.requirement(self.name, amount, prices)  # no state to correct
 
+    def holds_ahead(self, payment: PaymentPayload) -> bool:
+        return True  # authorizing only verifies the transfer; it is settled after the price
+
     async def authorize(self, ctx: ServerContext, payment: PaymentPayload, max_amount: int,
                         worst: int, request_id: str) -> Authorization:
         assert self.verifier is not None  # the acceptor takes only offered schemes
