@@ -104,6 +104,7 @@ _LEDGER_TESTS = [  # the ledger on its own: a paid node's real-chain tests cost 
     "tests/payments/test_ledger_file_errors.py",
     "tests/payments/test_ledger_earnings_rows.py",
     "tests/payments/test_ledger_request_id_channels.py",  # one request id, two channels
+    "tests/payments/test_ledger_retract.py",  # a hold undone as if never offered
     "tests/payments/test_settlement.py",
     "tests/payments/test_settle_restarts.py",
     "tests/payments/test_settler_reports.py",
@@ -119,6 +120,7 @@ _WRITER_TESTS = [  # group commit (payments/accept/ledger_writer.py and the grou
     "tests/payments/test_pg_group_session.py",
     "tests/payments/test_ledger_writer_known_channels.py",
     "tests/payments/test_pg_group_sync_session.py",
+    "tests/payments/test_voucher_held_while_pricing.py",  # retract through the writer
 ]
 _GATEWAY_TESTS = [
     "tests/gateway/test_relay_paid.py",
@@ -204,6 +206,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_ledger_earnings_rows.py",
         "tests/payments/test_ledger_request_id_channels.py",
         "tests/payments/test_pg_ledger.py",
+        "tests/payments/test_ledger_retract.py",
         "tests/payments/test_pg_ledger_sessions.py",
         "tests/payments/test_pg_ledger_settings.py",
     ]),
@@ -246,6 +249,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_paid_node.py",
         "tests/payments/test_x402_client.py",  # the exact scheme, and deposits with a payment
         "tests/payments/test_schemes_plugin.py",  # dispatch to a registered scheme's half
+        "tests/payments/test_voucher_held_while_pricing.py",  # held ahead, required, retracted
+        "tests/payments/test_tool_charge_after_answer.py",  # quoted, then charged
     ]),
     # payments/schemes/: the schemes' halves (the acceptor dispatches to the server halves)
     "schemes_base": ("src/agoranet/payments/schemes/base.py", [
@@ -266,6 +271,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_schemes_chain.py",  # the client half over a real Payer
         "tests/payments/test_x402_client.py",  # deposits with a payment
         "tests/payments/test_node_request_ids.py",  # a request id in use: its 409
+        "tests/payments/test_voucher_held_while_pricing.py",  # a deposit is not held ahead
     ]),
     "exact_scheme": ("src/agoranet/payments/schemes/exact.py", [
         "tests/payments/test_acceptor_rules.py",
@@ -274,6 +280,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_payment_middleware_rules.py",
         "tests/payments/test_schemes_chain.py",  # the client half pays a node on chain
         "tests/payments/test_x402_client.py",  # the SDK's exact client
+        "tests/payments/test_tool_charge_after_answer.py",  # settled before the answer
     ]),
     "payment_middleware": ("src/agoranet/node/payment_middleware.py", [
         "tests/payments/test_payment_middleware_rules.py",
@@ -284,6 +291,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_paid_inference_once.py",  # parsed once, metering passed on
         "tests/payments/test_payment_middleware_asgi.py",  # a bare-ASGI app below it
         "tests/payments/test_paid_embeddings_rules.py",  # the embeddings it is given
+        "tests/payments/test_voucher_held_while_pricing.py",  # admitted while tokenised
     ]),
     # the node's paid-inference service behind that middleware (price once, authorize,
     # meter, charge): in-process tests only (fake chain, real ledger)
@@ -294,6 +302,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/payments/test_paid_inference_once.py",
         "tests/payments/test_payment_middleware_asgi.py",  # a bare-ASGI app below it
         "tests/payments/test_paid_embeddings_stream_field.py",  # an extra "stream": charged
+        "tests/payments/test_voucher_held_while_pricing.py",  # held ahead, retracted
     ]),
     # the buyer's request id, checked where a node or tool server reads it
     "request_ids": ("src/agoranet/request_ids.py", [
@@ -367,10 +376,12 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/tools/test_tool_payment_rules.py",
         "tests/tools/test_tool_payment_checks.py",
         "tests/payments/test_tool_payment_corrective.py",  # the node's real acceptor
+        "tests/payments/test_tool_charge_after_answer.py",  # charged after the answer
         "tests/tools/test_paid_tools.py",
     ]),
     "tool_service": ("src/agoranet/tools/service.py", [
         "tests/tools/test_tool_payment_rules.py",
+        "tests/payments/test_tool_charge_after_answer.py",  # the charge left to the caller
         "tests/tools/test_tool_service_outcomes.py",
         "tests/tools/test_tool_definitions.py",
         "tests/tools/test_paid_tools.py",

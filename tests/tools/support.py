@@ -106,12 +106,24 @@ def token_balance(chain: Chain, who: str) -> int:
     return int(stablecoin_contract(chain.w3, chain.addresses).functions.balanceOf(who).call())
 
 
+def _settled(ledger: Path, channel_id: str, sql: str, timeout: float = 10.0
+             ) -> list[tuple[Any, ...]]:
+    """``sql``'s rows from the seller's ledger once no call holds the channel (a voucher's
+    charge is written just after its answer has gone out), or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)) as db:
+            held = db.execute("SELECT 1 FROM channels WHERE channel_id = ? AND "
+                              "pending_request IS NOT NULL", (channel_id.lower(),)).fetchone()
+            if held is None or time.monotonic() > deadline:
+                return db.execute(sql, (channel_id.lower(),)).fetchall()
+        time.sleep(0.01)
+
+
 def ledger_charged(ledger: Path, channel_id: str) -> int:
     """What the seller's ledger says was charged on the channel (0 if unknown)."""
-    with contextlib.closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)) as db:
-        row = db.execute("SELECT charged FROM channels WHERE channel_id = ?",
-                         (channel_id.lower(),)).fetchone()
-    return int(row[0]) if row else 0
+    rows = _settled(ledger, channel_id, "SELECT charged FROM channels WHERE channel_id = ?")
+    return int(rows[0][0]) if rows else 0
 
 
 def claimed_on_chain(chain: Chain, channel_id: str) -> tuple[int, int]:
@@ -139,7 +151,6 @@ def first(items: Any) -> Any:
 
 def ledger_receipts(ledger: Path, channel_id: str) -> list[int]:
     """The amounts of the seller's receipts on the channel, in order."""
-    with contextlib.closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)) as db:
-        rows = db.execute("SELECT amount FROM receipts WHERE channel_id = ? ORDER BY cumulative",
-                          (channel_id.lower(),)).fetchall()
+    rows = _settled(ledger, channel_id, "SELECT amount FROM receipts WHERE channel_id = ? "
+                    "ORDER BY cumulative")
     return [int(r[0]) for r in rows]

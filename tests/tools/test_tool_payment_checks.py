@@ -147,7 +147,7 @@ def _refuse_once(acceptor: RecordingAcceptor) -> Any:
     original = acceptor.authorize
     calls = iter([True])
 
-    async def authorize(header: str | None, worst: int, request_id: str) -> Any:
+    async def authorize(header: PaymentPayload | None, worst: int, request_id: str) -> Any:
         if next(calls, False):
             return await original(header and _cheaper(header), worst, request_id)
         return await original(header, worst, request_id)
@@ -155,10 +155,9 @@ def _refuse_once(acceptor: RecordingAcceptor) -> Any:
     return authorize
 
 
-def _cheaper(value: str) -> str:
-    payment = x402wire.decode_payment_payload(value)
+def _cheaper(payment: PaymentPayload) -> PaymentPayload:
     cheaper = payment.accepted.model_copy(update={"amount": "1"})
-    return x402wire.encode_model(payment.model_copy(update={"accepted": cheaper}))
+    return payment.model_copy(update={"accepted": cheaper})
 
 
 async def test_the_402_describes_the_tool() -> None:

@@ -45,12 +45,13 @@ class RecordingAcceptor:
             "x402Version": 2, "error": error, "resource": {"url": resource},
             "accepts": [a.model_dump(by_alias=True) for a in accepts]})
 
-    async def authorize(self, header: str | None, worst: int, request_id: str
-                        ) -> Authorization:
+    async def authorize(self, header: str | PaymentPayload | None, worst: int,
+                        request_id: str) -> Authorization:
         self.calls.append(("authorize", worst))
         if self.gate is not None:
             await self.gate.wait()
-        payment = x402wire.decode_payment_payload(header or "")
+        payment = header if isinstance(header, PaymentPayload) else \
+            x402wire.decode_payment_payload(header or "")
         amount = int(payment.accepted.amount)
         if amount < worst:
             raise PaymentRequiredError("too little", reason="insufficient_amount")

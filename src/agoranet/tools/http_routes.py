@@ -4,7 +4,8 @@ A call's body is the JSON object of its arguments. Paid like a node's routes (x4
 HTTP): without a payment, or with one that is refused, the answer is 402 with the
 requirements in the ``PAYMENT-REQUIRED`` header (and under ``x402`` in OpenAI's error
 JSON); a payment goes in ``PAYMENT-SIGNATURE``; the answer is the tool's structured
-output, with the settle response and signed receipt in ``PAYMENT-RESPONSE``. Bad
+output, with the settle response and signed receipt in ``PAYMENT-RESPONSE`` (a
+voucher is charged exactly that receipt once the answer has gone out). Bad
 arguments are a 400, an unknown tool a 404, a tool that raised a 422 -- none charged.
 The buyer's ``x-request-id`` names the call in its receipt (a bad one is a 400).
 """
@@ -15,6 +16,7 @@ import json
 import logging
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -59,7 +61,8 @@ def tool_routes(service: ToolService, terms: PaymentTerms | None) -> list[Route]
             outcome = await service.call(name, arguments,
                                          request.headers.get(x402wire.PAYMENT_SIGNATURE),
                                          str(request.url),
-                                         request.headers.get(REQUEST_ID_HEADER))
+                                         request.headers.get(REQUEST_ID_HEADER),
+                                         charge_after=True)
         except Exception as exc:  # OpenAI's error JSON; an unexpected one is a plain 500
             if not isinstance(exc, AgoranetError):
                 logger.exception("tool call %s failed", name[:100])
@@ -102,4 +105,7 @@ def _answer(answer: Answer) -> Response:
     headers = {}
     if answer.payment_response is not None:
         headers[x402wire.PAYMENT_RESPONSE] = x402wire.encode_json(answer.payment_response)
-    return Response(json.dumps(answer.output), media_type="application/json", headers=headers)
+    # a voucher's charge is written once the answer has gone out (before the next request)
+    later = None if answer.charge is None else BackgroundTask(answer.charge)
+    return Response(json.dumps(answer.output), media_type="application/json", headers=headers,
+                    background=later)

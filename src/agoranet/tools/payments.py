@@ -16,8 +16,9 @@ and its payment is checked against that price and that tool:
   second call under it while the first runs is a 400.
 
 Nothing moves before the tool has answered: a voucher is held (persisted) while the
-tool runs and charged the price after, an ``exact`` payment is verified before and
-settled on chain after. A tool that raises is released: charged nothing. A receipt
+tool runs and charged the price after (over HTTP once the answer, carrying the signed
+receipt, has gone out: :meth:`ToolPayments.charge_later`), an ``exact`` payment is
+verified before and settled on chain after. A tool that raises is released: charged nothing. A receipt
 for a tool call counts one call in ``tokensIn`` (``tokensOut`` 0) and the price as its
 amount.
 """
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from x402.schemas import PaymentPayload, PaymentRequired, ResourceInfo
@@ -34,7 +37,7 @@ from agoranet.errors import InvalidRequestError, PaymentRequiredError
 from agoranet.payments import x402wire
 from agoranet.payments.accept.acceptor import SCHEME_EXACT, Authorization, PaymentAcceptor
 
-__all__ = ["CALLS_PER_RECEIPT", "MCP_RESOURCE", "ToolPayments", "resource_tool"]
+__all__ = ["CALLS_PER_RECEIPT", "MCP_RESOURCE", "Charge", "ToolPayments", "resource_tool"]
 
 MCP_RESOURCE: Final = "mcp://tool/"  # the x402 MCP transport's resource URL of a tool
 CALLS_PER_RECEIPT: Final = 1  # a receipt's tokensIn: one call
@@ -47,6 +50,14 @@ def resource_tool(url: str) -> str | None:
     path = urllib.parse.urlsplit(url).path
     head, _, name = path.rpartition("/")
     return urllib.parse.unquote(name) if head.endswith("/tools") and name else None
+
+
+@dataclass(frozen=True)
+class Charge:
+    """A call's payment response, sent before its charge is written (``write()``)."""
+
+    response: dict[str, Any]
+    write: Callable[[], Awaitable[None]]
 
 
 class ToolPayments:
@@ -96,7 +107,7 @@ class ToolPayments:
             if key is not None:
                 self._exact_in_use[request_id] = key
         try:
-            return await self.acceptor.authorize(header, price, request_id)
+            return await self.acceptor.authorize(payment, price, request_id)
         except BaseException:
             self._forget(request_id)
             raise
@@ -129,6 +140,28 @@ class ToolPayments:
         finally:
             self._done(auth)
         return response.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    def charge_later(self, auth: Authorization, price: int) -> Charge | None:
+        """The tool answered: the settle response (its receipt signed) to send now, and the
+        charge of exactly that receipt to write once the answer has gone out
+        (:attr:`Charge.write`, off the buyer's path). None if the payment is charged now
+        (:meth:`charge`): an ``exact`` one (settled on chain before the answer), or a
+        ledger written off the event loop (the buyer could pay its next call on the
+        channel while it is still held)."""
+        if not self.acceptor.writer.inline:
+            return None
+        quoted = self.acceptor.quote(auth, CALLS_PER_RECEIPT, 0, price)
+        if quoted is None:
+            return None
+        receipt, settle = quoted
+
+        async def write() -> None:
+            try:
+                self.acceptor.charge(auth, CALLS_PER_RECEIPT, 0, price, quoted=receipt)
+            finally:
+                self._done(auth)
+
+        return Charge(settle.model_dump(by_alias=True, exclude_none=True, mode="json"), write)
 
     def release(self, auth: Authorization) -> None:
         """The call failed after its payment was accepted: nothing is charged."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,8 @@ class Answer:
     price: int
     payment_response: dict[str, Any] | None
     text: str  # the output as text: a string result as it is, else its JSON
+    # The charge to write once the answer has gone out (None: charged, or free).
+    charge: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,10 +71,13 @@ class ToolService:
         self.counts = CallCounts()
 
     async def call(self, name: str, arguments: dict[str, Any], payment: str | None,
-                   resource: str, request_id: object | None = None) -> Answer | Unpaid:
+                   resource: str, request_id: object | None = None, *,
+                   charge_after: bool = False) -> Answer | Unpaid:
         """Call ``name`` with checked-size ``arguments`` and the payment header value
         ``payment`` (None: unpaid), named ``request_id`` by the buyer (None: named here;
-        its receipt carries it). RequestError for a bad call (nothing ran)."""
+        its receipt carries it). RequestError for a bad call (nothing ran).
+        ``charge_after``: the caller writes a voucher's charge (:attr:`Answer.charge`)
+        once the answer has gone out, where it can wait (:meth:`ToolPayments.charge_later`)."""
         call_id = checked_request_id(request_id)
         tool = self.server.get(name)
         try:
@@ -90,9 +96,12 @@ class ToolService:
             self.counts.unpaid += 1
             return Unpaid(exc, self.payments.payment_required(tool.name, tool.description,
                                                               price, resource, exc))
+        later = None
         try:
             output = await self._run(tool.name, tool.run, valid)
-            response = await self.payments.charge(auth, price)
+            later = self.payments.charge_later(auth, price) if charge_after else None
+            response = later.response if later is not None else \
+                await self.payments.charge(auth, price)
         except PaymentRequiredError as exc:  # the exact payment failed on chain: no answer
             self.payments.release(auth)
             self.counts.unpaid += 1
@@ -103,7 +112,8 @@ class ToolService:
             raise
         self.counts.paid += 1
         logger.info("tool %s: %s paid %d (%s)", tool.name, auth.payer, price, auth.scheme)
-        return Answer(tool.name, tool.structured(output), price, response, _text(output))
+        return Answer(tool.name, tool.structured(output), price, response, _text(output),
+                      None if later is None else later.write)
 
     async def _run(self, name: str, run: Any, arguments: dict[str, Any]) -> Any:
         try:

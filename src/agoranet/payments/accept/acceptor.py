@@ -96,8 +96,10 @@ class PaymentAcceptor:
 
     # ------------------------------------------------------------ accept
 
-    async def authorize(self, header: str | None, worst: int, request_id: str) -> Authorization:
-        """Check the payment in ``header`` for a request costing at most ``worst``."""
+    async def authorize(self, header: str | PaymentPayload | None, worst: int,
+                        request_id: str) -> Authorization:
+        """Check the payment in ``header`` (its value, or the payment decoded from it) for a
+        request costing at most ``worst``."""
         payment, scheme, max_amount = self._checked(header, worst)
         return await scheme.authorize(self, payment, max_amount, worst, request_id)
 
@@ -121,7 +123,7 @@ class PaymentAcceptor:
             await self.writer.unsynced(lambda: self.retract(auth))
             raise _insufficient(auth.max_amount, worst)
 
-    def _checked(self, header: str | None, worst: int | None
+    def _checked(self, header: str | PaymentPayload | None, worst: int | None
                  ) -> tuple[PaymentPayload, SchemeServer, int]:
         """The payment in ``header`` with what every scheme shares checked (and its amount
         against ``worst``, if known): its payload, its scheme's half, what it authorizes."""
@@ -129,7 +131,8 @@ class PaymentAcceptor:
             raise PaymentRequiredError(
                 f"this request costs up to {worst} base units: pay with x402 "
                 f"({x402wire.PAYMENT_SIGNATURE} header)", reason="payment_required")
-        payment = x402wire.decode_payment_payload(header)
+        payment = header if isinstance(header, PaymentPayload) else \
+            x402wire.decode_payment_payload(header)
         accepted = payment.accepted
         scheme = self.scheme(accepted.scheme)
         if scheme is None:

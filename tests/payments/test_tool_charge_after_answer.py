@@ -1,0 +1,142 @@
+"""A paid tool call's voucher is charged once its answer has gone out, exactly the
+receipt the answer carried; an ``exact`` payment, or a ledger written off the event loop,
+is charged before the answer as before.
+
+Through the node's real :class:`PaymentAcceptor` on a fake chain with a real SQLite
+ledger and real receipt signatures (acceptor_support), in process: the tool service
+asked to leave the charge to its caller (``charge_after``, what the HTTP route does), and
+the route itself over ASGI (the charge as the response's background, after its body).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from agoranet.chain.executor import ChainExecutor
+from agoranet.payments import x402wire
+from agoranet.payments.accept.ledger_writer import LedgerWriter
+from agoranet.payments.accept.sqlite_ledger import SqliteLedger
+from agoranet.payments.receipts import Receipt, verify_receipt
+from agoranet.tools import ToolServer
+from agoranet.tools.http_routes import tool_routes
+from agoranet.tools.payments import ToolPayments
+from agoranet.tools.service import Answer, ToolService
+
+from . import acceptor_support as real
+
+pytestmark = pytest.mark.timeout(30)
+
+PRICE = 5000
+
+
+CHAIN = real.Chain()  # its settlers record what went on chain (the exact transfers)
+
+
+@pytest.fixture
+def kit() -> Iterator[tuple[ToolService, SqliteLedger]]:
+    executor = ChainExecutor(workers=1, timeout=1.0)
+    ledger = SqliteLedger(":memory:")
+    CHAIN.settled.clear()
+    payments = ToolPayments(real.acceptor(CHAIN, ledger, executor))
+    server = ToolServer("later")
+
+    @server.tool(price=PRICE)
+    def echo(text: str) -> str:
+        return text
+
+    yield ToolService(server, payments), ledger
+    payments.acceptor.writer.close()
+    ledger.close()
+    executor.close()
+
+
+def _books(ledger: SqliteLedger) -> tuple[int, str | None, list[Receipt]]:
+    record = ledger.channel(real.CID)
+    assert record is not None
+    assert record.charged <= record.voucher_amount
+    assert record.charged == sum(r.amount for r in ledger.receipts(real.CID))
+    return record.charged, record.pending_request, ledger.receipts(real.CID)
+
+
+def _receipt(answer: Answer) -> Receipt:
+    assert answer.payment_response is not None
+    receipt = Receipt.from_json(answer.payment_response["extra"]["receipt"])
+    verify_receipt(receipt, real.NODE.address)
+    return receipt
+
+
+async def test_the_answer_carries_the_receipt_the_charge_writes_later(
+        kit: tuple[ToolService, SqliteLedger]) -> None:
+    service, ledger = kit
+    answer = await service.call("echo", {"text": "x"}, real.pay(PRICE, PRICE),
+                                "mcp://tool/echo", "later-1", charge_after=True)
+    assert isinstance(answer, Answer) and answer.charge is not None
+    receipt = _receipt(answer)
+    assert (receipt.request_id, receipt.amount, receipt.cumulative) == ("later-1", PRICE, PRICE)
+    assert _books(ledger) == (0, "later-1", [])  # held, not charged yet
+    await answer.charge()
+    assert _books(ledger) == (PRICE, None, [receipt])  # exactly the receipt sent
+    # the call's request id is free again: the next call under it is a new one
+    again = await service.call("echo", {"text": "y"}, real.pay(2 * PRICE, PRICE),
+                               "mcp://tool/echo", "later-2", charge_after=True)
+    assert isinstance(again, Answer) and again.charge is not None
+    await again.charge()
+    assert _books(ledger)[:2] == (2 * PRICE, None)
+
+
+async def test_without_charge_after_or_on_a_ledger_off_the_loop_it_is_charged_at_once(
+        kit: tuple[ToolService, SqliteLedger]) -> None:
+    service, ledger = kit
+    answer = await service.call("echo", {"text": "x"}, real.pay(PRICE, PRICE),
+                                "mcp://tool/echo", "now-1")  # MCP's way: charged at once
+    assert isinstance(answer, Answer) and answer.charge is None
+    assert _books(ledger) == (PRICE, None, [_receipt(answer)])
+    assert service.payments is not None
+    acceptor = service.payments.acceptor
+    acceptor.writer.close()
+    acceptor.writer = LedgerWriter(ledger, inline=False)
+    answer = await service.call("echo", {"text": "x"}, real.pay(2 * PRICE, PRICE),
+                                "mcp://tool/echo", "now-2", charge_after=True)
+    assert isinstance(answer, Answer) and answer.charge is None
+    assert _books(ledger)[:2] == (2 * PRICE, None)
+
+
+async def test_an_exact_payment_is_settled_and_charged_before_the_answer(
+        kit: tuple[ToolService, SqliteLedger]) -> None:
+    service, _ = kit
+    answer = await service.call("echo", {"text": "x"}, real.exact_pay(PRICE),
+                                "mcp://tool/echo", "exact-1", charge_after=True)
+    assert isinstance(answer, Answer) and answer.charge is None
+    assert len(CHAIN.settled) == 1  # on chain before the answer
+    assert _receipt(answer).amount == PRICE
+
+
+async def test_the_http_route_writes_the_charge_after_the_body(
+        kit: tuple[ToolService, SqliteLedger]) -> None:
+    service, ledger = kit
+    app = Starlette(routes=tool_routes(service, None))
+    seen: list[tuple[str, tuple[int, str | None, list[Receipt]]]] = []
+
+    async def watched(scope, receive, send):  # type: ignore[no-untyped-def]
+        async def watching(message):  # type: ignore[no-untyped-def]
+            if message["type"].startswith("http.response"):
+                seen.append((message["type"], _books(ledger)))
+            await send(message)
+
+        await app(scope, receive, watching)
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=watched),
+                                 base_url="http://tools") as client:
+        response = await client.post("/tools/echo", json={"text": "hi"}, headers={
+            x402wire.PAYMENT_SIGNATURE: real.pay(PRICE, PRICE), "x-request-id": "http-1"})
+    assert response.status_code == 200 and json.loads(response.text) == {"result": "hi"}
+    settle = x402wire.decode_json(response.headers[x402wire.PAYMENT_RESPONSE], "x")
+    receipt = Receipt.from_json(settle["extra"]["receipt"])
+    assert [kind for kind, _ in seen] == ["http.response.start", "http.response.body"]
+    assert all(books == (0, "http-1", []) for _, books in seen)  # held while it was sent
+    assert _books(ledger) == (PRICE, None, [receipt])  # then charged that receipt
