@@ -8,7 +8,7 @@ app below it may leave out or do late does not change what is charged or sent.
   none, so nothing.
 - A plain answer's receipt goes out in its headers and is charged once its body has
   been handed over (on a ledger written on the event loop); one whose body never goes
-  out is not charged.
+  out is not charged; a charge the ledger fails to write leaves the channel free.
 
 The app below the middleware plays generation: it records the usage in the request's
 metering (as the node's service does) and asks the metering for the final receipt frame.
@@ -29,6 +29,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from agoranet.chain.executor import ChainExecutor
 from agoranet.engines.base import Finish
+from agoranet.errors import LedgerError
 from agoranet.market import TokenPrices
 from agoranet.node.embeddings import EmbeddingService
 from agoranet.node.metering import METERED_SCOPE_KEY, MeteredRequest
@@ -231,6 +232,36 @@ async def test_a_plain_answer_whose_body_never_goes_out_is_not_charged(
     with pytest.raises(RuntimeError):
         await call(node.app(below), "broke-1")
     assert node.charged() == 0 and node.ledger.receipts(CID) == []
+    node.invariants()
+
+
+async def test_a_charge_that_fails_to_be_written_leaves_the_channel_free(
+        node: Paying) -> None:
+    """The ledger refuses a charge once (a full disk, say): the answer's hold is released
+    (nothing charged: the node's loss) rather than left holding the channel until the
+    node restarts, and the next request on the channel is served."""
+    failing = {"left": 1}
+    commit = node.ledger.commit
+
+    def refuse_once(*args: Any, **kw: Any) -> Receipt:
+        if failing["left"]:
+            failing["left"] -= 1
+            raise LedgerError("disk full")
+        return commit(*args, **kw)
+
+    node.ledger.commit = refuse_once  # type: ignore[method-assign]
+
+    async def below(metered: MeteredRequest, receive: Receive, send: Send) -> None:
+        metered.metering.usage = USAGE
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    with pytest.raises(LedgerError):
+        await call(node.app(below), "refused-1")
+    assert failing["left"] == 0 and node.charged() == 0
+    node.invariants()  # nothing pending: the channel is free
+    start, _ = await call(node.app(below), "after-1")
+    assert start["status"] == 200 and node.charged() == COST
     node.invariants()
 
 

@@ -1,6 +1,7 @@
 """A paid tool call's voucher is charged once its answer has gone out, exactly the
 receipt the answer carried; an ``exact`` payment, or a ledger written off the event loop,
-is charged before the answer as before.
+is charged before the answer as before; a charge the ledger fails to write after the
+answer frees the channel.
 
 Through the node's real :class:`PaymentAcceptor` on a fake chain with a real SQLite
 ledger and real receipt signatures (acceptor_support), in process: the tool service
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 from starlette.applications import Starlette
 
 from agoranet.chain.executor import ChainExecutor
+from agoranet.errors import LedgerError
 from agoranet.payments import x402wire
 from agoranet.payments.accept.ledger_writer import LedgerWriter
 from agoranet.payments.accept.sqlite_ledger import SqliteLedger
@@ -140,3 +143,32 @@ async def test_the_http_route_writes_the_charge_after_the_body(
     assert [kind for kind, _ in seen] == ["http.response.start", "http.response.body"]
     assert all(books == (0, "http-1", []) for _, books in seen)  # held while it was sent
     assert _books(ledger) == (PRICE, None, [receipt])  # then charged that receipt
+
+
+async def test_a_charge_the_ledger_fails_to_write_frees_the_channel(
+        kit: tuple[ToolService, SqliteLedger], caplog: pytest.LogCaptureFixture) -> None:
+    """The answer is out with its receipt; the ledger refuses the charge (a full disk, say):
+    the hold is released (nothing charged: the seller's loss, said in its log), not left
+    holding the channel, and the next call on it is served."""
+    service, ledger = kit
+    commit = ledger.commit
+    left = [1]
+
+    def refuse_once(*args: Any, **kw: Any) -> Receipt:
+        if left[0]:
+            left[0] -= 1
+            raise LedgerError("disk full")
+        return commit(*args, **kw)
+
+    ledger.commit = refuse_once  # type: ignore[method-assign]
+    answer = await service.call("echo", {"text": "x"}, real.pay(PRICE, PRICE),
+                                "mcp://tool/echo", "refused-1", charge_after=True)
+    assert isinstance(answer, Answer) and answer.charge is not None
+    await answer.charge()
+    assert left == [0] and _books(ledger) == (0, None, [])
+    assert "charging tool call refused-1 failed after its answer" in caplog.text
+    again = await service.call("echo", {"text": "x"}, real.pay(PRICE, PRICE),
+                               "mcp://tool/echo", "refused-1", charge_after=True)
+    assert isinstance(again, Answer) and again.charge is not None
+    await again.charge()
+    assert _books(ledger)[:2] == (PRICE, None)

@@ -26,6 +26,7 @@ amount.
 from __future__ import annotations
 
 import asyncio
+import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ __all__ = ["CALLS_PER_RECEIPT", "MCP_RESOURCE", "Charge", "ToolPayments", "resou
 
 MCP_RESOURCE: Final = "mcp://tool/"  # the x402 MCP transport's resource URL of a tool
 CALLS_PER_RECEIPT: Final = 1  # a receipt's tokensIn: one call
+logger = logging.getLogger(__name__)
 
 
 def resource_tool(url: str) -> str | None:
@@ -158,6 +160,10 @@ class ToolPayments:
         async def write() -> None:
             try:
                 self.acceptor.charge(auth, CALLS_PER_RECEIPT, 0, price, quoted=receipt)
+            except Exception as exc:  # the answer is out: the seller's loss, the channel freed
+                logger.error("charging tool call %s failed after its answer: %s; released, "
+                             "nothing charged", auth.request_id, exc)
+                self.release(auth)
             finally:
                 self._done(auth)
 

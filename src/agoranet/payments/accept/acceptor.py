@@ -208,9 +208,12 @@ class PaymentAcceptor:
     def charge(self, auth: Authorization, tokens_in: int, tokens_out: int,
                amount: int, *, quoted: Receipt | None = None) -> tuple[Receipt, SettleResponse]:
         """Charge actual usage (never above the authorization) and sign the receipt; with
-        ``quoted`` (from :meth:`quote`, already sent), charge exactly that receipt."""
+        ``quoted`` (from :meth:`quote`, already sent), charge exactly that receipt. A charge
+        that fails leaves the payment to :meth:`release` (the hold is not left holding)."""
+        charged = self._scheme_of(auth).charge(self, auth, tokens_in, tokens_out, amount,
+                                               quoted)
         auth.done = True
-        return self._scheme_of(auth).charge(self, auth, tokens_in, tokens_out, amount, quoted)
+        return charged
 
     def quote(self, auth: Authorization, tokens_in: int, tokens_out: int,
               amount: int) -> tuple[Receipt, SettleResponse] | None:
