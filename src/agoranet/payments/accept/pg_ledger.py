@@ -548,13 +548,20 @@ class PgLedger:
             return receipt
         cur.execute("UPDATE vouchers SET status = 'released' WHERE request_id = %s",
                     (request_id,))
+        cls._put_back(cur, channel_id, request_id, amount, prev_amount, prev_sig)
+        return None
+
+    @staticmethod
+    def _put_back(cur: Cursor, channel_id: str, request_id: str, amount: int,
+                  prev_amount: int, prev_sig: str) -> None:
+        """``request_id`` no longer holds the channel, and the voucher before its own
+        (``amount``) is current again if its own still is."""
         cur.execute(
             "UPDATE channels SET voucher_amount = CASE WHEN voucher_amount = %s THEN %s "
             "ELSE voucher_amount END, voucher_signature = CASE WHEN voucher_amount = %s "
             "THEN %s ELSE voucher_signature END, pending_request = NULL, updated_at = %s "
             "WHERE channel_id = %s AND pending_request = %s",
             (amount, prev_amount, amount, prev_sig, time.time(), channel_id, request_id))
-        return None
 
     def retract(self, hold: Hold) -> None:
         channel_id = hold.channel_id.lower()
@@ -571,13 +578,7 @@ class PgLedger:
                 return
             _, amount, prev_amount, prev_sig = row
             cur.execute("DELETE FROM vouchers WHERE request_id = %s", (hold.request_id,))
-            cur.execute(
-                "UPDATE channels SET voucher_amount = CASE WHEN voucher_amount = %s THEN %s "
-                "ELSE voucher_amount END, voucher_signature = CASE WHEN voucher_amount = %s "
-                "THEN %s ELSE voucher_signature END, pending_request = NULL, updated_at = %s "
-                "WHERE channel_id = %s AND pending_request = %s",
-                (amount, prev_amount, amount, prev_sig, time.time(), channel_id,
-                 hold.request_id))
+            self._put_back(cur, channel_id, hold.request_id, amount, prev_amount, prev_sig)
             cur.execute(
                 "DELETE FROM channels WHERE channel_id = %s AND pending_request IS NULL AND "
                 "NOT EXISTS (SELECT 1 FROM vouchers WHERE channel_id = %s) AND "

@@ -369,6 +369,14 @@ class SqliteLedger(SqliteStore):
             cls._charge(db, receipt)
             return receipt
         db.execute("UPDATE vouchers SET status = 'released' WHERE request_id = ?", (request_id,))
+        cls._put_back(db, channel_id, request_id, amount, prev_amount, prev_sig)
+        return None
+
+    @staticmethod
+    def _put_back(db: sqlite3.Connection, channel_id: str, request_id: str, amount: int,
+                  prev_amount: int, prev_sig: str) -> None:
+        """``request_id`` no longer holds the channel, and the voucher before its own
+        (``amount``) is current again if its own still is."""
         db.execute(
             "UPDATE channels SET voucher_amount = CASE WHEN voucher_amount = ? THEN ? "
             "ELSE voucher_amount END, voucher_signature = CASE WHEN voucher_amount = ? THEN ? "
@@ -376,7 +384,6 @@ class SqliteLedger(SqliteStore):
             "WHERE channel_id = ? AND pending_request = ?",
             (amount, prev_amount, amount, prev_sig, time.time(), channel_id, request_id),
         )
-        return None
 
     def retract(self, hold: Hold) -> None:
         with self._write(fsync=False) as db:
@@ -391,13 +398,7 @@ class SqliteLedger(SqliteStore):
                 return
             _, amount, prev_amount, prev_sig = row
             db.execute("DELETE FROM vouchers WHERE request_id = ?", (hold.request_id,))
-            db.execute(
-                "UPDATE channels SET voucher_amount = CASE WHEN voucher_amount = ? THEN ? "
-                "ELSE voucher_amount END, voucher_signature = CASE WHEN voucher_amount = ? "
-                "THEN ? ELSE voucher_signature END, pending_request = NULL, updated_at = ? "
-                "WHERE channel_id = ? AND pending_request = ?",
-                (amount, prev_amount, amount, prev_sig, time.time(), hold.channel_id,
-                 hold.request_id))
+            self._put_back(db, hold.channel_id, hold.request_id, amount, prev_amount, prev_sig)
             db.execute(
                 "DELETE FROM channels WHERE channel_id = ? AND pending_request IS NULL AND "
                 "NOT EXISTS (SELECT 1 FROM vouchers WHERE channel_id = ?) AND "
