@@ -151,7 +151,7 @@ class PaidInference:
         voucher is retracted from the ledger, the channel's voucher is what it was."""
         parsed = self.parse(path, body)
         try:
-            checked: str | BaseException = checked_request_id(request_id)
+            checked: str | InvalidRequestError = checked_request_id(request_id)
         except InvalidRequestError as exc:
             checked = exc
         ahead: asyncio.Future[Authorization | None] | None = None
@@ -170,7 +170,7 @@ class PaidInference:
             raise
         if priced.free:  # (nothing is held ahead for a model whose tokens are free)
             return Admission(priced)
-        if isinstance(checked, BaseException):
+        if isinstance(checked, InvalidRequestError):
             raise checked
         try:
             auth = None if ahead is None else await ahead

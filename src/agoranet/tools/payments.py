@@ -18,9 +18,9 @@ and its payment is checked against that price and that tool:
 Nothing moves before the tool has answered: a voucher is held (persisted) while the
 tool runs and charged the price after (over HTTP once the answer, carrying the signed
 receipt, has gone out: :meth:`ToolPayments.charge_later`), an ``exact`` payment is
-verified before and settled on chain after. A tool that raises is released: charged nothing. A receipt
-for a tool call counts one call in ``tokensIn`` (``tokensOut`` 0) and the price as its
-amount.
+verified before and settled on chain after. A tool that raises is released: charged
+nothing. A receipt for a tool call counts one call in ``tokensIn`` (``tokensOut`` 0) and
+the price as its amount.
 """
 
 from __future__ import annotations
