@@ -5,19 +5,27 @@ answer frees the channel.
 
 Through the node's real :class:`PaymentAcceptor` on a fake chain with a real SQLite
 ledger and real receipt signatures (acceptor_support), in process: the tool service
-asked to leave the charge to its caller (``charge_after``, what the HTTP route does), and
-the route itself over ASGI (the charge as the response's background, after its body).
+asked to leave the charge to its caller (``charge_after``), the HTTP route over ASGI (the
+charge as the response's background, after its body), and ``/mcp`` with the official
+client over a real HTTP server (the charge right after the part carrying the result).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 from starlette.applications import Starlette
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
 from agoranet.chain.executor import ChainExecutor
 from agoranet.errors import LedgerError
@@ -27,8 +35,19 @@ from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from agoranet.payments.receipts import Receipt, verify_receipt
 from agoranet.tools import ToolServer
 from agoranet.tools.http_routes import tool_routes
+from agoranet.tools.mcp_endpoint import (
+    _AFTER_KEY,
+    PAYMENT_META,
+    PAYMENT_RESPONSE_META,
+    McpToolEndpoint,
+    _AfterResponse,
+    _charge_after_response,
+)
+from agoranet.tools.mcp_endpoint import PATH as MCP_PATH
 from agoranet.tools.payments import ToolPayments
+from agoranet.tools.request_ids import REQUEST_ID_META
 from agoranet.tools.service import Answer, ToolService
+from helpers import served
 
 from . import acceptor_support as real
 
@@ -172,3 +191,69 @@ async def test_a_charge_the_ledger_fails_to_write_frees_the_channel(
     assert isinstance(again, Answer) and again.charge is not None
     await again.charge()
     assert _books(ledger)[:2] == (PRICE, None)
+
+
+async def test_an_mcp_call_is_charged_once_its_result_has_gone_out(
+        kit: tuple[ToolService, SqliteLedger]) -> None:
+    """Over MCP (the official client, a real HTTP server in process): the result carries
+    the receipt and the channel is still held as it is sent; the charge of exactly that
+    receipt is written right after, before the next call on the channel is read."""
+    service, ledger = kit
+    endpoint = McpToolEndpoint(service)
+    bodies: list[tuple[bool, tuple[int, str | None, list[Receipt]] | None]] = []
+
+    class Watched:  # the endpoint, noting the ledger as each part of a response is sent
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            async def watching(message: Message) -> None:
+                if message["type"] == "http.response.body":
+                    record = ledger.channel(real.CID)
+                    bodies.append((b"receipt" in message.get("body", b""),
+                                   None if record is None else _books(ledger)))
+                await send(message)
+
+            await endpoint(scope, receive, watching)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with endpoint.running():
+            yield
+
+    app = Starlette(routes=[Route(MCP_PATH, Watched(), methods=["GET", "POST", "DELETE"])],
+                    lifespan=lifespan)
+    async with served(app) as root, httpx2.AsyncClient(timeout=httpx2.Timeout(30.0)) as http, \
+            streamable_http_client(f"{root}{MCP_PATH}", http_client=http) as (read, write), \
+            ClientSession(read, write) as session:
+        await session.initialize()
+        receipts = []
+        for n, request_id in enumerate(("mcp-1", "mcp-2"), start=1):
+            payment = x402wire.decode_json(real.pay(n * PRICE, PRICE), "payment")
+            result = await session.call_tool("echo", {"text": "hi"}, meta={
+                PAYMENT_META: payment, REQUEST_ID_META: request_id})
+            assert not result.is_error, result
+            settle = (result.meta or {})[PAYMENT_RESPONSE_META]
+            receipts.append(Receipt.from_json(settle["extra"]["receipt"]))
+    carrying = [books for has_receipt, books in bodies if has_receipt]
+    assert carrying == [(0, "mcp-1", []), (PRICE, "mcp-2", receipts[:1])]  # held as sent
+    assert _books(ledger) == (2 * PRICE, None, receipts)  # each charged exactly its receipt
+
+
+async def test_a_call_answered_after_its_response_ended_is_charged_at_once() -> None:
+    """A charge left for a response that has already ended (its client went away), or for
+    a call not made over HTTP, is written at once, never left pending."""
+    written: list[str] = []
+
+    async def write() -> None:
+        written.append("charged")
+
+    ended = _AfterResponse()
+    await ended.close()
+    for request in (SimpleNamespace(scope={_AFTER_KEY: ended}), None):
+        await _charge_after_response(SimpleNamespace(request=request),  # type: ignore[arg-type]
+                                     write)
+    assert written == ["charged", "charged"] and ended.pending == []
+    waiting = _AfterResponse()
+    await _charge_after_response(SimpleNamespace(  # type: ignore[arg-type]
+        request=SimpleNamespace(scope={_AFTER_KEY: waiting})), write)
+    assert written == ["charged"] * 2 and len(waiting.pending) == 1
+    await waiting.close()  # the response is over, cut short or not: written
+    assert written == ["charged"] * 3

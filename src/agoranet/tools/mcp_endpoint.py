@@ -4,8 +4,9 @@ The x402 MCP transport: a paid tool called without payment answers a tool result
 ``isError: true`` whose ``structuredContent`` (and first text content, as JSON) is the
 x402 ``PaymentRequired``; the client retries with the ``PaymentPayload`` in the call's
 ``_meta["x402/payment"]``; the paid answer carries the settle response (with the signed
-receipt) in the result's ``_meta["x402/payment-response"]``. A refused payment is again
-a ``PaymentRequired`` result (its ``error`` the reason). Any other failure -- bad
+receipt) in the result's ``_meta["x402/payment-response"]``, and a voucher is charged
+exactly that receipt once the result has gone out. A refused payment is again a
+``PaymentRequired`` result (its ``error`` the reason). Any other failure -- bad
 arguments, an unknown tool, a tool that raised -- is a tool error with one plain line,
 and nothing is charged. The buyer names a call for its receipt in
 ``_meta["agoranet/request-id"]`` (over HTTP: ``x-request-id``).
@@ -15,14 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agoranet import __version__
 from agoranet.errors import AgoranetError
@@ -37,6 +38,7 @@ PATH: Final = "/mcp"
 PAYMENT_META: Final = "x402/payment"
 PAYMENT_RESPONSE_META: Final = "x402/payment-response"
 _LOOPBACK: Final = ("127.0.0.1", "localhost", "::1")
+_AFTER_KEY: Final = "agoranet.after_response"  # the scope's _AfterResponse
 logger = logging.getLogger(__name__)
 
 
@@ -60,7 +62,20 @@ class McpToolEndpoint:
             yield
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._app(scope, receive, send)
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        after = _AfterResponse()
+
+        async def sending(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and after.pending:
+                await after.flush()  # the first part sent since a call answered: its result
+
+        try:
+            await self._app({**scope, _AFTER_KEY: after}, receive, sending)
+        finally:  # a response cut short: its calls' charges are written all the same
+            await after.close()
 
     @property
     def app(self) -> ASGIApp:
@@ -86,7 +101,7 @@ class McpToolEndpoint:
                 header = x402wire.encode_json(payment)
             outcome = await self.service.call(params.name, arguments, header,
                                               MCP_RESOURCE + params.name,
-                                              meta.get(REQUEST_ID_META))
+                                              meta.get(REQUEST_ID_META), charge_after=True)
         except AgoranetError as exc:
             return _error(str(exc))
         except Exception:  # never a traceback to the caller
@@ -94,12 +109,46 @@ class McpToolEndpoint:
             return _error(f"tool {params.name[:100]} failed inside the tool server "
                           "(its log says why)")
         if isinstance(outcome, Answer):
+            if outcome.charge is not None:
+                await _charge_after_response(ctx, outcome.charge)
             return _answer(outcome)
         required = outcome.required.model_dump(by_alias=True, exclude_none=True, mode="json")
         return types.CallToolResult(
             content=[types.TextContent(text=json.dumps(required)),
                      types.TextContent(text=outcome.error.message)],
             structured_content=required, is_error=True)
+
+
+class _AfterResponse:
+    """The charges of the paid calls one HTTP request to ``/mcp`` answers, each written
+    once the part of its response that carries the call's result (with its receipt) has
+    gone out: the first part sent after the call answered (a JSON body, or an SSE event;
+    no yield to the event loop in between, so no next call is read before it)."""
+
+    def __init__(self) -> None:
+        self.open = True  # its response is still being sent
+        self.pending: list[Callable[[], Awaitable[None]]] = []
+
+    async def flush(self) -> None:
+        while self.pending:
+            await self.pending.pop(0)()
+
+    async def close(self) -> None:
+        self.open = False
+        await self.flush()
+
+
+async def _charge_after_response(ctx: ServerRequestContext[Any],
+                                 write: Callable[[], Awaitable[None]]) -> None:
+    """``write`` (a call's charge) once the HTTP response carrying the call's result has
+    gone out; now if there is none to wait for (its request is over, or not HTTP)."""
+    request = ctx.request
+    scope = getattr(request, "scope", None)
+    after = scope.get(_AFTER_KEY) if isinstance(scope, dict) else None
+    if isinstance(after, _AfterResponse) and after.open:
+        after.pending.append(write)
+    else:
+        await write()
 
 
 def _answer(answer: Answer) -> types.CallToolResult:
