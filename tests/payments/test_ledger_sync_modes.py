@@ -73,3 +73,18 @@ def test_a_stream_of_running_receipts_switches_once_and_so_does_its_release(
     assert ledger.channel(CID).charged == 14  # type: ignore[union-attr]
     assert sum(r.amount for r in ledger.receipts(CID)) == 14
     ledger.close()
+
+
+def test_a_retract_is_not_fsyncd(tmp_path: Path) -> None:
+    """A retract undoes a hold nothing was served for (``NORMAL``): lost in a power loss,
+    the hold is left, and the next start's recover() releases it, nothing charged."""
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    ledger.ensure_channel(CID, "{}", "0xpayer", 0)
+    statements: list[str] = []
+    ledger._db.set_trace_callback(statements.append)
+    hold = ledger.accept_voucher("r1", CID, 100, "0x" + "22" * 65, 100)
+    ledger.retract(hold)
+    assert [s for s in statements if s.startswith("PRAGMA synchronous=")] == [
+        "PRAGMA synchronous=NORMAL"]
+    assert ledger.channel(CID) is None
+    ledger.close()

@@ -185,7 +185,9 @@ async def test_a_charge_the_ledger_fails_to_write_frees_the_channel(
     assert isinstance(answer, Answer) and answer.charge is not None
     await answer.charge()
     assert left == [0] and _books(ledger) == (0, None, [])
-    assert "charging tool call refused-1 failed after its answer" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "charging tool call refused-1 failed after its answer: disk full; released, nothing "
+        "charged"]
     again = await service.call("echo", {"text": "x"}, real.pay(PRICE, PRICE),
                                "mcp://tool/echo", "refused-1", charge_after=True)
     assert isinstance(again, Answer) and again.charge is not None

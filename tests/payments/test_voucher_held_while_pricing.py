@@ -16,7 +16,9 @@ middleware, a real SQLite ledger and real signatures on a fake chain (acceptor_s
   ``insufficient_amount``; the engine never runs;
 - a client that hangs up while its request is tokenised leaves nothing held;
 - a deposit (money moved on chain to accept it) is not taken before the price: a
-  request that fails to prepare sends nothing on chain.
+  request that fails to prepare sends nothing on chain, one that is priced pays with it;
+- a retract the ledger fails is logged, the request answered its own error, and the
+  hold released by the node's next start.
 
 Money invariants are asserted after each: charged = the sum of the receipts, charged
 <= the channel's voucher, nothing pending.
@@ -33,8 +35,8 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from agoranet.chain.executor import ChainExecutor
-from agoranet.engines.base import GenerationRequest, Prepared
-from agoranet.errors import InvalidRequestError
+from agoranet.engines.base import Finish, GenerationRequest, Prepared
+from agoranet.errors import InvalidRequestError, LedgerError
 from agoranet.market import TokenPrices
 from agoranet.node.metering import METERED_SCOPE_KEY
 from agoranet.node.payment_middleware import PaymentMiddleware
@@ -96,11 +98,12 @@ class Node:
         self.engine = WatchingEngine(self.ledger)
         self.acceptor = acceptor(self.chain, self.ledger, self.executor)
         self.served: list[str] = []
+        self.usage: Finish | None = None  # what the app below reports it generated
 
         async def below(scope: Scope, receive: Receive, send: Send) -> None:
             metered = scope[METERED_SCOPE_KEY]
             self.served.append(metered.prepared.request.model)
-            metered.metering.usage = None
+            metered.metering.usage = self.usage
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"{}"})
 
@@ -172,7 +175,8 @@ async def test_a_voucher_short_of_the_worst_case_is_retracted_and_refused(node: 
     status, body = await node.call("short-1", pay(short, max_amount=short))
     assert status == 402
     assert body["error"]["code"] == "insufficient_amount"
-    assert f"may cost {WORST}" in body["error"]["message"]
+    assert body["error"]["message"] == \
+        f"payment authorizes {short} base units but this request may cost {WORST}"
     assert body["x402"]["accepts"][0]["amount"] == str(WORST)
     assert node.served == [] and node.engine.calls == 0
     node.invariants(charged=0, voucher=0)
@@ -206,3 +210,34 @@ async def test_a_deposit_is_not_taken_before_the_request_is_priced(node: Node) -
     assert status == 400 and body["error"]["param"] == "messages"
     assert node.chain.settled == []  # no deposit went on chain for a request not served
     assert node.ledger.channel(CID) is None  # and the ledger never saw the channel
+
+
+async def test_a_deposit_is_taken_once_the_request_is_priced_and_pays_for_it(
+        node: Node) -> None:
+    node.engine.watch, node.engine.patience = False, 0.0
+    node.usage = Finish("stop", 3, 4)
+    status, _ = await node.call("deposit-2", pay(MAX, kind="deposit"))
+    assert status == 200 and node.served == ["fake"]
+    assert len(node.chain.settled) == 1  # the deposit went on chain, then the voucher held
+    [receipt] = node.ledger.receipts(CID)
+    assert (receipt.request_id, receipt.amount) == ("deposit-2", 3 * 1000 + 4 * 2000)
+    node.invariants(charged=receipt.amount, voucher=MAX)
+
+
+async def test_a_retract_that_fails_is_logged_and_the_request_answers_its_own_error(
+        node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    """The ledger cannot take the hold back (a full disk, say): the buyer still gets its
+    request's own error, the node's log says what is left held, and the node's next start
+    releases it (recover), nothing charged."""
+    node.engine.fail = True
+
+    def refuse(hold: Any) -> None:
+        raise LedgerError("disk full")
+
+    node.ledger.retract = refuse  # type: ignore[method-assign]
+    status, body = await node.call("fails-3", pay(MAX))
+    assert status == 400 and body["error"]["param"] == "messages"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "retracting the payment held for fails-3 failed: disk full"]
+    assert node.ledger.recover() == 1  # what a restart does
+    node.invariants(charged=0, voucher=0)

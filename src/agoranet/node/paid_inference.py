@@ -187,13 +187,14 @@ class PaidInference:
     def parse(self, path: str, body: bytes) -> Parsed:
         """The wire request in ``body`` (a bad body raises)."""
         data = parse_json_object(body)
+        request: EmbeddingRequest | ChatCompletionRequest | CompletionRequest
         if path == EMBEDDINGS_PATH and self.embeddings is not None:
-            request: BaseModel = EmbeddingRequest.model_validate(data)
+            request = EmbeddingRequest.model_validate(data)
         elif path.endswith("/chat/completions"):
             request = ChatCompletionRequest.model_validate(data)
         else:
             request = CompletionRequest.model_validate(data)
-        return Parsed(request, str(getattr(request, "model", "")))
+        return Parsed(request, request.model)
 
     async def prepare(self, parsed: Parsed) -> Priced:
         """Prepare the request once (tokenised, context checked: an unknown model or a

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from x402.schemas import PaymentPayload, PaymentRequired, ResourceInfo
+from x402.schemas import PaymentPayload, PaymentRequired, ResourceInfo, SettleResponse
 
 from agoranet.errors import InvalidRequestError, PaymentRequiredError
 from agoranet.payments import x402wire
@@ -141,7 +141,7 @@ class ToolPayments:
             _, response = self.acceptor.charge(auth, CALLS_PER_RECEIPT, 0, price)
         finally:
             self._done(auth)
-        return response.model_dump(by_alias=True, exclude_none=True, mode="json")
+        return _json(response)
 
     def charge_later(self, auth: Authorization, price: int) -> Charge | None:
         """The tool answered: the settle response (its receipt signed) to send now, and the
@@ -167,7 +167,7 @@ class ToolPayments:
             finally:
                 self._done(auth)
 
-        return Charge(settle.model_dump(by_alias=True, exclude_none=True, mode="json"), write)
+        return Charge(_json(settle), write)
 
     def release(self, auth: Authorization) -> None:
         """The call failed after its payment was accepted: nothing is charged."""
@@ -182,6 +182,11 @@ class ToolPayments:
     def _forget(self, request_id: str) -> None:
         self._running.discard(request_id)
         self._exact_in_use.pop(request_id, None)
+
+
+def _json(response: SettleResponse) -> dict[str, Any]:
+    """The settle response as an answer carries it (x402's JSON names)."""
+    return response.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 def _exact_key(payment: PaymentPayload) -> tuple[str, str] | None:

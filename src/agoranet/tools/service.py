@@ -96,7 +96,6 @@ class ToolService:
             self.counts.unpaid += 1
             return Unpaid(exc, self.payments.payment_required(tool.name, tool.description,
                                                               price, resource, exc))
-        later = None
         try:
             output = await self._run(tool.name, tool.run, valid)
             later = self.payments.charge_later(auth, price) if charge_after else None
