@@ -150,9 +150,6 @@ class LedgerWriter:
     async def release(self, hold: Hold) -> Receipt | None:
         return await self.unsynced(lambda: self.ledger.release(hold))
 
-    async def retract(self, hold: Hold) -> None:
-        await self.unsynced(lambda: self.ledger.retract(hold))
-
     async def call(self, fn: Callable[[], _T]) -> _T:
         """``fn()`` (a write to the ledger) on the writer thread, durable on return."""
         result: _T = await self._submit(fn)
