@@ -259,3 +259,35 @@ async def test_a_call_answered_after_its_response_ended_is_charged_at_once() -> 
     assert written == ["charged"] * 2 and len(waiting.pending) == 1
     await waiting.close()  # the response is over, cut short or not: written
     assert written == ["charged"] * 3
+
+
+async def test_an_http_answer_that_fails_to_go_out_is_still_charged(
+        kit: tuple[ToolService, SqliteLedger]) -> None:
+    """The server cannot send the answer's body (a connection gone, under a server that says
+    so): the tool ran and its receipt was made, so the call is charged all the same, and
+    the channel is not left held."""
+    service, ledger = kit
+    app = Starlette(routes=tool_routes(service, None))
+    body = json.dumps({"text": "hi"}).encode()
+    scope = {"type": "http", "method": "POST", "path": "/tools/echo", "scheme": "http",
+             "query_string": b"", "root_path": "", "http_version": "1.1",
+             "server": ("tools", 80), "client": ("127.0.0.1", 5),
+             "headers": [(b"host", b"tools"), (b"content-type", b"application/json"),
+                         (b"x-request-id", b"lost-1"),
+                         (x402wire.PAYMENT_SIGNATURE.lower().encode(),
+                          real.pay(PRICE, PRICE).encode())]}
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            raise OSError("connection reset")
+
+    with pytest.raises(OSError):
+        await app(scope, receive, send)
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    charged, pending, [receipt] = _books(ledger)
+    assert (charged, pending, receipt.request_id) == (PRICE, None, "lost-1")

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from agoranet.api.errors import error_body, error_from_exception
 from agoranet.errors import AgoranetError, PayloadTooLargeError
@@ -105,7 +106,22 @@ def _answer(answer: Answer) -> Response:
     headers = {}
     if answer.payment_response is not None:
         headers[x402wire.PAYMENT_RESPONSE] = x402wire.encode_json(answer.payment_response)
-    # a voucher's charge is written once the answer has gone out (before the next request)
-    later = None if answer.charge is None else BackgroundTask(answer.charge)
-    return Response(json.dumps(answer.output), media_type="application/json", headers=headers,
-                    background=later)
+    body = json.dumps(answer.output)
+    if answer.charge is None:
+        return Response(body, media_type="application/json", headers=headers)
+    return _ChargedAfter(answer.charge, body, media_type="application/json", headers=headers)
+
+
+class _ChargedAfter(Response):
+    """An answer whose voucher is charged once it has gone out (before the event loop reads
+    the buyer's next request), or once sending it failed."""
+
+    def __init__(self, charge: Callable[[], Awaitable[None]], content: str, **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._charge = charge
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._charge()
