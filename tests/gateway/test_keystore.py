@@ -7,7 +7,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,14 +148,10 @@ def test_concurrent_reservations_from_processes_never_overspend(tmp_path: Path) 
 
 def test_a_dead_gateways_reservations_are_settled_in_full(tmp_path: Path) -> None:
     path = tmp_path / "keys.sqlite"
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    dead = KeyStore(path)
-    ensure_owner(dead, tmp_path / "owner.key")
-    key = dead.create("agent", parent=OWNER, budget=100).record
+    dead, key, died = _dead_gateways_store(tmp_path)
     held = dead.reserve(key.id, 40, "chatcmpl-lost", "tiny")
     dead.settle(dead.reserve(key.id, 5, "chatcmpl-done", "tiny"), 3)
-    dead._db.execute("UPDATE reservations SET pid = ? WHERE id = ?", (gone.pid, held))
+    died(held)
     alive = KeyStore(path)  # another gateway, alive, shares the file: its holds stay
     alive.reserve(key.id, 7, "chatcmpl-alive", "tiny")
     spend = SpendLog(tmp_path / "spend.sqlite")
@@ -171,16 +169,10 @@ def test_a_dead_gateways_reservations_are_settled_in_full(tmp_path: Path) -> Non
 def test_a_dead_gateways_answered_request_is_not_logged_twice(tmp_path: Path) -> None:
     """The gateway logged an answer, then died before the key store's settlement reached the
     disk: the key is settled in full, and the spend log keeps the one row it has."""
-    path = tmp_path / "keys.sqlite"
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    dead = KeyStore(path)
-    ensure_owner(dead, tmp_path / "owner.key")
-    key = dead.create("agent", parent=OWNER, budget=100).record
-    answered = dead.reserve(key.id, 4, "chatcmpl-answered", "tiny")
-    cut = dead.reserve(key.id, 6, "chatcmpl-cut", "tiny")
-    for held in (answered, cut):
-        dead._db.execute("UPDATE reservations SET pid = ? WHERE id = ?", (gone.pid, held))
+    dead, key, died = _dead_gateways_store(tmp_path)
+    for held in (dead.reserve(key.id, 4, "chatcmpl-answered", "tiny"),
+                 dead.reserve(key.id, 6, "chatcmpl-cut", "tiny")):
+        died(held)
     spend = SpendLog(tmp_path / "spend.sqlite")
     spend.add(SpendRow("chatcmpl-answered", "tiny", "http://node", 3, 1, 4, 1.0, 2.0, "ok",
                        key="agent"))
@@ -193,6 +185,21 @@ def test_a_dead_gateways_answered_request_is_not_logged_twice(tmp_path: Path) ->
         ("chatcmpl-answered", "ok", 4), ("chatcmpl-cut", "partial", 2),
         ("chatcmpl-cut", "lost", 6)]
     assert started.store.get("agent").spent == 10  # both settled in full: never less
+
+
+def _dead_gateways_store(tmp_path: Path) -> tuple[KeyStore, Any, Callable[[int], None]]:
+    """A key store (``keys.sqlite``) with key "agent" (budget 100), and ``died(id)``, which
+    makes reservation ``id`` one held by a gateway process that has exited."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    store = KeyStore(tmp_path / "keys.sqlite")
+    ensure_owner(store, tmp_path / "owner.key")
+    key = store.create("agent", parent=OWNER, budget=100).record
+
+    def died(held: int) -> None:
+        store._db.execute("UPDATE reservations SET pid = ? WHERE id = ?", (gone.pid, held))
+
+    return store, key, died
 
 
 def _settings(tmp_path: Path):  # type: ignore[no-untyped-def]

@@ -329,14 +329,10 @@ class PaidCall:
         usage = self.metering.usage
         if usage is None or self.priced.stream:
             return None
-        acceptor = self.paid.acceptor
-        quoted = None
-        if acceptor.writer.inline:  # else the buyer could pay its next request on the
-            # channel before a write after the body landed (a database off the loop)
-            amount = self._cost(usage.prompt_tokens, usage.completion_tokens)
-            quoted = acceptor.quote(self.auth, usage.prompt_tokens, usage.completion_tokens,
-                                    amount)
-        if quoted is None:  # or exact: a fixed amount, already paid
+        amount = self._cost(usage.prompt_tokens, usage.completion_tokens)
+        quoted = self.paid.acceptor.quote_before_charge(
+            self.auth, usage.prompt_tokens, usage.completion_tokens, amount)
+        if quoted is None:
             response = await self.charge(usage)
         else:
             receipt, settle = quoted

@@ -150,9 +150,7 @@ class ToolPayments:
         (:meth:`charge`): an ``exact`` one (settled on chain before the answer), or a
         ledger written off the event loop (the buyer could pay its next call on the
         channel while it is still held)."""
-        if not self.acceptor.writer.inline:
-            return None
-        quoted = self.acceptor.quote(auth, CALLS_PER_RECEIPT, 0, price)
+        quoted = self.acceptor.quote_before_charge(auth, CALLS_PER_RECEIPT, 0, price)
         if quoted is None:
             return None
         receipt, settle = quoted

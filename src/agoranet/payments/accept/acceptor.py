@@ -223,6 +223,16 @@ class PaymentAcceptor:
         cut before it is charged its last running receipt instead."""
         return self._scheme_of(auth).quote(self, auth, tokens_in, tokens_out, amount)
 
+    def quote_before_charge(self, auth: Authorization, tokens_in: int, tokens_out: int,
+                            amount: int) -> tuple[Receipt, SettleResponse] | None:
+        """:meth:`quote` for an answer that is sent whole before its charge is written,
+        where the ledger writes before the event loop reads anything more (a local file);
+        None where it does not (a database off the loop: the buyer could pay its next
+        request on the channel while it is still held), or for a fixed amount: charge now."""
+        if not self.writer.inline:
+            return None
+        return self.quote(auth, tokens_in, tokens_out, amount)
+
     def progress(self, auth: Authorization, tokens_in: int, tokens_out: int,
                  amount: int) -> dict[str, Any] | None:
         """A running receipt for the part of a stream already sent (None for a scheme
