@@ -1,0 +1,145 @@
+"""Per-request timestamps inside a node process, for bench/node_phases.py.
+
+Python imports this module at start-up when its folder is on PYTHONPATH. It does
+nothing unless ``AGORANET_PHASE_STAMPS`` names a folder: then, once the node's app
+module is imported, it wraps the functions a completion request passes through
+(entry and exit of each, ``name(`` and ``name)``) and the moment the answer's
+headers and body are handed to the server, and writes each request's timestamps
+(nanoseconds, from its arrival) to ``<folder>/<pid>.json``. Writes made on other
+threads (the ledger writer's SQL and sync, tokenising) are stamped into the request
+the node saw last: the bench sends one request at a time.
+
+Wrapping costs a few microseconds per stamp; both the paid and the unpaid request
+pay it. Nothing under src/ knows of this.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import functools
+import importlib
+import importlib.abc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+_FOLDER = os.environ.get("AGORANET_PHASE_STAMPS")
+_current: contextvars.ContextVar[list[tuple[str, int]] | None] = contextvars.ContextVar(
+    "agoranet_phase_stamps", default=None)
+_last: list[list[tuple[str, int]] | None] = [None]
+_requests: list[dict[str, Any]] = []
+
+
+def stamp(name: str) -> None:
+    stamps = _current.get() or _last[0]
+    if stamps is not None:
+        stamps.append((name, time.perf_counter_ns()))
+
+
+def _dump() -> None:
+    if _FOLDER:
+        (Path(_FOLDER) / f"{os.getpid()}.json").write_text(json.dumps(_requests),
+                                                          encoding="utf-8")
+
+
+def _wrap(owner: Any, name: str, label: str) -> None:
+    original = getattr(owner, name)
+    if getattr(original, "__wrapped_by_phase_stamps__", False):
+        return
+    if hasattr(original, "__code__") and original.__code__.co_flags & 0x80:  # coroutine
+
+        @functools.wraps(original)
+        async def wrapped(*args: Any, **kwargs: Any) -> Any:
+            stamp(label + "(")
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                stamp(label + ")")
+    else:
+
+        @functools.wraps(original)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            stamp(label + "(")
+            try:
+                return original(*args, **kwargs)
+            finally:
+                stamp(label + ")")
+    wrapped.__wrapped_by_phase_stamps__ = True  # type: ignore[attr-defined]
+    setattr(owner, name, wrapped)
+
+
+def _observe_requests() -> None:
+    from agoranet.api import requestlog
+
+    observe = requestlog.RequestObserver.__call__
+
+    async def observed(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith("/completions"):
+            await observe(self, scope, receive, send)
+            return
+        stamps = [("arrived", time.perf_counter_ns())]
+        paid = any(k.lower() == b"payment-signature" for k, _ in scope["headers"])
+        _requests.append({"paid": paid, "stamps": stamps})
+        _current.set(stamps)
+        _last[0] = stamps
+
+        async def stamped_send(message: Any) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                stamp("headers handed to the server")
+            await send(message)
+            if kind == "http.response.body" and not message.get("more_body"):
+                stamp("body sent")
+        await observe(self, scope, receive, stamped_send)
+        stamp("done")
+        if len(_requests) % 100 == 0:
+            _dump()
+
+    requestlog.RequestObserver.__call__ = observed  # type: ignore[method-assign]
+
+
+def _install() -> None:
+    from agoranet.engines import hf
+    from agoranet.node import paid_inference, payment_middleware, service
+    from agoranet.payments.accept import acceptor, ledger_writer, sqlite_group, sqlite_ledger
+    from agoranet.payments.schemes import batch_settlement
+
+    _observe_requests()
+    wraps = [
+        (payment_middleware.PaymentMiddleware, "__call__", "payment middleware"),
+        (paid_inference.PaidInference, "parse", "parse body"),
+        (acceptor.PaymentAcceptor, "authorize_ahead", "authorize"),
+        (acceptor.PaymentAcceptor, "_checked", "decode payment"),
+        (batch_settlement, "parse_voucher", "parse voucher"),
+        (batch_settlement, "check_signature", "check signature"),
+        (ledger_writer.LedgerWriter, "accept_voucher", "voucher durable"),
+        (sqlite_ledger.SqliteLedger, "accept_voucher", "voucher SQL"),
+        (sqlite_group.SqliteGroupLedger, "sync", "voucher sync"),
+        (paid_inference.PaidInference, "prepare", "prepare"),
+        (hf, "encode_prompt", "tokenise"),
+        (acceptor.PaymentAcceptor, "require", "require worst case"),
+        (service.InferenceService, "start", "generate"),
+        (paid_inference.PaidCall, "answered", "receipt + payment response"),
+        (paid_inference.PaidCall, "final_sent", "charge"),
+    ]
+    for owner, name, label in wraps:
+        _wrap(owner, name, label)
+
+
+class _AfterApp(importlib.abc.MetaPathFinder):
+    """Installs the wraps when the node's app module is first imported."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        if fullname == "agoranet.node.app":
+            sys.meta_path.remove(self)
+            _install()
+
+
+if _FOLDER:
+    atexit.register(_dump)
+    sys.meta_path.insert(0, _AfterApp())
+    importlib.invalidate_caches()
