@@ -21,7 +21,8 @@ PACKAGE = "agoranet"
 
 # Packages (first part below agoranet) by layer, lowest first.
 FOUNDATION = {"errors", "config", "market", "request_ids", "sqlite_store",
-              "sqlite_checkpoints", "store_writer", "api", "proofs", "tinymodel"}
+              "sqlite_checkpoints", "store_writer", "file_sync", "api", "proofs",
+              "tinymodel"}
 LOWER = {"chain", "payments", "registry", "engines", "tuning", "verify"}
 COMPOSERS = {"node", "gateway"}
 # ``tools`` (the paid tool server) is the sellers' half of DESIGN's agents/: a shell over

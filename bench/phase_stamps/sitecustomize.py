@@ -103,6 +103,7 @@ def _observe_requests() -> None:
 
 
 def _install() -> None:
+    from agoranet import file_sync
     from agoranet.engines import hf
     from agoranet.node import paid_inference, payment_middleware, service
     from agoranet.payments.accept import acceptor, ledger_writer, sqlite_group, sqlite_ledger
@@ -119,6 +120,9 @@ def _install() -> None:
         (ledger_writer.LedgerWriter, "accept_voucher", "voucher durable"),
         (sqlite_ledger.SqliteLedger, "accept_voucher", "voucher SQL"),
         (sqlite_group.SqliteGroupLedger, "sync", "voucher sync"),
+        (sqlite_group.SqliteGroupLedger, "sync_started", "voucher sync started"),
+        (file_sync.FileSyncs, "flush", "flush asked of the kernel"),
+        (file_sync.FileSyncs, "_reap", "flush done"),
         (paid_inference.PaidInference, "prepare", "prepare"),
         (hf, "encode_prompt", "tokenise"),
         (acceptor.PaymentAcceptor, "require", "require worst case"),

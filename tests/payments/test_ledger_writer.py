@@ -5,7 +5,9 @@ payments/accept/pg_group.py): a voucher's caller is answered only after the sync
 durable (and a killed process finds it on disk), many vouchers share one sync, a failed
 sync fails (and releases) what it should have made durable, and concurrent paid requests
 keep every money rule: one request per channel at a time, charged = receipted, claimed
-<= receipted.
+<= receipted. A test that holds the ledger's sync (Gate) writes vouchers on the writer's
+threads (``inline=False``); a local file's own path, vouchers written and syncs started on
+the event loop, is test_ledger_writer_loop.py's (the tests here that hold nothing run it).
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def test_group_ledgers_are_group_commit_ledgers(tmp_path: Path) -> None:
 async def test_the_voucher_is_synced_before_its_caller_is_answered(store: Book) -> None:
     book = store.open()
     gate = Gate(book)
-    writer = LedgerWriter(book)
+    writer = LedgerWriter(book, inline=False)  # its threads
     try:
         book.ensure_channel(cid(1), "{}", NODE.address, 0)
         accept = asyncio.create_task(writer.accept_voucher("r1", cid(1), MAX, "0xsig", MAX))
@@ -141,7 +143,7 @@ async def test_the_voucher_is_synced_before_its_caller_is_answered(store: Book) 
 async def test_many_vouchers_share_one_sync(store: Book) -> None:
     book = store.open()
     gate = Gate(book)
-    writer = LedgerWriter(book)
+    writer = LedgerWriter(book, inline=False)  # its threads
     try:
         for n in range(8):
             book.ensure_channel(cid(n), "{}", NODE.address, 0)
@@ -165,7 +167,7 @@ async def test_with_writes_waiting_the_sync_runs_beside_the_writer(store: Book) 
     on the sync thread while the writer goes on (a charge is answered meanwhile)."""
     book = store.open()
     gate = Gate(book)
-    writer = LedgerWriter(book)
+    writer = LedgerWriter(book, inline=False)  # its threads
     first, second = Blocker(), Blocker()
     try:
         for n in (1, 2):
@@ -211,7 +213,7 @@ class Blocker:
 async def test_a_failed_sync_fails_and_releases_the_vouchers_it_owed(store: Book) -> None:
     book = store.open()
     gate = Gate(book)
-    writer = LedgerWriter(book)
+    writer = LedgerWriter(book, inline=False)  # its threads
     try:
         book.ensure_channel(cid(1), "{}", NODE.address, 0)
         book.ensure_channel(cid(2), "{}", NODE.address, 0)
@@ -237,7 +239,7 @@ async def test_a_failed_sync_fails_and_releases_the_vouchers_it_owed(store: Book
 async def test_a_voucher_whose_caller_gave_up_is_released(store: Book) -> None:
     book = store.open()
     gate = Gate(book)
-    writer = LedgerWriter(book)
+    writer = LedgerWriter(book, inline=False)  # its threads
     try:
         book.ensure_channel(cid(1), "{}", NODE.address, 0)
         accept = asyncio.create_task(writer.accept_voucher("r1", cid(1), MAX, "0x", MAX))

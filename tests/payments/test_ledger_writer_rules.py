@@ -1,7 +1,9 @@
 """The ledger writer's rules on its sync thread and its failure paths (payments/accept/ledger_writer.py).
 
-On a SQLite group-commit ledger whose sync the test holds (the writer's logic is the same
-for PostgreSQL, see test_ledger_writer.py):
+On a SQLite group-commit ledger whose sync the test holds, its vouchers written on the
+writer thread (``inline=False``) as on PostgreSQL (the writer's logic is the same there,
+see test_ledger_writer.py; a local file's vouchers written on the event loop are
+test_ledger_writer_loop.py's):
 
 - vouchers handed to the sync thread while it syncs share its next sync, and a writer
   closed meanwhile still makes them durable and answers them before it returns;
@@ -85,7 +87,7 @@ class Pipeline:
 
 async def test_vouchers_handed_off_during_a_sync_share_the_next_one(book: Any) -> None:
     gate = Gate(book)
-    writer = LedgerWriter(book)
+    writer = LedgerWriter(book, inline=False)
     line = Pipeline(writer)
     try:
         await line.start()
@@ -112,7 +114,7 @@ async def test_vouchers_handed_off_during_a_sync_share_the_next_one(book: Any) -
 async def test_closing_during_a_sync_still_syncs_and_answers_what_was_handed_off(
         book: Any) -> None:
     gate = Gate(book)
-    writer = LedgerWriter(book)
+    writer = LedgerWriter(book, inline=False)
     line = Pipeline(writer)
     try:
         await line.start()
@@ -139,7 +141,7 @@ async def test_a_failed_sync_on_the_sync_thread_fails_and_releases_its_vouchers(
         failure: BaseException, book: Any, caplog: pytest.LogCaptureFixture) -> None:
     gate = Gate(book)
     gate.fail = failure
-    writer = LedgerWriter(book)
+    writer = LedgerWriter(book, inline=False)
     line = Pipeline(writer)
     try:
         await line.start()
@@ -176,7 +178,7 @@ async def test_a_release_that_fails_after_a_failed_sync_is_logged(
     def release(hold: Hold) -> None:
         raise LedgerError("the ledger is gone")
     book.release = release
-    writer = LedgerWriter(book)
+    writer = LedgerWriter(book, inline=False)
     try:
         with pytest.raises(LedgerError, match="ledger sync failed: disk gone"):
             await writer.accept_voucher("r1", cid(1), MAX, "0x", MAX)
@@ -215,7 +217,7 @@ async def _give_up(writer: LedgerWriter, request: str, channel: int) -> None:
 async def test_a_voucher_whose_caller_gave_up_is_released_quietly(
         book: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    writer = LedgerWriter(book)
+    writer = LedgerWriter(book, inline=False)
     released: list[str] = []
     release = book.release
 
@@ -234,7 +236,7 @@ async def test_a_voucher_whose_caller_gave_up_is_released_quietly(
 
 async def test_a_failed_release_of_a_voucher_nobody_waits_for_is_logged(
         book: Any, caplog: pytest.LogCaptureFixture) -> None:
-    writer = LedgerWriter(book)
+    writer = LedgerWriter(book, inline=False)
     released: list[str] = []
 
     def release(hold: Hold) -> None:
@@ -252,7 +254,7 @@ async def test_a_failed_release_of_a_voucher_nobody_waits_for_is_logged(
 
 async def test_a_refused_voucher_whose_caller_gave_up_holds_nothing_to_release(
         book: Any, caplog: pytest.LogCaptureFixture) -> None:
-    writer = LedgerWriter(book)
+    writer = LedgerWriter(book, inline=False)
     held = await writer.accept_voucher("first", cid(1), MAX, "0x", MAX)
     released: list[str] = []
     book.release = lambda hold: released.append(hold.request_id)
@@ -270,7 +272,7 @@ async def test_a_refused_voucher_whose_caller_gave_up_holds_nothing_to_release(
 
 
 async def test_a_closed_writer_says_so(book: Any) -> None:
-    writer = LedgerWriter(book)
+    writer = LedgerWriter(book, inline=False)
     hold = await writer.accept_voucher("r1", cid(1), MAX, "0x", MAX)
     writer.close()
     for write in (writer.release(hold), writer.commit(hold, 1, 1, 10, NODE.sign, CHAIN),
@@ -283,7 +285,7 @@ async def test_a_closed_writer_says_so(book: Any) -> None:
 async def test_the_writers_threads_never_keep_a_process_alive(book: Any) -> None:
     """A node that exits without closing its writer (a crash path, a test) is not held up
     by the writer's threads, which wait for writes for ever: both are daemon threads."""
-    writer = LedgerWriter(book)
+    writer = LedgerWriter(book, inline=False)
     try:
         await writer.accept_voucher("r1", cid(1), MAX, "0x", MAX)
         threads = [writer._thread, writer._sync_thread]
@@ -295,7 +297,7 @@ async def test_the_writers_threads_never_keep_a_process_alive(book: Any) -> None
 
 
 async def test_a_writer_closed_with_writes_queued_writes_them_first(book: Any) -> None:
-    writer = LedgerWriter(book)
+    writer = LedgerWriter(book, inline=False)
     blocker = Blocker()
     busy = asyncio.create_task(writer.call(blocker))
     try:
@@ -319,7 +321,7 @@ async def test_a_writer_closed_with_writes_queued_writes_them_first(book: Any) -
 
 
 async def test_a_group_holds_at_most_max_group_writes(book: Any) -> None:
-    writer = LedgerWriter(book)
+    writer = LedgerWriter(book, inline=False)
     blocker = Blocker()
     try:
         busy = asyncio.create_task(writer.call(blocker))
@@ -354,7 +356,7 @@ async def test_writes_that_sync_nothing_go_to_the_writer_when_told(book: Any) ->
 def test_a_write_answered_after_its_event_loop_closed_does_not_stop_the_writer(
         book: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="agoranet.payments.accept.ledger_writer")
-    writer = LedgerWriter(book)
+    writer = LedgerWriter(book, inline=False)
     blocker = Blocker()
 
     async def leave_a_write_behind() -> None:

@@ -18,13 +18,14 @@ same ledger sync their own writes as before.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
 
+from agoranet.file_sync import FileSyncs
 from agoranet.payments.accept.ledger import Ledger
 
-__all__ = ["Deferral", "GroupCommitLedger"]
+__all__ = ["Deferral", "FileGroupCommitLedger", "GroupCommitLedger"]
 
 
 class Deferral:
@@ -66,4 +67,13 @@ class GroupCommitLedger(Ledger, Protocol):
 
     def sync(self) -> None:
         """Make every write committed so far durable (raises LedgerError if it cannot)."""
+        ...
+
+
+@runtime_checkable
+class FileGroupCommitLedger(GroupCommitLedger, Protocol):
+    """A group-commit ledger in local files, whose sync the event loop starts itself."""
+
+    def sync_started(self, syncs: FileSyncs) -> Awaitable[None]:
+        """:meth:`sync`, its first flush started before this returns, the rest awaited."""
         ...

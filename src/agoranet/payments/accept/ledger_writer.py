@@ -17,11 +17,15 @@ A write that owes no sync (a charge, a running receipt, a release) is answered a
 once; on a SQLite ledger it runs on the caller's thread (:meth:`LedgerWriter.unsynced`):
 its commit only writes to the operating system (the ledger's checkpoints, which
 sync, run on a thread of their own), which costs less than the two thread
-hand-offs that would move it. Each caller is answered only once its own
-write is as durable as the ledger alone would have made it: an accepted voucher
-is on disk before :meth:`LedgerWriter.accept_voucher` returns, so before any
-inference it pays for. A lone request waits for one sync, as before; concurrent
-ones share one, and the writer goes on writing while it runs.
+hand-offs that would move it. So does an accepted voucher's write
+(:meth:`LedgerWriter.accept_voucher`), and its sync is started from the event loop
+too, asked of the kernel with no thread to wake
+(:class:`~agoranet.file_sync.FileSyncs`): its request goes on (tokenising) while the
+disk flushes, and vouchers written meanwhile share the next sync. Each caller is
+answered only once its own write is as durable as the ledger alone would have made
+it: an accepted voucher is on disk before :meth:`LedgerWriter.accept_voucher`
+returns, so before any inference it pays for. A lone request waits for one sync, as
+before; concurrent ones share one, and the writer goes on writing while it runs.
 
 If the group's sync fails, every write in it that owed one fails with
 :class:`~agoranet.errors.LedgerError` (a voucher accepted in it is released
@@ -35,12 +39,13 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from agoranet.errors import LedgerError
-from agoranet.payments.accept.group_commit import GroupCommitLedger
+from agoranet.file_sync import FileSyncs
+from agoranet.payments.accept.group_commit import FileGroupCommitLedger, GroupCommitLedger
 from agoranet.payments.accept.ledger import ChannelRecord, Hold, Ledger, VoucherRefused
 from agoranet.payments.receipts import Receipt
 from agoranet.sqlite_store import SqliteStore
@@ -81,7 +86,13 @@ class LedgerWriter:
         self._sync_thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
-        self._channels: set[str] = set()  # ledger rows known to exist (writer thread only)
+        self._channels: set[str] = set()  # ledger rows known to exist (accepting thread)
+        # A local file's vouchers: written on the event loop, their syncs started there.
+        self._here: FileGroupCommitLedger | None = (
+            ledger if self.inline and isinstance(ledger, FileGroupCommitLedger) else None)
+        self._file_syncs: FileSyncs | None = None
+        self._owed_here: list[_Job] = []  # written here, owing a sync not started yet
+        self._flushing: asyncio.Future[None] | None = None  # the sync started here
         self.groups = 0  # groups written (each one sync at most)
         self.writes = 0  # writes in them
         self.syncs = 0  # group syncs made
@@ -103,11 +114,14 @@ class LedgerWriter:
                              channel: tuple[str, str, int] | None = None) -> Hold:
         """The ledger's :meth:`~Ledger.accept_voucher`; the voucher is durable on return.
 
+        On a local file (:attr:`inline`) the voucher is written on the caller's thread and
+        its sync started there (:meth:`_write_here`); else on the writer thread.
+
         With ``channel`` (``config, payer, baseline``) the channel is first created if the
-        ledger does not know it (:meth:`~Ledger.ensure_channel`), in the same trip to the
-        writer thread. A channel this writer has accepted a voucher on is not looked up
-        again (rows are never deleted; if the ledger says it does not know the channel
-        after all, it is created and the voucher accepted once more)."""
+        ledger does not know it (:meth:`~Ledger.ensure_channel`), in the same write. A
+        channel this writer has accepted a voucher on is not looked up again (rows are
+        never deleted; if the ledger says it does not know the channel after all, it is
+        created and the voucher accepted once more)."""
         key = channel_id.lower()
 
         def accept() -> Hold:
@@ -129,7 +143,7 @@ class LedgerWriter:
             self._channels.add(key)
             return hold
 
-        future = self._submit(accept)
+        future = self._submit(accept) if self._here is None else self._write_here(accept)
         try:
             hold: Hold = await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -164,6 +178,61 @@ class LedgerWriter:
         if self._closed:
             raise LedgerError("the ledger writer is closed")
         return fn()
+
+    # ------------------------------------------------------------ written here
+
+    def _write_here(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        """``fn()``, a write that may owe a sync, on the caller's thread now (a commit to a
+        local file is a write to the operating system), its sync started from the event
+        loop at once, with no thread to wake (:meth:`FileGroupCommitLedger.sync_started`):
+        a future answered once that sync made it durable (at once if it owed none). The
+        request goes on (tokenising) while the disk flushes; writes made while a sync
+        runs share the next one."""
+        if self._closed:
+            raise LedgerError("the ledger writer is closed")
+        assert self._here is not None
+        loop = asyncio.get_running_loop()
+        job = _Job(fn, loop, loop.create_future())
+        with self._here.deferral.deferring():
+            _run_job(job)
+            job.owed = self._here.deferral.take_owed()
+        self.groups += 1
+        self.writes += 1
+        if not job.owed:
+            _answer(job)
+            return job.future
+        self._owed_here.append(job)  # (a refusal after a write that owed one: once synced)
+        if self._flushing is None or self._flushing.done():  # (done: its loop stopped it)
+            self._start_flush()
+        return job.future
+
+    def _start_flush(self) -> None:
+        """Start one sync for the writes made here that owe one; answer them after it."""
+        assert self._here is not None
+        jobs, self._owed_here = self._owed_here, []
+        if self._file_syncs is None:
+            self._file_syncs = FileSyncs.open()
+        started: Awaitable[None]
+        if self._file_syncs is None:  # no kernel AIO here: a thread makes it
+            started = asyncio.to_thread(self._here.sync)
+        else:
+            try:
+                started = self._here.sync_started(self._file_syncs)
+            except OSError as exc:  # (closed meanwhile) the jobs fail as from the sync
+                started = _raising(exc)
+        self._flushing = asyncio.ensure_future(self._end_flush(jobs, started))
+
+    async def _end_flush(self, jobs: list[_Job], started: Awaitable[None]) -> None:
+        try:
+            await started
+            self.syncs += 1
+        except Exception as exc:  # not durable: none is answered "done"
+            self._failed(jobs, exc)
+        for job in jobs:
+            _answer(job)
+        self._flushing = None
+        if self._owed_here:
+            self._start_flush()
 
     # ------------------------------------------------------------ the writer thread
 
@@ -260,14 +329,19 @@ class LedgerWriter:
             self._group.sync()
             self.syncs += 1
         except BaseException as exc:  # the owed writes are not durable: none is answered "done"
-            error = exc if isinstance(exc, LedgerError) else LedgerError(
-                f"ledger sync failed: {exc}")
-            logger.error("ledger group sync failed: %s", exc)
-            for job in jobs:
-                if job.error is None:
-                    if isinstance(job.result, Hold):
-                        self._release_quietly(job.result)
-                    job.result, job.error = None, error
+            self._failed(jobs, exc)
+
+    def _failed(self, jobs: list[_Job], exc: BaseException) -> None:
+        """The sync ``jobs`` owed failed: each fails with the ledger's error (or one that
+        names the cause), and a voucher it accepted is released."""
+        error = exc if isinstance(exc, LedgerError) else LedgerError(
+            f"ledger sync failed: {exc}")
+        logger.error("ledger group sync failed: %s", exc)
+        for job in jobs:
+            if job.error is None:
+                if isinstance(job.result, Hold):
+                    self._release_quietly(job.result)
+                job.result, job.error = None, error
 
     def _release_quietly(self, hold: Hold) -> None:
         try:
@@ -284,6 +358,7 @@ class LedgerWriter:
             loop = future.get_loop()
             released = loop.create_future()
             released.add_done_callback(_retrieve)
+            self._ensure_thread()  # (a voucher written on the loop started none)
             self._queue.put(_Job(lambda: self.ledger.release(hold), loop, released))
 
     def close(self) -> None:
@@ -296,6 +371,8 @@ class LedgerWriter:
             thread.join()
         if syncs is not None:
             syncs.join()
+        if self._file_syncs is not None:  # the syncs started from the loop end first
+            self._file_syncs.close()
 
 
 def _run_job(job: _Job) -> None:
@@ -314,12 +391,16 @@ def _answer_all(jobs: Iterable[_Job]) -> None:
 
 
 def _answer(job: _Job) -> None:
-    if job.future.done():  # cancelled meanwhile
+    if job.future.done() or job.loop.is_closed():  # cancelled meanwhile, or nobody waits
         return
     if job.error is not None:
         job.future.set_exception(job.error)
     else:
         job.future.set_result(job.result)
+
+
+async def _raising(exc: BaseException) -> None:
+    raise exc
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

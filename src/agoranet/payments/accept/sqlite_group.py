@@ -15,17 +15,22 @@ Its checkpoints (the only other syncs: SQLite runs one inside the commit that
 finds the log over 1,000 pages) run on a thread of their own
 (:class:`~agoranet.sqlite_checkpoints.BackgroundCheckpoints`), so a commit that
 syncs nothing -- a charge, a running receipt -- never waits for the disk.
+
+:meth:`SqliteGroupLedger.sync_started` is the same sync for the event loop: its
+flushes are asked of the kernel (:class:`~agoranet.file_sync.FileSyncs`), so the
+first one has started when the call returns, with no thread to wake.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Awaitable, Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from agoranet.errors import LedgerError
+from agoranet.file_sync import FileSyncs
 from agoranet.payments.accept.group_commit import Deferral
 from agoranet.payments.accept.sqlite_ledger import SqliteLedger
 from agoranet.sqlite_checkpoints import BackgroundCheckpoints
@@ -60,6 +65,35 @@ class SqliteGroupLedger(SqliteLedger):
         super().close()
 
     def sync(self) -> None:
+        steps = self._flushes()
+        try:
+            fd, data_only = next(steps)
+            while True:
+                try:
+                    (os.fdatasync if data_only else os.fsync)(fd)
+                except OSError as exc:
+                    fd, data_only = steps.throw(exc)
+                else:
+                    fd, data_only = steps.send(None)
+        except StopIteration:
+            return
+
+    def sync_started(self, syncs: FileSyncs) -> Awaitable[None]:
+        """:meth:`sync` from the event loop: the log's flush is asked of the kernel before
+        this returns (:meth:`~agoranet.file_sync.FileSyncs.flush`), the rest is awaited
+        (LedgerError if it fails)."""
+        steps = self._flushes()
+        try:
+            first = syncs.flush(*next(steps))
+        except StopIteration:
+            return _nothing()
+        except LedgerError as exc:
+            return _raise(exc)
+        return _flush_rest(steps, first, syncs)
+
+    def _flushes(self) -> Generator[tuple[int, bool], None, None]:
+        """The flushes :meth:`sync` makes, as ``(fd, data only)``: each is made (or raises
+        OSError into this) before the next is asked for."""
         if str(self.path) == ":memory:":
             return
         log = Path(f"{self.path}-wal")
@@ -70,10 +104,15 @@ class SqliteGroupLedger(SqliteLedger):
         except OSError as exc:
             raise LedgerError(f"cannot sync the ledger's log {log}: {exc}") from exc
         try:
-            os.fdatasync(fd)
+            yield fd, True
             identity = os.fstat(fd)
             if (identity.st_dev, identity.st_ino) != self._synced_log:
-                _sync_folder(log.parent)
+                if hasattr(os, "O_DIRECTORY"):  # the new log file's name, durable (POSIX)
+                    folder = os.open(log.parent, os.O_RDONLY | os.O_DIRECTORY)
+                    try:
+                        yield folder, False
+                    finally:
+                        os.close(folder)
                 self._synced_log = (identity.st_dev, identity.st_ino)
         except OSError as exc:
             raise LedgerError(f"cannot sync the ledger's log {log}: {exc}") from exc
@@ -81,12 +120,24 @@ class SqliteGroupLedger(SqliteLedger):
             os.close(fd)
 
 
-def _sync_folder(folder: Path) -> None:
-    """Make the folder's entries (a new log file's name) durable (POSIX)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+async def _flush_rest(steps: Generator[tuple[int, bool], None, None],
+                      pending: Awaitable[None], syncs: FileSyncs) -> None:
+    while True:
+        try:
+            try:
+                await pending
+            except OSError as exc:
+                request = steps.throw(exc)
+            else:
+                request = steps.send(None)
+        except StopIteration:
+            return
+        pending = syncs.flush(*request)
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _raise(exc: BaseException) -> None:
+    raise exc
