@@ -11,8 +11,8 @@ completion wakes the event loop through an ``eventfd`` the loop watches. What is
 flushed, and when it is done, are exactly ``os.fdatasync``'s (``os.fsync``'s).
 
 :meth:`FileSyncs.open` answers None where this is not available (not Linux, an
-unknown architecture, AIO refused); a file the kernel will not flush this way, or
-a flush beyond :data:`MAX_IN_FLIGHT` at once, is flushed on a thread instead.
+unknown architecture, AIO refused); a flush the kernel will not take this way, or
+one beyond :data:`MAX_IN_FLIGHT` at once, is made on a thread instead.
 """
 
 from __future__ import annotations
@@ -136,14 +136,9 @@ class FileSyncs:
         block.aio_resfd = self._eventfd
         self._one[0] = ctypes.pointer(block)
         if self._syscall(ctypes.c_long(self._submit), self._context, ctypes.c_long(1),
-                         self._one) != 1:
-            code = ctypes.get_errno()
-            self._free.append(slot)
-            if code in (errno.EINVAL, errno.EOPNOTSUPP):  # not for this file: on a thread
-                return loop.run_in_executor(None, sync, fd)
-            failed: asyncio.Future[None] = loop.create_future()
-            failed.set_exception(OSError(code, os.strerror(code)))
-            return failed
+                         self._one) != 1:  # refused (this file, a sandbox): on a thread,
+            self._free.append(slot)  # which raises what the flush itself would
+            return loop.run_in_executor(None, sync, fd)
         done: asyncio.Future[None] = loop.create_future()
         self._pending[slot] = done
         return done
