@@ -216,10 +216,7 @@ class LedgerWriter:
         if self._file_syncs is None:  # no kernel AIO here: a thread makes it
             started = asyncio.to_thread(self._here.sync)
         else:
-            try:
-                started = self._here.sync_started(self._file_syncs)
-            except OSError as exc:  # (closed meanwhile) the jobs fail as from the sync
-                started = _raising(exc)
+            started = self._here.sync_started(self._file_syncs)
         self._flushing = asyncio.ensure_future(self._end_flush(jobs, started))
 
     async def _end_flush(self, jobs: list[_Job], started: Awaitable[None]) -> None:
@@ -397,10 +394,6 @@ def _answer(job: _Job) -> None:
         job.future.set_exception(job.error)
     else:
         job.future.set_result(job.result)
-
-
-async def _raising(exc: BaseException) -> None:
-    raise exc
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -87,7 +87,8 @@ class SqliteGroupLedger(SqliteLedger):
             first = syncs.flush(*next(steps))
         except StopIteration:
             return _nothing()
-        except LedgerError as exc:
+        except (LedgerError, OSError) as exc:  # (OSError: the syncs were closed)
+            steps.close()
             return _raise(exc)
         return _flush_rest(steps, first, syncs)
 
