@@ -126,7 +126,10 @@ def test_what_the_network_does_not_do_is_a_400(client: openai.OpenAI) -> None:
 def test_the_agents_sdk_runs_a_tool_agent_on_its_default_responses_model(
         gateway: str) -> None:
     """The tool on the first turn (``required``), an answer after (``none``, set by a hook
-    once the tool ran): the tiny model would call it again under ``auto``."""
+    once the tool ran): the tiny model would call it again under ``auto``. The answer is
+    typed (the SDK's ``output_type``, sent as a strict ``text.format`` schema), so the
+    grammar makes it whole whatever the model would say: a plain answer after a tool is
+    the model's choice, and the tiny one, trained per machine, may choose to say nothing."""
     from agents import (
         Agent,
         AgentHooks,
@@ -137,9 +140,14 @@ def test_the_agents_sdk_runs_a_tool_agent_on_its_default_responses_model(
         function_tool,
         set_tracing_disabled,
     )
+    from pydantic import BaseModel, Field
 
     set_tracing_disabled(True)  # traces would go to OpenAI's servers
     asked: list[str] = []
+
+    class Report(BaseModel):
+        city: str = Field(max_length=20)
+        rain: bool
 
     @function_tool
     def get_weather(city: str) -> str:
@@ -161,16 +169,17 @@ def test_the_agents_sdk_runs_a_tool_agent_on_its_default_responses_model(
                                 http_client=httpx.AsyncClient(event_hooks={"request": [seen]}))
     agent = Agent(
         name="butler", instructions="Answer with the weather.", tools=[get_weather],
-        model=OpenAIResponsesModel(model="tiny", openai_client=client),
+        model=OpenAIResponsesModel(model="tiny", openai_client=client), output_type=Report,
         model_settings=ModelSettings(temperature=0, max_tokens=200, tool_choice="required"),
         hooks=AnswerAfterTheTool(), reset_tool_choice=False)
     result = Runner.run_sync(agent, "What is the weather in Oslo?", max_turns=4)
     assert len(asked) == 1
     outputs = [item.output for item in result.new_items if isinstance(item, ToolCallOutputItem)]
     assert outputs == [f"4 degrees and rain in {asked[0]}"]
-    assert isinstance(result.final_output, str) and result.final_output
+    assert isinstance(result.final_output, Report)
     # the SDK spoke the Responses API, and its second turn carried the tool's result
     assert [r.url.path for r in requests] == ["/v1/responses", "/v1/responses"]
     second = json.loads(requests[1].content)
+    assert second["text"]["format"]["type"] == "json_schema"
     assert {"type": "function_call_output", "call_id": second["input"][-1]["call_id"],
             "output": outputs[0]}.items() <= second["input"][-1].items()

@@ -14,7 +14,9 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+import xgrammar as xgr
 from openai import OpenAI
+from xgrammar.testing import _is_grammar_accept_string
 
 from agoranet.node.launcher import running_command
 from helpers import node_process, rigged_node_process
@@ -26,6 +28,7 @@ SCHEMA = {"type": "object", "properties": {"book": {"type": "string", "maxLength
                                            "pages": {"type": "integer", "minimum": 1,
                                                      "maximum": 900}},
           "required": ["book", "pages"], "additionalProperties": False}
+JSON = xgr.Grammar.builtin_json_grammar()
 
 
 WEATHER = {"type": "object", "properties": {
@@ -158,9 +161,11 @@ def test_the_call_and_result_round_trip_is_answered(gateway: str) -> None:
 
 
 def test_json_object_gives_an_object(gateway: str) -> None:
-    """Greedy, the answer is one whole object; sampled, an object too, unless it ran into
+    """Greedy or sampled, streamed or not, the answer is one whole object, unless it ran into
     ``max_tokens``, which the client is then told (``finish_reason: length``), as OpenAI
-    does."""
+    does. Whether the tiny model closes a free-form object is its own choice (it is trained
+    per machine); that a closed object ends the answer is the grammar's, tested on bounded
+    schemas in ``tests/engines/test_constrained_property.py``."""
     client = OpenAI(base_url=gateway, api_key="x", max_retries=0)
     for temperature in (0.0, 1.0):
         for stream in (False, True):
@@ -175,13 +180,12 @@ def test_json_object_gives_an_object(gateway: str) -> None:
                 reply = client.chat.completions.create(**asked)
                 finish = reply.choices[0].finish_reason
                 text = reply.choices[0].message.content or ""
-            if temperature == 0.0:
-                assert finish == "stop", text
             assert finish in ("stop", "length")
             if finish == "stop":
                 assert isinstance(json.loads(text), dict)
-            else:
-                assert text.startswith("{") and len(text) > 0
+            else:  # cut short: the beginning of an object, nothing the grammar would refuse
+                assert text.startswith("{")
+                assert _is_grammar_accept_string(JSON, text, require_termination=False), text
 
 
 BAD: list[tuple[str, dict[str, Any], str]] = [
