@@ -1,13 +1,14 @@
-"""Per-request timestamps inside a node process, for bench/node_phases.py.
+"""Per-request timestamps inside a node or gateway process, for bench/node_phases.py and
+bench/gateway_phases.py.
 
 Python imports this module at start-up when its folder is on PYTHONPATH. It does
-nothing unless ``AGORANET_PHASE_STAMPS`` names a folder: then, once the node's app
-module is imported, it wraps the functions a completion request passes through
-(entry and exit of each, ``name(`` and ``name)``) and the moment the answer's
+nothing unless ``AGORANET_PHASE_STAMPS`` names a folder: then, once the node's (or the
+gateway's) app module is imported, it wraps the functions a completion request passes
+through (entry and exit of each, ``name(`` and ``name)``) and the moment the answer's
 headers and body are handed to the server, and writes each request's timestamps
 (nanoseconds, from its arrival) to ``<folder>/<pid>.json``. Writes made on other
 threads (the ledger writer's SQL and sync, tokenising) are stamped into the request
-the node saw last: the bench sends one request at a time.
+the process saw last: the benches send one request at a time.
 
 Wrapping costs a few microseconds per stamp; both the paid and the unpaid request
 pay it. Nothing under src/ knows of this.
@@ -102,7 +103,7 @@ def _observe_requests() -> None:
     requestlog.RequestObserver.__call__ = observed  # type: ignore[method-assign]
 
 
-def _install() -> None:
+def _install_node() -> None:
     from agoranet import file_sync
     from agoranet.engines import hf
     from agoranet.node import paid_inference, payment_middleware, service
@@ -134,13 +135,47 @@ def _install() -> None:
         _wrap(owner, name, label)
 
 
+def _install_gateway() -> None:
+    from starlette import responses
+
+    from agoranet.api import handlers, jsonlimits, lean_transport
+    from agoranet.gateway import budget, metrics, relay, service, spendlog
+
+    _observe_requests()
+    wraps = [
+        (handlers, "read_json", "read body"),
+        (service.GatewayService, "chat", "service.chat"),
+        (service.GatewayService, "candidates", "rank"),
+        (service.GatewayService, "reserver", "reserver"),
+        (relay.Relay, "start", "start attempt"),
+        (budget.Budget, "reserve", "budget reserve"),
+        (lean_transport.LeanTransport, "handle_async_request", "node answers headers"),
+        (lean_transport, "_send", "request written to node"),
+        (jsonlimits, "loads_object", "parse an event"),
+        (relay, "_check_event", "check an event"),
+        (relay.Relay, "finish", "finish attempt"),
+        (relay, "_account", "account"),
+        (spendlog.SpendLog, "add", "spend row"),
+        (service.GatewayService, "_completion", "answer built"),
+        (responses.JSONResponse, "render", "JSON rendered"),
+        (metrics.GatewayMetrics, "request_done", "metrics + log line"),
+    ]
+    for owner, name, label in wraps:
+        _wrap(owner, name, label)
+
+
+_INSTALLS = {"agoranet.node.app": _install_node, "agoranet.gateway.app": _install_gateway}
+
+
 class _AfterApp(importlib.abc.MetaPathFinder):
-    """Installs the wraps when the node's app module is first imported."""
+    """Installs the wraps when the node's or the gateway's app module is first imported
+    (before it runs, so the names it imports from elsewhere are the wrapped ones)."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
-        if fullname == "agoranet.node.app":
+        install = _INSTALLS.get(fullname)
+        if install is not None:
             sys.meta_path.remove(self)
-            _install()
+            install()
 
 
 if _FOLDER:
