@@ -21,7 +21,7 @@ PACKAGE = "agoranet"
 
 # Packages (first part below agoranet) by layer, lowest first.
 FOUNDATION = {"errors", "config", "market", "request_ids", "sqlite_store",
-              "sqlite_checkpoints", "store_writer", "file_sync", "api", "proofs",
+              "sqlite_checkpoints", "store_writer", "loop_batch", "file_sync", "api", "proofs",
               "tinymodel"}
 LOWER = {"chain", "payments", "registry", "engines", "tuning", "verify"}
 COMPOSERS = {"node", "gateway"}

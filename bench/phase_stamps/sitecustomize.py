@@ -139,7 +139,8 @@ def _install_gateway() -> None:
     from starlette import responses
 
     from agoranet.api import handlers, jsonlimits, lean_transport
-    from agoranet.gateway import budget, metrics, relay, service, spendlog
+    from agoranet import store_writer
+    from agoranet.gateway import budget, metrics, nodes, relay, service, spendlog
 
     _observe_requests()
     wraps = [
@@ -156,6 +157,8 @@ def _install_gateway() -> None:
         (relay.Relay, "finish", "finish attempt"),
         (relay, "_account", "account"),
         (spendlog.SpendLog, "add", "spend row"),
+        (nodes.NodeState, "record_success", "node's success recorded"),
+        (store_writer.StoreWriter, "submit", "event handed to a writer thread"),
         (service.GatewayService, "_completion", "answer built"),
         (responses.JSONResponse, "render", "JSON rendered"),
         (metrics.GatewayMetrics, "request_done", "metrics + log line"),

@@ -5,8 +5,11 @@ daemon thread (so on one connection, in the order they were given). A caller
 that needs its write done before it goes on awaits :meth:`StoreWriter.call`
 (the loop serves other requests meanwhile); a write nothing waits for -- a log
 row, a reputation event -- is handed over with :meth:`StoreWriter.submit` and
-never waits at all. :meth:`StoreWriter.flush` waits until every write handed
-over so far has run (a reader that must see them calls it first), and
+never waits at all: made on an event loop, it goes to the thread with the others
+made within :data:`~agoranet.loop_batch.HAND_OVER_S` (:class:`~agoranet.loop_batch.LoopBatch`:
+one wake of the thread for them all, none on the way of the request that made it),
+and before any later awaited write. :meth:`StoreWriter.flush` waits until every
+write handed over so far has run (a reader that must see them calls it first), and
 :meth:`StoreWriter.close` flushes, then stops the thread: every submitted write
 is on disk once the store is closed.
 
@@ -26,6 +29,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from agoranet.loop_batch import LoopBatch
+
 __all__ = ["StoreWriter"]
 
 logger = logging.getLogger(__name__)
@@ -43,6 +48,7 @@ class StoreWriter:
         self._idle = threading.Condition()
         self._pending = 0  # writes handed over and not yet run
         self._closed = False
+        self._submitted: LoopBatch[Callable[[], None]] = LoopBatch(self._hand_over)
         self.done = 0  # writes run so far
 
     async def call(self, fn: Callable[[], _T]) -> _T:
@@ -81,13 +87,15 @@ class StoreWriter:
             except Exception:
                 logger.exception("a write by %s failed", self._name)
 
-        self._put(job)
+        self._count_in()
+        self._submitted.add(job)
 
     def flush(self) -> None:
         """Wait until every write handed over so far has run (from any thread but the
         writer's own, where it returns at once)."""
         if threading.current_thread() is self._thread:
             return
+        self._submitted.drain()
         with self._idle:
             self._idle.wait_for(lambda: self._pending == 0)
 
@@ -98,6 +106,7 @@ class StoreWriter:
                 return
             self._closed = True
             thread = self._thread
+        self._submitted.drain()
         if thread is not None:
             self._queue.put(None)
             thread.join()
@@ -108,6 +117,13 @@ class StoreWriter:
         return self._pending
 
     def _put(self, job: Callable[[], None]) -> None:
+        """Hand ``job`` over now, after the submitted writes held for their batch."""
+        self._count_in()
+        self._submitted.drain()
+        self._queue.put(job)
+
+    def _count_in(self) -> None:
+        """One more write for the thread (started now if it is not yet)."""
         with self._start_lock:
             if self._closed:
                 raise RuntimeError(f"{self._name} is closed")
@@ -116,7 +132,10 @@ class StoreWriter:
                 self._thread.start()
             with self._idle:
                 self._pending += 1
-        self._queue.put(job)
+
+    def _hand_over(self, jobs: list[Callable[[], None]]) -> None:
+        for job in jobs:
+            self._queue.put(job)
 
     def _run(self) -> None:
         while True:
