@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from agoranet.node.launcher import free_port, running_node
 
 __all__ = ["EMBED_DIR", "ROOT", "SMALL_DIR", "TINY_DIR", "bound_socket", "ensure_embedding_model",
            "ensure_small_model", "ensure_tiny_model", "free_port", "logged", "node_process",
-           "rigged_node_process", "served", "wait_until"]
+           "rigged_node_process", "served", "served_on_a_thread", "wait_until"]
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DIR = Path(os.environ.get("AGORANET_TINY_MODEL", ROOT / "models" / "tiny"))
@@ -118,3 +119,27 @@ async def served(app: Any) -> AsyncIterator[str]:
             await task
         finally:
             sock.close()
+
+
+@contextmanager
+def served_on_a_thread(config: Callable[[int], uvicorn.Config], wait: float = 10.0
+                       ) -> Iterator[tuple[str, int]]:
+    """A real uvicorn server on a thread of its own (on uvloop where installed, as it serves
+    in production), with the config ``config(port)`` makes for a port bound here first;
+    its address. Stopped on exit."""
+    sock = bound_socket()
+    port = int(sock.getsockname()[1])
+    server = uvicorn.Server(config(port))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(int(wait / 0.02)):
+            if server.started or not thread.is_alive():
+                break
+            threading.Event().wait(0.02)
+        assert server.started, "the server did not start"
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        thread.join(wait)
+        sock.close()

@@ -103,15 +103,17 @@ def _observe_requests() -> None:
     requestlog.RequestObserver.__call__ = observed  # type: ignore[method-assign]
 
 
-def _install_node() -> None:
+Wraps = list[tuple[Any, str, str]]  # (module or class, function's name, its label)
+
+
+def _node_wraps() -> Wraps:
     from agoranet import file_sync
     from agoranet.engines import hf
     from agoranet.node import paid_inference, payment_middleware, service
     from agoranet.payments.accept import acceptor, ledger_writer, sqlite_group, sqlite_ledger
     from agoranet.payments.schemes import batch_settlement
 
-    _observe_requests()
-    wraps = [
+    return [
         (payment_middleware.PaymentMiddleware, "__call__", "payment middleware"),
         (paid_inference.PaidInference, "parse", "parse body"),
         (acceptor.PaymentAcceptor, "authorize_ahead", "authorize"),
@@ -131,19 +133,16 @@ def _install_node() -> None:
         (paid_inference.PaidCall, "answered", "receipt + payment response"),
         (paid_inference.PaidCall, "final_sent", "charge"),
     ]
-    for owner, name, label in wraps:
-        _wrap(owner, name, label)
 
 
-def _install_gateway() -> None:
+def _gateway_wraps() -> Wraps:
     from starlette import responses
 
-    from agoranet.api import handlers, jsonlimits, lean_transport
     from agoranet import store_writer
+    from agoranet.api import handlers, jsonlimits, lean_transport
     from agoranet.gateway import budget, metrics, nodes, relay, service, spendlog
 
-    _observe_requests()
-    wraps = [
+    return [
         (handlers, "read_json", "read body"),
         (service.GatewayService, "chat", "service.chat"),
         (service.GatewayService, "candidates", "rank"),
@@ -163,11 +162,9 @@ def _install_gateway() -> None:
         (responses.JSONResponse, "render", "JSON rendered"),
         (metrics.GatewayMetrics, "request_done", "metrics + log line"),
     ]
-    for owner, name, label in wraps:
-        _wrap(owner, name, label)
 
 
-_INSTALLS = {"agoranet.node.app": _install_node, "agoranet.gateway.app": _install_gateway}
+_WRAPS = {"agoranet.node.app": _node_wraps, "agoranet.gateway.app": _gateway_wraps}
 
 
 class _AfterApp(importlib.abc.MetaPathFinder):
@@ -175,10 +172,12 @@ class _AfterApp(importlib.abc.MetaPathFinder):
     (before it runs, so the names it imports from elsewhere are the wrapped ones)."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
-        install = _INSTALLS.get(fullname)
-        if install is not None:
+        wraps = _WRAPS.get(fullname)
+        if wraps is not None:
             sys.meta_path.remove(self)
-            install()
+            _observe_requests()
+            for owner, name, label in wraps():
+                _wrap(owner, name, label)
 
 
 if _FOLDER:

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -26,7 +24,7 @@ from starlette.routing import Route
 from agoranet.api import server as server_module
 from agoranet.api.batched_writes import FLUSH_AT, BatchedWrites
 from agoranet.api.server import HttpProtocol, ServerLimits, uvicorn_config
-from helpers import bound_socket
+from helpers import served_on_a_thread
 
 WAIT = 10.0
 
@@ -165,23 +163,11 @@ def served(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
            ) -> Iterator[tuple[str, int]]:
     monkeypatch.setattr(server_module, "BatchedWrites", Counted)
     protocol: HttpProtocol = request.param
-    sock = bound_socket()
-    port = int(sock.getsockname()[1])
     app = Starlette(routes=[Route("/json", _json), Route("/stream", _stream)])
-    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, ServerLimits(), protocol))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(int(WAIT / 0.02)):
-            if server.started or not thread.is_alive():
-                break
-            threading.Event().wait(0.02)
-        assert server.started, "the server did not start"
-        yield "127.0.0.1", port
-    finally:
-        server.should_exit = True
-        thread.join(WAIT)
-        sock.close()
+    with served_on_a_thread(lambda port: uvicorn_config(app, "127.0.0.1", port,
+                                                        ServerLimits(), protocol),
+                            WAIT) as address:
+        yield address
 
 
 def _get(address: tuple[str, int], path: str) -> bytes:

@@ -17,12 +17,10 @@ import contextlib
 import json
 import socket
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, closing
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -37,7 +35,7 @@ from agoranet.api.server import (
     uvicorn_config,
 )
 from agoranet.errors import ConfigError
-from helpers import bound_socket
+from helpers import served_on_a_thread
 
 WAIT = 10.0  # bounds every read; the header deadline under test is 0.5 s
 LIMITS = ServerLimits(header_timeout_s=0.5, keep_alive_s=30, max_connections=8,
@@ -52,23 +50,10 @@ async def _echo(request: Request) -> Response:
 @pytest.fixture(params=PROTOCOLS)
 def server(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
     protocol: HttpProtocol = request.param
-    sock = bound_socket()
-    port = int(sock.getsockname()[1])
     app = Starlette(routes=[Route("/echo", _echo, methods=["GET", "POST"])])
-    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, LIMITS, protocol))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(int(WAIT / 0.02)):
-            if server.started or not thread.is_alive():
-                break
-            threading.Event().wait(0.02)
-        assert server.started, "the server did not start"
-        yield "127.0.0.1", port
-    finally:
-        server.should_exit = True
-        thread.join(WAIT)
-        sock.close()
+    with served_on_a_thread(lambda port: uvicorn_config(app, "127.0.0.1", port, LIMITS,
+                                                        protocol), WAIT) as address:
+        yield address
 
 
 def connect(address: tuple[str, int]) -> socket.socket:
