@@ -38,8 +38,9 @@ WARM_UP = 0.1  # the share of the first requests left out
 
 def stamps_by_request(folder: Path) -> list[dict[str, object]]:
     requests: list[dict[str, object]] = []
-    for path in sorted(folder.glob("*.json")):
-        requests.extend(json.loads(path.read_text(encoding="utf-8")))
+    for path in sorted(folder.glob("*.jsonl")):
+        requests.extend(json.loads(line) for line in path.read_text(encoding="utf-8")
+                        .splitlines())
     return requests
 
 

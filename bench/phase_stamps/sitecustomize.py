@@ -6,7 +6,8 @@ nothing unless ``AGORANET_PHASE_STAMPS`` names a folder: then, once the node's (
 gateway's) app module is imported, it wraps the functions a completion request passes
 through (entry and exit of each, ``name(`` and ``name)``) and the moment the answer's
 headers and body are handed to the server, and writes each request's timestamps
-(nanoseconds, from its arrival) to ``<folder>/<pid>.json``. Writes made on other
+(nanoseconds, from its arrival) to ``<folder>/<pid>.jsonl``, a line per request, every
+ten requests and at exit. Writes made on other
 threads (the ledger writer's SQL and sync, tokenising) are stamped into the request
 the process saw last: the benches send one request at a time.
 
@@ -41,10 +42,17 @@ def stamp(name: str) -> None:
         stamps.append((name, time.perf_counter_ns()))
 
 
+_written = [0]  # requests written so far
+
+
 def _dump() -> None:
+    """Append the requests seen since the last time (the benches send one at a time)."""
     if _FOLDER:
-        (Path(_FOLDER) / f"{os.getpid()}.json").write_text(json.dumps(_requests),
-                                                          encoding="utf-8")
+        ended = _requests[_written[0]:]
+        if ended:
+            with (Path(_FOLDER) / f"{os.getpid()}.jsonl").open("a", encoding="utf-8") as out:
+                out.writelines(json.dumps(r) + "\n" for r in ended)
+            _written[0] += len(ended)
 
 
 def _wrap(owner: Any, name: str, label: str) -> None:
@@ -97,7 +105,7 @@ def _observe_requests() -> None:
                 stamp("body sent")
         await observe(self, scope, receive, stamped_send)
         stamp("done")
-        if len(_requests) % 100 == 0:
+        if len(_requests) % 10 == 0:
             _dump()
 
     requestlog.RequestObserver.__call__ = observed  # type: ignore[method-assign]
