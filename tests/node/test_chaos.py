@@ -37,9 +37,8 @@ async def test_every_other_stream_is_cut_after_three_frames() -> None:
         async with chaotic(engine, fail_after=3, fail_every=2) as client:
             first = await read_stream(client)
             assert first[-1] == "data: [DONE]"
-            with pytest.raises(BaseExceptionGroup) as caught:  # anyio's task group wraps it
+            with pytest.raises(ConnectionCut):  # through the in-process client, unwrapped
                 await read_stream(client)
-            assert caught.group_contains(ConnectionCut)
             plain = await client.post("/v1/chat/completions", json={**BODY, "stream": False})
             assert plain.status_code == 200
     finally:
