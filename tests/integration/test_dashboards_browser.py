@@ -80,7 +80,8 @@ def _watch(page: Any, errors: list[str]) -> None:
     page.on("pageerror", lambda exc: errors.append(str(exc)))
 
 
-_POINTS = """id => { const c = Chart.getChart(id);
+# 0 until the page's charts are drawn (Chart.js, a deferred script, may not have run yet)
+_POINTS = """id => { const c = typeof Chart === "undefined" ? null : Chart.getChart(id);
   return c ? c.data.datasets.reduce((n, d) => n + d.data.filter(v => v > 0).length, 0) : 0; }"""
 
 
@@ -153,7 +154,8 @@ def _dashboards(network: DemoNetwork, found: dict[str, Any]) -> None:
             node_url = network.nodes[node_name]
             page.goto(node_url + "/login")
             page.fill("input[name=secret]", network.operator_secrets[node_name])
-            page.click("button[type=submit]")
+            with page.expect_navigation():  # to the dashboard (on a busy machine, not at once)
+                page.click("button[type=submit]")
             page.wait_for_function(f"() => ({_POINTS})('earnings-chart') > 0", timeout=30_000)
             page.wait_for_selector("#channels-table table", timeout=30_000)
             found["node"] = {"name": node_name,
