@@ -5,7 +5,8 @@ closing and half-closing write what is held first, an abort drops it, a large am
 written at once, and nothing is written to a transport already closing. On a real
 uvicorn server of ``agoranet.api.server`` (both parsers) and a raw socket: a JSON answer
 is one write, headers and body; an event stream's frames made back to back are one
-write, and frames with a wait between them are not held for each other.
+write, and frames with a wait between them are not held for each other; an answer is
+written out before the work the app does after it (a paid answer's charge) begins.
 """
 
 from __future__ import annotations
@@ -153,6 +154,20 @@ async def _frames(pause: float) -> AsyncIterator[bytes]:
     yield b"data: [DONE]\n\n"
 
 
+_LEFT_BEFORE_THE_WORK: list[bytes] = []
+
+
+class AnswerThenWork:
+    """An ASGI app: an answer, then work done after it (as a paid answer's charge is); what
+    had been written when that work began is noted."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+        _LEFT_BEFORE_THE_WORK.append(b"".join(Counted.writes))
+
+
 async def _stream(request: Request) -> Response:
     pause = float(request.query_params.get("pause", "0"))
     return StreamingResponse(_frames(pause), media_type="text/event-stream")
@@ -163,7 +178,8 @@ def served(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
            ) -> Iterator[tuple[str, int]]:
     monkeypatch.setattr(server_module, "BatchedWrites", Counted)
     protocol: HttpProtocol = request.param
-    app = Starlette(routes=[Route("/json", _json), Route("/stream", _stream)])
+    app = Starlette(routes=[Route("/json", _json), Route("/stream", _stream),
+                            Route("/then-work", AnswerThenWork())])
     with served_on_a_thread(lambda port: uvicorn_config(app, "127.0.0.1", port,
                                                         ServerLimits(), protocol),
                             WAIT) as address:
@@ -201,3 +217,15 @@ def test_frames_with_a_wait_between_them_are_not_held_for_each_other(
     assert len(Counted.writes) >= 3  # the head with frame 0, frame 1, frame 2 with the end
     assert b"data: 0" in Counted.writes[0] and b"data: 1" not in Counted.writes[0]
     assert b"".join(Counted.writes) == data
+
+
+def test_an_answer_is_out_before_the_work_after_it_begins(served: tuple[str, int]) -> None:
+    """On a kept-alive connection (closing one writes what is held anyway)."""
+    _LEFT_BEFORE_THE_WORK.clear()
+    Counted.writes = []
+    with socket.create_connection(served, timeout=WAIT) as sock:
+        sock.sendall(b"GET /then-work HTTP/1.1\r\nhost: x\r\n\r\n")
+        data = b""
+        while not data.endswith(b"\r\n\r\nok"):
+            data += sock.recv(65536)
+    assert [data] == _LEFT_BEFORE_THE_WORK  # headers and body, in one write, before the work

@@ -11,16 +11,22 @@ and its transport and holds what is written until the current turn of the loop e
 leaves together, and nothing waits longer than the callbacks already due in that turn
 (what Node.js's HTTP server does with ``cork`` and an uncork on the next tick).
 
-Closing, a half-close (``write_eof``) and more than :data:`FLUSH_AT` bytes held write
-what is held first; an abort drops it, as the transport's own buffer is dropped.
+A response's last body message is written at once (:class:`FlushedAtEnd`, around the
+app of each connection): what the app does after its answer (a paid answer's charge, the
+request's metrics and log line) is not on the way to the client. Closing, a half-close
+(``write_eof``) and more than :data:`FLUSH_AT` bytes held write what is held first; an
+abort drops it, as the transport's own buffer is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["FLUSH_AT", "BatchedWrites"]
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["FLUSH_AT", "BatchedWrites", "FlushedAtEnd"]
 
 FLUSH_AT: Final = 64 * 1024  # bytes held before they are written without waiting
 
@@ -102,3 +108,23 @@ class BatchedWrites(asyncio.Transport):
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._transport.get_write_buffer_limits()
+
+
+class FlushedAtEnd:
+    """``app``, whose responses' last body message ``flush`` writes out at once."""
+
+    def __init__(self, app: ASGIApp, flush: Callable[[], None]) -> None:
+        self.app = app
+        self.flush = flush
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def flushing_send(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self.flush()
+
+        await self.app(scope, receive, flushing_send)

@@ -16,7 +16,8 @@ a cap on open connections (one over the cap is closed at once). The body is boun
 time by :class:`~agoranet.api.limits.BodyLimitMiddleware`. What a connection's response
 writes in one turn of the event loop leaves in one write
 (:class:`~agoranet.api.batched_writes.BatchedWrites`): a JSON answer's headers with its
-body, an event stream's frames made back to back together.
+body, an event stream's frames made back to back together; a response's end is written at
+once, before what the app does after it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from agoranet.api.batched_writes import BatchedWrites
+from agoranet.api.batched_writes import BatchedWrites, FlushedAtEnd
 from agoranet.api.errors import error_body
 from agoranet.api.queued_logging import logging_off_the_loop
 from agoranet.config import HttpProtocol
@@ -81,6 +82,7 @@ class _Guard(asyncio.Protocol):
 
     limits: ClassVar[ServerLimits]
     # The protocol's own (uvicorn's):
+    app: ASGIApp
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     connections: set[Any]
@@ -89,8 +91,10 @@ class _Guard(asyncio.Protocol):
     _header_bytes = 0  # received while a request's headers are due
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # What a response writes in one turn of the loop leaves in one packet.
-        super().connection_made(BatchedWrites(cast(asyncio.Transport, transport), self.loop))
+        # What a response writes in one turn of the loop leaves in one packet; its end at once.
+        batched = BatchedWrites(cast(asyncio.Transport, transport), self.loop)
+        super().connection_made(batched)
+        self.app = FlushedAtEnd(self.app, batched.flush)
         if len(self.connections) > self.limits.max_connections:
             logger.warning("refusing a connection: %d are open (the limit)",
                            self.limits.max_connections)
