@@ -13,11 +13,7 @@ parsers (:class:`_Guard`): a deadline for a request's headers (from the connecti
 start, or from the previous response), a bound on a request's head, whole or in pieces
 (``max_header_bytes``, answered 431; h11 alone bounds only a head still incomplete), and
 a cap on open connections (one over the cap is closed at once). The body is bounded in
-time by :class:`~agoranet.api.limits.BodyLimitMiddleware`. What a connection's response
-writes in one turn of the event loop leaves in one write
-(:class:`~agoranet.api.batched_writes.BatchedWrites`): a JSON answer's headers with its
-body, an event stream's frames made back to back together; a response's end is written at
-once, before what the app does after it.
+time by :class:`~agoranet.api.limits.BodyLimitMiddleware`.
 """
 
 from __future__ import annotations
@@ -34,7 +30,6 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from agoranet.api.batched_writes import BatchedWrites, FlushedAtEnd
 from agoranet.api.errors import error_body
 from agoranet.api.queued_logging import logging_off_the_loop
 from agoranet.config import HttpProtocol
@@ -82,7 +77,6 @@ class _Guard(asyncio.Protocol):
 
     limits: ClassVar[ServerLimits]
     # The protocol's own (uvicorn's):
-    app: ASGIApp
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     connections: set[Any]
@@ -91,10 +85,7 @@ class _Guard(asyncio.Protocol):
     _header_bytes = 0  # received while a request's headers are due
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # What a response writes in one turn of the loop leaves in one packet; its end at once.
-        batched = BatchedWrites(cast(asyncio.Transport, transport), self.loop)
-        super().connection_made(batched)
-        self.app = FlushedAtEnd(self.app, batched.flush)
+        super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             logger.warning("refusing a connection: %d are open (the limit)",
                            self.limits.max_connections)
