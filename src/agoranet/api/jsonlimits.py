@@ -12,7 +12,6 @@ so no later ``float()`` or database write meets a 4,000-digit number.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Final
 
 import httpx
@@ -26,7 +25,11 @@ __all__ = ["DEFAULT_MAX_BYTES", "MAX_DEPTH", "MAX_INT_DIGITS", "loads", "loads_o
 DEFAULT_MAX_BYTES: Final = 8 * 1024 * 1024
 MAX_DEPTH: Final = 200  # jiter's fixed nesting limit
 MAX_INT_DIGITS: Final = 80  # a uint256 has 78
-_LONG_DIGITS: Final = re.compile(rb"[0-9]{%d,}" % (MAX_INT_DIGITS + 1))
+# Each digit read as "1" and every other byte as "0": a run of more than MAX_INT_DIGITS
+# digits is then a substring search (a regular expression for it tried each position,
+# ~20 ns a byte: a payment header's parse spent more on it than on the JSON).
+_DIGITS_AS_ONES: Final = bytes(0x31 if 0x30 <= b <= 0x39 else 0x30 for b in range(256))
+_LONG_RUN: Final = b"1" * (MAX_INT_DIGITS + 1)
 _INT_BOUND: Final = 10**MAX_INT_DIGITS
 
 
@@ -52,7 +55,7 @@ def loads(data: str | bytes | bytearray, *, what: str = "the input",
         elif reason.startswith("number out of range"):
             reason = f"a number is too large ({reason})"
         raise _error(what, f"is not valid JSON: {reason}") from None
-    if _LONG_DIGITS.search(raw) and _has_huge_int(value):
+    if _LONG_RUN in raw.translate(_DIGITS_AS_ONES) and _has_huge_int(value):
         raise _error(what, f"holds an integer of more than {MAX_INT_DIGITS} digits")
     return value
 

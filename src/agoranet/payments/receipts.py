@@ -12,7 +12,7 @@ The digest is computed here with keccak directly (fast) and matches
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from web3 import Web3
@@ -70,10 +70,11 @@ class Receipt:
     signature: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        for key in ("amount", "cumulative"):
-            data[key] = str(data[key])
-        return _camel(data)
+        """The wire form (camelCase; ``amount`` and ``cumulative`` as decimal strings)."""
+        return {"requestId": self.request_id, "channelId": self.channel_id,
+                "tokensIn": self.tokens_in, "tokensOut": self.tokens_out,
+                "amount": str(self.amount), "cumulative": str(self.cumulative),
+                "chainId": self.chain_id, "signer": self.signer, "signature": self.signature}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Receipt:
@@ -91,14 +92,6 @@ class Receipt:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ReceiptError(f"malformed receipt: {exc}") from None
-
-
-def _camel(data: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        head, *rest = key.split("_")
-        out[head + "".join(w.title() for w in rest)] = value
-    return out
 
 
 def _u256(value: int) -> bytes:
