@@ -97,11 +97,15 @@ def main() -> None:
     moments = medians(requests, False)
     if not moments:
         raise SystemExit("no stamps were written: is bench/phase_stamps/ importable?")
-    table = Table(title="a 1-token chat request in the gateway: median µs since it arrived")
+    on_cpu = medians(requests, False, cpu=True)
+    table = Table(title="a 1-token chat request in the gateway: median µs since it arrived, "
+                  "and the event loop thread's CPU µs by then (cpu)")
     table.add_column("moment")
     table.add_column("µs", justify="right")
+    table.add_column("cpu", justify="right")
     for name in sorted(moments, key=moments.__getitem__):
-        table.add_row(name, f"{moments[name]:,.0f}")
+        table.add_row(name, f"{moments[name]:,.0f}",
+                      f"{on_cpu[name]:,.0f}" if name in on_cpu else "")
     console.print(table)
     direct_ms = statistics.median(seen["direct"])
     gateway_ms = statistics.median(seen["gateway"])

@@ -8,7 +8,9 @@ payment's decode, signature check, the voucher's SQL and sync, tokenising,
 generation, the receipt, the charge; see ``bench/phase_stamps/sitecustomize.py``).
 Prints, for each moment, the median microseconds since the request reached the node
 for the unpaid and the paid request (the first tenth of the requests left out as
-warm-up), then the bench's own figures, so what payment adds can be read against the
+warm-up) and, for the moments on the event loop's thread, that thread's CPU time since
+the request arrived (where the two grow alike the loop was working, not waiting), then
+the bench's own figures, so what payment adds can be read against the
 steps that add it: work on the event loop before tokenising starts, the voucher's
 sync ending after tokenising, the receipt before the headers.
 
@@ -44,20 +46,26 @@ def stamps_by_request(folder: Path) -> list[dict[str, object]]:
     return requests
 
 
-def medians(requests: list[dict[str, object]], paid: bool) -> dict[str, float]:
-    """Each moment's median microseconds since arrival (a moment's first stamp)."""
+def medians(requests: list[dict[str, object]], paid: bool, *, cpu: bool = False
+            ) -> dict[str, float]:
+    """Each moment's median microseconds since arrival (a moment's first stamp); with
+    ``cpu``, the event loop thread's CPU microseconds since arrival instead, for the
+    moments stamped on that thread (the rest of the time it waited: for the interpreter's
+    lock, the disk, a thread's answer)."""
     chosen = [r for r in requests if r["paid"] is paid]
     chosen = chosen[int(len(chosen) * WARM_UP):]
     moments: dict[str, list[float]] = {}
     for request in chosen:
         stamps = request["stamps"]
         assert isinstance(stamps, list)
-        start = stamps[0][1]
+        start = stamps[0][2 if cpu else 1]
         seen: set[str] = set()
-        for name, at in stamps:
+        for name, at, loop_cpu in stamps:
             if name not in seen:
                 seen.add(name)
-                moments.setdefault(name, []).append((at - start) / 1000)
+                value = loop_cpu if cpu else at
+                if value is not None:
+                    moments.setdefault(name, []).append((value - start) / 1000)
     return {name: statistics.median(values) for name, values in moments.items()}
 
 
@@ -82,13 +90,15 @@ def main() -> None:
     unpaid, paid = medians(requests, False), medians(requests, True)
     if not unpaid or not paid:
         raise SystemExit("no stamps were written: is bench/phase_stamps/ importable?")
-    table = Table(title="a completion request in the node: median µs since it arrived")
+    unpaid_cpu, paid_cpu = medians(requests, False, cpu=True), medians(requests, True, cpu=True)
+    table = Table(title="a completion request in the node: median µs since it arrived, and "
+                  "the event loop thread's CPU µs by then (cpu)")
     table.add_column("moment")
-    table.add_column("unpaid", justify="right")
-    table.add_column("paid", justify="right")
+    for column in ("unpaid", "cpu", "paid", "cpu"):
+        table.add_column(column, justify="right")
     for name in sorted(set(unpaid) | set(paid), key=lambda n: paid.get(n, unpaid.get(n, 0))):
-        table.add_row(name, f"{unpaid[name]:,.0f}" if name in unpaid else "",
-                      f"{paid[name]:,.0f}" if name in paid else "")
+        table.add_row(name, *(f"{column[name]:,.0f}" if name in column else ""
+                              for column in (unpaid, unpaid_cpu, paid, paid_cpu)))
     console.print(table)
     summary = [line for line in run.stdout.splitlines()
                if "unpaid (--free)" in line or "paid (batch" in line or "payment adds" in line]

@@ -7,7 +7,9 @@ gateway's) app module is imported, it wraps the functions a completion request p
 through (entry and exit of each, ``name(`` and ``name)``) and the moment the answer's
 headers and body are handed to the server, and writes each request's timestamps
 (nanoseconds, from its arrival) to ``<folder>/<pid>.jsonl``, a line per request, every
-ten requests and at exit. Writes made on other
+ten requests and at exit. A stamp made on the event loop's thread also carries that
+thread's CPU time (``time.thread_time_ns``), so a bench can tell the loop working from the
+loop waiting (for the interpreter's lock, the disk, another thread). Writes made on other
 threads (the ledger writer's SQL and sync, tokenising) are stamped into the request
 the process saw last: the benches send one request at a time.
 
@@ -25,21 +27,27 @@ import importlib.abc
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 _FOLDER = os.environ.get("AGORANET_PHASE_STAMPS")
-_current: contextvars.ContextVar[list[tuple[str, int]] | None] = contextvars.ContextVar(
+# (name, nanoseconds, the loop thread's CPU nanoseconds or None on another thread)
+_Stamp = tuple[str, int, int | None]
+_current: contextvars.ContextVar[list[_Stamp] | None] = contextvars.ContextVar(
     "agoranet_phase_stamps", default=None)
-_last: list[list[tuple[str, int]] | None] = [None]
+_last: list[list[_Stamp] | None] = [None]
+_loop_thread = [0]  # the thread requests arrive on: the event loop's
 _requests: list[dict[str, Any]] = []
 
 
 def stamp(name: str) -> None:
     stamps = _current.get() or _last[0]
     if stamps is not None:
-        stamps.append((name, time.perf_counter_ns()))
+        at = time.perf_counter_ns()
+        on_loop = threading.get_ident() == _loop_thread[0]
+        stamps.append((name, at, time.thread_time_ns() if on_loop else None))
 
 
 _written = [0]  # requests written so far
@@ -90,7 +98,8 @@ def _observe_requests() -> None:
         if scope["type"] != "http" or not scope["path"].endswith("/completions"):
             await observe(self, scope, receive, send)
             return
-        stamps = [("arrived", time.perf_counter_ns())]
+        _loop_thread[0] = threading.get_ident()
+        stamps: list[_Stamp] = [("arrived", time.perf_counter_ns(), time.thread_time_ns())]
         paid = any(k.lower() == b"payment-signature" for k, _ in scope["headers"])
         _requests.append({"paid": paid, "stamps": stamps})
         _current.set(stamps)
@@ -135,6 +144,9 @@ def _node_wraps() -> Wraps:
         (file_sync.FileSyncs, "flush", "flush asked of the kernel"),
         (file_sync.FileSyncs, "_reap", "flush done"),
         (paid_inference.PaidInference, "prepare", "prepare"),
+        (service.InferenceService, "prepare", "service prepare"),
+        (hf.TransformersEngine, "prepare", "engine prepare"),
+        (paid_inference.PaidInference, "admit", "admit"),
         (hf, "encode_prompt", "tokenise"),
         (acceptor.PaymentAcceptor, "require", "require worst case"),
         (service.InferenceService, "start", "generate"),
