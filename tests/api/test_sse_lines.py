@@ -3,6 +3,7 @@ without end is refused once it passes the limit instead of filling memory."""
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import AsyncIterator
 
 import httpx
@@ -11,13 +12,15 @@ import pytest
 from agoranet.api.sse import iter_sse_data
 
 
-async def data_of(chunks: list[bytes], max_line: int = 1000) -> list[str]:
+async def data_of(chunks: list[bytes], max_line: int = 1000,
+                  headers: dict[str, str] | None = None) -> list[str]:
     async def body() -> AsyncIterator[bytes]:
         for chunk in chunks:
             yield chunk
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, content=body(), headers={
+            "content-type": "text/event-stream", **(headers or {})})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client, \
             client.stream("GET", "http://node/stream") as response:
@@ -37,3 +40,13 @@ async def test_an_endless_line_is_refused() -> None:
     with pytest.raises(httpx.DecodingError, match="longer than 1000"):
         await data_of([b"data: " + b"[" * 600, b"[" * 600, b"]" * 10])
     assert await data_of([b"data: " + b"x" * 990 + b"\n"]) == ["x" * 990]
+
+
+async def test_a_compressed_stream_is_decompressed_first() -> None:
+    packed = gzip.compress(b"data: {\"a\": 1}\n\ndata: \xc3\xa9\n\ndata: [DONE]\n\n")
+    chunks = [packed[:10], packed[10:]]
+    assert await data_of(chunks, headers={"content-encoding": "gzip"}) == ['{"a": 1}', "\u00e9"]
+
+
+async def test_bytes_that_are_not_utf8_are_replaced_not_fatal() -> None:
+    assert await data_of([b"data: a\xffb\n\n"]) == ["a\ufffdb"]

@@ -13,8 +13,8 @@ from pydantic import BaseModel
 __all__ = ["DONE", "MAX_SSE_LINE", "iter_sse_data", "sse_event", "sse_json"]
 
 DONE = b"data: [DONE]\n\n"
-MAX_SSE_LINE: Final = 8 * 1024 * 1024  # characters in one line of a stream we read
-_NEWLINE: Final = re.compile(r"\r\n|\r|\n")
+MAX_SSE_LINE: Final = 8 * 1024 * 1024  # bytes in one line of a stream we read
+_NEWLINE: Final = re.compile(rb"\r\n|\r|\n")
 
 
 def sse_json(payload: dict[str, Any]) -> bytes:
@@ -33,34 +33,36 @@ async def iter_sse_data(response: httpx.Response, *,
 
     The body is read to its end, so the connection goes back to the pool for the
     next request instead of being closed half-read. A line longer than ``max_line``
-    characters is ``httpx.DecodingError`` (a peer cannot make us buffer more).
+    bytes is ``httpx.DecodingError`` (a peer cannot make us buffer more). Lines end
+    with any of CRLF, CR, LF; they are split as bytes (the body is not turned into text
+    as a whole) and each payload decoded once, whole: an event stream is UTF-8.
     """
     done = False
-    async for line in _lines(response, max_line):
-        if done or not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            done = True
-            continue
-        yield data
-
-
-async def _lines(response: httpx.Response, max_line: int) -> AsyncIterator[str]:
-    """The lines of a text response (any of CRLF, CR, LF ends one), each at most
-    ``max_line`` characters."""
-    pending: list[str] = []
+    pending: list[bytes] = []  # the start of a line whose end has not arrived
     size = 0
-    async for text in response.aiter_text():
-        *ended, rest = _NEWLINE.split(text)
-        for part in ended:
-            pending.append(part)
-            yield "".join(pending)
+    async for chunk in response.aiter_bytes():
+        lines = _NEWLINE.split(chunk)
+        rest = lines.pop()
+        if lines and pending:
+            pending.append(lines[0])
+            lines[0] = b"".join(pending)
             pending, size = [], 0
-        pending.append(rest)
-        size += len(rest)
-        if size > max_line:
-            raise httpx.DecodingError(f"a line of the event stream is longer than {max_line} "
-                                      "characters", request=response.request)
-    if size:
-        yield "".join(pending)
+        for line in lines:
+            if done or not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                done = True
+                continue
+            yield data.decode("utf-8", "replace")
+        if rest:
+            pending.append(rest)
+            size += len(rest)
+            if size > max_line:
+                raise httpx.DecodingError(f"a line of the event stream is longer than "
+                                          f"{max_line} bytes", request=response.request)
+    line = b"".join(pending)
+    if not done and line.startswith(b"data:"):
+        data = line[5:].strip()
+        if data != b"[DONE]":
+            yield data.decode("utf-8", "replace")
