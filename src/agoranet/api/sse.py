@@ -48,21 +48,22 @@ async def iter_sse_data(response: httpx.Response, *,
             lines[0] = b"".join(pending)
             pending, size = [], 0
         for line in lines:
-            if done or not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
+            data = None if done else _data(line)
             if data == b"[DONE]":
                 done = True
-                continue
-            yield data.decode("utf-8", "replace")
+            elif data is not None:
+                yield data.decode("utf-8", "replace")
         if rest:
             pending.append(rest)
             size += len(rest)
             if size > max_line:
                 raise httpx.DecodingError(f"a line of the event stream is longer than "
                                           f"{max_line} bytes", request=response.request)
-    line = b"".join(pending)
-    if not done and line.startswith(b"data:"):
-        data = line[5:].strip()
-        if data != b"[DONE]":
-            yield data.decode("utf-8", "replace")
+    data = None if done else _data(b"".join(pending))  # a last line without its end
+    if data is not None and data != b"[DONE]":
+        yield data.decode("utf-8", "replace")
+
+
+def _data(line: bytes) -> bytes | None:
+    """The payload of a ``data:`` line, or None for any other line."""
+    return line[5:].strip() if line.startswith(b"data:") else None
